@@ -1,0 +1,165 @@
+"""``anatomy.attention``: one entry point, four backends, one mask definition.
+
+Backends:
+  * ``"reference"``: the textbook formula, a dense masked softmax. Slow and obviously right.
+  * ``"tiled"``: ours, a FlashAttention-style kernel in PyTorch (:mod:`anatomy.kernels.tiled`).
+  * ``"triton"``: ours, the same algorithm in Triton (GPU, or the CPU interpreter with TRITON_INTERPRET=1).
+  * ``"sdpa"``: PyTorch's ``scaled_dot_product_attention``, the peer we measure against.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from anatomy.masks import MASKS, check_mask, default_q_offset, dense_mask, visible
+
+BACKENDS = ("reference", "tiled", "triton", "sdpa")
+
+
+def _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_padding_mask) -> int:
+    """Validate everything ``attention`` accepts; returns the resolved q_offset."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have 4 dims (B, heads, N, head_dim), got shape {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    B, Hq, Nq, D = q.shape
+    if k.shape[0] != B:
+        raise ValueError(f"q and k must have the same batch size, got {B} and {k.shape[0]}")
+    if k.shape[3] != D:
+        raise ValueError(f"q and k must have the same head_dim, got {D} and {k.shape[3]}")
+    Hkv, Nk = k.shape[1], k.shape[2]
+    if Hkv == 0 or Hq % Hkv != 0:
+        raise ValueError(
+            f"the number of query heads ({Hq}) must be a multiple of the number of key/value heads ({Hkv})"
+        )
+    if Nq == 0 or Nk == 0 or D == 0:
+        raise ValueError(f"empty attention: q has shape {tuple(q.shape)}, k has shape {tuple(k.shape)}")
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    check_mask(mask, prefix_len, Nk)
+    if q_offset is None:
+        q_offset = default_q_offset(Nq, Nk)
+    elif isinstance(q_offset, bool) or not isinstance(q_offset, int):
+        raise TypeError(f"q_offset must be an int or None, got {type(q_offset).__name__}")
+    if mask != "bidirectional" and q_offset + Nq > Nk:
+        raise ValueError(
+            f"q_offset + Nq must be <= Nk for mask={mask!r}: query row i sits at key position q_offset + i, "
+            f"got q_offset={q_offset}, Nq={Nq}, Nk={Nk}"
+        )
+    if key_padding_mask is not None:
+        if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
+            raise TypeError("key_padding_mask must be a bool tensor (True = a real key)")
+        if tuple(key_padding_mask.shape) != (B, Nk):
+            raise ValueError(f"key_padding_mask must have shape (B, Nk) = {(B, Nk)}, got {tuple(key_padding_mask.shape)}")
+    # Visibility only grows with the query position, so the first row sees the fewest keys.
+    first = visible(mask, torch.tensor(q_offset), torch.arange(Nk), prefix_len)
+    seen = first[None, :] if key_padding_mask is None else first.to(key_padding_mask.device) & key_padding_mask
+    if not bool(seen.any(-1).all()):
+        raise ValueError(
+            f"a query row has no visible key (mask={mask!r}, q_offset={q_offset}, prefix_len={prefix_len}"
+            + (", key_padding_mask hides every key of some batch row" if key_padding_mask is not None else "")
+            + "); its softmax would be 0/0"
+        )
+    return q_offset
+
+
+def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, Hkv, N, D) -> (B, Hkv * groups, N, D): each key/value head serves `groups` query heads."""
+    return x if groups == 1 else x.repeat_interleave(groups, dim=1)
+
+
+def _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, device):
+    """Dense boolean mask broadcastable to (B, H, Nq, Nk), or None when everything is visible."""
+    m = None if mask == "bidirectional" else dense_mask(mask, Nq, Nk, q_offset=q_offset, prefix_len=prefix_len,
+                                                         device=device)
+    if key_padding_mask is not None:
+        pad = key_padding_mask[:, None, None, :]
+        m = pad if m is None else (m & pad)
+    return m
+
+
+def reference_attention(q, k, v, mask="causal", *, q_offset, prefix_len=None, key_padding_mask=None):
+    """Dense masked softmax: softmax(Q K^T / sqrt(D) + mask) V. Shapes as in :func:`attention`."""
+    G = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, G), _repeat_kv(v, G)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, Hq, Nq, Nk)
+    m = _full_mask(mask, q.shape[2], k.shape[2], q_offset, prefix_len, key_padding_mask, q.device)
+    if m is not None:
+        scores = scores.masked_fill(~m, float("-inf"))
+    return torch.softmax(scores, dim=-1) @ v
+
+
+def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
+    Nq, Nk = q.shape[2], k.shape[2]
+    G = q.shape[1] // k.shape[1]
+    k, v = _repeat_kv(k, G), _repeat_kv(v, G)
+    if mask == "causal" and Nq == Nk and q_offset == 0 and key_padding_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    # SDPA's is_causal aligns the mask top-left when Nq != Nk, which is wrong for a query block at the end
+    # of a cache; an explicit mask built from our predicate is aligned by q_offset.
+    m = _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+
+
+def attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str = "causal", *, prefix_len: int | None = None,
+    q_offset: int | None = None, backend: str = "tiled", tile: int = 128,
+    key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Scaled dot-product attention with a causal, bidirectional or prefix-LM mask.
+
+    q: (B, Hq, Nq, D); k, v: (B, Hkv, Nk, D) with Hq % Hkv == 0 (grouped-query attention) -> (B, Hq, Nq, D).
+    mask: "causal" | "bidirectional" | "prefix" (keys < prefix_len are visible to every query).
+    q_offset: absolute position of query row 0 among the keys (default Nk - Nq: the queries are the last
+    Nq positions, as when a block of new tokens attends to a KV cache). Scale 1/sqrt(D).
+    key_padding_mask: optional (B, Nk) bool, True for real keys (for padded batches).
+    A query row that can see no key raises ValueError.
+    """
+    q_offset = _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_padding_mask)
+    kw = dict(q_offset=q_offset, prefix_len=prefix_len, key_padding_mask=key_padding_mask)
+    if backend == "reference":
+        return reference_attention(q, k, v, mask, **kw)
+    if backend == "sdpa":
+        return _sdpa(q, k, v, mask, **kw)
+    if backend == "tiled":
+        from anatomy.kernels.tiled import tiled_attention
+
+        return tiled_attention(q, k, v, mask, tile=tile, **kw)
+    from anatomy.kernels import triton_attention  # noqa: PLC0415 (optional dependency)
+
+    return triton_attention(q, k, v, mask, tile=tile, **kw)
+
+
+def attention_probs(
+    q: torch.Tensor, k: torch.Tensor, mask: str = "causal", *, prefix_len: int | None = None,
+    q_offset: int | None = None, tile: int = 128, key_padding_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The attention matrix softmax(Q K^T / sqrt(D)) with the mask applied, shape (B, Hq, Nq, Nk).
+
+    Normalised with the log-sum-exp that the tiled kernel computes, so it is the matrix our kernel used.
+    """
+    q_offset = _check_inputs(q, k, k, mask, prefix_len, q_offset, "tiled", tile, key_padding_mask)
+    from anatomy.kernels.tiled import tiled_attention
+
+    _, lse = tiled_attention(q, k, k, mask, q_offset=q_offset, prefix_len=prefix_len, tile=tile,
+                             key_padding_mask=key_padding_mask, return_lse=True)
+    G = q.shape[1] // k.shape[1]
+    scores = (q @ _repeat_kv(k, G).transpose(-1, -2)) * q.shape[-1] ** -0.5
+    probs = torch.exp(scores - lse[..., None])
+    m = _full_mask(mask, q.shape[2], k.shape[2], q_offset, prefix_len, key_padding_mask, q.device)
+    return probs if m is None else probs.masked_fill(~m, 0.0)
+
+
+__all__ = ["attention", "attention_probs", "reference_attention", "BACKENDS", "MASKS"]

@@ -1,0 +1,132 @@
+"""The KV cache: keys and values of the positions a decoder has already processed.
+
+A causal model's keys and values at position t depend only on tokens <= t, so once computed they stay
+valid however the sequence continues: a later call runs only the new tokens and attends to the cache.
+The cache also records the token ids it holds, so reusing it with a different prefix is an error instead
+of a silently wrong answer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class KVCache:
+    """Per-layer keys and values, each (B, n_kv_heads, len, head_dim), grown in place up to ``max_len``."""
+
+    def __init__(
+        self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
+        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+    ) -> None:
+        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
+                            ("head_dim", head_dim), ("max_len", max_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        self.n_layers, self.batch_size, self.n_kv_heads, self.head_dim = n_layers, batch_size, n_kv_heads, head_dim
+        self.max_len, self.dtype, self.device = max_len, dtype, torch.device(device)
+        self._len = 0
+        self._capacity = 0
+        self._k: list[torch.Tensor] = []
+        self._v: list[torch.Tensor] = []
+        self.tokens = torch.empty(batch_size, 0, dtype=torch.long, device=self.device)
+        self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # encoder-decoder: cross-attn K/V
+        self.source: torch.Tensor | None = None  # encoder-decoder: the encoded source ids
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return (f"KVCache(len={self._len}, max_len={self.max_len}, layers={self.n_layers}, batch={self.batch_size}, "
+                f"kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes:,})")
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the cached keys and values: 2 * layers * B * n_kv_heads * head_dim * len * itemsize."""
+        item = torch.empty((), dtype=self.dtype).element_size()
+        kv = 2 * self.n_layers * self.batch_size * self.n_kv_heads * self.head_dim * self._len * item
+        return kv + sum(k.numel() * k.element_size() * 2 for k, _ in (self.cross or []))
+
+    @property
+    def allocated_nbytes(self) -> int:
+        """Bytes actually allocated (capacity grows by doubling, so this is at most ~2x ``nbytes``)."""
+        return sum(t.numel() * t.element_size() for t in self._k + self._v)
+
+    def _reserve(self, needed: int) -> None:
+        if needed <= self._capacity:
+            return
+        cap = min(self.max_len, max(needed, 2 * self._capacity, 64))
+        shape = (self.batch_size, self.n_kv_heads, cap, self.head_dim)
+        grown_k, grown_v = [], []
+        for layer in range(self.n_layers):
+            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            if self._capacity:
+                k[:, :, : self._len] = self._k[layer][:, :, : self._len]
+                v[:, :, : self._len] = self._v[layer][:, :, : self._len]
+            grown_k.append(k)
+            grown_v.append(v)
+        self._k, self._v, self._capacity = grown_k, grown_v, cap
+
+    def check_append(self, input_ids: torch.Tensor) -> None:
+        """Raise if ``input_ids`` (B, n) cannot be appended (batch size or capacity)."""
+        b, n = input_ids.shape
+        if b != self.batch_size:
+            raise ValueError(f"the cache was made for batch size {self.batch_size}, got input of batch size {b}")
+        if self._len + n > self.max_len:
+            raise ValueError(
+                f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}"
+            )
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this call's keys/values (B, Hkv, n, D) for ``layer``; return all keys/values so far.
+
+        The length advances only in :meth:`commit`, after every layer has written, so a failed forward
+        pass leaves the cache as it was.
+        """
+        n = k.shape[2]
+        if k.shape != (self.batch_size, self.n_kv_heads, n, self.head_dim):
+            raise ValueError(
+                f"keys of shape {tuple(k.shape)} do not fit a cache of "
+                f"(B={self.batch_size}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim})"
+            )
+        end = self._len + n
+        if end > self.max_len:
+            raise ValueError(f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}")
+        self._reserve(end)
+        self._k[layer][:, :, self._len : end] = k.to(self.dtype)
+        self._v[layer][:, :, self._len : end] = v.to(self.dtype)
+        return self._k[layer][:, :, :end], self._v[layer][:, :, :end]
+
+    def commit(self, input_ids: torch.Tensor) -> None:
+        """Advance the length by the tokens every layer has just written."""
+        self._len += input_ids.shape[1]
+        self.tokens = torch.cat([self.tokens, input_ids.to(self.device)], dim=1)
+
+    def truncate(self, length: int) -> None:
+        """Keep only the first ``length`` positions (e.g. to roll back a turn or a rejected draft)."""
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self._len:
+            raise ValueError(f"length must be an int in [0, {self._len}], got {length!r}")
+        self._len = length
+        self.tokens = self.tokens[:, :length]
+
+    def clear(self) -> None:
+        """Forget everything, keeping the allocation."""
+        self.truncate(0)
+        self.cross, self.source = None, None
+
+    def keys(self, layer: int) -> torch.Tensor:
+        """Cached keys of one layer, (B, n_kv_heads, len, head_dim)."""
+        return self._k[layer][:, :, : self._len] if self._capacity else self._empty()
+
+    def values(self, layer: int) -> torch.Tensor:
+        """Cached values of one layer, (B, n_kv_heads, len, head_dim)."""
+        return self._v[layer][:, :, : self._len] if self._capacity else self._empty()
+
+    def _empty(self) -> torch.Tensor:
+        return torch.empty(self.batch_size, self.n_kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device)
+
+
+def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int = 1, bytes_per_elem: int = 2,
+                   batch_size: int = 1) -> int:
+    """The KV-cache size formula: 2 (K and V) * layers * n_kv_heads * head_dim * tokens * bytes * batch."""
+    return 2 * n_layers * n_kv_heads * head_dim * n_tokens * bytes_per_elem * batch_size

@@ -1,0 +1,82 @@
+"""Autoregressive generation with a KV cache: greedy or sampled, and multi-turn reuse of the cache."""
+
+from __future__ import annotations
+
+import torch
+
+from anatomy.cache import KVCache
+
+
+def _check_generate_args(input_ids, max_new_tokens, temperature, top_k) -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
+        raise TypeError(f"input_ids must be a (B, N) LongTensor, got {type(input_ids).__name__} "
+                        f"{getattr(input_ids, 'dtype', '')} {tuple(getattr(input_ids, 'shape', ()))}")
+    if input_ids.shape[1] == 0:
+        raise ValueError("input_ids must hold at least one token (a prompt or a BOS token)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+    if not isinstance(temperature, (int, float)) or temperature < 0 or temperature != temperature:
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+
+
+def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token from logits (B, vocab): argmax when temperature is 0, else sample. -> (B,)"""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(
+    model, input_ids: torch.Tensor, max_new_tokens: int, *, cache: KVCache | None = None, temperature: float = 0.0,
+    top_k: int | None = None, generator: torch.Generator | None = None, eos_token_id: int | None = None,
+    **model_kwargs,
+) -> torch.Tensor:
+    """Continue input_ids (B, N), the whole sequence so far, by max_new_tokens tokens -> (B, N + new).
+
+    temperature 0 is greedy; otherwise tokens are sampled (pass a seeded ``generator`` to make it
+    reproducible). With a ``cache`` from an earlier call (a previous turn of a conversation), only the
+    positions not yet in the cache are computed: the prefix is never recomputed. The cache must hold a
+    prefix of input_ids, else ValueError. After the call the cache holds every token but the last one
+    (the transformers convention), so the next turn can pass the extended sequence back in.
+    ``model_kwargs`` go to every model call (e.g. ``encoder_input_ids`` for an EncoderDecoder).
+    """
+    _check_generate_args(input_ids, max_new_tokens, temperature, top_k)
+    if cache is None:
+        cache = model.new_cache(batch_size=input_ids.shape[0])
+    elif not isinstance(cache, KVCache):
+        raise TypeError(f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}")
+    n_cached = len(cache)
+    if n_cached > input_ids.shape[1] or not torch.equal(cache.tokens, input_ids[:, :n_cached].to(cache.device)):
+        raise ValueError(f"the cache holds {n_cached} tokens that are not a prefix of input_ids: pass the whole "
+                         "conversation so far, or start a new cache")
+    if n_cached == input_ids.shape[1]:
+        cache.truncate(n_cached - 1)  # recompute the last position: we need its logits
+    was_training = model.training
+    model.eval()
+    try:
+        out = [input_ids]
+        if max_new_tokens == 0:
+            return input_ids
+        logits = model(input_ids[:, len(cache):], cache=cache, **model_kwargs)[:, -1]
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            tok = next_token(logits, temperature, top_k, generator)
+            if eos_token_id is not None:
+                tok = torch.where(done, torch.full_like(tok, eos_token_id), tok)
+                done |= tok == eos_token_id
+            out.append(tok[:, None])
+            if step == max_new_tokens - 1 or bool(done.all()):
+                break
+            logits = model(tok[:, None], cache=cache, **model_kwargs)[:, -1]
+        return torch.cat(out, dim=1)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,477 @@
+"""One transformer block, three families: the mask decides whether it is a decoder, an encoder or a prefix LM.
+
+``Transformer`` with ``mask="causal"`` is a GPT/Llama-style decoder, with ``"bidirectional"`` a BERT-style
+encoder, with ``"prefix"`` a prefix LM (UniLM, T5's prefix-LM variant). ``EncoderDecoder`` adds the fourth
+family: a bidirectional encoder, and a causal decoder that also cross-attends to the encoder's output.
+
+Module names follow transformers' Llama (``embed_tokens``, ``q_proj``, ``gate_proj``, ``input_layernorm``
+...) so that loading real weights is a plain mapping (see :mod:`anatomy.pretrained`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from anatomy.attention import BACKENDS, attention, attention_probs
+from anatomy.cache import KVCache
+from anatomy.masks import MASKS
+
+_CHOICES = {
+    "norm": ("rms", "layer"),
+    "norm_position": ("pre", "post"),
+    "pos": ("rope", "learned", "none"),
+    "mlp": ("swiglu", "gelu", "gelu_tanh"),
+    "mask": MASKS,
+    "attn_backend": BACKENDS,
+}
+
+
+@dataclass
+class Config:
+    """Everything that defines a model. Defaults: a small Llama-style decoder."""
+
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int | None = None  # grouped-query attention; None = n_heads (multi-head attention)
+    head_dim: int | None = None  # None = d_model // n_heads
+    d_ff: int | None = None  # None = 4 * d_model (GELU) or the Llama rule ~8/3 * d_model (SwiGLU)
+    max_seq_len: int = 1024  # learned positions and the default cache size
+    mask: str = "causal"  # "causal" (decoder) | "bidirectional" (encoder) | "prefix" (prefix LM)
+    norm: str = "rms"  # "rms" (Llama) | "layer" (GPT-2, BERT)
+    norm_eps: float = 1e-5
+    norm_position: str = "pre"  # "pre" (GPT-2, Llama) | "post" (BERT, the original Transformer)
+    pos: str = "rope"  # "rope" (Llama) | "learned" (GPT-2, BERT) | "none" (NoPE)
+    rope_theta: float = 10000.0
+    mlp: str = "swiglu"  # "swiglu" (Llama) | "gelu" (BERT, exact erf) | "gelu_tanh" (GPT-2)
+    qkv_bias: bool = False
+    out_bias: bool = False
+    mlp_bias: bool = False
+    norm_bias: bool = True  # LayerNorm only
+    tie_embeddings: bool = True
+    final_norm: bool = True  # a norm after the last block (pre-norm models)
+    embed_norm: bool = False  # a LayerNorm right after the embeddings (BERT)
+    n_token_types: int = 0  # segment embeddings (BERT); 0 = none
+    lm_head: bool = True  # False: forward returns the last hidden states (an encoder used for features)
+    attn_backend: str = "sdpa"  # which anatomy.attention backend the model uses
+    tile: int = 128  # tile size for the tiled/triton backends
+    init_std: float = 0.02
+    extra: dict = field(default_factory=dict)  # provenance (e.g. which checkpoint); never read by the model
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ValueError(f"Config.{name} must be one of {choices}, got {getattr(self, name)!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Config.{name} must be a positive int, got {value!r}")
+        if self.n_kv_heads is None:
+            self.n_kv_heads = self.n_heads
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"Config.n_heads ({self.n_heads}) must be a multiple of Config.n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ValueError(f"Config.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                                 "unless head_dim is given")
+            self.head_dim = self.d_model // self.n_heads
+        if self.pos == "rope" and self.head_dim % 2:
+            raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model if self.mlp != "swiglu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+
+    @property
+    def n_kv_groups(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass
+class ModelOutput:
+    """What ``forward(..., return_hidden=True / return_attn=True)`` returns."""
+
+    logits: torch.Tensor  # (B, N, vocab), or the last hidden states (B, N, d) for a model without LM head
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # embeddings, then each layer (the last one normed)
+    attentions: tuple[torch.Tensor, ...] | None = None  # per layer (B, n_heads, N, N_keys), from our kernel
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x) * weight (Zhang & Sennrich 2019), computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def make_norm(config: Config) -> nn.Module:
+    if config.norm == "rms":
+        return RMSNorm(config.d_model, config.norm_eps)
+    return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """RoPE tables for the given positions: cos, sin of shape (N, head_dim) (Su et al. 2021, Llama layout)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (N, head_dim / 2)
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + D/2) of x (B, H, N, D) by the angle of its position."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Multi-head attention with grouped-query K/V; the mask is given per call, so one class serves all."""
+
+    def __init__(self, config: Config, cross: bool = False) -> None:
+        super().__init__()
+        c = config
+        self.config, self.cross = c, cross
+        self.q_proj = nn.Linear(c.d_model, c.n_heads * c.head_dim, bias=c.qkv_bias)
+        self.k_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.v_proj = nn.Linear(c.d_model, c.n_kv_heads * c.head_dim, bias=c.qkv_bias)
+        self.o_proj = nn.Linear(c.n_heads * c.head_dim, c.d_model, bias=c.out_bias)
+
+    def project_kv(self, x: torch.Tensor, rope=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of x (B, N, d), each (B, n_kv_heads, N, head_dim)."""
+        B, N, _ = x.shape
+        c = self.config
+        k = self.k_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        if rope is not None:
+            k = apply_rope(k, *rope)
+        return k, v
+
+    def forward(
+        self, x: torch.Tensor, *, mask: str, prefix_len: int | None = None, rope=None,
+        cache: KVCache | None = None, layer: int = 0, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_padding_mask: torch.Tensor | None = None, return_attn: bool = False,
+    ):
+        """x (B, N, d) -> (B, N, d) [, attention probabilities (B, n_heads, N, N_keys)].
+
+        Self-attention computes k, v from x (appending them to ``cache`` if given); cross-attention gets
+        precomputed ``kv`` from the encoder.
+        """
+        B, N, _ = x.shape
+        c = self.config
+        q = self.q_proj(x).view(B, N, c.n_heads, c.head_dim).transpose(1, 2)  # (B, Hq, N, hd)
+        if rope is not None:
+            q = apply_rope(q, *rope)
+        if kv is None:
+            k, v = self.project_kv(x, rope)  # (B, Hkv, N, hd)
+            if cache is not None:
+                k, v = cache.update(layer, k, v)  # now all positions so far: (B, Hkv, len + N, hd)
+        else:
+            k, v = kv
+        out = attention(q, k, v, mask, prefix_len=prefix_len, backend=c.attn_backend, tile=c.tile,
+                        key_padding_mask=key_padding_mask)
+        y = self.o_proj(out.transpose(1, 2).reshape(B, N, c.n_heads * c.head_dim))
+        if not return_attn:
+            return y, None
+        probs = attention_probs(q.detach(), k.detach(), mask, prefix_len=prefix_len, tile=c.tile,
+                                key_padding_mask=key_padding_mask)
+        return y, probs
+
+
+class MLP(nn.Module):
+    """SwiGLU (Shazeer 2020; Llama): down(silu(gate(x)) * up(x)); or GELU: down(gelu(up(x)))."""
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        c = config
+        self.kind = c.mlp
+        if c.mlp == "swiglu":
+            self.gate_proj = nn.Linear(c.d_model, c.d_ff, bias=c.mlp_bias)
+        self.up_proj = nn.Linear(c.d_model, c.d_ff, bias=c.mlp_bias)
+        self.down_proj = nn.Linear(c.d_ff, c.d_model, bias=c.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        approximate = "tanh" if self.kind == "gelu_tanh" else "none"
+        return self.down_proj(F.gelu(self.up_proj(x), approximate=approximate))
+
+
+class Block(nn.Module):
+    """Attention then MLP, each with a residual connection; pre-norm (GPT-2, Llama) or post-norm (BERT).
+
+    Post-norm uses ``input_layernorm`` after the attention residual and ``post_attention_layernorm``
+    after the MLP residual. A decoder block of an encoder-decoder also has ``cross_attn``.
+    """
+
+    def __init__(self, config: Config, cross: bool = False) -> None:
+        super().__init__()
+        self.pre = config.norm_position == "pre"
+        self.input_layernorm = make_norm(config)
+        self.self_attn = Attention(config)
+        if cross:
+            self.cross_attn_layernorm = make_norm(config)
+            self.cross_attn = Attention(config, cross=True)
+        self.post_attention_layernorm = make_norm(config)
+        self.mlp = MLP(config)
+
+    def _sub(self, x, norm, fn):
+        if self.pre:
+            out, extra = fn(norm(x))
+            return x + out, extra
+        out, extra = fn(x)
+        return norm(x + out), extra
+
+    def forward(self, x, *, cross_kv=None, cross_padding_mask=None, **attn_kwargs):
+        x, probs = self._sub(x, self.input_layernorm, lambda h: self.self_attn(h, **attn_kwargs))
+        if cross_kv is not None:
+            x, _ = self._sub(x, self.cross_attn_layernorm, lambda h: self.cross_attn(
+                h, mask="bidirectional", kv=cross_kv, key_padding_mask=cross_padding_mask))
+        x, _ = self._sub(x, self.post_attention_layernorm, lambda h: (self.mlp(h), None))
+        return x, probs
+
+
+def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
+        raise TypeError(f"{name} must be an integer torch.Tensor of shape (B, N), got "
+                        f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')}")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, N) with B, N >= 1, got {tuple(input_ids.shape)}")
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
+
+
+class Transformer(nn.Module):
+    """A stack of blocks over token embeddings. Decoder, encoder or prefix LM, depending on ``config.mask``.
+
+    ``model(input_ids)`` -> logits (B, N, vocab) (or hidden states (B, N, d) when ``config.lm_head`` is False).
+    ``model(new_ids, cache=cache)`` runs only the new tokens, at positions len(cache).., and appends them.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        self.config = c = config
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
+        if c.pos == "learned":
+            self.embed_positions = nn.Embedding(c.max_seq_len, c.d_model)
+        if c.n_token_types:
+            self.embed_token_types = nn.Embedding(c.n_token_types, c.d_model)
+        if c.embed_norm:
+            self.embed_layernorm = nn.LayerNorm(c.d_model, eps=c.norm_eps)
+        self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
+        if c.final_norm:
+            self.norm = make_norm(c)
+        if c.lm_head:
+            self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+            if c.tie_embeddings:
+                self.lm_head.weight = self.embed_tokens.weight
+        self.apply(self._init_weights)
+        self._scale_residual_init(self.layers)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _scale_residual_init(self, layers) -> None:
+        # GPT-2: the projections that write into the residual stream get std / sqrt(2 * layers), so the
+        # stream's variance stays O(1) however deep the model is.
+        std = self.config.init_std / math.sqrt(2 * len(layers))
+        for block in layers:
+            nn.init.normal_(block.self_attn.o_proj.weight, std=std)
+            nn.init.normal_(block.mlp.down_proj.weight, std=std)
+            if hasattr(block, "cross_attn"):
+                nn.init.normal_(block.cross_attn.o_proj.weight, std=std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; without the token/position embedding tables by default (Kaplan et al.'s N)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed_tokens.weight.numel()
+            if self.config.pos == "learned":
+                n -= self.embed_positions.weight.numel()
+        return n
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for this model (filled in place by ``model(ids, cache=cache)`` and ``generate``)."""
+        c = self.config
+        p = self.embed_tokens.weight
+        return KVCache(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
+                       dtype=p.dtype, device=p.device)
+
+    def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
+        """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
+        c = self.config
+        x = self.embed_tokens(input_ids)
+        N = input_ids.shape[1]
+        if c.pos == "learned":
+            if start + N > c.max_seq_len:
+                raise ValueError(f"positions up to {start + N - 1} exceed the learned position table "
+                                 f"(max_seq_len={c.max_seq_len})")
+            x = x + self.embed_positions(torch.arange(start, start + N, device=input_ids.device))
+        if c.n_token_types:
+            types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+            x = x + self.embed_token_types(types)
+        if c.embed_norm:
+            x = self.embed_layernorm(x)
+        return x
+
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, *, prefix_len: int | None = None,
+        attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
+        return_hidden: bool = False, return_attn: bool = False,
+    ):
+        """input_ids (B, N) -> logits (B, N, vocab), or a ModelOutput with hidden states / attention maps.
+
+        prefix_len: for a prefix LM, the number of leading positions (absolute, counting the cache) that
+        every position sees; defaults to the whole input of the first call. attention_mask: (B, N) with 1 for
+        real tokens and 0 for padding (no cache). A cached encoder or prefix LM is exact only if appending
+        tokens would not have changed the cached states (it would: that is chapter 9's point).
+        """
+        c = self.config
+        _check_ids(input_ids, c.vocab_size)
+        start = 0
+        if cache is not None:
+            if not isinstance(cache, KVCache):
+                raise TypeError(f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}")
+            if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
+                raise ValueError("this cache was made for a model of another shape "
+                                 f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})")
+            if attention_mask is not None:
+                raise ValueError("attention_mask (padding) is not supported together with a cache")
+            cache.check_append(input_ids)
+            start = len(cache)
+        if c.mask == "prefix" and prefix_len is None:
+            if cache is not None and start > 0:
+                raise ValueError('a prefix LM continuing from a cache needs prefix_len (absolute positions)')
+            prefix_len = start + input_ids.shape[1]
+        if c.mask != "prefix" and prefix_len is not None:
+            raise ValueError(f"prefix_len is only meaningful for a prefix LM (config.mask='prefix'), got mask={c.mask!r}")
+        key_padding_mask = None
+        if attention_mask is not None:
+            if tuple(attention_mask.shape) != tuple(input_ids.shape):
+                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                 f"got {tuple(attention_mask.shape)}")
+            key_padding_mask = attention_mask.bool()
+        N = input_ids.shape[1]
+        rope = None
+        if c.pos == "rope":
+            rope = rope_cos_sin(torch.arange(start, start + N, device=input_ids.device), c.head_dim, c.rope_theta,
+                                self.embed_tokens.weight.dtype)
+        x = self.embed(input_ids, start, token_type_ids)
+        hidden, attns = [x], []
+        for i, layer in enumerate(self.layers):
+            x, probs = layer(x, mask=c.mask, prefix_len=prefix_len, rope=rope, cache=cache, layer=i,
+                             key_padding_mask=key_padding_mask, return_attn=return_attn)
+            hidden.append(x)
+            attns.append(probs)
+        if c.final_norm:
+            x = self.norm(x)
+            hidden[-1] = x
+        if cache is not None:
+            cache.commit(input_ids)
+        out = self.lm_head(x) if c.lm_head else x
+        if return_hidden or return_attn:
+            return ModelOutput(out, tuple(hidden) if return_hidden else None, tuple(attns) if return_attn else None)
+        return out
+
+
+class EncoderDecoder(nn.Module):
+    """A bidirectional encoder and a causal decoder that cross-attends to it (Vaswani et al. 2017; T5).
+
+    ``model(decoder_ids, encoder_input_ids=src)`` -> logits (B, N_dec, vocab). Token embeddings are shared.
+    With a cache, the encoder runs once per source and its cross-attention keys/values are kept; only new
+    decoder tokens are computed. A different source needs a new cache (the encoding would change).
+    """
+
+    def __init__(self, config: Config, n_decoder_layers: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Transformer(replace(config, mask="bidirectional", lm_head=False))
+        self.embed_tokens = self.encoder.embed_tokens
+        dec = replace(config, mask="causal", n_layers=n_decoder_layers or config.n_layers)
+        self.decoder_config = dec
+        if dec.pos == "learned":
+            self.embed_positions = nn.Embedding(dec.max_seq_len, dec.d_model)
+        self.layers = nn.ModuleList(Block(dec, cross=True) for _ in range(dec.n_layers))
+        if dec.final_norm:
+            self.norm = make_norm(dec)
+        self.lm_head = nn.Linear(dec.d_model, dec.vocab_size, bias=False)
+        if dec.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        for module in [*self.layers, self.lm_head] + ([self.embed_positions] if dec.pos == "learned" else []):
+            module.apply(self.encoder._init_weights)
+        self.encoder._scale_residual_init(self.layers)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.embed_tokens.weight.numel()
+            if self.decoder_config.pos == "learned":
+                n -= self.embed_positions.weight.numel() + self.encoder.embed_positions.weight.numel()
+        return n
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        c = self.decoder_config
+        p = self.embed_tokens.weight
+        return KVCache(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
+                       dtype=p.dtype, device=p.device)
+
+    def encode(self, encoder_input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None):
+        """The encoder's output (B, N_src, d) and each decoder layer's cross-attention keys/values."""
+        memory = self.encoder(encoder_input_ids, attention_mask=encoder_attention_mask)
+        return memory, [layer.cross_attn.project_kv(memory) for layer in self.layers]
+
+    def forward(
+        self, input_ids: torch.Tensor, cache: KVCache | None = None, *, encoder_input_ids: torch.Tensor,
+        encoder_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Decoder ids (B, N) given source ids (B, N_src) -> logits (B, N, vocab)."""
+        c = self.decoder_config
+        _check_ids(input_ids, c.vocab_size)
+        _check_ids(encoder_input_ids, c.vocab_size, "encoder_input_ids")
+        if encoder_input_ids.shape[0] != input_ids.shape[0]:
+            raise ValueError(f"encoder_input_ids has batch size {encoder_input_ids.shape[0]}, "
+                             f"input_ids has {input_ids.shape[0]}")
+        start = 0
+        if cache is not None:
+            cache.check_append(input_ids)
+            start = len(cache)
+            if cache.source is not None and not torch.equal(cache.source, encoder_input_ids):
+                raise ValueError("the source differs from the one this cache encoded; an encoder-decoder must "
+                                 "re-encode a changed source (use a new cache)")
+        if cache is not None and cache.cross is not None:
+            cross = cache.cross
+        else:
+            _, cross = self.encode(encoder_input_ids, encoder_attention_mask)
+            if cache is not None:
+                cache.cross, cache.source = cross, encoder_input_ids.clone()
+        N = input_ids.shape[1]
+        x = self.embed_tokens(input_ids)
+        rope = None
+        if c.pos == "learned":
+            x = x + self.embed_positions(torch.arange(start, start + N, device=x.device))
+        elif c.pos == "rope":
+            rope = rope_cos_sin(torch.arange(start, start + N, device=x.device), c.head_dim, c.rope_theta, x.dtype)
+        pad = None if encoder_attention_mask is None else encoder_attention_mask.bool()
+        for i, layer in enumerate(self.layers):
+            x, _ = layer(x, mask="causal", rope=rope, cache=cache, layer=i, cross_kv=cross[i], cross_padding_mask=pad)
+        if c.final_norm:
+            x = self.norm(x)
+        if cache is not None:
+            cache.commit(input_ids)
+        return self.lm_head(x)

@@ -21,7 +21,20 @@ def from_hf(hf_model):
 
 
 __all__ = [
-    "BACKENDS", "MASKS", "Config", "EncoderDecoder", "KVCache", "ModelOutput", "Transformer", "attention",
-    "attention_probs", "count_tiles", "dense_mask", "from_hf", "generate", "kv_cache_bytes", "next_token",
+    "BACKENDS",
+    "MASKS",
+    "Config",
+    "EncoderDecoder",
+    "KVCache",
+    "ModelOutput",
+    "Transformer",
+    "attention",
+    "attention_probs",
+    "count_tiles",
+    "dense_mask",
+    "from_hf",
+    "generate",
+    "kv_cache_bytes",
+    "next_token",
     "tile_map",
 ]

@@ -62,10 +62,14 @@ def _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_paddin
         if not isinstance(key_padding_mask, torch.Tensor) or key_padding_mask.dtype != torch.bool:
             raise TypeError("key_padding_mask must be a bool tensor (True = a real key)")
         if tuple(key_padding_mask.shape) != (B, Nk):
-            raise ValueError(f"key_padding_mask must have shape (B, Nk) = {(B, Nk)}, got {tuple(key_padding_mask.shape)}")
+            raise ValueError(
+                f"key_padding_mask must have shape (B, Nk) = {(B, Nk)}, got {tuple(key_padding_mask.shape)}"
+            )
     # Visibility only grows with the query position, so the first row sees the fewest keys.
     first = visible(mask, torch.tensor(q_offset), torch.arange(Nk), prefix_len)
-    seen = first[None, :] if key_padding_mask is None else first.to(key_padding_mask.device) & key_padding_mask
+    seen = (
+        first[None, :] if key_padding_mask is None else first.to(key_padding_mask.device) & key_padding_mask
+    )
     if not bool(seen.any(-1).all()):
         raise ValueError(
             f"a query row has no visible key (mask={mask!r}, q_offset={q_offset}, prefix_len={prefix_len}"
@@ -82,8 +86,11 @@ def _repeat_kv(x: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, device):
     """Dense boolean mask broadcastable to (B, H, Nq, Nk), or None when everything is visible."""
-    m = None if mask == "bidirectional" else dense_mask(mask, Nq, Nk, q_offset=q_offset, prefix_len=prefix_len,
-                                                         device=device)
+    m = (
+        None
+        if mask == "bidirectional"
+        else dense_mask(mask, Nq, Nk, q_offset=q_offset, prefix_len=prefix_len, device=device)
+    )
     if key_padding_mask is not None:
         pad = key_padding_mask[:, None, None, :]
         m = pad if m is None else (m & pad)
@@ -114,8 +121,15 @@ def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
 
 
 def attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str = "causal", *, prefix_len: int | None = None,
-    q_offset: int | None = None, backend: str = "tiled", tile: int = 128,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: str = "causal",
+    *,
+    prefix_len: int | None = None,
+    q_offset: int | None = None,
+    backend: str = "tiled",
+    tile: int = 128,
     key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Scaled dot-product attention with a causal, bidirectional or prefix-LM mask.
@@ -143,8 +157,14 @@ def attention(
 
 
 def attention_probs(
-    q: torch.Tensor, k: torch.Tensor, mask: str = "causal", *, prefix_len: int | None = None,
-    q_offset: int | None = None, tile: int = 128, key_padding_mask: torch.Tensor | None = None,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    mask: str = "causal",
+    *,
+    prefix_len: int | None = None,
+    q_offset: int | None = None,
+    tile: int = 128,
+    key_padding_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The attention matrix softmax(Q K^T / sqrt(D)) with the mask applied, shape (B, Hq, Nq, Nk).
 
@@ -153,8 +173,17 @@ def attention_probs(
     q_offset = _check_inputs(q, k, k, mask, prefix_len, q_offset, "tiled", tile, key_padding_mask)
     from anatomy.kernels.tiled import tiled_attention
 
-    _, lse = tiled_attention(q, k, k, mask, q_offset=q_offset, prefix_len=prefix_len, tile=tile,
-                             key_padding_mask=key_padding_mask, return_lse=True)
+    _, lse = tiled_attention(
+        q,
+        k,
+        k,
+        mask,
+        q_offset=q_offset,
+        prefix_len=prefix_len,
+        tile=tile,
+        key_padding_mask=key_padding_mask,
+        return_lse=True,
+    )
     G = q.shape[1] // k.shape[1]
     scores = (q @ _repeat_kv(k, G).transpose(-1, -2)) * q.shape[-1] ** -0.5
     probs = torch.exp(scores - lse[..., None])

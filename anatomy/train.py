@@ -133,17 +133,19 @@ def _batch_source(batches) -> Callable[[int], Batch]:
 
 
 def _progress_bar(total: float, unit: str, enabled: bool):
-    """A plain-text tqdm bar on stdout, or None.
+    """A plain-text tqdm bar on stdout, or None (progress=False or ANATOMY_PROGRESS=0).
 
-    Not tqdm.auto: in a notebook that makes an ipywidget, which the static book stores as its
-    first frame ("0%") and renders only with JavaScript from a CDN. Plain text works in a terminal,
-    Jupyter, Colab and the book (where myst-nb's ``nb_merge_streams`` collapses it to the last line).
+    Not tqdm.auto: in a notebook that makes an ipywidget, which the static book stores as its first
+    frame ("0%") and can only render with JavaScript from a CDN. Plain text works in a terminal,
+    Jupyter, Colab and the book. myst-nb keeps every refresh as a line (``nb_merge_streams`` joins
+    them with newlines), so when stdout is not a terminal the bar refreshes only every 10 s: a
+    chapter's cell shows a start line, a few progress lines and the final one.
     """
     if not enabled or os.environ.get("ANATOMY_PROGRESS", "1") == "0":
         return None
     from tqdm import tqdm
 
-    interval = 0.5 if sys.stdout.isatty() else 5.0  # few updates when the output is stored
+    interval = 0.5 if sys.stdout.isatty() else 10.0
     return tqdm(total=total, unit=unit, file=sys.stdout, mininterval=interval, dynamic_ncols=True)
 
 

@@ -1,0 +1,446 @@
+"""Tests for anatomy.objectives: batch builders, signal counts, losses, exact Bayes losses, predict_token."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import numpy as np
+import pytest
+import torch
+
+from anatomy import Config, EncoderDecoder, Transformer
+from anatomy.data import MarkovSource
+from anatomy.objectives import (
+    IGNORE,
+    OBJECTIVES,
+    PrefixLMBatch,
+    Seq2SeqBatch,
+    SpecialTokens,
+    bayes_loss,
+    causal_lm_batch,
+    loss_fn,
+    make_batch,
+    masked_lm_batch,
+    objective_batches,
+    predict_token,
+    prefix_lm_batch,
+    random_spans_noise_mask,
+    signal,
+    span_corruption_batch,
+    span_corruption_reconstruct,
+    span_counts,
+    text_windows,
+    token_cross_entropy,
+    training_flops,
+)
+from anatomy.train import train
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+# ------------------------------------------------------------------------------------------ builders
+
+
+def test_special_tokens_layout():
+    sp = SpecialTokens(10, 4)
+    ids = [sp.mask_id, sp.decoder_start_id, sp.eos_id, *sp.sentinel_ids]
+    assert ids == list(range(10, 17)) and sp.vocab_size == 17
+    with pytest.raises(ValueError, match="n_text"):
+        SpecialTokens(0)
+    with pytest.raises(TypeError, match="n_sentinels"):
+        SpecialTokens(5, 1.5)
+
+
+def test_causal_batch_shifts_and_label_fraction():
+    seqs = torch.randint(7, (6, 41), generator=gen())
+    x, y = causal_lm_batch(seqs)
+    assert torch.equal(x, seqs[:, :-1]) and torch.equal(y, seqs[:, 1:])
+    for f in (0.5, 0.15):
+        x, y = causal_lm_batch(seqs, label_fraction=f, generator=gen(1))
+        kept = (y != IGNORE).sum(1)
+        assert (kept == round(f * 40)).all()
+        assert torch.equal(y[y != IGNORE], seqs[:, 1:][y != IGNORE])
+    # different rows keep different positions
+    assert not torch.equal((y[0] != IGNORE), (y[1] != IGNORE))
+    with pytest.raises(ValueError, match="label_fraction"):
+        causal_lm_batch(seqs, label_fraction=0.0)
+
+
+def test_masked_lm_80_10_10_statistics():
+    V, B, N = 50, 400, 100
+    sp = SpecialTokens(V)
+    seqs = torch.randint(V, (B, N), generator=gen(2))
+    x, labels = masked_lm_batch(seqs, sp, generator=gen(3))
+    selected = labels != IGNORE
+    assert (selected.sum(1) == 15).all()  # exact count: round(0.15 * 100)
+    assert torch.equal(x[~selected], seqs[~selected])  # unselected positions are untouched
+    assert torch.equal(labels[selected], seqs[selected])
+    n = int(selected.sum())
+    masked = (x == sp.mask_id) & selected
+    changed = (x != seqs) & (x != sp.mask_id) & selected
+    same = (x == seqs) & selected
+    # expected shares: 0.8 masked; 0.1 random, of which 1/V hit the original token
+    for count, p in ((masked, 0.8), (changed, 0.1 * (1 - 1 / V)), (same, 0.1 + 0.1 / V)):
+        share = int(count.sum()) / n
+        assert abs(share - p) < 5 * math.sqrt(p * (1 - p) / n), (share, p)
+    assert int(x[changed].max()) < V  # random replacements are text tokens
+    # Bernoulli selection: about 15% selected, varying per row
+    x2, l2 = masked_lm_batch(seqs, sp, selection="bernoulli", generator=gen(4))
+    share = float((l2 != IGNORE).float().mean())
+    assert abs(share - 0.15) < 5 * math.sqrt(0.15 * 0.85 / (B * N))
+    assert (l2 != IGNORE).sum(1).unique().numel() > 1
+
+
+def test_masked_lm_validation():
+    sp = SpecialTokens(5)
+    seqs = torch.randint(5, (2, 8))
+    with pytest.raises(ValueError, match="replace"):
+        masked_lm_batch(seqs, sp, replace=(0.5, 0.1, 0.1))
+    with pytest.raises(ValueError, match="selection"):
+        masked_lm_batch(seqs, sp, selection="some")
+    with pytest.raises(ValueError, match="text token ids"):
+        masked_lm_batch(seqs + 5, sp)
+    with pytest.raises(TypeError, match="integer"):
+        masked_lm_batch(seqs.float(), sp)
+
+
+def test_span_counts_follow_t5():
+    assert span_counts(512) == (77, 26)  # round(76.8), round(77 / 3)
+    assert span_counts(64) == (10, 3)
+    assert span_counts(10) == (2, 1)
+    with pytest.raises(ValueError, match="noise_density"):
+        span_counts(64, noise_density=1.5)
+
+
+@pytest.mark.parametrize("length", [8, 20, 64, 101])
+def test_noise_mask_shape_and_counts(length):
+    n_noise, n_spans = span_counts(length)
+    for seed in range(20):
+        mask = random_spans_noise_mask(length, generator=gen(seed))
+        assert int(mask.sum()) == n_noise
+        starts = int((mask[1:] & ~mask[:-1]).sum()) + int(mask[0])
+        assert starts == n_spans
+        assert not mask[0] and mask[-1]  # T5: starts with text, ends with noise
+
+
+def test_noise_mask_is_uniform_over_compositions():
+    # length 10: 2 noise tokens in 1 span; 8 text tokens in 1 segment -> always the last two... use 20
+    counts = defaultdict(int)
+    for seed in range(3000):
+        m = random_spans_noise_mask(12, 0.25, 1.5, generator=gen(seed))  # 3 noise tokens, 2 spans
+        first_span = int(m.int().argmax())
+        counts[(first_span, int(m[first_span + 1]))] += 1
+    # noise composition (1,2) or (2,1) equally likely
+    long_first = sum(v for (s, nxt), v in counts.items() if nxt == 1)
+    assert abs(long_first / 3000 - 0.5) < 0.05
+
+
+@pytest.mark.parametrize("roll", [False, True])
+def test_span_corruption_round_trip(roll):
+    sp = SpecialTokens(30, 40)
+    for N in (12, 64, 130):
+        seqs = torch.randint(30, (8, N), generator=gen(N))
+        b = span_corruption_batch(seqs, sp, generator=gen(N + 1), random_roll=roll)
+        for i in range(8):
+            rebuilt = span_corruption_reconstruct(b.encoder_input_ids[i], b.labels[i], sp)
+            assert rebuilt == seqs[i].tolist()
+        # decoder input = labels shifted right behind the start token
+        assert (b.decoder_input_ids[:, 0] == sp.decoder_start_id).all()
+        real = b.labels[:, :-1] != IGNORE
+        assert torch.equal(b.decoder_input_ids[:, 1:][real], b.labels[:, :-1][real])
+        if not roll:
+            n_noise, n_spans = span_counts(N)
+            assert b.labels.shape[1] == n_noise + n_spans + 1
+            assert b.encoder_input_ids.shape[1] == N - n_noise + n_spans + 1
+            assert (b.labels[:, 0] == sp.sentinel_ids[0]).all() and (b.labels[:, -1] == sp.eos_id).all()
+
+
+def test_span_corruption_needs_sentinels_and_reconstruct_checks():
+    sp = SpecialTokens(10, 1)
+    seqs = torch.randint(10, (2, 64))
+    with pytest.raises(ValueError, match="sentinels"):
+        span_corruption_batch(seqs, sp)
+    sp = SpecialTokens(10, 4)
+    with pytest.raises(ValueError, match="no span"):
+        span_corruption_reconstruct([1, 2, sp.sentinel_ids[0]], [sp.sentinel_ids[1], 3], sp)
+
+
+def test_prefix_batch_loss_on_suffix_only():
+    seqs = torch.randint(9, (3, 33), generator=gen())
+    b = prefix_lm_batch(seqs, prefix_len=10)
+    assert isinstance(b, PrefixLMBatch) and b.prefix_len == 10
+    assert (b.labels[:, :9] == IGNORE).all()
+    assert torch.equal(b.labels[:, 9:], seqs[:, 10:])  # the suffix tokens, all of them
+    splits = {prefix_lm_batch(seqs, generator=gen(s)).prefix_len for s in range(200)}
+    assert min(splits) >= 1 and max(splits) <= 32 and len(splits) > 20
+    with pytest.raises(ValueError, match="prefix_len"):
+        prefix_lm_batch(seqs, prefix_len=33)
+
+
+def test_signal_counts_each_objective():
+    sp = SpecialTokens(20)
+    B, N = 16, 64
+    seqs = torch.randint(20, (B, N), generator=gen())
+    shares = {}
+    for obj in OBJECTIVES:
+        opts = {"prefix_len": 32} if obj == "prefix" else {}
+        s = signal(make_batch(obj, seqs, sp, generator=gen(1), **opts), B * N, sp)
+        shares[obj] = (s.share, s.text_share)
+    assert shares["causal"] == (63 / 64, 63 / 64)
+    assert shares["masked"] == (10 / 64, 10 / 64)
+    assert shares["span"] == (14 / 64, 10 / 64)  # 10 span tokens + 3 sentinels + EOS
+    assert shares["prefix"] == (32 / 64, 32 / 64)
+    with pytest.raises(TypeError, match="batch"):
+        signal("nope", 10)
+
+
+# ------------------------------------------------------------------------------------- losses, train
+
+
+def _models(sp: SpecialTokens):
+    torch.manual_seed(0)
+    cfg = dict(vocab_size=sp.vocab_size, d_model=32, n_layers=1, n_heads=2, max_seq_len=64)
+    return {
+        "causal": Transformer(Config(**cfg)),
+        "masked": Transformer(Config(**cfg, mask="bidirectional")),
+        "prefix": Transformer(Config(**cfg, mask="prefix")),
+        "span": EncoderDecoder(Config(**cfg)),
+    }
+
+
+def test_losses_train_with_anatomy_train():
+    sp = SpecialTokens(12)
+    ids = torch.randint(12, (5000,), generator=gen())
+    windows = text_windows(ids, 8, 32, seed=1)
+    assert windows(3).shape == (8, 32) and torch.equal(windows(3), windows(3))
+    for obj, model in _models(sp).items():
+        batches = objective_batches(obj, windows, sp, seed=2)
+        first = batches(0)
+        again = objective_batches(obj, windows, sp, seed=2)(0)
+        assert torch.equal(signal_labels(first), signal_labels(again))  # deterministic per (seed, step)
+        hist = train(model, batches, steps=3, loss_fn=loss_fn(obj), progress=False, seed=0)
+        assert len(hist.loss) == 3 and all(math.isfinite(v) for v in hist.loss)
+        assert hist.tokens[-1] == sum(signal(batches(s), 8 * 32, sp).targets for s in range(3))
+        flops = training_flops(model, loss_fn(obj), first)
+        assert flops > 0
+        assert all(p.grad is None for p in model.parameters())
+    with pytest.raises(ValueError, match="objective"):
+        loss_fn("electra")
+
+
+def signal_labels(batch):
+    return batch.labels if isinstance(batch, (PrefixLMBatch, Seq2SeqBatch)) else batch[1]
+
+
+def test_training_flops_scale_with_tokens():
+    sp = SpecialTokens(12)
+    model = _models(sp)["causal"]
+    small = causal_lm_batch(torch.randint(12, (4, 17)))
+    big = causal_lm_batch(torch.randint(12, (8, 17)))
+    f_small, f_big = (training_flops(model, loss_fn("causal"), b) for b in (small, big))
+    assert f_big == 2 * f_small
+    assert model.config.attn_backend == "sdpa"  # restored
+
+
+# ----------------------------------------------------------------------------- exact Bayes losses
+
+
+def tiny_source(V: int = 3, seed: int = 0) -> MarkovSource:
+    return MarkovSource(V, order=1, alpha=0.7, seed=seed)
+
+
+def test_bayes_causal_and_prefix_are_next_token_losses():
+    src = tiny_source(5)
+    seqs = src.sample(4, 20, gen())
+    ref = src.bayes_next_token_loss(seqs).numpy()  # (4, 19)
+    assert np.allclose(bayes_loss("causal", src, causal_lm_batch(seqs)), ref.ravel())
+    b = prefix_lm_batch(seqs, prefix_len=7)
+    assert np.allclose(bayes_loss("prefix", src, b), ref[:, 6:].ravel())
+    x, y = causal_lm_batch(seqs, label_fraction=0.5, generator=gen(1))
+    keep = (y != IGNORE).numpy()
+    assert np.allclose(bayes_loss("causal", src, (x, y)), ref[keep])
+    # the mean over a long sample approaches the entropy rate
+    long = src.sample(64, 400, gen(2))
+    assert abs(bayes_loss("causal", src, causal_lm_batch(long)).mean() - src.entropy_rate()) < 0.02
+
+
+def _brute_mlm_posteriors(src, o, rate, replace, sp):
+    """P(x_t = v | o, t is a target) for every t, by enumerating clean sequences and corruptions."""
+    V, N = src.vocab_size, len(o)
+    probs = np.exp(src.log_prob(torch.tensor(list(itertools.product(range(V), repeat=N)))).numpy())
+    p_type = {
+        "none": 1 - rate,
+        "mask": rate * replace[0],
+        "rand": rate * replace[1],
+        "keep": rate * replace[2],
+    }
+    post = np.zeros((N, V))
+    for xi, x in enumerate(itertools.product(range(V), repeat=N)):
+        for types in itertools.product(p_type, repeat=N):
+            p = probs[xi]
+            for t, c in enumerate(types):  # the probability that this corruption yields o
+                if c == "mask":
+                    p *= p_type[c] * (o[t] == sp.mask_id)
+                elif c == "rand":
+                    p *= p_type[c] * (o[t] < V) / V
+                else:
+                    p *= p_type[c] * (o[t] == x[t])
+                if p == 0.0:
+                    break
+            for t, c in enumerate(types):
+                if c != "none":
+                    post[t, x[t]] += p
+    return post / post.sum(1, keepdims=True).clip(1e-300)
+
+
+@pytest.mark.parametrize("replace", [(0.8, 0.1, 0.1), (1.0, 0.0, 0.0)])
+def test_bayes_masked_matches_brute_force(replace):
+    V, N, rate = 3, 4, 0.3
+    src, sp = tiny_source(V, 1), SpecialTokens(V)
+    for o in ([0, sp.mask_id, 2, sp.mask_id], [sp.mask_id, 1, 1, 0], [2, sp.mask_id, sp.mask_id, 1]):
+        post = _brute_mlm_posteriors(src, o, rate, replace, sp)
+        for t in range(N):
+            if replace == (1.0, 0.0, 0.0) and o[t] != sp.mask_id:
+                continue  # with pure masking only [MASK] positions can be targets
+            for v in range(V):
+                labels = torch.full((1, N), IGNORE)
+                labels[0, t] = v
+                got = bayes_loss("masked", src, (torch.tensor([o]), labels), sp, rate=rate, replace=replace)
+                assert got[0] == pytest.approx(-math.log(post[t, v]), rel=1e-9, abs=1e-12)
+
+
+def test_bayes_masked_pure_masking_is_the_matrix_power_formula():
+    src, sp = tiny_source(4, 2), SpecialTokens(4)
+    T, pi = src.P, src.pi
+    o = [1, sp.mask_id, sp.mask_id, 3, sp.mask_id]
+    x = torch.tensor([o])
+    for t, (truth, expected) in {
+        1: (2, lambda v: T[1, v] * np.linalg.matrix_power(T, 2)[v, 3]),
+        2: (0, lambda v: np.linalg.matrix_power(T, 2)[1, v] * T[v, 3]),
+        4: (1, lambda v: T[3, v]),
+    }.items():
+        labels = torch.full((1, 5), IGNORE)
+        labels[0, t] = truth
+        q = np.array([expected(v) for v in range(4)])
+        got = bayes_loss("masked", src, (x, labels), sp, rate=0.5, replace=(1.0, 0.0, 0.0))
+        assert got[0] == pytest.approx(-math.log(q[truth] / q.sum()), rel=1e-10)
+    # a [MASK] at the start uses the stationary law: P(x_0 = v | x_1 = b) proportional to pi(v) T[v, b]
+    labels = torch.full((1, 2), IGNORE)
+    labels[0, 0] = 2
+    got = bayes_loss(
+        "masked", src, (torch.tensor([[sp.mask_id, 0]]), labels), sp, rate=0.5, replace=(1, 0, 0)
+    )
+    q = pi * T[:, 0]
+    assert got[0] == pytest.approx(-math.log(q[2] / q.sum()), rel=1e-10)
+    del pi
+
+
+@pytest.mark.parametrize(
+    "V, N, density, mean_len, counts",
+    [(3, 8, 0.375, 1.5, (3, 2)), (2, 10, 0.4, 4 / 3, (4, 3))],  # 3 tokens in 2 spans; 4 tokens in 3 spans
+)
+def test_bayes_span_matches_brute_force(V, N, density, mean_len, counts):
+    n_noise, n_spans = span_counts(N, density, mean_len)
+    assert (n_noise, n_spans) == counts
+    src, sp = tiny_source(V, 3), SpecialTokens(V, 4)
+    # every (clean text, noise composition, text composition) -> (encoder input, targets), with probability
+    xs = list(itertools.product(range(V), repeat=N))
+    px = np.exp(src.log_prob(torch.tensor(xs)).numpy())
+    mass: dict[tuple, float] = defaultdict(float)
+
+    def compositions(total, parts):
+        return [c for c in itertools.product(range(1, total + 1), repeat=parts) if sum(c) == total]
+
+    comps_noise = compositions(n_noise, n_spans)
+    comps_text = compositions(N - n_noise, n_spans)
+    for x, p in zip(xs, px):
+        for cn in comps_noise:
+            for ct in comps_text:
+                mask, pos = [False] * N, 0
+                for plain, noise in zip(ct, cn):
+                    pos += plain
+                    for t in range(pos, pos + noise):
+                        mask[t] = True
+                    pos += noise
+                enc, tgt, j = [], [], -1
+                for t in range(N):
+                    if mask[t]:
+                        if not mask[t - 1]:
+                            j += 1
+                            enc.append(sp.sentinel_ids[j])
+                            tgt.append(sp.sentinel_ids[j])
+                        tgt.append(x[t])
+                    else:
+                        enc.append(x[t])
+                enc.append(sp.eos_id)
+                tgt.append(sp.eos_id)
+                w = p / (len(comps_noise) * len(comps_text))
+                for k in range(len(tgt) + 1):
+                    mass[(tuple(enc), tuple(tgt[:k]))] += w
+    seqs = src.sample(12, N, gen(5))
+    b = span_corruption_batch(seqs, sp, noise_density=density, mean_span_length=mean_len, generator=gen(6))
+    got = bayes_loss("span", src, b, sp)
+    expected = []
+    for enc, lab in zip(b.encoder_input_ids.tolist(), b.labels.tolist()):
+        for k in range(len(lab)):
+            num, den = mass[(tuple(enc), tuple(lab[: k + 1]))], mass[(tuple(enc), tuple(lab[:k]))]
+            expected.append(-math.log(num / den))
+    assert np.allclose(got, expected, rtol=1e-9, atol=1e-12)
+
+
+def test_bayes_ordering_on_a_markov_source():
+    # seeing both sides makes a target easier: masked < span (text targets) and masked < causal
+    src, sp = MarkovSource(16, order=1, alpha=0.2, seed=0), SpecialTokens(16)
+    seqs = src.sample(64, 64, gen(7))
+    causal = bayes_loss("causal", src, causal_lm_batch(seqs)).mean()
+    masked = bayes_loss(
+        "masked", src, masked_lm_batch(seqs, sp, replace=(1, 0, 0), generator=gen(8)), sp, replace=(1, 0, 0)
+    ).mean()
+    assert masked < causal
+    with pytest.raises(ValueError, match="first-order"):
+        bayes_loss("causal", MarkovSource(4, order=2), causal_lm_batch(seqs % 4))
+    with pytest.raises(TypeError, match="PrefixLMBatch"):
+        bayes_loss("prefix", src, causal_lm_batch(seqs))
+
+
+# ----------------------------------------------------------------------------------- predict_token
+
+
+def test_predict_token_causal_continuation_and_bayes_rule():
+    sp = SpecialTokens(6)
+    model = _models(sp)["causal"]
+    seqs = torch.randint(6, (3, 12), generator=gen())
+    logp = predict_token(model, "causal", seqs[:, :7], None, sp)
+    assert logp.shape == (3, 6)
+    assert torch.allclose(logp, torch.log_softmax(model(seqs[:, :7])[:, -1, :6], -1), atol=1e-6)
+    # infilling by Bayes' rule, against an explicit loop over candidates
+    left, right = seqs[:, :5], seqs[:, 6:9]
+    logp = predict_token(model, "causal", left, right, sp)
+    assert torch.allclose(logp.exp().sum(1), torch.ones(3), atol=1e-5)
+    for e in range(3):
+        scores = []
+        for v in range(6):
+            s = torch.cat([left[e], torch.tensor([v]), right[e]])[None]
+            with torch.no_grad():
+                lp = torch.log_softmax(model(s)[0, :, :6], -1)
+            scores.append(sum(lp[t - 1, s[0, t]].item() for t in range(5, 9)))
+        ref = torch.log_softmax(torch.tensor(scores), 0)
+        assert torch.allclose(logp[e], ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("objective", OBJECTIVES)
+def test_predict_token_every_family(objective):
+    sp = SpecialTokens(6)
+    model = _models(sp)[objective]
+    seqs = torch.randint(6, (4, 20), generator=gen(1))
+    for right in (0, 5):
+        ce = token_cross_entropy(model, objective, seqs, 10, sp, right=right)
+        assert math.isfinite(ce) and ce > 0
+    with pytest.raises(ValueError, match="position"):
+        token_cross_entropy(model, objective, seqs, 18, sp, right=5)
+    with pytest.raises(ValueError, match="rows"):
+        predict_token(model, objective, seqs[:2, :5], seqs[:3, 6:8], sp)

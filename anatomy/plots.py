@@ -88,7 +88,7 @@ def tile_legend(ax: Axes) -> None:
         patches.Patch(facecolor=TILE_COLORS[k], edgecolor="#333333", alpha=0.6, label=TILE_NAMES[k])
         for k in (FULL, PARTIAL, EMPTY)
     ]
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=1, frameon=False)
 
 
 def draw_change(

@@ -1,0 +1,642 @@
+"""Inference economics: FLOPs and bytes per token, arithmetic intensity, the roofline, KV-cache sizes,
+seed 002's cost model next to a corrected one, and time-to-first-token measurements for multi-turn chat.
+
+Everything here is counted from a :class:`~anatomy.model.Config` (no weights needed), so the same functions
+describe SmolLM2 running on this machine and Llama-3-70B on a datacenter GPU. Conventions:
+
+* A multiply-add is 2 FLOPs. Attention FLOPs count only the (query, key) pairs the mask lets through
+  (``visible_pairs``): 2 * head_dim for q.k and 2 * head_dim for the weighted sum of values, per pair and
+  query head. Softmax, norms, RoPE and activations are left out (they are < 1 % here).
+* Bytes are the minimum traffic to main memory for one forward call: every weight once (whatever the batch
+  size), the KV cache read once, the new keys and values written once. Activations are assumed to stay in
+  cache; that is optimistic for long prefills, which are compute-bound anyway.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
+
+from anatomy.cache import kv_cache_bytes
+from anatomy.model import Config, EncoderDecoder, Transformer
+
+__all__ = [
+    "A100",
+    "DIALOGUE",
+    "PUBLISHED",
+    "PUBLISHED_SOURCES",
+    "SEED002_LATENCY_TABLE",
+    "Hardware",
+    "chat_segments",
+    "attention_kind",
+    "decode_bytes",
+    "dialogue_flops",
+    "dialogue_ttft",
+    "encdec_first_token_flops",
+    "forward_flops",
+    "interleaved_times",
+    "kv_bytes_per_token",
+    "kv_table",
+    "latency_estimate",
+    "linear_params",
+    "measure_bandwidth",
+    "measure_matmul_flops",
+    "param_counts",
+    "published_config",
+    "ridge_point",
+    "roofline",
+    "seed002_costs",
+    "seed002_kv_bytes_per_token",
+    "step_bytes",
+    "step_intensity",
+    "visible_pairs",
+    "with_mask",
+]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Published configurations (from each model's config.json on the Hugging Face Hub)
+# ---------------------------------------------------------------------------------------------------------
+
+PUBLISHED_SOURCES: dict[str, str] = {
+    "SmolLM2-135M": "HuggingFaceTB/SmolLM2-135M-Instruct config.json (and the GGUF this book loads)",
+    "Llama-2-7B": "meta-llama/Llama-2-7b-hf config.json",
+    "Falcon-7B": "tiiuae/falcon-7b config.json (multi_query: true)",
+    "Llama-3-8B": "meta-llama/Meta-Llama-3-8B config.json",
+    "Llama-3-70B": "meta-llama/Meta-Llama-3-70B config.json",
+}
+
+
+def _llama(vocab, d, layers, heads, kv_heads, d_ff, tie=False, head_dim=None, max_len=8192) -> Config:
+    return Config(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
+                  head_dim=head_dim, d_ff=d_ff, max_seq_len=max_len, tie_embeddings=tie)
+
+
+# name -> (builder, attention kind). Building a Config allocates nothing.
+_PUBLISHED = {
+    "SmolLM2-135M": (lambda: _llama(49152, 576, 30, 9, 3, 1536, tie=True), "GQA"),
+    "Llama-2-7B": (lambda: _llama(32000, 4096, 32, 32, 32, 11008, max_len=4096), "MHA"),
+    "Falcon-7B": (lambda: Config(vocab_size=65024, d_model=4544, n_layers=32, n_heads=71, n_kv_heads=1,
+                                 head_dim=64, d_ff=4 * 4544, mlp="gelu", norm="layer", max_seq_len=2048,
+                                 tie_embeddings=True), "MQA"),
+    "Llama-3-8B": (lambda: _llama(128256, 4096, 32, 32, 8, 14336), "GQA"),
+    "Llama-3-70B": (lambda: _llama(128256, 8192, 80, 64, 8, 28672), "GQA"),
+}
+PUBLISHED: tuple[str, ...] = tuple(_PUBLISHED)
+
+
+def published_config(name: str) -> Config:
+    """The anatomy Config of a published model (see ``PUBLISHED`` and ``PUBLISHED_SOURCES``)."""
+    if name not in _PUBLISHED:
+        raise ValueError(f"name must be one of {PUBLISHED}, got {name!r}")
+    return _PUBLISHED[name][0]()
+
+
+def attention_kind(config: Config) -> str:
+    """'MHA' (one K/V head per query head), 'MQA' (one K/V head) or 'GQA' (groups in between)."""
+    if config.n_kv_heads == config.n_heads:
+        return "MHA"
+    return "MQA" if config.n_kv_heads == 1 else "GQA"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Parameters and FLOPs
+# ---------------------------------------------------------------------------------------------------------
+
+def _check_config(config) -> Config:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an anatomy Config, got {type(config).__name__}")
+    return config
+
+
+def _check_count(name: str, value, low: int = 0) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+def linear_params(config: Config, *, cross_attention: bool = False) -> int:
+    """Weights of one block's matrices (q, k, v, o and the MLP; + cross-attention q, k, v, o if asked)."""
+    c = _check_config(config)
+    attn = c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.d_model
+    mlp = (3 if c.mlp == "swiglu" else 2) * c.d_model * c.d_ff
+    return attn * (2 if cross_attention else 1) + mlp
+
+
+def param_counts(config: Config) -> dict[str, int]:
+    """Parameter counts by part: embedding, blocks (matrices), norms, head (0 if tied) and totals.
+
+    ``non_embedding`` follows ``Transformer.num_params()``: everything but the token (and position)
+    embedding tables; an untied LM head counts, a tied one is the embedding.
+    """
+    c = _check_config(config)
+    norm = c.d_model * (2 if c.norm == "layer" and c.norm_bias else 1)
+    blocks = c.n_layers * linear_params(c)
+    norms = (2 * c.n_layers + int(c.final_norm)) * norm
+    embedding = c.vocab_size * c.d_model + (c.max_seq_len * c.d_model if c.pos == "learned" else 0)
+    head = 0 if (c.tie_embeddings or not c.lm_head) else c.vocab_size * c.d_model
+    biases = 0
+    if c.qkv_bias:
+        biases += c.n_layers * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim
+    if c.out_bias:
+        biases += c.n_layers * c.d_model
+    if c.mlp_bias:
+        biases += c.n_layers * ((2 if c.mlp == "swiglu" else 1) * c.d_ff + c.d_model)
+    non_embedding = blocks + norms + head + biases
+    return {"embedding": embedding, "blocks": blocks, "norms": norms, "head": head, "biases": biases,
+            "non_embedding": non_embedding, "total": non_embedding + embedding}
+
+
+def visible_pairs(mask: str, n_queries: int, n_keys: int, prefix_len: int | None = None) -> int:
+    """How many (query, key) pairs a mask lets through, queries being the last n_queries of n_keys positions.
+
+    The closed form of ``anatomy.masks.dense_mask(mask, n_queries, n_keys, prefix_len=...).sum()``, without
+    building the matrix (Llama-3-70B at 8k tokens would need 64M entries).
+    """
+    _check_count("n_queries", n_queries, 1)
+    _check_count("n_keys", n_keys, n_queries)
+    offset = n_keys - n_queries  # absolute position of query 0
+    if mask == "bidirectional":
+        return n_queries * n_keys
+    # query r at position offset + r sees keys 0 .. offset + r (causal), plus keys < prefix_len (prefix LM)
+    causal = n_queries * offset + n_queries * (n_queries + 1) // 2
+    if mask == "causal":
+        return causal
+    if mask == "prefix":
+        if prefix_len is None:
+            raise ValueError("mask='prefix' needs prefix_len")
+        p = min(_check_count("prefix_len", prefix_len, 0), n_keys)
+        # queries whose causal reach (pos + 1) is below p see p keys instead
+        k = p - offset - 1  # queries r < k see p keys instead of their causal reach offset + r + 1
+        r_max = min(n_queries, max(0, k))
+        extra = r_max * k - r_max * (r_max - 1) // 2
+        return causal + extra
+    raise ValueError(f"mask must be 'causal', 'bidirectional' or 'prefix', got {mask!r}")
+
+
+def forward_flops(config: Config, n_new: int, n_past: int = 0, *, mask: str | None = None,
+                  prefix_len: int | None = None, logits: str = "all", batch: int = 1) -> dict[str, int]:
+    """FLOPs of one forward call that runs ``n_new`` tokens after ``n_past`` cached ones.
+
+    Returns ``linear`` (the blocks' matrices), ``attention`` (q.k and the weighted values over the visible
+    pairs), ``head`` (the LM head, on every new position with logits="all" as anatomy models compute it,
+    or only the last with "last") and ``total``. ``mask`` defaults to ``config.mask``.
+    """
+    c = _check_config(config)
+    _check_count("n_new", n_new, 1)
+    _check_count("n_past", n_past, 0)
+    _check_count("batch", batch, 1)
+    if logits not in ("all", "last", "none"):
+        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+    mask = mask or c.mask
+    pairs = visible_pairs(mask, n_new, n_past + n_new, prefix_len)
+    linear = 2 * n_new * c.n_layers * linear_params(c)
+    attention = 4 * c.n_layers * c.n_heads * c.head_dim * pairs
+    head_positions = {"all": n_new, "last": 1, "none": 0}[logits] if c.lm_head else 0
+    head = 2 * head_positions * c.d_model * c.vocab_size
+    out = {"linear": linear, "attention": attention, "head": head}
+    out = {k: v * batch for k, v in out.items()}
+    out["total"] = sum(out.values())
+    return out
+
+
+def encdec_first_token_flops(config: Config, n_source: int,
+                             n_decoder_layers: int | None = None) -> dict[str, int]:
+    """FLOPs for an encoder-decoder's first output token: encode the source, project every decoder layer's
+    cross-attention keys and values, run one decoder token (self-attention to itself, cross-attention to
+    the source) and the LM head once. ``config`` is the encoder's; the decoder has the same shape."""
+    c = _check_config(config)
+    _check_count("n_source", n_source, 1)
+    L_dec = n_decoder_layers or c.n_layers
+    enc = forward_flops(replace(c, lm_head=False), n_source, mask="bidirectional", logits="none")
+    kv_width = c.n_kv_heads * c.head_dim
+    cross_kv = 2 * n_source * L_dec * 2 * c.d_model * kv_width
+    dec_linear = 2 * L_dec * (linear_params(c, cross_attention=True) - 2 * c.d_model * kv_width)
+    dec_attention = 4 * L_dec * c.n_heads * c.head_dim * (1 + n_source)
+    head = 2 * c.d_model * c.vocab_size
+    out = {"encoder": enc["total"], "cross_kv": cross_kv, "decoder": dec_linear + dec_attention, "head": head}
+    out["total"] = sum(out.values())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Bytes, arithmetic intensity, roofline
+# ---------------------------------------------------------------------------------------------------------
+
+def kv_bytes_per_token(config: Config, bytes_per_elem: int = 2) -> int:
+    """KV-cache bytes per token: 2 (K and V) * layers * n_kv_heads * head_dim * bytes per element."""
+    c = _check_config(config)
+    return kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, 1, bytes_per_elem)
+
+
+def seed002_kv_bytes_per_token(n_layers: int, d_model: int, bytes_per_elem: int = 2) -> int:
+    """Seed 002's formula, 2 x layers x 2 x d_model x bytes: the full model width for K and V, and a
+    second factor 2 (its comment calls the first 2 "K and V" and the second "bytes", then multiplies by
+    the bytes per element again)."""
+    n_layers = _check_count("n_layers", n_layers, 1)
+    d_model = _check_count("d_model", d_model, 1)
+    return 2 * n_layers * 2 * d_model * bytes_per_elem
+
+
+def kv_table(names: Sequence[str] = PUBLISHED, n_tokens: int = 8192, bytes_per_elem: int = 2) -> list[dict]:
+    """One row per published model: attention kind, heads, KV bytes per token and at ``n_tokens``, the
+    same model if it had full multi-head K/V, and seed 002's formula."""
+    rows = []
+    for name in names:
+        c = published_config(name)
+        per = kv_bytes_per_token(c, bytes_per_elem)
+        mha = kv_bytes_per_token(replace(c, n_kv_heads=c.n_heads), bytes_per_elem)
+        seed = seed002_kv_bytes_per_token(c.n_layers, c.d_model, bytes_per_elem)
+        rows.append({"model": name, "kind": attention_kind(c), "layers": c.n_layers, "q_heads": c.n_heads,
+                     "kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "per_token": per,
+                     "total": per * n_tokens, "mha_per_token": mha, "seed002_per_token": seed,
+                     "seed002_over_ours": seed / per})
+    return rows
+
+
+def step_bytes(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, weight_bytes: int = 4,
+               kv_bytes: int = 4, logits: str = "all") -> dict[str, int]:
+    """Minimum memory traffic of one forward call: weights once, the cache read once, new K/V written once.
+
+    Weights are the blocks' matrices plus the LM head matrix (tied or not, it is read), not the embedding
+    table (only ``n_new`` rows of it are touched, counted with the activations as negligible).
+    """
+    c = _check_config(config)
+    _check_count("n_new", n_new, 1)
+    _check_count("n_past", n_past, 0)
+    _check_count("batch", batch, 1)
+    head = c.vocab_size * c.d_model if (c.lm_head and logits != "none") else 0
+    weights = (c.n_layers * linear_params(c) + head) * weight_bytes
+    per_token = kv_bytes_per_token(c, kv_bytes)
+    out = {"weights": weights, "kv_read": batch * n_past * per_token, "kv_write": batch * n_new * per_token}
+    out["total"] = sum(out.values())
+    return out
+
+
+def decode_bytes(config: Config, context: int, **kw) -> int:
+    """Bytes one decode step moves (one new token after ``context`` cached ones)."""
+    return step_bytes(config, 1, context, **kw)["total"]
+
+
+def step_intensity(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, weight_bytes: int = 4,
+                   kv_bytes: int = 4, logits: str = "all") -> float:
+    """Arithmetic intensity (FLOPs per byte) of one forward call of ``batch`` sequences."""
+    f = forward_flops(config, n_new, n_past, logits=logits, batch=batch)["total"]
+    b = step_bytes(config, n_new, n_past, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes,
+                   logits=logits)["total"]
+    return f / b
+
+
+def roofline(intensity, peak_flops: float, bandwidth: float):
+    """Attainable FLOP/s at an arithmetic intensity (FLOP/byte): min(peak, intensity * bandwidth)."""
+    if peak_flops <= 0 or bandwidth <= 0:
+        raise ValueError(f"peak_flops and bandwidth must be > 0, got {peak_flops}, {bandwidth}")
+    if isinstance(intensity, torch.Tensor):
+        return torch.clamp(intensity * bandwidth, max=peak_flops)
+    try:
+        import numpy as np
+
+        if isinstance(intensity, np.ndarray):
+            return np.minimum(intensity * bandwidth, peak_flops)
+    except ImportError:  # pragma: no cover
+        pass
+    return min(float(intensity) * bandwidth, peak_flops)
+
+
+def ridge_point(peak_flops: float, bandwidth: float) -> float:
+    """The intensity (FLOP/byte) where a kernel stops being memory-bound: peak / bandwidth."""
+    if peak_flops <= 0 or bandwidth <= 0:
+        raise ValueError(f"peak_flops and bandwidth must be > 0, got {peak_flops}, {bandwidth}")
+    return peak_flops / bandwidth
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A machine for the roofline: peak FLOP/s and memory bandwidth (bytes/s)."""
+
+    name: str
+    peak_flops: float
+    bandwidth: float
+
+    @property
+    def ridge(self) -> float:
+        return ridge_point(self.peak_flops, self.bandwidth)
+
+
+A100 = Hardware("A100 (seed 002's numbers: 312 TFLOP/s bf16, 2 TB/s)", 312e12, 2e12)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Seed 002's cost model, as written, and a corrected one
+# ---------------------------------------------------------------------------------------------------------
+
+# Seed 002's printed table (A100 80GB, FP16): (model, params in billions, input tokens, output tokens,
+# prefill ms, decode ms, total ms). These are the source's claims, quoted to be checked, not results.
+SEED002_LATENCY_TABLE: tuple[tuple[str, float, int, int, float, float, float], ...] = (
+    ("7B", 7.0, 512, 128, 3.3, 38.4, 41.7),
+    ("7B", 7.0, 2048, 128, 13.1, 46.1, 59.2),
+    ("7B", 7.0, 2048, 512, 13.1, 215.0, 228.1),
+    ("70B", 70.0, 512, 128, 33.0, 384.0, 417.0),
+    ("70B", 70.0, 2048, 512, 131.0, 2150.0, 2281.0),
+)
+
+
+def seed002_costs(params_billion: float, seq_len: int, gen_len: int) -> dict[str, float]:
+    """Seed 002's inference-cost function, re-implemented step by step as the seed describes it.
+
+    Its shape guesses: d_model = 2 * int(sqrt(P / 12)) and n_layers = int(P / (12 d_model^2)); prefill
+    = 2 P seq_len FLOPs at 312 TFLOP/s; decode = the KV cache (its formula 2 L 2 d 2 bytes per token,
+    over seq_len + gen_len tokens) read at 2 TB/s per generated token. Weight reads are not counted.
+    Returns the intermediate values too, so the reader can see where the numbers come from.
+    """
+    if params_billion <= 0:
+        raise ValueError(f"params_billion must be > 0, got {params_billion}")
+    _check_count("seq_len", seq_len, 1)
+    _check_count("gen_len", gen_len, 0)
+    P = params_billion * 1e9
+    d_model = int((P / 12) ** 0.5) * 2
+    n_layers = int(P / (12 * d_model * d_model))
+    prefill_ms = 2 * P * seq_len / A100.peak_flops * 1e3
+    kv_per_token = 2 * n_layers * 2 * d_model * 2
+    decode_step_ms = kv_per_token * (seq_len + gen_len) / A100.bandwidth * 1e3
+    return {"d_model": d_model, "n_layers": n_layers, "prefill_ms": prefill_ms,
+            "decode_step_ms": decode_step_ms, "decode_ms": decode_step_ms * gen_len,
+            "total_ms": prefill_ms + decode_step_ms * gen_len}
+
+
+def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardware = A100, *,
+                     weight_bytes: int = 2, kv_bytes: int = 2, batch: int = 1) -> dict[str, float]:
+    """Roofline latency of prefill (seq_len tokens) and of gen_len decode steps at 100 % of the hardware.
+
+    Each call takes max(FLOPs / peak, bytes / bandwidth): a lower bound that a real system approaches but
+    never reaches. Decode steps read every weight and the whole cache; the cache grows step by step.
+    """
+    c = _check_config(config)
+    _check_count("seq_len", seq_len, 1)
+    _check_count("gen_len", gen_len, 0)
+    f = forward_flops(c, seq_len, batch=batch, logits="last")["total"]
+    b = step_bytes(c, seq_len, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes)["total"]
+    prefill = max(f / hardware.peak_flops, b / hardware.bandwidth)
+    decode = 0.0
+    weights_only = 0.0
+    for t in range(gen_len):
+        ctx = seq_len + t
+        f = forward_flops(c, 1, ctx, batch=batch)["total"]
+        by = step_bytes(c, 1, ctx, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
+        decode += max(f / hardware.peak_flops, by["total"] / hardware.bandwidth)
+        weights_only += by["weights"] / hardware.bandwidth
+    return {"prefill_ms": prefill * 1e3, "decode_ms": decode * 1e3, "total_ms": (prefill + decode) * 1e3,
+            "decode_weights_ms": weights_only * 1e3,
+            "weights_gb": (c.n_layers * linear_params(c) + c.vocab_size * c.d_model) * weight_bytes / 1e9}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Measuring this machine
+# ---------------------------------------------------------------------------------------------------------
+
+def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict:
+    """Achievable FLOP/s: time an (n x n) @ (n x n) matmul (2 n^3 FLOPs). Returns median, best, samples."""
+    _check_count("n", n, 16)
+    _check_count("repeats", repeats, 1)
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(dtype)
+    b = torch.randn(n, n, generator=g).to(dtype)
+    out = torch.empty(n, n, dtype=dtype)
+    with torch.inference_mode():
+        times = _median_time(lambda: torch.matmul(a, b, out=out), repeats)
+    flops = 2 * n**3
+    return {"flops": flops, "seconds": times, "median": flops / statistics.median(times),
+            "best": flops / min(times)}
+
+
+def measure_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> dict:
+    """Achievable memory bandwidth: time a copy of an ``nbytes`` float32 buffer into another (read + write
+    = 2 * nbytes of traffic). Use a buffer far larger than the CPU caches. Returns median, best, samples."""
+    _check_count("nbytes", nbytes, 2**20)
+    _check_count("repeats", repeats, 1)
+    src = torch.ones(nbytes // 4)
+    dst = torch.empty_like(src)
+    with torch.inference_mode():
+        times = _median_time(lambda: dst.copy_(src), repeats)
+    moved = 2 * src.numel() * 4
+    return {"bytes": moved, "seconds": times, "median": moved / statistics.median(times),
+            "best": moved / min(times)}
+
+
+def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
+                      warmup: int = 1) -> dict[str, list[float]]:
+    """Wall-clock seconds of each function, run in turn within every repeat (so background load hits all
+    of them alike). Returns name -> list of ``repeats`` times; take medians and compare ratios."""
+    if not fns:
+        raise ValueError("fns must hold at least one function")
+    _check_count("repeats", repeats, 1)
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Multi-turn dialogue: the conversation and time to first token per turn
+# ---------------------------------------------------------------------------------------------------------
+
+# A six-turn conversation (user message, assistant reply), written for this book. The replies are fixed
+# text, fed to the model as if it had generated them, so every run processes the same tokens.
+DIALOGUE: tuple[tuple[str, str], ...] = (
+    ("I want to start a small vegetable garden on my balcony. It gets about five hours of direct sun in "
+     "the afternoon. Which vegetables would you suggest for a beginner, and how big should the pots be?",
+     "Five hours of afternoon sun is enough for many easy crops. Good choices for a beginner are cherry "
+     "tomatoes, lettuce, radishes, spinach, bush beans and herbs such as basil, parsley and chives. "
+     "Tomatoes need the largest pots, at least twenty litres each; beans and spinach are happy in ten "
+     "litres, and herbs or radishes in pots of three to five litres."),
+    ("That sounds good. What kind of soil should I buy? The garden centre near me sells bags of potting "
+     "mix, compost and something called topsoil, and I am not sure which of these is meant for pots.",
+     "Use potting mix for containers. It is light, holds water without becoming soggy and lets air reach "
+     "the roots. Topsoil is meant for garden beds: in a pot it packs down, drains badly and gets heavy. "
+     "You can mix in some compost, about one part compost to four parts potting mix, to add nutrients, "
+     "but do not fill the pots with compost alone."),
+    ("How often will I need to water everything? I travel for work about two days a week, so I am "
+     "worried that the plants will dry out while I am away, especially in the middle of summer.",
+     "Containers dry out much faster than beds, so in summer most plants need water every day, and "
+     "tomatoes in hot weather sometimes twice. For your trips, water deeply the evening before you leave, "
+     "group the pots together in partial shade, and consider self-watering pots or simple drip spikes "
+     "connected to a bottle. A layer of mulch on the soil also slows evaporation noticeably."),
+    ("My neighbour says I should add fertiliser every week, but another website says fertiliser burns "
+     "the roots. Who is right, and what would you recommend for tomatoes and herbs in particular?",
+     "Both have a point. Potting mix runs out of nutrients after a few weeks, so regular feeding helps, "
+     "but too much fertiliser, or a strong dose on dry soil, can damage roots. For tomatoes, use a liquid "
+     "tomato feed at half strength every week once the first flowers appear. Herbs need very little: a "
+     "light feed once a month keeps the flavour stronger than frequent feeding does."),
+    ("Last question for today: some leaves on my basil have small holes and there are tiny green insects "
+     "under the leaves. Is that dangerous for the other plants, and how can I get rid of them safely?",
+     "Tiny green insects under the leaves are most likely aphids, and the holes may come from slugs or "
+     "caterpillars. Aphids spread easily to nearby plants, so act early: spray them off with a strong jet "
+     "of water, wipe the leaves, or use a mild soap spray every few days. Check the undersides of the "
+     "leaves regularly, and pick off any caterpillars by hand in the evening."),
+    ("Thank you. Could you summarise the whole plan in a short checklist that I can print and stick on the "
+     "balcony door, so that I remember the pots, the soil, the watering, feeding and the pests?",
+     "Here is your checklist. Pots: twenty litres for tomatoes, ten for beans and spinach, three to five "
+     "for herbs and radishes. Soil: potting mix with a quarter compost. Water: daily in summer, deeply "
+     "before trips, with mulch and self-watering pots. Feed: half-strength tomato feed weekly after "
+     "flowering, herbs monthly. Pests: check leaves weekly and wash off aphids with water."),
+)
+
+
+def chat_segments(tokenizer, dialogue: Sequence[tuple[str, str]] = DIALOGUE) -> list[dict[str, torch.Tensor]]:
+    """Token ids of a chat, turn by turn, with the tokenizer's chat template.
+
+    Returns one dict per turn: ``prompt`` (1, m) = the tokens a turn adds before the model can answer
+    (the end of the previous reply's markup, the user message, the assistant header) and ``reply`` (1, r).
+    Concatenating all segments gives exactly the template's rendering of the whole conversation (checked).
+    """
+    if not dialogue:
+        raise ValueError("dialogue must hold at least one (user, assistant) turn")
+    messages: list[dict[str, str]] = []
+    segments, done = [], []
+
+    def ids_of(msgs, gen: bool) -> list[int]:
+        text = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    for user, assistant in dialogue:
+        messages.append({"role": "user", "content": user})
+        prompt_ids = ids_of(messages, True)
+        messages.append({"role": "assistant", "content": assistant})
+        full_ids = ids_of(messages, False)
+        if prompt_ids[: len(done)] != done or full_ids[: len(prompt_ids)] != prompt_ids:
+            raise ValueError("the chat template does not render the turns as a growing prefix")
+        segments.append({"prompt": torch.tensor([prompt_ids[len(done):]]),
+                         "reply": torch.tensor([full_ids[len(prompt_ids):]])})
+        done = full_ids
+    return segments
+
+
+def with_mask(model: Transformer, mask: str) -> Transformer:
+    """The same network with another attention mask: a new Transformer that shares every module (and so
+    every weight, without a copy) with ``model``. SmolLM2 with mask="prefix" is a prefix LM of its shape."""
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    cfg = replace(model.config, mask=mask)
+    with torch.device("meta"):
+        twin = Transformer(cfg)
+    for name, child in model.named_children():
+        setattr(twin, name, child)
+    for name, value in vars(model).items():  # plain attributes (e.g. a RoPE table)
+        if not name.startswith("_") and name not in ("config", "training"):
+            setattr(twin, name, value)
+    twin.config = cfg
+    return twin.train(model.training)
+
+
+def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+@torch.inference_mode()
+def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Transformer | None = None,
+                  prefix_lm: Transformer | None = None, encdec: EncoderDecoder | None = None,
+                  start_id: int = 0, repeats: int | Mapping[str, int] = 3) -> dict:
+    """Time to first token at every turn of a chat, for up to four ways of serving it.
+
+    * ``reuse``: the decoder keeps its KV cache across turns and runs only the new prompt tokens.
+    * ``recompute``: the decoder re-encodes the whole conversation each turn (a fresh cache).
+    * ``prefix``: a prefix LM whose bidirectional prefix is the conversation so far; the prefix grows every
+      turn, so its states must all be recomputed.
+    * ``encdec``: an encoder-decoder that encodes the conversation so far and starts its reply with
+      ``start_id``.
+
+    Within a turn, the strategies run in turn for each repeat (interleaved). After the timing, the reply is
+    appended to the reuse cache untimed, as generating it would. Returns ``history`` (tokens before each
+    turn's prompt), ``new`` (prompt tokens), ``times`` (strategy -> per turn list of the repeats' seconds),
+    ``ttft`` (strategy -> per turn median) and ``logit_err`` (per turn max |reuse - recompute| over the
+    first-token logits), ``cache_nbytes`` and ``cache_len`` (the reuse cache at the end).
+    """
+    if decoder is None:
+        raise ValueError("decoder is required (reuse and recompute run on it)")
+    if isinstance(repeats, int):
+        repeats = {k: repeats for k in ("reuse", "recompute", "prefix", "encdec")}
+    strategies = ["reuse", "recompute"] + (["prefix"] if prefix_lm is not None else []) + (
+        ["encdec"] if encdec is not None else [])
+    for model in (decoder, prefix_lm, encdec):
+        if model is not None:
+            model.eval()
+    total = sum(s["prompt"].shape[1] + s["reply"].shape[1] for s in segments)
+    cache = decoder.new_cache(max_len=total)
+    history = torch.empty(1, 0, dtype=torch.long)
+    out = {"history": [], "new": [], "times": {k: [] for k in strategies},
+           "ttft": {k: [] for k in strategies}, "logit_err": []}
+    start = torch.tensor([[start_id]])
+    for seg in segments:
+        new = seg["prompt"]
+        convo = torch.cat([history, new], dim=1)
+        H = history.shape[1]
+        logits: dict[str, torch.Tensor] = {}
+
+        def reuse(H=H, new=new):
+            cache.truncate(H)
+            return decoder(new, cache=cache)[:, -1]
+
+        def recompute(convo=convo):
+            fresh = decoder.new_cache(max_len=convo.shape[1])
+            return decoder(convo, cache=fresh)[:, -1]
+
+        def prefix(convo=convo):
+            return prefix_lm(convo, prefix_len=convo.shape[1])[:, -1]
+
+        def encoder_decoder(convo=convo):
+            c = encdec.new_cache(max_len=8)
+            return encdec(start, cache=c, encoder_input_ids=convo)[:, -1]
+
+        fns = {"reuse": reuse, "recompute": recompute, "prefix": prefix, "encdec": encoder_decoder}
+        samples = {k: [] for k in strategies}
+        for r in range(max(repeats.get(k, 1) for k in strategies)):
+            for k in strategies:
+                if r < repeats.get(k, 1):
+                    dt, logits[k] = _time(fns[k])
+                    samples[k].append(dt)
+        for k in strategies:
+            out["times"][k].append(samples[k])
+            out["ttft"][k].append(statistics.median(samples[k]))
+        out["logit_err"].append(float((logits["reuse"] - logits["recompute"]).abs().max()))
+        out["history"].append(H)
+        out["new"].append(new.shape[1])
+        # the reuse cache now holds history + prompt; the reply goes in as if it had been generated
+        decoder(seg["reply"], cache=cache)
+        history = torch.cat([convo, seg["reply"]], dim=1)
+    out["cache_nbytes"], out["cache_len"] = cache.nbytes, len(cache)
+    return out
+
+
+def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],
+                   n_decoder_layers: int | None = None) -> dict[str, list[int]]:
+    """FLOPs to the first token per turn for the four strategies of :func:`dialogue_ttft`."""
+    out = {"reuse": [], "recompute": [], "prefix": [], "encdec": []}
+    for H, m in zip(history, new):
+        out["reuse"].append(forward_flops(config, m, H, mask="causal")["total"])
+        out["recompute"].append(forward_flops(config, H + m, 0, mask="causal")["total"])
+        out["prefix"].append(forward_flops(config, H + m, 0, mask="prefix", prefix_len=H + m)["total"])
+        out["encdec"].append(encdec_first_token_flops(config, H + m, n_decoder_layers)["total"])
+    return out

@@ -1,0 +1,461 @@
+"""Speculative decoding (Leviathan et al. 2023; Chen et al. 2023): a cheap draft proposes tokens, the target
+checks them all in one forward pass, and a rejection rule keeps exactly the target's output distribution.
+
+One round, with context x and ``gamma`` drafted tokens d_1..d_gamma drawn from the draft's q:
+
+1. the target runs [last token of x, d_1, ..., d_gamma] in one call on its KV cache and gets p_1..p_{gamma+1};
+2. d_i is accepted with probability min(1, p_i(d_i) / q_i(d_i)), in order, until the first rejection;
+3. at a rejection, the next token is drawn from the residual norm(max(0, p_i - q_i)), and the round ends;
+   if all gamma are accepted, one bonus token is drawn from p_{gamma+1};
+4. both KV caches are rolled back (``KVCache.truncate``) to the accepted tokens.
+
+At temperature 0, p and q are one-hot at their argmax: a draft token is accepted iff it is the target's
+argmax, and the output is token for token the target's greedy output. All randomness goes through a small
+interface (``categorical``, ``bernoulli``), so :func:`enumerate_distribution` can follow every random branch
+of the real sampler and compute its output distribution exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import torch
+import torch.nn as nn
+
+from anatomy.cache import KVCache
+from anatomy.model import Transformer
+
+__all__ = [
+    "RULES",
+    "ModelDrafter",
+    "NgramDrafter",
+    "ScriptedRandom",
+    "SpeculativeOutput",
+    "TorchRandom",
+    "acceptance_probability",
+    "enumerate_distribution",
+    "expected_speedup",
+    "expected_tokens_per_call",
+    "layer_draft",
+    "residual_distribution",
+    "sequence_distribution",
+    "speculative_generate",
+    "total_variation",
+    "verify",
+]
+
+RULES = ("leviathan", "match", "argmax")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Randomness: real (torch) or scripted (to enumerate every branch)
+# ---------------------------------------------------------------------------------------------------------
+
+class TorchRandom:
+    """Draws with a torch.Generator; a certain event (one-hot, probability 0 or 1) draws nothing."""
+
+    def __init__(self, generator: torch.Generator | None = None) -> None:
+        self.generator = generator
+
+    def categorical(self, probs: torch.Tensor) -> int:
+        support = torch.nonzero(probs > 0).flatten()
+        if support.numel() == 1:
+            return int(support[0])
+        return int(torch.multinomial(probs.float(), 1, generator=self.generator))
+
+    def bernoulli(self, prob: float) -> bool:
+        if prob >= 1.0:
+            return True
+        if prob <= 0.0:
+            return False
+        return bool(torch.rand((), generator=self.generator, dtype=torch.float64) < prob)
+
+
+class _Branch(Exception):
+    """Raised by ScriptedRandom when the script runs out: the options at this choice, with probabilities."""
+
+    def __init__(self, options: list[tuple[int, float]]) -> None:
+        super().__init__(f"{len(options)} options")
+        self.options = options
+
+
+class ScriptedRandom:
+    """Makes the choices of a script (a list of outcomes), multiplying up their probabilities in ``prob``;
+    raises _Branch at the first choice beyond the script. Used by :func:`enumerate_distribution`."""
+
+    def __init__(self, script: Sequence[int]) -> None:
+        self.script, self.pos, self.prob = list(script), 0, 1.0
+
+    def _choose(self, options: list[tuple[int, float]]) -> int:
+        if self.pos == len(self.script):
+            raise _Branch(options)
+        choice = self.script[self.pos]
+        self.pos += 1
+        self.prob *= dict(options)[choice]
+        return choice
+
+    def categorical(self, probs: torch.Tensor) -> int:
+        support = torch.nonzero(probs > 0).flatten().tolist()
+        if len(support) == 1:
+            return support[0]
+        p = probs.double()
+        return self._choose([(i, float(p[i])) for i in support])
+
+    def bernoulli(self, prob: float) -> bool:
+        if prob >= 1.0:
+            return True
+        if prob <= 0.0:
+            return False
+        return bool(self._choose([(1, float(prob)), (0, 1.0 - float(prob))]))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The acceptance rule
+# ---------------------------------------------------------------------------------------------------------
+
+def acceptance_probability(p: torch.Tensor, q: torch.Tensor, token: int) -> float:
+    """min(1, p(token) / q(token)) for one position (p, q: (V,) probabilities; q(token) > 0)."""
+    qt = float(q[token])
+    if qt <= 0:
+        raise ValueError(f"the draft proposed token {token} with probability {qt}; it must be > 0")
+    return min(1.0, float(p[token]) / qt)
+
+
+def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """norm(max(0, p - q)): where to draw the replacement after a rejection (p if p == q everywhere)."""
+    r = torch.clamp(p.double() - q.double(), min=0.0)
+    s = r.sum()
+    return r / s if s > 0 else p.double()
+
+
+def verify(p: torch.Tensor, q: torch.Tensor | None, drafts: Sequence[int], rng, rule: str = "leviathan"
+           ) -> tuple[int, int]:
+    """Check drafted tokens against the target: p (k+1, V) target probabilities at the k drafted positions
+    and one more, q (k, V) the draft's. Returns (number accepted, the next token after them).
+
+    rule "leviathan": accept with min(1, p/q), resample from the residual (exact: the output has p's law).
+    rule "match": accept iff the draft token equals an independent draw from p, else emit that draw
+    (also exact, but it accepts with probability sum p*q instead of sum min(p, q)).
+    rule "argmax": accept iff the draft token is p's argmax, else draw from p. This is the greedy rule;
+    with sampling it is NOT exact (kept to show what the exact rules prevent).
+    """
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    k = len(drafts)
+    if p.dim() != 2 or p.shape[0] != k + 1:
+        raise ValueError(f"p must be (k + 1, V) = ({k + 1}, V) for {k} drafted tokens, got {tuple(p.shape)}")
+    if k and (q is None or tuple(q.shape) != (k, p.shape[1])):
+        got = None if q is None else tuple(q.shape)
+        raise ValueError(f"q must be (k, V) = ({k}, {p.shape[1]}), got {got}")
+    for i, x in enumerate(drafts):
+        if rule == "leviathan":
+            if rng.bernoulli(acceptance_probability(p[i], q[i], x)):
+                continue
+            return i, rng.categorical(residual_distribution(p[i], q[i]))
+        if rule == "match":
+            y = rng.categorical(p[i])
+            if y == x:
+                continue
+            return i, y
+        if int(p[i].argmax()) == x:  # rule == "argmax"
+            continue
+        return i, rng.categorical(p[i])
+    return k, rng.categorical(p[k])
+
+
+def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n, V) logits -> float64 probabilities; temperature 0 gives one-hot rows at the argmax."""
+    if temperature == 0:
+        out = torch.zeros(logits.shape, dtype=torch.float64)
+        out[torch.arange(logits.shape[0]), logits.argmax(-1)] = 1.0
+        return out
+    return torch.softmax(logits.double() / temperature, dim=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drafters
+# ---------------------------------------------------------------------------------------------------------
+
+def _common_prefix(cache: KVCache, ids: torch.Tensor) -> int:
+    """Length of the longest common prefix of the cached tokens and ids (1, N)."""
+    n = min(len(cache), ids.shape[1])
+    if n == 0:
+        return 0
+    same = (cache.tokens[0, :n] == ids[0, :n].to(cache.device)).long()
+    return int(same.cumprod(0).sum())
+
+
+def _sync(cache: KVCache, ids: torch.Tensor) -> None:
+    """Roll the cache back to the part it shares with ids, keeping at least the last token of ids to run."""
+    cache.truncate(min(_common_prefix(cache, ids), ids.shape[1] - 1))
+
+
+class ModelDrafter:
+    """A draft model with its own KV cache, kept in step with the context (rolled back after rejections)."""
+
+    def __init__(self, model: nn.Module, max_len: int) -> None:
+        self.model = model
+        self.cache = model.new_cache(max_len=max_len)
+        self.calls = 0
+
+    @torch.inference_mode()
+    def propose(self, ids: torch.Tensor, k: int, temperature: float, rng) -> tuple[list[int], torch.Tensor]:
+        """k tokens drawn one by one from the draft after ids (1, N), and their distributions q (k, V)."""
+        _sync(self.cache, ids)
+        feed = ids[:, len(self.cache):]
+        tokens, qs = [], []
+        for _ in range(k):
+            logits = self.model(feed, cache=self.cache)[:, -1]
+            self.calls += 1
+            q = _probs(logits, temperature)[0]
+            x = rng.categorical(q)
+            tokens.append(x)
+            qs.append(q)
+            feed = torch.tensor([[x]], device=ids.device)
+        return tokens, torch.stack(qs) if qs else torch.empty(0, 0, dtype=torch.float64)
+
+
+class NgramDrafter:
+    """Prompt lookup: find the latest earlier occurrence of the context's last n tokens (n from ``max_n``
+    down to ``min_n``) and propose the tokens that followed it. Costs no model call. q is one-hot."""
+
+    def __init__(self, vocab_size: int, max_n: int = 3, min_n: int = 1) -> None:
+        if not 1 <= min_n <= max_n:
+            raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
+        self.vocab_size, self.max_n, self.min_n = vocab_size, max_n, min_n
+        self.calls = 0
+
+    def lookup(self, seq: list[int], k: int) -> list[int]:
+        for n in range(self.max_n, self.min_n - 1, -1):
+            if len(seq) <= n:
+                continue
+            tail = seq[-n:]
+            for start in range(len(seq) - n - 1, -1, -1):  # latest match first, not the tail itself
+                if seq[start:start + n] == tail:
+                    return seq[start + n:start + n + k]
+        return []
+
+    def propose(self, ids: torch.Tensor, k: int, temperature: float, rng) -> tuple[list[int], torch.Tensor]:
+        tokens = self.lookup(ids[0].tolist(), k)
+        q = torch.zeros(len(tokens), self.vocab_size, dtype=torch.float64)
+        q[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)] = 1.0
+        return tokens, q
+
+
+def layer_draft(model: Transformer, layers: int | Sequence[int]) -> Transformer:
+    """A draft made of some of ``model``'s own blocks (the first ``layers`` ones, or the given indices), its
+    embedding, final norm and head. It shares those modules with ``model`` (no copy, no training)."""
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    n = model.config.n_layers
+    idx = list(range(layers)) if isinstance(layers, int) else [int(i) for i in layers]
+    if not idx or any(not 0 <= i < n for i in idx):
+        raise ValueError(f"layers must select between 1 and {n} of the model's blocks, got {layers!r}")
+    cfg = replace(model.config, n_layers=len(idx))
+    with torch.device("meta"):
+        draft = Transformer(cfg)
+    for name, child in model.named_children():
+        setattr(draft, name, child)
+    draft.layers = nn.ModuleList(model.layers[i] for i in idx)
+    for name, value in vars(model).items():  # plain attributes, e.g. a RoPE table
+        if not name.startswith("_") and name not in ("config", "training"):
+            setattr(draft, name, value)
+    draft.config = cfg
+    return draft.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The sampler
+# ---------------------------------------------------------------------------------------------------------
+
+@dataclass
+class SpeculativeOutput:
+    """What :func:`speculative_generate` returns: the ids and what happened, round by round."""
+
+    ids: torch.Tensor  # (1, N + new)
+    n_new: int
+    drafted: list[int] = field(default_factory=list)  # per round: tokens proposed
+    accepted: list[int] = field(default_factory=list)  # per round: tokens accepted
+    beta: list[float] = field(default_factory=list)  # per verified position: sum_x min(p(x), q(x))
+    target_calls: int = 0
+    draft_calls: int = 0
+
+    @property
+    def rounds(self) -> int:
+        return len(self.drafted)
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Accepted / drafted tokens."""
+        return sum(self.accepted) / max(1, sum(self.drafted))
+
+    @property
+    def alpha(self) -> float:
+        """Leviathan et al.'s alpha = E[beta], beta = sum_x min(p(x), q(x)) at each position the target
+        checked on the accepted path (at temperature 0: 1 if the argmaxes agree, else 0)."""
+        return sum(self.beta) / max(1, len(self.beta))
+
+    @property
+    def tokens_per_call(self) -> float:
+        """New tokens per target call (plain decoding: 1)."""
+        return self.n_new / max(1, self.target_calls)
+
+
+def speculative_generate(
+    target: Transformer,
+    draft,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    gamma: int = 4,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    rule: str = "leviathan",
+    eos_token_id: int | None = None,
+    rng=None,
+) -> SpeculativeOutput:
+    """Continue input_ids (1, N) by max_new_tokens tokens of ``target``; a draft proposes ``gamma`` a round.
+
+    draft: an anatomy model (its own KV cache is kept), or an object with ``propose(ids, k, temperature,
+    rng) -> (tokens, q)`` such as :class:`NgramDrafter`. temperature 0 gives the target's greedy output
+    exactly; otherwise the output is distributed as sampling from the target at that temperature (for the
+    exact rules). ``rng`` overrides the randomness (:class:`ScriptedRandom` for enumeration).
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        got = getattr(input_ids, "shape", input_ids)
+        raise TypeError(f"input_ids must be a (1, N) LongTensor, got {got!r}")
+    if input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+        raise ValueError(f"speculative decoding here runs one sequence: input_ids must be (1, N>=1), "
+                         f"got {tuple(input_ids.shape)}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+        raise ValueError(f"gamma must be an int >= 0, got {gamma!r}")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    rng = rng or TorchRandom(generator)
+    max_len = input_ids.shape[1] + max_new_tokens + gamma + 1
+    if isinstance(draft, nn.Module):
+        drafter = ModelDrafter(draft, max_len)
+        draft.eval()
+    elif hasattr(draft, "propose"):
+        drafter = draft
+    else:
+        raise TypeError(f"draft must be an anatomy model or have propose(), got {type(draft).__name__}")
+    was_training = target.training
+    target.eval()
+    cache = target.new_cache(max_len=max_len)
+    out = SpeculativeOutput(input_ids, 0)
+    ids = input_ids
+    calls0 = getattr(drafter, "calls", 0)
+    try:
+        with torch.inference_mode():
+            while out.n_new < max_new_tokens:
+                k = min(gamma, max_new_tokens - out.n_new - 1)
+                drafts, q = drafter.propose(ids, k, temperature, rng) if k > 0 else ([], None)
+                k = len(drafts)
+                _sync(cache, ids)
+                feed = torch.cat([ids[:, len(cache):], torch.tensor([drafts], dtype=torch.long,
+                                                                     device=ids.device).view(1, k)], dim=1)
+                p = _probs(target(feed, cache=cache)[0, -(k + 1):], temperature)
+                out.target_calls += 1
+                n, nxt = verify(p, q, drafts, rng, rule)
+                for i in range(min(n + 1, k)):  # the positions checked on the accepted path
+                    out.beta.append(float(torch.minimum(p[i], q[i]).sum()))
+                out.drafted.append(k)
+                out.accepted.append(n)
+                new = drafts[:n] + [nxt]
+                ids = torch.cat([ids, torch.tensor([new], dtype=torch.long, device=ids.device)], dim=1)
+                cache.truncate(ids.shape[1] - 1)
+                out.n_new += len(new)
+                if eos_token_id is not None and eos_token_id in new:
+                    break
+    finally:
+        target.train(was_training)
+    stop = input_ids.shape[1] + min(out.n_new, max_new_tokens)
+    if eos_token_id is not None:
+        tail = ids[0, input_ids.shape[1]:stop].tolist()
+        if eos_token_id in tail:
+            stop = input_ids.shape[1] + tail.index(eos_token_id) + 1
+    out.ids = ids[:, :stop]
+    out.n_new = stop - input_ids.shape[1]
+    out.draft_calls = getattr(drafter, "calls", 0) - calls0
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Leviathan et al.'s expected speedup
+# ---------------------------------------------------------------------------------------------------------
+
+def expected_tokens_per_call(alpha: float, gamma: int) -> float:
+    """E[tokens per target call] = (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al., eq. 1)."""
+    if not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
+def expected_speedup(alpha: float, gamma: int, c: float) -> float:
+    """Expected wall-time improvement (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)) (Leviathan et al.,
+    Thm 3.8), c = time of a draft call / time of a target call; assumes a target call costs the same for
+    gamma + 1 tokens as for one."""
+    if c < 0:
+        raise ValueError(f"c must be >= 0, got {c}")
+    return expected_tokens_per_call(alpha, gamma) / (gamma * c + 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact output distributions
+# ---------------------------------------------------------------------------------------------------------
+
+def enumerate_distribution(sample: Callable[[ScriptedRandom], Sequence[int]], max_runs: int = 100_000
+                           ) -> dict[tuple[int, ...], float]:
+    """The exact output distribution of a randomized procedure, by following every random branch.
+
+    ``sample(rng)`` must make all its random choices through ``rng.categorical`` / ``rng.bernoulli`` and
+    return its output (a sequence of ints). The procedure is re-run once per node of its tree of choices
+    (at most ``max_runs``, else RuntimeError). Returns output -> probability (summing to 1).
+    """
+    dist: dict[tuple[int, ...], float] = {}
+    stack: list[list[int]] = [[]]
+    runs = 0
+    while stack:
+        script = stack.pop()
+        runs += 1
+        if runs > max_runs:
+            raise RuntimeError(f"more than max_runs={max_runs} runs; use a smaller vocabulary or n")
+        rng = ScriptedRandom(script)
+        try:
+            result = tuple(int(t) for t in sample(rng))
+        except _Branch as branch:
+            stack.extend(script + [choice] for choice, prob in branch.options if prob > 0)
+            continue
+        dist[result] = dist.get(result, 0.0) + rng.prob
+    return dist
+
+
+@torch.inference_mode()
+def sequence_distribution(model: Transformer, input_ids: torch.Tensor, n_tokens: int,
+                          temperature: float = 1.0) -> dict[tuple[int, ...], float]:
+    """The exact distribution of the next ``n_tokens`` tokens when sampling from ``model`` after input_ids
+    (1, N): the product of its conditionals, for every one of the V^n continuations (one batched call)."""
+    V = model.config.vocab_size
+    if V ** n_tokens > 65_536:
+        raise ValueError(f"V^n = {V}^{n_tokens} continuations is too many to enumerate")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    conts = torch.cartesian_prod(*[torch.arange(V)] * n_tokens).view(-1, n_tokens)
+    ids = torch.cat([input_ids.expand(conts.shape[0], -1), conts], dim=1)
+    logp = torch.log_softmax(model.eval()(ids).double() / temperature, dim=-1)
+    N = input_ids.shape[1]
+    steps = logp[:, N - 1:N - 1 + n_tokens].gather(-1, conts[:, :, None]).squeeze(-1).sum(-1)
+    return {tuple(c.tolist()): float(v) for c, v in zip(conts, steps.exp())}
+
+
+def total_variation(a: dict, b: dict) -> float:
+    """Total variation distance between two distributions given as dicts outcome -> probability."""
+    return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))

@@ -909,3 +909,111 @@ def token_cross_entropy(
     rhs = windows[:, position + 1 : position + 1 + right] if right else None
     logp = predict_token(model, objective, left, rhs, special)
     return float(-logp.gather(1, windows[:, position : position + 1]).mean())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chapter 6's controlled experiment: the same task, only the share of supervised positions changes
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DensityRun:
+    """Excess loss over the Bayes optimum during training, for each label fraction."""
+
+    fractions: tuple[float, ...]
+    steps: list[int]  # evaluation points (optimizer steps done)
+    excess: dict[float, list[float]]  # fraction -> eval loss minus the exact Bayes loss (nats), per point
+    labels: dict[float, list[int]]  # fraction -> labels seen so far, per point
+    bayes: float  # the Bayes-optimal loss on the evaluation set (nats per token)
+    flops_per_step: int  # counted FLOPs of one training step (the same for every fraction)
+
+    def fit(self, fraction: float, start: float = 0.4) -> tuple[float, float]:
+        """(a, b) of excess ~ a * steps**(-b), fitted in log-log on the points after `start` of the run."""
+        s = np.asarray(self.steps[1:], dtype=float)
+        e = np.asarray(self.excess[fraction][1:], dtype=float)
+        keep = (s >= start * s[-1]) & (e > 0)
+        b, log_a = np.polyfit(np.log(s[keep]), np.log(e[keep]), 1)
+        return float(np.exp(log_a)), float(-b)
+
+    def steps_to_reach(self, fraction: float, level: float) -> float:
+        """Steps the `fraction` run needs to reach excess `level`, from its power-law fit."""
+        a, b = self.fit(fraction)
+        return float((a / level) ** (1.0 / b))
+
+    def compute_multiplier(self, fraction: float, reference: float = 1.0) -> float:
+        """How many times more steps (= compute) `fraction` needs than `reference` for the same excess.
+
+        The level is the excess the `fraction` run reaches at its last step (from its fit); both runs
+        have the same cost per step, so the ratio of steps is the ratio of compute.
+        """
+        level = self.fit(fraction)[0] * self.steps[-1] ** (-self.fit(fraction)[1])
+        return self.steps[-1] / self.steps_to_reach(reference, level)
+
+
+def label_density_experiment(
+    source,
+    fractions: Sequence[float] = (1.0, 0.5, 0.15),
+    *,
+    config=None,
+    steps: int = 300,
+    batch_size: int = 32,
+    seq_len: int = 64,
+    lr: float = 3e-3,
+    eval_every: int = 20,
+    n_eval: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> DensityRun:
+    """Train one causal LM per label fraction on a Markov source; everything else is identical.
+
+    Same initial weights, same text batches, same steps and FLOPs; only the share of positions whose
+    next-token loss is kept differs. The learning rate is constant after warmup, so every point of a curve
+    is comparable with every point of another (no run is annealed earlier than another). Returns the
+    excess over the exact Bayes-optimal loss on a fixed evaluation sample.
+    """
+    from anatomy.model import Config, Transformer
+    from anatomy.train import train
+
+    T, _ = _markov(source)
+    V = T.shape[0]
+    fractions = tuple(_check_fraction("fraction", f) for f in fractions)
+    _check_int("steps", steps, 1)
+    config = config or Config(
+        vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=seq_len, mlp="gelu", pos="learned"
+    )
+    eval_batch = causal_lm_batch(source.sample(n_eval, seq_len + 1, _step_generator(seed, -1)))
+    bayes = float(bayes_loss("causal", source, eval_batch).mean())
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        return {"excess": causal_lm_loss(model, eval_batch)[0].item() - bayes}
+
+    def text(step: int) -> torch.Tensor:
+        return source.sample(batch_size, seq_len + 1, _step_generator(seed, step))
+
+    excess, labels, eval_steps, flops = {}, {}, [], 0
+    for f in fractions:
+        torch.manual_seed(seed)
+        model = Transformer(config)
+
+        def batches(step: int, f: float = f):
+            return causal_lm_batch(text(step), label_fraction=f, generator=_step_generator(seed + 1, step))
+
+        if not flops:
+            flops = training_flops(model, causal_lm_loss, batches(0))
+        hist = train(
+            model,
+            batches,
+            steps=steps,
+            lr=lr,
+            schedule="constant",
+            loss_fn=causal_lm_loss,
+            eval_fn=eval_fn,
+            eval_every=eval_every,
+            progress=progress,
+            seed=seed,
+        )
+        eval_steps = [s for s, _ in hist.evals]
+        excess[f] = [r["excess"] for _, r in hist.evals]
+        seen = [0] + hist.tokens
+        labels[f] = [seen[s] for s in eval_steps]
+    return DensityRun(fractions, eval_steps, excess, labels, bayes, flops)

@@ -1,0 +1,480 @@
+"""In-context learning: induction heads, the gradient-descent dual of linear attention, few-shot prompting.
+
+* `AttentionOnly`: a decoder with attention layers and no MLPs (Elhage et al. 2021; Olsson et al. 2022),
+  built from :class:`anatomy.model.Attention`, for the induction-head experiment.
+* `repeated_sequences`, `copy_losses`, `head_scores`: the induction task (a random sequence shown twice)
+  and the scores that find the heads that solve it (prefix matching, previous token).
+* `induction_experiment`: train an attention-only decoder on the task and record the phase change.
+* `dual_form`: one gradient-descent step on a linear model equals one linear-attention layer over the
+  examples (Dai et al. 2023; von Oswald et al. 2023); putting the softmax back breaks the equality.
+* `few_shot_accuracy`: k-shot prompting of a causal LM, accuracy against k.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anatomy.model import Attention, Config, ModelOutput, _check_ids, make_norm
+
+__all__ = [
+    "AttentionOnly",
+    "DualForm",
+    "FewShot",
+    "InductionRun",
+    "copy_losses",
+    "dual_form",
+    "few_shot_accuracy",
+    "head_scores",
+    "induction_batches",
+    "induction_experiment",
+    "repeated_sequences",
+]
+
+
+def _check_int(name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# An attention-only decoder
+# ---------------------------------------------------------------------------------------------------------
+
+
+class AttentionOnly(nn.Module):
+    """Token (+ learned position) embeddings, ``n_layers`` pre-norm attention layers with residuals, no MLP.
+
+    Uses ``config``'s vocab_size, d_model, n_layers, n_heads, max_seq_len, mask, pos ("learned" or
+    "none"), norm and init_std; the MLP fields are ignored. ``model(ids)`` -> logits (B, N, vocab);
+    ``return_attn=True`` -> a ModelOutput whose ``attentions`` hold (B, heads, N, N) per layer.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be an anatomy.Config, got {type(config).__name__}")
+        if config.pos == "rope":
+            raise ValueError("AttentionOnly supports pos='learned' or 'none', got 'rope'")
+        self.config = c = config
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
+        if c.pos == "learned":
+            self.embed_positions = nn.Embedding(c.max_seq_len, c.d_model)
+        self.norms = nn.ModuleList(make_norm(c) for _ in range(c.n_layers))
+        self.layers = nn.ModuleList(Attention(c) for _ in range(c.n_layers))
+        self.norm = make_norm(c)
+        self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=c.init_std)
+        for layer in self.layers:  # GPT-2: writes into the residual stream scaled by 1/sqrt(2 * layers)
+            nn.init.normal_(layer.o_proj.weight, std=c.init_std / math.sqrt(2 * c.n_layers))
+
+    def forward(self, input_ids: torch.Tensor, *, return_attn: bool = False):
+        c = self.config
+        _check_ids(input_ids, c.vocab_size)
+        N = input_ids.shape[1]
+        x = self.embed_tokens(input_ids)
+        if c.pos == "learned":
+            if N > c.max_seq_len:
+                raise ValueError(f"input of length {N} exceeds max_seq_len={c.max_seq_len}")
+            x = x + self.embed_positions(torch.arange(N, device=input_ids.device))
+        attns = []
+        for norm, layer in zip(self.norms, self.layers):
+            out, probs = layer(norm(x), mask=c.mask, return_attn=return_attn)
+            x = x + out
+            attns.append(probs)
+        logits = self.lm_head(self.norm(x))
+        return ModelOutput(logits, None, tuple(attns)) if return_attn else logits
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The induction task and the scores that find induction heads
+# ---------------------------------------------------------------------------------------------------------
+
+
+def repeated_sequences(
+    n: int, length: int, vocab_size: int, generator: torch.Generator | None = None, *, low: int = 0
+) -> torch.Tensor:
+    """n random sequences of `length` tokens in [low, vocab_size), each shown twice: (n, 2 * length)."""
+    _check_int("n", n, 1)
+    _check_int("length", length, 2)
+    _check_int("vocab_size", vocab_size, low + 2)
+    first = torch.randint(low, vocab_size, (n, length), generator=generator)
+    return torch.cat([first, first], dim=1)
+
+
+def induction_batches(batch_size: int, length: int, vocab_size: int, seed: int = 0):
+    """``step -> (x, y)``: next-token batches of repeated random sequences, fixed by (seed, step)."""
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        seqs = repeated_sequences(batch_size, length, vocab_size, g)
+        return seqs[:, :-1], seqs[:, 1:]
+
+    return batch
+
+
+@torch.no_grad()
+def copy_losses(model: nn.Module, seqs: torch.Tensor) -> tuple[float, float]:
+    """Mean next-token loss (nats) on the first copy and on the second copy of repeated sequences (n, 2L).
+
+    First copy: tokens 1..L-1 (unpredictable: ln V at best). Second copy: tokens L+1..2L-1, each of which
+    a model can copy from the first copy (token L, the restart, is in neither).
+    """
+    if (
+        seqs.dim() != 2
+        or seqs.shape[1] % 2
+        or not torch.equal(seqs[:, : seqs.shape[1] // 2], seqs[:, seqs.shape[1] // 2 :])
+    ):
+        raise ValueError("seqs must be (n, 2L) sequences whose two halves are equal")
+    L = seqs.shape[1] // 2
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(seqs[:, :-1])
+    finally:
+        model.train(was_training)
+    losses = F.cross_entropy(logits.transpose(1, 2).float(), seqs[:, 1:], reduction="none")  # (n, 2L-1)
+    return float(losses[:, : L - 1].mean()), float(losses[:, L:].mean())
+
+
+def head_scores(
+    attentions: Sequence[torch.Tensor],
+    tokens: torch.Tensor,
+    kind: str = "prefix_matching",
+    start: int | None = None,
+) -> torch.Tensor:
+    """Score every head of every layer: a (layers, heads) tensor in [0, 1].
+
+    attentions: per layer (B, heads, N, N) attention probabilities over the sequence tokens (B, N).
+    "prefix_matching" (Olsson et al. 2022): the attention a query puts on keys j whose previous token
+    equals the query's token (j - 1 < query), i.e. on the token that followed an earlier occurrence of
+    the current one; that is where an induction head looks. "previous_token": attention on position
+    query - 1. Averaged over queries >= `start` (default: the second half, where repeats occur) that
+    have at least one such key, and over the batch.
+    """
+    if kind not in ("prefix_matching", "previous_token"):
+        raise ValueError(f"kind must be 'prefix_matching' or 'previous_token', got {kind!r}")
+    if not attentions or any(a is None for a in attentions):
+        raise ValueError(
+            "attentions must hold one (B, heads, N, N) tensor per layer (run with return_attn=True)"
+        )
+    B, N = tokens.shape
+    start = N // 2 if start is None else start
+    _check_int("start", start, 1)
+    q = torch.arange(N)
+    if kind == "previous_token":
+        target = (q[None, :, None] - 1 == q[None, None, :]).expand(B, N, N)
+    else:
+        prev = torch.cat([torch.full((B, 1), -1), tokens[:, :-1]], dim=1)  # token before key j
+        target = (prev[:, None, :] == tokens[:, :, None]) & (q[None, None, :] <= q[None, :, None])
+        target &= q[None, None, :] >= 1
+    rows = target.any(-1) & (q[None, :] >= start)  # (B, N): queries that have a target key
+    if not rows.any():
+        raise ValueError("no query position >= start has a key to score")
+    scores = []
+    for a in attentions:
+        mass = (a.float() * target[:, None].float()).sum(-1)  # (B, H, N)
+        scores.append((mass * rows[:, None]).sum((0, 2)) / rows.sum())
+    return torch.stack(scores)
+
+
+@dataclass
+class InductionRun:
+    """What `induction_experiment` recorded at every evaluation."""
+
+    length: int  # L: the random sequence is L tokens, shown twice
+    vocab_size: int
+    steps: list[int] = field(default_factory=list)
+    first_copy: list[float] = field(default_factory=list)  # loss on the first copy (nats)
+    second_copy: list[float] = field(default_factory=list)  # loss on the second copy (nats)
+    prefix_matching: list[torch.Tensor] = field(default_factory=list)  # (layers, heads) per evaluation
+    previous_token: list[torch.Tensor] = field(default_factory=list)  # (layers, heads) per evaluation
+    attention: list[torch.Tensor] = field(default_factory=list)  # (layers, heads, 2L-1, 2L-1), one example
+    example: torch.Tensor | None = None  # the example sequence (2L,) whose attention is stored
+    model: nn.Module | None = None
+
+    def best_head(self, layer: int | None = None, kind: str = "prefix_matching") -> tuple[int, int]:
+        """(layer, head) with the highest final score (optionally within one layer)."""
+        final = (self.prefix_matching if kind == "prefix_matching" else self.previous_token)[-1]
+        if layer is not None:
+            return layer, int(final[layer].argmax())
+        flat = int(final.argmax())
+        return flat // final.shape[1], flat % final.shape[1]
+
+    def phase_change_step(self, threshold: float | None = None) -> int:
+        """First evaluated step where the second-copy loss is below `threshold` (default: half of ln V)."""
+        threshold = 0.5 * math.log(self.vocab_size) if threshold is None else threshold
+        for s, loss in zip(self.steps, self.second_copy):
+            if loss < threshold:
+                return s
+        return -1
+
+
+def induction_experiment(
+    *,
+    length: int = 24,
+    vocab_size: int = 64,
+    config: Config | None = None,
+    steps: int = 600,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    eval_every: int = 20,
+    n_eval: int = 64,
+    seed: int = 0,
+    progress: bool = False,
+) -> InductionRun:
+    """Train a 2-layer attention-only decoder on repeated random sequences; record the phase change.
+
+    At every evaluation: the loss on each copy, the prefix-matching and previous-token score of every
+    head (on n_eval fresh sequences), and every head's attention map on one fixed example.
+    """
+    from anatomy.train import train
+
+    _check_int("length", length, 2)
+    config = config or Config(
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=4,
+        max_seq_len=2 * length,
+        pos="learned",
+        norm="layer",
+    )
+    if config.vocab_size != vocab_size:
+        raise ValueError(f"config.vocab_size ({config.vocab_size}) must equal vocab_size ({vocab_size})")
+    torch.manual_seed(seed)
+    model = AttentionOnly(config)
+    g = torch.Generator().manual_seed(seed + 10_000)
+    eval_seqs = repeated_sequences(n_eval, length, vocab_size, g)
+    run = InductionRun(length, vocab_size, example=eval_seqs[0].clone(), model=model)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        first, second = copy_losses(m, eval_seqs)
+        out = m(eval_seqs[:, :-1], return_attn=True)
+        toks = eval_seqs[:, :-1]
+        run.steps.append(len(run.steps) * eval_every)
+        run.first_copy.append(first)
+        run.second_copy.append(second)
+        run.prefix_matching.append(head_scores(out.attentions, toks, "prefix_matching", start=length))
+        run.previous_token.append(head_scores(out.attentions, toks, "previous_token", start=1))
+        run.attention.append(torch.stack([a[0] for a in out.attentions]).clone())
+        return {"first": first, "second": second}
+
+    hist = train(
+        model,
+        induction_batches(batch_size, length, vocab_size, seed),
+        steps=steps,
+        lr=lr,
+        warmup=0.02,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        progress=progress,
+        seed=seed,
+    )
+    run.steps = [s for s, _ in hist.evals]
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Dai et al.'s dual form: one gradient-descent step = one linear-attention layer over the examples
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DualForm:
+    """Predictions for the queries from one GD step and from attention over the in-context examples."""
+
+    gd: np.ndarray  # (n_query, d_out): W1 x after one GD step from W0
+    linear_attention: np.ndarray  # the same, computed by a linear self-attention layer over the tokens
+    softmax_attention: dict[float, np.ndarray]  # logit scale s -> the softmax layer's prediction
+    max_abs_diff_linear: float  # |gd - linear_attention|, max over entries
+    rel_err_softmax: dict[float, float]  # s -> ||softmax - gd|| / ||gd - W0 x|| (the update's size)
+    logit_std: dict[float, float]  # s -> standard deviation of the softmax's logits s * k_i . q
+    rel_err_plain_softmax: float  # the linear layer with its identity swapped for a softmax, no rescaling
+
+
+def _linear_self_attention(
+    Z: np.ndarray, W_K, W_Q, W_V, n_context: int, scale: float, softmax: bool
+) -> np.ndarray:
+    """Z (n_tokens, d): context tokens first; returns each query token's residual update (n_query, d).
+
+    Queries attend to the n_context example tokens only. Linear: update = scale * sum_i (k_i . q) v_i.
+    Softmax: update = sum_i softmax_i(scale * k_i . q) v_i (the standard layer, minus 1/sqrt(d)).
+    """
+    K, V = Z[:n_context] @ W_K.T, Z[:n_context] @ W_V.T
+    Q = Z[n_context:] @ W_Q.T
+    logits = Q @ K.T  # (n_query, n_context)
+    if softmax:
+        w = np.exp(scale * logits - (scale * logits).max(1, keepdims=True))
+        return (w / w.sum(1, keepdims=True)) @ V
+    return scale * logits @ V
+
+
+def dual_form(
+    n_examples: int = 32,
+    d_in: int = 8,
+    d_out: int = 2,
+    *,
+    n_query: int = 16,
+    lr: float = 0.5,
+    w0_scale: float = 0.5,
+    softmax_scales: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
+    seed: int = 0,
+) -> DualForm:
+    """Check numerically (float64) that in-context linear regression by one GD step is linear attention.
+
+    Data: x ~ N(0, I/d_in) (centred over the examples), y = W* x with a random W*. One GD step on
+    L(W) = 1/(2n) sum_i ||W x_i - y_i||^2 from W0 gives W1 = W0 + (lr/n) sum_i (y_i - W0 x_i) x_i^T.
+    Tokens z_i = [x_i; y_i], query tokens [x; 0]. A linear attention layer with W_K = W_Q = [I 0; 0 0],
+    W_V = [0 0; -W0 I] and scale lr/n adds (lr/n) sum_i (y_i - W0 x_i)(x_i . x) to the query's y slot;
+    with the zero-shot term W0 x (Dai et al.'s W_ZSL q) that is W1 x exactly. Softmax attention with the
+    same weights and logit scale s has weights (1 + s k_i.q + O(s^2)) / n over centred examples, so
+    W0 x + (lr / s) (out - mean_i v_i) equals W1 x to first order in s: the match holds only as s -> 0.
+    """
+    for name, value in (("n_examples", n_examples), ("d_in", d_in), ("d_out", d_out), ("n_query", n_query)):
+        _check_int(name, value, 1)
+    rng = np.random.default_rng(seed)
+    W_star = rng.normal(size=(d_out, d_in))
+    W0 = w0_scale * rng.normal(size=(d_out, d_in))
+    X = rng.normal(size=(n_examples, d_in)) / math.sqrt(d_in)
+    X -= X.mean(0)  # centred examples: the first-order expansion of softmax then has no bias term
+    Y = X @ W_star.T
+    Xq = rng.normal(size=(n_query, d_in)) / math.sqrt(d_in)
+
+    grad = (X @ W0.T - Y).T @ X / n_examples  # dL/dW at W0, (d_out, d_in)
+    W1 = W0 - lr * grad
+    gd = Xq @ W1.T
+
+    d = d_in + d_out
+    Z = np.concatenate([np.concatenate([X, Y], 1), np.concatenate([Xq, np.zeros((n_query, d_out))], 1)])
+    W_KQ = np.zeros((d, d))
+    W_KQ[:d_in, :d_in] = np.eye(d_in)
+    W_V = np.zeros((d, d))
+    W_V[d_in:, :d_in] = -W0
+    W_V[d_in:, d_in:] = np.eye(d_out)
+    zero_shot = Xq @ W0.T  # the prediction without examples: W_ZSL q
+    update = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, lr / n_examples, softmax=False)
+    lin = zero_shot + update[:, d_in:]
+
+    values = Y - X @ W0.T  # v_i (their y slot)
+    plain_out = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, lr / n_examples, softmax=True)
+    plain = zero_shot + plain_out[:, d_in:]  # the same layer with a softmax, nothing else changed
+    logits = Xq @ X.T
+    soft, rel, spread = {}, {}, {}
+    for s in softmax_scales:
+        spread[float(s)] = float((s * logits).std())
+        out = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, s, softmax=True)[:, d_in:]
+        # softmax_i(s a) = (1 + s a_i + O(s^2)) / n (centred keys): out = mean(v) + (s/n) sum_i a_i v_i + ...
+        pred = zero_shot + (lr / s) * (out - values.mean(0))
+        soft[float(s)] = pred
+        rel[float(s)] = float(np.linalg.norm(pred - gd) / np.linalg.norm(gd - zero_shot))
+    update_norm = np.linalg.norm(gd - zero_shot)
+    return DualForm(
+        gd,
+        lin,
+        soft,
+        float(np.abs(gd - lin).max()),
+        rel,
+        spread,
+        float(np.linalg.norm(plain - gd) / update_norm),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Few-shot prompting of a causal LM
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FewShot:
+    """Accuracy of k-shot prompting for each k."""
+
+    ks: list[int]
+    accuracy: list[float]
+    n_queries: int
+    template: str
+    example_prompt: str  # the prompt of the first query at the largest k
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    ids = tokenizer.encode(text)
+    if hasattr(ids, "ids"):  # a tokenizers.Encoding
+        ids = ids.ids
+    return [int(i) for i in ids]
+
+
+@torch.no_grad()
+def few_shot_accuracy(
+    model: nn.Module,
+    tokenizer,
+    pairs: Sequence[tuple[str, str]],
+    ks: Sequence[int] = (0, 1, 2, 4, 8),
+    *,
+    n_queries: int = 24,
+    n_prompts: int = 2,
+    template: str = "{x} -> {y}\n",
+    instruction: str = "",
+    seed: int = 0,
+) -> FewShot:
+    """k-shot accuracy of a causal LM on a task given by (input, output) string pairs.
+
+    For each k and each of `n_prompts` random demonstration sets (k pairs), every one of `n_queries` held-out
+    queries (pairs not in the demonstrations) is appended as ``template`` up to its output (a space before
+    the output goes with the output, as BPE tokenizers attach it to the next word); the model's greedy
+    next token must equal the first token of the output as the tokenizer splits the full text. The
+    demonstrations are run once per set, and each query reuses their KV cache (``model.new_cache()``), so
+    a query costs only its own tokens. Accuracy is averaged over queries and demonstration sets.
+    """
+    if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
+        raise ValueError("template must contain {x} and {y} and end with a newline")
+    pairs = list(pairs)
+    if len(pairs) < max(ks) + n_queries:
+        raise ValueError(f"need at least max(ks) + n_queries = {max(ks) + n_queries} pairs, got {len(pairs)}")
+    for k in ks:
+        _check_int("k", k, 0)
+    head = template.split("{y}")[0]
+    rng = np.random.default_rng(seed)
+    was_training = model.training
+    model.eval()
+    accuracy, example = [], ""
+    try:
+        for k in ks:
+            correct = total = 0
+            for _ in range(n_prompts):
+                order = rng.permutation(len(pairs))
+                demos = [pairs[i] for i in order[:k]]
+                queries = [pairs[i] for i in order[k : k + n_queries]]
+                context = instruction + "".join(template.format(x=x, y=y) for x, y in demos)
+                ctx_ids = _encode(tokenizer, context) if context else []
+                cache = model.new_cache()
+                if ctx_ids:
+                    model(torch.tensor([ctx_ids]), cache=cache)
+                for x, y in queries:
+                    prompt = head.format(x=x).rstrip(" ")  # a space before the answer belongs to it
+                    full = _encode(tokenizer, context + template.format(x=x, y=y))
+                    q_ids = full[len(ctx_ids) : len(_encode(tokenizer, context + prompt))]
+                    answer = full[len(ctx_ids) + len(q_ids)]
+                    if full[: len(ctx_ids)] != ctx_ids or not q_ids:
+                        raise ValueError(
+                            "the tokenizer merges the context with the query; change the template"
+                        )
+                    logits = model(torch.tensor([q_ids]), cache=cache)
+                    correct += int(int(logits[0, -1].argmax()) == answer)
+                    total += 1
+                    cache.truncate(len(ctx_ids))
+                    if k == max(ks) and not example:
+                        example = context + prompt
+            accuracy.append(correct / total)
+    finally:
+        model.train(was_training)
+    return FewShot(list(ks), accuracy, n_queries, template, example)

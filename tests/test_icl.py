@@ -1,0 +1,201 @@
+"""Tests for anatomy.icl: the attention-only decoder, induction scores, the dual form, few-shot prompting."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anatomy import Config, Transformer
+from anatomy.data import CharTokenizer
+from anatomy.icl import (
+    AttentionOnly,
+    copy_losses,
+    dual_form,
+    few_shot_accuracy,
+    head_scores,
+    induction_batches,
+    induction_experiment,
+    repeated_sequences,
+)
+
+
+def small_config(**kw) -> Config:
+    base = dict(vocab_size=16, d_model=32, n_layers=2, n_heads=4, max_seq_len=40, pos="learned")
+    return Config(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------- the model
+
+
+def test_attention_only_is_causal_and_returns_maps():
+    torch.manual_seed(0)
+    model = AttentionOnly(small_config())
+    assert not any("mlp" in name for name, _ in model.named_parameters())
+    ids = torch.randint(16, (2, 20))
+    out = model(ids, return_attn=True)
+    assert out.logits.shape == (2, 20, 16) and len(out.attentions) == 2
+    for a in out.attentions:
+        assert a.shape == (2, 4, 20, 20)
+        assert torch.allclose(a.sum(-1), torch.ones(2, 4, 20), atol=1e-5)
+        assert float(a.triu(1).abs().max()) == 0.0  # causal: nothing above the diagonal
+    changed = ids.clone()
+    changed[:, 15] = (changed[:, 15] + 1) % 16
+    assert torch.allclose(model(ids)[:, :15], model(changed)[:, :15], atol=1e-6)
+    assert not torch.allclose(model(ids)[:, 15:], model(changed)[:, 15:])
+
+
+def test_attention_only_validation():
+    with pytest.raises(ValueError, match="rope"):
+        AttentionOnly(small_config(pos="rope"))
+    with pytest.raises(TypeError, match="Config"):
+        AttentionOnly({"vocab_size": 3})
+    model = AttentionOnly(small_config())
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model(torch.zeros(1, 41, dtype=torch.long))
+
+
+# ------------------------------------------------------------------------------ task and scores
+
+
+def test_repeated_sequences_and_batches():
+    seqs = repeated_sequences(5, 7, 10, torch.Generator().manual_seed(0))
+    assert seqs.shape == (5, 14) and torch.equal(seqs[:, :7], seqs[:, 7:])
+    batches = induction_batches(4, 6, 10, seed=3)
+    x, y = batches(2)
+    assert x.shape == y.shape == (4, 11) and torch.equal(x[:, 1:], y[:, :-1])
+    assert torch.equal(batches(2)[0], x) and not torch.equal(batches(3)[0], x)
+
+
+class Copier(torch.nn.Module):
+    """Predicts the token after the previous occurrence of the current one (a perfect induction head)."""
+
+    def __init__(self, V: int):
+        super().__init__()
+        self.V = V
+
+    def forward(self, ids):
+        B, N = ids.shape
+        logits = torch.zeros(B, N, self.V)
+        for b in range(B):
+            for i in range(N):
+                earlier = [j for j in range(i) if ids[b, j] == ids[b, i]]
+                if earlier and earlier[-1] + 1 < N:
+                    logits[b, i, ids[b, earlier[-1] + 1]] = 50.0
+        return logits
+
+
+def test_copy_losses_on_a_perfect_copier():
+    V, L = 50, 10
+    g = torch.Generator().manual_seed(1)
+    first = torch.stack([torch.randperm(V, generator=g)[:L] for _ in range(3)])  # no repeats inside a copy
+    seqs = torch.cat([first, first], 1)
+    first_loss, second_loss = copy_losses(Copier(V), seqs)
+    assert first_loss == pytest.approx(math.log(V), rel=1e-6)  # uniform logits: ln V
+    assert second_loss < 1e-10
+    with pytest.raises(ValueError, match="halves"):
+        copy_losses(Copier(V), torch.randint(V, (2, 9)))
+
+
+def test_head_scores_recognise_ideal_patterns():
+    L, B = 8, 3
+    g = torch.Generator().manual_seed(2)
+    first = torch.stack([torch.randperm(30, generator=g)[:L] for _ in range(B)])
+    toks = torch.cat([first, first], 1)
+    N = 2 * L
+    induction = torch.zeros(B, 1, N, N)
+    previous = torch.zeros(B, 1, N, N)
+    for i in range(N):
+        induction[:, 0, i, i - L + 1 if i >= L else 0] = 1.0
+        previous[:, 0, i, max(i - 1, 0)] = 1.0
+    attn = [torch.cat([induction, previous], 1)]  # one layer, two heads
+    pm = head_scores(attn, toks, "prefix_matching", start=L)
+    pt = head_scores(attn, toks, "previous_token", start=1)
+    assert pm.shape == (1, 2)
+    assert pm[0, 0] == pytest.approx(1.0) and pm[0, 1] < 0.01
+    assert pt[0, 1] == pytest.approx(1.0) and pt[0, 0] < 0.2
+    with pytest.raises(ValueError, match="kind"):
+        head_scores(attn, toks, "other")
+    with pytest.raises(ValueError, match="return_attn"):
+        head_scores([None], toks)
+
+
+def test_induction_experiment_records_everything():
+    run = induction_experiment(length=6, vocab_size=12, steps=20, batch_size=8, eval_every=10, n_eval=8)
+    assert run.steps == [0, 10, 20]
+    assert len(run.first_copy) == len(run.second_copy) == len(run.prefix_matching) == 3
+    assert run.prefix_matching[0].shape == (2, 4) and run.attention[0].shape == (2, 4, 11, 11)
+    assert all(0.0 <= float(s.min()) and float(s.max()) <= 1.0 + 1e-6 for s in run.prefix_matching)
+    layer, head = run.best_head(layer=1)
+    assert layer == 1 and 0 <= head < 4
+    assert run.phase_change_step(threshold=-1.0) == -1
+
+
+# ------------------------------------------------------------------------------------ dual form
+
+
+def test_dual_form_linear_attention_is_one_gd_step():
+    r = dual_form(seed=3)
+    assert r.max_abs_diff_linear < 1e-12
+    assert np.allclose(r.gd, r.linear_attention, atol=1e-12)
+    # softmax agrees only to first order in the logit scale: the error grows linearly with it
+    scales = sorted(r.rel_err_softmax)
+    errs = np.array([r.rel_err_softmax[s] for s in scales])
+    slope = np.polyfit(np.log(scales), np.log(errs), 1)[0]
+    assert 0.8 < slope < 1.2
+    assert errs[0] < 0.01 and r.rel_err_plain_softmax > 0.5
+    with pytest.raises(ValueError, match="n_examples"):
+        dual_form(n_examples=0)
+
+
+# ------------------------------------------------------------------------------------ few-shot
+
+
+PAIRS = [(w, w.upper()) for w in ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]]
+
+
+class Oracle(torch.nn.Module):
+    """A 'model' that knows the task: after 'x -> ' it predicts the first token of ' X' (or a wrong one)."""
+
+    def __init__(self, tok: CharTokenizer, wrong: bool = False):
+        super().__init__()
+        self.tok, self.wrong = tok, wrong
+        self.dummy = Transformer(Config(vocab_size=tok.vocab_size, d_model=8, n_layers=1, n_heads=1))
+
+    def new_cache(self):
+        return self.dummy.new_cache()
+
+    def forward(self, ids, cache=None):
+        self.dummy(ids, cache=cache)  # keep the cache's bookkeeping real
+        text = self.tok.decode(cache.tokens[0].tolist())
+        query = text.split("\n")[-1].split(" ->")[0]
+        answer = self.tok.encode(" " + query.upper())[0]
+        if self.wrong:
+            answer = (answer + 1) % self.tok.vocab_size
+        logits = torch.zeros(ids.shape[0], ids.shape[1], self.tok.vocab_size)
+        logits[:, -1, answer] = 1.0
+        return logits
+
+
+def test_few_shot_accuracy_reads_the_right_answer_token():
+    tok = CharTokenizer("".join(x + y for x, y in PAIRS) + " ->\nQ:")
+    for wrong, expected in ((False, 1.0), (True, 0.0)):
+        r = few_shot_accuracy(Oracle(tok, wrong), tok, PAIRS, ks=(0, 2), n_queries=4, n_prompts=2)
+        assert r.accuracy == [expected, expected]
+    r = few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(0, 2), n_queries=4, instruction="Q:\n")
+    assert r.example_prompt.startswith("Q:\n") and r.example_prompt.endswith(" ->")
+
+
+def test_few_shot_accuracy_runs_a_real_model_and_validates():
+    tok = CharTokenizer("".join(x + y for x, y in PAIRS) + " ->\n")
+    torch.manual_seed(0)
+    model = Transformer(Config(vocab_size=tok.vocab_size, d_model=16, n_layers=1, n_heads=2))
+    r = few_shot_accuracy(model, tok, PAIRS, ks=(0, 1, 3), n_queries=5, seed=1)
+    assert r.ks == [0, 1, 3] and all(0.0 <= a <= 1.0 for a in r.accuracy)
+    assert r.accuracy == few_shot_accuracy(model, tok, PAIRS, ks=(0, 1, 3), n_queries=5, seed=1).accuracy
+    with pytest.raises(ValueError, match="pairs"):
+        few_shot_accuracy(model, tok, PAIRS, ks=(0, 8), n_queries=5)
+    with pytest.raises(ValueError, match="template"):
+        few_shot_accuracy(model, tok, PAIRS, template="{x} {y}")

@@ -156,8 +156,9 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
         threads: number of threads for torch's CPU kernels (the book is written for a 2-core machine);
             ``None`` leaves torch's default.
 
-    Seeds Python's `random`, NumPy's global generator and torch. On a machine without CUDA it also turns
-    on `torch.use_deterministic_algorithms` (warn-only), which costs nothing for CPU kernels. It sets
+    Seeds Python's `random`, NumPy's global generator and torch. It does not call
+    `torch.use_deterministic_algorithms`: torch's CPU kernels used here are already deterministic for a
+    fixed thread count, and that call imports torch's compiler stack (seconds per chapter). It sets
     ``OMP_WAIT_POLICY=PASSIVE`` in the environment if unset; that only reaches processes started later
     (benchmarks, workers), because OpenMP reads it once at start-up.
     """
@@ -181,11 +182,6 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if not torch.cuda.is_available():
-        # CUDA's deterministic mode needs a cuBLAS workspace setting and slows some kernels, so it is
-        # left off there. On the CPU it is free once uninitialised memory is not filled with NaNs.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.utils.deterministic.fill_uninitialized_memory = False
     apply_style()
     return seed
 

@@ -24,15 +24,11 @@ from anatomy import book
 def _restore_global_state():
     """setup() changes torch's thread count and matplotlib's rcParams: put them back after each test."""
     threads = torch.get_num_threads()
-    rc = matplotlib.rcParams.copy()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    fill = torch.utils.deterministic.fill_uninitialized_memory
+    # Not "backend": writing it back would make pyplot search for a GUI backend again.
+    rc = {k: v for k, v in matplotlib.rcParams.copy().items() if k != "backend"}
     yield
     torch.set_num_threads(threads)
     matplotlib.rcParams.update(rc)
-    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
-    torch.utils.deterministic.fill_uninitialized_memory = fill
     plt.close("all")
 
 
@@ -119,6 +115,17 @@ def test_glue_reports_a_bad_format(no_myst_nb):
 
 
 # ----------------------------------------------------------------------------------------------- setup
+
+
+def test_setup_is_cheap(monkeypatch):
+    """setup() must not call use_deterministic_algorithms, which imports torch's compiler (seconds)."""
+    monkeypatch.delenv("ANATOMY_SEED", raising=False)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("setup() called torch.use_deterministic_algorithms")
+
+    monkeypatch.setattr(torch, "use_deterministic_algorithms", forbidden)
+    book.setup()
 
 
 def test_setup_seeds_every_generator(monkeypatch):

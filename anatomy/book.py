@@ -232,7 +232,9 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -
             glued, so the text can use a plain ``{glue:text}`name```.
 
     When the book is built, the value goes to `myst_nb.glue`. Without myst-nb (Colab, plain Python) it
-    is printed as ``name = value`` if `display` is true, and otherwise only returned.
+    is printed as ``name = value`` if `display` is true, and otherwise only returned. The returned
+    number or string is a plain int/float/str subclass that a notebook does not echo when a cell ends
+    with ``glue(...)`` (bools are returned as they are).
     """
     if not isinstance(name, str) or not _GLUE_NAME.match(name):
         raise ValueError(f"glue: name must be an identifier (letters, digits, _), got {name!r}")
@@ -253,7 +255,32 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -
         _myst_glue(name, shown, display=display)
     elif display:
         print(f"{name} = {shown}")
-    return plain
+    return _quiet(plain)
+
+
+class _QuietInt(int):
+    def _ipython_display_(self) -> None:  # a cell ending in glue(...) shows nothing more
+        pass
+
+
+class _QuietFloat(float):
+    def _ipython_display_(self) -> None:
+        pass
+
+
+class _QuietStr(str):
+    def _ipython_display_(self) -> None:
+        pass
+
+
+def _quiet(value: bool | int | float | str) -> Any:
+    """The same value, as an int/float/str subclass that IPython does not echo as a cell's result."""
+    if isinstance(value, bool):
+        return value
+    for base, quiet in ((int, _QuietInt), (float, _QuietFloat), (str, _QuietStr)):
+        if isinstance(value, base):
+            return quiet(value)
+    return value
 
 
 # ------------------------------------------------------------------------------ interactive figures

@@ -1,0 +1,219 @@
+"""FLOPs and bytes of a whole forward pass: how big is attention next to everything else?
+
+Skipping the tiles above the causal diagonal halves the attention-score work (``QK^T`` and ``PV``). That
+is a saving on one part of the model; this module counts every part, so the saving can be stated as a
+share of the whole forward pass. Conventions (those of Kaplan et al. 2020, Table 1, and of the
+FlashAttention papers):
+
+* a multiply-add is 2 FLOPs; only matmuls are counted. Norms, RoPE, activations and the softmax's
+  exponentials are O(N * d) or O(N^2 * heads) element-wise operations, a few percent at most, and left
+  out (they are not what tile skipping changes);
+* per token and layer, the projections cost ``2 * (parameters of the layer's matrices)``; attention
+  scores and values cost ``4 * head_dim * n_heads`` per visible (query, key) pair;
+* the LM head (``2 * d_model * vocab`` per token) is part of the forward pass; embedding lookups are free.
+
+A causal mask is counted three ways: ``"dense"`` (the full N x N square, what a kernel without tile
+skipping computes), ``"tiles"`` (whole tiles, as :func:`anatomy.masks.count_tiles` classifies them) and
+``"ideal"`` (only
+the N(N+1)/2 visible pairs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from anatomy.masks import MASKS
+
+COUNTINGS = ("ideal", "tiles", "dense")
+
+
+@dataclass(frozen=True)
+class Shape:
+    """The sizes of a decoder (or encoder) stack that decide its FLOPs."""
+
+    name: str
+    n_layers: int
+    d_model: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_ff: int
+    vocab_size: int
+    mlp: str = "swiglu"  # "swiglu": three d x d_ff matrices; "gelu": two
+    context: int = 2048  # the training context length the model was published with
+
+    def __post_init__(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size",
+                     "context"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Shape.{name} must be a positive int, got {value!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"Shape.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
+            )
+        if self.mlp not in ("swiglu", "gelu"):
+            raise ValueError(f"Shape.mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
+
+    @classmethod
+    def from_config(cls, config, name: str = "anatomy model", context: int | None = None) -> Shape:
+        """The shape of an :class:`anatomy.Config` (GELU and tanh-GELU MLPs both count as two matrices)."""
+        return cls(
+            name=name,
+            n_layers=config.n_layers,
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            n_kv_heads=config.n_kv_heads,
+            head_dim=config.head_dim,
+            d_ff=config.d_ff,
+            vocab_size=config.vocab_size,
+            mlp="swiglu" if config.mlp == "swiglu" else "gelu",
+            context=config.max_seq_len if context is None else context,
+        )
+
+    @property
+    def params_per_layer(self) -> int:
+        """Weights of the matmuls of one block: q, k, v, o projections and the MLP (biases ignored)."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * hd * (self.n_heads + 2 * self.n_kv_heads) + self.n_heads * hd * d
+        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
+        return attn + mlp
+
+    @property
+    def params(self) -> int:
+        """Non-embedding parameters of the stack plus the LM head matrix (counted once, tied or not)."""
+        return self.n_layers * self.params_per_layer + self.d_model * self.vocab_size
+
+
+# Published configurations (config.json of each checkpoint; GPT-3: Brown et al. 2020, Table 2.1).
+SMOLLM2_135M = Shape("SmolLM2-135M", n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64,
+                     d_ff=1536, vocab_size=49152, mlp="swiglu", context=2048)
+LLAMA3_70B = Shape("Llama-3-70B", n_layers=80, d_model=8192, n_heads=64, n_kv_heads=8, head_dim=128,
+                   d_ff=28672, vocab_size=128256, mlp="swiglu", context=8192)
+GPT3_175B = Shape("GPT-3 175B", n_layers=96, d_model=12288, n_heads=96, n_kv_heads=96, head_dim=128,
+                  d_ff=49152, vocab_size=50257, mlp="gelu", context=2048)
+PRESETS = {s.name: s for s in (SMOLLM2_135M, LLAMA3_70B, GPT3_175B)}
+
+
+def _check_n(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
+                    prefix_len: int | None = None) -> int:
+    """Number of (query, key) pairs whose score is computed for one head of a sequence of n_ctx tokens.
+
+    Closed forms, O(n_ctx / tile) work (so 128k-token contexts cost nothing); they agree with
+    :func:`anatomy.masks.count_tiles`, which derives the same numbers from the dense mask (tested).
+    """
+    _check_n("n_ctx", n_ctx)
+    _check_n("tile", tile)
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    if counting not in COUNTINGS:
+        raise ValueError(f"counting must be one of {COUNTINGS}, got {counting!r}")
+    if mask == "prefix":
+        if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or not 0 <= prefix_len <= n_ctx:
+            raise ValueError(f'mask="prefix" needs prefix_len in [0, {n_ctx}], got {prefix_len!r}')
+    p = prefix_len if mask == "prefix" else 0
+    if mask == "bidirectional" or counting == "dense":
+        return n_ctx * n_ctx
+    if counting == "ideal":  # query i sees keys [0, max(p, i + 1))
+        return p * p + (n_ctx * (n_ctx + 1) - p * (p + 1)) // 2
+    return _tile_walk(n_ctx, tile, p)[1]
+
+
+def _tile_walk(n_ctx: int, tile: int, p: int) -> tuple[int, int]:
+    """(key tiles visited, pairs computed) by a tiled kernel, causal with the first p keys visible to all."""
+    tiles = pairs = 0
+    for r0 in range(0, n_ctx, tile):  # query tile [r0, r1) needs keys [0, max(p, r1))
+        r1 = min(r0 + tile, n_ctx)
+        n_key_tiles = -(-max(p, r1) // tile)
+        tiles += n_key_tiles
+        pairs += (r1 - r0) * min(n_key_tiles * tile, n_ctx)
+    return tiles, pairs
+
+
+@dataclass(frozen=True)
+class ForwardFlops:
+    """Matmul FLOPs of one forward pass over a batch of sequences, split by where they are spent."""
+
+    projections: int  # q, k, v and output projections, all layers
+    mlp: int  # the MLPs, all layers
+    attention: int  # QK^T and PV, all layers and heads
+    lm_head: int  # the final d_model x vocab matmul
+
+    @property
+    def total(self) -> int:
+        return self.projections + self.mlp + self.attention + self.lm_head
+
+    @property
+    def attention_share(self) -> float:
+        """Fraction of the forward pass spent on attention scores and values."""
+        return self.attention / self.total
+
+
+def forward_flops(shape: Shape, n_ctx: int, *, mask: str = "causal", counting: str = "ideal",
+                  tile: int = 128, prefix_len: int | None = None, batch: int = 1,
+                  lm_head: bool = True) -> ForwardFlops:
+    """Matmul FLOPs of a forward pass of ``batch`` sequences of ``n_ctx`` tokens (see the module doc)."""
+    if not isinstance(shape, Shape):
+        raise TypeError(f"shape must be an anatomy.flops.Shape, got {type(shape).__name__}")
+    _check_n("batch", batch)
+    tokens = batch * n_ctx
+    d, hd, L = shape.d_model, shape.head_dim, shape.n_layers
+    proj = 2 * tokens * L * (d * hd * (shape.n_heads + 2 * shape.n_kv_heads) + shape.n_heads * hd * d)
+    mlp = 2 * tokens * L * (3 if shape.mlp == "swiglu" else 2) * d * shape.d_ff
+    pairs = attention_pairs(mask, n_ctx, counting=counting, tile=tile, prefix_len=prefix_len)
+    attn = 4 * hd * shape.n_heads * L * batch * pairs
+    head = 2 * tokens * d * shape.vocab_size if lm_head else 0
+    return ForwardFlops(projections=proj, mlp=mlp, attention=attn, lm_head=head)
+
+
+def causal_saving(shape: Shape, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
+                  lm_head: bool = True) -> float:
+    """Share of a whole bidirectional forward pass that a causal mask saves: 1 - F_causal / F_full."""
+    full = forward_flops(shape, n_ctx, mask="bidirectional", lm_head=lm_head).total
+    causal = forward_flops(shape, n_ctx, mask="causal", counting=counting, tile=tile, lm_head=lm_head).total
+    return 1.0 - causal / full
+
+
+def attention_traffic(mask: str, n_ctx: int, head_dim: int, *, tile: int = 128, itemsize: int = 2,
+                      n_heads: int = 1, prefix_len: int | None = None) -> dict[str, float]:
+    """FLOPs and bytes a tiled (FlashAttention-style) forward kernel moves for one sequence.
+
+    Each program keeps one query tile on chip, reads the key and value tiles it visits, writes its output
+    tile and log-sum-exp. So HBM bytes = Q + O (once) + K and V once per visited tile. Returns
+    ``{"flops", "bytes", "intensity"}`` (intensity in FLOP per byte).
+    """
+    for name, value in (("n_ctx", n_ctx), ("head_dim", head_dim), ("tile", tile), ("itemsize", itemsize),
+                        ("n_heads", n_heads)):
+        _check_n(name, value)
+    if mask not in MASKS:
+        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
+    if mask == "bidirectional":
+        visited, pairs = (-(-n_ctx // tile)) ** 2, n_ctx * n_ctx
+    else:
+        pairs = attention_pairs(mask, n_ctx, counting="tiles", tile=tile, prefix_len=prefix_len)
+        visited = _tile_walk(n_ctx, tile, prefix_len if mask == "prefix" else 0)[0]
+    flops = 4 * head_dim * n_heads * pairs
+    kv_bytes = visited * 2 * tile * head_dim * itemsize * n_heads  # a K and a V tile per visited tile
+    qo_bytes = 2 * n_ctx * head_dim * itemsize * n_heads + 4 * n_ctx * n_heads  # Q in, O out, fp32 lse
+    total = kv_bytes + qo_bytes
+    return {"flops": float(flops), "bytes": float(total), "intensity": flops / total}
+
+
+__all__ = [
+    "COUNTINGS",
+    "GPT3_175B",
+    "LLAMA3_70B",
+    "PRESETS",
+    "SMOLLM2_135M",
+    "ForwardFlops",
+    "Shape",
+    "attention_pairs",
+    "attention_traffic",
+    "causal_saving",
+    "forward_flops",
+]

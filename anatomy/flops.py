@@ -1,4 +1,4 @@
-"""FLOPs and bytes of a whole forward pass: how big is attention next to everything else?
+"""FLOPs, bytes and measured time of attention and of a whole forward pass: how big is attention?
 
 Skipping the tiles above the causal diagonal halves the attention-score work (``QK^T`` and ``PV``). That
 is a saving on one part of the model; this module counts every part, so the saving can be stated as a
@@ -16,11 +16,20 @@ A causal mask is counted three ways: ``"dense"`` (the full N x N square, what a 
 skipping computes), ``"tiles"`` (whole tiles, as :func:`anatomy.masks.count_tiles` classifies them) and
 ``"ideal"`` (only
 the N(N+1)/2 visible pairs).
+
+The timing helpers at the end measure what the counts predict: variants are interleaved within each
+repeat (so that load from other jobs on a shared machine hits all of them alike), threads are pinned, and
+medians are reported. Wall-clock numbers are noisy; the counts are exact.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import torch
 
 from anatomy.masks import MASKS
 
@@ -100,15 +109,23 @@ def _check_n(name: str, value: int) -> None:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
-def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
+def _tiles(tile) -> tuple[int, int]:
+    tq, tk = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tuple(tile)
+    for value in (tq, tk):
+        _check_n("tile", value)
+    return tq, tk
+
+
+def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int | tuple[int, int] = 128,
                     prefix_len: int | None = None) -> int:
     """Number of (query, key) pairs whose score is computed for one head of a sequence of n_ctx tokens.
 
-    Closed forms, O(n_ctx / tile) work (so 128k-token contexts cost nothing); they agree with
-    :func:`anatomy.masks.count_tiles`, which derives the same numbers from the dense mask (tested).
+    ``tile`` is an int or a (query tile, key tile) pair. Closed forms, O(n_ctx / tile) work (so 128k-token
+    contexts cost nothing); they agree with :func:`anatomy.masks.count_tiles`, which derives the same
+    numbers from the dense mask (tested).
     """
     _check_n("n_ctx", n_ctx)
-    _check_n("tile", tile)
+    tile_q, tile_k = _tiles(tile)
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if counting not in COUNTINGS:
@@ -121,18 +138,29 @@ def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int
         return n_ctx * n_ctx
     if counting == "ideal":  # query i sees keys [0, max(p, i + 1))
         return p * p + (n_ctx * (n_ctx + 1) - p * (p + 1)) // 2
-    return _tile_walk(n_ctx, tile, p)[1]
+    return _tile_walk(n_ctx, tile_q, tile_k, p)[1]
 
 
-def _tile_walk(n_ctx: int, tile: int, p: int) -> tuple[int, int]:
+def _tile_walk(n_ctx: int, tile_q: int, tile_k: int, p: int) -> tuple[int, int]:
     """(key tiles visited, pairs computed) by a tiled kernel, causal with the first p keys visible to all."""
     tiles = pairs = 0
-    for r0 in range(0, n_ctx, tile):  # query tile [r0, r1) needs keys [0, max(p, r1))
-        r1 = min(r0 + tile, n_ctx)
-        n_key_tiles = -(-max(p, r1) // tile)
+    for r0 in range(0, n_ctx, tile_q):  # query tile [r0, r1) needs keys [0, max(p, r1))
+        r1 = min(r0 + tile_q, n_ctx)
+        n_key_tiles = -(-max(p, r1) // tile_k)
         tiles += n_key_tiles
-        pairs += (r1 - r0) * min(n_key_tiles * tile, n_ctx)
+        pairs += (r1 - r0) * min(n_key_tiles * tile_k, n_ctx)
     return tiles, pairs
+
+
+def sdpa_cpu_tiles(n_queries: int) -> tuple[int, int]:
+    """The (query block, key block) sizes of PyTorch's CPU flash-attention kernel for this many queries.
+
+    From ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp`` (PyTorch 2.x): key blocks of 512, query
+    blocks of 256 (>= 768 queries), 64 (>= 192) or 32. With ``is_causal`` it stops each query block at
+    its last row's key, so the causal saving is set by this grid: nothing below 512 keys.
+    """
+    _check_n("n_queries", n_queries)
+    return (256 if n_queries >= 768 else 64 if n_queries >= 192 else 32), 512
 
 
 @dataclass(frozen=True)
@@ -196,12 +224,158 @@ def attention_traffic(mask: str, n_ctx: int, head_dim: int, *, tile: int = 128, 
         visited, pairs = (-(-n_ctx // tile)) ** 2, n_ctx * n_ctx
     else:
         pairs = attention_pairs(mask, n_ctx, counting="tiles", tile=tile, prefix_len=prefix_len)
-        visited = _tile_walk(n_ctx, tile, prefix_len if mask == "prefix" else 0)[0]
+        visited = _tile_walk(n_ctx, tile, tile, prefix_len if mask == "prefix" else 0)[0]
     flops = 4 * head_dim * n_heads * pairs
     kv_bytes = visited * 2 * tile * head_dim * itemsize * n_heads  # a K and a V tile per visited tile
     qo_bytes = 2 * n_ctx * head_dim * itemsize * n_heads + 4 * n_ctx * n_heads  # Q in, O out, fp32 lse
     total = kv_bytes + qo_bytes
     return {"flops": float(flops), "bytes": float(total), "intensity": flops / total}
+
+
+# ---------------------------------------------------------------------------------------------- figure
+
+
+def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | None = None,
+                  title: str | None = None):
+    """Draw the (query tile, key tile) grid of one mask: full, partial and empty tiles, and the mask's edge.
+
+    Colours and names are those of :mod:`anatomy.plots` (chapter 1 draws small masks cell by cell; this
+    draws one rectangle per tile, so it stays fast for thousands of positions). Returns the tile map.
+    """
+    import matplotlib.patches as patches
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+
+    from anatomy.masks import EMPTY, FULL, PARTIAL, tile_map
+    from anatomy.plots import TILE_COLORS
+
+    tmap = tile_map(mask, n_ctx, n_ctx, tile=tile, q_offset=0, prefix_len=prefix_len)
+    cmap = ListedColormap([TILE_COLORS[EMPTY], TILE_COLORS[PARTIAL], TILE_COLORS[FULL]])
+    ax.imshow(tmap.numpy(), cmap=cmap, vmin=-0.5, vmax=2.5, interpolation="nearest",
+              extent=(0, tmap.shape[1] * tile, tmap.shape[0] * tile, 0))
+    edges = [min(i * tile, n_ctx) for i in range(max(tmap.shape) + 1)]  # tile borders, one collection
+    lines = [[(0, e), (n_ctx, e)] for e in edges] + [[(e, 0), (e, n_ctx)] for e in edges]
+    ax.add_collection(LineCollection(lines, colors="#999999", linewidths=0.4))
+    if mask != "bidirectional":  # the edge of the visible region: keys < max(prefix_len, q + 1)
+        p = prefix_len if mask == "prefix" else 0
+        xs = [p, p, n_ctx] if p > 0 else [0, n_ctx]
+        ys = [0, p, n_ctx] if p > 0 else [0, n_ctx]
+        ax.plot(xs, ys, color="#222222", linewidth=1.2)
+    ax.add_patch(patches.Rectangle((0, 0), n_ctx, n_ctx, fill=False, edgecolor="#333333", linewidth=1.0))
+    ax.set_xlim(0, n_ctx)
+    ax.set_ylim(n_ctx, 0)
+    ax.grid(False)
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    if title:
+        ax.set_title(title)
+    return tmap
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+                        threads: int | None = 1) -> dict[str, float]:
+    """Median wall-clock seconds of each function; within each repeat every variant runs once, in turn.
+
+    ``threads`` pins torch's intra-op threads while timing (restored afterwards); CUDA work is synchronised
+    before each clock read.
+    """
+    if not fns:
+        raise ValueError("fns must name at least one function to time")
+    for name, fn in fns.items():
+        if not callable(fn):
+            raise TypeError(f"fns[{name!r}] must be callable, got {type(fn).__name__}")
+    _check_n("repeats", repeats)
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
+    if threads is not None:
+        _check_n("threads", threads)
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                for fn in fns.values():
+                    fn()
+            times: dict[str, list[float]] = {name: [] for name in fns}
+            for _ in range(repeats):
+                for name, fn in fns.items():
+                    sync()
+                    t0 = time.perf_counter()
+                    fn()
+                    sync()
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(saved)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads: int = 8, kv_heads: int = 8,
+                   head_dim: int = 64, tile: int = 128, repeats: int = 5, threads: int | None = 1,
+                   dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> list[dict]:
+    """Time ``anatomy.attention`` for each sequence length and variant (a dict of keyword arguments).
+
+    ``variants`` maps a name to ``attention`` keywords, e.g. ``{"tiled causal": dict(mask="causal",
+    backend="tiled")}``. Returns one row per size: ``{"n": N, name: median seconds, ...}``. Batch 1,
+    self-attention (Nq = Nk = N).
+    """
+    from anatomy.attention import attention
+
+    if not variants:
+        raise ValueError("variants must name at least one configuration to time")
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for n in sizes:
+        _check_n("size", n)
+        q = torch.randn(1, heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
+        k, v = (torch.randn(1, kv_heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
+                for _ in range(2))
+        fns = {name: (lambda kw=kw, q=q, k=k, v=v: attention(q, k, v, tile=tile, **kw))
+               for name, kw in variants.items()}
+        rows.append({"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads)})
+    return rows
+
+
+def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causal", "bidirectional"),
+                 repeats: int = 3, threads: int | None = 1, seed: int = 0) -> list[dict]:
+    """Time one forward pass of an anatomy ``Transformer`` per mask and sequence length (batch 1).
+
+    The models for the different masks share one set of weights (the mask is the only difference). Each
+    row: ``{"n": N, mask: median seconds, ..., "counted_" + mask: FLOPs as :func:`forward_flops` counts
+    them for the model's kernel}`` (``counting="tiles"`` for the tiled and Triton backends, ``"dense"``
+    otherwise).
+    """
+    from anatomy.model import Transformer
+
+    if not masks:
+        raise ValueError("masks must name at least one mask")
+    torch.manual_seed(seed)
+    base = Transformer(replace(config, mask=masks[0])).eval()
+    models = {masks[0]: base}
+    for m in masks[1:]:
+        models[m] = Transformer(replace(config, mask=m)).eval()
+        models[m].load_state_dict(base.state_dict())
+    shape = Shape.from_config(config)
+    counting = "tiles" if config.attn_backend in ("tiled", "triton") else "dense"
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for n in sizes:
+        _check_n("size", n)
+        if n > config.max_seq_len and config.pos == "learned":
+            raise ValueError(f"size {n} exceeds the model's max_seq_len {config.max_seq_len}")
+        ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
+        prefix = {m: (dict(prefix_len=n // 2) if m == "prefix" else {}) for m in masks}
+        fns = {m: (lambda m=m, ids=ids, kw=prefix[m]: models[m](ids, **kw)) for m in masks}
+        row = {"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads)}
+        for m in masks:
+            row["counted_" + m] = forward_flops(shape, n, mask=m, counting=counting, tile=config.tile,
+                                                prefix_len=prefix[m].get("prefix_len")).total
+        rows.append(row)
+    return rows
 
 
 __all__ = [
@@ -214,6 +388,11 @@ __all__ = [
     "Shape",
     "attention_pairs",
     "attention_traffic",
+    "draw_tile_map",
     "causal_saving",
     "forward_flops",
+    "interleaved_medians",
+    "sdpa_cpu_tiles",
+    "time_attention",
+    "time_forward",
 ]

@@ -16,6 +16,10 @@ from anatomy.flops import (
     attention_traffic,
     causal_saving,
     forward_flops,
+    interleaved_medians,
+    sdpa_cpu_tiles,
+    time_attention,
+    time_forward,
 )
 from anatomy.masks import causal_tile_ideal, count_tiles
 
@@ -75,6 +79,16 @@ def test_closed_forms_agree_with_the_tile_classifier(mask, prefix_len, n, tile):
     assert traffic["flops"] == c.flops_computed
     visited = c.tiles_total - c.tiles_empty
     assert traffic["bytes"] == visited * 2 * tile * 8 * 4 + 2 * n * 8 * 4 + 4 * n
+
+
+@pytest.mark.parametrize("n", [100, 512, 1000, 2048])
+def test_rectangular_tiles_agree_with_the_tile_classifier(n):
+    tile = sdpa_cpu_tiles(n)
+    assert tile == ((256 if n >= 768 else 64 if n >= 192 else 32), 512)
+    c = count_tiles("causal", n, n, 8, tile=tile, q_offset=0)
+    assert attention_pairs("causal", n, counting="tiles", tile=tile) * 32 == c.flops_computed
+    if n <= 512:  # a single key block: SDPA's causal path cannot skip anything
+        assert c.computed_fraction == 1.0
 
 
 def test_counting_modes_order_and_ideal():
@@ -138,3 +152,49 @@ def test_bad_arguments():
         causal_saving(SMOLLM2_135M, 0)
     with pytest.raises(ValueError, match="batch"):
         forward_flops(SMOLLM2_135M, 10, batch=0)
+
+
+def test_interleaved_medians_runs_every_variant_in_turn():
+    calls = []
+    out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                              warmup=1, threads=1)
+    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
+    assert set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
+    with pytest.raises(ValueError, match="fns"):
+        interleaved_medians({})
+    with pytest.raises(TypeError, match="callable"):
+        interleaved_medians({"a": 3})
+    with pytest.raises(ValueError, match="repeats"):
+        interleaved_medians({"a": lambda: None}, repeats=0)
+
+
+def test_time_attention_and_forward_rows():
+    threads = torch.get_num_threads()
+    rows = time_attention([64, 96], {"causal": dict(mask="causal", backend="tiled"),
+                                     "sdpa": dict(mask="causal", backend="sdpa")},
+                          heads=2, kv_heads=1, head_dim=16, tile=32, repeats=1)
+    assert [r["n"] for r in rows] == [64, 96] and all(r["causal"] > 0 and r["sdpa"] > 0 for r in rows)
+    assert torch.get_num_threads() == threads  # restored
+    cfg = Config(vocab_size=64, d_model=32, n_layers=1, n_heads=2, attn_backend="tiled", tile=16)
+    rows = time_forward(cfg, [48], masks=("causal", "bidirectional", "prefix"), repeats=1)
+    shape = Shape.from_config(cfg)
+    assert rows[0]["counted_causal"] == forward_flops(shape, 48, counting="tiles", tile=16).total
+    assert rows[0]["counted_causal"] < rows[0]["counted_prefix"] < rows[0]["counted_bidirectional"]
+    with pytest.raises(ValueError, match="variants"):
+        time_attention([64], {})
+
+
+def test_draw_tile_map_draws_the_classifiers_map():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from anatomy.flops import draw_tile_map
+    from anatomy.masks import tile_map
+
+    fig, ax = plt.subplots()
+    tmap = draw_tile_map(ax, "prefix", 300, tile=64, prefix_len=100, title="prefix")
+    assert torch.equal(tmap, tile_map("prefix", 300, 300, tile=64, prefix_len=100, q_offset=0))
+    assert ax.get_title() == "prefix" and ax.get_xlim() == (0, 300)
+    plt.close(fig)

@@ -1,0 +1,58 @@
+"""Chapter 8, "The causal kernel": the claims it tests."""
+
+from __future__ import annotations
+
+import torch
+
+from anatomy.claims import claim
+
+
+def _tile_fraction() -> dict:
+    from anatomy import attention, count_tiles
+    from anatomy.masks import causal_tile_ideal
+
+    c = count_tiles("causal", 2048, 2048, 64, tile=128)
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 4, 256, 64, generator=g) for _ in range(3))
+    exact = attention(q.double(), k.double(), v.double(), "causal", backend="reference")
+    err = (attention(q, k, v, "causal", backend="tiled", tile=64).double() - exact).abs().max().item()
+    return {"computed_fraction_2048": c.computed_fraction, "tile_ideal_2048": causal_tile_ideal(16),
+            "tiled_max_err": err}
+
+
+def _whole_model_saving() -> dict:
+    from anatomy.flops import GPT3_175B, LLAMA3_70B, SMOLLM2_135M, causal_saving
+
+    return {"saving_smollm2_2k": causal_saving(SMOLLM2_135M, 2048),
+            "saving_llama3_70b_8k": causal_saving(LLAMA3_70B, 8192),
+            "saving_gpt3_2k": causal_saving(GPT3_175B, 2048)}
+
+
+claim(
+    "ch08.lower_triangle_cheap",
+    chapter=8,
+    seeds=("000", "004"),
+    claim="With a causal mask the attention matrix is lower triangular, and kernels such as FlashAttention "
+    "exploit it: the upper triangle is never computed, so causal attention costs about half of full "
+    "attention.",
+    verdict="supported",
+    measure="a tiled kernel computes (T+1)/2T of the dense tiles (counted); the Triton kernel loads exactly the "
+    "non-empty tiles and matches float64 within 1e-5; our tiled kernel's measured causal/full time at "
+    "N = 2048 is below 0.85 (ideal 0.53; timing noise allowed for)",
+    papers=("dao2022flashattention", "dao2023flashattention2", "milakov2018online", "tillet2019triton"),
+    quick=_tile_fraction,
+)
+
+claim(
+    "ch08.throughput_decides",
+    chapter=8,
+    seeds=("000",),
+    claim="Because causal training computes only a lower-triangular matrix, decoder-only models get the "
+    "highest training throughput on GPUs, an advantage that decides which architecture survives at scale.",
+    verdict="contradicted",
+    measure="skipping the upper triangle saves less than 10% of a whole forward pass for Llama-3-70B at 8k "
+    "context and GPT-3 at 2k (counted FLOPs, LM head included); measured on an anatomy model, the "
+    "whole-model saving is smaller than the attention kernel's own saving",
+    papers=("brown2020language", "allal2025smollm2", "kaplan2020scaling"),
+    quick=_whole_model_saving,
+)

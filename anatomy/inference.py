@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn as nn
 
 from anatomy.cache import kv_cache_bytes
 from anatomy.model import Config, EncoderDecoder, Transformer
@@ -32,10 +33,13 @@ __all__ = [
     "SEED002_LATENCY_TABLE",
     "Hardware",
     "chat_segments",
+    "chunk_sweep",
     "attention_kind",
     "decode_bytes",
     "dialogue_flops",
     "dialogue_ttft",
+    "turn_ttft",
+    "encoder_decoder_like",
     "encdec_first_token_flops",
     "forward_flops",
     "interleaved_times",
@@ -43,6 +47,7 @@ __all__ = [
     "kv_table",
     "latency_estimate",
     "linear_params",
+    "markdown_table",
     "measure_bandwidth",
     "measure_matmul_flops",
     "param_counts",
@@ -52,6 +57,7 @@ __all__ = [
     "seed002_costs",
     "seed002_kv_bytes_per_token",
     "step_bytes",
+    "stale_cache_error",
     "step_intensity",
     "visible_pairs",
     "with_mask",
@@ -457,11 +463,60 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
     return times
 
 
+@torch.inference_mode()
+def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Tensor,
+                chunks: Sequence[int] = (1, 4, 16, 64, 256), repeats: int = 3) -> dict:
+    """Time one forward call that runs n new tokens on a cache of ``context_ids`` (1, P), for each n in
+    ``chunks`` (interleaved, median of ``repeats``). n = 1 is a decode step; large n is a prefill.
+
+    new_ids (1, >= max(chunks)) supplies the tokens. Returns per chunk: ``seconds`` (median per call),
+    ``per_token`` (seconds per token), ``flops`` and ``bytes`` (counted, fp32 weights and cache) and
+    ``intensity`` (FLOP/byte), ``achieved`` (FLOP/s); and ``cache_len``, ``cache_nbytes`` of the context's
+    cache (a real cache, to check the size formula against).
+    """
+    if not chunks or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in chunks):
+        raise ValueError(f"chunks must be positive ints, got {chunks!r}")
+    if new_ids.shape[1] < max(chunks):
+        raise ValueError(f"new_ids has {new_ids.shape[1]} tokens, fewer than the largest chunk {max(chunks)}")
+    model.eval()
+    P = context_ids.shape[1]
+    cache = model.new_cache(max_len=P + max(chunks))
+    model(context_ids, cache=cache)
+
+    def run(n: int):
+        def fn():
+            cache.truncate(P)
+            model(new_ids[:, :n], cache=cache)
+        return fn
+
+    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats)
+    cache.truncate(P)
+    out: dict = {"chunk": list(chunks), "seconds": [], "per_token": [], "flops": [], "bytes": [],
+                 "intensity": [], "achieved": [], "cache_len": len(cache), "cache_nbytes": cache.nbytes}
+    for n in chunks:
+        sec = statistics.median(times[n])
+        f = forward_flops(model.config, n, P)["total"]
+        b = step_bytes(model.config, n, P)["total"]
+        for key, value in (("seconds", sec), ("per_token", sec / n), ("flops", f), ("bytes", b),
+                           ("intensity", f / b), ("achieved", f / sec)):
+            out[key].append(value)
+    return out
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (for ``IPython.display.Markdown``); cells are str()-ed, so format them first."""
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError("every row must have as many cells as the header")
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, r)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Multi-turn dialogue: the conversation and time to first token per turn
 # ---------------------------------------------------------------------------------------------------------
 
-# A six-turn conversation (user message, assistant reply), written for this book. The replies are fixed
+# A five-turn conversation (user message, assistant reply), written for this book. The replies are fixed
 # text, fed to the model as if it had generated them, so every run processes the same tokens.
 DIALOGUE: tuple[tuple[str, str], ...] = (
     ("I want to start a small vegetable garden on my balcony. It gets about five hours of direct sun in "
@@ -494,12 +549,6 @@ DIALOGUE: tuple[tuple[str, str], ...] = (
      "caterpillars. Aphids spread easily to nearby plants, so act early: spray them off with a strong jet "
      "of water, wipe the leaves, or use a mild soap spray every few days. Check the undersides of the "
      "leaves regularly, and pick off any caterpillars by hand in the evening."),
-    ("Thank you. Could you summarise the whole plan in a short checklist that I can print and stick on the "
-     "balcony door, so that I remember the pots, the soil, the watering, feeding and the pests?",
-     "Here is your checklist. Pots: twenty litres for tomatoes, ten for beans and spinach, three to five "
-     "for herbs and radishes. Soil: potting mix with a quarter compost. Water: daily in summer, deeply "
-     "before trips, with mulch and self-watering pots. Feed: half-strength tomato feed weekly after "
-     "flowering, herbs monthly. Pests: check leaves weekly and wash off aphids with water."),
 )
 
 
@@ -532,21 +581,68 @@ def chat_segments(tokenizer, dialogue: Sequence[tuple[str, str]] = DIALOGUE) -> 
     return segments
 
 
-def with_mask(model: Transformer, mask: str) -> Transformer:
+def with_mask(model: Transformer, mask: str, *, lm_head: bool = True) -> Transformer:
     """The same network with another attention mask: a new Transformer that shares every module (and so
-    every weight, without a copy) with ``model``. SmolLM2 with mask="prefix" is a prefix LM of its shape."""
+    every weight, without a copy) with ``model``. SmolLM2 with mask="prefix" is a prefix LM of its shape;
+    with mask="bidirectional" and lm_head=False, an encoder of its shape that returns hidden states."""
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
-    cfg = replace(model.config, mask=mask)
+    cfg = replace(model.config, mask=mask, lm_head=lm_head and model.config.lm_head)
     with torch.device("meta"):
         twin = Transformer(cfg)
     for name, child in model.named_children():
-        setattr(twin, name, child)
+        if name != "lm_head" or cfg.lm_head:
+            setattr(twin, name, child)
     for name, value in vars(model).items():  # plain attributes (e.g. a RoPE table)
         if not name.startswith("_") and name not in ("config", "training"):
             setattr(twin, name, value)
     twin.config = cfg
     return twin.train(model.training)
+
+
+def encoder_decoder_like(model: Transformer, seed: int = 0) -> EncoderDecoder:
+    """An encoder-decoder of ``model``'s shape (T5's convention: as many encoder layers as decoder layers),
+    built around ``model``'s own modules: the encoder is ``model`` with a bidirectional mask, and decoder
+    block i reuses block i's norms, self-attention and MLP. Only the cross-attention (and its norm) is new,
+    initialised at random from ``seed``. A model for timing and counting, not for text: it was never trained.
+    """
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    c = model.config
+    with torch.device("meta"):
+        ed = EncoderDecoder(replace(c, mask="causal"))
+    ed.encoder = with_mask(model, "bidirectional", lm_head=False)
+    ed.embed_tokens = model.embed_tokens
+    for name in ("norm", "lm_head", "embed_positions"):
+        if hasattr(model, name):
+            setattr(ed, name, getattr(model, name))
+    g = torch.Generator().manual_seed(seed)
+    device = model.embed_tokens.weight.device
+    dtype = model.embed_tokens.weight.dtype
+    for block, src in zip(ed.layers, model.layers):
+        for name in ("input_layernorm", "self_attn", "post_attention_layernorm", "mlp"):
+            setattr(block, name, getattr(src, name))
+        block.cross_attn_layernorm = _fresh_norm(src.input_layernorm)
+        block.cross_attn.to_empty(device=device)
+        block.cross_attn.to(dtype)
+        for lin in (block.cross_attn.q_proj, block.cross_attn.k_proj, block.cross_attn.v_proj,
+                    block.cross_attn.o_proj):
+            with torch.no_grad():
+                lin.weight.normal_(0.0, c.init_std, generator=g)
+                if lin.bias is not None:
+                    lin.bias.zero_()
+    return ed.eval()
+
+
+def _fresh_norm(norm: nn.Module) -> nn.Module:
+    """A new norm like ``norm`` (same class and size), with unit gain and zero bias."""
+    import copy
+
+    fresh = copy.deepcopy(norm)
+    with torch.no_grad():
+        for name, param in fresh.named_parameters():
+            param.fill_(1.0 if name == "weight" else 0.0)
+    return fresh
 
 
 def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
@@ -555,10 +651,15 @@ def _time(fn: Callable[[], torch.Tensor]) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - t0, out
 
 
+def _check_segments(segments) -> None:
+    if not segments or not all(isinstance(s, Mapping) and {"prompt", "reply"} <= set(s) for s in segments):
+        raise ValueError("segments must be a non-empty list of {'prompt', 'reply'} dicts (see chat_segments)")
+
+
 @torch.inference_mode()
-def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Transformer | None = None,
+def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Transformer, *,
                   prefix_lm: Transformer | None = None, encdec: EncoderDecoder | None = None,
-                  start_id: int = 0, repeats: int | Mapping[str, int] = 3) -> dict:
+                  start_id: int = 0, repeats: int = 1, final_repeats: int = 5) -> dict:
     """Time to first token at every turn of a chat, for up to four ways of serving it.
 
     * ``reuse``: the decoder keeps its KV cache across turns and runs only the new prompt tokens.
@@ -568,16 +669,16 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Tr
     * ``encdec``: an encoder-decoder that encodes the conversation so far and starts its reply with
       ``start_id``.
 
-    Within a turn, the strategies run in turn for each repeat (interleaved). After the timing, the reply is
-    appended to the reuse cache untimed, as generating it would. Returns ``history`` (tokens before each
-    turn's prompt), ``new`` (prompt tokens), ``times`` (strategy -> per turn list of the repeats' seconds),
-    ``ttft`` (strategy -> per turn median) and ``logit_err`` (per turn max |reuse - recompute| over the
-    first-token logits), ``cache_nbytes`` and ``cache_len`` (the reuse cache at the end).
+    Every turn times each strategy ``repeats`` times; the last turn times reuse and recompute
+    ``final_repeats`` times, interleaved (reuse, recompute, reuse, ...) so that background load hits both
+    alike. After the timing the reply is appended to the reuse cache, untimed, as generating it would.
+    Returns ``history`` (tokens before each turn's prompt), ``new`` (prompt tokens), ``times`` (strategy ->
+    per turn list of seconds), ``ttft`` (strategy -> per turn median), ``logit_err`` (per turn max |reuse -
+    recompute| over the first-token logits) and ``cache_nbytes``, ``cache_len`` (the reuse cache at the end).
     """
-    if decoder is None:
-        raise ValueError("decoder is required (reuse and recompute run on it)")
-    if isinstance(repeats, int):
-        repeats = {k: repeats for k in ("reuse", "recompute", "prefix", "encdec")}
+    _check_segments(segments)
+    _check_count("repeats", repeats, 1)
+    _check_count("final_repeats", final_repeats, 1)
     strategies = ["reuse", "recompute"] + (["prefix"] if prefix_lm is not None else []) + (
         ["encdec"] if encdec is not None else [])
     for model in (decoder, prefix_lm, encdec):
@@ -589,7 +690,13 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Tr
     out = {"history": [], "new": [], "times": {k: [] for k in strategies},
            "ttft": {k: [] for k in strategies}, "logit_err": []}
     start = torch.tensor([[start_id]])
-    for seg in segments:
+    warm = segments[0]["prompt"][:, :8]  # one untimed call each: first calls build weight buffers and tables
+    decoder(warm)
+    if prefix_lm is not None:
+        prefix_lm(warm, prefix_len=warm.shape[1])
+    if encdec is not None:
+        encdec(start, encoder_input_ids=warm)
+    for turn, seg in enumerate(segments):
         new = seg["prompt"]
         convo = torch.cat([history, new], dim=1)
         H = history.shape[1]
@@ -611,10 +718,13 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Tr
             return encdec(start, cache=c, encoder_input_ids=convo)[:, -1]
 
         fns = {"reuse": reuse, "recompute": recompute, "prefix": prefix, "encdec": encoder_decoder}
+        last = turn == len(segments) - 1
+        n_rep = {k: (max(repeats, final_repeats) if last and k in ("reuse", "recompute") else repeats)
+                 for k in strategies}
         samples = {k: [] for k in strategies}
-        for r in range(max(repeats.get(k, 1) for k in strategies)):
+        for r in range(max(n_rep.values())):
             for k in strategies:
-                if r < repeats.get(k, 1):
+                if r < n_rep[k]:
                     dt, logits[k] = _time(fns[k])
                     samples[k].append(dt)
         for k in strategies:
@@ -623,11 +733,100 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], *, decoder: Tr
         out["logit_err"].append(float((logits["reuse"] - logits["recompute"]).abs().max()))
         out["history"].append(H)
         out["new"].append(new.shape[1])
-        # the reuse cache now holds history + prompt; the reply goes in as if it had been generated
-        decoder(seg["reply"], cache=cache)
+        cache.truncate(H + new.shape[1])
+        decoder(seg["reply"], cache=cache)  # the reply goes in as if it had been generated
         history = torch.cat([convo, seg["reply"]], dim=1)
     out["cache_nbytes"], out["cache_len"] = cache.nbytes, len(cache)
     return out
+
+
+@torch.inference_mode()
+def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor]], turn: int,
+              repeats: int = 7) -> dict:
+    """Time to first token at one turn (1-based), reuse vs recompute, interleaved ``repeats`` times.
+
+    The cache for the earlier turns is filled untimed. Returns ``history``, ``new``, ``reuse`` and
+    ``recompute`` (lists of seconds), their medians, ``ratio`` (recompute / reuse medians) and ``logit_err``.
+    """
+    _check_segments(segments)
+    if isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= len(segments):
+        raise ValueError(f"turn must be an int in [1, {len(segments)}], got {turn!r}")
+    _check_count("repeats", repeats, 1)
+    decoder.eval()
+    history = torch.cat([torch.cat([s["prompt"], s["reply"]], dim=1) for s in segments[:turn - 1]]
+                        or [torch.empty(1, 0, dtype=torch.long)], dim=1)
+    new = segments[turn - 1]["prompt"]
+    convo = torch.cat([history, new], dim=1)
+    cache = decoder.new_cache(max_len=convo.shape[1])
+    if history.shape[1]:
+        decoder(history, cache=cache)
+    H = history.shape[1]
+    got = {}
+
+    def reuse():
+        cache.truncate(H)
+        got["reuse"] = decoder(new, cache=cache)[:, -1]
+
+    def recompute():
+        got["recompute"] = decoder(convo, cache=decoder.new_cache(max_len=convo.shape[1]))[:, -1]
+
+    times = interleaved_times({"reuse": reuse, "recompute": recompute}, repeats=repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"history": H, "new": new.shape[1], **times, "reuse_median": med["reuse"],
+            "recompute_median": med["recompute"], "ratio": med["recompute"] / med["reuse"],
+            "logit_err": float((got["reuse"] - got["recompute"]).abs().max())}
+
+
+@torch.inference_mode()
+def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, new_len: int,
+                      reply_len: int) -> dict:
+    """What goes wrong when a cache is reused after the context it encoded has grown.
+
+    ids (B, N) with N >= history_len + new_len + reply_len. The cache is filled with the history (for a
+    prefix LM, as its prefix); then the new tokens join the context (for a prefix LM, the prefix grows to
+    history_len + new_len) and the reply follows. ``fresh`` recomputes everything; ``stale`` reuses the
+    history's cache. Returns per layer the relative change ||K_stale - K_fresh|| / ||K_fresh|| of the
+    history's keys (``key_change``) and values (``value_change``), and on the reply positions the largest
+    logit difference (``max_logit_err``), the mean KL(fresh || stale) in nats (``kl``), the next-token loss
+    of each (``loss_fresh``, ``loss_stale``) and the share of positions whose argmax differs (``flips``).
+    A causal decoder gives zeros (up to float rounding); a prefix LM does not.
+    """
+    import torch.nn.functional as F
+
+    if not isinstance(model, Transformer):
+        raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    H, M, R = (_check_count(n, v, 1) for n, v in
+               (("history_len", history_len), ("new_len", new_len), ("reply_len", reply_len)))
+    if ids.dim() != 2 or ids.shape[1] < H + M + R:
+        raise ValueError(f"ids must be (B, N >= {H + M + R}), got {tuple(ids.shape)}")
+    model.eval()
+    prefix = model.config.mask == "prefix"
+    kw = (lambda p: {"prefix_len": p}) if prefix else (lambda p: {})
+    B = ids.shape[0]
+    fresh_cache = model.new_cache(batch_size=B, max_len=H + M + R)
+    fresh = model(ids[:, :H + M + R], cache=fresh_cache, **kw(H + M))[:, H + M - 1:H + M + R - 1]
+    stale_cache = model.new_cache(batch_size=B, max_len=H + M + R)
+    model(ids[:, :H], cache=stale_cache, **kw(H))
+    stale = model(ids[:, H:H + M + R], cache=stale_cache, **kw(H + M))[:, M - 1:M + R - 1]
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float((a - b).double().norm() / b.double().norm())
+
+    key_change = [rel(stale_cache.keys(i)[:, :, :H], fresh_cache.keys(i)[:, :, :H])
+                  for i in range(model.config.n_layers)]
+    value_change = [rel(stale_cache.values(i)[:, :, :H], fresh_cache.values(i)[:, :, :H])
+                    for i in range(model.config.n_layers)]
+    target = ids[:, H + M:H + M + R]
+    lf, ls = F.log_softmax(fresh.double(), -1), F.log_softmax(stale.double(), -1)
+    return {
+        "key_change": key_change,
+        "value_change": value_change,
+        "max_logit_err": float((fresh - stale).abs().max()),
+        "kl": float((lf.exp() * (lf - ls)).sum(-1).mean()),
+        "loss_fresh": float(F.nll_loss(lf.flatten(0, 1), target.flatten())),
+        "loss_stale": float(F.nll_loss(ls.flatten(0, 1), target.flatten())),
+        "flips": float((fresh.argmax(-1) != stale.argmax(-1)).double().mean()),
+    }
 
 
 def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anatomy.model import Attention, Config, ModelOutput, _check_ids, make_norm
+from anatomy.model import Attention, Config, ModelOutput, _check_ids, make_norm, rope_cos_sin
 
 __all__ = [
     "AttentionOnly",
@@ -53,8 +53,8 @@ def _check_int(name: str, value, low: int) -> None:
 class AttentionOnly(nn.Module):
     """Token (+ learned position) embeddings, ``n_layers`` pre-norm attention layers with residuals, no MLP.
 
-    Uses ``config``'s vocab_size, d_model, n_layers, n_heads, max_seq_len, mask, pos ("learned" or
-    "none"), norm and init_std; the MLP fields are ignored. ``model(ids)`` -> logits (B, N, vocab);
+    Uses ``config``'s vocab_size, d_model, n_layers, n_heads, max_seq_len, mask, pos, rope_theta, norm and
+    init_std; the MLP fields are ignored. ``model(ids)`` -> logits (B, N, vocab);
     ``return_attn=True`` -> a ModelOutput whose ``attentions`` hold (B, heads, N, N) per layer.
     """
 
@@ -62,8 +62,6 @@ class AttentionOnly(nn.Module):
         super().__init__()
         if not isinstance(config, Config):
             raise TypeError(f"config must be an anatomy.Config, got {type(config).__name__}")
-        if config.pos == "rope":
-            raise ValueError("AttentionOnly supports pos='learned' or 'none', got 'rope'")
         self.config = c = config
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         if c.pos == "learned":
@@ -87,9 +85,13 @@ class AttentionOnly(nn.Module):
             if N > c.max_seq_len:
                 raise ValueError(f"input of length {N} exceeds max_seq_len={c.max_seq_len}")
             x = x + self.embed_positions(torch.arange(N, device=input_ids.device))
+        rope = None
+        if c.pos == "rope":
+            positions = torch.arange(N, device=input_ids.device)
+            rope = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
         attns = []
         for norm, layer in zip(self.norms, self.layers):
-            out, probs = layer(norm(x), mask=c.mask, return_attn=return_attn)
+            out, probs = layer(norm(x), mask=c.mask, rope=rope, return_attn=return_attn)
             x = x + out
             attns.append(probs)
         logits = self.lm_head(self.norm(x))
@@ -112,13 +114,36 @@ def repeated_sequences(
     return torch.cat([first, first], dim=1)
 
 
-def induction_batches(batch_size: int, length: int, vocab_size: int, seed: int = 0):
-    """``step -> (x, y)``: next-token batches of repeated random sequences, fixed by (seed, step)."""
+def induction_batches(
+    batch_size: int,
+    lengths: tuple[int, int],
+    vocab_size: int,
+    seed: int = 0,
+    *,
+    supervise: str = "second",
+):
+    """``step -> (x, y)``: next-token batches of sequences shown twice, fixed by (seed, step).
+
+    Each batch draws its length L uniformly from `lengths`. supervise: "second" keeps the loss on the
+    second copy only (-100 on the first, which no model can predict and which only adds gradient noise);
+    "all" on every position. A fixed L would let a model solve the task by position alone (attend L - 1
+    tokens back); with a random L and relative positions (RoPE) only a content lookup works.
+    """
+    lo, hi = lengths
+    _check_int("lengths[0]", lo, 2)
+    if hi < lo:
+        raise ValueError(f"lengths must be (lo, hi) with lo <= hi, got {lengths!r}")
+    if supervise not in ("second", "all"):
+        raise ValueError(f"supervise must be 'second' or 'all', got {supervise!r}")
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
-        seqs = repeated_sequences(batch_size, length, vocab_size, g)
-        return seqs[:, :-1], seqs[:, 1:]
+        L = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        seqs = repeated_sequences(batch_size, L, vocab_size, g)
+        y = seqs[:, 1:].clone()
+        if supervise == "second":
+            y[:, :L] = -100  # targets 1..L: the first copy and the restart token
+        return seqs[:, :-1], y
 
     return batch
 
@@ -223,20 +248,24 @@ class InductionRun:
 def induction_experiment(
     *,
     length: int = 24,
+    train_lengths: tuple[int, int] = (8, 24),
     vocab_size: int = 64,
     config: Config | None = None,
-    steps: int = 600,
+    steps: int = 700,
     batch_size: int = 32,
-    lr: float = 1e-3,
-    eval_every: int = 20,
+    lr: float = 3e-3,
+    eval_every: int = 25,
     n_eval: int = 64,
     seed: int = 0,
     progress: bool = False,
 ) -> InductionRun:
     """Train a 2-layer attention-only decoder on repeated random sequences; record the phase change.
 
-    At every evaluation: the loss on each copy, the prefix-matching and previous-token score of every
-    head (on n_eval fresh sequences), and every head's attention map on one fixed example.
+    Default model: d_model 64, 2 heads per layer, RoPE, LayerNorm, no MLP. Training: sequences shown
+    twice with a random length in `train_lengths` per batch, loss on the second copy
+    (`induction_batches`). Evaluation: n_eval fresh sequences of `length` tokens shown twice (Olsson et
+    al.'s test). At every evaluation: the loss on each copy, the prefix-matching and previous-token score
+    of every head, and every head's attention map on one fixed example.
     """
     from anatomy.train import train
 
@@ -245,9 +274,9 @@ def induction_experiment(
         vocab_size=vocab_size,
         d_model=64,
         n_layers=2,
-        n_heads=4,
-        max_seq_len=2 * length,
-        pos="learned",
+        n_heads=2,
+        max_seq_len=2 * max(length, train_lengths[1]),
+        pos="rope",
         norm="layer",
     )
     if config.vocab_size != vocab_size:
@@ -272,7 +301,7 @@ def induction_experiment(
 
     hist = train(
         model,
-        induction_batches(batch_size, length, vocab_size, seed),
+        induction_batches(batch_size, train_lengths, vocab_size, seed),
         steps=steps,
         lr=lr,
         warmup=0.02,

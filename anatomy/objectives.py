@@ -32,7 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "FAMILY_OF",
     "OBJECTIVES",
+    "DensityRun",
+    "ObjectiveRun",
+    "build_model",
+    "compare_objectives",
+    "label_density_experiment",
     "PrefixLMBatch",
     "Seq2SeqBatch",
     "Signal",
@@ -1017,3 +1023,120 @@ def label_density_experiment(
         seen = [0] + hist.tokens
         labels[f] = [seen[s] for s in eval_steps]
     return DensityRun(fractions, eval_steps, excess, labels, bayes, flops)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Chapter 6's comparison across objectives at equal compute
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ObjectiveRun:
+    """One family trained with its objective, and its answers to the two shared questions."""
+
+    objective: str
+    steps: int
+    flops_per_step: int
+    params: int  # all parameters (an encoder-decoder has two stacks)
+    targets_seen: int  # loss-carrying positions over the whole run
+    eval_flops: list[int]  # training FLOPs at each evaluation of the continuation loss
+    continuation_curve: list[float]  # continuation loss (nats per token) at each evaluation
+    continuation: float  # final: -log P(x_t | x_<t)
+    infill: float  # final: -log P(x_t | x_<t, x_t+1..t+R)
+    model: nn.Module | None = None
+
+    @property
+    def flops(self) -> int:
+        return self.steps * self.flops_per_step
+
+
+FAMILY_OF = {"causal": "causal", "masked": "bidirectional", "prefix": "prefix", "span": "encdec"}
+
+
+def build_model(objective: str, config) -> nn.Module:
+    """The family that trains with `objective`: decoder, encoder, prefix LM or encoder-decoder."""
+    from dataclasses import replace
+
+    from anatomy.model import EncoderDecoder, Transformer
+
+    _check_objective(objective)
+    if objective == "span":
+        return EncoderDecoder(replace(config, mask="causal"))
+    return Transformer(replace(config, mask=FAMILY_OF[objective]))
+
+
+def compare_objectives(
+    train_ids: torch.Tensor,
+    eval_windows: torch.Tensor,
+    special: SpecialTokens,
+    config,
+    *,
+    objectives: Sequence[str] = OBJECTIVES,
+    flops_budget: int | None = None,
+    steps: int = 200,
+    batch_size: int = 32,
+    seq_len: int = 64,
+    lr: float = 3e-3,
+    position: int = 40,
+    right: int = 12,
+    n_curve: int = 8,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, ObjectiveRun]:
+    """Train one model per objective on the same text windows at (nearly) equal compute; ask each the same.
+
+    Compute: counted training FLOPs (`training_flops`). flops_budget None: the budget is `steps` steps of
+    the causal LM; each objective gets round(budget / its FLOPs per step) steps. Every model starts from
+    the same seed, sees the same text windows in the same order, and uses the same optimiser settings.
+    Evaluation (`predict_token`) on eval_windows (E, >= position + right + 1): the continuation loss
+    -log P(x_t | x_<t) and the infilling loss -log P(x_t | x_<t, the next `right` tokens), t = position,
+    in nats per token; the continuation loss is also tracked during training (`n_curve` points).
+    """
+    from anatomy.train import train
+
+    for obj in objectives:
+        _check_objective(obj)
+    windows = text_windows(train_ids, batch_size, seq_len, seed=seed)
+    per_step = {}
+    for obj in objectives:
+        torch.manual_seed(seed)
+        per_step[obj] = training_flops(
+            build_model(obj, config), loss_fn(obj), objective_batches(obj, windows, special, seed=seed)(0)
+        )
+    if flops_budget is None:
+        _check_int("steps", steps, 1)
+        flops_budget = steps * (per_step["causal"] if "causal" in per_step else max(per_step.values()))
+    runs = {}
+    for obj in objectives:
+        n_steps = max(1, round(flops_budget / per_step[obj]))
+        every = max(1, n_steps // n_curve)
+        torch.manual_seed(seed)
+        model = build_model(obj, config)
+
+        def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
+            return {"continuation": token_cross_entropy(m, obj, eval_windows, position, special)}
+
+        hist = train(
+            model,
+            objective_batches(obj, windows, special, seed=seed),
+            steps=n_steps,
+            lr=lr,
+            loss_fn=loss_fn(obj),
+            eval_fn=eval_fn,
+            eval_every=every,
+            progress=progress,
+            seed=seed,
+        )
+        runs[obj] = ObjectiveRun(
+            objective=obj,
+            steps=n_steps,
+            flops_per_step=per_step[obj],
+            params=sum(p.numel() for p in model.parameters()),
+            targets_seen=hist.tokens[-1],
+            eval_flops=[s * per_step[obj] for s, _ in hist.evals],
+            continuation_curve=[r["continuation"] for _, r in hist.evals],
+            continuation=hist.evals[-1][1]["continuation"],
+            infill=token_cross_entropy(model, obj, eval_windows, position, special, right=right),
+            model=model,
+        )
+    return runs

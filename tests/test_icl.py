@@ -48,8 +48,6 @@ def test_attention_only_is_causal_and_returns_maps():
 
 
 def test_attention_only_validation():
-    with pytest.raises(ValueError, match="rope"):
-        AttentionOnly(small_config(pos="rope"))
     with pytest.raises(TypeError, match="Config"):
         AttentionOnly({"vocab_size": 3})
     model = AttentionOnly(small_config())
@@ -63,10 +61,20 @@ def test_attention_only_validation():
 def test_repeated_sequences_and_batches():
     seqs = repeated_sequences(5, 7, 10, torch.Generator().manual_seed(0))
     assert seqs.shape == (5, 14) and torch.equal(seqs[:, :7], seqs[:, 7:])
-    batches = induction_batches(4, 6, 10, seed=3)
-    x, y = batches(2)
-    assert x.shape == y.shape == (4, 11) and torch.equal(x[:, 1:], y[:, :-1])
-    assert torch.equal(batches(2)[0], x) and not torch.equal(batches(3)[0], x)
+    batches = induction_batches(4, (6, 9), 10, seed=3)
+    lengths = set()
+    for step in range(30):
+        x, y = batches(step)
+        L = (x.shape[1] + 1) // 2
+        lengths.add(L)
+        assert torch.equal(x[:, : L - 1], x[:, L:])  # x holds 2L - 1 tokens: the second copy lacks its last
+        assert (y[:, :L] == -100).all() and torch.equal(y[:, L:], x[:, 1:L])  # second copy only
+    assert lengths == {6, 7, 8, 9}
+    assert torch.equal(batches(2)[0], batches(2)[0])
+    x, y = induction_batches(4, (6, 6), 10, supervise="all")(0)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    with pytest.raises(ValueError, match="supervise"):
+        induction_batches(4, (6, 6), 10, supervise="none")
 
 
 class Copier(torch.nn.Module):
@@ -123,13 +131,15 @@ def test_head_scores_recognise_ideal_patterns():
 
 
 def test_induction_experiment_records_everything():
-    run = induction_experiment(length=6, vocab_size=12, steps=20, batch_size=8, eval_every=10, n_eval=8)
+    run = induction_experiment(
+        length=6, train_lengths=(4, 6), vocab_size=12, steps=20, batch_size=8, eval_every=10, n_eval=8
+    )
     assert run.steps == [0, 10, 20]
     assert len(run.first_copy) == len(run.second_copy) == len(run.prefix_matching) == 3
-    assert run.prefix_matching[0].shape == (2, 4) and run.attention[0].shape == (2, 4, 11, 11)
+    assert run.prefix_matching[0].shape == (2, 2) and run.attention[0].shape == (2, 2, 11, 11)
     assert all(0.0 <= float(s.min()) and float(s.max()) <= 1.0 + 1e-6 for s in run.prefix_matching)
     layer, head = run.best_head(layer=1)
-    assert layer == 1 and 0 <= head < 4
+    assert layer == 1 and 0 <= head < 2
     assert run.phase_change_step(threshold=-1.0) == -1
 
 

@@ -442,6 +442,31 @@ def _encode(tokenizer, text: str) -> list[int]:
     return [int(i) for i in ids]
 
 
+def _batched_queries(model: nn.Module, context: list[int], queries: list[list[int]]) -> torch.Tensor:
+    """Logits (n, vocab) after each query, all queries continuing the same context, in one batched call.
+
+    The context runs once (batch 1); its keys and values are then shared by every query through a cache
+    of batch size n (``KVCache.update``/``commit``), and the queries, right-padded with their own last
+    token (harmless: a causal model's logits at a position never depend on later ones), run together.
+    A decoder's cost here is dominated by reading its weights, so one call for n queries is ~n times
+    cheaper than n calls.
+    """
+    n = len(queries)
+    width = max(map(len, queries))
+    batch = torch.tensor([q + [q[-1]] * (width - len(q)) for q in queries])
+    cache = model.new_cache(batch_size=n, max_len=len(context) + width)
+    if context:
+        single = model.new_cache(batch_size=1, max_len=len(context))
+        model(torch.tensor([context]), cache=single)
+        for layer in range(single.n_layers):
+            k, v = single.keys(layer), single.values(layer)
+            cache.update(layer, k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
+        cache.commit(single.tokens.expand(n, -1))
+    logits = model(batch, cache=cache)  # (n, width, vocab)
+    last = torch.tensor([len(q) - 1 for q in queries])
+    return logits[torch.arange(n), last]
+
+
 @torch.no_grad()
 def few_shot_accuracy(
     model: nn.Module,
@@ -461,8 +486,8 @@ def few_shot_accuracy(
     queries (pairs not in the demonstrations) is appended as ``template`` up to its output (a space before
     the output goes with the output, as BPE tokenizers attach it to the next word); the model's greedy
     next token must equal the first token of the output as the tokenizer splits the full text. The
-    demonstrations are run once per set, and each query reuses their KV cache (``model.new_cache()``), so
-    a query costs only its own tokens. Accuracy is averaged over queries and demonstration sets.
+    demonstrations run once per set, and all its queries share their KV cache in one batched call
+    (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and demonstration sets.
     """
     if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
         raise ValueError("template must contain {x} and {y} and end with a newline")
@@ -485,24 +510,22 @@ def few_shot_accuracy(
                 queries = [pairs[i] for i in order[k : k + n_queries]]
                 context = instruction + "".join(template.format(x=x, y=y) for x, y in demos)
                 ctx_ids = _encode(tokenizer, context) if context else []
-                cache = model.new_cache()
-                if ctx_ids:
-                    model(torch.tensor([ctx_ids]), cache=cache)
+                rows, answers = [], []
                 for x, y in queries:
                     prompt = head.format(x=x).rstrip(" ")  # a space before the answer belongs to it
                     full = _encode(tokenizer, context + template.format(x=x, y=y))
                     q_ids = full[len(ctx_ids) : len(_encode(tokenizer, context + prompt))]
-                    answer = full[len(ctx_ids) + len(q_ids)]
                     if full[: len(ctx_ids)] != ctx_ids or not q_ids:
                         raise ValueError(
                             "the tokenizer merges the context with the query; change the template"
                         )
-                    logits = model(torch.tensor([q_ids]), cache=cache)
-                    correct += int(int(logits[0, -1].argmax()) == answer)
-                    total += 1
-                    cache.truncate(len(ctx_ids))
+                    rows.append(q_ids)
+                    answers.append(full[len(ctx_ids) + len(q_ids)])
                     if k == max(ks) and not example:
                         example = context + prompt
+                logits = _batched_queries(model, ctx_ids, rows)  # (n_queries, vocab) at each query's end
+                correct += int((logits.argmax(-1) == torch.tensor(answers)).sum())
+                total += len(rows)
             accuracy.append(correct / total)
     finally:
         model.train(was_training)

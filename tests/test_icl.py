@@ -163,29 +163,35 @@ def test_dual_form_linear_attention_is_one_gd_step():
 # ------------------------------------------------------------------------------------ few-shot
 
 
-PAIRS = [(w, w.upper()) for w in ["ab", "cd", "ef", "gh", "ij", "kl", "mn", "op", "qr", "st", "uv", "wx"]]
+PAIRS = [
+    (w, w.upper()) for w in ["ab", "cde", "f", "ghij", "kl", "mno", "p", "qrst", "uv", "wxy", "z", "abcd"]
+]
 
 
 class Oracle(torch.nn.Module):
-    """A 'model' that knows the task: after 'x -> ' it predicts the first token of ' X' (or a wrong one)."""
+    """A 'model' that knows the task: after 'x ->' it predicts the first token of ' X' (or a wrong one)."""
 
     def __init__(self, tok: CharTokenizer, wrong: bool = False):
         super().__init__()
         self.tok, self.wrong = tok, wrong
         self.dummy = Transformer(Config(vocab_size=tok.vocab_size, d_model=8, n_layers=1, n_heads=1))
 
-    def new_cache(self):
-        return self.dummy.new_cache()
+    def new_cache(self, batch_size=1, max_len=None):
+        return self.dummy.new_cache(batch_size, max_len)
 
     def forward(self, ids, cache=None):
+        start = len(cache)
         self.dummy(ids, cache=cache)  # keep the cache's bookkeeping real
-        text = self.tok.decode(cache.tokens[0].tolist())
-        query = text.split("\n")[-1].split(" ->")[0]
-        answer = self.tok.encode(" " + query.upper())[0]
-        if self.wrong:
-            answer = (answer + 1) % self.tok.vocab_size
-        logits = torch.zeros(ids.shape[0], ids.shape[1], self.tok.vocab_size)
-        logits[:, -1, answer] = 1.0
+        B, n = ids.shape
+        logits = torch.zeros(B, n, self.tok.vocab_size)
+        for b in range(B):
+            for t in range(n):
+                text = self.tok.decode(cache.tokens[b, : start + t + 1].tolist())
+                query = text.split("\n")[-1].split(" ->")[0]
+                answer = self.tok.encode(" " + query.upper())[0]
+                if self.wrong:
+                    answer = (answer + 1) % self.tok.vocab_size
+                logits[b, t, answer] = 1.0
         return logits
 
 
@@ -209,3 +215,18 @@ def test_few_shot_accuracy_runs_a_real_model_and_validates():
         few_shot_accuracy(model, tok, PAIRS, ks=(0, 8), n_queries=5)
     with pytest.raises(ValueError, match="template"):
         few_shot_accuracy(model, tok, PAIRS, template="{x} {y}")
+
+
+def test_batched_queries_match_one_by_one():
+    from anatomy.icl import _batched_queries
+
+    torch.manual_seed(0)
+    model = Transformer(Config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1)).eval()
+    context = [1, 2, 3, 4, 5]
+    queries = [[6], [7, 8, 9], [10, 11]]
+    batched = _batched_queries(model, context, queries)
+    for i, q in enumerate(queries):
+        alone = model(torch.tensor([context + q]))[0, -1]
+        assert torch.allclose(batched[i], alone, atol=1e-5)
+    no_context = _batched_queries(model, [], queries)
+    assert torch.allclose(no_context[1], model(torch.tensor([queries[1]]))[0, -1], atol=1e-5)

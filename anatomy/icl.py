@@ -487,7 +487,8 @@ def few_shot_accuracy(
     the output goes with the output, as BPE tokenizers attach it to the next word); the model's greedy
     next token must equal the first token of the output as the tokenizer splits the full text. The
     demonstrations run once per set, and all its queries share their KV cache in one batched call
-    (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and demonstration sets.
+    (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and
+    demonstration sets.
     """
     if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
         raise ValueError("template must contain {x} and {y} and end with a newline")

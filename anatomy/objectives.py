@@ -47,11 +47,13 @@ __all__ = [
     "causal_lm_batch",
     "loss_fn",
     "make_batch",
+    "masking_tradeoff",
     "masked_lm_batch",
     "objective_batches",
     "predict_token",
     "prefix_lm_batch",
     "random_spans_noise_mask",
+    "show_example",
     "signal",
     "span_corruption_batch",
     "span_corruption_reconstruct",
@@ -1140,3 +1142,86 @@ def compare_objectives(
             model=model,
         )
     return runs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Showing a batch as text
+# ---------------------------------------------------------------------------------------------------------
+
+
+def show_example(
+    objective: str,
+    batch,
+    special: SpecialTokens,
+    decode: Callable[[list[int]], str],
+    row: int = 0,
+    *,
+    mask_symbol: str = "█",
+) -> tuple[str, str]:
+    """(what the model reads, what it is trained to predict) for one row of a batch, as text.
+
+    ``[MASK]`` shows as `mask_symbol`, sentinels as ``<0>``, ``<1>`` ..., EOS as ``</s>``; positions
+    without a loss show as ``·`` in the target line of a masked or prefix batch.
+    """
+    _check_objective(objective)
+    sentinel_names = {s: f"<{i}>" for i, s in enumerate(special.sentinel_ids)}
+
+    def text(ids: list[int], hide: list[bool] | None = None) -> str:
+        out = []
+        for i, t in enumerate(ids):
+            if hide is not None and hide[i]:
+                out.append("·")
+            elif t == special.mask_id:
+                out.append(mask_symbol)
+            elif t in sentinel_names:
+                out.append(sentinel_names[t])
+            elif t == special.eos_id:
+                out.append("</s>")
+            elif 0 <= t < special.n_text:
+                out.append(decode([t]))
+            else:
+                out.append("?")
+        return "".join(out)
+
+    if objective == "span":
+        labels = [t for t in batch.labels[row].tolist() if t != IGNORE]
+        return text(batch.encoder_input_ids[row].tolist()), text(labels)
+    if objective == "prefix":
+        x, y = batch.input_ids[row].tolist(), batch.labels[row].tolist()
+        prefix = text(x[: batch.prefix_len])
+        return prefix + " | " + text(x[batch.prefix_len :]), text(
+            [max(t, 0) for t in y], [t == IGNORE for t in y]
+        )
+    x, y = batch[0][row].tolist(), batch[1][row].tolist()
+    return text(x), text([max(t, 0) for t in y], [t == IGNORE for t in y])
+
+
+def masking_tradeoff(
+    source, rates: Sequence[float], *, n: int = 16, seq_len: int = 64, replace=(0.8, 0.1, 0.1), seed: int = 0
+) -> dict[str, list[float]]:
+    """Exact Bayes-optimal masked-LM loss per target and per token of text, for each masking rate.
+
+    More masking gives more targets per sequence, but each target sees less context and is harder.
+    Bernoulli selection (so the Bayes loss is exact with 80/10/10). Returns lists aligned with `rates`:
+    "per_target" (nats), "targets_per_token", and "per_token" = their product (nats of optimal loss per
+    token of text: how much is left to predict in total).
+    """
+    _markov(source)
+    special = SpecialTokens(source.vocab_size)
+    seqs = source.sample(n, seq_len, _step_generator(seed, -2))
+    out: dict[str, list[float]] = {"per_target": [], "targets_per_token": [], "per_token": []}
+    for i, rate in enumerate(rates):
+        batch = masked_lm_batch(
+            seqs,
+            special,
+            rate=rate,
+            replace=replace,
+            selection="bernoulli",
+            generator=_step_generator(seed, i),
+        )
+        losses = bayes_loss("masked", source, batch, special, rate=rate, replace=replace)
+        share = len(losses) / seqs.numel()
+        out["per_target"].append(float(losses.mean()))
+        out["targets_per_token"].append(share)
+        out["per_token"].append(float(losses.mean()) * share)
+    return out

@@ -77,8 +77,11 @@ class KVCache:
         shape = (self.batch_size, self.n_kv_heads, cap, self.head_dim)
         grown_k, grown_v = [], []
         for layer in range(self.n_layers):
-            k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-            v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            # Normal tensors even when allocated inside generate()'s inference mode, so that the cache can
+            # be extended later outside it (a tensor made in inference mode cannot be updated in place there).
+            with torch.inference_mode(False):
+                k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                v = torch.zeros(shape, dtype=self.dtype, device=self.device)
             if self._capacity:
                 k[:, :, : self._len] = self._k[layer][:, :, : self._len]
                 v[:, :, : self._len] = self._v[layer][:, :, : self._len]
@@ -116,9 +119,12 @@ class KVCache:
                 f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}"
             )
         self._reserve(end)
-        self._k[layer][:, :, self._len : end] = k.to(self.dtype)
-        self._v[layer][:, :, self._len : end] = v.to(self.dtype)
-        return self._k[layer][:, :, :end], self._v[layer][:, :, :end]
+        # narrow + copy_ rather than slice assignment: the same write with a third of the Python work, and
+        # decoding runs this once per layer per token. copy_ also casts to the cache's dtype.
+        k_all, v_all = self._k[layer], self._v[layer]
+        k_all.narrow(2, self._len, n).copy_(k)
+        v_all.narrow(2, self._len, n).copy_(v)
+        return k_all.narrow(2, 0, end), v_all.narrow(2, 0, end)
 
     def commit(self, input_ids: torch.Tensor) -> None:
         """Advance the length by the tokens every layer has just written."""

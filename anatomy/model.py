@@ -80,13 +80,17 @@ class Config:
             )
         if self.head_dim is None:
             if self.d_model % self.n_heads:
-                raise ValueError(f"Config.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
-                                 "unless head_dim is given")
+                raise ValueError(
+                    f"Config.d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads}) "
+                    "unless head_dim is given"
+                )
             self.head_dim = self.d_model // self.n_heads
         if self.pos == "rope" and self.head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got {self.head_dim}")
         if self.d_ff is None:
-            self.d_ff = 4 * self.d_model if self.mlp != "swiglu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            self.d_ff = (
+                4 * self.d_model if self.mlp != "swiglu" else 64 * math.ceil(8 * self.d_model / 3 / 64)
+            )
 
     @property
     def n_kv_groups(self) -> int:
@@ -111,6 +115,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:  # skip two no-op casts: decoding runs this 2x per layer per token
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
@@ -123,7 +129,9 @@ def make_norm(config: Config) -> nn.Module:
 
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
     """RoPE tables for the given positions: cos, sin of shape (N, head_dim) (Su et al. 2021, Llama layout)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim))
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
+    )
     freqs = positions.float()[:, None] * inv_freq[None, :]  # (N, head_dim / 2)
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
@@ -134,6 +142,85 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     half = x.shape[-1] // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
+
+
+class RopeTable:
+    """cos/sin tables for positions 0..n-1, computed once and sliced per call (not once per forward).
+
+    Holds ``sin_signed`` = sin with its first half negated, so that the rotation is
+    x * cos + roll(x, D/2) * sin_signed: the same numbers as :func:`apply_rope` in three kernels fewer.
+    """
+
+    def __init__(self, head_dim: int, theta: float) -> None:
+        self.head_dim, self.theta = head_dim, theta
+        self.cos = self.sin_signed = None
+
+    def __call__(self, start: int, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin_signed) for positions start..start + n - 1, each (n, head_dim)."""
+        t = self.cos
+        if t is None or t.shape[0] < start + n or t.device != torch.device(device) or t.dtype != dtype:
+            size = max(start + n, 2 * (0 if t is None else t.shape[0]), 256)
+            with torch.inference_mode(False):  # tables made during generate() must stay usable outside it
+                cos, sin = rope_cos_sin(torch.arange(size, device=device), self.head_dim, self.theta, dtype)
+                half = self.head_dim // 2
+                self.cos, self.sin_signed = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+        return self.cos[start : start + n], self.sin_signed[start : start + n]
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """apply_rope with a RopeTable's (cos, sin_signed): x * cos + [x2, x1] * [-sin, sin]."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+
+
+def _fused_weight(owner: nn.Module, names: tuple[str, ...]):
+    """One weight (and bias) for several Linears that read the same input, so they run as one matmul.
+
+    Under autograd the weights are concatenated on every call, so gradients reach each Linear. Without it
+    (inference), the Linears' weights are moved once into one buffer and a view of it is returned: no copy
+    per call, no second copy in memory, and the Parameters stay the same objects (same names in the state
+    dict, same tensors for an optimizer). If a weight is replaced (``.to()``, loading with assign=True), the
+    pointers no longer match and the buffer is rebuilt. Returns (weight (sum of outs, in), bias or None).
+    """
+    # Plain dict lookups, not nn.Module attribute access: this runs twice per layer per decoded token.
+    linears = [owner._modules[name] for name in names]
+    weights = [lin._parameters["weight"] for lin in linears]
+    biases = [lin._parameters["bias"] for lin in linears] if linears[0].bias is not None else []
+    if torch.is_grad_enabled() and any(t.requires_grad for t in weights + biases):
+        return torch.cat(weights), (torch.cat(biases) if biases else None)
+    ptrs = [t.data_ptr() for t in weights + biases]
+    fused = owner.__dict__.get("_fused")
+    if fused is None or fused[0] != ptrs:
+        sizes = [w.shape[0] for w in weights]
+        with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
+            w_all = torch.cat([w.detach() for w in weights])
+            for w, part in zip(weights, w_all.split(sizes)):
+                w.data = part
+            b_all = None
+            if biases:
+                b_all = torch.cat([b.detach() for b in biases])
+                for b, part in zip(biases, b_all.split(sizes)):
+                    b.data = part
+        fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
+    return fused[1], fused[2]
+
+
+def _attend(q, k, v, mask: str, *, prefix_len, backend: str, tile: int, key_padding_mask):
+    """anatomy.attention, with a short path for the two calls a model makes most with the sdpa backend.
+
+    A decode step (one query at the end of the cache, which sees every key) and a causal or bidirectional
+    block without padding go straight to SDPA with native grouped-query support: no argument checks (the
+    model built these tensors), no dense mask, no copies of the cached keys per query group.
+    """
+    if backend == "sdpa" and key_padding_mask is None and mask != "prefix":
+        Nq, Nk = q.shape[2], k.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        if mask == "bidirectional" or Nq == 1:
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        if Nq == Nk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    return attention(
+        q, k, v, mask, prefix_len=prefix_len, backend=backend, tile=tile, key_padding_mask=key_padding_mask
+    )
 
 
 class Attention(nn.Module):
@@ -155,13 +242,21 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
         if rope is not None:
-            k = apply_rope(k, *rope)
+            k = _rotate(k, *rope)
         return k, v
 
     def forward(
-        self, x: torch.Tensor, *, mask: str, prefix_len: int | None = None, rope=None,
-        cache: KVCache | None = None, layer: int = 0, kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-        key_padding_mask: torch.Tensor | None = None, return_attn: bool = False,
+        self,
+        x: torch.Tensor,
+        *,
+        mask: str,
+        prefix_len: int | None = None,
+        rope=None,
+        cache: KVCache | None = None,
+        layer: int = 0,
+        kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        return_attn: bool = False,
     ):
         """x (B, N, d) -> (B, N, d) [, attention probabilities (B, n_heads, N, N_keys)].
 
@@ -170,22 +265,41 @@ class Attention(nn.Module):
         """
         B, N, _ = x.shape
         c = self.config
-        q = self.q_proj(x).view(B, N, c.n_heads, c.head_dim).transpose(1, 2)  # (B, Hq, N, hd)
-        if rope is not None:
-            q = apply_rope(q, *rope)
+        Hq, Hkv = c.n_heads, c.n_kv_heads
         if kv is None:
-            k, v = self.project_kv(x, rope)  # (B, Hkv, N, hd)
+            # q, k and v in one matmul (nanoGPT's c_attn), from the three Llama-named Linears.
+            w, b = _fused_weight(self, ("q_proj", "k_proj", "v_proj"))
+            qkv = F.linear(x, w, b).view(B, N, Hq + 2 * Hkv, c.head_dim).transpose(1, 2)  # (B, H+2Hkv, N, hd)
+            qk, v = qkv.split((Hq + Hkv, Hkv), dim=1)
+            if rope is not None:
+                qk = _rotate(qk, *rope)  # queries and keys rotated together
+            q, k = qk.split((Hq, Hkv), dim=1)  # (B, Hq, N, hd), (B, Hkv, N, hd)
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # now all positions so far: (B, Hkv, len + N, hd)
         else:
+            q = self.q_proj(x).view(B, N, Hq, c.head_dim).transpose(1, 2)  # (B, Hq, N, hd)
             k, v = kv
-        out = attention(q, k, v, mask, prefix_len=prefix_len, backend=c.attn_backend, tile=c.tile,
-                        key_padding_mask=key_padding_mask)
+        out = _attend(
+            q,
+            k,
+            v,
+            mask,
+            prefix_len=prefix_len,
+            backend=c.attn_backend,
+            tile=c.tile,
+            key_padding_mask=key_padding_mask,
+        )
         y = self.o_proj(out.transpose(1, 2).reshape(B, N, c.n_heads * c.head_dim))
         if not return_attn:
             return y, None
-        probs = attention_probs(q.detach(), k.detach(), mask, prefix_len=prefix_len, tile=c.tile,
-                                key_padding_mask=key_padding_mask)
+        probs = attention_probs(
+            q.detach(),
+            k.detach(),
+            mask,
+            prefix_len=prefix_len,
+            tile=c.tile,
+            key_padding_mask=key_padding_mask,
+        )
         return y, probs
 
 
@@ -203,7 +317,9 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+            w, b = _fused_weight(self, ("gate_proj", "up_proj"))  # gate and up in one matmul
+            gate, up = F.linear(x, w, b).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         approximate = "tanh" if self.kind == "gelu_tanh" else "none"
         return self.down_proj(F.gelu(self.up_proj(x), approximate=approximate))
 
@@ -226,29 +342,38 @@ class Block(nn.Module):
         self.post_attention_layernorm = make_norm(config)
         self.mlp = MLP(config)
 
-    def _sub(self, x, norm, fn):
-        if self.pre:
-            out, extra = fn(norm(x))
-            return x + out, extra
-        out, extra = fn(x)
-        return norm(x + out), extra
-
     def forward(self, x, *, cross_kv=None, cross_padding_mask=None, **attn_kwargs):
-        x, probs = self._sub(x, self.input_layernorm, lambda h: self.self_attn(h, **attn_kwargs))
+        cross = (
+            None
+            if cross_kv is None
+            else dict(mask="bidirectional", kv=cross_kv, key_padding_mask=cross_padding_mask)
+        )
+        if self.pre:  # x + f(norm(x))
+            h, probs = self.self_attn(self.input_layernorm(x), **attn_kwargs)
+            x = x + h
+            if cross_kv is not None:
+                x = x + self.cross_attn(self.cross_attn_layernorm(x), **cross)[0]
+            return x + self.mlp(self.post_attention_layernorm(x)), probs
+        h, probs = self.self_attn(x, **attn_kwargs)  # post-norm: norm(x + f(x))
+        x = self.input_layernorm(x + h)
         if cross_kv is not None:
-            x, _ = self._sub(x, self.cross_attn_layernorm, lambda h: self.cross_attn(
-                h, mask="bidirectional", kv=cross_kv, key_padding_mask=cross_padding_mask))
-        x, _ = self._sub(x, self.post_attention_layernorm, lambda h: (self.mlp(h), None))
-        return x, probs
+            x = self.cross_attn_layernorm(x + self.cross_attn(x, **cross)[0])
+        return self.post_attention_layernorm(x + self.mlp(x)), probs
 
 
 def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (torch.long, torch.int32, torch.int64):
-        raise TypeError(f"{name} must be an integer torch.Tensor of shape (B, N), got "
-                        f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')}")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (
+        torch.long,
+        torch.int32,
+        torch.int64,
+    ):
+        raise TypeError(
+            f"{name} must be an integer torch.Tensor of shape (B, N), got "
+            f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')}"
+        )
     if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
         raise ValueError(f"{name} must have shape (B, N) with B, N >= 1, got {tuple(input_ids.shape)}")
-    lo, hi = int(input_ids.min()), int(input_ids.max())
+    lo, hi = (int(t) for t in torch.aminmax(input_ids))
     if lo < 0 or hi >= vocab_size:
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
 
@@ -256,7 +381,7 @@ def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
 class Transformer(nn.Module):
     """A stack of blocks over token embeddings. Decoder, encoder or prefix LM, depending on ``config.mask``.
 
-    ``model(input_ids)`` -> logits (B, N, vocab) (or hidden states (B, N, d) when ``config.lm_head`` is False).
+    ``model(input_ids)`` -> logits (B, N, vocab), or hidden states (B, N, d) if ``config.lm_head`` is False.
     ``model(new_ids, cache=cache)`` runs only the new tokens, at positions len(cache).., and appends them.
     """
 
@@ -273,6 +398,7 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(c) for _ in range(c.n_layers))
         if c.final_norm:
             self.norm = make_norm(c)
+        self.rope = RopeTable(c.head_dim, c.rope_theta) if c.pos == "rope" else None
         if c.lm_head:
             self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
             if c.tie_embeddings:
@@ -307,11 +433,18 @@ class Transformer(nn.Module):
         return n
 
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for this model (filled in place by ``model(ids, cache=cache)`` and ``generate``)."""
+        """An empty KV cache for this model (filled in place by ``model(ids, cache=cache)``, ``generate``)."""
         c = self.config
         p = self.embed_tokens.weight
-        return KVCache(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
-                       dtype=p.dtype, device=p.device)
+        return KVCache(
+            c.n_layers,
+            batch_size,
+            c.n_kv_heads,
+            c.head_dim,
+            max_len or c.max_seq_len,
+            dtype=p.dtype,
+            device=p.device,
+        )
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
@@ -320,8 +453,10 @@ class Transformer(nn.Module):
         N = input_ids.shape[1]
         if c.pos == "learned":
             if start + N > c.max_seq_len:
-                raise ValueError(f"positions up to {start + N - 1} exceed the learned position table "
-                                 f"(max_seq_len={c.max_seq_len})")
+                raise ValueError(
+                    f"positions up to {start + N - 1} exceed the learned position table "
+                    f"(max_seq_len={c.max_seq_len})"
+                )
             x = x + self.embed_positions(torch.arange(start, start + N, device=input_ids.device))
         if c.n_token_types:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
@@ -331,9 +466,16 @@ class Transformer(nn.Module):
         return x
 
     def forward(
-        self, input_ids: torch.Tensor, cache: KVCache | None = None, *, prefix_len: int | None = None,
-        attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None,
-        return_hidden: bool = False, return_attn: bool = False,
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        prefix_len: int | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        return_hidden: bool = False,
+        return_attn: bool = False,
+        logits_to_keep: int = 0,
     ):
         """input_ids (B, N) -> logits (B, N, vocab), or a ModelOutput with hidden states / attention maps.
 
@@ -341,42 +483,61 @@ class Transformer(nn.Module):
         every position sees; defaults to the whole input of the first call. attention_mask: (B, N) with 1 for
         real tokens and 0 for padding (no cache). A cached encoder or prefix LM is exact only if appending
         tokens would not have changed the cached states (it would: that is chapter 9's point).
+        logits_to_keep: if > 0, only the last that many positions go through the LM head, so the logits are
+        (B, logits_to_keep, vocab) (as in transformers; generation needs only the last position's).
         """
         c = self.config
         _check_ids(input_ids, c.vocab_size)
         start = 0
         if cache is not None:
             if not isinstance(cache, KVCache):
-                raise TypeError(f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}")
+                raise TypeError(
+                    f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
+                )
             if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
-                raise ValueError("this cache was made for a model of another shape "
-                                 f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})")
+                raise ValueError(
+                    "this cache was made for a model of another shape "
+                    f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
+                )
             if attention_mask is not None:
                 raise ValueError("attention_mask (padding) is not supported together with a cache")
             cache.check_append(input_ids)
             start = len(cache)
         if c.mask == "prefix" and prefix_len is None:
             if cache is not None and start > 0:
-                raise ValueError('a prefix LM continuing from a cache needs prefix_len (absolute positions)')
+                raise ValueError("a prefix LM continuing from a cache needs prefix_len (absolute positions)")
             prefix_len = start + input_ids.shape[1]
         if c.mask != "prefix" and prefix_len is not None:
-            raise ValueError(f"prefix_len is only meaningful for a prefix LM (config.mask='prefix'), got mask={c.mask!r}")
+            raise ValueError(
+                f"prefix_len is only meaningful for a prefix LM (config.mask='prefix'), got mask={c.mask!r}"
+            )
         key_padding_mask = None
         if attention_mask is not None:
             if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                                 f"got {tuple(attention_mask.shape)}")
+                raise ValueError(
+                    f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(attention_mask.shape)}"
+                )
             key_padding_mask = attention_mask.bool()
+        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps all), got {logits_to_keep!r}")
         N = input_ids.shape[1]
         rope = None
         if c.pos == "rope":
-            rope = rope_cos_sin(torch.arange(start, start + N, device=input_ids.device), c.head_dim, c.rope_theta,
-                                self.embed_tokens.weight.dtype)
+            rope = self.rope(start, N, input_ids.device, self.embed_tokens.weight.dtype)
         x = self.embed(input_ids, start, token_type_ids)
         hidden, attns = [x], []
         for i, layer in enumerate(self.layers):
-            x, probs = layer(x, mask=c.mask, prefix_len=prefix_len, rope=rope, cache=cache, layer=i,
-                             key_padding_mask=key_padding_mask, return_attn=return_attn)
+            x, probs = layer(
+                x,
+                mask=c.mask,
+                prefix_len=prefix_len,
+                rope=rope,
+                cache=cache,
+                layer=i,
+                key_padding_mask=key_padding_mask,
+                return_attn=return_attn,
+            )
             hidden.append(x)
             attns.append(probs)
         if c.final_norm:
@@ -384,9 +545,14 @@ class Transformer(nn.Module):
             hidden[-1] = x
         if cache is not None:
             cache.commit(input_ids)
-        out = self.lm_head(x) if c.lm_head else x
+        if c.lm_head:
+            out = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+        else:
+            out = x[:, -logits_to_keep:] if logits_to_keep else x
         if return_hidden or return_attn:
-            return ModelOutput(out, tuple(hidden) if return_hidden else None, tuple(attns) if return_attn else None)
+            return ModelOutput(
+                out, tuple(hidden) if return_hidden else None, tuple(attns) if return_attn else None
+            )
         return out
 
 
@@ -410,6 +576,7 @@ class EncoderDecoder(nn.Module):
         self.layers = nn.ModuleList(Block(dec, cross=True) for _ in range(dec.n_layers))
         if dec.final_norm:
             self.norm = make_norm(dec)
+        self.rope = RopeTable(dec.head_dim, dec.rope_theta) if dec.pos == "rope" else None
         self.lm_head = nn.Linear(dec.d_model, dec.vocab_size, bias=False)
         if dec.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
@@ -428,8 +595,15 @@ class EncoderDecoder(nn.Module):
     def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
         c = self.decoder_config
         p = self.embed_tokens.weight
-        return KVCache(c.n_layers, batch_size, c.n_kv_heads, c.head_dim, max_len or c.max_seq_len,
-                       dtype=p.dtype, device=p.device)
+        return KVCache(
+            c.n_layers,
+            batch_size,
+            c.n_kv_heads,
+            c.head_dim,
+            max_len or c.max_seq_len,
+            dtype=p.dtype,
+            device=p.device,
+        )
 
     def encode(self, encoder_input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None):
         """The encoder's output (B, N_src, d) and each decoder layer's cross-attention keys/values."""
@@ -437,23 +611,35 @@ class EncoderDecoder(nn.Module):
         return memory, [layer.cross_attn.project_kv(memory) for layer in self.layers]
 
     def forward(
-        self, input_ids: torch.Tensor, cache: KVCache | None = None, *, encoder_input_ids: torch.Tensor,
+        self,
+        input_ids: torch.Tensor,
+        cache: KVCache | None = None,
+        *,
+        encoder_input_ids: torch.Tensor,
         encoder_attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int = 0,
     ) -> torch.Tensor:
-        """Decoder ids (B, N) given source ids (B, N_src) -> logits (B, N, vocab)."""
+        """Decoder ids (B, N) given source ids (B, N_src) -> logits (B, N, vocab).
+
+        logits_to_keep: if > 0, logits only for the last that many positions (as in ``Transformer``).
+        """
         c = self.decoder_config
         _check_ids(input_ids, c.vocab_size)
         _check_ids(encoder_input_ids, c.vocab_size, "encoder_input_ids")
         if encoder_input_ids.shape[0] != input_ids.shape[0]:
-            raise ValueError(f"encoder_input_ids has batch size {encoder_input_ids.shape[0]}, "
-                             f"input_ids has {input_ids.shape[0]}")
+            raise ValueError(
+                f"encoder_input_ids has batch size {encoder_input_ids.shape[0]}, "
+                f"input_ids has {input_ids.shape[0]}"
+            )
         start = 0
         if cache is not None:
             cache.check_append(input_ids)
             start = len(cache)
             if cache.source is not None and not torch.equal(cache.source, encoder_input_ids):
-                raise ValueError("the source differs from the one this cache encoded; an encoder-decoder must "
-                                 "re-encode a changed source (use a new cache)")
+                raise ValueError(
+                    "the source differs from the one this cache encoded; an encoder-decoder must "
+                    "re-encode a changed source (use a new cache)"
+                )
         if cache is not None and cache.cross is not None:
             cross = cache.cross
         else:
@@ -466,12 +652,14 @@ class EncoderDecoder(nn.Module):
         if c.pos == "learned":
             x = x + self.embed_positions(torch.arange(start, start + N, device=x.device))
         elif c.pos == "rope":
-            rope = rope_cos_sin(torch.arange(start, start + N, device=x.device), c.head_dim, c.rope_theta, x.dtype)
+            rope = self.rope(start, N, x.device, x.dtype)
         pad = None if encoder_attention_mask is None else encoder_attention_mask.bool()
         for i, layer in enumerate(self.layers):
-            x, _ = layer(x, mask="causal", rope=rope, cache=cache, layer=i, cross_kv=cross[i], cross_padding_mask=pad)
+            x, _ = layer(
+                x, mask="causal", rope=rope, cache=cache, layer=i, cross_kv=cross[i], cross_padding_mask=pad
+            )
         if c.final_norm:
             x = self.norm(x)
         if cache is not None:
             cache.commit(input_ids)
-        return self.lm_head(x)
+        return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)

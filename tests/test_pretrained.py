@@ -276,6 +276,12 @@ def test_cache_round_trip_of_a_converted_model(tmp_path):
     P._save(tmp_path / "m", model, tok)
     loaded, tok2 = P._load_cached(tmp_path / "m", None)
     assert tok2.convert_tokens_to_ids("a") == 0
+    # q/k/v are stored as one tensor, so the fused inference path uses the loaded memory without a copy.
+    q = loaded.layers[0].self_attn.q_proj.weight
+    ptr = q.data_ptr()
+    with torch.no_grad():
+        loaded(ids)
+    assert q.data_ptr() == ptr
     assert loaded.config == model.config
     with torch.no_grad():
         assert torch.equal(loaded(ids), model(ids))

@@ -275,12 +275,18 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
 # ------------------------------------------------------------------------------------------------ timing
 
 
+CLOCKS = ("wall", "cpu")
+
+
 def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
-                        threads: int | None = 1) -> dict[str, float]:
-    """Median wall-clock seconds of each function; within each repeat every variant runs once, in turn.
+                        threads: int | None = 1, clock: str = "wall") -> dict[str, float]:
+    """Median seconds of each function; within each repeat every variant runs once, in turn.
 
     ``threads`` pins torch's intra-op threads while timing (restored afterwards); CUDA work is synchronised
-    before each clock read.
+    before each clock read. ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the CPU time of the
+    calling thread (``time.thread_time``), which needs ``threads=1`` so that all the work runs on that
+    thread. On an idle machine the two agree; on a shared one, wall-clock time also counts the time other
+    jobs held the core, and CPU time does not.
     """
     if not fns:
         raise ValueError("fns must name at least one function to time")
@@ -292,6 +298,11 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     if threads is not None:
         _check_n("threads", threads)
+    if clock not in CLOCKS:
+        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+    if clock == "cpu" and threads != 1:
+        raise ValueError(f'clock="cpu" times the calling thread only: it needs threads=1, got {threads!r}')
+    now = time.perf_counter if clock == "wall" else time.thread_time
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     saved = torch.get_num_threads()
     if threads is not None:
@@ -305,10 +316,10 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
             for _ in range(repeats):
                 for name, fn in fns.items():
                     sync()
-                    t0 = time.perf_counter()
+                    t0 = now()
                     fn()
                     sync()
-                    times[name].append(time.perf_counter() - t0)
+                    times[name].append(now() - t0)
     finally:
         torch.set_num_threads(saved)
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -316,7 +327,8 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
 
 def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads: int = 8, kv_heads: int = 8,
                    head_dim: int = 64, tile: int = 128, repeats: int = 5, threads: int | None = 1,
-                   dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0) -> list[dict]:
+                   dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
+                   clock: str = "wall") -> list[dict]:
     """Time ``anatomy.attention`` for each sequence length and variant (a dict of keyword arguments).
 
     ``variants`` maps a name to ``attention`` keywords, e.g. ``{"tiled causal": dict(mask="causal",
@@ -336,12 +348,12 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
                 for _ in range(2))
         fns = {name: (lambda kw=kw, q=q, k=k, v=v: attention(q, k, v, tile=tile, **kw))
                for name, kw in variants.items()}
-        rows.append({"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads)})
+        rows.append({"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads, clock=clock)})
     return rows
 
 
 def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causal", "bidirectional"),
-                 repeats: int = 3, threads: int | None = 1, seed: int = 0) -> list[dict]:
+                 repeats: int = 3, threads: int | None = 1, seed: int = 0, clock: str = "wall") -> list[dict]:
     """Time one forward pass of an anatomy ``Transformer`` per mask and sequence length (batch 1).
 
     The models for the different masks share one set of weights (the mask is the only difference). Each
@@ -370,7 +382,7 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
         prefix = {m: (dict(prefix_len=n // 2) if m == "prefix" else {}) for m in masks}
         fns = {m: (lambda m=m, ids=ids, kw=prefix[m]: models[m](ids, **kw)) for m in masks}
-        row = {"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads)}
+        row = {"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads, clock=clock)}
         for m in masks:
             row["counted_" + m] = forward_flops(shape, n, mask=m, counting=counting, tile=config.tile,
                                                 prefix_len=prefix[m].get("prefix_len")).total
@@ -379,6 +391,7 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
 
 
 __all__ = [
+    "CLOCKS",
     "COUNTINGS",
     "GPT3_175B",
     "LLAMA3_70B",

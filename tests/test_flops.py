@@ -166,6 +166,24 @@ def test_interleaved_medians_runs_every_variant_in_turn():
         interleaved_medians({"a": 3})
     with pytest.raises(ValueError, match="repeats"):
         interleaved_medians({"a": lambda: None}, repeats=0)
+    with pytest.raises(ValueError, match="clock"):
+        interleaved_medians({"a": lambda: None}, clock="gpu")
+    with pytest.raises(ValueError, match="threads=1"):
+        interleaved_medians({"a": lambda: None}, clock="cpu", threads=2)
+
+
+def test_cpu_clock_counts_work_not_sleep():
+    import time
+
+    def busy():
+        t = time.thread_time()
+        while time.thread_time() - t < 0.02:
+            pass
+
+    out = interleaved_medians({"sleep": lambda: time.sleep(0.05), "busy": busy}, repeats=2, clock="cpu")
+    assert out["sleep"] < 0.01 and out["busy"] >= 0.02
+    wall = interleaved_medians({"sleep": lambda: time.sleep(0.05)}, repeats=2, clock="wall")
+    assert wall["sleep"] >= 0.05
 
 
 def test_time_attention_and_forward_rows():

@@ -36,8 +36,8 @@ claim(
     "exploit it: the upper triangle is never computed, so causal attention costs about half of full "
     "attention.",
     verdict="supported",
-    measure="a tiled kernel computes (T+1)/2T of the dense tiles (counted); the Triton kernel loads exactly the "
-    "non-empty tiles and matches float64 within 1e-5; our tiled kernel's measured causal/full time at "
+    measure="a tiled kernel computes (T+1)/2T of the dense tiles (counted); the Triton kernel loads exactly "
+    "the non-empty tiles and matches float64 within 1e-5; our tiled kernel's measured causal/full time at "
     "N = 2048 is below 0.85 (ideal 0.53; timing noise allowed for)",
     papers=("dao2022flashattention", "dao2023flashattention2", "milakov2018online", "tillet2019triton"),
     quick=_tile_fraction,

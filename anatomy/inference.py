@@ -475,7 +475,8 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
 def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Tensor,
                 chunks: Sequence[int] = (1, 4, 16, 64, 256), repeats: int = 3) -> dict:
     """Time one forward call that runs n new tokens on a cache of ``context_ids`` (1, P), for each n in
-    ``chunks`` (interleaved, median of ``repeats``). n = 1 is a decode step; large n is a prefill.
+    ``chunks`` (interleaved, median of ``repeats``). n = 1 is a decode step; large n is a prefill. As in
+    generation, only the last position goes through the LM head (``logits_to_keep=1``).
 
     new_ids (1, >= max(chunks)) supplies the tokens. Returns per chunk: ``seconds`` (median per call),
     ``per_token`` (seconds per token), ``flops`` and ``bytes`` (counted, fp32 weights and cache) and
@@ -494,7 +495,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
     def run(n: int):
         def fn():
             cache.truncate(P)
-            model(new_ids[:, :n], cache=cache)
+            model(new_ids[:, :n], cache=cache, logits_to_keep=1)
         return fn
 
     times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats)
@@ -503,7 +504,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
                  "intensity": [], "achieved": [], "cache_len": len(cache), "cache_nbytes": cache.nbytes}
     for n in chunks:
         sec = statistics.median(times[n])
-        f = forward_flops(model.config, n, P)["total"]
+        f = forward_flops(model.config, n, P, logits="last")["total"]
         b = step_bytes(model.config, n, P)["total"]
         for key, value in (("seconds", sec), ("per_token", sec / n), ("flops", f), ("bytes", b),
                            ("intensity", f / b), ("achieved", f / sec)):
@@ -886,6 +887,7 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
     * ``encdec``: an encoder-decoder that encodes the conversation so far and starts its reply with
       ``start_id``.
 
+    Each call computes logits only at the last position (``logits_to_keep=1``), as a server does.
     Every turn times each strategy ``repeats`` times; the last turn times reuse and recompute
     ``final_repeats`` times, interleaved (reuse, recompute, reuse, ...) so that background load hits both
     alike. After the timing the reply is appended to the reuse cache, untimed, as generating it would.
@@ -921,18 +923,18 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
 
         def reuse(H=H, new=new):
             cache.truncate(H)
-            return decoder(new, cache=cache)[:, -1]
+            return decoder(new, cache=cache, logits_to_keep=1)[:, -1]
 
         def recompute(convo=convo):
             fresh = decoder.new_cache(max_len=convo.shape[1])
-            return decoder(convo, cache=fresh)[:, -1]
+            return decoder(convo, cache=fresh, logits_to_keep=1)[:, -1]
 
         def prefix(convo=convo):
-            return prefix_lm(convo, prefix_len=convo.shape[1])[:, -1]
+            return prefix_lm(convo, prefix_len=convo.shape[1], logits_to_keep=1)[:, -1]
 
         def encoder_decoder(convo=convo):
             c = encdec.new_cache(max_len=8)
-            return encdec(start, cache=c, encoder_input_ids=convo)[:, -1]
+            return encdec(start, cache=c, encoder_input_ids=convo, logits_to_keep=1)[:, -1]
 
         fns = {"reuse": reuse, "recompute": recompute, "prefix": prefix, "encdec": encoder_decoder}
         last = turn == len(segments) - 1
@@ -951,7 +953,7 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
         out["history"].append(H)
         out["new"].append(new.shape[1])
         cache.truncate(H + new.shape[1])
-        decoder(seg["reply"], cache=cache)  # the reply goes in as if it had been generated
+        decoder(seg["reply"], cache=cache, logits_to_keep=1)  # the reply goes in as if it had been generated
         history = torch.cat([convo, seg["reply"]], dim=1)
     out["cache_nbytes"], out["cache_len"] = cache.nbytes, len(cache)
     return out
@@ -982,10 +984,11 @@ def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor
 
     def reuse():
         cache.truncate(H)
-        got["reuse"] = decoder(new, cache=cache)[:, -1]
+        got["reuse"] = decoder(new, cache=cache, logits_to_keep=1)[:, -1]
 
     def recompute():
-        got["recompute"] = decoder(convo, cache=decoder.new_cache(max_len=convo.shape[1]))[:, -1]
+        fresh = decoder.new_cache(max_len=convo.shape[1])
+        got["recompute"] = decoder(convo, cache=fresh, logits_to_keep=1)[:, -1]
 
     times = interleaved_times({"reuse": reuse, "recompute": recompute}, repeats=repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -1051,8 +1054,9 @@ def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],
     """FLOPs to the first token per turn for the four strategies of :func:`dialogue_ttft`."""
     out = {"reuse": [], "recompute": [], "prefix": [], "encdec": []}
     for H, m in zip(history, new):
-        out["reuse"].append(forward_flops(config, m, H, mask="causal")["total"])
-        out["recompute"].append(forward_flops(config, H + m, 0, mask="causal")["total"])
-        out["prefix"].append(forward_flops(config, H + m, 0, mask="prefix", prefix_len=H + m)["total"])
+        out["reuse"].append(forward_flops(config, m, H, mask="causal", logits="last")["total"])
+        out["recompute"].append(forward_flops(config, H + m, 0, mask="causal", logits="last")["total"])
+        out["prefix"].append(forward_flops(config, H + m, 0, mask="prefix", prefix_len=H + m,
+                                           logits="last")["total"])
         out["encdec"].append(encdec_first_token_flops(config, H + m, n_decoder_layers)["total"])
     return out

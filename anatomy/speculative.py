@@ -41,6 +41,7 @@ __all__ = [
     "residual_distribution",
     "sequence_distribution",
     "speculative_generate",
+    "step_costs",
     "total_variation",
     "verify",
 ]
@@ -206,7 +207,7 @@ class ModelDrafter:
         feed = ids[:, len(self.cache):]
         tokens, qs = [], []
         for _ in range(k):
-            logits = self.model(feed, cache=self.cache)[:, -1]
+            logits = self.model(feed, cache=self.cache, logits_to_keep=1)[:, -1]
             self.calls += 1
             q = _probs(logits, temperature)[0]
             x = rng.categorical(q)
@@ -360,7 +361,7 @@ def speculative_generate(
                 _sync(cache, ids)
                 feed = torch.cat([ids[:, len(cache):], torch.tensor([drafts], dtype=torch.long,
                                                                      device=ids.device).view(1, k)], dim=1)
-                p = _probs(target(feed, cache=cache)[0, -(k + 1):], temperature)
+                p = _probs(target(feed, cache=cache, logits_to_keep=k + 1)[0], temperature)
                 out.target_calls += 1
                 n, nxt = verify(p, q, drafts, rng, rule)
                 for i in range(min(n + 1, k)):  # the positions checked on the accepted path
@@ -406,6 +407,44 @@ def expected_speedup(alpha: float, gamma: int, c: float) -> float:
     if c < 0:
         raise ValueError(f"c must be >= 0, got {c}")
     return expected_tokens_per_call(alpha, gamma) / (gamma * c + 1)
+
+
+@torch.inference_mode()
+def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int, repeats: int = 5) -> dict:
+    """Measured cost of the calls a round makes, after a cached context (1, P): a target decode step (one
+    token), a target verification call (gamma + 1 tokens) and, for a model draft, a draft decode step.
+    Interleaved medians (seconds), ``c`` = draft step / target step (Leviathan et al.'s cost ratio; 0 for a
+    drafter that is not a model) and ``verify_overhead`` = verification call / target step."""
+    import statistics
+
+    from anatomy.inference import interleaved_times
+
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+        raise ValueError(f"gamma must be a positive int, got {gamma!r}")
+    P = context_ids.shape[1]
+    if P < gamma + 2:
+        raise ValueError(f"context_ids needs more than gamma + 1 = {gamma + 1} tokens, got {P}")
+    ctx, new = context_ids[:, :P - gamma - 1], context_ids[:, P - gamma - 1:]
+    models = {"target": target} | ({"draft": draft} if isinstance(draft, nn.Module) else {})
+    caches = {}
+    for name, m in models.items():
+        m.eval()
+        caches[name] = m.new_cache(max_len=P)
+        m(ctx, cache=caches[name])
+
+    def call(name: str, n: int):
+        def fn():
+            caches[name].truncate(ctx.shape[1])
+            models[name](new[:, :n], cache=caches[name], logits_to_keep=n)
+        return fn
+
+    fns = {"target_step": call("target", 1), "verify_step": call("target", gamma + 1)}
+    if "draft" in models:
+        fns["draft_step"] = call("draft", 1)
+    med = {k: statistics.median(v) for k, v in interleaved_times(fns, repeats=repeats).items()}
+    med["c"] = med.get("draft_step", 0.0) / med["target_step"]
+    med["verify_overhead"] = med["verify_step"] / med["target_step"]
+    return med
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -268,7 +268,7 @@ def test_chunk_sweep_counts_and_cache():
     r = inf.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(1, 4, 16), repeats=1)
     assert r["chunk"] == [1, 4, 16] and r["cache_len"] == 20
     assert r["cache_nbytes"] == inf.kv_bytes_per_token(TINY, 4) * 20
-    assert r["flops"][1] == inf.forward_flops(TINY, 4, 20)["total"]
+    assert r["flops"][1] == inf.forward_flops(TINY, 4, 20, logits="last")["total"]
     assert r["intensity"] == sorted(r["intensity"])
     with pytest.raises(ValueError, match="chunks"):
         inf.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(0,))

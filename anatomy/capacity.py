@@ -1,0 +1,629 @@
+"""Capacity, compression and scaling: the experiments behind chapter 3.
+
+Three tools:
+
+* **Population-loss students** (:class:`MLPStudents`, :func:`fit_population`): small next-token models
+  trained on the *exact* expected loss of a Markov source, sum_c pi(c) sum_x P(x|c) (-log q(x|c)), over
+  every context at once. There is no sample, hence no sampling noise and nothing to memorize: the loss
+  minus the entropy rate is exactly the KL to the source, and what limits it is capacity alone. Several
+  students of different widths train in one batched computation (Adam is elementwise, so this is the
+  same as training them one by one).
+* **A scaling family** (:func:`decoder_config`, :func:`scaling_run`): decoders of increasing size trained
+  with the same token budget on the same text, their held-out loss recorded at checkpoints.
+* **Scaling-law arithmetic** (:func:`fit_power_law`, :func:`chinchilla_loss`, :func:`compute_optimal`):
+  Kaplan et al.'s power law in parameters and Hoffmann et al.'s parametric loss and its compute-optimal
+  allocation under C = 6 N D.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "HOFFMANN2022",
+    "KAPLAN2020_ALPHA_N",
+    "MLPStudents",
+    "PowerLawFit",
+    "chinchilla_exponents",
+    "chinchilla_loss",
+    "compute_optimal",
+    "decoder_config",
+    "fit_population",
+    "fit_power_law",
+    "rule_of_thumb",
+    "scaling_run",
+    "student_params",
+    "table_params",
+    "teacher_source",
+    "training_flops",
+    "width_scaled_lr",
+    "plot_capacity",
+    "plot_generalization",
+    "plot_isoflop",
+    "plot_scaling",
+]
+
+# Kaplan et al. (2020), eq. 1.1: L(N) = (N_c / N)^alpha_N for models trained to convergence on enough data,
+# N = non-embedding parameters.
+KAPLAN2020_ALPHA_N = 0.076
+
+# Hoffmann et al. (2022), approach 3 (eq. 10 and appendix D.2): L(N, D) = E + A / N^alpha + B / D^beta, as
+# printed in the paper (rounded). Besiroglu et al. (2024) show the rounding and an optimizer stopped early
+# bias what these constants imply; the chapter prints the consequence.
+HOFFMANN2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
+
+
+# ---------------------------------------------------------------------------------------------
+# Population-loss students
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < low:
+        raise ValueError(f"{name} must be >= {low}, got {value}")
+    return int(value)
+
+
+def table_params(vocab_size: int, order: int) -> int:
+    """Free parameters of an arbitrary order-K transition table: V^K contexts x (V - 1) probabilities."""
+    V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
+    return V**K * (V - 1)
+
+
+def student_params(vocab_size: int, order: int, width: int, embed_dim: int = 4) -> int:
+    """Parameters of one student: embedding V x e, hidden (K e + 1) x width, output (width + 1) x V."""
+    V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
+    w, e = _check_int("width", width, 1), _check_int("embed_dim", embed_dim, 1)
+    return V * e + (K * e + 1) * w + (w + 1) * V
+
+
+def all_contexts(vocab_size: int, order: int) -> torch.Tensor:
+    """Every context of `order` symbols, (V^K, K), in the row order of MarkovSource's tables."""
+    V, K = vocab_size, order
+    index = torch.arange(V**K)
+    powers = V ** torch.arange(K - 1, -1, -1)
+    return (index[:, None] // powers) % V
+
+
+class MLPStudents(nn.Module):
+    """`len(widths)` independent next-token models q(x | last K symbols), trained side by side.
+
+    Student m embeds each of the K context symbols (its own V x e table), concatenates them, applies one
+    tanh layer of width ``widths[m]`` and a linear read-out to V logits:
+    ``student_params(V, K, widths[m], e)`` parameters. Students are stacked in groups of similar width
+    (widths up to 8, then by power of two) and each group runs as one batched matrix product; within a
+    group, hidden units beyond a student's width are multiplied by zero, so they get no gradient, never
+    change and do not count. Parameters are float32 (float64 tanh is several times slower on a CPU);
+    measure KLs in float64 from the logits.
+    """
+
+    def __init__(self, vocab_size: int, order: int, widths: Sequence[int], embed_dim: int = 4, seed: int = 0):
+        super().__init__()
+        V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
+        e = _check_int("embed_dim", embed_dim, 1)
+        if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
+            raise TypeError(f"widths must be a non-empty sequence of ints, got {widths!r}")
+        widths = [_check_int("widths[i]", w, 1) for w in widths]
+        self.vocab_size, self.order, self.embed_dim, self.widths = V, K, e, widths
+        g = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+
+        def uniform(shape, bound):
+            return (torch.rand(shape, generator=g) * 2 - 1) * bound
+
+        # nn.Linear's default initialisation: uniform in +-1/sqrt(fan_in); embeddings N(0, 1).
+        def bucket(w: int) -> int:
+            return max(8, 1 << (w - 1).bit_length())
+
+        self.groups = sorted({bucket(w) for w in widths})
+        self.members = [[m for m, w in enumerate(widths) if bucket(w) == b] for b in self.groups]
+        self.embed, self.w1, self.b1, self.w2, self.b2 = (nn.ParameterList() for _ in range(5))
+        for i, (H, members) in enumerate(zip(self.groups, self.members)):
+            n = len(members)
+            own = torch.tensor([float(widths[m]) for m in members])  # (n,)
+            self.embed.append(nn.Parameter(torch.randn(n, V, e, generator=g)))
+            self.w1.append(nn.Parameter(uniform((n, K * e, H), 1 / math.sqrt(K * e))))
+            self.b1.append(nn.Parameter(uniform((n, 1, H), 1 / math.sqrt(K * e))))
+            self.w2.append(nn.Parameter(uniform((n, H, V), 1.0) / own.sqrt()[:, None, None]))
+            self.b2.append(nn.Parameter(uniform((n, 1, V), 1.0) / own.sqrt()[:, None, None]))
+            self.register_buffer(f"mask{i}", (torch.arange(H)[None, :] < own[:, None]).float()[:, None, :])
+        self.register_buffer("contexts", all_contexts(V, K))
+
+    def num_params(self) -> list[int]:
+        """Parameters of each student (padding excluded)."""
+        return [student_params(self.vocab_size, self.order, w, self.embed_dim) for w in self.widths]
+
+    def forward(self, contexts: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of every student: contexts (C, K) ids (default: all V^K contexts) -> (M, C, V)."""
+        ctx = self.contexts if contexts is None else contexts
+        out = [None] * len(self.widths)
+        for i, members in enumerate(self.members):
+            n = len(members)
+            x = self.embed[i][torch.arange(n)[:, None, None], ctx[None]].flatten(2)  # (n, C, K e)
+            h = torch.tanh(x @ self.w1[i] + self.b1[i]) * getattr(self, f"mask{i}")  # (n, C, H)
+            logits = h @ self.w2[i] + self.b2[i]  # (n, C, V)
+            for j, m in enumerate(members):
+                out[m] = logits[j]
+        return torch.stack(out)
+
+
+def teacher_source(vocab_size: int, order: int, width: int = 3, embed_dim: int = 4, scale: float = 3.0,
+                   seed: int = 0, rate: float | None = None):
+    """A structured Markov source: its table is the softmax of a random student of width `width`.
+
+    The table has V^K (V - 1) entries but is generated by ``student_params(V, K, width, embed_dim)``
+    numbers: it is compressible, and a student of the same width can represent it exactly. `scale`
+    multiplies the teacher's weights (larger: peakier rows, lower entropy). With `rate` given, the scale
+    is instead chosen (by bisection) so that the source's entropy rate equals `rate` to 1e-6 nats, which
+    makes it comparable with another source of that rate.
+    """
+    from anatomy.data import MarkovSource
+
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
+        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    teacher = MLPStudents(vocab_size, order, [width], embed_dim, seed=seed)
+    weights = [p.detach().clone() for p in teacher.parameters()]
+
+    def build(s: float):
+        # every weight times s (not linear in the logits, because of the tanh)
+        with torch.no_grad():
+            for p, w in zip(teacher.parameters(), weights):
+                p.copy_(w * s)
+            P = torch.softmax(teacher()[0].double(), dim=-1).numpy()
+        return MarkovSource.from_table(P.reshape((vocab_size,) * (order + 1)))
+
+    if rate is None:
+        return build(float(scale))
+    # find log(scale) with rate(scale) = rate: regula falsi (Illinois variant) on a bracket in log space
+    a, b = math.log(1e-2), math.log(100.0)
+    fa, fb = build(math.exp(a)).entropy_rate() - rate, build(math.exp(b)).entropy_rate() - rate
+    if not fa > 0 > fb:  # the entropy rate falls as the scale grows
+        raise ValueError(f"rate={rate!r} is out of reach for this teacher (try another width or seed)")
+    side = 0
+    for _ in range(100):
+        c = (a * fb - b * fa) / (fb - fa)
+        source = build(math.exp(c))
+        fc = source.entropy_rate() - rate
+        if abs(fc) < 1e-6:
+            break
+        if fc > 0:
+            a, fa = c, fc
+            if side == 1:
+                fb /= 2
+            side = 1
+        else:
+            b, fb = c, fc
+            if side == -1:
+                fa /= 2
+            side = -1
+    return source
+
+
+@dataclass
+class PopulationFit:
+    """Result of :func:`fit_population`: one entry per student, in the order given."""
+
+    source: list[int]  # index into the `sources` argument
+    width: list[int]
+    params: list[int]
+    kl: list[float]  # exact KL(P || q) under the stationary context distribution, nats
+    kl_seen: list[float]  # the same, restricted to the contexts trained on
+    kl_unseen: list[float]  # ... and to the held-out contexts (nan if none were held out)
+    loss: list[float]  # exact population cross-entropy, nats (= entropy rate + kl)
+    history: list[list[float]] = field(default_factory=list)  # kl per student every `record_every` steps
+    steps: int = 0
+
+
+def _stationary_weights(source) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.from_numpy(source._pi.copy()), torch.from_numpy(source._T.copy())
+
+
+def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800, lr: float = 0.03,
+                   embed_dim: int = 4, train_fraction: float | Sequence[float] = 1.0, seed: int = 0,
+                   record_every: int = 50) -> PopulationFit:
+    """Train one student per (source, width) on the exact population loss; return exact KLs.
+
+    sources: MarkovSources of the same vocabulary and order. widths: student widths. Every student is
+    trained full-batch with Adam for `steps` steps on sum_c w(c) sum_x P(x|c) (-log q(x|c)) with
+    w = the stationary context distribution. With train_fraction < 1 (one value, or one per source), a
+    source's contexts are split at random (seeded): its students see only that fraction of contexts, and
+    `kl_unseen` measures how well what they learned carries over to the contexts they never saw
+    (generalization without noise). The same source may be listed twice with different fractions.
+    """
+    if not sources:
+        raise ValueError("sources must name at least one MarkovSource")
+    V, K = sources[0].vocab_size, sources[0].order
+    for s in sources:
+        if (s.vocab_size, s.order) != (V, K):
+            raise ValueError("all sources must have the same vocab_size and order")
+    steps = _check_int("steps", steps, 1)
+    record_every = _check_int("record_every", record_every, 1)
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise ValueError(f"lr must be a number > 0, got {lr!r}")
+    single = isinstance(train_fraction, (int, float))
+    fractions = [train_fraction] * len(sources) if single else list(train_fraction)
+    if len(fractions) != len(sources) or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
+    ):
+        raise ValueError(f"train_fraction must be in (0, 1], one value or one per source: {train_fraction!r}")
+
+    widths = [_check_int("widths[i]", w, 1) for w in widths]
+    pairs = [(i, w) for i in range(len(sources)) for w in widths]
+    students = MLPStudents(V, K, [w for _, w in pairs], embed_dim, seed=seed)
+    C = V**K
+    pis, tables = zip(*(_stationary_weights(s) for s in sources))
+    pi = torch.stack([pis[i] for i, _ in pairs])  # (M, C)
+    P = torch.stack([tables[i] for i, _ in pairs])  # (M, C, V)
+    seen = torch.ones(len(sources), C, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed + 7919)
+    for i, fraction in enumerate(fractions):
+        if fraction < 1:
+            seen[i] = 0.0
+            seen[i, torch.randperm(C, generator=g)[: max(1, round(fraction * C))]] = 1.0
+    seen = torch.stack([seen[i] for i, _ in pairs])  # (M, C)
+    weight = pi * seen
+    weight = weight / weight.sum(-1, keepdim=True)
+    neg_entropy = (P * torch.log(P.clamp_min(1e-300))).sum(-1)  # (M, C): sum_x P log P
+    P32, neg_entropy32, weight32 = P.float(), neg_entropy.float(), weight.float()
+
+    def kl_per_context(logits: torch.Tensor, exact: bool = False) -> torch.Tensor:  # (M, C)
+        if exact:
+            return neg_entropy - (P * torch.log_softmax(logits.double(), -1)).sum(-1)
+        return neg_entropy32 - (P32 * torch.log_softmax(logits, -1)).sum(-1)
+
+    def subset_kl(kl_c: torch.Tensor, mask: torch.Tensor) -> list[float]:
+        w = pi * mask
+        total = w.sum(-1)
+        out = (w * kl_c).sum(-1) / total.clamp_min(1e-300)
+        return [float(v) if t > 0 else math.nan for v, t in zip(out, total)]
+
+    optimizer = torch.optim.Adam(students.parameters(), lr=lr)
+    history: list[list[float]] = []
+    for step in range(steps):
+        logits = students()
+        kl_c = kl_per_context(logits)
+        loss = (weight32 * kl_c).sum()  # = cross-entropy minus a constant: the same gradients
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % record_every == 0:
+            history.append(subset_kl(kl_c.detach().double(), torch.ones_like(seen)))
+    with torch.no_grad():
+        kl_c = kl_per_context(students(), exact=True)
+    kl = subset_kl(kl_c, torch.ones_like(seen))
+    history.append(kl)
+    rates = [s.entropy_rate() for s in sources]
+    return PopulationFit(
+        source=[i for i, _ in pairs],
+        width=[w for _, w in pairs],
+        params=students.num_params(),
+        kl=kl,
+        kl_seen=subset_kl(kl_c, seen),
+        kl_unseen=subset_kl(kl_c, 1.0 - seen),
+        loss=[rates[i] + k for (i, _), k in zip(pairs, kl)],
+        history=[list(h) for h in zip(*history)],
+        steps=steps,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# A family of decoders on real text
+# ---------------------------------------------------------------------------------------------
+
+
+def decoder_config(d_model: int, n_layers: int, vocab_size: int, seq_len: int, head_dim: int = 16):
+    """A Llama-style decoder whose non-embedding parameters are ~12 L d^2 (Kaplan et al.'s count).
+
+    SwiGLU with d_ff = round(8 d / 3) (three d x d_ff matrices = 8 d^2, like a 4d GELU MLP), attention
+    4 d^2, no biases, RMSNorm gains (2 d per layer + d). Heads of `head_dim` (one head if d < head_dim).
+    """
+    from anatomy.model import Config
+
+    d = _check_int("d_model", d_model, 2)
+    L = _check_int("n_layers", n_layers, 1)
+    head_dim = _check_int("head_dim", head_dim, 2)
+    n_heads = max(1, d // head_dim)
+    if d % n_heads:
+        raise ValueError(f"d_model={d} must be a multiple of n_heads= {n_heads} (head_dim {head_dim})")
+    return Config(vocab_size=_check_int("vocab_size", vocab_size, 2), d_model=d, n_layers=L, n_heads=n_heads,
+                  d_ff=round(8 * d / 3), max_seq_len=_check_int("seq_len", seq_len, 1))
+
+
+def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tensor, *, tokens: int,
+                batch_size: int = 32, seq_len: int = 32, lr: float | Sequence[float] = 5e-3,
+                n_checkpoints: int = 6, val_batches: int = 8, seed: int = 0,
+                progress: bool = False) -> list[dict]:
+    """Train one decoder per config on the same batches for the same token budget; record held-out loss.
+
+    Every model sees exactly the same sequence of training batches (seeded by `seed`) and is evaluated
+    on the same `val_batches` x `batch_size` held-out windows of `val_ids` at `n_checkpoints` evenly spaced
+    points, the last at the end of training. The number of steps is rounded to a multiple of
+    `n_checkpoints`, so the budget actually trained is within one checkpoint interval of `tokens`.
+    lr: one peak learning rate for all, or one per config. Returns one dict per config: ``params``
+    (non-embedding), ``params_total``, ``d_model``, ``n_layers``, ``lr``, ``tokens`` (token counts at
+    the checkpoints), ``val_loss`` (nats per token at each checkpoint), ``train_loss`` (mean of the last 5%
+    of steps), ``seconds`` (wall-clock, training and evaluation).
+    """
+    from anatomy.data import token_batches
+    from anatomy.model import Transformer
+    from anatomy.train import evaluate, train
+
+    tokens = _check_int("tokens", tokens, 1)
+    batch_size, seq_len = _check_int("batch_size", batch_size, 1), _check_int("seq_len", seq_len, 1)
+    n_checkpoints = _check_int("n_checkpoints", n_checkpoints, 1)
+    configs = list(configs)
+    lrs = [lr] * len(configs) if isinstance(lr, (int, float)) else list(lr)
+    if len(lrs) != len(configs) or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+        raise ValueError(f"lr must be a number > 0 or one per config ({len(configs)}), got {lr!r}")
+    every = max(1, round(tokens / (batch_size * seq_len) / n_checkpoints))
+    steps = every * n_checkpoints
+    batches = token_batches(train_ids, batch_size, seq_len, seed=seed)
+    val = token_batches(val_ids, batch_size, seq_len, seed=seed + 1)
+    val_set = [val(i) for i in range(_check_int("val_batches", val_batches, 1))]
+    results = []
+    for config, peak in zip(configs, lrs):
+        torch.manual_seed(seed)
+        model = Transformer(config)
+        start = time.perf_counter()
+        history = train(model, batches, steps=steps, lr=peak, eval_every=every, progress=progress,
+                        eval_fn=lambda m: evaluate(m, val_set, len(val_set)))
+        checkpoints = [(s, ev["loss"]) for s, ev in history.evals if s > 0]
+        results.append({
+            "d_model": config.d_model,
+            "n_layers": config.n_layers,
+            "lr": peak,
+            "params": model.num_params(),
+            "params_total": model.num_params(non_embedding=False),
+            "tokens": [s * batch_size * seq_len for s, _ in checkpoints],
+            "val_loss": [v for _, v in checkpoints],
+            "train_loss": history.final_loss,
+            "seconds": time.perf_counter() - start,
+        })
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# Power laws and the Chinchilla arithmetic
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """L(N) = (N_c / N)^alpha fitted by least squares on log L = alpha log N_c - alpha log N."""
+
+    alpha: float  # the exponent (positive when the loss falls with N)
+    n_c: float  # the scale N_c
+    r2: float  # coefficient of determination of the log-log fit
+    n_points: int
+    decades: float  # log10(max N / min N): how much range the fit spans
+
+    def __call__(self, n):
+        """The fitted loss at N (float or array)."""
+        return (self.n_c / np.asarray(n, dtype=np.float64)) ** self.alpha
+
+
+def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLawFit:
+    """Fit Kaplan et al.'s form L = (N_c / N)^alpha to points (n_i, loss_i) in log-log space."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.log(np.asarray(n, dtype=np.float64))
+        y = np.log(np.asarray(loss, dtype=np.float64))
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"n and loss must be 1-D of the same length, got {x.shape} and {y.shape}")
+    if len(x) < 2 or np.ptp(x) == 0:
+        raise ValueError("need at least two distinct n to fit a power law")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise ValueError("n and loss must be finite and > 0")
+    slope, intercept = np.polyfit(x, y, 1)
+    residual = y - (slope * x + intercept)
+    ss_tot = float(((y - y.mean()) ** 2).sum())
+    r2 = 1.0 - float((residual**2).sum()) / ss_tot if ss_tot > 0 else 1.0
+    alpha = -float(slope)
+    n_c = float(np.exp(intercept / alpha)) if alpha != 0 else math.inf
+    return PowerLawFit(alpha, n_c, r2, len(x), float(np.ptp(x) / math.log(10)))
+
+
+def _constants(constants: dict | None) -> dict:
+    c = dict(HOFFMANN2022 if constants is None else constants)
+    missing = {"E", "A", "B", "alpha", "beta"} - set(c)
+    if missing:
+        raise ValueError(f"constants is missing {sorted(missing)}")
+    return c
+
+
+def training_flops(n_params: float, n_tokens: float) -> float:
+    """C = 6 N D: forward and backward FLOPs of training N parameters on D tokens (Kaplan et al. 2020)."""
+    if not (n_params > 0 and n_tokens > 0):
+        raise ValueError(f"n_params and n_tokens must be > 0, got {n_params!r}, {n_tokens!r}")
+    return 6.0 * n_params * n_tokens
+
+
+def chinchilla_loss(n_params, n_tokens, constants: dict | None = None):
+    """Hoffmann et al.'s parametric loss E + A / N^alpha + B / D^beta (nats per token, their data)."""
+    c = _constants(constants)
+    N, D = np.asarray(n_params, dtype=np.float64), np.asarray(n_tokens, dtype=np.float64)
+    if (N <= 0).any() or (D <= 0).any():
+        raise ValueError("n_params and n_tokens must be > 0")
+    out = c["E"] + c["A"] / N ** c["alpha"] + c["B"] / D ** c["beta"]
+    return float(out) if out.ndim == 0 else out
+
+
+def chinchilla_exponents(constants: dict | None = None) -> tuple[float, float]:
+    """(a, b) with N_opt ~ C^a and D_opt ~ C^b: a = beta / (alpha + beta), b = alpha / (alpha + beta)."""
+    c = _constants(constants)
+    s = c["alpha"] + c["beta"]
+    return c["beta"] / s, c["alpha"] / s
+
+
+def compute_optimal(flops: float, constants: dict | None = None) -> tuple[float, float]:
+    """(N_opt, D_opt) minimizing the parametric loss subject to 6 N D = flops (Hoffmann et al., eq. 4).
+
+    N_opt = G (C / 6)^a and D_opt = (C / 6)^b / G, with G = (alpha A / (beta B))^(1 / (alpha + beta)).
+    """
+    if not (isinstance(flops, (int, float)) and flops > 0):
+        raise ValueError(f"flops must be a number > 0, got {flops!r}")
+    c = _constants(constants)
+    a, b = chinchilla_exponents(c)
+    G = (c["alpha"] * c["A"] / (c["beta"] * c["B"])) ** (1.0 / (c["alpha"] + c["beta"]))
+    return G * (flops / 6.0) ** a, (flops / 6.0) ** b / G
+
+
+def rule_of_thumb(flops: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
+    """(N, D) with D = tokens_per_param x N and 6 N D = flops: the "20 tokens per parameter" reading."""
+    if not (isinstance(flops, (int, float)) and flops > 0):
+        raise ValueError(f"flops must be a number > 0, got {flops!r}")
+    if not (isinstance(tokens_per_param, (int, float)) and tokens_per_param > 0):
+        raise ValueError(f"tokens_per_param must be a number > 0, got {tokens_per_param!r}")
+    n = math.sqrt(flops / (6.0 * tokens_per_param))
+    return n, tokens_per_param * n
+
+
+def width_scaled_lr(d_model: int, base: float = 0.01, base_width: int = 32, cap: float = 0.02) -> float:
+    """A peak learning rate that shrinks like 1/sqrt(width): base at base_width, at most `cap`.
+
+    Narrow models tolerate (and, on a short budget, need) larger steps than wide ones; one learning rate
+    for the whole family would under-train the smallest models and steepen the fitted exponent.
+    """
+    d = _check_int("d_model", d_model, 1)
+    return min(cap, base * math.sqrt(base_width / d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures for chapter 3
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_capacity(fit: PopulationFit, names: Sequence[str], table_size: int,
+                  sources: Sequence[int] | None = None):
+    """Exact KL to the source against student parameters (log-log), one curve per source.
+
+    names[i] labels source ``sources[i]`` of the fit (default: sources 0, 1, ...).
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    colors = [COLORS["bidirectional"], COLORS["causal"], COLORS["prefix"], COLORS["encdec"]]
+    sources = range(len(names)) if sources is None else sources
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for i, (source, name) in enumerate(zip(sources, names)):
+        rows = [j for j, s in enumerate(fit.source) if s == source]
+        ax.loglog([fit.params[j] for j in rows], [max(fit.kl[j], 1e-5) for j in rows], "o-",
+                  color=colors[i % len(colors)], label=name)
+    ax.axvline(table_size, color="black", ls=":", lw=1.5, label=f"size of the table ({table_size:,} numbers)")
+    ax.set_xlabel("student parameters (log scale)")
+    ax.set_ylabel("KL to the source (nats per token, log)")
+    ax.set_ylim(5e-6, 3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_generalization(fit: PopulationFit, names: Sequence[str], sources: Sequence[int] | None = None):
+    """KL on the contexts trained on vs the held-out contexts, per student width, one panel per source.
+
+    names[i] labels source ``sources[i]`` of the fit (default: sources 0, 1, ...).
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    n = len(names)
+    sources = range(n) if sources is None else sources
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.8), sharey=True, squeeze=False)
+    for ax, source, name in zip(axes[0], sources, names):
+        rows = [j for j, s in enumerate(fit.source) if s == source]
+        x = np.arange(len(rows))
+        ax.bar(x - 0.2, [max(fit.kl_seen[j], 1e-5) for j in rows], width=0.4, color=COLORS["prefix"],
+               label="contexts trained on")
+        ax.bar(x + 0.2, [max(fit.kl_unseen[j], 1e-5) for j in rows], width=0.4, color=COLORS["bidirectional"],
+               label="held-out contexts")
+        ax.set_yscale("log")
+        ax.set_ylim(1e-5, 10)
+        ax.set_xticks(x, [f"{fit.width[j]}\n({fit.params[j]:,})" for j in rows])
+        ax.set_xlabel("student width (parameters)")
+        ax.set_title(name)
+    axes[0][0].set_ylabel("KL to the source (nats per token, log)")
+    axes[0][0].legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(results: Sequence[dict], checkpoint: int = -1, reference_alpha: float = KAPLAN2020_ALPHA_N,
+                 ylim: tuple[float, float] | None = None):
+    """Left: held-out loss against non-embedding parameters at one checkpoint, with the fitted power law.
+
+    Right: every model's held-out loss against training tokens, the chosen checkpoint marked.
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    n = np.array([r["params"] for r in results], dtype=np.float64)
+    loss = np.array([r["val_loss"][checkpoint] for r in results])
+    tokens = results[0]["tokens"][checkpoint]
+    fit = fit_power_law(n, loss)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 50)
+    a.loglog(n, loss, "o", ms=8, color=COLORS["causal"], label=f"held-out loss after {tokens:,} tokens")
+    a.loglog(grid, fit(grid), "-", color=COLORS["causal"], alpha=0.6,
+             label=f"fit $(N_c/N)^{{\\alpha}}$, $\\alpha$ = {fit.alpha:.3f}")
+    slope_ref = loss[0] * (grid / n[0]) ** (-reference_alpha)
+    a.loglog(grid, slope_ref, "--", color="gray",
+             label=f"slope of Kaplan et al., $\\alpha$ = {reference_alpha}")
+    a.set_xlabel("non-embedding parameters N (log scale)")
+    a.set_ylabel("held-out loss (nats per character, log)")
+    if ylim is not None:
+        a.set_ylim(*ylim)
+    from matplotlib.ticker import FormatStrFormatter
+
+    a.yaxis.set_major_formatter(FormatStrFormatter("%.1f"))
+    a.yaxis.set_minor_formatter(FormatStrFormatter("%.1f"))
+    a.legend(loc="upper right")
+    cmap = plt.get_cmap("viridis")
+    for i, r in enumerate(results):
+        b.plot(r["tokens"], r["val_loss"], "o-", ms=4, color=cmap(i / max(1, len(results) - 1)),
+               label=f"d = {r['d_model']}, N = {r['params']:,}")
+    b.axvline(tokens, color="gray", ls=":", lw=1.5)
+    b.set_xlabel("training tokens (characters)")
+    b.set_ylabel("held-out loss (nats per character)")
+    b.legend(loc="upper right", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_isoflop(budgets: Sequence[float], constants: dict | None = None, marks: dict | None = None):
+    """Hoffmann et al.'s parametric loss along iso-FLOP lines (C = 6 N D), with each line's minimum.
+
+    marks: optional name -> (N, D) models to place on the plot (e.g. Chinchilla, GPT-3).
+    """
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    cmap = plt.get_cmap("viridis")
+    for i, flops in enumerate(budgets):
+        n_opt, d_opt = compute_optimal(flops, constants)
+        grid = np.geomspace(n_opt / 30, n_opt * 30, 200)
+        color = cmap(i / max(1, len(budgets) - 1))
+        ax.semilogx(grid, chinchilla_loss(grid, flops / (6 * grid), constants), color=color,
+                    label=f"C = {flops:.1e} FLOPs")
+        ax.plot(n_opt, chinchilla_loss(n_opt, d_opt, constants), "o", color=color)
+        n20, d20 = rule_of_thumb(flops)
+        ax.plot(n20, chinchilla_loss(n20, d20, constants), "s", mfc="white", color=color)
+    for name, (n, d) in (marks or {}).items():
+        ax.plot(n, chinchilla_loss(n, d, constants), "*", ms=13, color="black")
+        ax.annotate(name, (n, chinchilla_loss(n, d, constants)), textcoords="offset points", xytext=(6, 4))
+    ax.plot([], [], "o", color="gray", label="minimum of the fit")
+    ax.plot([], [], "s", mfc="white", color="gray", label="20 tokens per parameter")
+    ax.set_xlabel("parameters N (log scale)")
+    ax.set_ylabel("predicted loss (nats per token)")
+    ax.legend(loc="upper right", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,595 @@
+"""Information-theoretic measurements: entropy, cross-entropy, KL, bits, and exact likelihoods.
+
+Everything here is exact where it can be: the functions that take an enumerated joint distribution (an
+array of shape ``(V,) * n`` holding the probability of every sequence of length n) compute conditional
+entropies, chain-rule terms in any order, pseudo-log-likelihoods and span likelihoods with no sampling.
+The functions that take a :class:`anatomy.data.MarkovSource` give the exact next-token distribution at
+every position of given sequences, so a model's KL to the truth is measured token by token.
+
+Units: natural logarithms (nats) throughout; :func:`nats_to_bits` and :func:`bits_per_char` convert.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "LN2",
+    "NGramModel",
+    "bits_per_char",
+    "chain_rule_terms",
+    "conditional_entropy",
+    "cross_entropy",
+    "entropy",
+    "kl_divergence",
+    "kl_to_source",
+    "markov_conditionals",
+    "nats_to_bits",
+    "plot_chain_rule",
+    "plot_context_curve",
+    "plot_kl_floor",
+    "plot_kl_training",
+    "plot_memorization",
+    "plot_pll",
+    "plot_surprisal",
+    "pseudo_log_likelihood",
+    "score_on_source",
+    "span_log_likelihood",
+    "text_surprisal",
+    "token_losses",
+]
+
+LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Units
+# ---------------------------------------------------------------------------------------------
+
+
+def nats_to_bits(nats: float | np.ndarray | torch.Tensor):
+    """Convert nats to bits (divide by ln 2). Works on floats, arrays and tensors."""
+    return nats / LN2
+
+
+def bits_per_char(nats_per_token: float, n_tokens: int, n_chars: int) -> float:
+    """Bits per character of a text of `n_chars` characters scored at `nats_per_token` over `n_tokens` tokens.
+
+    The total code length (n_tokens * nats_per_token) is the same whatever the tokenizer; dividing it by
+    the characters makes losses of models with different tokenizers comparable.
+    """
+    for name, value in (("n_tokens", n_tokens), ("n_chars", n_chars)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not math.isfinite(nats_per_token) or nats_per_token < 0:
+        raise ValueError(f"nats_per_token must be a finite number >= 0, got {nats_per_token!r}")
+    return float(nats_per_token) * int(n_tokens) / int(n_chars) / LN2
+
+
+# ---------------------------------------------------------------------------------------------
+# Entropy, cross-entropy, KL of distributions
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_dist(p, name: str, axis: int = -1, atol: float = 1e-6) -> np.ndarray:
+    p = np.asarray(p, dtype=np.float64)
+    if p.ndim == 0:
+        raise ValueError(f"{name} must be an array of probabilities, got a scalar")
+    if not np.isfinite(p).all() or (p < 0).any():
+        raise ValueError(f"{name} must hold finite probabilities >= 0")
+    total = p.sum(axis=axis)
+    if not np.allclose(total, 1.0, atol=atol):
+        raise ValueError(
+            f"{name} must sum to 1 along axis {axis} (got sums in [{total.min():.6g}, {total.max():.6g}])"
+        )
+    return p
+
+
+def _xlogy(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """x * log(y) with 0 * log(anything) = 0 and x * log(0) = -inf for x > 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = x * np.log(y)
+    return np.where(x > 0, out, 0.0)
+
+
+def entropy(p, axis: int = -1) -> np.ndarray | float:
+    """H(p) = -sum p log p in nats along `axis` (0 log 0 = 0). p: probabilities summing to 1 on `axis`."""
+    p = _as_dist(p, "p", axis)
+    out = -_xlogy(p, p).sum(axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def cross_entropy(p, q, axis: int = -1) -> np.ndarray | float:
+    """H(p, q) = -sum p log q in nats along `axis`: the expected code length of p's outcomes under q.
+
+    Infinite where q gives probability 0 to an outcome that p gives probability > 0.
+    """
+    p, q = _as_dist(p, "p", axis), _as_dist(q, "q", axis)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    out = -_xlogy(p, q).sum(axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def kl_divergence(p, q, axis: int = -1) -> np.ndarray | float:
+    """KL(p || q) = sum p log(p / q) in nats along `axis`; >= 0, zero only when q = p where p > 0.
+
+    Computed term by term (not as H(p, q) - H(p)), so it keeps full precision when it is small.
+    """
+    p, q = _as_dist(p, "p", axis), _as_dist(q, "q", axis)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * (np.log(p) - np.log(q)), 0.0)
+    out = terms.sum(axis=axis)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+# ---------------------------------------------------------------------------------------------
+# Enumerated joint distributions: chain rule, pseudo-likelihood, span likelihood
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_joint(joint) -> np.ndarray:
+    joint = np.asarray(joint, dtype=np.float64)
+    if joint.ndim < 1:
+        raise ValueError("joint must have one axis per position, shape (V,) * n")
+    if not np.isfinite(joint).all() or (joint < 0).any():
+        raise ValueError("joint must hold finite probabilities >= 0")
+    if not math.isclose(joint.sum(), 1.0, abs_tol=1e-9):
+        raise ValueError(f"joint must sum to 1, got {joint.sum():.12g}")
+    return joint
+
+
+def _check_positions(positions: Sequence[int], n: int, name: str) -> tuple[int, ...]:
+    try:
+        positions = tuple(int(i) for i in positions)
+    except TypeError:
+        raise TypeError(f"{name} must be a sequence of ints, got {positions!r}") from None
+    if len(set(positions)) != len(positions):
+        raise ValueError(f"{name} must not repeat a position, got {positions}")
+    bad = [i for i in positions if not 0 <= i < n]
+    if bad:
+        raise ValueError(f"{name} must be positions in [0, {n}), got {bad}")
+    return positions
+
+
+def conditional_entropy(joint, target: int, given: Sequence[int] = ()) -> float:
+    """H(X_target | X_given) in nats, computed from an enumerated joint of shape (V,) * n.
+
+    Computed directly as E[-log p(x_target | x_given)] from the conditional distributions (the marginal
+    over target + given, divided by the marginal over given), not as a difference of two joint entropies.
+    """
+    joint = _as_joint(joint)
+    n = joint.ndim
+    (target,) = _check_positions([target], n, "target")
+    given = _check_positions(given, n, "given")
+    if target in given:
+        raise ValueError(f"target {target} is also in given {given}")
+    keep = tuple(sorted((*given, target)))
+    pair = joint.sum(axis=tuple(i for i in range(n) if i not in keep))  # axes in sorted `keep` order
+    context = pair.sum(axis=keep.index(target), keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.where(context > 0, pair / context, 0.0)
+    return float(-_xlogy(pair, cond).sum())
+
+
+def chain_rule_terms(joint, order: Sequence[int] | None = None) -> np.ndarray:
+    """The chain-rule terms H(X_{o1}), H(X_{o2} | X_{o1}), ..., for the variable order `order`.
+
+    joint: an enumerated joint of shape (V,) * n. order: a permutation of range(n) (default: left to right).
+    Returns the n conditional entropies (nats); their sum is the joint entropy for every order.
+    """
+    joint = _as_joint(joint)
+    n = joint.ndim
+    order = tuple(range(n)) if order is None else _check_positions(order, n, "order")
+    if sorted(order) != list(range(n)):
+        raise ValueError(f"order must be a permutation of range({n}), got {order}")
+    return np.array([conditional_entropy(joint, order[i], order[:i]) for i in range(n)])
+
+
+def pseudo_log_likelihood(joint) -> np.ndarray:
+    """PLL(x) = sum_i log p(x_i | x_-i) for every sequence x: the score a masked LM gives a whole text.
+
+    joint: enumerated joint, shape (V,) * n. Returns an array of the same shape (nats; -inf where p(x) = 0).
+    Each conditional p(x_i | all other positions) is exact: p(x) / sum_v p(x with x_i = v), i.e. what a
+    perfect masked LM predicts for one masked position. exp(PLL) is not a distribution over sequences:
+    its sum over all sequences is in general not 1.
+    """
+    joint = _as_joint(joint)
+    pll = np.zeros_like(joint)
+    for i in range(joint.ndim):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            pll += np.log(joint) - np.log(joint.sum(axis=i, keepdims=True))
+    return pll
+
+
+def span_log_likelihood(joint, span: Sequence[int]) -> np.ndarray:
+    """log p(x_span | x_rest) for every sequence, as the chain rule over the span left to right.
+
+    This is what an encoder-decoder trained with span corruption scores: the decoder predicts the span's
+    tokens one by one, each given the visible text (the encoder's input) and the span tokens before it.
+    Returns an array of shape (V,) * n (nats). For every visible context, exp of it sums to 1 over the
+    span's contents: a proper conditional distribution.
+    """
+    joint = _as_joint(joint)
+    n = joint.ndim
+    span = _check_positions(span, n, "span")
+    if not span:
+        raise ValueError("span must name at least one position")
+    if len(span) == n:
+        raise ValueError("span must leave at least one position visible")
+    out = np.zeros_like(joint)
+    for k, j in enumerate(span):
+        later = span[k + 1 :]
+        up_to_j = joint.sum(axis=later, keepdims=True) if later else joint  # p(rest, span[:k+1])
+        before_j = up_to_j.sum(axis=j, keepdims=True)  # p(rest, span[:k])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = out + (np.log(up_to_j) - np.log(before_j))  # broadcast over the later span axes
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Exact next-token distributions of a Markov source, and a model's KL to them
+# ---------------------------------------------------------------------------------------------
+
+
+def markov_conditionals(source, seqs) -> torch.Tensor:
+    """The true next-token distribution after each prefix of each sequence, exactly.
+
+    source: an :class:`anatomy.data.MarkovSource` (order K, V symbols). seqs: (n, L) token ids.
+    Returns float64 (n, L, V): row t is p(x_{t+1} = . | x_0..x_t), the distribution a perfect decoder
+    predicts at position t. For t + 1 < K it uses only the t + 1 symbols seen (the stationary marginals),
+    which is why early positions have a higher floor.
+    """
+    seqs = source._check_seqs(seqs)
+    n, L = seqs.shape
+    V, K = source.vocab_size, source.order
+    out = torch.empty(n, L, V, dtype=torch.float64)
+    for t in range(min(L, K - 1)):  # seen t + 1 < K symbols
+        window = torch.from_numpy(np.ascontiguousarray(source.marginal(t + 2))).reshape(-1, V)  # (V^(t+1), V)
+        window = window / window.sum(-1, keepdim=True).clamp_min(1e-300)
+        powers = V ** torch.arange(t, -1, -1)
+        out[:, t] = window[(seqs[:, : t + 1] * powers).sum(-1)]
+    if L >= K:
+        T = torch.from_numpy(source._T)  # (V^K, V)
+        contexts = source._contexts(seqs)  # (n, L - K + 1): context ending at position K-1, K, ...
+        out[:, K - 1 :] = T[contexts]
+    return out
+
+
+def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """-log q(target) per position, in nats. logits (..., V), targets (...) -> (...) float64."""
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} + (vocab,)")
+    logq = torch.log_softmax(logits.detach().double(), dim=-1)
+    return -logq.gather(-1, targets.long().unsqueeze(-1)).squeeze(-1)
+
+
+def kl_to_source(logits: torch.Tensor, true_probs: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per position in nats, where q = softmax(logits) and p = true_probs, both (..., V).
+
+    With p from :func:`markov_conditionals`, this is the model's exact excess loss at each position: the
+    expected cross-entropy there minus the best achievable one, with no sampling noise from the target.
+    """
+    if logits.shape != true_probs.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and true_probs {tuple(true_probs.shape)} must match")
+    logq = torch.log_softmax(logits.detach().double(), dim=-1)
+    p = true_probs.double()
+    logp = torch.log(p.clamp_min(1e-300))
+    return torch.where(p > 0, p * (logp - logq), torch.zeros_like(p)).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Count-based n-gram models (the simplest model with a context length k)
+# ---------------------------------------------------------------------------------------------
+
+
+class NGramModel:
+    """A count-based next-token model with a context of exactly `k` previous tokens, add-`alpha` smoothing.
+
+    q(x | c) = (count(c, x) + alpha) / (count(c) + alpha * V). With k = 0 it is the unigram model. Counts come
+    from `fit` on sequences of token ids; :meth:`losses` scores the positions that have k tokens before them.
+    Its loss on held-out data can never go below H(X_t | k previous tokens): the KL floor of context k.
+    """
+
+    def __init__(self, vocab_size: int, k: int, alpha: float = 0.1, reverse: bool = False):
+        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+            raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
+        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+            raise ValueError(f"k must be an int >= 0, got {k!r}")
+        if vocab_size ** (k + 1) > 20_000_000:
+            raise ValueError(f"vocab_size**(k + 1) = {vocab_size ** (k + 1)} counts is too many (max 2e7)")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        self.vocab_size, self.k, self.alpha, self.reverse = vocab_size, k, float(alpha), bool(reverse)
+        self.counts = np.zeros((vocab_size**k, vocab_size))
+
+    def __repr__(self) -> str:
+        direction = ", reverse=True" if self.reverse else ""
+        return f"NGramModel(vocab_size={self.vocab_size}, k={self.k}, alpha={self.alpha}{direction})"
+
+    def _windows(self, seqs) -> tuple[np.ndarray, np.ndarray]:
+        seqs = np.asarray(seqs.numpy() if isinstance(seqs, torch.Tensor) else seqs)
+        if seqs.ndim == 1:
+            seqs = seqs[None]
+        if seqs.ndim != 2 or not np.issubdtype(seqs.dtype, np.integer):
+            raise ValueError(f"seqs must be integer ids of shape (n, length), got {seqs.dtype} {seqs.shape}")
+        if seqs.size and (seqs.min() < 0 or seqs.max() >= self.vocab_size):
+            raise ValueError(f"seqs must hold ids in [0, {self.vocab_size})")
+        if seqs.shape[1] <= self.k:
+            raise ValueError(f"sequences must be longer than k={self.k}, got length {seqs.shape[1]}")
+        if self.reverse:  # predict each token from the k tokens after it
+            seqs = seqs[:, ::-1]
+        k, V = self.k, self.vocab_size
+        context = np.zeros((seqs.shape[0], seqs.shape[1] - k), dtype=np.int64)
+        for j in range(k):
+            context = context * V + seqs[:, j : seqs.shape[1] - k + j]
+        return context.ravel(), seqs[:, k:].ravel()
+
+    def fit(self, seqs) -> NGramModel:
+        """Add the (context, next token) counts of `seqs` (n, length) or (length,). Returns self."""
+        context, target = self._windows(seqs)
+        flat = np.bincount(context * self.vocab_size + target, minlength=self.counts.size)
+        self.counts += flat.reshape(self.counts.shape)
+        return self
+
+    def probs(self) -> np.ndarray:
+        """The smoothed table q(x | context), shape (V**k, V)."""
+        c = self.counts + self.alpha
+        return c / c.sum(-1, keepdims=True)
+
+    def losses(self, seqs) -> np.ndarray:
+        """-log q(x_t | its k-token context) for every scored position, flattened (nats)."""
+        context, target = self._windows(seqs)
+        return -np.log(self.probs()[context, target])
+
+    def loss(self, seqs) -> float:
+        """Mean of :meth:`losses`: the cross-entropy on `seqs`, in nats per token."""
+        return float(self.losses(seqs).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# A decoder scored against a Markov source
+# ---------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def score_on_source(model, source, seqs) -> dict[str, torch.Tensor]:
+    """Score a next-token model on sequences of a Markov source, position by position, exactly.
+
+    model(x) -> logits (n, L - 1, V) for x = seqs[:, :-1]; position i predicts seqs[:, i + 1] from i + 1
+    tokens of context. Returns float64 tensors of shape (n, L - 1):
+    ``loss`` (-log q of the actual next token), ``kl`` (KL(p || q) to the true next-token distribution)
+    and ``bayes`` (-log p of the actual next token: the loss of a perfect model on the same tokens).
+    Means over many positions: loss ~ bayes + kl, and bayes ~ the entropy rate where the context is full.
+    """
+    seqs = source._check_seqs(seqs)
+    if seqs.shape[1] < 2:
+        raise ValueError(f"seqs must have length >= 2, got {seqs.shape[1]}")
+    x, y = seqs[:, :-1], seqs[:, 1:]
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    try:
+        logits = model(x)
+    finally:
+        if was_training:
+            model.train()
+    p = markov_conditionals(source, x)
+    bayes = -torch.log(p.gather(-1, y.unsqueeze(-1)).squeeze(-1))
+    return {"loss": token_losses(logits, y), "kl": kl_to_source(logits, p), "bayes": bayes}
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures for chapter 2
+# ---------------------------------------------------------------------------------------------
+
+
+def plot_chain_rule(terms: dict[str, np.ndarray], joint_entropy: float, orders: dict[str, Sequence[int]]):
+    """Stacked bars: the chain-rule terms of each variable order, end to end, against the joint entropy.
+
+    terms: order name -> the n conditional entropies (nats); orders: order name -> the variable order.
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    names = list(terms)
+    fig, ax = plt.subplots(figsize=(7.5, 0.9 + 0.7 * len(names)))
+    cmap = plt.get_cmap("Blues")
+    for row, name in enumerate(names):
+        left = 0.0
+        for i, (h, var) in enumerate(zip(terms[name], orders[name])):
+            ax.barh(row, h, left=left, color=cmap(0.25 + 0.6 * i / max(1, len(terms[name]) - 1)),
+                    edgecolor="white", height=0.6)
+            given = "" if i == 0 else "|" + ",".join(str(int(v) + 1) for v in orders[name][:i])
+            if h > 0.45:
+                label = f"$X_{int(var) + 1}{given}$" if i < 2 else f"$X_{int(var) + 1}|\\ldots$"
+                ax.text(left + h / 2, row, label, ha="center", va="center", fontsize=8, color="black")
+            left += h
+    ax.axvline(joint_entropy, color=COLORS["bidirectional"], lw=2, ls="--",
+               label=f"brute force $H(X_1..X_n)$ = {joint_entropy:.4f} nats")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("cumulative conditional entropy (nats)")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0))
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl_training(steps, loss, kl, rate: float, excess=None):
+    """Left: held-out loss of a decoder against steps, with the entropy rate; right: its KL on a log scale.
+
+    steps, loss, kl: per checkpoint (nats/token). excess: optional loss - bayes on the same tokens.
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.plot(steps, loss, "o-", color=COLORS["causal"], label="held-out next-token loss")
+    a.axhline(rate, color="black", ls="--", lw=1.5, label=f"entropy rate H = {rate:.3f}")
+    a.fill_between(steps, rate, loss, color=COLORS["causal"], alpha=0.12, label="the gap: KL(p || q)")
+    a.set_xlabel("training steps")
+    a.set_ylabel("nats per token")
+    a.set_title("loss approaches the entropy rate from above")
+    a.legend()
+    b.semilogy(steps, kl, "o-", color=COLORS["causal"], label="exact KL to the source")
+    if excess is not None:
+        b.semilogy(steps, np.maximum(np.asarray(excess), 1e-4), "x:", color="gray",
+                   label="loss minus Bayes loss (same tokens)")
+    b.set_xlabel("training steps")
+    b.set_ylabel("KL (nats per token, log scale)")
+    b.set_title("the gap, read as a KL")
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_kl_floor(floors: Sequence[float], ngram: Sequence[float], decoder: dict[int, float] | None = None):
+    """Bars: the exact KL floor H(X_t | k previous) - H for each context length k; markers: measured models.
+
+    ngram: test loss minus the rate of a count model with context k (k = 0, 1, ...); decoder: context
+    length -> held-out loss minus the rate of the trained decoder at the positions with that much context.
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    ks = np.arange(len(floors))
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.bar(ks, floors, color="#dddddd", edgecolor="#777777",
+           label="exact floor  $H(X_t\\,|\\,k$ previous$) - H$")
+    ax.plot(ks[: len(ngram)], ngram, "s", ms=8, color=COLORS["prefix"],
+            label="count model with context $k$ (held out)")
+    if decoder:
+        kd = sorted(decoder)
+        ax.plot(kd, [decoder[k] for k in kd], "o", ms=7, color=COLORS["causal"],
+                label="trained decoder, positions with $k$ tokens of context")
+    ax.set_xlabel("context length $k$ (tokens)")
+    ax.set_ylabel("excess loss over the entropy rate (nats)")
+    ax.set_xticks(ks)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_memorization(ngram_sizes, ngram_train, ngram_test, steps, dec_train, dec_held, rate: float,
+                      k: int = 3):
+    """Fitting the sample instead of the source: a count model on little data, an over-trained decoder."""
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    a.semilogx(ngram_sizes, ngram_train, "o-", color=COLORS["bidirectional"], label="training loss")
+    a.semilogx(ngram_sizes, ngram_test, "s-", color=COLORS["causal"], label="held-out loss")
+    a.axhline(rate, color="black", ls="--", lw=1.5, label="entropy rate")
+    a.set_xlabel("training tokens (log scale)")
+    a.set_ylabel("nats per token")
+    a.set_title(f"count model, context k = {k}")
+    a.legend()
+    b.semilogy(steps, dec_train, "o-", color=COLORS["bidirectional"], label="training loss (fixed small set)")
+    b.semilogy(steps, dec_held, "s-", color=COLORS["causal"], label="held-out loss")
+    b.axhline(rate, color="black", ls="--", lw=1.5, label="entropy rate")
+    b.set_xlabel("training steps")
+    b.set_ylabel("nats per token (log scale)")
+    b.set_title("small decoder, trained on one small batch")
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_pll(joint: np.ndarray, pll: np.ndarray, n_points: int = 4000, seed: int = 0):
+    """PLL against the true log-probability for a random subset of sequences (drawn from the source)."""
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    rng = np.random.default_rng(seed)
+    flat_p, flat_pll = joint.ravel(), pll.ravel()
+    idx = rng.choice(flat_p.size, size=min(n_points, flat_p.size), replace=False, p=flat_p)
+    logp = np.log(flat_p[idx])
+    fig, ax = plt.subplots(figsize=(5.5, 4.4))
+    ax.scatter(logp, flat_pll[idx], s=6, alpha=0.35, color=COLORS["bidirectional"],
+               label="pseudo-log-likelihood  $\\sum_i \\log p(x_i|x_{-i})$")
+    lo, hi = min(logp.min(), flat_pll[idx].min()), max(logp.max(), flat_pll[idx].max())
+    ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="$y = x$ (a true log-likelihood)")
+    ax.set_xlabel("true $\\log p(x_1..x_n)$ (nats)")
+    ax.set_ylabel("score (nats)")
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_context_curve(sizes, train, test, floor: float, rate: float, k: int, ylim=None):
+    """Count model with context k: training and held-out loss against training tokens, with its floor."""
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    ax.semilogx(sizes, train, "o-", color=COLORS["bidirectional"], label="training loss")
+    ax.semilogx(sizes, test, "s-", color=COLORS["causal"], label="held-out loss")
+    ax.axhline(rate, color="black", ls="--", lw=1.5, label=f"entropy rate H = {rate:.3f}")
+    if floor > rate + 1e-9:
+        ax.axhline(floor, color=COLORS["prefix"], ls=":", lw=2,
+                   label=f"floor of context {k}: H(X | {k} previous) = {floor:.3f}")
+    ax.set_xlabel("training tokens (log scale)")
+    ax.set_ylabel("nats per token")
+    ax.set_title(f"count model with context k = {k}")
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.legend(loc="lower right" if k >= 2 else "upper right")
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def text_surprisal(model, ids: torch.Tensor) -> torch.Tensor:
+    """-log q(token_t | tokens before it) in nats for t = 1..N-1 of one sequence. ids: (N,) or (1, N)."""
+    ids = torch.as_tensor(ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 2:
+        raise ValueError(f"ids must be one sequence of at least 2 tokens, got shape {tuple(ids.shape)}")
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(ids)
+    finally:
+        model.train(was_training)
+    return token_losses(logits[0, :-1], ids[0, 1:])
+
+
+def plot_surprisal(bits: np.ndarray, labels: Sequence[str] | None = None, window: int = 20):
+    """Per-token surprisal (bits) along a text, with a running mean over `window` tokens."""
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    bits = np.asarray(bits, dtype=np.float64)
+    fig, ax = plt.subplots(figsize=(10, 3.6))
+    x = np.arange(1, len(bits) + 1)
+    ax.bar(x, bits, width=1.0, color=COLORS["causal"], alpha=0.45, label="surprisal of each token")
+    if len(bits) >= window:
+        running = np.convolve(bits, np.ones(window) / window, mode="valid")
+        ax.plot(x[window - 1 :], running, color="black", lw=2, label=f"mean of the last {window} tokens")
+    ax.axhline(bits.mean(), color=COLORS["bidirectional"], ls="--", lw=1.5,
+               label=f"mean {bits.mean():.2f} bits")
+    if labels is not None:
+        top = np.argsort(bits)[-5:]
+        for i in top:
+            ax.annotate(repr(labels[i]).strip("'"), (x[i], bits[i]), textcoords="offset points",
+                        xytext=(0, 3), ha="center", fontsize=8)
+    ax.set_xlabel("token position in the passage")
+    ax.set_ylabel("bits")
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    return fig

@@ -45,6 +45,9 @@ __all__ = [
     "param_counts",
     "route_reference",
     "routing_of",
+    "train_runs",
+    "deepseek_v3_params",
+    "DEEPSEEK_V3",
 ]
 
 
@@ -350,3 +353,98 @@ def expert_token_table(
         table.index_put_((ids.repeat_interleave(k), experts.reshape(-1)), ones, accumulate=True)
     return table
 
+
+
+# ------------------------------------------------------------------------------------- experiments
+
+
+def train_runs(
+    models: dict[str, Transformer],
+    train_ids: torch.Tensor,
+    val_ids: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    seq_len: int,
+    lr: float = 5e-3,
+    seed: int = 0,
+    n_val_batches: int = 8,
+    eval_every: int | None = None,
+) -> dict[str, dict]:
+    """Train each model on the same batches (same seed, same steps); return what the chapter plots.
+
+    For each name: ``history`` (anatomy.train.History, with validation losses at ``eval_every``),
+    ``val_loss`` (mean next-token loss on ``n_val_batches`` held-out batches, nats), ``params``
+    (``param_counts``), ``tokens`` (targets trained on) and ``load`` (per MoE layer, a (steps, N_r)
+    tensor of tokens sent to each routed expert at each training step; empty for a dense model).
+    """
+    from anatomy import data
+    from anatomy import train as training
+
+    if not isinstance(models, dict) or not models:
+        raise ValueError("models must be a non-empty dict name -> model")
+    for name in ("steps", "batch_size", "seq_len", "n_val_batches"):
+        _check_int(name, locals()[name], 1)
+    batches = data.token_batches(train_ids, batch_size, seq_len, seed=seed)
+    val = data.token_batches(val_ids, batch_size, seq_len, seed=seed + 1)
+    out = {}
+    for name, model in models.items():
+        history = training.train(
+            model,
+            batches,
+            steps=steps,
+            lr=lr,
+            seed=seed,
+            progress=False,
+            eval_fn=(lambda m: training.evaluate(m, val, n_val_batches)) if eval_every else None,
+            eval_every=eval_every,
+        )
+        out[name] = {
+            "history": history,
+            "val_loss": training.evaluate(model, val, n_val_batches),
+            "params": param_counts(model),
+            "tokens": history.tokens[-1],
+            "load": [torch.stack(layer.load_history) for layer in moe_layers(model)],
+        }
+    return out
+
+
+# DeepSeek-V3's released configuration (inference/configs/config_671B.json of deepseek-ai/DeepSeek-V3):
+# multi-head latent attention, 3 dense layers, then 58 MoE layers of 1 shared + 256 routed experts, top 8.
+DEEPSEEK_V3 = {
+    "vocab_size": 129280, "dim": 7168, "inter_dim": 18432, "moe_inter_dim": 2048, "n_layers": 61,
+    "n_dense_layers": 3, "n_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1,
+    "n_activated_experts": 8, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64, "v_head_dim": 128,
+}
+
+
+def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
+    """Total and per-token active parameters of DeepSeek-V3 from its configuration (main model, no MTP).
+
+    Counts every weight: embeddings and output head, multi-head latent attention (with its two
+    low-rank norms), the layer norms, 3 dense SwiGLU layers, and per MoE layer the router (centroids and
+    balancing bias), the shared expert and the routed experts, of which n_activated are active per token.
+    """
+    c = {**DEEPSEEK_V3, **(config or {})}
+    d, H = c["dim"], c["n_heads"]
+    attention = (
+        d * c["q_lora_rank"] + c["q_lora_rank"]  # W_DQ and its norm
+        + c["q_lora_rank"] * H * (c["qk_nope_head_dim"] + c["qk_rope_head_dim"])  # W_UQ (and rope part)
+        + d * (c["kv_lora_rank"] + c["qk_rope_head_dim"]) + c["kv_lora_rank"]  # W_DKV, W_KR, norm
+        + c["kv_lora_rank"] * H * (c["qk_nope_head_dim"] + c["v_head_dim"])  # W_UK, W_UV
+        + H * c["v_head_dim"] * d  # W_O
+    )
+    per_layer = attention + 2 * d  # + the two RMSNorms of the block
+    expert = 3 * d * c["moe_inter_dim"]
+    router = c["n_routed_experts"] * (d + 1)
+    n_moe = c["n_layers"] - c["n_dense_layers"]
+    common = (
+        c["n_layers"] * per_layer + c["n_dense_layers"] * 3 * d * c["inter_dim"]
+        + 2 * c["vocab_size"] * d + d  # embeddings, output head, final norm
+        + n_moe * (router + c["n_shared_experts"] * expert)
+    )
+    routed = n_moe * c["n_routed_experts"] * expert
+    active_routed = n_moe * c["n_activated_experts"] * expert
+    total = common + routed
+    return {"total": total, "active": common + active_routed, "routed_share": routed / total}

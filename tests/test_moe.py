@@ -293,3 +293,29 @@ def test_default_d_expert_matches_dense_width():
     cfg = small_config(d_model=96)  # swiglu d_ff = 256
     moe = MoE(cfg, n_routed=8, n_shared=1, top_k=3)
     assert moe.d_expert == 64 and matched_dense_config(cfg, moe).d_ff == 256
+
+
+def test_deepseek_v3_parameter_count_matches_the_report():
+    from anatomy.moe import deepseek_v3_params
+
+    p = deepseek_v3_params()
+    assert round(p["total"] / 1e9) == 671 and round(p["active"] / 1e9) in (37, 38)
+    assert 0.95 < p["routed_share"] < 0.99
+    # fewer routed experts: fewer total parameters, the same active ones
+    q = deepseek_v3_params({"n_routed_experts": 128})
+    assert q["total"] < p["total"] and abs(q["active"] - p["active"]) < 1e8
+
+
+def test_train_runs_records_loads_for_moe_only():
+    from anatomy.moe import train_runs
+
+    cfg = small_config()
+    ids = torch.arange(600) % 11
+    torch.manual_seed(0)
+    models = {"dense": Transformer(cfg), "moe": moe_decoder(cfg, n_routed=4, n_shared=1, top_k=2)}
+    runs = train_runs(models, ids[:500], ids[500:], steps=5, batch_size=2, seq_len=16, n_val_batches=2)
+    assert runs["dense"]["load"] == [] and runs["moe"]["load"][0].shape == (5, 4)
+    assert runs["moe"]["tokens"] == runs["dense"]["tokens"] == 5 * 2 * 16
+    assert runs["moe"]["load"][0].sum(1).eq(2 * 16 * 2).all()  # every token sent to top_k experts
+    with pytest.raises(ValueError, match="steps"):
+        train_runs(models, ids[:500], ids[500:], steps=0, batch_size=2, seq_len=16)

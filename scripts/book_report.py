@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Execute every chapter in its own process and report wall time and peak memory against the budgets.
+
+    .venv/bin/python scripts/book_report.py                   # every chapter in _toc.yml
+    .venv/bin/python scripts/book_report.py chapters/11_mixture_of_experts.ipynb
+    .venv/bin/python scripts/book_report.py --check           # exit 1 if a budget is exceeded
+    .venv/bin/python scripts/book_report.py --json report.json
+
+Each chapter runs in a fresh Python process (``book_report.py --one NB``) that executes the notebook with
+nbclient in a fresh kernel, the kernel's working directory being the notebook's folder, as in the book
+build. The wall time covers the whole execution including kernel start-up; the peak memory is the
+kernel's maximum resident set size (``getrusage(RUSAGE_CHILDREN).ru_maxrss`` once the kernel has exited),
+which is exact, unlike sampling. The budgets are DESIGN.md's: at most 90 s and under 3 GiB per chapter,
+at most 10 minutes for the whole book on the 2-core machine.
+
+Wall times depend on what else runs on the machine: the report prints the load average next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_SECONDS = 90.0
+BUDGET_BYTES = 3 * 2**30
+BUDGET_TOTAL_SECONDS = 600.0
+
+
+def toc_chapters(toc: Path = ROOT / "_toc.yml") -> list[Path]:
+    """The chapter notebooks listed in _toc.yml, in order."""
+    text = toc.read_text(encoding="utf-8")
+    files = re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
+    return [ROOT / f"{f}.ipynb" for f in files]
+
+
+def glued_values(nb) -> dict[str, str]:
+    """name -> text/plain of every value a notebook glued (myst-nb's scrapbook outputs)."""
+    values = {}
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            name = out.get("metadata", {}).get("scrapbook", {}).get("name")
+            if name is not None:
+                values[name] = out.get("data", {}).get("text/plain")
+    return values
+
+
+def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Path | None = None) -> dict:
+    """Execute `notebook` in a fresh kernel (in this process); return seconds, error and glued values."""
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+
+    nb = nbformat.read(notebook, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str((cwd or notebook.parent).resolve())}})
+    start = time.perf_counter()
+    error = None
+    try:
+        client.execute()
+    except CellExecutionError as exc:
+        error = str(exc)[-2000:]
+    seconds = time.perf_counter() - start
+    if out is not None:
+        nbformat.write(nb, out)
+    return {"seconds": seconds, "error": error, "glue": glued_values(nb)}
+
+
+def run_one(notebook: Path, out: Path | None = None) -> dict:
+    """Execute one chapter in a child process; return its wall time, the kernel's peak RSS and status."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--one", str(notebook)]
+    if out is not None:
+        cmd += ["--out", str(out)]
+    env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - start
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"notebook": str(notebook), "wall": wall, "seconds": wall, "peak_bytes": 0,
+                "error": (proc.stderr or proc.stdout)[-2000:] or f"exit {proc.returncode}"}
+    result = json.loads(lines[-1])
+    result.update(notebook=str(notebook), wall=wall)
+    return result
+
+
+def _child(notebook: Path, out: Path | None) -> int:
+    result = execute(notebook, out)
+    # The kernel was a child of this process and has been waited for: its peak RSS is in RUSAGE_CHILDREN.
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux reports KiB
+    print(json.dumps({"seconds": result["seconds"], "peak_bytes": peak, "error": result["error"]}))
+    return 0
+
+
+def report(results: list[dict]) -> tuple[str, bool]:
+    """A plain-text table of the results and whether every budget was met."""
+    ok = True
+    rows = [f"{'chapter':42s} {'seconds':>8s} {'peak GiB':>9s}  status"]
+    total = 0.0
+    for r in results:
+        total += r["seconds"]
+        problems = []
+        if r.get("error"):
+            problems.append("FAILED")
+        if r["seconds"] > BUDGET_SECONDS:
+            problems.append(f"> {BUDGET_SECONDS:.0f} s")
+        if r["peak_bytes"] >= BUDGET_BYTES:
+            problems.append(">= 3 GiB")
+        ok &= not problems
+        rows.append(f"{Path(r['notebook']).stem:42s} {r['seconds']:8.1f} {r['peak_bytes'] / 2**30:9.2f}  "
+                    f"{'ok' if not problems else ', '.join(problems)}")
+    total_ok = total <= BUDGET_TOTAL_SECONDS
+    ok &= total_ok
+    verdict = "ok" if total_ok else f"> {BUDGET_TOTAL_SECONDS:.0f} s"
+    rows.append(f"{'total':42s} {total:8.1f} {'':9s}  {verdict}")
+    rows.append(f"budgets: <= {BUDGET_SECONDS:.0f} s and < 3 GiB per chapter, "
+                f"<= {BUDGET_TOTAL_SECONDS / 60:.0f} min in total; load average now "
+                f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+                f"{os.cpu_count()} CPUs")
+    return "\n".join(rows), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter in _toc.yml")
+    parser.add_argument("--check", action="store_true",
+                        help="exit 1 if a chapter fails or a budget is exceeded")
+    parser.add_argument("--json", type=Path, help="also write the results as JSON")
+    parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.one:
+        return _child(args.one, args.out)
+
+    notebooks = [p.resolve() for p in args.notebooks] or toc_chapters()
+    results = []
+    for nb in notebooks:
+        r = run_one(nb)
+        results.append(r)
+        status = "FAILED" if r.get("error") else "ok"
+        print(f"  {nb.stem}: {r['seconds']:.1f} s, {r['peak_bytes'] / 2**30:.2f} GiB, {status}", flush=True)
+        if r.get("error"):
+            print("    " + r["error"].strip().replace("\n", "\n    ")[-1500:], file=sys.stderr)
+    table, ok = report(results)
+    print()
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 1 if (args.check and not ok) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

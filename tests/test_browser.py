@@ -1,0 +1,444 @@
+"""The built book, as a reader's browser shows it: every page opened in headless Chromium.
+
+For each page of ``_build/html``: math is typeset by MathJax (no raw TeX left in the text), every image
+loads, no JavaScript error or failed local request, no broken internal link (files and #fragments), no
+live-kernel widget left in the static page, and every ``book.explore`` figure works without a kernel (a
+control is changed and another frame appears). A full-page screenshot of each page is saved in
+``_build/screenshots/`` as an artifact.
+
+Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON
+messages separated by NUL bytes on file descriptors 3 and 4), so no browser download and no websocket
+package are needed: only Debian's ``chromium``. The pages are served by the same local server as
+``scripts/screenshots.py``, which swaps the MathJax CDN address for a local copy of the same release.
+
+The book must be built first (``bash scripts/build_book.sh``); ``scripts/run_tests.sh`` runs this file
+after the build with ``ANATOMY_REQUIRE_BOOK=1``, which turns "not built" or "no chromium" into failures
+instead of skips.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import html.parser
+import http.server
+import importlib.util
+import json
+import os
+import queue
+import re
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = Path(os.environ.get("ANATOMY_BOOK_HTML", ROOT / "_build" / "html"))
+SHOTS = ROOT / "_build" / "screenshots"
+REQUIRED = os.environ.get("ANATOMY_REQUIRE_BOOK") == "1"
+SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html only redirects
+MAX_SHOT_HEIGHT = 12000  # px; longer pages are cut there (the screenshot is an artifact, not a check)
+
+pytestmark = pytest.mark.book
+
+
+def _missing(reason: str):
+    if REQUIRED:
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _pages() -> list[str]:
+    if not SITE.is_dir():
+        return []
+    return sorted(
+        p.relative_to(SITE).as_posix()
+        for p in SITE.rglob("*.html")
+        if "_static" not in p.parts and "_sources" not in p.parts
+        and p.relative_to(SITE).as_posix() not in SKIP_PAGES
+    )
+
+
+def _screenshots_module():
+    path = ROOT / "scripts" / "screenshots.py"
+    spec = importlib.util.spec_from_file_location("anatomy_screenshots", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ------------------------------------------------------------------------------ a small CDP client
+
+
+def _high_fd(fd: int) -> int:
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return high
+
+
+
+class Chromium:
+    """Headless Chromium with the DevTools protocol on a pipe; one page (target) at a time."""
+
+    def __init__(self, exe: str, profile: Path) -> None:
+        to_browser_r, self._to_browser = os.pipe()
+        self._from_browser, from_browser_w = os.pipe()
+        # The child's ends are moved to fds >= 10 first: the shell redirections below would clobber
+        # them if os.pipe() had returned 3 or 4 (it does when pytest captures output); bash, not dash,
+        # because dash only redirects single-digit fds.
+        to_browser_r, from_browser_w = (_high_fd(to_browser_r), _high_fd(from_browser_w))
+        flags = [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--no-first-run", "--hide-scrollbars",
+            "--mute-audio", "--disable-extensions", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+            "about:blank",
+        ]
+        # the protocol pipe must be fds 3 (browser reads) and 4 (browser writes)
+        self.proc = subprocess.Popen(
+            ["bash", "-c", f'exec "$0" "$@" 3<&{to_browser_r} 4>&{from_browser_w}', exe, *flags],
+            pass_fds=(to_browser_r, from_browser_w),
+            stdout=subprocess.DEVNULL,
+            stderr=None if os.environ.get("ANATOMY_CDP_DEBUG") else subprocess.DEVNULL,
+        )
+        os.close(to_browser_r)
+        os.close(from_browser_w)
+        self._next_id = 0
+        self._inbox: queue.Queue = queue.Queue()
+        self.events: list[dict] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        self.session: str | None = None
+
+    def _read(self) -> None:
+        buffer = b""
+        while True:
+            try:
+                chunk = os.read(self._from_browser, 1 << 16)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._inbox.put(None)
+                return
+            buffer += chunk
+            *messages, buffer = buffer.split(b"\0")
+            for message in messages:
+                self._inbox.put(json.loads(message))
+
+    def _pump(self, timeout: float) -> dict | None:
+        message = self._inbox.get(timeout=timeout)
+        if message is None:
+            raise RuntimeError("chromium closed the DevTools pipe")
+        if "id" not in message:
+            self.events.append(message)
+        return message
+
+    def send(self, method: str, params: dict | None = None, *, timeout: float = 60.0, session: bool = True):
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params or {}}
+        if session and self.session:
+            message["sessionId"] = self.session
+        os.write(self._to_browser, json.dumps(message).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            reply = self._pump(max(0.01, deadline - time.monotonic()))
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise RuntimeError(f"{method}: {reply['error']}")
+                return reply.get("result", {})
+
+    def wait_for(self, method: str, timeout: float = 60.0) -> dict:
+        for event in self.events:
+            if event.get("method") == method and event.get("sessionId") == self.session:
+                return event
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self._pump(max(0.01, deadline - time.monotonic()))
+            if event.get("method") == method and event.get("sessionId") == self.session:
+                return event
+
+    def evaluate(self, expression: str, timeout: float = 60.0):
+        result = self.send(
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            timeout=timeout,
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def open(self, url: str, width: int = 1280, height: int = 900) -> None:
+        """A fresh tab at url, with load events and errors recorded from the start."""
+        if self.session:
+            self.send("Target.closeTarget", {"targetId": self._target}, session=False)
+        self.events.clear()
+        self._target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+        self.session = self.send(
+            "Target.attachToTarget", {"targetId": self._target, "flatten": True}, session=False
+        )["sessionId"]
+        for domain in ("Page", "Runtime", "Log", "Network"):
+            self.send(f"{domain}.enable")
+        self.send("Emulation.setDeviceMetricsOverride",
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        self.send("Page.navigate", {"url": url})
+        self.wait_for("Page.loadEventFired")
+
+    def screenshot(self, path: Path) -> None:
+        metrics = self.send("Page.getLayoutMetrics")
+        size = metrics.get("cssContentSize") or metrics["contentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], MAX_SHOT_HEIGHT),
+                "scale": 1}
+        data = self.send("Page.captureScreenshot",
+                         {"format": "png", "clip": clip, "captureBeyondViewport": True}, timeout=120)["data"]
+        path.write_bytes(base64.b64decode(data))
+
+    def close(self) -> None:
+        try:
+            self.send("Browser.close", session=False, timeout=10)
+        except Exception:  # noqa: BLE001 - closing anyway
+            pass
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        os.close(self._to_browser)
+
+
+# ------------------------------------------------------------------------------------ page checks
+
+# Waits for MathJax (if the page loads it) and returns what the reader would see.
+INSPECT = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  await new Promise(r => setTimeout(r, 300));
+  const imgs = [...document.querySelectorAll("img")];
+  const broken = imgs.filter(i => !(i.complete && i.naturalWidth > 0))
+                     .map(i => (i.getAttribute("src") || "").slice(0, 80));
+  const math = document.querySelectorAll(".math, .amsmath, div.math, span.math").length;
+  const untypeset = [...document.querySelectorAll(".math, span.math, div.math")]
+                     .filter(e => !e.querySelector("mjx-container")).length;
+  // TeX left as text outside code: $$, \[ \] or \( \) delimiters, or \begin{...}
+  const walker = document.createTreeWalker(document.querySelector("main") || document.body,
+                                           NodeFilter.SHOW_TEXT);
+  const raw = [];
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    if (n.parentElement.closest("pre, code, script, style, mjx-container, textarea")) continue;
+    const t = n.textContent;
+    if (/\$\$|\\\[|\\\]|\\\(|\\\)|\\begin\{/.test(t)) raw.push(t.trim().slice(0, 80));
+  }
+  const widgets = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
+  return {images: imgs.length, broken, math, typeset: document.querySelectorAll("mjx-container").length,
+          untypeset, raw, widgets, explorers: document.querySelectorAll(".anatomy-explore").length,
+          mathjax: !!(window.MathJax && MathJax.startup)};
+})()
+"""
+
+# Changes the first control of every explorer and reports the visible frame before and after.
+EXPLORE = r"""
+(async () => {
+  const shown = root => [...root.querySelectorAll("img.anatomy-explore-frame")]
+                          .filter(i => getComputedStyle(i).display !== "none");
+  const out = [];
+  for (const root of document.querySelectorAll(".anatomy-explore")) {
+    const before = shown(root);
+    const control = root.querySelector("input[type=range], select");
+    const r = {id: root.id, frames: root.querySelectorAll("img.anatomy-explore-frame").length,
+               visible_before: before.length, src_before: before.length ? before[0].src.slice(-64) : null,
+               control: control ? control.tagName.toLowerCase() : null};
+    if (control) {
+      if (control.tagName === "SELECT") { control.selectedIndex = control.options.length - 1; }
+      else { control.value = control.max; }
+      control.dispatchEvent(new Event("input", {bubbles: true}));
+      control.dispatchEvent(new Event("change", {bubbles: true}));
+      await new Promise(res => setTimeout(res, 50));
+      const after = shown(root);
+      r.visible_after = after.length;
+      r.src_after = after.length ? after[0].src.slice(-64) : null;
+      r.loaded_after = after.length ? (after[0].complete && after[0].naturalWidth > 0) : false;
+    }
+    out.push(r);
+  }
+  return out;
+})()
+"""
+
+
+class _Anchors(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.ids: set[str] = set()
+        self.links: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("id", "name") and value:
+                self.ids.add(value)
+            if value and ((tag == "a" and name == "href") or (tag in ("img", "script", "link") and name in
+                                                               ("src", "href"))):
+                self.links.append(value)
+
+
+_ANCHORS: dict[Path, _Anchors] = {}
+
+
+def _anchors(path: Path) -> _Anchors:
+    if path not in _ANCHORS:
+        parser = _Anchors()
+        parser.feed(path.read_text(encoding="utf-8", errors="replace"))
+        _ANCHORS[path] = parser
+    return _ANCHORS[path]
+
+
+def broken_internal_links(page: Path, site: Path) -> list[str]:
+    """Local links of `page` whose file is missing, or whose #fragment names no id in the target."""
+    problems = []
+    for href in _anchors(page).links:
+        parsed = urllib.parse.urlparse(href)
+        if parsed.scheme or parsed.netloc or href.startswith(("data:", "mailto:", "javascript:")):
+            continue
+        target = (page.parent / urllib.parse.unquote(parsed.path)).resolve() if parsed.path else page
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            shown = target.relative_to(site) if site in target.parents else target
+            problems.append(f"{href} (no file {shown})")
+        elif parsed.fragment and target.suffix == ".html":
+            fragment = urllib.parse.unquote(parsed.fragment)
+            if fragment not in _anchors(target).ids:
+                problems.append(f"{href} (no id {fragment!r} in {target.name})")
+    return sorted(set(problems))
+
+
+# Messages that are not errors a reader meets, each with the reason it is ignored.
+KNOWN_HARMLESS = [
+    # pydata-sphinx-theme logs this with console.error on a reader's first visit (nothing stored in
+    # localStorage yet) and then uses its default, "auto"; every fresh browser profile shows it.
+    re.compile(r"^console\.error: Got invalid theme mode: \. Resetting to auto\.$"),
+    # browsers ask every site for /favicon.ico on their own; the book has none
+    re.compile(r"^failed request \S+/favicon\.ico: HTTP 404$"),
+]
+
+
+def _errors(events: list[dict], local_prefix: str) -> tuple[list[str], list[str]]:
+    """(JavaScript errors and failed local requests, failed external requests) from recorded events."""
+    errors, external = [], []
+    urls = {}
+    for e in events:
+        method, params = e.get("method"), e.get("params", {})
+        if method == "Network.requestWillBeSent":
+            urls[params["requestId"]] = params["request"]["url"]
+        elif method == "Runtime.exceptionThrown":
+            d = params["exceptionDetails"]
+            text = d.get("exception", {}).get("description") or d.get("text", "")
+            errors.append(f"uncaught exception: {text.splitlines()[0] if text else d}")
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            args = " ".join(str(a.get("value", a.get("description", ""))) for a in params.get("args", []))
+            errors.append(f"console.error: {args[:200]}")
+        elif method == "Network.loadingFailed" and not params.get("canceled"):
+            url = urls.get(params["requestId"], "?")
+            item = f"{url[:120]}: {params.get('errorText')}"
+            (errors if url.startswith(local_prefix) else external).append(f"failed request {item}")
+        elif method == "Network.responseReceived" and params["response"].get("status", 200) >= 400:
+            url = params["response"]["url"]
+            item = f"failed request {url[:120]}: HTTP {params['response']['status']}"
+            (errors if url.startswith(local_prefix) else external).append(item)
+        elif method == "Log.entryAdded" and params["entry"].get("level") == "error":
+            entry = params["entry"]
+            url = entry.get("url", "")
+            if entry.get("source") == "network":  # already reported by the Network events
+                continue
+            errors.append(f"log error: {entry.get('text', '')[:200]} {url[:80]}")
+    errors = [e for e in errors if not any(p.match(e) for p in KNOWN_HARMLESS)]
+    return errors, external
+
+
+# --------------------------------------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def server():
+    if not (SITE / "intro.html").exists():
+        _missing(f"no built book in {SITE}: run `bash scripts/build_book.sh` first "
+                 "(scripts/run_tests.sh runs this test after the build)")
+    shots = _screenshots_module()
+    mathjax = shots.ensure_mathjax(ROOT / "_build" / ".mathjax")
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), shots.make_handler(SITE, mathjax))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/", mathjax is not None
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    if exe is None:
+        _missing("chromium is not installed (apt-get install chromium; scripts/setup_env.sh does it)")
+    with tempfile.TemporaryDirectory(prefix="anatomy-cdp-") as tmp:
+        b = Chromium(exe, Path(tmp) / "profile")
+        try:
+            b.send("Browser.getVersion", session=False, timeout=60)
+            yield b
+        finally:
+            b.close()
+
+
+PAGES = _pages()
+
+
+@pytest.mark.parametrize("page", PAGES or ["(book not built)"])
+def test_page_renders_for_a_reader(page, server, browser):
+    base, have_mathjax = server
+    path = SITE / page
+    if not path.exists():
+        _missing(f"{page}: not in the built book")
+    browser.open(base + urllib.parse.quote(page))
+    seen = browser.evaluate(INSPECT)
+    explorers = browser.evaluate(EXPLORE) if seen["explorers"] else []
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    browser.screenshot(SHOTS / (page.removesuffix(".html").replace("/", "__") + ".png"))
+    errors, external = _errors(browser.events, base)
+
+    problems = []
+    if seen["broken"]:
+        problems.append(f"{len(seen['broken'])} of {seen['images']} images did not load: "
+                        f"{seen['broken'][:3]}")
+    if seen["math"] and not have_mathjax:
+        problems.append("MathJax could not be provided offline (npm pack mathjax failed): math not typeset")
+    elif seen["math"] and (seen["untypeset"] or not seen["typeset"]):
+        problems.append(f"{seen['untypeset']} of {seen['math']} math elements were not typeset by MathJax")
+    if seen["raw"]:
+        problems.append(f"raw TeX left in the text: {seen['raw'][:3]}")
+    if seen["widgets"]:
+        problems.append(f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
+                        "remove-cell and show book.explore instead")
+    problems += errors
+    problems += [f"broken link: {x}" for x in broken_internal_links(path, SITE)]
+    for x in explorers:
+        if not (x["frames"] >= 1 and x["visible_before"] == 1):
+            problems.append(f"explorer {x['id']}: {x['visible_before']} frames visible before any change")
+        elif x["control"] and x["frames"] > 1:
+            if x.get("visible_after") != 1 or not x.get("loaded_after"):
+                problems.append(f"explorer {x['id']}: after moving the control, {x.get('visible_after')} "
+                                "frames visible (expected one loaded image)")
+            elif x["src_after"] == x["src_before"]:
+                problems.append(f"explorer {x['id']}: moving the control did not change the image")
+    if external:
+        print(f"{page}: external resources unavailable (offline?): {external[:5]}")
+    assert not problems, f"{page}:\n  " + "\n  ".join(problems)
+
+
+def test_every_chapter_page_was_built():
+    """Every chapter in _toc.yml has a page (a chapter that failed to build would be missing)."""
+    if not (SITE / "intro.html").exists():
+        _missing(f"no built book in {SITE}")
+    if SITE != ROOT / "_build" / "html":
+        pytest.skip(f"{SITE} is not this repository's build, so its pages need not match _toc.yml")
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    files = re.findall(r"^\s*-?\s*file:\s*(\S+)", toc, flags=re.M)
+    missing = [f for f in files if not (SITE / f"{re.sub(r'[.](ipynb|md)$', '', f)}.html").exists()]
+    assert not missing, f"pages missing from the built book: {missing}"

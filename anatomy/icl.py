@@ -34,6 +34,10 @@ __all__ = [
     "head_scores",
     "induction_batches",
     "induction_experiment",
+    "plot_dual_form",
+    "plot_head_scores",
+    "plot_induction",
+    "plot_induction_attention",
     "repeated_sequences",
 ]
 
@@ -531,3 +535,129 @@ def few_shot_accuracy(
     finally:
         model.train(was_training)
     return FewShot(list(ks), accuracy, n_queries, template, example)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plot_induction(run: InductionRun):
+    """The phase change: loss on the second copy (left) and the two heads' scores (right) over training."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1.plot(run.steps, run.second_copy, "o-", ms=3, color="#0072B2", label="second copy")
+    ax1.axhline(math.log(run.vocab_size), color="#777777", ls="--", lw=0.8)
+    ax1.text(
+        run.steps[-1],
+        math.log(run.vocab_size),
+        "ln V: no use of the first copy",
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        color="#555555",
+    )
+    step = run.phase_change_step()
+    if step >= 0:
+        ax1.axvline(step, color="#D55E00", lw=0.8, ls=":")
+        ax2.axvline(step, color="#D55E00", lw=0.8, ls=":")
+    ax1.set_xlabel("training step")
+    ax1.set_ylabel("loss on the repeated half (nats per token)")
+    ax1.set_title("Loss on the second copy")
+    layer, head = run.best_head(layer=run.prefix_matching[-1].shape[0] - 1)
+    prev_layer, prev_head = run.best_head(layer=0, kind="previous_token")
+    ax2.plot(
+        run.steps,
+        [float(s[layer, head]) for s in run.prefix_matching],
+        "o-",
+        ms=3,
+        color="#009E73",
+        label=f"prefix matching, layer {layer + 1} head {head}",
+    )
+    ax2.plot(
+        run.steps,
+        [float(s[prev_layer, prev_head]) for s in run.previous_token],
+        "s-",
+        ms=3,
+        color="#CC79A7",
+        label=f"previous token, layer {prev_layer + 1} head {prev_head}",
+    )
+    ax2.set_ylim(0, 1)
+    ax2.set_xlabel("training step")
+    ax2.set_ylabel("attention on the target key (score)")
+    ax2.set_title("The two heads of the circuit")
+    ax2.legend(fontsize=9, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_induction_attention(run: InductionRun, index: int):
+    """Attention maps of the circuit's two heads on the fixed example at evaluation `index`."""
+    import matplotlib.pyplot as plt
+
+    L = run.length
+    layer, head = run.best_head(layer=run.prefix_matching[-1].shape[0] - 1)
+    prev_layer, prev_head = run.best_head(layer=0, kind="previous_token")
+    maps = run.attention[index]
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
+    for ax, (lay, h, title) in zip(
+        axes,
+        ((prev_layer, prev_head, "previous-token head"), (layer, head, "induction head")),
+    ):
+        ax.imshow(maps[lay, h].numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+        n = maps.shape[-1]
+        q = np.arange(L, n)
+        target = q - L + 1 if "induction" in title else np.arange(1, n) - 1
+        rows = q if "induction" in title else np.arange(1, n)
+        ax.plot(target, rows, ".", ms=2.5, color="#D55E00")
+        ax.axhline(L - 0.5, color="#999999", lw=0.6)
+        ax.axvline(L - 0.5, color="#999999", lw=0.6)
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+        ax.set_title(f"layer {lay + 1} head {h}: {title}", fontsize=10)
+        ax.grid(False)
+    fig.suptitle(f"step {run.steps[index]}  (orange dots: where the head should look)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_head_scores(scores: torch.Tensor, title: str = "prefix-matching score per head"):
+    """A (layers, heads) score matrix as a heat map, layers bottom to top."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.6, 6.2))
+    im = ax.imshow(scores.numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto", origin="lower")
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer (1 = first)")
+    ax.set_xticks(range(scores.shape[1]))
+    ax.set_yticks(range(0, scores.shape[0], 3), [str(i + 1) for i in range(0, scores.shape[0], 3)])
+    ax.set_title(title, fontsize=10)
+    ax.grid(False)
+    fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
+    fig.tight_layout()
+    return fig
+
+
+def plot_dual_form(result: DualForm):
+    """How far softmax attention is from one GD step, against the spread of its logits (log-log)."""
+    import matplotlib.pyplot as plt
+
+    scales = sorted(result.rel_err_softmax)
+    spread = [result.logit_std[s] for s in scales]
+    err = [result.rel_err_softmax[s] for s in scales]
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    ax.loglog(spread, err, "o-", color="#D55E00", label="softmax attention, rescaled to first order")
+    ax.axhline(
+        max(result.max_abs_diff_linear, 1e-17),
+        color="#0072B2",
+        ls="--",
+        lw=1,
+        label="linear attention (max |difference|)",
+    )
+    ax.set_xlabel("spread of the attention logits (standard deviation)")
+    ax.set_ylabel("relative distance from one GD step")
+    ax.set_title("One GD step = linear attention; softmax only approximately")
+    ax.legend(fontsize=9, loc="center right")
+    fig.tight_layout()
+    return fig

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "DEFAULT_RUNS",
     "FAMILY_OF",
     "OBJECTIVES",
     "DensityRun",
@@ -43,6 +44,7 @@ __all__ = [
     "Seq2SeqBatch",
     "Signal",
     "SpecialTokens",
+    "batch_labels",
     "bayes_loss",
     "causal_lm_batch",
     "loss_fn",
@@ -50,6 +52,9 @@ __all__ = [
     "masking_tradeoff",
     "masked_lm_batch",
     "objective_batches",
+    "plot_comparison",
+    "plot_density",
+    "plot_masking_tradeoff",
     "predict_token",
     "prefix_lm_batch",
     "random_spans_noise_mask",
@@ -567,7 +572,8 @@ class Signal:
         return self.text_targets / self.text_tokens
 
 
-def _labels(batch) -> torch.Tensor:
+def batch_labels(batch) -> torch.Tensor:
+    """The labels (-100 where no loss) of any batch this module builds."""
     if isinstance(batch, (PrefixLMBatch, Seq2SeqBatch)):
         return batch.labels
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
@@ -580,7 +586,7 @@ def _labels(batch) -> torch.Tensor:
 def signal(batch, text_tokens: int, special: SpecialTokens | None = None) -> Signal:
     """Count the positions of `batch` that carry a loss; text_tokens: B * N of its text windows."""
     _check_int("text_tokens", text_tokens, 1)
-    labels = _labels(batch)
+    labels = batch_labels(batch)
     target = labels != IGNORE
     n_text = special.n_text if special is not None else None
     text = target if n_text is None else target & (labels < n_text)
@@ -1036,7 +1042,9 @@ def label_density_experiment(
 class ObjectiveRun:
     """One family trained with its objective, and its answers to the two shared questions."""
 
+    name: str
     objective: str
+    options: dict
     steps: int
     flops_per_step: int
     params: int  # all parameters (an encoder-decoder has two stacks)
@@ -1053,6 +1061,14 @@ class ObjectiveRun:
 
 
 FAMILY_OF = {"causal": "causal", "masked": "bidirectional", "prefix": "prefix", "span": "encdec"}
+
+DEFAULT_RUNS: dict[str, tuple[str, dict]] = {
+    "decoder (causal LM)": ("causal", {}),
+    "decoder, 15% of labels": ("causal", {"label_fraction": 0.15}),
+    "encoder (masked LM)": ("masked", {}),
+    "prefix LM": ("prefix", {}),
+    "encoder-decoder (span corruption)": ("span", {}),
+}
 
 
 def build_model(objective: str, config) -> nn.Module:
@@ -1073,10 +1089,10 @@ def compare_objectives(
     special: SpecialTokens,
     config,
     *,
-    objectives: Sequence[str] = OBJECTIVES,
+    runs: dict[str, tuple[str, dict]] | None = None,
     flops_budget: int | None = None,
     steps: int = 200,
-    batch_size: int = 32,
+    batch_size: int = 16,
     seq_len: int = 64,
     lr: float = 3e-3,
     position: int = 40,
@@ -1085,32 +1101,39 @@ def compare_objectives(
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, ObjectiveRun]:
-    """Train one model per objective on the same text windows at (nearly) equal compute; ask each the same.
+    """Train one model per run on the same text windows at (nearly) equal compute; ask each the same.
 
-    Compute: counted training FLOPs (`training_flops`). flops_budget None: the budget is `steps` steps of
-    the causal LM; each objective gets round(budget / its FLOPs per step) steps. Every model starts from
-    the same seed, sees the same text windows in the same order, and uses the same optimiser settings.
+    runs: name -> (objective, batch options), default `DEFAULT_RUNS`: the four families, plus a decoder
+    that keeps the loss on only 15% of positions (the same density as BERT, the causal task unchanged).
+    Compute: counted training FLOPs (`training_flops`). flops_budget None: `steps` steps of the first run;
+    each run gets round(budget / its FLOPs per step) steps. Every model starts from the same seed, sees
+    the same text windows in the same order, and uses the same optimiser settings.
     Evaluation (`predict_token`) on eval_windows (E, >= position + right + 1): the continuation loss
     -log P(x_t | x_<t) and the infilling loss -log P(x_t | x_<t, the next `right` tokens), t = position,
     in nats per token; the continuation loss is also tracked during training (`n_curve` points).
     """
     from anatomy.train import train
 
-    for obj in objectives:
+    runs = DEFAULT_RUNS if runs is None else runs
+    if not runs:
+        raise ValueError("runs must name at least one (objective, options) pair")
+    for obj, _ in runs.values():
         _check_objective(obj)
     windows = text_windows(train_ids, batch_size, seq_len, seed=seed)
+
+    def batches(obj: str, options: dict):
+        return objective_batches(obj, windows, special, seed=seed, **options)
+
     per_step = {}
-    for obj in objectives:
+    for name, (obj, options) in runs.items():
         torch.manual_seed(seed)
-        per_step[obj] = training_flops(
-            build_model(obj, config), loss_fn(obj), objective_batches(obj, windows, special, seed=seed)(0)
-        )
+        per_step[name] = training_flops(build_model(obj, config), loss_fn(obj), batches(obj, options)(0))
     if flops_budget is None:
         _check_int("steps", steps, 1)
-        flops_budget = steps * (per_step["causal"] if "causal" in per_step else max(per_step.values()))
-    runs = {}
-    for obj in objectives:
-        n_steps = max(1, round(flops_budget / per_step[obj]))
+        flops_budget = steps * per_step[next(iter(runs))]
+    results = {}
+    for name, (obj, options) in runs.items():
+        n_steps = max(1, round(flops_budget / per_step[name]))
         every = max(1, n_steps // n_curve)
         torch.manual_seed(seed)
         model = build_model(obj, config)
@@ -1120,7 +1143,7 @@ def compare_objectives(
 
         hist = train(
             model,
-            objective_batches(obj, windows, special, seed=seed),
+            batches(obj, options),
             steps=n_steps,
             lr=lr,
             loss_fn=loss_fn(obj),
@@ -1129,19 +1152,21 @@ def compare_objectives(
             progress=progress,
             seed=seed,
         )
-        runs[obj] = ObjectiveRun(
+        results[name] = ObjectiveRun(
+            name=name,
             objective=obj,
+            options=dict(options),
             steps=n_steps,
-            flops_per_step=per_step[obj],
+            flops_per_step=per_step[name],
             params=sum(p.numel() for p in model.parameters()),
             targets_seen=hist.tokens[-1],
-            eval_flops=[s * per_step[obj] for s, _ in hist.evals],
+            eval_flops=[s * per_step[name] for s, _ in hist.evals],
             continuation_curve=[r["continuation"] for _, r in hist.evals],
             continuation=hist.evals[-1][1]["continuation"],
             infill=token_cross_entropy(model, obj, eval_windows, position, special, right=right),
             model=model,
         )
-    return runs
+    return results
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1225,3 +1250,148 @@ def masking_tradeoff(
         out["targets_per_token"].append(share)
         out["per_token"].append(float(losses.mean()) * share)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Figures
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plot_density(run: DensityRun):
+    """Excess loss over the Bayes optimum against training FLOPs (left) and against labels seen (right)."""
+    import matplotlib.pyplot as plt
+
+    shades = {1.0: "#0072B2", 0.5: "#56B4E9", 0.15: "#9ecae1"}
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    steps = np.asarray(run.steps[1:], dtype=float)
+    for f in run.fractions:
+        color = shades.get(f, None)
+        label = f"{f:.0%} of positions supervised"
+        ex = np.asarray(run.excess[f][1:])
+        ax1.loglog(steps * run.flops_per_step, ex, "o", ms=3, color=color, alpha=0.7)
+        a, b = run.fit(f)
+        fit_s = steps[steps >= 0.4 * steps[-1]]
+        ax1.loglog(fit_s * run.flops_per_step, a * fit_s ** (-b), "-", color=color, label=label)
+        ax2.loglog(np.asarray(run.labels[f][1:]), ex, "o-", ms=3, color=color, label=label)
+    low = min(run.fractions)
+    if 1.0 in run.fractions and low < 1.0:
+        a, b = run.fit(low)
+        level = a * run.steps[-1] ** (-b)
+        reach = run.steps_to_reach(1.0, level)
+        ax1.axhline(level, color="#999999", lw=0.8, ls="--")
+        ax1.annotate(
+            "",
+            xy=(reach * run.flops_per_step, level),
+            xytext=(run.steps[-1] * run.flops_per_step, level),
+            arrowprops={"arrowstyle": "<->", "color": "#444444"},
+        )
+        ax1.text(
+            np.sqrt(reach * run.steps[-1]) * run.flops_per_step,
+            level * 1.08,
+            f"x{run.compute_multiplier(low):.1f} compute",
+            ha="center",
+            va="bottom",
+            fontsize=9,
+        )
+    ax1.set_xlabel("training compute (FLOPs, counted)")
+    ax1.set_ylabel("excess loss over the Bayes optimum (nats per token)")
+    ax1.set_title("Equal compute: the same batches, fewer labels")
+    ax2.set_xlabel("labels seen (positions that carried a loss)")
+    ax2.set_title("Equal labels")
+    ax1.legend(loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
+_RUN_STYLE = {
+    "causal": ("#0072B2", "-"),
+    "causal15": ("#0072B2", ":"),
+    "masked": ("#D55E00", "-"),
+    "prefix": ("#009E73", "-"),
+    "span": ("#CC79A7", "-"),
+}
+
+
+def _style(run: ObjectiveRun) -> tuple[str, str]:
+    key = (
+        "causal15"
+        if run.objective == "causal" and run.options.get("label_fraction", 1.0) < 1
+        else run.objective
+    )
+    return _RUN_STYLE[key]
+
+
+def plot_comparison(results: dict[str, ObjectiveRun], baseline: float | None = None):
+    """Continuation loss during training against counted FLOPs (left); final continuation and infilling
+    losses (right). baseline: the loss of a model that ignores the context (e.g. the unigram entropy)."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1.1, 1]})
+    for name, run in results.items():
+        color, ls = _style(run)
+        ax1.plot(
+            np.asarray(run.eval_flops[1:]) / 1e9,
+            run.continuation_curve[1:],
+            ls,
+            marker="o",
+            ms=3,
+            color=color,
+            label=name,
+        )
+    if baseline is not None:
+        ax1.axhline(baseline, color="#777777", lw=0.8, ls="--")
+        ax1.text(
+            ax1.get_xlim()[1],
+            baseline,
+            " ignores context",
+            va="bottom",
+            ha="right",
+            fontsize=9,
+            color="#555555",
+        )
+    ax1.set_xlabel("training compute (GFLOPs, counted)")
+    ax1.set_ylabel("continuation loss (nats per character)")
+    ax1.set_title("Predict the next character, left context only")
+    ax1.legend(fontsize=8.5)
+    names = list(results)
+    x = np.arange(len(names))
+    cont = [results[n].continuation for n in names]
+    fill = [results[n].infill for n in names]
+    colors = [_style(results[n])[0] for n in names]
+    ax2.bar(x - 0.2, cont, 0.4, color=colors, alpha=0.55, edgecolor="#333333", lw=0.5, label="continuation")
+    ax2.bar(x + 0.2, fill, 0.4, color=colors, edgecolor="#333333", lw=0.5, hatch="//", label="infilling")
+    if baseline is not None:
+        ax2.axhline(baseline, color="#777777", lw=0.8, ls="--")
+    ax2.set_xticks(x, [n.replace(" (", "\n(").replace(", ", ",\n") for n in names], fontsize=8)
+    ax2.set_ylabel("held-out loss (nats per character)")
+    ax2.set_title("Both questions, at the end (lower is better)")
+    ax2.legend(fontsize=8.5, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_masking_tradeoff(
+    rates: Sequence[float], tradeoff: dict[str, list[float]], rate: float, example: str
+):
+    """One frame of the masking-rate explorer: an example masked at `rate`, and the exact trade-off curves."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(9, 4.6))
+    top = fig.add_axes((0.04, 0.80, 0.92, 0.17))
+    top.axis("off")
+    top.text(0.0, 0.5, example, family="monospace", fontsize=10, va="center", ha="left")
+    top.set_title(f"masking rate {rate:.0%}: the encoder sees", loc="left", fontsize=10)
+    ax1 = fig.add_axes((0.08, 0.12, 0.38, 0.56))
+    ax2 = fig.add_axes((0.58, 0.12, 0.38, 0.56))
+    i = list(rates).index(rate)
+    ax1.plot(rates, tradeoff["per_target"], "o-", color="#D55E00")
+    ax1.plot([rate], [tradeoff["per_target"][i]], "o", ms=11, mfc="none", mec="#222222")
+    ax1.set_xlabel("masking rate")
+    ax1.set_ylabel("optimal loss per target (nats)")
+    ax1.set_title("each target gets harder", fontsize=10)
+    ax2.plot(rates, tradeoff["targets_per_token"], "o-", color="#D55E00", label="targets per token")
+    ax2.plot([rate], [tradeoff["targets_per_token"][i]], "o", ms=11, mfc="none", mec="#222222")
+    ax2.set_xlabel("masking rate")
+    ax2.set_ylabel("targets per token of text")
+    ax2.set_title("but there are more of them", fontsize=10)
+    return fig

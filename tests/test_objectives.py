@@ -13,6 +13,7 @@ import torch
 from anatomy import Config, EncoderDecoder, Transformer
 from anatomy.data import MarkovSource
 from anatomy.objectives import (
+    DEFAULT_RUNS,
     IGNORE,
     OBJECTIVES,
     PrefixLMBatch,
@@ -20,13 +21,20 @@ from anatomy.objectives import (
     SpecialTokens,
     bayes_loss,
     causal_lm_batch,
+    compare_objectives,
+    label_density_experiment,
     loss_fn,
     make_batch,
     masked_lm_batch,
+    masking_tradeoff,
     objective_batches,
+    plot_comparison,
+    plot_density,
+    plot_masking_tradeoff,
     predict_token,
     prefix_lm_batch,
     random_spans_noise_mask,
+    show_example,
     signal,
     span_corruption_batch,
     span_corruption_reconstruct,
@@ -444,3 +452,90 @@ def test_predict_token_every_family(objective):
         token_cross_entropy(model, objective, seqs, 18, sp, right=5)
     with pytest.raises(ValueError, match="rows"):
         predict_token(model, objective, seqs[:2, :5], seqs[:3, 6:8], sp)
+
+
+# ------------------------------------------------------------------------------------- experiments
+
+
+def test_label_density_experiment_small():
+    src = MarkovSource(8, order=1, alpha=0.2, seed=0)
+    cfg = Config(vocab_size=8, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, mlp="gelu", pos="learned")
+    run = label_density_experiment(
+        src, (1.0, 0.25), config=cfg, steps=40, batch_size=4, seq_len=16, eval_every=10, n_eval=8
+    )
+    assert run.steps == [0, 10, 20, 30, 40]
+    assert run.labels[1.0][-1] == 40 * 4 * 16 and run.labels[0.25][-1] == 40 * 4 * 4
+    assert run.excess[1.0][0] == run.excess[0.25][0]  # same initial weights, same evaluation set
+    a, b = run.fit(1.0)
+    assert a > 0 and math.isfinite(b)
+    assert run.compute_multiplier(1.0) == pytest.approx(1.0)
+    assert run.flops_per_step > 0 and abs(run.bayes - src.entropy_rate()) < 0.3
+
+
+def test_compare_objectives_small():
+    sp = SpecialTokens(10, 4)
+    ids = torch.randint(10, (4000,), generator=gen())
+    windows = torch.randint(10, (6, 16), generator=gen(1))
+    cfg = Config(vocab_size=sp.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=18)
+    res = compare_objectives(
+        ids, windows, sp, cfg, steps=6, batch_size=4, seq_len=16, position=8, right=4, n_curve=2
+    )
+    assert list(res) == list(DEFAULT_RUNS)
+    flops = [r.flops for r in res.values()]
+    assert max(flops) / min(flops) < 1.35  # equal compute up to one step's rounding
+    dec, dec15 = res["decoder (causal LM)"], res["decoder, 15% of labels"]
+    assert dec.flops_per_step == dec15.flops_per_step and dec15.targets_seen < dec.targets_seen / 4
+    for r in res.values():
+        assert math.isfinite(r.continuation) and math.isfinite(r.infill)
+        assert r.continuation == r.continuation_curve[-1] and len(r.eval_flops) == len(r.continuation_curve)
+    assert res["encoder-decoder (span corruption)"].params > dec.params
+    with pytest.raises(ValueError, match="objective"):
+        compare_objectives(ids, windows, sp, cfg, runs={"x": ("electra", {})})
+
+
+def test_show_example_and_masking_tradeoff():
+    sp = SpecialTokens(26, 4)
+    decode = lambda ids: "".join(chr(97 + i) for i in ids)
+    seqs = torch.arange(26)[None].repeat(2, 1)
+    for o in OBJECTIVES:
+        reads, predicts = show_example(o, make_batch(o, seqs, sp, generator=gen()), sp, decode)
+        assert isinstance(reads, str) and isinstance(predicts, str)
+    reads, predicts = show_example("causal", causal_lm_batch(seqs), sp, decode)
+    assert reads == decode(range(25)) and predicts == decode(range(1, 26))
+    reads, _ = show_example("span", span_corruption_batch(seqs, sp, generator=gen()), sp, decode)
+    assert "<0>" in reads and reads.endswith("</s>")
+    src = MarkovSource(6, order=1, alpha=0.3, seed=1)
+    t = masking_tradeoff(src, [0.1, 0.5, 0.9], n=8, seq_len=32)
+    assert t["targets_per_token"][0] < t["targets_per_token"][1] < t["targets_per_token"][2]
+    assert t["per_target"][0] < t["per_target"][2]  # less context, harder targets
+    assert np.allclose(t["per_token"], np.array(t["per_target"]) * np.array(t["targets_per_token"]))
+
+
+def test_plots_return_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    src = MarkovSource(8, order=1, alpha=0.2, seed=0)
+    cfg = Config(vocab_size=8, d_model=16, n_layers=1, n_heads=2, max_seq_len=16, mlp="gelu", pos="learned")
+    run = label_density_experiment(
+        src, (1.0, 0.25), config=cfg, steps=20, batch_size=4, seq_len=16, eval_every=5, n_eval=4
+    )
+    assert isinstance(plot_density(run), Figure)
+    sp = SpecialTokens(10, 4)
+    res = compare_objectives(
+        torch.randint(10, (2000,)),
+        torch.randint(10, (4, 16)),
+        sp,
+        Config(vocab_size=sp.vocab_size, d_model=16, n_layers=1, n_heads=2, max_seq_len=18),
+        steps=4,
+        batch_size=2,
+        seq_len=16,
+        position=8,
+        right=4,
+        n_curve=2,
+    )
+    assert isinstance(plot_comparison(res, baseline=2.0), Figure)
+    t = masking_tradeoff(src, [0.1, 0.3], n=2, seq_len=16)
+    assert isinstance(plot_masking_tradeoff([0.1, 0.3], t, 0.3, "to be"), Figure)

@@ -1,0 +1,57 @@
+"""Chapter 7, "In-context learning and zero-shot": the claims it tests."""
+
+from __future__ import annotations
+
+from anatomy.claims import claim
+
+
+def _dual_form() -> dict:
+    from anatomy.icl import dual_form
+
+    r = dual_form(seed=0)
+    return {
+        "linear_max_diff": r.max_abs_diff_linear,
+        "plain_softmax_rel_err": r.rel_err_plain_softmax,
+        "rel_err_at_scale_1": r.rel_err_softmax[1.0],
+    }
+
+
+claim(
+    "ch07.induction_phase_change",
+    chapter=7,
+    seeds=("000", "002"),
+    claim="In-context learning emerges from decoder pretraining: a model trained to continue text learns to "
+    "use what its prompt shows it.",
+    verdict="supported",
+    measure="a 2-layer attention-only decoder trained on random sequences shown twice: the loss on the second "
+    "copy stays near ln V, then falls below a third of it as a previous-token head (layer 1) and a "
+    "prefix-matching induction head (layer 2) form together, with no prefix matching in layer 1",
+    papers=("olsson2022context",),
+)
+
+claim(
+    "ch07.smollm2_in_context",
+    chapter=7,
+    seeds=("000", "002"),
+    claim="A pretrained decoder learns a task from examples in its prompt, without any training.",
+    verdict="supported",
+    measure="SmolLM2-135M: accuracy on country -> capital rises by at least 40 points from 0 to 8 examples; "
+    "it has induction heads (prefix-matching score > 0.6) and its loss on the second copy of a random "
+    "sequence is less than half that on the first",
+    papers=("brown2020language", "olsson2022context", "allal2025smollm2"),
+)
+
+claim(
+    "ch07.icl_is_gradient_descent",
+    chapter=7,
+    seeds=("003", "004"),
+    claim="In-context learning is implicit fine-tuning (Dai et al.), and decoders do it better than "
+    "encoder-decoders because the prompt acts directly on every layer.",
+    verdict="supported with caveats",
+    measure="one GD step on in-context linear regression equals one linear-attention layer to float64 "
+    "rounding; with a softmax the match holds only to first order in the logits (relative error growing "
+    "linearly with them, and about 1 for a plain swap); the dual form does not depend on the mask, so it "
+    "says nothing about decoders versus encoder-decoders",
+    papers=("dai2023why", "vonoswald2023transformers"),
+    quick=_dual_form,
+)

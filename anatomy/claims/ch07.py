@@ -23,8 +23,8 @@ claim(
     claim="In-context learning emerges from decoder pretraining: a model trained to continue text learns to "
     "use what its prompt shows it.",
     verdict="supported",
-    measure="a 2-layer attention-only decoder trained on random sequences shown twice: the loss on the second "
-    "copy stays near ln V, then falls below a third of it as a previous-token head (layer 1) and a "
+    measure="a 2-layer attention-only decoder trained on random sequences shown twice: the loss on the "
+    "second copy stays near ln V, then falls below a third of it as a previous-token head (layer 1) and a "
     "prefix-matching induction head (layer 2) form together, with no prefix matching in layer 1",
     papers=("olsson2022context",),
 )

@@ -32,12 +32,12 @@ def draw_visibility(
     vis = np.asarray(visible, dtype=float)
     ax.imshow(vis, cmap=ListedColormap(["#ffffff", color]), vmin=0, vmax=1, interpolation="nearest")
     nq, nk = vis.shape
-    ax.set_xticks(np.arange(-0.5, nk, 1), minor=True)
-    ax.set_yticks(np.arange(-0.5, nq, 1), minor=True)
-    if max(nq, nk) <= 32:
-        ax.grid(which="minor", color="#dddddd", linewidth=0.5)
     ax.grid(which="major", visible=False)
-    ax.tick_params(which="minor", length=0)
+    if max(nq, nk) <= 32:  # a cell grid only where cells are big enough to see (and cheap to draw)
+        ax.set_xticks(np.arange(-0.5, nk, 1), minor=True)
+        ax.set_yticks(np.arange(-0.5, nq, 1), minor=True)
+        ax.grid(which="minor", color="#dddddd", linewidth=0.5)
+        ax.tick_params(which="minor", length=0)
     ax.set_xlabel(f"{labels[0]} position")
     ax.set_ylabel(f"{labels[1]} position")
     if split is not None:

@@ -905,24 +905,45 @@ def token_cross_entropy(
     model: nn.Module,
     objective: str,
     windows: torch.Tensor,
-    position: int,
+    position: int | Sequence[int],
     special: SpecialTokens,
     *,
     right: int = 0,
 ) -> float:
-    """Mean -log P(x_t | x_<t, x_t+1..t+right) in nats over windows (E, N), at t = `position`.
+    """Mean -log P(x_t | x_<t, x_t+1..t+right) in nats over windows (E, N) and positions t.
 
-    right = 0: continuation (the next token from the left context alone); right > 0: infilling.
+    position: one t or several (each window is asked at each of them). right = 0: continuation (the next
+    token from the left context alone); right > 0: infilling. When a causal model is asked for the
+    continuation at several positions, one forward pass answers all of them.
     """
     windows = _check_seqs(windows, "windows")
-    _check_int("position", position, 1)
+    positions = [position] if isinstance(position, (int, np.integer)) else list(position)
+    if not positions:
+        raise ValueError("position must be an int or a non-empty sequence of ints")
+    for t in positions:
+        _check_int("position", t, 1)
     _check_int("right", right, 0)
-    if position + right >= windows.shape[1]:
-        raise ValueError(f"position + right must be < N = {windows.shape[1]}, got {position} + {right}")
-    left = windows[:, :position]
-    rhs = windows[:, position + 1 : position + 1 + right] if right else None
-    logp = predict_token(model, objective, left, rhs, special)
-    return float(-logp.gather(1, windows[:, position : position + 1]).mean())
+    if max(positions) + right >= windows.shape[1]:
+        raise ValueError(f"position + right must be < N = {windows.shape[1]}, got {max(positions)} + {right}")
+    if objective == "causal" and right == 0 and len(positions) > 1:
+        _check_text_ids(windows, special, "windows")
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                logp = _text_log_softmax(model(windows[:, : max(positions)]), special.n_text)
+        finally:
+            model.train(was_training)
+        idx = torch.tensor(positions)
+        picked = logp[:, idx - 1].gather(2, windows[:, idx, None])[..., 0]  # (E, len(positions))
+        return float(-picked.mean())
+    losses = []
+    for t in positions:
+        left = windows[:, :t]
+        rhs = windows[:, t + 1 : t + 1 + right] if right else None
+        logp = predict_token(model, objective, left, rhs, special)
+        losses.append(-logp.gather(1, windows[:, t : t + 1]))
+    return float(torch.cat(losses).mean())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1095,9 +1116,11 @@ def compare_objectives(
     batch_size: int = 16,
     seq_len: int = 64,
     lr: float = 3e-3,
-    position: int = 40,
-    right: int = 12,
+    positions: Sequence[int] | None = None,
+    infill_position: int | None = None,
+    right: int = 8,
     n_curve: int = 8,
+    curve_windows: int = 64,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, ObjectiveRun]:
@@ -1108,13 +1131,19 @@ def compare_objectives(
     Compute: counted training FLOPs (`training_flops`). flops_budget None: `steps` steps of the first run;
     each run gets round(budget / its FLOPs per step) steps. Every model starts from the same seed, sees
     the same text windows in the same order, and uses the same optimiser settings.
-    Evaluation (`predict_token`) on eval_windows (E, >= position + right + 1): the continuation loss
-    -log P(x_t | x_<t) and the infilling loss -log P(x_t | x_<t, the next `right` tokens), t = position,
-    in nats per token; the continuation loss is also tracked during training (`n_curve` points).
+    Evaluation (`predict_token`) on eval_windows (E, N): the continuation loss -log P(x_t | x_<t) averaged
+    over `positions` (default: the second half of the window) and the infilling loss
+    -log P(x_t | x_<t, the next `right` tokens) at t = `infill_position` (default N - right - 4), in nats
+    per token. The continuation loss is also tracked during training (`n_curve` points, on the first
+    `curve_windows` windows and every other position, to keep it cheap).
     """
     from anatomy.train import train
 
     runs = DEFAULT_RUNS if runs is None else runs
+    N = eval_windows.shape[1]
+    positions = list(range(N // 2, N)) if positions is None else list(positions)
+    infill_position = N - right - 4 if infill_position is None else infill_position
+    curve_positions, curve_set = positions[::2], eval_windows[:curve_windows]
     if not runs:
         raise ValueError("runs must name at least one (objective, options) pair")
     for obj, _ in runs.values():
@@ -1139,7 +1168,7 @@ def compare_objectives(
         model = build_model(obj, config)
 
         def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
-            return {"continuation": token_cross_entropy(m, obj, eval_windows, position, special)}
+            return {"continuation": token_cross_entropy(m, obj, curve_set, curve_positions, special)}
 
         hist = train(
             model,
@@ -1162,8 +1191,8 @@ def compare_objectives(
             targets_seen=hist.tokens[-1],
             eval_flops=[s * per_step[name] for s, _ in hist.evals],
             continuation_curve=[r["continuation"] for _, r in hist.evals],
-            continuation=hist.evals[-1][1]["continuation"],
-            infill=token_cross_entropy(model, obj, eval_windows, position, special, right=right),
+            continuation=token_cross_entropy(model, obj, eval_windows, positions, special),
+            infill=token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right),
             model=model,
         )
     return results
@@ -1354,18 +1383,21 @@ def plot_comparison(results: dict[str, ObjectiveRun], baseline: float | None = N
     ax1.set_title("Predict the next character, left context only")
     ax1.legend(fontsize=8.5)
     names = list(results)
-    x = np.arange(len(names))
-    cont = [results[n].continuation for n in names]
-    fill = [results[n].infill for n in names]
-    colors = [_style(results[n])[0] for n in names]
-    ax2.bar(x - 0.2, cont, 0.4, color=colors, alpha=0.55, edgecolor="#333333", lw=0.5, label="continuation")
-    ax2.bar(x + 0.2, fill, 0.4, color=colors, edgecolor="#333333", lw=0.5, hatch="//", label="infilling")
+    y = np.arange(len(names))[::-1]
+    for yi, n in zip(y, names):
+        r = results[n]
+        color = _style(r)[0]
+        ax2.plot([r.infill, r.continuation], [yi, yi], "-", color="#cccccc", lw=2, zorder=1)
+        ax2.plot(r.continuation, yi, "o", ms=8, color=color, zorder=2)
+        ax2.plot(r.infill, yi, "D", ms=7, mfc="white", mec=color, mew=2, zorder=2)
+    ax2.plot([], [], "o", color="#555555", label="continuation")
+    ax2.plot([], [], "D", mfc="white", mec="#555555", mew=2, label="infilling")
     if baseline is not None:
-        ax2.axhline(baseline, color="#777777", lw=0.8, ls="--")
-    ax2.set_xticks(x, [n.replace(" (", "\n(").replace(", ", ",\n") for n in names], fontsize=8)
-    ax2.set_ylabel("held-out loss (nats per character)")
-    ax2.set_title("Both questions, at the end (lower is better)")
-    ax2.legend(fontsize=8.5, loc="upper left")
+        ax2.axvline(baseline, color="#777777", lw=0.8, ls="--")
+    ax2.set_yticks(y, names, fontsize=9)
+    ax2.set_xlabel("held-out loss (nats per character, lower is better)")
+    ax2.set_title("Both questions, at the end of training")
+    ax2.legend(fontsize=8.5, loc="lower right")
     fig.tight_layout()
     return fig
 

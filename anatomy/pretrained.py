@@ -779,6 +779,8 @@ def minilm(*, dtype: torch.dtype | None = None):
     config = config_from_hf(hf_config, lm_head=False)
     config.extra["source"] = f"{MINILM_PACKAGE}/model"
     weights = convert_state(load_file(str(folder / "model.safetensors")), config, drop=("pooler.",))
+    # q/k/v packed into one buffer now, so that the first forward does not pack them (model._fused_weight).
+    weights = _unpack(_pack(weights, config.n_layers), config)
     model = _build(config, weights)
     if dtype is not None:
         model = model.to(dtype)

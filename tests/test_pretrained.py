@@ -485,6 +485,8 @@ def mini():
 def test_minilm_hidden_states_and_attention_match_transformers(mini):
     model, tok, hf = mini
     assert isinstance(model, Transformer) and model.config.mask == "bidirectional"
+    q = model.layers[0].self_attn.q_proj.weight
+    ptr = q.data_ptr()  # loaded with q/k/v packed: the fused inference path must not copy them again
     enc = tok(
         ["A short sentence.", "A longer sentence, so that the first one is padded in the batch."],
         ["with a second segment", "and another"],
@@ -501,6 +503,7 @@ def test_minilm_hidden_states_and_attention_match_transformers(mini):
             return_hidden=True,
             return_attn=True,
         )
+    assert q.data_ptr() == ptr
     real = enc["attention_mask"].bool()
     assert float((ours.logits - ref.last_hidden_state)[real].abs().max()) < 1e-4
     for a, b in zip(ours.hidden_states, ref.hidden_states):

@@ -1,0 +1,89 @@
+"""Determinism: executing a chapter again gives the same glued values as the book build did.
+
+The strict book build (``scripts/build_book.sh``) executes every chapter and myst-nb stores each
+chapter's glued values in ``_build/jupyter_execute/chapters/NN_slug.glue.json``. This test executes some
+chapters a second time, in a fresh kernel, and compares every glued value as text. Values that are
+wall-clock measurements (their names say so: ``*_ms``, ``ttft*``, ``*time*``, ``*speed*``...) are exempt:
+the contract allows timings to vary (DESIGN.md section 3, item 6), and a chapter must not use them in a
+claim's condition without a noise margin.
+
+Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, or ``all``); by default
+chapter 11, a training run with several models, the kind of computation most likely to drift (about a
+minute). Every chapter gets the cheap half of the check: its build stored glued values, and none of them
+is an object's repr with a memory address (which would differ from run to run).
+
+Needs a built book; ``scripts/run_tests.sh`` runs this file after the build (``ANATOMY_REQUIRE_BOOK=1``
+turns a missing build into a failure instead of a skip).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXECUTED = ROOT / "_build" / "jupyter_execute" / "chapters"
+DEFAULT = ["11_mixture_of_experts"]
+WALL_CLOCK = re.compile(r"(^|_)(ms|s|sec|secs|seconds|time|times|ttft|speed|speedup|latency|tok_s|tps)(_|$)"
+                        r"|ttft|speed|time_ratio|_ms_|_ms$|seconds", re.I)
+ADDRESS = re.compile(r"0x[0-9a-f]{6,}", re.I)
+
+pytestmark = [pytest.mark.book]
+
+
+def _missing(reason: str):
+    if os.environ.get("ANATOMY_REQUIRE_BOOK") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def _toc_stems() -> list[str]:
+    text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    return [Path(f).name for f in re.findall(r"^\s*-?\s*file:\s*chapters/(\S+?)(?:\.ipynb)?\s*$", text, re.M)]
+
+
+def _build_values(stem: str) -> dict[str, str]:
+    path = EXECUTED / f"{stem}.glue.json"
+    if not path.exists():
+        _missing(f"no glued values for {stem} in {EXECUTED}: build the book (bash scripts/build_book.sh)")
+    return {name: out.get("data", {}).get("text/plain") for name, out in json.loads(path.read_text()).items()}
+
+
+def _chosen() -> list[str]:
+    wanted = os.environ.get("DETERMINISM_CHAPTERS", ",".join(DEFAULT))
+    stems = _toc_stems()
+    return stems if wanted.strip() == "all" else [s for s in wanted.split(",") if s]
+
+
+@pytest.mark.parametrize("stem", _toc_stems())
+def test_build_stored_plain_glued_values(stem):
+    values = _build_values(stem)
+    assert values, f"{stem}: the build stored no glued values (does the chapter glue its numbers?)"
+    with_address = {k: v for k, v in values.items() if v and ADDRESS.search(v)}
+    assert not with_address, f"{stem}: glued values that contain memory addresses: {with_address}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stem", _chosen())
+def test_second_run_gives_the_same_glued_values(stem, tmp_path):
+    build = _build_values(stem)
+    spec = importlib.util.spec_from_file_location("book_report", ROOT / "scripts" / "book_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    notebook = ROOT / "chapters" / f"{stem}.ipynb"
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    result = report.execute(notebook, tmp_path / f"{stem}.ipynb")
+    assert result["error"] is None, f"{stem} failed on its second run:\n{result['error']}"
+    again = result["glue"]
+    compared = {k for k in build if not WALL_CLOCK.search(k)}
+    assert set(again) == set(build), f"{stem}: different glued names: {sorted(set(again) ^ set(build))}"
+    differ = {k: (build[k], again[k]) for k in sorted(compared) if build[k] != again[k]}
+    assert not differ, (
+        f"{stem}: glued values changed between the build and a second run (build, second run): {differ}. "
+        "Seed everything from book.setup(); if a value is a wall-clock timing, name it so (e.g. *_ms)."
+    )

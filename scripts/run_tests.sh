@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Command 2: set up .venv/, then lint, run the test suite, and build the whole book strictly (every
-# chapter executed, Sphinx warnings as errors). Runs every step even after a failure, prints a summary,
+# Command 2: set up .venv/, then lint, run the test suite, build the whole book strictly (every
+# chapter executed, Sphinx warnings as errors), and check the rendered pages in headless Chromium. Runs every step even after a failure, prints a summary,
 # and exits non-zero if any step failed.
 #
 #   bash scripts/run_tests.sh
@@ -42,10 +42,13 @@ record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
 # 2. tests -----------------------------------------------------------------------------------------------
 # One process: tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete
 # (measured: -n 2 was no faster). Exit code 5 means no tests were collected, which counts as a failure.
+# The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) need the build of
+# step 3, so they run after it, in step 4.
+AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py)
 echo "== pytest tests"
 t=$SECONDS
 # shellcheck disable=SC2086
-python -m pytest tests ${PYTEST_ARGS:-}
+python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" ${PYTEST_ARGS:-}
 status=$?
 if [[ "$status" == "5" ]]; then
     echo "run_tests.sh: pytest collected no tests; that counts as a failure" >&2
@@ -57,6 +60,15 @@ echo "== strict book build (every chapter executed, warnings are errors)"
 t=$SECONDS
 bash scripts/build_book.sh --no-setup
 record "book build" $? $((SECONDS - t))
+
+# 4. the rendered book, as a reader sees it ----------------------------------------------------------------
+# Every page in headless Chromium (math, images, JS errors, links, static explorers; screenshots in
+# _build/screenshots/) and a second run of chosen chapters against the build's glued values. With
+# ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead of skipping.
+echo "== rendered book checks (${AFTER_BUILD[*]})"
+t=$SECONDS
+ANATOMY_REQUIRE_BOOK=1 python -m pytest "${AFTER_BUILD[@]}"
+record "rendered book checks" $? $((SECONDS - t))
 
 # summary ------------------------------------------------------------------------------------------------
 echo

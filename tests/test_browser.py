@@ -4,12 +4,12 @@ For each page of ``_build/html``: math is typeset by MathJax (no raw TeX left in
 loads, no JavaScript error or failed local request, no broken internal link (files and #fragments), no
 live-kernel widget left in the static page, and every ``book.explore`` figure works without a kernel (a
 control is changed and another frame appears). A full-page screenshot of each page is saved in
-``_build/screenshots/`` as an artifact.
+``_build/screenshots/`` as an artifact. The book ships its own MathJax (``_ext/local_mathjax.py``), so
+the pages are served as built, from 127.0.0.1, and nothing is fetched from outside.
 
 Chromium is driven through the DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON
 messages separated by NUL bytes on file descriptors 3 and 4), so no browser download and no websocket
-package are needed: only Debian's ``chromium``. The pages are served by the same local server as
-``scripts/screenshots.py``, which swaps the MathJax CDN address for a local copy of the same release.
+package are needed: only Debian's ``chromium``.
 
 The book must be built first (``bash scripts/build_book.sh``); ``scripts/run_tests.sh`` runs this file
 after the build with ``ANATOMY_REQUIRE_BOOK=1``, which turns "not built" or "no chromium" into failures
@@ -22,7 +22,6 @@ import base64
 import fcntl
 import html.parser
 import http.server
-import importlib.util
 import json
 import os
 import queue
@@ -62,14 +61,6 @@ def _pages() -> list[str]:
         if "_static" not in p.parts and "_sources" not in p.parts
         and p.relative_to(SITE).as_posix() not in SKIP_PAGES
     )
-
-
-def _screenshots_module():
-    path = ROOT / "scripts" / "screenshots.py"
-    spec = importlib.util.spec_from_file_location("anatomy_screenshots", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # ------------------------------------------------------------------------------ a small CDP client
@@ -359,16 +350,22 @@ def _errors(events: list[dict], local_prefix: str) -> tuple[list[str], list[str]
 # --------------------------------------------------------------------------------------------- tests
 
 
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, directory=str(SITE), **kwargs)
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
 @pytest.fixture(scope="module")
 def server():
     if not (SITE / "intro.html").exists():
         _missing(f"no built book in {SITE}: run `bash scripts/build_book.sh` first "
                  "(scripts/run_tests.sh runs this test after the build)")
-    shots = _screenshots_module()
-    mathjax = shots.ensure_mathjax(ROOT / "_build" / ".mathjax")
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), shots.make_handler(SITE, mathjax))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/", mathjax is not None
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
     httpd.shutdown()
     httpd.server_close()
 
@@ -392,7 +389,7 @@ PAGES = _pages()
 
 @pytest.mark.parametrize("page", PAGES or ["(book not built)"])
 def test_page_renders_for_a_reader(page, server, browser):
-    base, have_mathjax = server
+    base = server
     path = SITE / page
     if not path.exists():
         _missing(f"{page}: not in the built book")
@@ -407,9 +404,7 @@ def test_page_renders_for_a_reader(page, server, browser):
     if seen["broken"]:
         problems.append(f"{len(seen['broken'])} of {seen['images']} images did not load: "
                         f"{seen['broken'][:3]}")
-    if seen["math"] and not have_mathjax:
-        problems.append("MathJax could not be provided offline (npm pack mathjax failed): math not typeset")
-    elif seen["math"] and (seen["untypeset"] or not seen["typeset"]):
+    if seen["math"] and (seen["untypeset"] or not seen["typeset"]):
         problems.append(f"{seen['untypeset']} of {seen['math']} math elements were not typeset by MathJax")
     if seen["raw"]:
         problems.append(f"raw TeX left in the text: {seen['raw'][:3]}")

@@ -343,14 +343,26 @@ class NGramModel:
         c = self.counts + self.alpha
         return c / c.sum(-1, keepdims=True)
 
-    def losses(self, seqs) -> np.ndarray:
-        """-log q(x_t | its k-token context) for every scored position, flattened (nats)."""
-        context, target = self._windows(seqs)
-        return -np.log(self.probs()[context, target])
+    def losses(self, seqs, start: int | None = None) -> np.ndarray:
+        """-log q(x_t | its k-token context), shape (n, scored positions), in nats.
 
-    def loss(self, seqs) -> float:
+        Scores positions t >= k of each sequence (counted in reading order), or t >= `start` if given, so
+        that models with different k can be compared on the same tokens.
+        """
+        context, target = self._windows(seqs)
+        n = 1 if np.ndim(seqs) == 1 else len(seqs)
+        out = -np.log(self.probs()[context, target]).reshape(n, -1)
+        if start is not None:
+            if isinstance(start, bool) or not isinstance(start, (int, np.integer)) or start < self.k:
+                raise ValueError(f"start must be an int >= k={self.k}, got {start!r}")
+            if start >= self.k + out.shape[1]:
+                raise ValueError(f"start={start} leaves no position to score")
+            out = out[:, start - self.k :]
+        return out
+
+    def loss(self, seqs, start: int | None = None) -> float:
         """Mean of :meth:`losses`: the cross-entropy on `seqs`, in nats per token."""
-        return float(self.losses(seqs).mean())
+        return float(self.losses(seqs, start).mean())
 
 
 # ---------------------------------------------------------------------------------------------

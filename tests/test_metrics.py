@@ -253,6 +253,19 @@ def test_ngram_counts_and_losses_by_hand():
     assert model.loss([[0, 1]]) == pytest.approx(-math.log(3 / 5))
 
 
+def test_ngram_start_scores_the_same_positions():
+    source = MarkovSource(3, 1, alpha=0.5, seed=0)
+    seqs = source.sample(20, 10, torch.Generator().manual_seed(0))
+    models = [M.NGramModel(3, k).fit(seqs) for k in (0, 1, 3)]
+    shapes = [m.losses(seqs, start=3).shape for m in models]
+    assert shapes == [(20, 7)] * 3
+    np.testing.assert_allclose(models[0].losses(seqs)[:, 3:], models[0].losses(seqs, start=3))
+    with pytest.raises(ValueError, match="start"):
+        models[2].losses(seqs, start=2)
+    with pytest.raises(ValueError, match="no position"):
+        models[0].losses(seqs, start=10)
+
+
 def test_ngram_reverse_reads_right_to_left():
     fwd = M.NGramModel(3, 1, alpha=1.0).fit([[0, 1, 2]])
     rev = M.NGramModel(3, 1, alpha=1.0, reverse=True).fit([[2, 1, 0]])

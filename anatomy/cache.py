@@ -129,7 +129,8 @@ class KVCache:
     def commit(self, input_ids: torch.Tensor) -> None:
         """Advance the length by the tokens every layer has just written."""
         self._len += input_ids.shape[1]
-        self.tokens = torch.cat([self.tokens, input_ids.to(self.device)], dim=1)
+        with torch.inference_mode(False):  # a normal tensor even during generate()
+            self.tokens = torch.cat([self.tokens, input_ids.to(self.device)], dim=1)
 
     def truncate(self, length: int) -> None:
         """Keep only the first ``length`` positions (e.g. to roll back a turn or a rejected draft)."""

@@ -346,6 +346,7 @@ def order_experiment(
     d_model: int = 64,
     n_layers: int = 2,
     n_heads: int = 4,
+    d_ff: int | None = None,
     lr: float = 3e-3,
     eval_every: int = 25,
     seed: int = 0,
@@ -354,7 +355,8 @@ def order_experiment(
     """Train small transformers on `source` and record their excess loss over the exact optimum.
 
     runs: (objective, pos) pairs; objective "causal" trains a causal next-token model, "masked" a
-    bidirectional masked LM (`mask_rate` of the positions hidden); pos "none" or "learned". All runs of one
+    bidirectional masked LM (`mask_rate` of the positions hidden); pos "none", "learned" or "rope"; d_ff the
+    MLP width (None: 4 * d_model). All runs of one
     call share the seed of their initial weights and of their data. Excess = held-out loss minus the
     Bayes-optimal loss on the same 256 sequences (entropy rate for next-token prediction,
     :func:`markov_masked_posterior` for the masked LM).
@@ -372,8 +374,9 @@ def order_experiment(
     out = []
     for objective, pos in runs:
         mask = "causal" if objective == "causal" else "bidirectional"
-        config = Config(vocab_size=V + 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, mask=mask,
-                        pos=pos, max_seq_len=seq_len + 1, norm="layer", mlp="gelu", attn_backend="sdpa")
+        config = Config(vocab_size=V + 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
+                        mask=mask, pos=pos, max_seq_len=seq_len + 1, norm="layer", mlp="gelu",
+                        attn_backend="sdpa")
         torch.manual_seed(seed)
         model = Transformer(config)
         x_ev, y_ev, bayes = _eval_batch(source, objective, 256, seq_len, mask_rate, seed + 7919)

@@ -70,6 +70,6 @@ claim(
     "mask gives decoders an implicit position encoding.",
     verdict="supported with caveats",
     measure="on an order-2 Markov source the causal NoPE model uses order (shuffling its context raises its "
-    "loss) and beats the order-1 optimum, but learns more slowly than with RoPE at this scale",
+    "loss) and ends below the order-1 optimum, but learns more slowly than with RoPE at this scale",
     papers=("haviv2022transformer",),
 )

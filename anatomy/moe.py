@@ -37,6 +37,7 @@ from anatomy.model import MLP, Config, Transformer
 __all__ = [
     "MoE",
     "Routing",
+    "effective_experts",
     "expert_token_table",
     "load_imbalance",
     "matched_dense_config",
@@ -203,6 +204,27 @@ class MoE(nn.Module):
             self._balance(load)
         return out.reshape(shape)
 
+    def reference(self, u: torch.Tensor) -> torch.Tensor:
+        """This layer computed by ``route_reference``, token by token: u (T, d) -> (T, d).
+
+        The wide shared SwiGLU is cut back into its N_s experts, so eq. 12's sum over shared experts is
+        evaluated literally.
+        """
+        d = self.d_expert
+
+        def shared_expert(j: int):
+            rows, s = slice(j * d, (j + 1) * d), self.shared
+
+            def f(x):
+                hidden = torch.nn.functional.silu(s.gate_proj.weight[rows] @ x) * (s.up_proj.weight[rows] @ x)
+                return s.down_proj.weight[:, rows] @ hidden
+
+            return f
+
+        shared = [shared_expert(j) for j in range(self.n_shared)]
+        routed = [lambda x, e=e: e(x[None])[0] for e in self.experts]
+        return route_reference(u, self.centroids, self.bias, self.top_k, shared, routed, self.route_scale)
+
     @torch.no_grad()
     def _balance(self, load: torch.Tensor) -> None:
         """Auxiliary-loss-free balancing: b_i += gamma * sign(mean load - load_i)."""
@@ -316,6 +338,15 @@ def load_imbalance(load: torch.Tensor) -> float:
     if mean <= 0:
         raise ValueError("load must contain at least one routed token")
     return float((load.max() - mean) / mean)
+
+
+def effective_experts(load: torch.Tensor) -> float:
+    """exp(entropy) of the load's distribution over experts: N_r when even, 1 when one expert gets all."""
+    load = torch.as_tensor(load).double()
+    if load.ndim != 1 or load.numel() == 0 or load.sum() <= 0:
+        raise ValueError(f"load must be a 1-D tensor of counts with a positive sum, got {load}")
+    p = load / load.sum()
+    return float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))
 
 
 @torch.no_grad()

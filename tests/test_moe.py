@@ -15,7 +15,6 @@ from anatomy.moe import (
     moe_decoder,
     moe_layers,
     param_counts,
-    route_reference,
     routing_of,
 )
 
@@ -36,27 +35,8 @@ def make_moe(seed=0, dtype=torch.float64, **kw) -> MoE:
     return moe
 
 
-def shared_expert_functions(moe: MoE) -> list:
-    """The N_s shared experts as separate functions, cut out of the one wide SwiGLU that holds them."""
-    d = moe.d_expert
-    s = moe.shared
-    out = []
-    for j in range(moe.n_shared):
-        rows = slice(j * d, (j + 1) * d)
-
-        def f(x, rows=rows):
-            hidden = torch.nn.functional.silu(s.gate_proj.weight[rows] @ x) * (s.up_proj.weight[rows] @ x)
-            return s.down_proj.weight[:, rows] @ hidden
-
-        out.append(f)
-    return out
-
-
 def reference(moe: MoE, u: torch.Tensor) -> torch.Tensor:
-    routed = [lambda x, e=e: e(x[None])[0] for e in moe.experts]
-    return route_reference(
-        u, moe.centroids, moe.bias, moe.top_k, shared_expert_functions(moe), routed, moe.route_scale
-    )
+    return moe.reference(u)
 
 
 # ------------------------------------------------------------------------------------------- equations
@@ -169,6 +149,16 @@ def test_balancing_bias_evens_out_a_skewed_router():
         late = max(load_imbalance(load) for load in moe.load_history[-50:])
     assert first > 0.5 and late < 0.15
     assert moe.bias[0] < 0  # the favoured expert was made less attractive
+
+
+def test_effective_experts():
+    from anatomy.moe import effective_experts
+
+    assert effective_experts(torch.tensor([3, 3, 3, 3])) == pytest.approx(4.0)
+    assert effective_experts(torch.tensor([9, 0, 0])) == pytest.approx(1.0)
+    assert 1.0 < effective_experts(torch.tensor([5, 1, 1])) < 3.0
+    with pytest.raises(ValueError, match="load"):
+        effective_experts(torch.zeros(3))
 
 
 def test_load_imbalance():

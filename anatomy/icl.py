@@ -255,7 +255,7 @@ def induction_experiment(
     train_lengths: tuple[int, int] = (8, 24),
     vocab_size: int = 64,
     config: Config | None = None,
-    steps: int = 700,
+    steps: int = 1000,
     batch_size: int = 32,
     lr: float = 3e-3,
     eval_every: int = 25,

@@ -1251,18 +1251,27 @@ def show_example(
 
 
 def masking_tradeoff(
-    source, rates: Sequence[float], *, n: int = 16, seq_len: int = 64, replace=(0.8, 0.1, 0.1), seed: int = 0
+    source,
+    rates: Sequence[float],
+    *,
+    seqs: torch.Tensor | None = None,
+    n: int = 16,
+    seq_len: int = 64,
+    replace=(0.8, 0.1, 0.1),
+    seed: int = 0,
 ) -> dict[str, list[float]]:
     """Exact Bayes-optimal masked-LM loss per target and per token of text, for each masking rate.
 
     More masking gives more targets per sequence, but each target sees less context and is harder.
-    Bernoulli selection (so the Bayes loss is exact with 80/10/10). Returns lists aligned with `rates`:
+    Bernoulli selection (so the Bayes loss is exact with 80/10/10), on `seqs` (n, N) from the source or
+    n fresh sequences of seq_len. Returns lists aligned with `rates`:
     "per_target" (nats), "targets_per_token", and "per_token" = their product (nats of optimal loss per
     token of text: how much is left to predict in total).
     """
     _markov(source)
     special = SpecialTokens(source.vocab_size)
-    seqs = source.sample(n, seq_len, _step_generator(seed, -2))
+    if seqs is None:
+        seqs = source.sample(n, seq_len, _step_generator(seed, -2))
     out: dict[str, list[float]] = {"per_target": [], "targets_per_token": [], "per_token": []}
     for i, rate in enumerate(rates):
         batch = masked_lm_batch(

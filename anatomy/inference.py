@@ -49,6 +49,7 @@ __all__ = [
     "kv_bytes_per_token",
     "kv_table",
     "latency_estimate",
+    "html_table",
     "linear_params",
     "label_prompts",
     "markdown_table",
@@ -719,6 +720,20 @@ def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], 
     scores = torch.stack(scores)
     return {"pred": scores.argmax(-1), "scores": scores, "prefix_len": prefix.shape[1],
             "lengths": [len(x) for x in suffixes]}
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """An HTML table (for ``IPython.display.HTML``; the built book renders HTML outputs, while Markdown
+    outputs there are CommonMark, which has no tables). Cells are str()-ed and escaped: format them first."""
+    import html as _html
+
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError("every row must have as many cells as the header")
+    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{_html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{_html.escape(str(c))}</td>" for c in r)
+                   + "</tr>" for r in rows)
+    return (f"<table style='border-collapse:collapse;font-size:0.9em;margin:0.5em 0'><thead><tr>{head}"
+            f"</tr></thead><tbody>{body}</tbody></table>")
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

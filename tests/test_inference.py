@@ -280,6 +280,10 @@ def test_markdown_table_and_argument_checks():
     assert inf.markdown_table(["a", "b"], [(1, 2)]).splitlines() == ["| a | b |", "|---|---|", "| 1 | 2 |"]
     with pytest.raises(ValueError, match="row"):
         inf.markdown_table(["a"], [(1, 2)])
+    table = inf.html_table(["a", "b<"], [(1, "x&y")])
+    assert table.count("<tr>") == 2 and "b&lt;" in table and "x&amp;y" in table
+    with pytest.raises(ValueError, match="row"):
+        inf.html_table(["a"], [(1, 2)])
     with pytest.raises(ValueError, match="name"):
         inf.published_config("GPT-5")
     with pytest.raises(TypeError, match="config"):

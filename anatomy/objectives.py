@@ -1120,7 +1120,6 @@ def compare_objectives(
     infill_position: int | None = None,
     right: int = 8,
     n_curve: int = 8,
-    curve_windows: int = 64,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, ObjectiveRun]:
@@ -1134,8 +1133,8 @@ def compare_objectives(
     Evaluation (`predict_token`) on eval_windows (E, N): the continuation loss -log P(x_t | x_<t) averaged
     over `positions` (default: the second half of the window) and the infilling loss
     -log P(x_t | x_<t, the next `right` tokens) at t = `infill_position` (default N - right - 4), in nats
-    per token. The continuation loss is also tracked during training (`n_curve` points, on the first
-    `curve_windows` windows and every other position, to keep it cheap).
+    per token. The continuation loss is also tracked during training (`n_curve` points; the last one is
+    the final value).
     """
     from anatomy.train import train
 
@@ -1143,7 +1142,6 @@ def compare_objectives(
     N = eval_windows.shape[1]
     positions = list(range(N // 2, N)) if positions is None else list(positions)
     infill_position = N - right - 4 if infill_position is None else infill_position
-    curve_positions, curve_set = positions[::2], eval_windows[:curve_windows]
     if not runs:
         raise ValueError("runs must name at least one (objective, options) pair")
     for obj, _ in runs.values():
@@ -1168,7 +1166,7 @@ def compare_objectives(
         model = build_model(obj, config)
 
         def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
-            return {"continuation": token_cross_entropy(m, obj, curve_set, curve_positions, special)}
+            return {"continuation": token_cross_entropy(m, obj, eval_windows, positions, special)}
 
         hist = train(
             model,
@@ -1191,7 +1189,7 @@ def compare_objectives(
             targets_seen=hist.tokens[-1],
             eval_flops=[s * per_step[name] for s, _ in hist.evals],
             continuation_curve=[r["continuation"] for _, r in hist.evals],
-            continuation=token_cross_entropy(model, obj, eval_windows, positions, special),
+            continuation=hist.evals[-1][1]["continuation"],
             infill=token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right),
             model=model,
         )
@@ -1406,7 +1404,7 @@ def plot_comparison(results: dict[str, ObjectiveRun], baseline: float | None = N
     ax2.set_yticks(y, names, fontsize=9)
     ax2.set_xlabel("held-out loss (nats per character, lower is better)")
     ax2.set_title("Both questions, at the end of training")
-    ax2.legend(fontsize=8.5, loc="lower right")
+    ax2.legend(fontsize=8.5, loc="upper center")
     fig.tight_layout()
     return fig
 

@@ -500,7 +500,7 @@ def test_compare_objectives_small():
     assert dec.flops_per_step == dec15.flops_per_step and dec15.targets_seen < dec.targets_seen / 4
     for r in res.values():
         assert math.isfinite(r.continuation) and math.isfinite(r.infill)
-        assert len(r.eval_flops) == len(r.continuation_curve)
+        assert r.continuation == r.continuation_curve[-1] and len(r.eval_flops) == len(r.continuation_curve)
     assert res["encoder-decoder (span corruption)"].params > dec.params
     with pytest.raises(ValueError, match="objective"):
         compare_objectives(ids, windows, sp, cfg, runs={"x": ("electra", {})})

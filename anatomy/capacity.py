@@ -592,6 +592,9 @@ def plot_scaling(results: Sequence[dict], checkpoint: int = -1, reference_alpha:
         b.plot(r["tokens"], r["val_loss"], "o-", ms=4, color=cmap(i / max(1, len(results) - 1)),
                label=f"d = {r['d_model']}, N = {r['params']:,}")
     b.axvline(tokens, color="gray", ls=":", lw=1.5)
+    from matplotlib.ticker import FuncFormatter
+
+    b.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1000:.0f}k"))
     b.set_xlabel("training tokens (characters)")
     b.set_ylabel("held-out loss (nats per character)")
     b.legend(loc="upper right", fontsize=9)

@@ -11,7 +11,7 @@ def _capacity() -> dict:
 
     table = MarkovSource(8, 3, alpha=0.3, seed=0)
     sources = [table, capacity.teacher_source(8, 3, width=3, seed=0, rate=table.entropy_rate())]
-    fit = capacity.fit_population(sources, [8], steps=400, seed=0)
+    fit = capacity.fit_population(sources, [8], steps=250, lr=0.05, seed=0)
     return {"table_params": capacity.table_params(8, 3), "student_params": fit.params[0],
             "kl_random_table": fit.kl[0], "kl_structured": fit.kl[1]}
 

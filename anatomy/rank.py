@@ -719,19 +719,22 @@ def plot_collapse(curves: dict, variants: Sequence[str] = VARIANTS, upto: int | 
 
 
 def plot_gram(states: dict, variant: str, depth_index: int, depth_label: int, residuals: dict | None = None):
-    """Cosine similarity between the tokens' representations at one depth, causal and bidirectional."""
+    """How far apart the tokens' directions are at one depth, causal and bidirectional: log10(1 - cos) for
+    every pair of tokens (dark: identical directions, down to float64 rounding; light: unrelated)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(7.2, 3.4))
     for ax, mask in zip(axes, _MASKS):
         X = states[(variant, mask)][depth_index]
         Xc = X / X.norm(dim=-1, keepdim=True).clamp_min(1e-300)
-        im = ax.imshow((Xc @ Xc.T).numpy(), vmin=-1, vmax=1, cmap="RdBu_r", interpolation="nearest")
+        gap = np.log10(np.clip((1.0 - Xc @ Xc.T).numpy(), 1e-16, None))
+        im = ax.imshow(gap, vmin=-16, vmax=0.3, cmap="viridis", interpolation="nearest")
         title = f"{mask}"
         if residuals is not None:
             title += f": residual {residuals[(variant, mask)]:.1e}"
-        ax.set(title=title, xlabel="token", ylabel="token")
+        ax.set(title=title, xlabel="token")
         ax.grid(False)
-    fig.colorbar(im, ax=axes, shrink=0.8, label="cosine similarity")
+    axes[0].set_ylabel("token")
+    fig.colorbar(im, ax=axes, shrink=0.8, label=r"log$_{10}$(1 $-$ cosine similarity)")
     fig.suptitle(f"{VARIANT_LABELS[variant]}, depth {depth_label}")
     return fig
 

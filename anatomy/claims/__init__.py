@@ -79,11 +79,12 @@ def _plain(value):
     raise TypeError(f"check() records plain numbers or strings, got {type(value).__name__}")
 
 
-def check(key: str, passed: bool, **numbers) -> Claim:
+def check(key: str, passed: bool, **numbers) -> None:
     """Assert the measurable form of claim ``key``; record its key numbers.
 
     ``passed`` is the chapter's condition on its measured numbers (which must hold for any seed).
     The numbers are kept in ``RESULTS`` and, if ``$ANATOMY_RESULTS`` names a folder, written there as JSON.
+    Returns None, so a notebook cell ending with ``check(...)`` prints nothing more.
     """
     c = get(key)
     recorded = {name: _plain(v) for name, v in numbers.items()}
@@ -97,4 +98,3 @@ def check(key: str, passed: bool, **numbers) -> Claim:
             f"claim {key}: the measured numbers no longer support the verdict '{c.verdict}' "
             f"({c.measure}); numbers: {recorded}"
         )
-    return c

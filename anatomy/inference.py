@@ -27,6 +27,7 @@ from anatomy.model import Config, EncoderDecoder, Transformer
 
 __all__ = [
     "A100",
+    "CLASSIFIERS",
     "DIALOGUE",
     "PUBLISHED",
     "PUBLISHED_SOURCES",
@@ -34,6 +35,7 @@ __all__ = [
     "Hardware",
     "chat_segments",
     "chunk_sweep",
+    "compare_classifiers",
     "TOPICS",
     "attention_kind",
     "batch_decode_sweep",
@@ -720,6 +722,89 @@ def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], 
     scores = torch.stack(scores)
     return {"pred": scores.argmax(-1), "scores": scores, "prefix_len": prefix.shape[1],
             "lengths": [len(x) for x in suffixes]}
+
+
+CLASSIFIERS = (
+    "MiniLM, prototypes from examples",
+    "MiniLM, prototypes from label names",
+    "SmolLM2 prompted, zero-shot (chat)",
+    "SmolLM2 prompted, zero-shot (plain)",
+    "SmolLM2 prompted, few-shot (cached examples)",
+    "SmolLM2 as an encoder, prototypes from examples",
+)
+
+
+@torch.inference_mode()
+def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transformer,
+                        decoder_tokenizer) -> dict:
+    """Classify :data:`TOPICS`'s test sentences six ways (``CLASSIFIERS``) with an encoder (MiniLM) and a
+    decoder (SmolLM2); time each way once, interleaved, after an untimed warm-up call of each model.
+
+    Returns name -> ``accuracy``, ``pred`` (N,), ``seconds`` and ``flops`` per sentence (counted: the tokens
+    each way runs through the model that runs them; prototypes and the few-shot examples' cache are
+    one-time costs, included in the measured time and left out of the counted FLOPs), ``tokens`` per
+    sentence; and ``labels``, ``n_test``.
+    """
+    test, y, examples, ey, labels = topic_dataset()
+    y_t, ey_t = torch.tensor(y), torch.tensor(ey)
+    body = with_mask(decoder, decoder.config.mask, lm_head=False)
+
+    def by_examples(model, tok):
+        e, p = sentence_embeddings(model, tok, test), sentence_embeddings(model, tok, examples)
+        return nearest_prototype(e, torch.stack([p[ey_t == k].mean(0) for k in range(len(labels))]))
+
+    def by_names():
+        names = [f"This sentence is about {name.lower()}." for name in labels]
+        e = sentence_embeddings(encoder, encoder_tokenizer, test)
+        return nearest_prototype(e, sentence_embeddings(encoder, encoder_tokenizer, names))
+
+    ways = {
+        CLASSIFIERS[0]: lambda: by_examples(encoder, encoder_tokenizer),
+        CLASSIFIERS[1]: by_names,
+        CLASSIFIERS[2]: lambda: prompt_classify(decoder, decoder_tokenizer, test, labels, "chat")["pred"],
+        CLASSIFIERS[3]: lambda: prompt_classify(decoder, decoder_tokenizer, test, labels, "plain")["pred"],
+        CLASSIFIERS[4]: lambda: fewshot_classify(decoder, decoder_tokenizer, test, labels, examples,
+                                                 ey)["pred"],
+        CLASSIFIERS[5]: lambda: by_examples(body, decoder_tokenizer),
+    }
+    sentence_embeddings(encoder, encoder_tokenizer, examples[:2])  # first calls build fused weights: untimed
+    sentence_embeddings(body, decoder_tokenizer, examples[:2])
+    preds: dict[str, torch.Tensor] = {}
+
+    def timed(name):
+        def run():
+            preds[name] = ways[name]()
+        return run
+
+    times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0)
+    enc_cfg, dec_cfg = encoder.config, decoder.config
+    mini = [len(t) for t in encoder_tokenizer(test)["input_ids"]]
+    bare = [len(decoder_tokenizer(t, add_special_tokens=False)["input_ids"]) for t in test]
+    chat = [len(p) for p in label_prompts(decoder_tokenizer, test, labels, "chat")]
+    plain = [len(p) for p in label_prompts(decoder_tokenizer, test, labels, "plain")]
+    few = fewshot_classify(decoder, decoder_tokenizer, test[:1], labels, examples, ey)
+    shots = few["prefix_len"]
+    few_lens = [len(decoder_tokenizer(f"Sentence: {t}\nTopic:", add_special_tokens=False)["input_ids"])
+                for t in test]
+
+    def mean_flops(cfg, lengths, past=0, logits="last"):
+        return statistics.mean(forward_flops(cfg, n, past, logits=logits)["total"] for n in lengths)
+
+    counted = {
+        CLASSIFIERS[0]: (mini, mean_flops(enc_cfg, mini, logits="none")),
+        CLASSIFIERS[1]: (mini, mean_flops(enc_cfg, mini, logits="none")),
+        CLASSIFIERS[2]: (chat, mean_flops(dec_cfg, chat)),
+        CLASSIFIERS[3]: (plain, mean_flops(dec_cfg, plain)),
+        CLASSIFIERS[4]: (few_lens, mean_flops(dec_cfg, few_lens, shots)),
+        CLASSIFIERS[5]: (bare, mean_flops(dec_cfg, bare, logits="none")),
+    }
+    out: dict = {"labels": labels, "n_test": len(test)}
+    for name in ways:
+        lengths, flops = counted[name]
+        out[name] = {"pred": preds[name], "accuracy": float((preds[name] == y_t).double().mean()),
+                     "seconds": times[name][0] / len(test), "flops": flops,
+                     "tokens": statistics.mean(lengths)}
+    return out
 
 
 def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -298,3 +298,22 @@ def test_markdown_table_and_argument_checks():
         inf.visible_pairs("prefix", 2, 2)
     with pytest.raises(ValueError, match="params_billion"):
         inf.seed002_costs(0, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.pretrained
+def test_compare_classifiers_on_the_real_models():
+    pretrained = pytest.importorskip("anatomy.pretrained")
+    try:
+        encoder, enc_tok = pretrained.minilm()
+        decoder, dec_tok = pretrained.smollm2(verbose=False)
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        pytest.skip(f"pretrained models not installed: {exc}")
+    out = inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok)
+    assert out["n_test"] == 32 and out["labels"] == list(inf.TOPICS)
+    for name in inf.CLASSIFIERS:
+        r = out[name]
+        assert r["pred"].shape == (32,) and 0 <= r["accuracy"] <= 1 and r["seconds"] > 0 and r["flops"] > 0
+    mini, chat = out[inf.CLASSIFIERS[0]], out[inf.CLASSIFIERS[2]]
+    assert chat["flops"] > 5 * mini["flops"] and chat["tokens"] > mini["tokens"]
+    assert mini["accuracy"] >= 0.75  # the encoder with prototypes works on this easy set

@@ -482,6 +482,7 @@ def few_shot_accuracy(
     n_prompts: int = 2,
     template: str = "{x} -> {y}\n",
     instruction: str = "",
+    wrong_labels: bool = False,
     seed: int = 0,
 ) -> FewShot:
     """k-shot accuracy of a causal LM on a task given by (input, output) string pairs.
@@ -493,12 +494,18 @@ def few_shot_accuracy(
     demonstrations run once per set, and all its queries share their KV cache in one batched call
     (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and
     demonstration sets.
+
+    wrong_labels=True pairs every demonstration's input with the output of another pair (Min et al. 2022's
+    test: does the model learn the mapping from the demonstrations or only their format?); the outputs come
+    from the other demonstrations (one place along, k >= 2) or, for k = 1, from a pair that is not a query,
+    so no query's answer appears in its prompt. Queries are always scored against their true output.
     """
     if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
         raise ValueError("template must contain {x} and {y} and end with a newline")
     pairs = list(pairs)
-    if len(pairs) < max(ks) + n_queries:
-        raise ValueError(f"need at least max(ks) + n_queries = {max(ks) + n_queries} pairs, got {len(pairs)}")
+    need = max(ks) + n_queries + (1 if wrong_labels and 1 in ks else 0)
+    if len(pairs) < need:
+        raise ValueError(f"need at least max(ks) + n_queries = {need} pairs, got {len(pairs)}")
     for k in ks:
         _check_int("k", k, 0)
     head = template.split("{y}")[0]
@@ -513,6 +520,10 @@ def few_shot_accuracy(
                 order = rng.permutation(len(pairs))
                 demos = [pairs[i] for i in order[:k]]
                 queries = [pairs[i] for i in order[k : k + n_queries]]
+                if wrong_labels and k == 1:
+                    demos = [(demos[0][0], pairs[order[-1]][1])]
+                elif wrong_labels and k > 1:
+                    demos = [(x, demos[(j + 1) % k][1]) for j, (x, _) in enumerate(demos)]
                 context = instruction + "".join(template.format(x=x, y=y) for x, y in demos)
                 ctx_ids = _encode(tokenizer, context) if context else []
                 rows, answers = [], []

@@ -230,3 +230,23 @@ def test_batched_queries_match_one_by_one():
         assert torch.allclose(batched[i], alone, atol=1e-5)
     no_context = _batched_queries(model, [], queries)
     assert torch.allclose(no_context[1], model(torch.tensor([queries[1]]))[0, -1], atol=1e-5)
+
+
+def test_few_shot_wrong_labels_shows_no_true_pair_and_scores_the_truth():
+    tok = CharTokenizer("".join(x + y for x, y in PAIRS) + " ->\n")
+    truth = dict(PAIRS)
+    for k in (1, 2, 3):
+        r = few_shot_accuracy(
+            Oracle(tok), tok, PAIRS, ks=(k,), n_queries=4, n_prompts=3, wrong_labels=True, seed=k
+        )
+        assert r.accuracy == [1.0]  # the queries are still scored against their true outputs
+        demo_lines = r.example_prompt.split("\n")[:-1]
+        assert len(demo_lines) == k
+        query = r.example_prompt.split("\n")[-1].split(" ->")[0]
+        for line in demo_lines:
+            x, y = line.split(" -> ")
+            assert y != truth[x] and y in truth.values() and y != truth[query]
+    right = few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(3,), n_queries=4, seed=0).example_prompt
+    assert all(line.split(" -> ")[1] == truth[line.split(" -> ")[0]] for line in right.split("\n")[:-1])
+    with pytest.raises(ValueError, match="pairs"):
+        few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(1,), n_queries=11, wrong_labels=True)

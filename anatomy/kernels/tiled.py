@@ -45,9 +45,10 @@ def tiled_attention(
     qs = (q * D**-0.5).reshape(B * Hkv, G, Nq, D)
     kt = k.reshape(B * Hkv, Nk, D).transpose(1, 2)  # (B*Hkv, D, Nk)
     vs = v.reshape(B * Hkv, Nk, D)
+    k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
     out = q.new_empty(B * Hkv, G, Nq, D)
     lse = q.new_empty(B * Hkv, G, Nq) if return_lse else None
-    hidden_cache: dict[tuple[int, int, int], torch.Tensor] = {}  # diagonal tiles often share one mask
+    masks: dict[tuple[int, int, int], tuple] = {}  # diagonal tiles often share one mask
     for i, row in enumerate(tmap.tolist()):  # plain Python ints: no tensor ops in the tile bookkeeping
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
@@ -57,19 +58,23 @@ def tiled_attention(
             if kind == EMPTY:
                 continue  # above the diagonal: never touched
             k0, k1 = j * tile, min((j + 1) * tile, Nk)
-            s = torch.bmm(q_i, kt[:, :, k0:k1])  # (B*Hkv, G*rows, cols) scores of this tile
-            if kind == PARTIAL:
+            k_j, v_j = k_tiles[j], v_tiles[j]
+            partial = kind == PARTIAL
+            if partial:
                 key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
-                if key not in hidden_cache:
-                    q_pos = torch.arange(q0, q1, device=q.device)[:, None] + q_offset
-                    k_pos = torch.arange(k0, k1, device=q.device)[None, :]
-                    hidden_cache[key] = ~visible(mask, q_pos, k_pos, prefix_len)  # (rows, cols)
-                hidden = hidden_cache[key]
-                if key_padding_mask is not None:
+                if key not in masks:
+                    masks[key] = _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, q)
+                hidden, bias, keep = masks[key]
+            if partial and key_padding_mask is None:
+                # The mask as an additive 0 / -inf bias, added inside the matmul (no separate pass).
+                s = torch.baddbmm(bias, q_i, k_j)  # (B*Hkv, G*rows, cols) scores of this tile
+            else:
+                s = torch.bmm(q_i, k_j)
+                if partial:
                     hidden = hidden | pad_hidden[..., k0:k1]
-                s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
+                    s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
             # The running max only keeps exp() in range; the result does not depend on it, so no gradient.
-            m_tile = s.detach().amax(-1, keepdim=True)
+            m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
             if m is None:  # first tile of the row block: nothing to rescale yet
                 m_new = m_tile
             else:
@@ -78,20 +83,38 @@ def tiled_attention(
                 # Only padding can leave a row without any visible key so far (key 0 is always visible
                 # otherwise, and tiles are visited left to right); keep exp() finite for such rows.
                 m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
-            p = s.sub_(m_new).exp_()  # (B*Hkv, G*rows, cols)
+            if partial and key_padding_mask is None:
+                # exp() of -inf (or of anything below about -88, where float32 turns denormal) takes a slow
+                # path on CPUs, ~15x slower than exp() of ordinary numbers: clamp the hidden scores to -80
+                # and zero their probabilities exactly with the 0/1 mask instead.
+                p = s.sub_(m_new).clamp_min_(-80.0).exp_()
+                p = p * keep if grad else p.mul_(keep)
+            else:
+                p = s.sub_(m_new).exp_()  # (B*Hkv, G*rows, cols)
             if m is None:
-                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, vs[:, k0:k1])
+                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, v_j)
             else:
                 alpha = torch.exp(m - m_new)  # rescales what was accumulated under the old maximum
                 if grad:
                     row_sum = row_sum * alpha + p.sum(-1, keepdim=True)
-                    acc = torch.baddbmm(acc * alpha, p, vs[:, k0:k1])
+                    acc = torch.baddbmm(acc * alpha, p, v_j)
                 else:
                     row_sum.mul_(alpha).add_(p.sum(-1, keepdim=True))
-                    acc.mul_(alpha).baddbmm_(p, vs[:, k0:k1])
+                    acc.mul_(alpha).baddbmm_(p, v_j)
             m = m_new
         out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
             lse[:, :, q0:q1] = (m + torch.log(row_sum)).view(B * Hkv, G, rows)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
+
+
+def _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, like):
+    """One partial tile's mask three ways: hidden (rows, cols) bool, and for the G stacked heads of a group
+    an additive bias (0 / -inf) and a multiplicative keep (1 / 0), both (G * rows, cols) in q's dtype."""
+    q_pos = torch.arange(q0, q1, device=like.device)[:, None] + q_offset
+    k_pos = torch.arange(k0, k1, device=like.device)[None, :]
+    hidden = ~visible(mask, q_pos, k_pos, prefix_len)
+    bias = torch.zeros(hidden.shape, dtype=like.dtype, device=like.device).masked_fill_(hidden, float("-inf"))
+    keep = (~hidden).to(like.dtype)
+    return hidden, bias.repeat(G, 1), keep.repeat(G, 1)

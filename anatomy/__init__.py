@@ -15,8 +15,11 @@ from anatomy.cache import KVCache, kv_cache_bytes
 from anatomy.generate import generate, next_token
 from anatomy.masks import MASKS, count_tiles, dense_mask, tile_map
 from anatomy.model import Config, EncoderDecoder, ModelOutput, Transformer
+from anatomy.speculative import speculative_generate
 
 __version__ = "0.1.0"
+
+# anatomy.pretrained imports transformers (seconds); these three load it on first use, not at import.
 
 
 def from_hf(hf_model):
@@ -24,6 +27,21 @@ def from_hf(hf_model):
     from anatomy.pretrained import from_hf as _from_hf
 
     return _from_hf(hf_model)
+
+
+def to_hf(model):
+    """A transformers model with the weights of an anatomy Transformer (the inverse of :func:`from_hf`)."""
+    from anatomy.pretrained import to_hf as _to_hf
+
+    return _to_hf(model)
+
+
+def prefix_state_change(model, prefix_ids, suffix_ids, **model_kwargs):
+    """How much appending suffix_ids changes the prefix tokens' hidden states, layer by layer (see
+    :func:`anatomy.pretrained.prefix_state_change`)."""
+    from anatomy.pretrained import prefix_state_change as _prefix_state_change
+
+    return _prefix_state_change(model, prefix_ids, suffix_ids, **model_kwargs)
 
 
 __all__ = [
@@ -42,5 +60,8 @@ __all__ = [
     "generate",
     "kv_cache_bytes",
     "next_token",
+    "prefix_state_change",
+    "speculative_generate",
     "tile_map",
+    "to_hf",
 ]

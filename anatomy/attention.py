@@ -65,6 +65,8 @@ def _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_paddin
             raise ValueError(
                 f"key_padding_mask must have shape (B, Nk) = {(B, Nk)}, got {tuple(key_padding_mask.shape)}"
             )
+    if key_padding_mask is None and q_offset >= 0:
+        return q_offset  # key 0 is visible to every query at a position >= 0, under every mask
     # Visibility only grows with the query position, so the first row sees the fewest keys.
     first = visible(mask, torch.tensor(q_offset), torch.arange(Nk), prefix_len)
     seen = (
@@ -110,14 +112,17 @@ def reference_attention(q, k, v, mask="causal", *, q_offset, prefix_len=None, ke
 
 def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
     Nq, Nk = q.shape[2], k.shape[2]
-    G = q.shape[1] // k.shape[1]
-    k, v = _repeat_kv(k, G), _repeat_kv(v, G)
-    if mask == "causal" and Nq == Nk and q_offset == 0 and key_padding_mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    gqa = q.shape[1] != k.shape[1]  # SDPA shares each key/value head among its query heads, no copies
+    if key_padding_mask is None:
+        if mask == "bidirectional" or (q_offset + Nq == Nk and Nq == 1):
+            # Everything is visible: a bidirectional block, or one query at the end of the cache (decoding).
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+        if mask == "causal" and Nq == Nk and q_offset == 0:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     # SDPA's is_causal aligns the mask top-left when Nq != Nk, which is wrong for a query block at the end
     # of a cache; an explicit mask built from our predicate is aligned by q_offset.
     m = _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, q.device)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=m, enable_gqa=gqa)
 
 
 def attention(

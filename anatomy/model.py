@@ -218,25 +218,6 @@ def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:
     return packed
 
 
-def _attend(q, k, v, mask: str, *, prefix_len, backend: str, tile: int, key_padding_mask):
-    """anatomy.attention, with a short path for the two calls a model makes most with the sdpa backend.
-
-    A decode step (one query at the end of the cache, which sees every key) and a causal or bidirectional
-    block without padding go straight to SDPA with native grouped-query support: no argument checks (the
-    model built these tensors), no dense mask, no copies of the cached keys per query group.
-    """
-    if backend == "sdpa" and key_padding_mask is None and mask != "prefix":
-        Nq, Nk = q.shape[2], k.shape[2]
-        gqa = q.shape[1] != k.shape[1]
-        if mask == "bidirectional" or Nq == 1:
-            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
-        if Nq == Nk:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
-    return attention(
-        q, k, v, mask, prefix_len=prefix_len, backend=backend, tile=tile, key_padding_mask=key_padding_mask
-    )
-
-
 class Attention(nn.Module):
     """Multi-head attention with grouped-query K/V; the mask is given per call, so one class serves all."""
 
@@ -293,7 +274,7 @@ class Attention(nn.Module):
         else:
             q = self.q_proj(x).view(B, N, Hq, c.head_dim).transpose(1, 2)  # (B, Hq, N, hd)
             k, v = kv
-        out = _attend(
+        out = attention(
             q,
             k,
             v,

@@ -228,3 +228,20 @@ def test_training_step_reduces_loss():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_package_exports_and_lazy_transformers():
+    """The public names of DESIGN.md's API are importable from anatomy, and importing it does not pull in
+    transformers (the pretrained helpers load it on first use)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, anatomy\n"
+        "names = ['attention', 'Transformer', 'generate', 'from_hf', 'to_hf', 'prefix_state_change',\n"
+        "         'speculative_generate', 'KVCache', 'count_tiles']\n"
+        "assert all(callable(getattr(anatomy, n)) for n in names), names\n"
+        "assert set(names) <= set(anatomy.__all__)\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -42,9 +42,10 @@ record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
 # 2. tests -----------------------------------------------------------------------------------------------
 # One process: tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete
 # (measured: -n 2 was no faster). Exit code 5 means no tests were collected, which counts as a failure.
-# The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) need the build of
+# The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) and the Colab-style
+# runs (tests/test_colab_style.py, which compare their glued values with the build's) need the build of
 # step 3, so they run after it, in step 4.
-AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py)
+AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py)
 echo "== pytest tests"
 t=$SECONDS
 # shellcheck disable=SC2086
@@ -63,11 +64,13 @@ record "book build" $? $((SECONDS - t))
 
 # 4. the rendered book, as a reader sees it ----------------------------------------------------------------
 # Every page in headless Chromium (math, images, JS errors, links, static explorers; screenshots in
-# _build/screenshots/) and a second run of chosen chapters against the build's glued values. With
-# ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead of skipping.
+# _build/screenshots/), then every chapter executed a second time the way Colab runs it (the package
+# installed from the committed HEAD, an empty working directory), its glued values compared with the
+# build's (determinism). With ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead
+# of skipping.
 echo "== rendered book checks (${AFTER_BUILD[*]})"
 t=$SECONDS
-ANATOMY_REQUIRE_BOOK=1 python -m pytest "${AFTER_BUILD[@]}"
+ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=all python -m pytest "${AFTER_BUILD[@]}"
 record "rendered book checks" $? $((SECONDS - t))
 
 # summary ------------------------------------------------------------------------------------------------

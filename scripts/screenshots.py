@@ -5,11 +5,9 @@ Run after `bash scripts/build_book.sh`:
 
     python3 scripts/screenshots.py                   # every page of _build/html -> _build/screenshots/*.png
     python3 scripts/screenshots.py intro chapters/01_three_families   # some pages only
-    python3 scripts/screenshots.py --no-mathjax      # do not fetch MathJax from the npm registry
 
-The pages are served from 127.0.0.1 by `http.server` in a thread. The book loads MathJax from a CDN,
-which a machine without internet cannot reach; so the server swaps that address for a local copy of the
-same MathJax release (`npm pack mathjax@3.2.2`, cached in _build/.mathjax) and math is typeset offline.
+The pages are served from 127.0.0.1 by `http.server` in a thread. The book ships its own MathJax
+(`_ext/local_mathjax.py`), so math is typeset offline, exactly as a reader's browser would do it.
 
 Besides the PNGs it checks, for each page: that Chromium rendered it, that every <img> loaded, that
 math (if any) was typeset by MathJax, and that links to other pages of the book point to files that
@@ -24,16 +22,12 @@ import http.server
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MATHJAX_VERSION = "3.2.2"
-MATHJAX_CDN = "https://cdn.jsdelivr.net/npm/mathjax@3/es5/tex-mml-chtml.js"
-MATHJAX_LOCAL = "/__mathjax__/es5/tex-mml-chtml.js"
 SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html only redirects to the root page
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
@@ -87,29 +81,7 @@ def broken_links(page: Path, site: Path) -> list[str]:
     return sorted(set(missing))
 
 
-def ensure_mathjax(cache: Path) -> Path | None:
-    """A local copy of MathJax (the release the CDN serves for mathjax@3), fetched once with npm."""
-    package = cache / "package"
-    if (package / "es5" / "tex-mml-chtml.js").exists():
-        return package
-    npm = shutil.which("npm")
-    if npm is None:
-        print("screenshots: npm not found; math will not be typeset offline", file=sys.stderr)
-        return None
-    cache.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run([npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--pack-destination", str(cache)],
-                            capture_output=True, text=True, timeout=300)
-    tarballs = sorted(cache.glob("mathjax-*.tgz"))
-    if result.returncode != 0 or not tarballs:
-        print(f"screenshots: npm pack mathjax failed: {result.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    with tarfile.open(tarballs[-1]) as tar:
-        tar.extractall(cache, filter="data")
-    tarballs[-1].unlink()
-    return package if (package / "es5" / "tex-mml-chtml.js").exists() else None
-
-
-def make_handler(site: Path, mathjax: Path | None):
+def make_handler(site: Path):
     class Handler(http.server.SimpleHTTPRequestHandler):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, directory=str(site), **kwargs)
@@ -119,19 +91,12 @@ def make_handler(site: Path, mathjax: Path | None):
 
         def do_GET(self) -> None:  # noqa: N802 - the base class's name
             path = urllib.parse.urlparse(self.path).path
-            if path.startswith("/__mathjax__/") and mathjax is not None:
-                target = (mathjax / path[len("/__mathjax__/"):]).resolve()
-                if mathjax.resolve() in target.parents and target.is_file():
-                    return self._send(target.read_bytes(), self.guess_type(str(target)))
-                return self.send_error(404)
             if path.endswith(".html") or path.endswith("/"):
                 target = site / urllib.parse.unquote(path.lstrip("/"))
                 if target.is_dir():
                     target = target / "index.html"
                 if target.is_file():
                     text = target.read_text(encoding="utf-8", errors="replace")
-                    if mathjax is not None:
-                        text = text.replace(MATHJAX_CDN, MATHJAX_LOCAL)
                     text = text.replace("</body>", PROBE + "</body>", 1)
                     return self._send(text.encode("utf-8"), "text/html; charset=utf-8")
             return super().do_GET()
@@ -161,7 +126,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=1280)
     parser.add_argument("--height", type=int, default=2400)
     parser.add_argument("--budget", type=int, default=8000, help="virtual time (ms) for scripts and MathJax")
-    parser.add_argument("--no-mathjax", action="store_true", help="do not fetch a local MathJax")
     args = parser.parse_args(argv)
 
     site = args.site.resolve()
@@ -182,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"screenshots: pages not found: {[str(p) for p in missing]}", file=sys.stderr)
         return 1
 
-    mathjax = None if args.no_mathjax else ensure_mathjax(ROOT / "_build" / ".mathjax")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(site, mathjax))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(site))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{server.server_address[1]}/"
@@ -212,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     if fields["broken"] != "0":
                         problems.append(f"{fields['broken']} image(s) did not load")
-                    if fields["untypeset"] != "0" and mathjax is not None:
+                    if fields["untypeset"] != "0":
                         problems.append(f"{fields['untypeset']} math element(s) not typeset")
                 links = broken_links(page, site)
                 if links:

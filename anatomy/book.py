@@ -220,7 +220,10 @@ def _plain(value: Any, name: str) -> bool | int | float | str:
     )
 
 
-def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -> Any:
+TIMED_KEY = "anatomy_timed"  # output metadata flag of a glued value that comes from a wall-clock timing
+
+
+def glue(name: str, value: Any, display: bool = False, fmt: str | None = None, timed: bool = False) -> Any:
     """Record a computed value under `name` so the chapter's prose can quote it; return the plain value.
 
     Args:
@@ -230,6 +233,10 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -
         display: also show the value in the cell's output.
         fmt: a format string such as ``"{:.3f}"`` or ``"{:,}"``; when given, the formatted string is
             glued, so the text can use a plain ``{glue:text}`name```.
+        timed: the value comes from a wall-clock measurement (a time, a rate, or a ratio or prediction
+            computed from timings), so a second run gives a slightly different number. The glued output
+            then carries the metadata flag ``TIMED_KEY``, and the determinism checks (a second run must
+            glue the same values) skip it. Every other value must be reproducible from the seed.
 
     When the book is built, the value goes to `myst_nb.glue`. Without myst-nb (Colab, plain Python) it
     is printed as ``name = value`` if `display` is true, and otherwise only returned. The returned
@@ -251,11 +258,29 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None) -
         from myst_nb import glue as _myst_glue
     except ImportError:
         _myst_glue = None
+    if not isinstance(timed, bool):
+        raise TypeError(f"glue({name!r}): timed must be True or False, got {timed!r}")
     if _myst_glue is not None:
-        _myst_glue(name, shown, display=display)
+        if timed:
+            _glue_timed(name, shown, display)
+        else:
+            _myst_glue(name, shown, display=display)
     elif display:
         print(f"{name} = {shown}")
     return _quiet(plain)
+
+
+def _glue_timed(name: str, shown: Any, display: bool) -> None:
+    """myst-nb's glue output (same mime bundle and scrapbook metadata) with the ``TIMED_KEY`` flag added."""
+    import IPython.display
+    from IPython.core.formatters import format_display_data
+    from myst_nb.ext.glue import GLUE_PREFIX
+
+    bundle, metadata = format_display_data(shown)
+    prefix = "" if display else GLUE_PREFIX
+    metadata["scrapbook"] = {"name": name, "mime_prefix": prefix}
+    metadata[TIMED_KEY] = True
+    IPython.display.display({prefix + k: v for k, v in bundle.items()}, raw=True, metadata=metadata)
 
 
 class _QuietInt(int):

@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# Glued values whose names say they are wall-clock measurements (``*_ms``, ``ttft*``, ``*time*``,
-# ``*speed*``...) may differ between two runs (DESIGN.md section 3, item 6); the determinism checks skip them.
-WALL_CLOCK = re.compile(r"(^|_)(ms|s|sec|secs|seconds|time|times|ttft|speed|speedup|latency|tok_s|tps)(_|$)"
-                        r"|ttft|speed|time_ratio|_ms_|_ms$|seconds", re.I)
+# Output metadata flag of a glued value measured on the wall clock (``book.glue(..., timed=True)``; the
+# same string as anatomy.book.TIMED_KEY). Such values may differ between two runs (DESIGN.md section 3,
+# item 6); the determinism checks skip them and compare every other glued value as text.
+TIMED_KEY = "anatomy_timed"
 BUDGET_SECONDS = 90.0
 BUDGET_BYTES = 3 * 2**30
 BUDGET_TOTAL_SECONDS = 600.0
@@ -57,6 +57,19 @@ def glued_values(nb) -> dict[str, str]:
     return values
 
 
+def timed_names(nb) -> set[str]:
+    """Names of the glued values of an executed notebook that were glued with ``timed=True``."""
+    return {out["metadata"]["scrapbook"]["name"] for cell in nb.cells for out in cell.get("outputs", [])
+            if out.get("metadata", {}).get(TIMED_KEY) and "scrapbook" in out["metadata"]}
+
+
+def build_glue(path: Path) -> tuple[dict[str, str], set[str]]:
+    """The glued values a build stored in ``NN_slug.glue.json`` (name -> text/plain), and the timed names."""
+    stored = json.loads(Path(path).read_text(encoding="utf-8"))
+    values = {name: out.get("data", {}).get("text/plain") for name, out in stored.items()}
+    return values, {name for name, out in stored.items() if out.get("metadata", {}).get(TIMED_KEY)}
+
+
 def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Path | None = None) -> dict:
     """Execute `notebook` in a fresh kernel (in this process); return seconds, error and glued values."""
     import nbformat
@@ -75,7 +88,7 @@ def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Pa
     seconds = time.perf_counter() - start
     if out is not None:
         nbformat.write(nb, out)
-    return {"seconds": seconds, "error": error, "glue": glued_values(nb)}
+    return {"seconds": seconds, "error": error, "glue": glued_values(nb), "timed": timed_names(nb)}
 
 
 def run_one(notebook: Path, out: Path | None = None) -> dict:

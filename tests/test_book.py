@@ -86,6 +86,28 @@ def test_glue_with_myst_nb_passes_plain_values(fake_myst_nb):
         assert type(value) in (bool, int, float, str)
 
 
+def test_glue_timed_flags_the_output_for_the_determinism_checks(monkeypatch):
+    pytest.importorskip("myst_nb")
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda obj, raw, metadata: shown.append((obj, metadata)))
+    assert book.glue("t_ms", 12.3456, fmt="{:.1f}", timed=True) == 12.3456
+    book.glue("t_shown", 2, display=True, timed=True)
+    (bundle, meta), (bundle2, meta2) = shown
+    assert meta["scrapbook"] == {"name": "t_ms", "mime_prefix": "application/papermill.record/"}
+    assert bundle == {"application/papermill.record/text/plain": "'12.3'"}
+    assert meta[book.TIMED_KEY] is True
+    assert meta2["scrapbook"]["mime_prefix"] == "" and bundle2 == {"text/plain": "2"}
+    with pytest.raises(TypeError, match="timed"):
+        book.glue("t", 1.0, timed="yes")
+
+
+def test_glue_timed_without_myst_nb_is_a_plain_glue(no_myst_nb, capsys):
+    assert book.glue("t_ms", 3.0, display=True, timed=True) == 3.0
+    assert capsys.readouterr().out == "t_ms = 3.0\n"
+
+
 def test_glue_returns_the_plain_value_not_the_formatted_string(fake_myst_nb):
     value = book.glue("x", torch.tensor(0.123456), fmt="{:.3f}")
     assert isinstance(value, float) and value == pytest.approx(0.123456)

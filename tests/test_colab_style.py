@@ -13,8 +13,8 @@ Two checks:
   lines there; what is tested is that the book's own code reaches the reader through packaging alone (no
   module, data file or path that exists only in a work tree) and that the notebook needs no repository
   files beside it. When the book has been built from the same committed code, every glued value of the
-  run must equal the build's (wall-clock timings excepted): a second, independent execution of the
-  chapter, so this is also the book's determinism check.
+  run must equal the build's (values glued with ``timed=True`` excepted): a second, independent
+  execution of the chapter, so this is also the book's determinism check.
 
 Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths, or ``all`` for every chapter in _toc.yml);
 by default chapter 12 (~15-45 s), which imports every chapter's claims and runs their quick
@@ -175,16 +175,16 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
         return
     if not _build_matches_head(chapter):
         return  # the build ran a work tree that differs from HEAD: nothing comparable
-    wall_clock = _book_module("book_report").WALL_CLOCK
-    build = {name: out.get("data", {}).get("text/plain")
-             for name, out in json.loads(build_json.read_text(encoding="utf-8")).items()}
+    report = _book_module("book_report")
+    build, timed = report.build_glue(build_json)
     import nbformat
 
-    again = _book_module("book_report").glued_values(nbformat.read(out, as_version=4))
+    executed_nb = nbformat.read(out, as_version=4)
+    again = report.glued_values(executed_nb)
     assert set(again) == set(build), f"{chapter}: different glued names: {sorted(set(again) ^ set(build))}"
-    compared = [k for k in sorted(build) if not wall_clock.search(k)]
-    differ = {k: (build[k], again[k]) for k in compared if build[k] != again[k]}
+    assert report.timed_names(executed_nb) == timed, f"{chapter}: a different set of timed values"
+    differ = {k: (build[k], again[k]) for k in sorted(set(build) - timed) if build[k] != again[k]}
     assert not differ, (
         f"{chapter}: glued values differ between the book build and this run (build, this run): {differ}. "
-        "Seed everything from book.setup(); if a value is a wall-clock timing, name it so (e.g. *_ms)."
+        "Seed everything from book.setup(); glue a wall-clock measurement with book.glue(..., timed=True)."
     )

@@ -2,9 +2,9 @@
 
 The strict book build (``scripts/build_book.sh``) executes every chapter and myst-nb stores each
 chapter's glued values in ``_build/jupyter_execute/chapters/NN_slug.glue.json``. This test executes some
-chapters a second time, in a fresh kernel, and compares every glued value as text. Values that are
-wall-clock measurements (their names say so: ``*_ms``, ``ttft*``, ``*time*``, ``*speed*``...) are exempt:
-the contract allows timings to vary (DESIGN.md section 3, item 6), and a chapter must not use them in a
+chapters a second time, in a fresh kernel, and compares every glued value as text. Values measured on
+the wall clock (glued with ``book.glue(..., timed=True)``, which flags the output) are exempt: the
+contract allows timings to vary (DESIGN.md section 3, item 6), and a chapter must not use them in a
 claim's condition without a noise margin.
 
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by
@@ -21,7 +21,6 @@ turns a missing build into a failure instead of a skip).
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 from pathlib import Path
@@ -47,11 +46,18 @@ def _toc_stems() -> list[str]:
     return [Path(f).name for f in re.findall(r"^\s*-?\s*file:\s*chapters/(\S+?)(?:\.ipynb)?\s*$", text, re.M)]
 
 
-def _build_values(stem: str) -> dict[str, str]:
+def _report():
+    spec = importlib.util.spec_from_file_location("book_report", ROOT / "scripts" / "book_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return report
+
+
+def _build_glue(stem: str) -> tuple[dict[str, str], set[str]]:
     path = EXECUTED / f"{stem}.glue.json"
     if not path.exists():
         _missing(f"no glued values for {stem} in {EXECUTED}: build the book (bash scripts/build_book.sh)")
-    return {name: out.get("data", {}).get("text/plain") for name, out in json.loads(path.read_text()).items()}
+    return _report().build_glue(path)
 
 
 def _chosen() -> list[str]:
@@ -64,28 +70,31 @@ def _chosen() -> list[str]:
 
 @pytest.mark.parametrize("stem", _toc_stems())
 def test_build_stored_plain_glued_values(stem):
-    values = _build_values(stem)
+    values, _ = _build_glue(stem)
     assert values, f"{stem}: the build stored no glued values (does the chapter glue its numbers?)"
     with_address = {k: v for k, v in values.items() if v and ADDRESS.search(v)}
     assert not with_address, f"{stem}: glued values that contain memory addresses: {with_address}"
 
 
+def test_the_timed_flag_is_the_packages():
+    from anatomy import book
+
+    assert _report().TIMED_KEY == book.TIMED_KEY
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("stem", _chosen())
 def test_second_run_gives_the_same_glued_values(stem, tmp_path):
-    build = _build_values(stem)
-    spec = importlib.util.spec_from_file_location("book_report", ROOT / "scripts" / "book_report.py")
-    report = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(report)
+    build, timed = _build_glue(stem)
     notebook = ROOT / "chapters" / f"{stem}.ipynb"
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    result = report.execute(notebook, tmp_path / f"{stem}.ipynb")
+    result = _report().execute(notebook, tmp_path / f"{stem}.ipynb")
     assert result["error"] is None, f"{stem} failed on its second run:\n{result['error']}"
     again = result["glue"]
-    compared = {k for k in build if not report.WALL_CLOCK.search(k)}
     assert set(again) == set(build), f"{stem}: different glued names: {sorted(set(again) ^ set(build))}"
-    differ = {k: (build[k], again[k]) for k in sorted(compared) if build[k] != again[k]}
+    assert result["timed"] == timed, f"{stem}: different timed values: {sorted(result['timed'] ^ timed)}"
+    differ = {k: (build[k], again[k]) for k in sorted(set(build) - timed) if build[k] != again[k]}
     assert not differ, (
         f"{stem}: glued values changed between the build and a second run (build, second run): {differ}. "
-        "Seed everything from book.setup(); if a value is a wall-clock timing, name it so (e.g. *_ms)."
+        "Seed everything from book.setup(); glue a wall-clock measurement with book.glue(..., timed=True)."
     )

@@ -14,7 +14,7 @@ from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache, kv_cache_bytes
 from anatomy.generate import generate, next_token
 from anatomy.masks import MASKS, count_tiles, dense_mask, tile_map
-from anatomy.model import Config, EncoderDecoder, ModelOutput, Transformer
+from anatomy.model import Config, EncoderDecoder, ModelOutput, Transformer, to_input_major
 from anatomy.speculative import speculative_generate
 
 __version__ = "0.1.0"
@@ -64,4 +64,5 @@ __all__ = [
     "speculative_generate",
     "tile_map",
     "to_hf",
+    "to_input_major",
 ]

@@ -200,22 +200,73 @@ def _fused_weight(owner: nn.Module, names: tuple[str, ...]):
 
 
 def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One tensor whose rows are ``tensors``, sharing their memory (moved into one buffer if needed)."""
+    """One tensor whose rows are ``tensors``, sharing their memory (moved into one buffer if needed).
+
+    Already adjacent in one buffer means either layout: row-major blocks one after another (as loaded),
+    or the column blocks of one input-major (in, sum of outs) buffer (after :func:`to_input_major`).
+    """
     first = tensors[0].detach()
+    rows = sum(t.shape[0] for t in tensors)
+    row_major = first.is_contiguous()
+    input_major = first.dim() == 2 and first.stride() == (1, rows)
     storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
-    adjacent = True
-    for t in tensors:  # already consecutive in one buffer (e.g. loaded that way)? then no copy at all
-        if t.untyped_storage().data_ptr() != storage or t.storage_offset() != offset or not t.is_contiguous():
+    adjacent = row_major or input_major
+    for t in tensors:  # already consecutive in one buffer? then no copy at all
+        if (
+            t.untyped_storage().data_ptr() != storage
+            or t.storage_offset() != offset
+            or t.stride() != first.stride()
+            or t.shape[1:] != first.shape[1:]
+        ):
             adjacent = False
             break
-        offset += t.numel()
-    rows = sum(t.shape[0] for t in tensors)
+        offset += t.shape[0] * t.stride(0)
     if adjacent:
         return first.as_strided((rows, *first.shape[1:]), first.stride())
     packed = torch.cat([t.detach() for t in tensors])
     for t, part in zip(tensors, packed.split([t.shape[0] for t in tensors])):
         t.data = part
     return packed
+
+
+# The Linears that run as one matmul at inference (see _fused_weight): (module attribute, Linear names).
+FUSED_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
+
+
+@torch.no_grad()
+def to_input_major(model: nn.Module) -> nn.Module:
+    """Store every Linear weight (out, in) input-major: the memory is (in, out), the Parameter its transpose.
+
+    The numbers and the Parameters' shapes and names stay the same; only the memory order changes, and with
+    it the speed of a one-token forward pass. Decoding multiplies one row vector by each weight matrix, and
+    on this CPU MKL streams an (in, out) matrix for ``x @ W`` ~1.3x faster than the (out, in) matrix of
+    ``x @ W.T`` that ``nn.Linear`` stores. Linears that run fused (q/k/v, gate/up) share one (in, sum of
+    outs) buffer, and tied embeddings follow the LM head. Training still works (the gradients have the
+    usual layout). Returns ``model``, changed in place.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    grouped = set()
+    for module in model.modules():
+        for attr, names in FUSED_GROUPS:
+            owner = module._modules.get(attr) if isinstance(module, Block) else None
+            if owner is None or not all(n in owner._modules for n in names):
+                continue
+            linears = [owner._modules[n] for n in names]
+            weights = [lin.weight for lin in linears]
+            buffer = torch.cat([w.detach().t() for w in weights], dim=1)  # (in, sum of outs), contiguous
+            start = 0
+            for w in weights:
+                w.data = buffer[:, start : start + w.shape[0]].t()
+                start += w.shape[0]
+            owner.__dict__.pop("_fused", None)
+            grouped.update(id(lin) for lin in linears)
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and id(module) not in grouped:
+            w = module.weight
+            if w.stride() != (1, w.shape[0]):
+                w.data = w.detach().t().contiguous().t()  # tied embeddings share this Parameter
+    return model
 
 
 class Attention(nn.Module):

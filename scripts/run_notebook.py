@@ -1,6 +1,7 @@
 """Execute one chapter notebook in a fresh kernel, the way the book build does; report time and errors.
 
     python scripts/run_notebook.py chapters/01_three_families.ipynb [--out /tmp/out.ipynb] [--timeout 600]
+    python scripts/run_notebook.py chapters/06_signal_density.ipynb --cells 5   # and the 5 slowest cells
 
 The notebook runs with the repository root as working directory's parent (like the build), outputs go
 to --out (never back into the source notebook, whose outputs stay stripped). Exit status 1 on any
@@ -24,6 +25,7 @@ def main() -> int:
     ap.add_argument("notebook", type=Path)
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--timeout", type=int, default=600)
+    ap.add_argument("--cells", type=int, default=0, metavar="K", help="also print the K slowest code cells")
     args = ap.parse_args()
     nb = nbformat.read(args.notebook, as_version=4)
     client = NotebookClient(
@@ -33,6 +35,7 @@ def main() -> int:
         resources={"metadata": {"path": str(args.notebook.parent.resolve())}},
     )
     peak = [0]
+    cell_times = []  # (seconds, index, first line)
     t0 = time.perf_counter()
     status = 0
     try:
@@ -45,7 +48,11 @@ def main() -> int:
             except Exception:  # noqa: BLE001 (psutil missing or no local process)
                 psutil = None
             for index, cell in enumerate(nb.cells):
+                t_cell = time.perf_counter()
                 client.execute_cell(cell, index)
+                if cell.cell_type == "code":
+                    first = cell.source.strip().splitlines()[0] if cell.source.strip() else ""
+                    cell_times.append((time.perf_counter() - t_cell, index, first))
                 if pid is not None:
                     try:
                         peak[0] = max(peak[0], psutil.Process(pid).memory_info().rss)
@@ -59,6 +66,8 @@ def main() -> int:
         nbformat.write(nb, args.out)
     mem = f", peak kernel RSS {peak[0] / 2**30:.2f} GiB (sampled after each cell)" if peak[0] else ""
     print(f"{args.notebook}: {'OK' if status == 0 else 'FAILED'} in {elapsed:.1f} s{mem}")
+    for seconds, index, first in sorted(cell_times, reverse=True)[: args.cells]:
+        print(f"  {seconds:6.1f} s  cell {index:>2}  {first[:80]}")
     return status
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from anatomy import Config, EncoderDecoder, KVCache, Transformer, generate, kv_cache_bytes
+from anatomy import Config, EncoderDecoder, KVCache, Transformer, generate, kv_cache_bytes, to_input_major
 
 SMALL = dict(vocab_size=61, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
 
@@ -230,6 +230,42 @@ def test_training_step_reduces_loss():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.parametrize("variant", [dict(), dict(mlp="gelu", qkv_bias=True, tie_embeddings=False)])
+def test_input_major_layout_same_numbers_faster_order(variant):
+    """to_input_major changes memory order only: (in, out) storage, the same logits, cache and training."""
+    ref, m = model(**variant), model(**variant)
+    x = ids(2, 24)
+    with torch.no_grad():
+        before = ref(x)
+    assert to_input_major(m) is m
+    assert [n for n, _ in m.named_parameters()] == [n for n, _ in ref.named_parameters()]
+    for (name, p), p_ref in zip(m.named_parameters(), ref.parameters()):
+        assert torch.equal(p, p_ref), name
+        if p.dim() == 2 and "embed" not in name:
+            assert p.stride(0) == 1, (name, p.stride())  # Linear weights: input-major
+    attn = m.layers[0].self_attn
+    q, k, v = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
+    assert q.untyped_storage().data_ptr() == v.untyped_storage().data_ptr()  # one (in, q+k+v) buffer
+    assert q.stride() == (1, q.shape[0] + k.shape[0] + v.shape[0])
+    if m.config.tie_embeddings:
+        assert m.lm_head.weight is m.embed_tokens.weight
+    with torch.no_grad():
+        after = m(x)
+        fused = attn.__dict__["_fused"][1]
+        assert fused.untyped_storage().data_ptr() == q.untyped_storage().data_ptr()  # a view, not a copy
+        torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-6)
+        cached = generate(m, x[:1, :8], 8)
+        assert torch.equal(cached, generate(ref, x[:1, :8], 8))
+    # training still works, with the same gradients as the usual layout
+    for net in (ref, m):
+        net.train()
+        torch.nn.functional.cross_entropy(net(x[:, :-1]).flatten(0, 1), x[:, 1:].flatten()).backward()
+    for (name, p), p_ref in zip(m.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, p_ref.grad, atol=1e-6, rtol=1e-5, msg=name)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        to_input_major("not a model")
+
+
 def test_package_exports_and_lazy_transformers():
     """The public names of DESIGN.md's API are importable from anatomy, and importing it does not pull in
     transformers (the pretrained helpers load it on first use)."""
@@ -239,7 +275,7 @@ def test_package_exports_and_lazy_transformers():
     code = (
         "import sys, anatomy\n"
         "names = ['attention', 'Transformer', 'generate', 'from_hf', 'to_hf', 'prefix_state_change',\n"
-        "         'speculative_generate', 'KVCache', 'count_tiles']\n"
+        "         'speculative_generate', 'KVCache', 'count_tiles', 'to_input_major']\n"
         "assert all(callable(getattr(anatomy, n)) for n in names), names\n"
         "assert set(names) <= set(anatomy.__all__)\n"
         "assert 'transformers' not in sys.modules\n"

@@ -375,6 +375,13 @@ def test_smollm2_is_an_anatomy_decoder_with_the_gguf_config(smol):
         [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True
     )
     assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nHi<|im_end|>" in text
+    # Stored input-major for decoding (model.to_input_major); transformers still gets its usual layout.
+    attn = model.layers[0].self_attn
+    assert attn.q_proj.weight.stride() == (1, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim)
+    assert model.lm_head.weight.stride() == (1, c.vocab_size)
+    assert model.lm_head.weight is model.embed_tokens.weight
+    hf = P.to_hf(model)
+    assert all(p.is_contiguous() for p in hf.parameters())
 
 
 def _prompt_batch(tok) -> torch.Tensor:

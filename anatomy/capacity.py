@@ -381,17 +381,10 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
         torch.manual_seed(seed)
         model = Transformer(config)
         start = time.perf_counter()
-        calls = []
-
-        def checkpoint_loss(m, calls=calls):
-            # train() also evaluates before the first step; that point is not a checkpoint and is dropped
-            # below, so it is not computed
-            calls.append(None)
-            return math.nan if len(calls) == 1 else evaluate(m, val_set, len(val_set))
-
+        # the checkpoints are after training steps: the untrained model is not evaluated
         history = train(model, batches, steps=steps, lr=peak, eval_every=every, progress=progress,
-                        eval_fn=checkpoint_loss)
-        checkpoints = [(s, ev["loss"]) for s, ev in history.evals if s > 0]
+                        eval_fn=lambda m: evaluate(m, val_set, len(val_set)), eval_at_start=False)
+        checkpoints = [(s, ev["loss"]) for s, ev in history.evals]
         results.append({
             "d_model": config.d_model,
             "n_layers": config.n_layers,

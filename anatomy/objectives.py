@@ -1176,12 +1176,7 @@ def compare_objectives(
         torch.manual_seed(seed)
         model = build_model(obj, config)
 
-        calls = [0]
-
-        def eval_fn(m: nn.Module, obj: str = obj, calls: list[int] = calls) -> dict[str, float]:
-            calls[0] += 1
-            if calls[0] == 1:  # train() evaluates the untrained model first: the curves start after it
-                return {}
+        def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
             return {"continuation": token_cross_entropy(m, obj, eval_windows, positions, special)}
 
         hist = train(
@@ -1192,6 +1187,7 @@ def compare_objectives(
             loss_fn=loss_fn(obj),
             eval_fn=eval_fn,
             eval_every=every,
+            eval_at_start=False,  # the curves start after training steps
             progress=progress,
             seed=seed,
         )
@@ -1203,8 +1199,8 @@ def compare_objectives(
             flops_per_step=per_step[name],
             params=sum(p.numel() for p in model.parameters()),
             targets_seen=hist.tokens[-1],
-            eval_flops=[s * per_step[name] for s, r in hist.evals if r],
-            continuation_curve=[r["continuation"] for _, r in hist.evals if r],
+            eval_flops=[s * per_step[name] for s, _ in hist.evals],
+            continuation_curve=[r["continuation"] for _, r in hist.evals],
             continuation=hist.evals[-1][1]["continuation"],
             infill=token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right),
             model=model,

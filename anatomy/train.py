@@ -202,6 +202,7 @@ def train(
     loss_fn: LossFn | None = None,
     eval_fn: Callable[[nn.Module], dict[str, float] | float] | None = None,
     eval_every: int | None = None,
+    eval_at_start: bool = True,
     progress: bool = True,
     seed: int | None = None,
 ) -> History:
@@ -213,8 +214,9 @@ def train(
         Tokens are counted as targets: what loss_fn reports, else y != -100 in (x, y).
     Weight decay applies to parameters with dim >= 2 (matrices and embeddings, as in nanoGPT);
     biases and norm gains are not decayed. `learning_rate` gives the schedule.
-    eval_fn(model) -> dict (or float) runs under no_grad in eval mode at step 0, every
-    `eval_every` steps and at the end (only at the end if eval_every is None).
+    eval_fn(model) -> dict (or float) runs under no_grad in eval mode at step 0 (unless
+    `eval_at_start` is False), every `eval_every` steps and at the end (only at the end if eval_every
+    is None).
 
     Same seed, same initial model and same batches give an identical History (on CPU), for a
     steps or tokens budget. A tokens budget sets the schedule's length to tokens / (mean tokens
@@ -248,7 +250,7 @@ def train(
         model.train(was_training)
         history.evals.append((step, result if isinstance(result, dict) else {"loss": float(result)}))
 
-    if eval_fn is not None and eval_every is not None:
+    if eval_fn is not None and eval_every is not None and eval_at_start:
         run_eval(0)
     bar = _progress_bar(budget, {"steps": "step", "tokens": "tok", "seconds": "s"}[budget_name], progress)
     model.train()

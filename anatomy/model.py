@@ -205,28 +205,32 @@ def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:
     Already adjacent in one buffer means either layout: row-major blocks one after another (as loaded),
     or the column blocks of one input-major (in, sum of outs) buffer (after :func:`to_input_major`).
     """
+    joined = _adjacent(tensors)
+    if joined is not None:
+        return joined
+    packed = torch.cat([t.detach() for t in tensors])
+    for t, part in zip(tensors, packed.split([t.shape[0] for t in tensors])):
+        t.data = part
+    return packed
+
+
+def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """The view whose rows are ``tensors`` if they already lie one after another in one buffer, else None."""
     first = tensors[0].detach()
     rows = sum(t.shape[0] for t in tensors)
-    row_major = first.is_contiguous()
-    input_major = first.dim() == 2 and first.stride() == (1, rows)
+    if not (first.is_contiguous() or (first.dim() == 2 and first.stride() == (1, rows))):
+        return None
     storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
-    adjacent = row_major or input_major
-    for t in tensors:  # already consecutive in one buffer? then no copy at all
+    for t in tensors:
         if (
             t.untyped_storage().data_ptr() != storage
             or t.storage_offset() != offset
             or t.stride() != first.stride()
             or t.shape[1:] != first.shape[1:]
         ):
-            adjacent = False
-            break
+            return None
         offset += t.shape[0] * t.stride(0)
-    if adjacent:
-        return first.as_strided((rows, *first.shape[1:]), first.stride())
-    packed = torch.cat([t.detach() for t in tensors])
-    for t, part in zip(tensors, packed.split([t.shape[0] for t in tensors])):
-        t.data = part
-    return packed
+    return first.as_strided((rows, *first.shape[1:]), first.stride())
 
 
 # The Linears that run as one matmul at inference (see _fused_weight): (module attribute, Linear names).
@@ -256,7 +260,8 @@ def to_input_major(model: nn.Module) -> nn.Module:
             weights = [lin.weight for lin in linears]
             grouped.update(id(lin) for lin in linears)
             total = sum(w.shape[0] for w in weights)
-            if weights[0].stride() == (1, total) and _packed(weights).stride() == (1, total):
+            joined = _adjacent(weights)
+            if joined is not None and joined.stride() == (1, total):
                 continue  # already one input-major buffer (e.g. loaded that way)
             buffer = torch.cat([w.detach().t() for w in weights], dim=1)  # (in, sum of outs), contiguous
             start = 0

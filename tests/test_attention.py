@@ -85,6 +85,54 @@ def test_tiled_gradients_match_reference(mask, prefix_len):
         assert (ref - ours).abs().max() < 1e-10
 
 
+def _rising_scores(seed, dtype=torch.float32):
+    """Inputs whose scores rise from key tile to key tile by far more than the kernel's rescaling
+    threshold, so that its lazy rescaling of the running maximum has to fire (checked below)."""
+    q, k, v = make_qkv(1, 4, 2, 40, 40, 8, seed=seed, dtype=dtype)
+    q = q.abs() + 0.5
+    k = k.abs() * torch.linspace(0.2, 12.0, 40, dtype=dtype)[:, None]  # later keys score far higher
+    return q, k, v
+
+
+def test_tiled_lazy_rescaling_is_exercised_and_exact():
+    from anatomy.kernels.tiled import LOG2E, RESCALE_THRESHOLD
+
+    q, k, v = _rising_scores(seed=13)
+    tile = 8
+    # Precondition: for some row block, a later visible tile's maximum exceeds the running maximum by more
+    # than the threshold (in base 2), so the rescaling branch runs; without it, this test would not test it.
+    s = (q @ k.repeat_interleave(2, dim=1).transpose(-1, -2)) * 8**-0.5 * LOG2E
+    s = s.masked_fill(torch.ones(40, 40, dtype=torch.bool).triu(1), float("-inf"))
+    tile_max = s.unflatten(-1, (5, tile)).amax(-1)  # (B, H, Nq, key tiles)
+    assert (tile_max[..., 1:] - tile_max[..., :-1].cummax(-1).values > RESCALE_THRESHOLD).any()
+    for mask, pl in [("causal", None), ("prefix", 11), ("bidirectional", None)]:
+        expected = float64_reference(q, k, v, mask, prefix_len=pl)
+        out = attention(q, k, v, mask, prefix_len=pl, backend="tiled", tile=tile)
+        assert (out.double() - expected).abs().max() <= 1e-5
+        probs = attention_probs(q, k, mask, prefix_len=pl, tile=tile)  # normalised by the kernel's lse
+        assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
+    q, k, v = (t.requires_grad_() for t in _rising_scores(seed=13, dtype=torch.float64))
+    grads = []
+    for backend in ["reference", "tiled"]:
+        out = attention(q, k, v, "causal", backend=backend, tile=tile)
+        grads.append(torch.autograd.grad((out * out.cos()).sum(), (q, k, v)))
+    for ref, ours in zip(*grads):
+        assert (ref - ours).abs().max() < 1e-10
+
+
+def test_tiled_large_scores_stay_finite_and_as_accurate_as_dense_float32():
+    # Scores in the thousands: exp() of them overflows unless every tile is taken relative to a maximum.
+    # At that size float32 itself rounds the scores by ~1e-4, so the yardstick is the dense float32 kernel.
+    q, k, v = make_qkv(2, 4, 2, 50, 50, 16, seed=17)
+    q, k = 30 * q, 30 * k
+    for mask in ["causal", "bidirectional"]:
+        expected = float64_reference(q, k, v, mask)
+        dense_err = (attention(q, k, v, mask, backend="reference").double() - expected).abs().max()
+        out = attention(q, k, v, mask, backend="tiled", tile=16)
+        assert torch.isfinite(out).all()
+        assert (out.double() - expected).abs().max() <= 4 * dense_err
+
+
 def test_tiled_gradcheck():
     q, k, v = (t.requires_grad_() for t in make_qkv(1, 2, 1, 5, 9, 4, seed=7, dtype=torch.float64))
     assert torch.autograd.gradcheck(

@@ -7,13 +7,31 @@ are never touched, FULL tiles need no mask, PARTIAL tiles apply the mask predica
 
 Grouped-query attention costs nothing extra: the G query heads that share one key/value head are stacked
 as extra rows of one matmul against that head's keys.
+
+Two details make it fast on a CPU; neither changes the result beyond float32 rounding:
+
+* The exponentials are taken in base 2, as FlashAttention-2 and the Triton kernel do: the queries are
+  scaled by ``log2(e) / sqrt(d)``, so ``2 ** s`` equals ``e ** (q.k / sqrt(d))``. PyTorch's CPU ``exp2``
+  was about twice as fast as its ``exp`` here (chapter 8 measures it) and stays fast for ``-inf``, where
+  ``exp`` takes a slow path, so masked scores can simply be ``-inf``.
+* Lazy rescaling: once a row block has a running maximum ``m``, the next tile's scores are computed
+  relative to it inside the matmul (``baddbmm`` with ``-m`` as the added term), and ``m`` is raised, with
+  the rescaling of ``l`` and ``acc``, only when some row's new scores exceed it by more than
+  :data:`RESCALE_THRESHOLD` (in base 2). Until then the exponentials are at most
+  ``2 ** RESCALE_THRESHOLD`` instead of 1, which float32 holds just as exactly; the output is the same
+  ratio ``acc / l`` either way. Most tiles thus skip the subtraction pass and the rescaling operations.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from anatomy.masks import EMPTY, PARTIAL, tile_map, visible
+
+LOG2E = 1.0 / math.log(2.0)
+RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
 
 
 def tiled_attention(
@@ -36,13 +54,14 @@ def tiled_attention(
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     tmap = tile_map(mask, Nq, Nk, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
-    if key_padding_mask is not None:
+    padded = key_padding_mask is not None
+    if padded:
         # Padding can hide keys inside any tile, so every visited tile is masked.
         tmap = torch.where(tmap == EMPTY, tmap, torch.full_like(tmap, PARTIAL))
         pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
     # Without autograd the running state is updated in place (no temporaries); with it, out of place.
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    qs = (q * D**-0.5).reshape(B * Hkv, G, Nq, D)
+    qs = (q * (LOG2E * D**-0.5)).reshape(B * Hkv, G, Nq, D)  # scores in base 2
     kt = k.reshape(B * Hkv, Nk, D).transpose(1, 2)  # (B*Hkv, D, Nk)
     vs = v.reshape(B * Hkv, Nk, D)
     k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
@@ -53,7 +72,7 @@ def tiled_attention(
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
         q_i = qs[:, :, q0:q1].reshape(B * Hkv, G * rows, D)  # the G heads of a group stacked as rows
-        m = row_sum = acc = None
+        m = neg_m = row_sum = acc = None
         for j, kind in enumerate(row):
             if kind == EMPTY:
                 continue  # above the diagonal: never touched
@@ -64,57 +83,68 @@ def tiled_attention(
                 key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
                 if key not in masks:
                     masks[key] = _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, q)
-                hidden, bias, keep = masks[key]
-            if partial and key_padding_mask is None:
-                # The mask as an additive 0 / -inf bias, added inside the matmul (no separate pass).
-                s = torch.baddbmm(bias, q_i, k_j)  # (B*Hkv, G*rows, cols) scores of this tile
+                hidden, bias = masks[key]
+            if m is not None and not padded:
+                # Scores relative to the running maximum, the subtraction done inside the matmul.
+                s = torch.baddbmm(bias - m if partial else neg_m, q_i, k_j)
+                # The maximum only keeps exp2() in range; the result does not depend on it: no gradient.
+                rise = (s.detach() if grad else s).amax(-1, keepdim=True)
+                if rise.max().item() > RESCALE_THRESHOLD:
+                    rise.clamp_min_(0.0)  # rows whose maximum did not rise keep theirs
+                    s = s.sub_(rise)
+                    alpha = torch.exp2(-rise)  # rescales what was accumulated under the old maximum
+                    m = m + rise
+                    neg_m = -m
+                    if grad:
+                        row_sum, acc = row_sum * alpha, acc * alpha
+                    else:
+                        row_sum.mul_(alpha)
+                        acc.mul_(alpha)
+                p = s.exp2_()
             else:
-                s = torch.bmm(q_i, k_j)
-                if partial:
-                    hidden = hidden | pad_hidden[..., k0:k1]
-                    s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
-            # The running max only keeps exp() in range; the result does not depend on it, so no gradient.
-            m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
-            if m is None:  # first tile of the row block: nothing to rescale yet
-                m_new = m_tile
-            else:
-                m_new = torch.maximum(m, m_tile)
-            if key_padding_mask is not None:
-                # Only padding can leave a row without any visible key so far (key 0 is always visible
-                # otherwise, and tiles are visited left to right); keep exp() finite for such rows.
-                m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
-            if partial and key_padding_mask is None:
-                # exp() of -inf (or of anything below about -88, where float32 turns denormal) takes a slow
-                # path on CPUs, ~15x slower than exp() of ordinary numbers: clamp the hidden scores to -80
-                # and zero their probabilities exactly with the 0/1 mask instead.
-                p = s.sub_(m_new).clamp_min_(-80.0).exp_()
-                p = p * keep if grad else p.mul_(keep)
-            else:
-                p = s.sub_(m_new).exp_()  # (B*Hkv, G*rows, cols)
-            if m is None:
-                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, v_j)
-            else:
-                alpha = torch.exp(m - m_new)  # rescales what was accumulated under the old maximum
-                if grad:
-                    row_sum = row_sum * alpha + p.sum(-1, keepdim=True)
-                    acc = torch.baddbmm(acc * alpha, p, v_j)
+                # The first tile of a row block (or any tile under a padding mask): maximum of its own.
+                if partial and not padded:
+                    s = torch.baddbmm(bias, q_i, k_j)  # the mask as a 0 / -inf term of the matmul
                 else:
-                    row_sum.mul_(alpha).add_(p.sum(-1, keepdim=True))
-                    acc.mul_(alpha).baddbmm_(p, v_j)
-            m = m_new
+                    s = torch.bmm(q_i, k_j)  # (B*Hkv, G*rows, cols) scores of this tile
+                    if partial:
+                        hidden = hidden | pad_hidden[..., k0:k1]
+                        s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
+                m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
+                m_new = m_tile if m is None else torch.maximum(m, m_tile)
+                if padded:
+                    # Only padding can leave a row without any visible key so far (key 0 is always visible
+                    # otherwise, and tiles are visited left to right); keep exp2() finite for such rows.
+                    m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
+                p = s.sub_(m_new).exp2_()  # (B*Hkv, G*rows, cols); exp2(-inf) = 0 for hidden keys
+                if m is not None:
+                    alpha = torch.exp2(m - m_new)
+                    if grad:
+                        row_sum, acc = row_sum * alpha, acc * alpha
+                    else:
+                        row_sum.mul_(alpha)
+                        acc.mul_(alpha)
+                m, neg_m = m_new, -m_new
+            if row_sum is None:
+                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, v_j)
+            elif grad:
+                row_sum = row_sum + p.sum(-1, keepdim=True)
+                acc = torch.baddbmm(acc, p, v_j)
+            else:
+                row_sum.add_(p.sum(-1, keepdim=True))
+                acc.baddbmm_(p, v_j)
         out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
-            lse[:, :, q0:q1] = (m + torch.log(row_sum)).view(B * Hkv, G, rows)
+            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * math.log(2.0)).view(B * Hkv, G, rows)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
 
 
 def _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, like):
-    """One partial tile's mask three ways: hidden (rows, cols) bool, and for the G stacked heads of a group
-    an additive bias (0 / -inf) and a multiplicative keep (1 / 0), both (G * rows, cols) in q's dtype."""
+    """One partial tile's mask two ways: hidden (rows, cols) bool, and for the G stacked heads of a group
+    an additive 0 / -inf term (G * rows, cols) in q's dtype."""
     q_pos = torch.arange(q0, q1, device=like.device)[:, None] + q_offset
     k_pos = torch.arange(k0, k1, device=like.device)[None, :]
     hidden = ~visible(mask, q_pos, k_pos, prefix_len)
     bias = torch.zeros(hidden.shape, dtype=like.dtype, device=like.device).masked_fill_(hidden, float("-inf"))
-    keep = (~hidden).to(like.dtype)
-    return hidden, bias.repeat(G, 1), keep.repeat(G, 1)
+    return hidden, bias.repeat(G, 1)

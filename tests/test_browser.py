@@ -22,6 +22,7 @@ import base64
 import fcntl
 import html.parser
 import http.server
+import io
 import json
 import os
 import queue
@@ -71,6 +72,17 @@ def _high_fd(fd: int) -> int:
     os.close(fd)
     return high
 
+
+
+_HIDE_STICKY = r"""
+(() => {
+  const style = document.createElement("style");
+  style.id = "anatomy-shot-style";
+  style.textContent = ".bd-header, .bd-header-article, .bd-sidebar-primary, .bd-sidebar-secondary, " +
+                      ".header-article, .bd-sidebar { opacity: 0 !important; transition: none !important; }";
+  document.head.appendChild(style);
+})()
+"""
 
 
 class Chromium:
@@ -179,13 +191,32 @@ class Chromium:
         self.wait_for("Page.loadEventFired")
 
     def screenshot(self, path: Path) -> None:
-        metrics = self.send("Page.getLayoutMetrics")
-        size = metrics.get("cssContentSize") or metrics["contentSize"]
-        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], MAX_SHOT_HEIGHT),
-                "scale": 1}
-        data = self.send("Page.captureScreenshot",
-                         {"format": "png", "clip": clip, "captureBeyondViewport": True}, timeout=120)["data"]
-        path.write_bytes(base64.b64decode(data))
+        """The page as a reader scrolls through it, one window at a time, stitched into one PNG.
+
+        Not one capture with ``captureBeyondViewport``: that enlarges the window to the whole page, and
+        sphinx-book-theme then lays a long page out wider than the window (shifted sideways, the sidebar
+        out of view), which is not what a reader sees. After the first window the sticky header and
+        sidebars are hidden, so that they neither repeat down the image nor cover the text.
+        """
+        from PIL import Image  # matplotlib's dependency, so present wherever the book builds
+
+        size = self.evaluate("({width: document.documentElement.clientWidth, window: innerHeight, "
+                             "height: document.documentElement.scrollHeight})")
+        height = min(size["height"], MAX_SHOT_HEIGHT)
+        page = Image.new("RGB", (size["width"], height), "white")
+        y = 0
+        while y < height:
+            top = self.evaluate(f"window.scrollTo(0, {y}); new Promise(r => requestAnimationFrame("
+                                "() => requestAnimationFrame(() => r(Math.round(window.scrollY)))))")
+            data = self.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
+            page.paste(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), (0, top))
+            if y == 0:
+                self.evaluate(_HIDE_STICKY)
+            if top + size["window"] >= size["height"]:
+                break
+            y = top + size["window"]
+        self.evaluate("document.getElementById('anatomy-shot-style')?.remove(); window.scrollTo(0, 0)")
+        page.save(path)
 
     def close(self) -> None:
         try:
@@ -222,7 +253,24 @@ INSPECT = r"""
     if (/\$\$|\\\[|\\\]|\\\(|\\\)|\\begin\{/.test(t)) raw.push(t.trim().slice(0, 80));
   }
   const widgets = document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]').length;
+  // Content wider than the window makes the whole page scroll sideways (the sidebar slides out of view).
+  // Elements inside their own scroll box (wide code, wide math, wide tables) are fine; report the others.
+  const width = document.documentElement.clientWidth;
+  const inScrollBox = e => {
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      const o = getComputedStyle(a).overflowX;
+      if (o === "auto" || o === "scroll" || o === "hidden") return true;
+    }
+    return false;
+  };
+  const wide = document.documentElement.scrollWidth > width + 1
+    ? [...document.querySelectorAll("main *")]
+        .filter(e => e.getBoundingClientRect().right > width + 1 && !inScrollBox(e))
+        .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${[...e.classList].join(".")}`
+                                + ` (right edge ${Math.round(e.getBoundingClientRect().right)} px)`)
+    : [];
   return {images: imgs.length, broken, math, typeset: document.querySelectorAll("mjx-container").length,
+          page_width: document.documentElement.scrollWidth, window_width: width, wide,
           untypeset, raw, widgets, explorers: document.querySelectorAll(".anatomy-explore").length,
           mathjax: !!(window.MathJax && MathJax.startup)};
 })()
@@ -408,6 +456,9 @@ def test_page_renders_for_a_reader(page, server, browser):
         problems.append(f"{seen['untypeset']} of {seen['math']} math elements were not typeset by MathJax")
     if seen["raw"]:
         problems.append(f"raw TeX left in the text: {seen['raw'][:3]}")
+    if seen["page_width"] > seen["window_width"] + 1:
+        problems.append(f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window (it "
+                        f"scrolls sideways); too wide: {seen['wide'] or 'no single element found'}")
     if seen["widgets"]:
         problems.append(f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
                         "remove-cell and show book.explore instead")

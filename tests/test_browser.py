@@ -42,7 +42,7 @@ SITE = Path(os.environ.get("ANATOMY_BOOK_HTML", ROOT / "_build" / "html"))
 SHOTS = ROOT / "_build" / "screenshots"
 REQUIRED = os.environ.get("ANATOMY_REQUIRE_BOOK") == "1"
 SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html only redirects
-MAX_SHOT_HEIGHT = 12000  # px; longer pages are cut there (the screenshot is an artifact, not a check)
+MAX_SHOT_HEIGHT = 40000  # px; longer pages are cut there (the screenshot is an artifact, not a check)
 
 pytestmark = pytest.mark.book
 

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anatomy import attention, attention_probs
+from anatomy import attention, attention_probs, count_tiles
+from anatomy.kernels.tiled import tiled_attention
 
 BACKENDS = ["reference", "tiled", "sdpa"]
 
@@ -109,6 +110,11 @@ def test_tiled_lazy_rescaling_is_exercised_and_exact():
         expected = float64_reference(q, k, v, mask, prefix_len=pl)
         out = attention(q, k, v, mask, prefix_len=pl, backend="tiled", tile=tile)
         assert (out.double() - expected).abs().max() <= 1e-5
+        stats = {}
+        tiled_attention(q, k, v, mask, q_offset=0, prefix_len=pl, tile=tile, stats=stats)
+        counted = count_tiles(mask, 40, 40, 8, tile=tile, prefix_len=pl)
+        assert stats["tiles"] == counted.tiles_full + counted.tiles_partial
+        assert 0 < stats["rescaled"] <= stats["later_tiles"] < stats["tiles"]
         probs = attention_probs(q, k, mask, prefix_len=pl, tile=tile)  # normalised by the kernel's lse
         assert torch.allclose(probs.sum(-1), torch.ones(()), atol=1e-5)
     q, k, v = (t.requires_grad_() for t in _rising_scores(seed=13, dtype=torch.float64))
@@ -118,6 +124,17 @@ def test_tiled_lazy_rescaling_is_exercised_and_exact():
         grads.append(torch.autograd.grad((out * out.cos()).sum(), (q, k, v)))
     for ref, ours in zip(*grads):
         assert (ref - ours).abs().max() < 1e-10
+
+
+def test_tiled_stats_random_scores_rarely_rescale():
+    q, k, v = make_qkv(1, 4, 4, 512, 512, 16, seed=19)
+    stats = {}
+    tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=64, stats=stats)
+    # 8 row blocks of 64 queries visit 1 + 2 + ... + 8 = 36 tiles, 28 of them after their block's first;
+    # unit-variance scores never rise by 8 (in base 2) above the first tile's maximum.
+    assert stats == {"tiles": 36, "later_tiles": 28, "rescaled": 0}
+    with pytest.raises(TypeError, match="stats must be a dict"):
+        tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=64, stats=[])
 
 
 def test_tiled_large_scores_stay_finite_and_as_accurate_as_dense_float32():

@@ -45,11 +45,18 @@ def tiled_attention(
     tile: int,
     key_padding_mask: torch.Tensor | None = None,
     return_lse: bool = False,
+    stats: dict | None = None,
 ):
     """Tiled attention; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D) -> out (B, Hq, Nq, D) [, lse (B, Hq, Nq)].
 
-    Arguments are assumed valid (``anatomy.attention`` checks them).
+    Arguments are assumed valid (``anatomy.attention`` checks them). If ``stats`` is a dict, it receives
+    ``"tiles"`` (tiles computed), ``"later_tiles"`` (those after the first of their row block, where a
+    rescaling can happen) and ``"rescaled"`` (those where the running maximum was raised and the running
+    sums rescaled; under a padding mask every later tile is).
     """
+    if stats is not None and not isinstance(stats, dict):
+        raise TypeError(f"stats must be a dict (or None), got {type(stats).__name__}")
+    n_tiles = n_later = n_rescaled = 0
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
@@ -79,6 +86,8 @@ def tiled_attention(
             k0, k1 = j * tile, min((j + 1) * tile, Nk)
             k_j, v_j = k_tiles[j], v_tiles[j]
             partial = kind == PARTIAL
+            n_tiles += 1
+            n_later += m is not None
             if partial:
                 key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
                 if key not in masks:
@@ -90,6 +99,7 @@ def tiled_attention(
                 # The maximum only keeps exp2() in range; the result does not depend on it: no gradient.
                 rise = (s.detach() if grad else s).amax(-1, keepdim=True)
                 if rise.max().item() > RESCALE_THRESHOLD:
+                    n_rescaled += 1
                     rise.clamp_min_(0.0)  # rows whose maximum did not rise keep theirs
                     s = s.sub_(rise)
                     alpha = torch.exp2(-rise)  # rescales what was accumulated under the old maximum
@@ -118,6 +128,7 @@ def tiled_attention(
                     m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
                 p = s.sub_(m_new).exp2_()  # (B*Hkv, G*rows, cols); exp2(-inf) = 0 for hidden keys
                 if m is not None:
+                    n_rescaled += 1
                     alpha = torch.exp2(m - m_new)
                     if grad:
                         row_sum, acc = row_sum * alpha, acc * alpha
@@ -136,6 +147,8 @@ def tiled_attention(
         out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
             lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * math.log(2.0)).view(B * Hkv, G, rows)
+    if stats is not None:
+        stats.update(tiles=n_tiles, later_tiles=n_later, rescaled=n_rescaled)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
 

@@ -30,7 +30,8 @@ import torch
 
 from anatomy.masks import EMPTY, PARTIAL, tile_map, visible
 
-LOG2E = 1.0 / math.log(2.0)
+LN2 = math.log(2.0)
+LOG2E = 1.0 / LN2
 RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
 
 
@@ -102,14 +103,10 @@ def tiled_attention(
                     n_rescaled += 1
                     rise.clamp_min_(0.0)  # rows whose maximum did not rise keep theirs
                     s = s.sub_(rise)
-                    alpha = torch.exp2(-rise)  # rescales what was accumulated under the old maximum
+                    # rescales what was accumulated under the old maximum
+                    row_sum, acc = _rescale(row_sum, acc, torch.exp2(-rise), grad)
                     m = m + rise
                     neg_m = -m
-                    if grad:
-                        row_sum, acc = row_sum * alpha, acc * alpha
-                    else:
-                        row_sum.mul_(alpha)
-                        acc.mul_(alpha)
                 p = s.exp2_()
             else:
                 # The first tile of a row block (or any tile under a padding mask): maximum of its own.
@@ -129,12 +126,7 @@ def tiled_attention(
                 p = s.sub_(m_new).exp2_()  # (B*Hkv, G*rows, cols); exp2(-inf) = 0 for hidden keys
                 if m is not None:
                     n_rescaled += 1
-                    alpha = torch.exp2(m - m_new)
-                    if grad:
-                        row_sum, acc = row_sum * alpha, acc * alpha
-                    else:
-                        row_sum.mul_(alpha)
-                        acc.mul_(alpha)
+                    row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
                 m, neg_m = m_new, -m_new
             if row_sum is None:
                 row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, v_j)
@@ -146,11 +138,18 @@ def tiled_attention(
                 acc.baddbmm_(p, v_j)
         out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
-            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * math.log(2.0)).view(B * Hkv, G, rows)
+            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(B * Hkv, G, rows)
     if stats is not None:
         stats.update(tiles=n_tiles, later_tiles=n_later, rescaled=n_rescaled)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
+
+
+def _rescale(row_sum, acc, alpha, grad):
+    """Multiply the running sums by alpha: in place without autograd, out of place with it."""
+    if grad:
+        return row_sum * alpha, acc * alpha
+    return row_sum.mul_(alpha), acc.mul_(alpha)
 
 
 def _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, like):

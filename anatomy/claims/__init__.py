@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VERDICTS = ("supported", "supported with caveats", "contradicted")
+VERDICTS = ("supported", "supported with caveats", "contradicted", "not testable here")
 
 
 @dataclass(frozen=True)

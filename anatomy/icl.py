@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anatomy.model import Attention, Config, ModelOutput, _check_ids, make_norm, rope_cos_sin
+from anatomy.model import Attention, Config, ModelOutput, RopeTable, _check_ids, make_norm
 
 __all__ = [
     "AttentionOnly",
@@ -73,6 +73,7 @@ class AttentionOnly(nn.Module):
         self.norms = nn.ModuleList(make_norm(c) for _ in range(c.n_layers))
         self.layers = nn.ModuleList(Attention(c) for _ in range(c.n_layers))
         self.norm = make_norm(c)
+        self.rope = RopeTable(c.head_dim, c.rope_theta) if c.pos == "rope" else None  # as in Transformer
         self.lm_head = nn.Linear(c.d_model, c.vocab_size, bias=False)
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
@@ -89,10 +90,7 @@ class AttentionOnly(nn.Module):
             if N > c.max_seq_len:
                 raise ValueError(f"input of length {N} exceeds max_seq_len={c.max_seq_len}")
             x = x + self.embed_positions(torch.arange(N, device=input_ids.device))
-        rope = None
-        if c.pos == "rope":
-            positions = torch.arange(N, device=input_ids.device)
-            rope = rope_cos_sin(positions, c.head_dim, c.rope_theta, x.dtype)
+        rope = self.rope(0, N, x.device, x.dtype) if c.pos == "rope" else None
         attns = []
         for norm, layer in zip(self.norms, self.layers):
             out, probs = layer(norm(x), mask=c.mask, rope=rope, return_attn=return_attn)

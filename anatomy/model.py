@@ -130,8 +130,13 @@ def make_norm(config: Config) -> nn.Module:
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """RoPE tables for the given positions: cos, sin of shape (N, head_dim) (Su et al. 2021, Llama layout)."""
+def _rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """Plain RoPE angle tables cos, sin of shape (N, head_dim) (Su et al. 2021, Llama layout).
+
+    Private on purpose: these are not what :class:`Attention` takes. Models get their rotation from
+    :class:`RopeTable`, the one entry point (a model once passed this plain sin where the sign-flipped one
+    was expected, and its "rotation" mixed in absolute positions).
+    """
     inv_freq = 1.0 / (
         theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32, device=positions.device) / head_dim)
     )
@@ -140,39 +145,54 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float, dtype: to
     return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs (i, i + D/2) of x (B, H, N, D) by the angle of its position."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos + rotated * sin
+@dataclass(frozen=True)
+class Rope:
+    """The rotation for a run of positions, made by :class:`RopeTable`; what ``Attention(rope=...)`` takes.
+
+    cos (n, head_dim); sin_signed (n, head_dim) = sin with its first half negated, so that rotating pairs
+    (i, i + D/2) is x * cos + roll(x, D/2) * sin_signed (see :func:`_rotate`).
+    """
+
+    cos: torch.Tensor
+    sin_signed: torch.Tensor
 
 
 class RopeTable:
-    """cos/sin tables for positions 0..n-1, computed once and sliced per call (not once per forward).
+    """RoPE for every model: tables for positions 0..n-1, computed once and sliced per call.
 
-    Holds ``sin_signed`` = sin with its first half negated, so that the rotation is
-    x * cos + roll(x, D/2) * sin_signed: the same numbers as :func:`apply_rope` in three kernels fewer.
+    ``table(start, n, device, dtype)`` -> a :class:`Rope` for positions start..start + n - 1. Every model with
+    ``pos="rope"`` (``Transformer``, ``EncoderDecoder``, ``icl.AttentionOnly``) gets its rotation here, and
+    ``Attention`` accepts nothing else, so no model can pass tables in another layout.
     """
 
     def __init__(self, head_dim: int, theta: float) -> None:
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+            raise ValueError(f"head_dim must be an even int >= 2, got {head_dim!r}")
+        if not theta > 0:
+            raise ValueError(f"theta must be > 0, got {theta!r}")
         self.head_dim, self.theta = head_dim, theta
         self.cos = self.sin_signed = None
 
-    def __call__(self, start: int, n: int, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(cos, sin_signed) for positions start..start + n - 1, each (n, head_dim)."""
+    def __call__(self, start: int, n: int, device, dtype) -> Rope:
+        """The rotation for positions start..start + n - 1 (cos and sin_signed, each (n, head_dim))."""
         t = self.cos
         if t is None or t.shape[0] < start + n or t.device != torch.device(device) or t.dtype != dtype:
             size = max(start + n, 2 * (0 if t is None else t.shape[0]), 256)
             with torch.inference_mode(False):  # tables made during generate() must stay usable outside it
-                cos, sin = rope_cos_sin(torch.arange(size, device=device), self.head_dim, self.theta, dtype)
+                cos, sin = _rope_cos_sin(torch.arange(size, device=device), self.head_dim, self.theta, dtype)
                 half = self.head_dim // 2
                 self.cos, self.sin_signed = cos, torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
-        return self.cos[start : start + n], self.sin_signed[start : start + n]
+        return Rope(self.cos[start : start + n], self.sin_signed[start : start + n])
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
-    """apply_rope with a RopeTable's (cos, sin_signed): x * cos + [x2, x1] * [-sin, sin]."""
-    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin_signed
+def _rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """Rotate pairs (i, i + D/2) of x (B, H, N, D) by their angle: [x1 cos - x2 sin, x2 cos + x1 sin].
+
+    Computed as x * cos + roll(x, D/2) * sin_signed, with sin_signed = [-sin, sin] from a :class:`RopeTable`.
+    """
+    if not isinstance(rope, Rope):
+        raise TypeError(f"rope must be an anatomy.model.Rope from a RopeTable, got {type(rope).__name__}")
+    return x * rope.cos + x.roll(x.shape[-1] // 2, dims=-1) * rope.sin_signed
 
 
 def _fused_weight(owner: nn.Module, names: tuple[str, ...]):
@@ -296,7 +316,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, N, c.n_kv_heads, c.head_dim).transpose(1, 2)
         if rope is not None:
-            k = _rotate(k, *rope)
+            k = _rotate(k, rope)
         return k, v
 
     def forward(
@@ -326,7 +346,7 @@ class Attention(nn.Module):
             qkv = F.linear(x, w, b).view(B, N, Hq + 2 * Hkv, c.head_dim).transpose(1, 2)  # (B, H+2Hkv, N, hd)
             qk, v = qkv.split_with_sizes((Hq + Hkv, Hkv), dim=1)
             if rope is not None:
-                qk = _rotate(qk, *rope)  # queries and keys rotated together
+                qk = _rotate(qk, rope)  # queries and keys rotated together
             q, k = qk.split_with_sizes((Hq, Hkv), dim=1)  # (B, Hq, N, hd), (B, Hkv, N, hd)
             if cache is not None:
                 k, v = cache.update(layer, k, v)  # now all positions so far: (B, Hkv, len + N, hd)

@@ -1,6 +1,6 @@
 """Cached greedy generation and prefill with SmolLM2-135M: anatomy vs transformers, as ratios of medians.
 
-    python benches/generate.py [--threads 1] [--repeats 5] [--new-tokens 64] [--prefill 512]
+    python benches/generate.py [--threads 1 2] [--repeats 5] [--new-tokens 64] [--prefill 512]
 
 Both sides run the same float32 weights: anatomy's model from ``anatomy.pretrained.smollm2()`` and the
 ``LlamaForCausalLM`` that ``anatomy.pretrained.to_hf`` builds from it (the same numbers transformers gets
@@ -9,7 +9,7 @@ tokens, no early stop at EOS; the tokens must be identical. Prefill: one forward
 prompt that fills a KV cache and returns the last position's logits (what generation does first).
 Variants alternate within each repeat (and which goes first alternates too), so load from other jobs on
 the machine hits both alike; the table reports medians and their ratio next to the target of DESIGN.md
-section 6.
+targets (generation >= 1.5x, prefill >= 1.0x, at each thread count given).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import time
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its thread pool
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import record  # noqa: E402  (benches/record.py: machine line and JSON record)
 import torch  # noqa: E402
 
 import anatomy  # noqa: E402
 from anatomy.pretrained import smollm2, to_hf  # noqa: E402
 
-TARGETS = {"generation tokens/s": 1.2}
+TARGETS = {"generation tokens/s": 1.5, "prefill": 1.0}
 PROMPT = "Explain in a few paragraphs why the sky is blue, and why sunsets are red."
 PREFILL_TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age "
@@ -43,13 +44,14 @@ def _time(fn) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=512)
+    record.add_json_argument(ap)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    import transformers
+
+    machine = record.header(threads=None)
 
     model, tok = smollm2()
     hf = to_hf(model)
@@ -84,6 +86,21 @@ def main() -> None:
         with torch.inference_mode():
             return hf(long_ids, use_cache=True, logits_to_keep=1).logits
 
+    rows, ok = [], True
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        row = _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill)
+        rows.append(row)
+        ok &= row["generation ratio"] >= TARGETS["generation tokens/s"] and row["prefill ratio"] >= TARGETS[
+            "prefill"] and row["same tokens"]
+        print()
+    print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
+    record.save("generate", machine, rows, TARGETS, ok, args.json)
+    if not all(r["same tokens"] for r in rows):
+        raise SystemExit("the greedy tokens differ")
+
+
+def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill) -> dict:
     a, b = ours_generate(), hf_generate()  # warm-up, and the equality check
     same = torch.equal(a, b)
     prefill_diff = float((ours_prefill() - hf_prefill()).abs().max())
@@ -100,9 +117,8 @@ def main() -> None:
     pre_ratio = med_pre["transformers"] / med_pre["anatomy"]  # > 1: anatomy is faster
 
     print(
-        f"SmolLM2-135M fp32, threads={args.threads}, repeats={args.repeats}, prompt {ids.shape[1]} tokens + "
-        f"{n_new} new; prefill {args.prefill} tokens; torch {torch.__version__}, transformers "
-        f"{transformers.__version__}; load average {os.getloadavg()[0]:.1f}"
+        f"SmolLM2-135M fp32, threads={threads}, repeats={args.repeats}, prompt {ids.shape[1]} tokens + "
+        f"{n_new} new; prefill {args.prefill} tokens; load average {os.getloadavg()[0]:.1f}"
     )
     header = f"{'metric':<22} {'anatomy':>10} {'transformers':>13} {'ratio':>7} {'target':>7}  ok"
     print(header)
@@ -113,9 +129,11 @@ def main() -> None:
         " "
         f"{'>=' + str(target) + 'x':>7}  {'yes' if gen_ratio >= target else 'NO'}"
     )
+    t_pre = TARGETS["prefill"]
     print(
         f"{'prefill ' + str(args.prefill) + ' tokens (ms)':<22} {1e3 * med_pre['anatomy']:>10.1f} "
-        f"{1e3 * med_pre['transformers']:>13.1f} {pre_ratio:>6.2f}x {'-':>7}"
+        f"{1e3 * med_pre['transformers']:>13.1f} {pre_ratio:>6.2f}x {'>=' + str(t_pre) + 'x':>7}  "
+        f"{'yes' if pre_ratio >= t_pre else 'NO'}"
     )
     print(
         f"same {n_new} greedy tokens: {'yes' if same else 'NO'}; prefill last-position logits max |diff| "
@@ -125,8 +143,11 @@ def main() -> None:
         "per-repeat tokens/s: "
         + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
     )
-    if not same:
-        raise SystemExit("the greedy tokens differ")
+    return {"threads": threads, "anatomy tokens/s": round(med["anatomy"], 3),
+            "transformers tokens/s": round(med["transformers"], 3), "generation ratio": round(gen_ratio, 4),
+            "anatomy prefill ms": round(1e3 * med_pre["anatomy"], 3),
+            "transformers prefill ms": round(1e3 * med_pre["transformers"], 3),
+            "prefill ratio": round(pre_ratio, 4), "same tokens": same, "prefill max diff": prefill_diff}
 
 
 if __name__ == "__main__":

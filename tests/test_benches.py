@@ -1,0 +1,45 @@
+"""The benchmark records: what benches/record.py writes is what benches/compare.py reads."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benches"))
+
+import compare  # noqa: E402
+import record  # noqa: E402
+
+
+def _record(tmp_path, name, rows, met=True):
+    machine = record.machine(threads=1)
+    path = record.save(name, machine, rows, {"ratio": 1.0}, met, tmp_path / f"{name}.json")
+    return json.loads(path.read_text())
+
+
+def test_record_holds_the_machine_and_the_rows(tmp_path):
+    rec = _record(tmp_path, "attention", [{"threads": 1, "n": 1024, "tiled/sdpa causal": 0.97}])
+    assert rec["benchmark"] == "attention"
+    assert rec["machine"]["cores"] >= 1 and rec["machine"]["threads"] == 1
+    assert isinstance(rec["machine"]["load_average_1min"], float)
+    assert rec["rows"] == [{"threads": 1, "n": 1024, "tiled/sdpa causal": 0.97}]
+    assert rec["all_targets_met"] is True
+
+
+def test_compare_matches_rows_on_their_keys(tmp_path):
+    old = _record(tmp_path, "a", [{"threads": 1, "n": 1024, "ratio": 1.2},
+                                  {"threads": 1, "n": 2048, "ratio": 1.0}])
+    new = _record(tmp_path, "a", [{"threads": 1, "n": 2048, "ratio": 0.5},
+                                  {"threads": 2, "n": 2048, "ratio": 3.0}])
+    lines = compare.compare(old, new)
+    assert any("n=2048" in ln and "ratio" in ln and "(x0.500)" in ln for ln in lines), lines
+    assert any("threads=2" in ln and "only in the new record" in ln for ln in lines), lines
+    assert not any("n=1024" in ln for ln in lines[2:]), lines
+
+
+def test_compare_refuses_records_of_different_benchmarks(tmp_path):
+    with pytest.raises(ValueError, match="different benchmarks"):
+        compare.compare(_record(tmp_path, "a", []), _record(tmp_path, "b", []))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from anatomy._checks import check_choice, check_int, check_positive_int
 from anatomy.masks import MASKS, check_mask, default_q_offset, dense_mask, visible
 
 BACKENDS = ("reference", "tiled", "triton", "sdpa")
@@ -44,15 +45,10 @@ def _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_paddin
         )
     if Nq == 0 or Nk == 0 or D == 0:
         raise ValueError(f"empty attention: q has shape {tuple(q.shape)}, k has shape {tuple(k.shape)}")
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
-        raise ValueError(f"tile must be a positive int, got {tile!r}")
+    check_choice("backend", backend, BACKENDS)
+    check_positive_int("tile", tile)
     check_mask(mask, prefix_len, Nk)
-    if q_offset is None:
-        q_offset = default_q_offset(Nq, Nk)
-    elif isinstance(q_offset, bool) or not isinstance(q_offset, int):
-        raise TypeError(f"q_offset must be an int or None, got {type(q_offset).__name__}")
+    q_offset = default_q_offset(Nq, Nk) if q_offset is None else check_int("q_offset", q_offset)
     if mask != "bidirectional" and q_offset + Nq > Nk:
         raise ValueError(
             f"q_offset + Nq must be <= Nk for mask={mask!r}: query row i sits at key position q_offset + i, "
@@ -110,15 +106,25 @@ def reference_attention(q, k, v, mask="causal", *, q_offset, prefix_len=None, ke
     return torch.softmax(scores, dim=-1) @ v
 
 
+def _keep_nan_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """NaN in, NaN out: PyTorch's CPU SDPA returns 0 for a query row holding NaN or inf on its paths without
+    an explicit mask (the softmax formula, and every other backend, gives NaN). One reduction over q finds
+    out whether there is anything to fix; only then are those rows set to NaN, the others left untouched."""
+    finite = torch.isfinite(q)
+    if q.device.type == "cpu" and bool(finite.all()):
+        return out
+    return out.masked_fill(~finite.all(-1, keepdim=True), float("nan"))
+
+
 def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
     Nq, Nk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]  # SDPA shares each key/value head among its query heads, no copies
     if key_padding_mask is None:
         if mask == "bidirectional" or (q_offset + Nq == Nk and Nq == 1):
             # Everything is visible: a bidirectional block, or one query at the end of the cache (decoding).
-            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
+            return _keep_nan_rows(q, F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
         if mask == "causal" and Nq == Nk and q_offset == 0:
-            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            return _keep_nan_rows(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa))
     # SDPA's is_causal aligns the mask top-left when Nq != Nk, which is wrong for a query block at the end
     # of a cache; an explicit mask built from our predicate is aligned by q_offset.
     m = _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, q.device)

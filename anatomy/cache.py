@@ -3,12 +3,17 @@
 A causal model's keys and values at position t depend only on tokens <= t, so once computed they stay
 valid however the sequence continues: a later call runs only the new tokens and attends to the cache.
 The cache also records the token ids it holds, so reusing it with a different prefix is an error instead
-of a silently wrong answer.
+of a silently wrong answer, and which model filled it (its stack of layers), so that another model of the
+same shape cannot continue from it.
 """
 
 from __future__ import annotations
 
+import weakref
+
 import torch
+
+from anatomy._checks import check_dtype, check_int, check_positive_int, check_tensor
 
 
 class KVCache:
@@ -24,15 +29,18 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
     ) -> None:
-        for name, value in (
-            ("n_layers", n_layers),
-            ("batch_size", batch_size),
-            ("n_kv_heads", n_kv_heads),
-            ("head_dim", head_dim),
-            ("max_len", max_len),
-        ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        n_layers, batch_size, n_kv_heads, head_dim, max_len = (
+            check_positive_int(name, value)
+            for name, value in (
+                ("n_layers", n_layers),
+                ("batch_size", batch_size),
+                ("n_kv_heads", n_kv_heads),
+                ("head_dim", head_dim),
+                ("max_len", max_len),
+            )
+        )
+        check_dtype("dtype", dtype, floating=True)  # an integer cache would round the keys
+        device = _check_device(device)
         self.n_layers, self.batch_size, self.n_kv_heads, self.head_dim = (
             n_layers,
             batch_size,
@@ -47,6 +55,25 @@ class KVCache:
         self.tokens = torch.empty(batch_size, 0, dtype=torch.long, device=self.device)
         self.cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # encoder-decoder: cross-attn K/V
         self.source: torch.Tensor | None = None  # encoder-decoder: the encoded source ids
+        self._owner: weakref.ref | None = None  # the layers (nn.ModuleList) of the model that filled it
+
+    def claim(self, layers: torch.nn.Module) -> None:
+        """Record that the model whose stack of blocks is ``layers`` fills this cache; raise ValueError if
+        the cache holds keys and values of another model (same shape or not, its numbers would be wrong).
+
+        The stack identifies the model: a different model (even of the same shape, or a deep copy) has its
+        own, and a view of the same network with another mask (``inference.with_mask``) shares it. An empty
+        cache (new, or truncated to 0 and cleared) may be taken over by any model.
+        """
+        owner = None if self._owner is None else self._owner()
+        if owner is layers:
+            return
+        if self._len or self.cross is not None:
+            raise ValueError(
+                "cache was filled by another model (its keys and values would be wrong for this one): use "
+                "this model's new_cache(), or clear() the cache first"
+            )
+        self._owner = weakref.ref(layers)
 
     def __len__(self) -> int:
         return self._len
@@ -91,6 +118,7 @@ class KVCache:
 
     def check_append(self, input_ids: torch.Tensor) -> None:
         """Raise if ``input_ids`` (B, n) cannot be appended (batch size or capacity)."""
+        check_tensor("input_ids", input_ids, kind="int", dim=2)
         b, n = input_ids.shape
         if b != self.batch_size:
             raise ValueError(
@@ -134,8 +162,7 @@ class KVCache:
 
     def truncate(self, length: int) -> None:
         """Keep only the first ``length`` positions (e.g. to roll back a turn or a rejected draft)."""
-        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= self._len:
-            raise ValueError(f"length must be an int in [0, {self._len}], got {length!r}")
+        length = check_int("length", length, lo=0, hi=self._len)
         self._len = length
         self.tokens = self.tokens[:, :length]
 
@@ -167,4 +194,20 @@ def kv_cache_bytes(
     batch_size: int = 1,
 ) -> int:
     """The KV-cache size formula: 2 (K and V) * layers * n_kv_heads * head_dim * tokens * bytes * batch."""
+    n_layers, n_kv_heads, head_dim = (
+        check_positive_int(name, value)
+        for name, value in (("n_layers", n_layers), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim))
+    )
+    n_tokens = check_int("n_tokens", n_tokens, lo=0)
+    bytes_per_elem = check_positive_int("bytes_per_elem", bytes_per_elem)
+    batch_size = check_positive_int("batch_size", batch_size)
     return 2 * n_layers * n_kv_heads * head_dim * n_tokens * bytes_per_elem * batch_size
+
+
+def _check_device(device) -> torch.device:
+    if not isinstance(device, (str, torch.device)):
+        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must name a torch device, got {device!r}") from e

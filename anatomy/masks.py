@@ -18,6 +18,8 @@ from functools import lru_cache
 
 import torch
 
+from anatomy._checks import check_int, check_positive_int
+
 MASKS = ("causal", "bidirectional", "prefix")
 
 # Tile classes, as in the Triton tutorial: tiles above the diagonal are never visited, tiles on it are
@@ -32,8 +34,7 @@ def check_mask(mask: str, prefix_len: int | None, n_keys: int) -> None:
     if mask == "prefix":
         if prefix_len is None:
             raise ValueError('mask="prefix" needs prefix_len (the number of keys visible to every query)')
-        if isinstance(prefix_len, bool) or not isinstance(prefix_len, int):
-            raise TypeError(f"prefix_len must be an int, got {type(prefix_len).__name__}")
+        check_int("prefix_len", prefix_len)
         if not 0 <= prefix_len <= n_keys:
             raise ValueError(f"prefix_len must be in [0, {n_keys}] (the number of keys), got {prefix_len}")
     elif prefix_len is not None:
@@ -44,6 +45,10 @@ def visible(
     mask: str, q_pos: torch.Tensor, k_pos: torch.Tensor, prefix_len: int | None = None
 ) -> torch.Tensor:
     """The mask predicate: True where query position ``q_pos`` may see key position ``k_pos`` (broadcasts)."""
+    if not isinstance(q_pos, torch.Tensor) or not isinstance(k_pos, torch.Tensor):
+        raise TypeError(
+            f"q_pos and k_pos must be torch.Tensors, got {type(q_pos).__name__}, {type(k_pos).__name__}"
+        )
     if mask == "causal":
         return k_pos <= q_pos
     if mask == "bidirectional":
@@ -51,6 +56,7 @@ def visible(
             torch.broadcast_shapes(q_pos.shape, k_pos.shape), dtype=torch.bool, device=q_pos.device
         )
     if mask == "prefix":
+        check_int("prefix_len", prefix_len)
         return (k_pos <= q_pos) | (k_pos < prefix_len)
     raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
 
@@ -70,7 +76,9 @@ def dense_mask(
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
     """The mask as a dense boolean matrix, shape (n_queries, n_keys); row i is query position q_offset + i."""
+    n_queries, n_keys = check_int("n_queries", n_queries, lo=0), check_int("n_keys", n_keys, lo=0)
     check_mask(mask, prefix_len, n_keys)
+    q_offset = check_int("q_offset", q_offset, none=True)
     q_offset = default_q_offset(n_queries, n_keys) if q_offset is None else q_offset
     q_pos = torch.arange(n_queries, device=device)[:, None] + q_offset
     k_pos = torch.arange(n_keys, device=device)[None, :]
@@ -108,13 +116,22 @@ def tile_map(
 
     Derived from the dense predicate, so it is exact for every mask, offset and ragged last tile.
     """
-    tile_q, tile_k = (tile, tile) if isinstance(tile, int) else tile
-    for name, value in (("tile", tile_q), ("tile", tile_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int (or a pair of them), got {tile!r}")
+    n_queries, n_keys = check_positive_int("n_queries", n_queries), check_positive_int("n_keys", n_keys)
+    tile_q, tile_k = _tile_pair(tile, n_queries, n_keys)
     check_mask(mask, prefix_len, n_keys)
+    q_offset = check_int("q_offset", q_offset, none=True)
     q_offset = default_q_offset(n_queries, n_keys) if q_offset is None else q_offset
     return _tile_map(mask, n_queries, n_keys, tile_q, tile_k, q_offset, prefix_len).clone()
+
+
+def _tile_pair(tile, n_queries: int, n_keys: int) -> tuple[int, int]:
+    """Validate ``tile`` (an int or a pair) and clamp it to the sequence lengths: a tile longer than the
+    sequence is one tile of the whole sequence (the same tile map), without allocating tile^2 entries."""
+    pair = (tile, tile) if not isinstance(tile, (tuple, list)) else tuple(tile)
+    if len(pair) != 2:
+        raise ValueError(f"tile must be a positive int or a pair of them, got {tile!r}")
+    tile_q, tile_k = (check_positive_int("tile", t) for t in pair)
+    return min(tile_q, n_queries), min(tile_k, n_keys)
 
 
 @dataclass(frozen=True)
@@ -147,7 +164,10 @@ def count_tiles(
     heads: int = 1,
 ) -> TileCount:
     """Tiles and matmul FLOPs a tiled kernel computes vs skips for this shape and mask."""
-    tile_q, tile_k = (tile, tile) if isinstance(tile, int) else tile
+    n_queries, n_keys = check_positive_int("n_queries", n_queries), check_positive_int("n_keys", n_keys)
+    head_dim = check_positive_int("head_dim", head_dim)
+    batch, heads = check_positive_int("batch", batch), check_positive_int("heads", heads)
+    tile_q, tile_k = _tile_pair(tile, n_queries, n_keys)
     tmap = tile_map(mask, n_queries, n_keys, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
     rows = torch.full((tmap.shape[0],), tile_q)
     rows[-1] = n_queries - tile_q * (tmap.shape[0] - 1)
@@ -169,4 +189,5 @@ def count_tiles(
 
 def causal_tile_ideal(n_tiles: int) -> float:
     """Fraction of tiles a causal kernel computes on a square T x T tile grid: (T + 1) / 2T."""
+    n_tiles = check_positive_int("n_tiles", n_tiles)
     return (n_tiles + 1) / (2 * n_tiles)

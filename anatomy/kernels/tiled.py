@@ -61,6 +61,8 @@ def tiled_attention(
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
+    # A tile longer than the sequence is the whole sequence: the same single tile, no tile^2 allocation.
+    tile = min(tile, max(Nq, Nk))
     tmap = tile_map(mask, Nq, Nk, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
     padded = key_padding_mask is not None
     if padded:
@@ -99,9 +101,14 @@ def tiled_attention(
                 s = torch.baddbmm(bias - m if partial else neg_m, q_i, k_j)
                 # The maximum only keeps exp2() in range; the result does not depend on it: no gradient.
                 rise = (s.detach() if grad else s).amax(-1, keepdim=True)
-                if rise.max().item() > RESCALE_THRESHOLD:
+                top = rise.max().item()  # one number for all rows; NaN if some row holds NaN
+                big = rise > RESCALE_THRESHOLD if top > RESCALE_THRESHOLD or top != top else None
+                if big is not None and (top > RESCALE_THRESHOLD or bool(big.any())):
+                    # Only the rows that rose past the threshold are raised (a NaN row never is); the others
+                    # keep their maximum exactly (a shift by +0), so every row's result depends on that
+                    # row's inputs only, whatever the other rows, batch items and heads hold.
                     n_rescaled += 1
-                    rise.clamp_min_(0.0)  # rows whose maximum did not rise keep theirs
+                    rise = torch.where(big, rise, 0.0)
                     s = s.sub_(rise)
                     # rescales what was accumulated under the old maximum
                     row_sum, acc = _rescale(row_sum, acc, torch.exp2(-rise), grad)
@@ -128,14 +135,7 @@ def tiled_attention(
                     n_rescaled += 1
                     row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
                 m, neg_m = m_new, -m_new
-            if row_sum is None:
-                row_sum, acc = p.sum(-1, keepdim=True), torch.bmm(p, v_j)
-            elif grad:
-                row_sum = row_sum + p.sum(-1, keepdim=True)
-                acc = torch.baddbmm(acc, p, v_j)
-            else:
-                row_sum.add_(p.sum(-1, keepdim=True))
-                acc.baddbmm_(p, v_j)
+            row_sum, acc = _accumulate(row_sum, acc, p, v_j, grad)
         out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
         if return_lse:
             lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(B * Hkv, G, rows)
@@ -143,6 +143,16 @@ def tiled_attention(
         stats.update(tiles=n_tiles, later_tiles=n_later, rescaled=n_rescaled)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
+
+
+def _accumulate(row_sum, acc, p, v_j, grad):
+    """Add one tile's p (rows, cols) and p @ v to the running sums (started by the first tile)."""
+    if row_sum is None:
+        return p.sum(-1, keepdim=True), torch.bmm(p, v_j)
+    if grad:
+        return row_sum + p.sum(-1, keepdim=True), torch.baddbmm(acc, p, v_j)
+    row_sum.add_(p.sum(-1, keepdim=True))
+    return row_sum, acc.baddbmm_(p, v_j)
 
 
 def _rescale(row_sum, acc, alpha, grad):

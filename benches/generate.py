@@ -8,7 +8,7 @@ from the GGUF). Generation: the same chat prompt, greedy (``do_sample=False``), 
 tokens, no early stop at EOS; the tokens must be identical. Prefill: one forward pass over a 512-token
 prompt that fills a KV cache and returns the last position's logits (what generation does first).
 Variants alternate within each repeat (and which goes first alternates too), so load from other jobs on
-the machine hits both alike; the table reports medians and their ratio next to the target of DESIGN.md
+the machine hits both alike; the table reports medians and their ratio next to the
 targets (generation >= 1.5x, prefill >= 1.0x, at each thread count given).
 """
 

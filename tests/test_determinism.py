@@ -4,7 +4,7 @@ The strict book build (``scripts/build_book.sh``) executes every chapter and mys
 chapter's glued values in ``_build/jupyter_execute/chapters/NN_slug.glue.json``. This test executes some
 chapters a second time, in a fresh kernel, and compares every glued value as text. Values measured on
 the wall clock (glued with ``book.glue(..., timed=True)``, which flags the output) are exempt: the
-contract allows timings to vary (DESIGN.md section 3, item 6), and a chapter must not use them in a
+contract allows timings to vary (ARCHITECTURE.md, the chapter contract), and a chapter must not use them in a
 claim's condition without a noise margin.
 
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by

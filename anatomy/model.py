@@ -17,6 +17,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from anatomy._checks import (
+    check_bool,
+    check_float,
+    check_int,
+    check_positive_int,
+    check_tensor,
+)
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache
 from anatomy.masks import MASKS
@@ -68,13 +75,25 @@ class Config:
         for name, choices in _CHOICES.items():
             if getattr(self, name) not in choices:
                 raise ValueError(f"Config.{name} must be one of {choices}, got {getattr(self, name)!r}")
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Config.{name} must be a positive int, got {value!r}")
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_seq_len", "tile"):
+            check_positive_int(f"Config.{name}", getattr(self, name))
+        for name in ("n_kv_heads", "head_dim", "d_ff"):
+            check_positive_int(f"Config.{name}", getattr(self, name), none=True)
+        check_int("Config.n_token_types", self.n_token_types, lo=0)
+        # eps >= 0 (0 is the plain formula); theta > 0 (theta <= 0 makes the RoPE tables NaN or inf).
+        check_float("Config.norm_eps", self.norm_eps, lo=0.0)
+        check_float("Config.rope_theta", self.rope_theta, lo=0.0, lo_open=True)
+        check_float("Config.init_std", self.init_std, lo=0.0)
+        for name in (
+            "qkv_bias", "out_bias", "mlp_bias", "norm_bias", "tie_embeddings", "final_norm", "embed_norm",
+            "lm_head",
+        ):  # fmt: skip
+            check_bool(f"Config.{name}", getattr(self, name))
+        if not isinstance(self.extra, dict):
+            raise TypeError(f"Config.extra must be a dict, got {type(self.extra).__name__}")
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
-        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+        if self.n_heads % self.n_kv_heads:
             raise ValueError(
                 f"Config.n_heads ({self.n_heads}) must be a multiple of Config.n_kv_heads ({self.n_kv_heads})"
             )
@@ -452,6 +471,43 @@ def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
         raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
 
 
+def _check_0_1_mask(name: str, mask, like: torch.Tensor, like_name: str) -> torch.Tensor:
+    """A (B, N) padding mask shaped like ``like``, holding only 0/1 (or False/True) -> bool tensor."""
+    check_tensor(name, mask)
+    if mask.is_complex():
+        raise TypeError(f"{name} must hold 0/1 or bools, got {mask.dtype}")
+    if tuple(mask.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"{name} must hold only 0 (padding) and 1 (a real token)")
+        mask = mask.bool()
+    return mask
+
+
+def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor) -> int:
+    """Validate a KV cache for this model and these new ids, claim it for ``layers``; -> tokens cached."""
+    if not isinstance(cache, KVCache):
+        raise TypeError(
+            f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
+        )
+    c = config
+    if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
+        raise ValueError(
+            "cache was made for a model of another shape "
+            f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
+        )
+    cache.check_append(input_ids)
+    cache.claim(layers)  # refuses a cache another model filled
+    return len(cache)
+
+
+def _check_logits_to_keep(logits_to_keep, n: int) -> int:
+    return check_int("logits_to_keep", logits_to_keep, lo=0, hi=n)
+
+
 class Transformer(nn.Module):
     """A stack of blocks over token embeddings. Decoder, encoder or prefix LM, depending on ``config.mask``.
 
@@ -515,7 +571,7 @@ class Transformer(nn.Module):
             batch_size,
             c.n_kv_heads,
             c.head_dim,
-            max_len or c.max_seq_len,
+            c.max_seq_len if max_len is None else max_len,
             dtype=p.dtype,
             device=p.device,
         )
@@ -523,6 +579,7 @@ class Transformer(nn.Module):
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
         c = self.config
+        start = check_int("start", start, lo=0)
         x = self.embed_tokens(input_ids)
         N = input_ids.shape[1]
         if c.pos == "learned":
@@ -532,6 +589,17 @@ class Transformer(nn.Module):
                     f"(max_seq_len={c.max_seq_len})"
                 )
             x = x + self.embed_positions(torch.arange(start, start + N, device=input_ids.device))
+        if token_type_ids is not None:
+            if not c.n_token_types:
+                raise ValueError(
+                    "token_type_ids given, but this model has no segment embeddings (n_token_types=0)"
+                )
+            _check_ids(token_type_ids, c.n_token_types, "token_type_ids")
+            if token_type_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"token_type_ids must have the shape of input_ids {tuple(input_ids.shape)}, "
+                    f"got {tuple(token_type_ids.shape)}"
+                )
         if c.n_token_types:
             types = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
             x = x + self.embed_token_types(types)
@@ -562,21 +630,14 @@ class Transformer(nn.Module):
         """
         c = self.config
         _check_ids(input_ids, c.vocab_size)
+        check_bool("return_hidden", return_hidden)
+        check_bool("return_attn", return_attn)
+        _check_logits_to_keep(logits_to_keep, input_ids.shape[1])
         start = 0
         if cache is not None:
-            if not isinstance(cache, KVCache):
-                raise TypeError(
-                    f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
-                )
-            if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
-                raise ValueError(
-                    "this cache was made for a model of another shape "
-                    f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
-                )
             if attention_mask is not None:
                 raise ValueError("attention_mask (padding) is not supported together with a cache")
-            cache.check_append(input_ids)
-            start = len(cache)
+            start = _check_cache(cache, c, self.layers, input_ids)
         if c.mask == "prefix" and prefix_len is None:
             if cache is not None and start > 0:
                 raise ValueError("a prefix LM continuing from a cache needs prefix_len (absolute positions)")
@@ -587,14 +648,7 @@ class Transformer(nn.Module):
             )
         key_padding_mask = None
         if attention_mask is not None:
-            if tuple(attention_mask.shape) != tuple(input_ids.shape):
-                raise ValueError(
-                    f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
-                    f"got {tuple(attention_mask.shape)}"
-                )
-            key_padding_mask = attention_mask.bool()
-        if isinstance(logits_to_keep, bool) or not isinstance(logits_to_keep, int) or logits_to_keep < 0:
-            raise ValueError(f"logits_to_keep must be an int >= 0 (0 keeps all), got {logits_to_keep!r}")
+            key_padding_mask = _check_0_1_mask("attention_mask", attention_mask, input_ids, "input_ids")
         N = input_ids.shape[1]
         rope = None
         if c.pos == "rope":
@@ -674,7 +728,7 @@ class EncoderDecoder(nn.Module):
             batch_size,
             c.n_kv_heads,
             c.head_dim,
-            max_len or c.max_seq_len,
+            c.max_seq_len if max_len is None else max_len,
             dtype=p.dtype,
             device=p.device,
         )
@@ -705,10 +759,15 @@ class EncoderDecoder(nn.Module):
                 f"encoder_input_ids has batch size {encoder_input_ids.shape[0]}, "
                 f"input_ids has {input_ids.shape[0]}"
             )
+        _check_logits_to_keep(logits_to_keep, input_ids.shape[1])
+        pad = None
+        if encoder_attention_mask is not None:
+            pad = _check_0_1_mask(
+                "encoder_attention_mask", encoder_attention_mask, encoder_input_ids, "encoder_input_ids"
+            )
         start = 0
         if cache is not None:
-            cache.check_append(input_ids)
-            start = len(cache)
+            start = _check_cache(cache, c, self.layers, input_ids)
             if cache.source is not None and not torch.equal(cache.source, encoder_input_ids):
                 raise ValueError(
                     "the source differs from the one this cache encoded; an encoder-decoder must "
@@ -717,7 +776,7 @@ class EncoderDecoder(nn.Module):
         if cache is not None and cache.cross is not None:
             cross = cache.cross
         else:
-            _, cross = self.encode(encoder_input_ids, encoder_attention_mask)
+            _, cross = self.encode(encoder_input_ids, pad)
             if cache is not None:
                 cache.cross, cache.source = cross, encoder_input_ids.clone()
         N = input_ids.shape[1]
@@ -727,7 +786,6 @@ class EncoderDecoder(nn.Module):
             x = x + self.embed_positions(torch.arange(start, start + N, device=x.device))
         elif c.pos == "rope":
             rope = self.rope(start, N, x.device, x.dtype)
-        pad = None if encoder_attention_mask is None else encoder_attention_mask.bool()
         for i, layer in enumerate(self.layers):
             x, _ = layer(
                 x, mask="causal", rope=rope, cache=cache, layer=i, cross_kv=cross[i], cross_padding_mask=pad

@@ -896,6 +896,7 @@ def predict_token(
             chunk = tail[lo : lo + rows]  # (b, 1 + R): one candidate, then the right context
             owners = torch.arange(lo, lo + chunk.shape[0]) // V
             shared = model.new_cache(chunk.shape[0], max_len=L + 1 + R)
+            shared.claim(model.layers)  # filled by hand below with this model's own keys and values
             for layer in range(cache.n_layers):
                 shared.update(layer, cache.keys(layer)[owners], cache.values(layer)[owners])
             shared.commit(left[owners])

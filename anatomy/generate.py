@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import torch
 
+from anatomy._checks import check_float, check_generator, check_int, check_positive_int, check_tensor
 from anatomy.cache import KVCache
+
+
+def _check_sampling(temperature, top_k, generator) -> None:
+    # inf would sample uniformly and a negative temperature the inverted distribution: both refused.
+    check_float("temperature", temperature, lo=0.0)
+    check_positive_int("top_k", top_k, none=True)
+    check_generator("generator", generator)
 
 
 def _check_generate_args(input_ids, max_new_tokens, temperature, top_k) -> None:
@@ -15,12 +23,9 @@ def _check_generate_args(input_ids, max_new_tokens, temperature, top_k) -> None:
         )
     if input_ids.shape[1] == 0:
         raise ValueError("input_ids must hold at least one token (a prompt or a BOS token)")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0 or temperature != temperature:
-        raise ValueError(f"temperature must be a number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    check_int("max_new_tokens", max_new_tokens, lo=0)
+    check_float("temperature", temperature, lo=0.0)
+    check_positive_int("top_k", top_k, none=True)
 
 
 def next_token(
@@ -29,7 +34,15 @@ def next_token(
     top_k: int | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Pick the next token from logits (B, vocab): argmax when temperature is 0, else sample. -> (B,)"""
+    """Pick the next token from logits (B, vocab): argmax when temperature is 0, else sample. -> (B,)
+
+    temperature: a finite number >= 0; top_k: a positive int or None. Logits holding NaN are refused
+    (argmax would pick the NaN, sampling would fail deep inside torch).
+    """
+    check_tensor("logits", logits, kind="float", dim=2)
+    _check_sampling(temperature, top_k, generator)
+    if bool(logits.isnan().any()):
+        raise ValueError("logits contain NaN: no token can be picked (the model's output is not a number)")
     if temperature == 0:
         return logits.argmax(-1)
     logits = logits.float() / temperature
@@ -62,6 +75,11 @@ def generate(
     ``model_kwargs`` go to every model call (e.g. ``encoder_input_ids`` for an EncoderDecoder).
     """
     _check_generate_args(input_ids, max_new_tokens, temperature, top_k)
+    check_generator("generator", generator)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be an anatomy model (a torch.nn.Module), got {type(model).__name__}")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    check_int("eos_token_id", eos_token_id, lo=0, hi=None if vocab is None else vocab - 1, none=True)
     if cache is None:
         cache = model.new_cache(batch_size=input_ids.shape[0])
     elif not isinstance(cache, KVCache):

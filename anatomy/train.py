@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anatomy._checks import check_bool, check_choice, check_float, check_int, check_positive_int, is_int
+
 __all__ = ["History", "evaluate", "learning_rate", "next_token_loss", "train"]
 
 SCHEDULES = ("cosine", "wsd", "constant")
@@ -87,6 +89,12 @@ def learning_rate(
     "cosine": cosine decay to min_lr_ratio * lr at the last step; "wsd" (warmup-stable-decay):
     constant, then linear decay to min_lr_ratio * lr over the last 20% of steps; "constant".
     """
+    check_float("step", step, lo=0.0)  # a float evaluates the schedule between steps (for plots)
+    check_positive_int("total_steps", total_steps)
+    check_float("lr", lr, lo=0.0)
+    _check_warmup(warmup)
+    check_choice("schedule", schedule, SCHEDULES)
+    check_float("min_lr_ratio", min_lr_ratio, lo=0.0, hi=1.0)
     warm = warmup if isinstance(warmup, int) else round(warmup * total_steps)
     if step < warm:
         return lr * (step + 1) / warm
@@ -104,6 +112,14 @@ def learning_rate(
         progress = min(1.0, (step - decay_start + 1) / max(1, total_steps - decay_start))
         return lr - progress * (lr - min_lr)
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+def _check_warmup(warmup) -> None:
+    if not (
+        (is_int(warmup) and warmup >= 0)
+        or (isinstance(warmup, float) and 0.0 <= warmup < 1.0)  # NaN fails both comparisons
+    ):
+        raise ValueError(f"warmup must be an int >= 0 (steps) or a float in [0, 1), got {warmup!r}")
 
 
 def _count_targets(batch: Batch) -> int | None:
@@ -158,30 +174,17 @@ def _check_args(
     if len(given) != 1:
         raise ValueError(f"give exactly one budget (steps, tokens or seconds), got {given or 'none'}")
     budget_name, budget = given[0], budgets[given[0]]
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not budget > 0:
-        raise ValueError(f"{budget_name} must be a number > 0, got {budget!r}")
-    if budget_name != "seconds" and not isinstance(budget, int):
-        raise TypeError(f"{budget_name} must be an int, got {type(budget).__name__}")
-    if schedule not in SCHEDULES:
-        raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
-    if isinstance(warmup, bool) or not (
-        (isinstance(warmup, int) and warmup >= 0) or (isinstance(warmup, float) and 0.0 <= warmup < 1.0)
-    ):
-        raise ValueError(f"warmup must be an int >= 0 (steps) or a float in [0, 1), got {warmup!r}")
-    for name, value, ok, expected in (
-        ("lr", lr, lr > 0, "> 0"),
-        ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
-        ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
-        ("grad_clip", grad_clip, grad_clip is None or grad_clip > 0, "> 0 or None"),
-        (
-            "eval_every",
-            eval_every,
-            eval_every is None or (isinstance(eval_every, int) and eval_every > 0),
-            "an int > 0 or None",
-        ),
-    ):
-        if not ok:
-            raise ValueError(f"{name} must be {expected}, got {value!r}")
+    if budget_name == "seconds":
+        check_float("seconds", budget, lo=0.0, lo_open=True)
+    else:
+        check_positive_int(budget_name, budget)
+    check_choice("schedule", schedule, SCHEDULES)
+    _check_warmup(warmup)
+    check_float("lr", lr, lo=0.0, lo_open=True)  # inf or NaN would make every parameter NaN at step 1
+    check_float("weight_decay", weight_decay, lo=0.0)
+    check_float("min_lr_ratio", min_lr_ratio, lo=0.0, hi=1.0)
+    check_float("grad_clip", grad_clip, lo=0.0, lo_open=True, none=True)
+    check_positive_int("eval_every", eval_every, none=True)
     return budget_name, budget
 
 
@@ -227,6 +230,18 @@ def train(
     budget_name, budget = _check_args(
         steps, tokens, seconds, lr, weight_decay, warmup, schedule, min_lr_ratio, grad_clip, eval_every
     )
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair of floats, got {betas!r}")
+    for beta in betas:
+        check_float("betas", beta, lo=0.0, hi=1.0, hi_open=True)
+    for name, fn in (("loss_fn", loss_fn), ("eval_fn", eval_fn)):
+        if fn is not None and not callable(fn):
+            raise TypeError(f"{name} must be callable or None, got {type(fn).__name__}")
+    check_bool("eval_at_start", eval_at_start)
+    check_bool("progress", progress)
+    check_int("seed", seed, none=True)
     if seed is not None:
         torch.manual_seed(seed)
     loss_fn = loss_fn or next_token_loss
@@ -266,6 +281,13 @@ def train(
             )
             break
         loss, n = _loss_and_count(loss_fn(model, batch), batch, need_count=budget_name == "tokens")
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            after = f" (after {step} updates, the last with lr={history.lr[-1]:.3g})" if step else ""
+            raise FloatingPointError(
+                f"training diverged: the loss of step {step + 1} is {loss_value}{after}; "
+                "lower lr, clip gradients or check the data"
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         seen += n or 0
@@ -279,16 +301,22 @@ def train(
         elapsed += time.perf_counter() - start
         step += 1
 
-        history.record(step, loss.item(), seen, rate, elapsed)
+        history.record(step, loss_value, seen, rate, elapsed)
         if bar is not None:
             bar.set_postfix(loss=f"{history.loss[-1]:.4f}", lr=f"{rate:.2e}", refresh=False)
             bar.update(min(budget, used()) - bar.n)
         if eval_fn is not None and eval_every is not None and step % eval_every == 0:
             run_eval(step)
-    if eval_fn is not None and (not history.evals or history.evals[-1][0] != step):
-        run_eval(step)
     if bar is not None:
         bar.close()
+    # The last update has no loss after it to show a divergence: look at the parameters themselves.
+    if step and not all(bool(torch.isfinite(p).all()) for p in params):
+        raise FloatingPointError(
+            f"training diverged: step {step} (the last, lr={history.lr[-1]:.3g}) made some parameters "
+            "NaN or inf; lower lr or clip gradients"
+        )
+    if eval_fn is not None and (not history.evals or history.evals[-1][0] != step):
+        run_eval(step)
     return history
 
 
@@ -312,8 +340,11 @@ def evaluate(
     Weighted by the number of targets when loss_fn reports it (the default does). The model is put
     in eval mode and returned to its previous mode.
     """
-    if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches <= 0:
-        raise ValueError(f"n_batches must be an int > 0, got {n_batches!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_positive_int("n_batches", n_batches)
+    if loss_fn is not None and not callable(loss_fn):
+        raise TypeError(f"loss_fn must be callable or None, got {type(loss_fn).__name__}")
     loss_fn = loss_fn or next_token_loss
     get_batch = _batch_source(batches)
     was_training = model.training
@@ -329,4 +360,8 @@ def evaluate(
                 weight += int(n)
     finally:
         model.train(was_training)
+    if weight == 0:
+        raise ValueError(
+            f"batches: the {n_batches} batches hold no target (every label is -100), so there is no mean loss"
+        )
     return total / weight

@@ -843,7 +843,8 @@ def collapse_at(curves: dict, variant: str, mask: str, depth: int) -> float:
 def inspection_summary(insp: dict) -> dict[str, float]:
     """The numbers chapter 4 quotes from one :func:`inspect_model` result.
 
-    N, heads, rank_deficient (heads with numerical rank < N), rank_min / rank_med, erank_med, smin_med
+    N, heads, rank_deficient (heads with numerical rank < N), full_rank_share (the fraction of heads with
+    numerical rank N), rank_min / rank_med, erank_med, smin_med
     (median log10 sigma_min), sink (mean attention on token 0), res_min_skip (smallest residual to rank one
     over the layers, without token 0), res_med_all_mid / res_med_skip_mid (medians over the layers between
     the embeddings and the last, with and without token 0), norm_ratio (largest ratio of token 0's norm to
@@ -854,6 +855,7 @@ def inspection_summary(insp: dict) -> dict[str, float]:
         "N": int(N),
         "heads": int(st["numerical_rank"].size),
         "rank_deficient": int((st["numerical_rank"] < N).sum()),
+        "full_rank_share": float((st["numerical_rank"] == N).mean()),
         "rank_min": int(st["numerical_rank"].min()),
         "rank_med": int(np.median(st["numerical_rank"])),
         "erank_med": float(np.median(st["effective_rank"])),

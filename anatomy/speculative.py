@@ -333,8 +333,8 @@ def speculative_generate(
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
         raise ValueError(f"gamma must be an int >= 0, got {gamma!r}")
-    if not isinstance(temperature, (int, float)) or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):  # NaN fails too
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     rng = rng or TorchRandom(generator)

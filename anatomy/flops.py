@@ -278,15 +278,16 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
 CLOCKS = ("wall", "cpu")
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
-                        threads: int | None = 1, clock: str = "wall") -> dict[str, float]:
-    """Median seconds of each function; within each repeat every variant runs once, in turn.
+def interleaved_times(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+                      threads: int | None = 1, clock: str = "wall") -> dict[str, list[float]]:
+    """Seconds of each function in every repeat; within each repeat every variant runs once, in turn.
 
     ``threads`` pins torch's intra-op threads while timing (restored afterwards); CUDA work is synchronised
     before each clock read. ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the CPU time of the
     calling thread (``time.thread_time``), which needs ``threads=1`` so that all the work runs on that
     thread. On an idle machine the two agree; on a shared one, wall-clock time also counts the time other
-    jobs held the core, and CPU time does not.
+    jobs held the core, and CPU time does not. Returns name -> list of ``repeats`` times, in order, so that
+    the i-th times of two variants were measured next to each other (see :func:`paired_ratio`).
     """
     if not fns:
         raise ValueError("fns must name at least one function to time")
@@ -322,7 +323,29 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int
                     times[name].append(now() - t0)
     finally:
         torch.set_num_threads(saved)
+    return times
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
+                        threads: int | None = 1, clock: str = "wall") -> dict[str, float]:
+    """Median seconds of each function, timed as :func:`interleaved_times` does."""
+    times = interleaved_times(fns, repeats=repeats, warmup=warmup, threads=threads, clock=clock)
     return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over repeats of ``numerator[i] / denominator[i]``: the ratio of two interleaved variants.
+
+    Each pair was measured back to back, so a slowdown that lasts longer than one pair (another job
+    starting, a frequency change) scales both and cancels in their ratio, where a ratio of two medians
+    would compare times taken under different conditions.
+    """
+    if len(numerator) != len(denominator) or not numerator:
+        raise ValueError(f"numerator and denominator must be equally long and non-empty, got "
+                         f"{len(numerator)} and {len(denominator)}")
+    if any(d <= 0 for d in denominator):
+        raise ValueError("denominator times must be positive")
+    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads: int = 8, kv_heads: int = 8,
@@ -332,7 +355,8 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
     """Time ``anatomy.attention`` for each sequence length and variant (a dict of keyword arguments).
 
     ``variants`` maps a name to ``attention`` keywords, e.g. ``{"tiled causal": dict(mask="causal",
-    backend="tiled")}``. Returns one row per size: ``{"n": N, name: median seconds, ...}``. Batch 1,
+    backend="tiled")}``. Returns one row per size: ``{"n": N, name: median seconds, ..., "times": {name:
+    seconds of every repeat}}`` (pass two variants' ``times`` to :func:`paired_ratio`). Batch 1,
     self-attention (Nq = Nk = N).
     """
     from anatomy.attention import attention
@@ -348,7 +372,8 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
                 for _ in range(2))
         fns = {name: (lambda kw=kw, q=q, k=k, v=v: attention(q, k, v, tile=tile, **kw))
                for name, kw in variants.items()}
-        rows.append({"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads, clock=clock)})
+        times = interleaved_times(fns, repeats=repeats, threads=threads, clock=clock)
+        rows.append({"n": n, **{name: statistics.median(ts) for name, ts in times.items()}, "times": times})
     return rows
 
 
@@ -357,9 +382,9 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
     """Time one forward pass of an anatomy ``Transformer`` per mask and sequence length (batch 1).
 
     The models for the different masks share one set of weights (the mask is the only difference). Each
-    row: ``{"n": N, mask: median seconds, ..., "counted_" + mask: FLOPs as :func:`forward_flops` counts
-    them for the model's kernel}`` (``counting="tiles"`` for the tiled and Triton backends, ``"dense"``
-    otherwise).
+    row: ``{"n": N, mask: median seconds, ..., "times": {mask: seconds of every repeat}, "counted_" + mask:
+    FLOPs as :func:`forward_flops` counts them for the model's kernel}`` (``counting="tiles"`` for the tiled
+    and Triton backends, ``"dense"`` otherwise).
     """
     from anatomy.model import Transformer
 
@@ -382,7 +407,8 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
         prefix = {m: (dict(prefix_len=n // 2) if m == "prefix" else {}) for m in masks}
         fns = {m: (lambda m=m, ids=ids, kw=prefix[m]: models[m](ids, **kw)) for m in masks}
-        row = {"n": n, **interleaved_medians(fns, repeats=repeats, threads=threads, clock=clock)}
+        times = interleaved_times(fns, repeats=repeats, threads=threads, clock=clock)
+        row = {"n": n, **{m: statistics.median(ts) for m, ts in times.items()}, "times": times}
         for m in masks:
             row["counted_" + m] = forward_flops(shape, n, mask=m, counting=counting, tile=config.tile,
                                                 prefix_len=prefix[m].get("prefix_len")).total
@@ -405,6 +431,8 @@ __all__ = [
     "causal_saving",
     "forward_flops",
     "interleaved_medians",
+    "interleaved_times",
+    "paired_ratio",
     "sdpa_cpu_tiles",
     "time_attention",
     "time_forward",

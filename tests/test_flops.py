@@ -172,6 +172,24 @@ def test_interleaved_medians_runs_every_variant_in_turn():
         interleaved_medians({"a": lambda: None}, clock="cpu", threads=2)
 
 
+def test_interleaved_times_keep_every_repeat_and_paired_ratio():
+    from anatomy.flops import interleaved_times, paired_ratio
+
+    calls = []
+    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
+                              warmup=0)
+    assert calls == ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
+    # each pair is compared with itself: a slowdown shared by both variants of a repeat cancels
+    assert paired_ratio([2.0, 20.0, 4.0], [1.0, 10.0, 1.0]) == 2.0
+    assert paired_ratio([3.0], [2.0]) == 1.5
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="equally long"):
+        paired_ratio([], [])
+    with pytest.raises(ValueError, match="positive"):
+        paired_ratio([1.0], [0.0])
+
+
 def test_cpu_clock_counts_work_not_sleep():
     import time
 
@@ -192,12 +210,14 @@ def test_time_attention_and_forward_rows():
                                      "sdpa": dict(mask="causal", backend="sdpa")},
                           heads=2, kv_heads=1, head_dim=16, tile=32, repeats=1)
     assert [r["n"] for r in rows] == [64, 96] and all(r["causal"] > 0 and r["sdpa"] > 0 for r in rows)
+    assert all(r["times"]["causal"] == [r["causal"]] for r in rows)  # one repeat: the median is the sample
     assert torch.get_num_threads() == threads  # restored
     cfg = Config(vocab_size=64, d_model=32, n_layers=1, n_heads=2, attn_backend="tiled", tile=16)
     rows = time_forward(cfg, [48], masks=("causal", "bidirectional", "prefix"), repeats=1)
     shape = Shape.from_config(cfg)
     assert rows[0]["counted_causal"] == forward_flops(shape, 48, counting="tiles", tile=16).total
     assert rows[0]["counted_causal"] < rows[0]["counted_prefix"] < rows[0]["counted_bidirectional"]
+    assert set(rows[0]["times"]) == {"causal", "bidirectional", "prefix"}
     with pytest.raises(ValueError, match="variants"):
         time_attention([64], {})
 

@@ -5,9 +5,16 @@
 #
 #   bash scripts/setup_env.sh            # set up or check the environment
 #   FORCE=1 bash scripts/setup_env.sh    # redo the pip installs even if the stamp matches
-#   PYTHON=python3.11 bash scripts/setup_env.sh   # choose the interpreter used to create .venv
+#   PYTHON=python3.11 bash scripts/setup_env.sh   # choose the interpreter used to create .venv (>= 3.11)
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu bash scripts/setup_env.sh    # PyTorch's CPU build
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128 bash scripts/setup_env.sh  # a CUDA build
 #
-# Set ANATOMY_SKIP_CHROMIUM=1 to skip the (optional) Chromium install used by scripts/screenshots.py.
+# Where torch comes from: by default pip's own configuration decides (PyPI's torch 2.13.0 for Linux is
+# the CUDA build, several GB with its nvidia-* packages; on macOS it is the CPU/MPS build). TORCH_INDEX_URL
+# makes pip take torch from PyTorch's own index instead (the CI workflow uses the CPU one).
+# On macOS, Triton (no macOS wheels) is skipped; chapter 8 then says so and skips its Triton cells.
+# Set ANATOMY_SKIP_CHROMIUM=1 to skip the (optional) Chromium install used by the browser checks and the PDF.
+# pip prints what it collects and installs, indented under each step; ANATOMY_PIP_QUIET=1 hides it.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -47,8 +54,9 @@ install_chromium
 
 # --- the virtual environment --------------------------------------------------------------------------
 if [[ ! -x "$VENV/bin/python" ]]; then
-    if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' 2>/dev/null; then
-        echo "[setup_env] error: $PYTHON is missing or older than Python 3.10; set PYTHON=/path/to/python3.10+" >&2
+    # 3.11: the oldest Python that every pin of constraints.txt supports
+    if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; then
+        echo "[setup_env] error: $PYTHON is missing or older than Python 3.11; set PYTHON=/path/to/python3.11+" >&2
         exit 1
     fi
     log "creating $VENV with $("$PYTHON" --version 2>&1)"
@@ -68,27 +76,60 @@ if [[ "${FORCE:-0}" != "1" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
 fi
 
 rm -f "$STAMP"
-# -qq: errors only. Some machines' pip configuration adds package indexes that lack most projects,
-# and pip would print one warning per package for them.
 PIP=("$PY" -m pip --disable-pip-version-check --no-input -qq)
+# pip with its progress (what it collects, downloads and installs), indented; without the lines that say
+# nothing (already satisfied, cached) and the one warning per package that some machines' pip
+# configuration causes (an extra local index that lacks most projects).
+pip_install() {
+    if [[ "${ANATOMY_PIP_QUIET:-0}" == "1" ]]; then
+        "${PIP[@]}" install "$@"
+        return
+    fi
+    local status
+    set +o pipefail
+    "$PY" -m pip --disable-pip-version-check --no-input install --progress-bar off "$@" 2>&1 \
+        | { grep --line-buffered -v -E "^(WARNING: Location '.*' is ignored|Requirement already satisfied|  Using cached|Looking in indexes|Looking in links)" || true; } \
+        | sed -u 's/^/    /'
+    status=${PIPESTATUS[0]}
+    set -o pipefail
+    return "$status"
+}
 start=$SECONDS
 
 if [[ "$("$PY" -m pip --version | cut -d' ' -f2)" != "$PIP_VERSION" ]]; then
     log "pip: pip==$PIP_VERSION"
-    "${PIP[@]}" install "pip==$PIP_VERSION" || log "warning: could not install pip $PIP_VERSION; using $("$PY" -m pip --version)"
+    pip_install "pip==$PIP_VERSION" || log "warning: could not install pip $PIP_VERSION; using $("$PY" -m pip --version)"
 fi
 
-log "pip: $TORCH_SPEC"
-"${PIP[@]}" install "$TORCH_SPEC" -c constraints.txt
+# The package was called anatomy before it was published as why-decoder-only: drop the old record.
+if "$PY" -m pip show -q anatomy >/dev/null 2>&1; then
+    log "pip: uninstalling the package's old name (anatomy)"
+    "${PIP[@]}" uninstall -y anatomy || true
+fi
+
+TORCH_INDEX=()
+if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
+    TORCH_INDEX=(--index-url "$TORCH_INDEX_URL")
+fi
+log "pip: $TORCH_SPEC ${TORCH_INDEX_URL:+from $TORCH_INDEX_URL }(the largest download: ~200 MB for the CPU build, GBs for CUDA)"
+pip_install "$TORCH_SPEC" -c constraints.txt "${TORCH_INDEX[@]}"
 
 log "pip: requirements.txt (pinned by constraints.txt)"
-"${PIP[@]}" install -r requirements.txt -c constraints.txt
+pip_install -r requirements.txt -c constraints.txt
 
-log "pip: test and GPU tools"
-"${PIP[@]}" install -c constraints.txt "setuptools>=64" pytest pytest-xdist hypothesis nbformat ruff triton
+# Test tools; build, twine and check-jsonschema check the package and the workflow (tests/test_publish.py,
+# tests/test_workflow.py). Triton has no macOS wheels: skipped there (chapter 8 says so).
+TOOLS=("setuptools>=77" pytest pytest-xdist hypothesis nbformat ruff build twine check-jsonschema)
+if [[ "$(uname -s)" == "Darwin" ]]; then
+    log "macOS: skipping triton (no macOS wheels); chapter 8 runs without its Triton cells"
+else
+    TOOLS+=(triton)
+fi
+log "pip: test, packaging and GPU tools"
+pip_install -c constraints.txt "${TOOLS[@]}"
 
 log "pip: --no-deps ${NO_DEPS_PACKAGES[*]}"
-"${PIP[@]}" install --no-deps "${NO_DEPS_PACKAGES[@]}"
+pip_install --no-deps "${NO_DEPS_PACKAGES[@]}"
 
 log "pip: the anatomy package (editable, --no-deps)"
 # setuptools prints long advisory banners while building an editable wheel: keep them out of the way

@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Check that a built book is a complete site, ready to publish (standard library only).
+
+    python3 scripts/check_site.py [_build/html]
+
+Checks: every chapter of _toc.yml has a page; index.html, sitemap.xml (listing every page, under the base
+URL derived from _config.yml's repository.url) and robots.txt exist; the whole-book PDF exists and is a
+PDF; the canonical link of the introduction uses the same base URL; the download button's notebooks carry
+outputs. Prints one line per problem and exits 1 if there is any.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _address():
+    spec = importlib.util.spec_from_file_location("_book_address", ROOT / "_ext" / "book_address.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def repository_url(root: Path = ROOT) -> str:
+    m = re.search(r"^repository:\n(?:[ \t]+.*\n|[ \t]*#.*\n)*?[ \t]+url:[ \t]*(\S+)",
+                  (root / "_config.yml").read_text(encoding="utf-8"), re.M)
+    return m.group(1).strip("\"'") if m else ""
+
+
+def problems(site: Path, root: Path = ROOT) -> list[str]:
+    out: list[str] = []
+    if not (site / "index.html").exists():
+        return [f"{site}: no index.html (build the book first)"]
+    base = _address().pages_url(repository_url(root))
+    toc = (root / "_toc.yml").read_text(encoding="utf-8")
+    files = re.findall(r"^\s*-?\s*(?:file|root):\s*(\S+)", toc, flags=re.M)
+    pages = [re.sub(r"\.(ipynb|md)$", "", f) for f in files]
+    out += [f"no page for {p} (from _toc.yml)" for p in pages if not (site / f"{p}.html").exists()]
+    sitemap = site / "sitemap.xml"
+    if not sitemap.exists():
+        out.append("no sitemap.xml")
+    else:
+        ns = {"s": "http://www.sitemaps.org/schemas/sitemap/0.9"}
+        locs = {e.text for e in ET.parse(sitemap).getroot().findall("s:url/s:loc", ns)}
+        out += [f"sitemap.xml lacks {base}{p}.html" for p in pages if f"{base}{p}.html" not in locs]
+        out += [f"sitemap.xml lists {u}, outside {base}" for u in sorted(locs) if not u.startswith(base)]
+    if not (site / "robots.txt").exists():
+        out.append("no robots.txt")
+    pdf = site / "why-decoder-only.pdf"
+    if not pdf.exists() or pdf.read_bytes()[:5] != b"%PDF-":
+        out.append("no why-decoder-only.pdf (the whole-book PDF; needs chromium)")
+    intro = (site / "intro.html").read_text(encoding="utf-8") if (site / "intro.html").exists() else ""
+    if f'<link rel="canonical" href="{base}intro.html"' not in intro:
+        out.append(f"intro.html has no canonical link under {base}")
+    for p in pages:
+        nb = site / "_sources" / f"{p}.ipynb"
+        if (root / f"{p}.ipynb").exists():
+            if not nb.exists():
+                out.append(f"no downloadable notebook _sources/{p}.ipynb")
+            elif not any(c.get("outputs") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]):
+                out.append(f"_sources/{p}.ipynb (the download button's notebook) has no outputs")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    site = Path(argv[0]) if argv else ROOT / "_build" / "html"
+    found = problems(site)
+    for p in found:
+        print(f"check_site: {p}")
+    if not found:
+        print(f"check_site: {site} is complete (pages, sitemap.xml, robots.txt, PDF, executed notebooks)")
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -31,11 +31,18 @@ def apply() -> bool:
     global _APPLIED
     if _APPLIED:
         return True
-    try:
+    import inspect
+    from queue import Empty
+
+    try:  # jupyter_client 8
         from jupyter_client.channels import AsyncZMQSocketChannel
     except ImportError:
+        try:  # jupyter_client 7 (Colab's 7.4.9): the one channel class is the asynchronous one
+            from jupyter_client.channels import ZMQSocketChannel as AsyncZMQSocketChannel
+        except ImportError:
+            return False
+    if not inspect.iscoroutinefunction(AsyncZMQSocketChannel.get_msg):
         return False
-    from queue import Empty
 
     async def get_msg(self, timeout: float | None = None):
         """Gets a message if there is one that is ready (polling in short slices, see module docstring)."""

@@ -6,7 +6,7 @@ installs the package when the notebook runs in Google Colab and does nothing any
     # Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
     import sys
     if "google.colab" in sys.modules:
-        !pip install -q "anatomy[colab] @ git+https://github.com/anatomy-book/why-decoder-only@main"
+        !pip install -q "why-decoder-only[colab] @ git+https://github.com/anatomy-book/why-decoder-only@main"
 
 It is made by `setup_cell` from one template: the ``colab`` extra holds only what a chapter needs at run
 time beyond Colab's own image (nothing Colab has is upgraded or downgraded), and a chapter that reads the
@@ -53,6 +53,7 @@ from matplotlib.figure import Figure
 
 __all__ = [
     "COLORS",
+    "DISTRIBUTION",
     "LABELS",
     "MAX_FRAMES",
     "REPOSITORY_URL",
@@ -76,6 +77,7 @@ __all__ = [
 
 REPOSITORY_URL = "https://github.com/anatomy-book/why-decoder-only"  # = _config.yml repository.url
 REPOSITORY_BRANCH = "main"  # = _config.yml repository.branch (scripts/sync_setup_cells.py keeps both)
+DISTRIBUTION = "why-decoder-only"  # = pyproject.toml [project] name (also kept by sync_setup_cells.py)
 
 # Packages a chapter installs with --no-deps when its code uses them (their declared dependencies are heavy
 # and unused here): requirement -> pattern of the chapter's code that needs it.
@@ -102,7 +104,8 @@ def setup_cell(
             in any order; they are written in that table's order).
         url: the repository (default `REPOSITORY_URL`); branch: its branch (default `REPOSITORY_BRANCH`).
 
-    The line installs ``anatomy[colab]`` from the repository: pip leaves every package that is already
+    The line installs the package (distribution `DISTRIBUTION`, import name ``anatomy``) with its
+    ``colab`` extra from the repository: pip leaves every package that is already
     installed and satisfies the package's loose requirements alone, so in Colab it adds only what is
     missing (``gguf`` and the package itself).
     """
@@ -115,7 +118,7 @@ def setup_cell(
     branch = REPOSITORY_BRANCH if branch is None else branch
     if not re.fullmatch(r"https://\S+", url) or not re.fullmatch(r"[\w./-]+", branch):
         raise ValueError(f"setup_cell: bad repository url {url!r} or branch {branch!r}")
-    line = f'    !pip install -q "anatomy[colab] @ git+{url}@{branch}"'
+    line = f'    !pip install -q "{DISTRIBUTION}[colab] @ git+{url}@{branch}"'
     wanted = [p for p in NO_DEPS_PACKAGES if p in no_deps]
     if wanted:
         line += " && pip install -q --no-deps " + " ".join(wanted)

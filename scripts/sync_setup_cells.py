@@ -13,7 +13,8 @@ For each notebook:
 * ``explore_live`` cells lose the ``skip-execution`` tag (they keep ``remove-cell``): the build's stall after
   widget cells is fixed by ``_ext/nbclient_poll.py``, so the book build executes them too.
 
-It also keeps ``REPOSITORY_URL`` and ``REPOSITORY_BRANCH`` in ``anatomy/book.py`` equal to ``_config.yml``.
+It also keeps ``REPOSITORY_URL`` and ``REPOSITORY_BRANCH`` in ``anatomy/book.py`` equal to
+``_config.yml``, and ``DISTRIBUTION`` equal to pyproject.toml's ``[project] name`` (the name pip installs).
 Cell ids, metadata and the stored JSON layout (scripts/strip_outputs.py's) are preserved.
 """
 
@@ -78,15 +79,23 @@ def transform(nb: dict, url: str, branch: str, book=None) -> tuple[dict, list[st
     return nb, changes
 
 
+def distribution(pyproject: Path = ROOT / "pyproject.toml") -> str:
+    """The package's distribution name ([project] name), which the setup cell installs."""
+    import tomllib
+
+    return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["name"]
+
+
 def sync_book_py(url: str, branch: str, check: bool) -> list[str]:
     text = BOOK_PY.read_text(encoding="utf-8")
     new = re.sub(r'^REPOSITORY_URL = "[^"]*"', f'REPOSITORY_URL = "{url}"', text, count=1, flags=re.M)
     new = re.sub(r'^REPOSITORY_BRANCH = "[^"]*"', f'REPOSITORY_BRANCH = "{branch}"', new, count=1, flags=re.M)
+    new = re.sub(r'^DISTRIBUTION = "[^"]*"', f'DISTRIBUTION = "{distribution()}"', new, count=1, flags=re.M)
     if new == text:
         return []
     if not check:
         BOOK_PY.write_text(new, encoding="utf-8")
-    return ["anatomy/book.py: REPOSITORY_URL / REPOSITORY_BRANCH"]
+    return ["anatomy/book.py: REPOSITORY_URL / REPOSITORY_BRANCH / DISTRIBUTION"]
 
 
 def main(argv: list[str] | None = None) -> int:

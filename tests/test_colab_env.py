@@ -33,7 +33,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -133,10 +132,16 @@ def colab(tmp_path_factory):
             "before": colab_env.versions(overlay)}
 
 
+def book_distribution() -> str:
+    import tomllib
+
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]["name"]
+
+
 def _local(line: str, clone: Path) -> str:
     """The install line with the repository's GitHub address replaced by the local clone of HEAD."""
-    new = re.sub(r'"anatomy\[([\w,]+)\] @ git\+https://[^"]+"', rf'"anatomy[\1] @ file://{clone}"', line)
-    assert new != line, f"no 'anatomy[...] @ git+https://...' requirement in {line!r}"
+    new = re.sub(r'"([\w.-]+)\[([\w,]+)\] @ git\+https://[^"]+"', rf'"\1[\2] @ file://{clone}"', line)
+    assert new != line, f"no '<package>[...] @ git+https://...' requirement in {line!r}"
     return new
 
 
@@ -160,7 +165,8 @@ def test_setup_cells_change_nothing_colab_has(colab):
     added = {n: v for n, v in after.items() if n not in before}
     off_colab = {n: f"Colab {pins[n]}, installed {v}" for n, v in added.items() if n in pins and pins[n] != v}
     assert not off_colab, f"the setup cells installed other versions of packages Colab has: {off_colab}"
-    assert "anatomy" in added and "gguf" in added, f"installed: {sorted(added)}"
+    ours = colab_env.normalize(book_distribution())
+    assert ours in added and "gguf" in added, f"installed: {sorted(added)}"
     unwanted = sorted(n for n in added if n.startswith(("jupyter-book", "sphinx", "myst")))
     assert not unwanted, f"the setup cells installed book-building packages: {unwanted}"
     print("packages the setup cells added:", json.dumps(added))

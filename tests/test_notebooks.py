@@ -221,7 +221,7 @@ def test_config_executes_and_launches_in_colab():
 
 
 def test_setup_cell_text_matches_the_contract():
-    line = f'!pip install -q "anatomy[colab] @ git+{repository_url()}@{repository_branch()}"'
+    line = f'!pip install -q "{book.DISTRIBUTION}[colab] @ git+{repository_url()}@{repository_branch()}"'
     assert line in book.SETUP_CELL
     assert "google.colab" in book.SETUP_CELL
     assert "book.setup()" in book.SEED_CELL

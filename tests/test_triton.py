@@ -392,17 +392,25 @@ _COLAB_GPU_PINS = Path(__file__).parent / "colab" / "colab-gpu.txt"
 _CHILD_FLAG = "ANATOMY_TRITON_OTHER_VERSION"
 
 
-def _colab_triton() -> str | None:
+def _colab_pin(name: str) -> str | None:
     if not _COLAB_GPU_PINS.exists():
         return None
     import re
 
-    m = re.search(r"^triton==(\S+)$", _COLAB_GPU_PINS.read_text(encoding="utf-8"), re.M)
+    m = re.search(rf"^{name}==(\S+)$", _COLAB_GPU_PINS.read_text(encoding="utf-8"), re.M)
     return m.group(1) if m else None
 
 
+def _colab_triton() -> str | None:
+    return _colab_pin("triton")
+
+
 def _triton_venv(version: str) -> Path:
-    """A cached environment that is this one (a .pth file) plus another Triton version, shadowing ours."""
+    """A cached environment that is this one (a .pth file) plus another Triton version, shadowing ours.
+
+    NumPy comes at the GPU runtime's version too: triton 3.6's interpreter converts one-element arrays
+    to Python ints, which NumPy >= 2.3 (this environment's) refuses; Colab's 2.1.3 accepts it.
+    """
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
@@ -412,7 +420,8 @@ def _triton_venv(version: str) -> Path:
     here = Path(sys.prefix)
     import hashlib
 
-    key = hashlib.sha256(f"{here}\n{sys.version}".encode()).hexdigest()[:10]
+    numpy = _colab_pin("numpy")
+    key = hashlib.sha256(f"{here}\n{sys.version}\n{numpy}".encode()).hexdigest()[:10]
     where = colab_env.cache_root().parent / f"triton-{version}-{key}"
     if (where / ".complete").exists():
         return where
@@ -422,6 +431,8 @@ def _triton_venv(version: str) -> Path:
         shutil.rmtree(where)
     colab_env.overlay_env(here, where)
     pip = [str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", f"triton=={version}"]
+    if numpy:
+        pip.append(f"numpy=={numpy}")
     subprocess.run(pip, check=True, capture_output=True, text=True, timeout=900)
     (where / ".complete").write_text(version + "\n")
     return where
@@ -433,8 +444,8 @@ def test_kernel_under_colab_gpu_triton():
     """The interpreter tests and the NVIDIA lowering again, under the Triton of Colab's GPU runtime.
 
     Colab's GPU runtime pins triton 3.6.0 (tests/colab/colab-gpu.txt) next to its torch 2.11.0+cu128; this
-    repository pins a newer one. A cached environment (this one plus that Triton, installed --no-deps)
-    runs this module in a child process, so both versions are exercised on every run.
+    repository pins a newer one. A cached environment (this one plus that Triton and the runtime's NumPy,
+    installed --no-deps) runs this module in a child process, so both versions are exercised on every run.
     """
     version = _colab_triton()
     if version is None:

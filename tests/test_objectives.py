@@ -16,6 +16,7 @@ from anatomy.objectives import (
     DEFAULT_RUNS,
     IGNORE,
     OBJECTIVES,
+    DensityRun,
     PrefixLMBatch,
     Seq2SeqBatch,
     SpecialTokens,
@@ -167,18 +168,49 @@ def test_span_corruption_round_trip(roll):
             assert (b.labels[:, 0] == sp.sentinel_ids[0]).all() and (b.labels[:, -1] == sp.eos_id).all()
 
 
-def test_span_corruption_uses_the_noise_mask_draws():
-    # the batch builder draws each row's mask exactly as random_spans_noise_mask does, row after row
+def _parse_t5(enc: list[int], labels: list[int], sp: SpecialTokens) -> tuple[list[int], list[bool], int]:
+    """Written here from T5's format, not with the package: (text, noise mask, spans) of one example."""
+    spans: dict[int, list[int]] = {}
+    current = None
+    for t in labels:
+        if t == IGNORE or t == sp.eos_id:
+            break
+        if t in sp.sentinel_ids:
+            current = t
+            spans[current] = []
+        else:
+            spans[current].append(t)
+    text, noise = [], []
+    for t in enc:
+        if t == sp.eos_id:
+            break
+        if t in sp.sentinel_ids:
+            text += spans[t]
+            noise += [True] * len(spans[t])
+        else:
+            text.append(t)
+            noise.append(False)
+    return text, noise, len(spans)
+
+
+def test_span_corruption_matches_t5_format():
+    # every row, parsed independently: the text comes back, with T5's counts of noise tokens and spans,
+    # sentinels in order, and spans that are maximal runs of noise (two sentinels never touch)
     sp = SpecialTokens(20, 16)
-    seqs = torch.randint(20, (4, 40), generator=gen(5))
-    for roll in (False, True):
-        b = span_corruption_batch(seqs, sp, generator=gen(6), random_roll=roll)
-        g = gen(6)
-        for i in range(4):
-            mask = random_spans_noise_mask(40, generator=g, random_roll=roll)
-            assert b.encoder_input_ids[i][b.encoder_input_ids[i] < 20].tolist() == seqs[i][~mask].tolist()
-            labels = b.labels[i][(b.labels[i] != IGNORE) & (b.labels[i] < 20)]
-            assert labels.tolist() == seqs[i][mask].tolist()
+    for N in (20, 40, 64):
+        n_noise, n_spans = span_counts(N)
+        seqs = torch.randint(20, (6, N), generator=gen(N))
+        b = span_corruption_batch(seqs, sp, generator=gen(N + 6))
+        for i in range(6):
+            enc, lab = b.encoder_input_ids[i].tolist(), b.labels[i].tolist()
+            text, noise, k = _parse_t5(enc, lab, sp)
+            assert text == seqs[i].tolist()
+            assert sum(noise) == n_noise and k == n_spans
+            runs = sum(1 for j, x in enumerate(noise) if x and (j == 0 or not noise[j - 1]))
+            assert runs == n_spans
+            sentinels = [t for t in enc if t in sp.sentinel_ids]
+            assert sentinels == sp.sentinel_ids[:n_spans]
+            assert [t for t in lab if t in sp.sentinel_ids] == sentinels and lab[-1] == sp.eos_id
 
 
 def test_span_corruption_needs_sentinels_and_reconstruct_checks():
@@ -379,6 +411,21 @@ def test_bayes_masked_batch_equals_row_by_row():
         np.testing.assert_allclose(whole, rows, rtol=1e-12)
 
 
+def test_bayes_masked_batch_matches_brute_force():
+    # several rows and several targets per row at once, against enumeration of every clean sequence and
+    # corruption (written in this file, independent of the package's forward-backward)
+    V, N, rate, replace = 3, 4, 0.3, (0.8, 0.1, 0.1)
+    src, sp = tiny_source(V, 3), SpecialTokens(V)
+    x = torch.tensor([[0, sp.mask_id, 2, sp.mask_id], [sp.mask_id, 1, 1, 0], [2, 2, sp.mask_id, 1]])
+    y = torch.tensor([[IGNORE, 1, 2, 0], [2, IGNORE, 1, IGNORE], [IGNORE, 0, 1, IGNORE]])
+    got = bayes_loss("masked", src, (x, y), sp, rate=rate, replace=replace)
+    want = []
+    for i in range(3):
+        post = _brute_mlm_posteriors(src, x[i].tolist(), rate, replace, sp)
+        want += [-math.log(post[t, int(y[i, t])]) for t in range(N) if y[i, t] != IGNORE]
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+
+
 @pytest.mark.parametrize(
     "V, N, density, mean_len, counts",
     [(3, 8, 0.375, 1.5, (3, 2)), (2, 10, 0.4, 4 / 3, (4, 3))],  # 3 tokens in 2 spans; 4 tokens in 3 spans
@@ -501,8 +548,26 @@ def test_predict_token_every_family(objective):
         ce = token_cross_entropy(model, objective, seqs, 10, sp, right=right)
         assert math.isfinite(ce) and ce > 0
     many = token_cross_entropy(model, objective, seqs, [9, 12, 15], sp)
-    one_by_one = [token_cross_entropy(model, objective, seqs, t, sp) for t in (9, 12, 15)]
-    assert many == pytest.approx(sum(one_by_one) / 3, rel=1e-5)
+    # the same continuation loss, computed here from each family's interface with plain forward passes
+    model.eval()
+    losses = []
+    with torch.no_grad():
+        for t in (9, 12, 15):
+            left = seqs[:, :t]
+            if objective == "causal":
+                logits = model(left)[:, -1]
+            elif objective == "prefix":
+                logits = model(left, prefix_len=t)[:, -1]
+            elif objective == "masked":
+                logits = model(torch.cat([left, torch.full((4, 1), sp.mask_id)], 1))[:, -1]
+            else:
+                s0, eos = torch.full((4, 1), sp.sentinel_ids[0]), torch.full((4, 1), sp.eos_id)
+                enc = torch.cat([left, s0, eos], 1)
+                dec = torch.tensor([[sp.decoder_start_id, sp.sentinel_ids[0]]]).expand(4, 2)
+                logits = model(dec, encoder_input_ids=enc)[:, 1]
+            logp = torch.log_softmax(logits[:, :6].double(), -1)
+            losses.append(-logp.gather(1, seqs[:, t : t + 1]).mean().item())
+    assert many == pytest.approx(sum(losses) / 3, rel=1e-5)
     with pytest.raises(ValueError, match="position"):
         token_cross_entropy(model, objective, seqs, 18, sp, right=5)
     with pytest.raises(ValueError, match="rows"):
@@ -523,8 +588,31 @@ def test_label_density_experiment_small():
     assert run.excess[1.0][0] == run.excess[0.25][0]  # same initial weights, same evaluation set
     a, b = run.fit(1.0)
     assert a > 0 and math.isfinite(b)
-    assert run.compute_multiplier(1.0) == pytest.approx(1.0)
     assert run.flops_per_step > 0 and abs(run.bayes - src.entropy_rate()) < 0.3
+    # the first 20 steps of the run are a 20-step run (constant learning rate after a fixed warm-up)
+    short = label_density_experiment(
+        src, (1.0, 0.25), config=cfg, steps=20, batch_size=4, seq_len=16, eval_every=10, n_eval=8
+    )
+    cut = run.upto(20)
+    assert cut.steps == short.steps == [0, 10, 20]
+    for f in (1.0, 0.25):
+        assert cut.excess[f] == pytest.approx(short.excess[f], abs=1e-6) and cut.labels[f] == short.labels[f]
+    with pytest.raises(ValueError, match="step"):
+        run.upto(15)
+
+
+def test_density_multiplier_on_exact_power_laws():
+    # excess = a * s**-b exactly: the multiplier has a closed form, computed here without the package
+    steps = list(range(0, 401, 25))
+    curves = {1.0: (2.0, 0.8), 0.15: (3.0, 0.6)}
+    excess = {f: [a * max(s, 1) ** -b for s in steps] for f, (a, b) in curves.items()}
+    run = DensityRun((1.0, 0.15), steps, excess, {f: [0] * len(steps) for f in curves}, 1.0, 1)
+    (a1, b1), (a15, b15) = curves[1.0], curves[0.15]
+    level = a15 * 400**-b15
+    assert run.compute_multiplier(0.15) == pytest.approx(400 / (a1 / level) ** (1 / b1), rel=1e-9)
+    level150 = a15 * 150**-b15  # 150 is an evaluation point
+    want = 150 / (a1 / level150) ** (1 / b1)
+    assert run.upto(150).compute_multiplier(0.15) == pytest.approx(want, rel=1e-9)
 
 
 def test_compare_objectives_small():

@@ -410,11 +410,14 @@ def expected_speedup(alpha: float, gamma: int, c: float) -> float:
 
 
 @torch.inference_mode()
-def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int, repeats: int = 5) -> dict:
+def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int, repeats: int = 5, *,
+               threads: int | None = None, clock: str = "wall") -> dict:
     """Measured cost of the calls a round makes, after a cached context (1, P): a target decode step (one
     token), a target verification call (gamma + 1 tokens) and, for a model draft, a draft decode step.
     Interleaved medians (seconds), ``c`` = draft step / target step (Leviathan et al.'s cost ratio; 0 for a
-    drafter that is not a model) and ``verify_overhead`` = verification call / target step."""
+    drafter that is not a model) and ``verify_overhead`` = verification call / target step. ``threads`` and
+    ``clock`` as in :func:`anatomy.inference.interleaved_times` (``threads=1, clock="cpu"``: one thread's CPU
+    time, which other jobs on the machine do not change)."""
     import statistics
 
     from anatomy.inference import interleaved_times
@@ -441,7 +444,8 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
     fns = {"target_step": call("target", 1), "verify_step": call("target", gamma + 1)}
     if "draft" in models:
         fns["draft_step"] = call("draft", 1)
-    med = {k: statistics.median(v) for k, v in interleaved_times(fns, repeats=repeats).items()}
+    med = {k: statistics.median(v) for k, v in interleaved_times(fns, repeats=repeats, threads=threads,
+                                                                          clock=clock).items()}
     med["c"] = med.get("draft_step", 0.0) / med["target_step"]
     med["verify_overhead"] = med["verify_step"] / med["target_step"]
     return med

@@ -99,6 +99,36 @@ def test_kv_bytes_formula_matches_a_real_cache():
     assert cache.nbytes == inf.kv_bytes_per_token(TINY, 4) * 29
 
 
+def test_transformers_cache_has_the_formulas_bytes():
+    """transformers' own cache (LlamaForCausalLM on the meta device) against the formula and our cache."""
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = Transformer(TINY).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 29))
+    cache = model.new_cache(batch_size=1)
+    with torch.no_grad():
+        model(ids, cache=cache)
+    hf = inf.transformers_kv_cache(TINY, ids)
+    assert hf["nbytes"] == cache.nbytes == inf.kv_bytes_per_token(TINY, 4) * 29
+    assert hf["n_tensors"] == 2 * TINY.n_layers and hf["cache_len"] == 29
+    assert hf["shape"] == (1, TINY.n_kv_heads, 29, TINY.head_dim)
+    mha = inf.transformers_kv_cache(TINY, ids, n_kv_heads=TINY.n_heads)
+    assert mha["nbytes"] * TINY.n_kv_heads == hf["nbytes"] * TINY.n_heads
+    assert inf.transformers_kv_cache(TINY, ids, dtype=torch.float16)["nbytes"] * 2 == hf["nbytes"]
+    with pytest.raises(ValueError, match="input_ids"):
+        inf.transformers_kv_cache(TINY, ids[0])
+    with pytest.raises(ValueError, match="n_kv_heads"):
+        inf.transformers_kv_cache(TINY, ids, n_kv_heads=0)
+    with pytest.raises(ValueError, match="decoder"):
+        inf.transformers_kv_cache(replace(TINY, mask="bidirectional"), ids)
+
+
+def test_seed002_formula_reproduces_the_seeds_stated_figure():
+    llama = inf.published_config("Llama-3-70B")
+    seed = inf.seed002_kv_bytes_per_token(llama.n_layers, llama.d_model, 2)
+    assert abs(seed / inf.SEED002_LLAMA70B_KV_PER_TOKEN - 1) < 0.01
+
+
 def test_kv_table_llama3_70b_and_seed002():
     row = next(r for r in inf.kv_table(["Llama-3-70B"], 8192, 2))
     assert row["per_token"] == 327_680  # 2 x 80 x 8 x 128 x 2
@@ -170,6 +200,13 @@ def test_interleaved_times_order_and_validation():
         inf.interleaved_times({"a": lambda: None}, repeats=0)
     with pytest.raises(ValueError, match="fns"):
         inf.interleaved_times({})
+    threads = torch.get_num_threads()
+    cpu = inf.interleaved_times({"sleep": lambda: __import__("time").sleep(0.03)}, repeats=2, threads=1,
+                                clock="cpu")
+    assert max(cpu["sleep"]) < 0.01  # one thread's CPU time leaves out time the thread did not run
+    assert torch.get_num_threads() == threads
+    with pytest.raises(ValueError, match="threads=1"):
+        inf.interleaved_times({"a": lambda: None}, clock="cpu")
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -309,7 +346,9 @@ def test_compare_classifiers_on_the_real_models():
         decoder, dec_tok = pretrained.smollm2(verbose=False)
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         pytest.skip(f"pretrained models not installed: {exc}")
-    out = inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok)
+    out = inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=2)
+    with pytest.raises(ValueError, match="encoder_repeats"):
+        inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=0)
     assert out["n_test"] == 32 and out["labels"] == list(inf.TOPICS)
     for name in inf.CLASSIFIERS:
         r = out[name]

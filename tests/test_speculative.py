@@ -202,3 +202,16 @@ def test_argument_checks(mid):
         sp.verify(torch.ones(1, 3) / 3, None, [0], sp.TorchRandom())
     with pytest.raises(RuntimeError, match="max_runs"):
         sp.enumerate_distribution(lambda rng: [rng.categorical(torch.ones(5) / 5)], max_runs=3)
+
+
+def test_step_costs_on_one_threads_cpu_clock(mid):
+    ids = torch.randint(0, mid.config.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    costs = sp.step_costs(mid, sp.layer_draft(mid, 1), ids, 2, repeats=2, threads=1, clock="cpu")
+    assert costs["target_step"] > 0 and costs["verify_step"] > 0 and costs["c"] > 0
+    assert costs["verify_overhead"] == costs["verify_step"] / costs["target_step"]
+    assert torch.get_num_threads() == threads
+    lookup = sp.step_costs(mid, sp.NgramDrafter(mid.config.vocab_size), ids, 2, repeats=1)
+    assert lookup["c"] == 0.0
+    with pytest.raises(ValueError, match="threads=1"):
+        sp.step_costs(mid, sp.layer_draft(mid, 1), ids, 2, repeats=1, clock="cpu")

@@ -9,6 +9,8 @@ Backends:
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -106,25 +108,30 @@ def reference_attention(q, k, v, mask="causal", *, q_offset, prefix_len=None, ke
     return torch.softmax(scores, dim=-1) @ v
 
 
-def _keep_nan_rows(q: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """NaN in, NaN out: PyTorch's CPU SDPA returns 0 for a query row holding NaN or inf on its paths without
-    an explicit mask (the softmax formula, and every other backend, gives NaN). One reduction over q finds
-    out whether there is anything to fix; only then are those rows set to NaN, the others left untouched."""
-    finite = torch.isfinite(q)
-    if q.device.type == "cpu" and bool(finite.all()):
-        return out
-    return out.masked_fill(~finite.all(-1, keepdim=True), float("nan"))
-
-
 def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
+    kw = dict(q_offset=q_offset, prefix_len=prefix_len, key_padding_mask=key_padding_mask)
+    out = _sdpa_paths(q, k, v, mask, **kw)
+    # NaN in, NaN out. PyTorch's CPU SDPA can return finite numbers where the softmax formula gives NaN
+    # (a query or key holding NaN or inf: measured on every path, e.g. a NaN query row comes out as 0).
+    # Two sums find out whether there is anything to fix; only then is the formula evaluated, and its
+    # non-finite entries replace SDPA's. Every other entry is SDPA's own, bit for bit.
+    with torch.no_grad():
+        clean = math.isfinite((q.sum() + k.sum()).item())  # a false alarm (overflow) only costs time
+    if clean:
+        return out
+    exact = reference_attention(q, k, v, mask, **kw)
+    return torch.where(torch.isfinite(exact), out, exact)
+
+
+def _sdpa_paths(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
     Nq, Nk = q.shape[2], k.shape[2]
     gqa = q.shape[1] != k.shape[1]  # SDPA shares each key/value head among its query heads, no copies
     if key_padding_mask is None:
         if mask == "bidirectional" or (q_offset + Nq == Nk and Nq == 1):
             # Everything is visible: a bidirectional block, or one query at the end of the cache (decoding).
-            return _keep_nan_rows(q, F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa))
+            return F.scaled_dot_product_attention(q, k, v, enable_gqa=gqa)
         if mask == "causal" and Nq == Nk and q_offset == 0:
-            return _keep_nan_rows(q, F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa))
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
     # SDPA's is_causal aligns the mask top-left when Nq != Nk, which is wrong for a query block at the end
     # of a cache; an explicit mask built from our predicate is aligned by q_offset.
     m = _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, q.device)

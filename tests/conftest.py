@@ -1,0 +1,49 @@
+"""Shared test settings: Hypothesis profiles, and the worst kernel errors the property tests saw.
+
+Profiles (``pytest --hypothesis-profile=NAME``):
+  * ``ci`` (the default): derandomized, so a run is reproducible; the property tests in
+    ``test_properties.py`` draw a few thousand kernel cases in well under a minute.
+  * ``long``: random (a new search every run) and ``LONG_FACTOR`` times as many examples, for a run
+    of an hour or so before a release: ``pytest tests/test_properties.py --hypothesis-profile=long``.
+Tests that set ``max_examples`` themselves scale it with :func:`examples`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+LONG_FACTOR = 40
+
+settings.register_profile("ci", max_examples=100, deadline=None, derandomize=True, print_blob=True)
+settings.register_profile(
+    "long",
+    max_examples=100 * LONG_FACTOR,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+# Filled by the kernel property tests: {(dtype name, backend): [cases, worst error, worst error / bound]}.
+KERNEL_STATS: dict[tuple[str, str], list] = {}
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the ci profile, scaled with the loaded profile's max_examples."""
+    return max(1, round(n * settings.default.max_examples / 100))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not KERNEL_STATS:
+        return
+    terminalreporter.section("kernel property tests: cases and worst error per dtype and backend")
+    total = 0
+    for (dtype, backend), (cases, worst, ratio) in sorted(KERNEL_STATS.items()):
+        total += cases
+        terminalreporter.write_line(
+            f"{dtype:>9} {backend:>9}: {cases:>6} cases, worst |out - float64| = {worst:.3g} "
+            f"({ratio:.2f} of its bound)"
+        )
+    terminalreporter.write_line(f"total: {total} kernel cases")

@@ -466,7 +466,8 @@ def _write_editions(app, exception) -> None:
     config = load_config(root)
     written = write_editions(chapters, executed, Path(app.outdir) / EDITION_DIR, config,
                              bibfiles[0] if bibfiles else root / "references.bib", root=root,
-                             site=getattr(app.config, "html_baseurl", "") or None)
+                             site=getattr(app.config, "html_baseurl", "") or None,
+                             missing="placeholder")  # (a missing value already fails the glue role)
     from sphinx.util import logging
 
     logging.getLogger(__name__).info(f"colab_edition: wrote {len(written)} Colab editions")

@@ -56,12 +56,15 @@ def _chapters() -> list[Path]:
 
 
 def _values(chapter: Path) -> tuple[dict[str, str], bool]:
-    glue_json = EXECUTED / "chapters" / f"{chapter.stem}.glue.json"
-    if glue_json.exists():
-        return ce.build_values(glue_json), True
+    """The build's glued values when a build of this text exists, else stand-ins."""
     names = set()
     for cell in json.loads(chapter.read_text(encoding="utf-8"))["cells"]:
         names |= {m.split(":")[0] for m in re.findall(r"\{glue:text\}`([^`]+)`", _source(cell))}
+    glue_json = EXECUTED / "chapters" / f"{chapter.stem}.glue.json"
+    if glue_json.exists():
+        values = ce.build_values(glue_json)
+        if names <= set(values):  # (an older build of a chapter edited since has other names)
+            return values, True
     return {n: "12345" for n in names}, False  # a stand-in every format spec accepts
 
 

@@ -207,3 +207,40 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
         f"{chapter}: glued values differ between the book build and this run (build, this run): {differ}. "
         "Seed everything from book.setup(); glue a wall-clock measurement with book.glue(..., timed=True)."
     )
+
+
+def test_colab_buttons_open_the_editions():
+    """After a build: every chapter page's Colab button opens its Colab edition, published with the site.
+
+    The editions are written by _ext/colab_edition.py into _build/html/colab/ (published with the site, so
+    on the branch GitHub Pages serves, ``colab_edition_branch``), with this build's values in the prose.
+    """
+    html_dir = ROOT / "_build" / "html"
+    pages = sorted((html_dir / "chapters").glob("[0-9][0-9]_*.html"))
+    if not pages:
+        if os.environ.get("ANATOMY_REQUIRE_BOOK") == "1":
+            pytest.fail("no built chapter pages in _build/html/chapters: build the book first")
+        pytest.skip("the book is not built")
+    edition = _book_module_from(ROOT / "_ext" / "colab_edition.py")
+    import yaml
+
+    config = yaml.safe_load((ROOT / "_config.yml").read_text(encoding="utf-8"))
+    branch = ((config.get("sphinx") or {}).get("config") or {}).get("colab_edition_branch", "gh-pages")
+    for page in pages:
+        text = page.read_text(encoding="utf-8")
+        links = set(re.findall(r'href="(https://colab\.research\.google\.com/[^"]+)"', text))
+        want = edition.colab_url(config, f"chapters/{page.stem}", branch)
+        assert links == {want}, f"{page.name}: Colab links {links}, expected {want}"
+        path = html_dir / edition.EDITION_DIR / "chapters" / f"{page.stem}.ipynb"
+        assert path.exists(), f"{path} was not written by the build"
+        md = "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+                       for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+                       if c["cell_type"] == "markdown")
+        assert "{glue" not in md and "{cite" not in md and ":::" not in md, f"{path.name}: MyST left"
+
+
+def _book_module_from(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

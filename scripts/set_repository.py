@@ -13,8 +13,8 @@ and this command rewrites every copy:
 * ``_config.yml`` itself;
 * every tracked text file that names the old repository or its Pages address (pyproject.toml's URLs,
   CITATION.cff, README.md's links and badges, CONTRIBUTING.md, intro.md, ...);
-* the chapters' Colab setup cells and ``anatomy/book.py``, through ``scripts/sync_setup_cells.py`` (which
-  writes them from the template, reading ``_config.yml``).
+* the chapters' Colab setup cells and ``anatomy/book.py``'s constants, through ``scripts/sync_setup_cells.py``
+  (which writes them from the template, reading ``_config.yml``), when that script exists.
 
 Then commit the changes. ``tests/test_publish.py`` runs this command on a copy of the repository and checks
 that no copy of the old address is left. Standard library only (the setup-cell script needs PyYAML).
@@ -92,8 +92,6 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
     for path in tracked_files(root):
         if path == config or path.resolve() == Path(__file__).resolve():
             continue
-        if sync_cells and sync.exists() and (path.suffix == ".ipynb" or path == root / "anatomy" / "book.py"):
-            continue  # written from the template below
         try:
             body = path.read_text(encoding="utf-8")
         except UnicodeDecodeError:
@@ -105,8 +103,8 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
             path.write_text(updated, encoding="utf-8")
             changed.append(path)
     if sync_cells and sync.exists():
+        # the setup cells and anatomy/book.py's constants, from the template and the new _config.yml
         subprocess.run([sys.executable, str(sync)], cwd=root, check=True)
-        changed.append(sync)  # (the notebooks and anatomy/book.py it rewrote)
     return changed
 
 

@@ -133,3 +133,15 @@ def test_the_local_script_runs_the_tests_the_build_and_the_site_checks():
     # run_tests.sh builds the book with the strict flags
     build = (ROOT / "scripts" / "build_book.sh").read_text(encoding="utf-8")
     assert "--warningiserror" in build and "--nitpick" in build
+
+
+def test_only_pushes_to_main_write_anything():
+    """Every job that can write (Pages, the Colab editions' branch) runs on a push to main only."""
+    for name, job in _workflow()["jobs"].items():
+        writes = {k for k, v in (job.get("permissions") or {}).items() if v == "write"}
+        if writes:
+            condition = job.get("if", "").replace(" ", "")
+            assert "github.event_name=='push'" in condition and "refs/heads/main" in condition, name
+            assert job.get("needs") == "build", f"{name} must wait for the build and its tests"
+    colab = _workflow()["jobs"]["colab-editions"]
+    assert "gh-pages" in _runs(colab) and "pub/colab" in _runs(colab)

@@ -51,6 +51,13 @@ def _chapters() -> list[str]:
     return [] if wanted == "none" else [c for c in wanted.split(",") if c]
 
 
+def _cpu_busy_idle() -> tuple[int, int]:
+    """(busy, idle) clock ticks of all CPUs since boot, from /proc/stat (idle includes iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return sum(fields[:8]) - idle, idle
+
+
 def _cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc (0 if it is gone)."""
     try:
@@ -97,13 +104,18 @@ def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
                             resources={"metadata": {"path": str(path.parent)}})
-    hog_before, t0 = busy_cpu(), time.perf_counter()
+    hog_before, t0, (busy0, idle0) = busy_cpu(), time.perf_counter(), _cpu_busy_idle()
     try:
         client.execute()
     except CellExecutionError as err:
         pytest.fail(f"{chapter} failed while the CPU was busy:\n{str(err)[-3000:]}")
     elapsed = time.perf_counter() - t0
     hog_cores = (busy_cpu() - hog_before) / elapsed
-    print(f"{chapter}: passed in {elapsed:.0f} s beside busy loops using {hog_cores:.2f} cores on average")
-    # The test means something only if the loops really competed with the chapter for the CPU.
-    assert hog_cores >= 0.5, f"the busy loops used only {hog_cores:.2f} cores: the CPU was not busy"
+    busy1, idle1 = _cpu_busy_idle()
+    busy_share = (busy1 - busy0) / max(1, (busy1 - busy0) + (idle1 - idle0))
+    print(f"{chapter}: passed in {elapsed:.0f} s; the CPUs were busy {busy_share:.0%} of the time, the busy "
+          f"loops used {hog_cores:.2f} cores on average")
+    # The test means something only if the chapter never had an idle CPU to itself. (On a machine that is
+    # already loaded the loops get less than their two cores, which is as busy as a CPU gets.)
+    assert hog_cores > 0 and busy_share >= 0.9, (
+        f"the CPUs were busy only {busy_share:.0%} of the time (busy loops: {hog_cores:.2f} cores)")

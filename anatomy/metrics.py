@@ -23,14 +23,20 @@ __all__ = [
     "bits_per_char",
     "chain_rule_terms",
     "conditional_entropy",
+    "conditional_inconsistency",
     "cross_entropy",
     "entropy",
+    "gibbs_sweep",
+    "gibbs_sweep_matrix",
     "kl_divergence",
     "kl_to_source",
     "markov_conditionals",
+    "masked_conditionals",
+    "masked_lm_conditionals",
     "nats_to_bits",
     "plot_chain_rule",
     "plot_context_curve",
+    "plot_gibbs",
     "plot_kl_floor",
     "plot_kl_training",
     "plot_memorization",
@@ -39,8 +45,10 @@ __all__ = [
     "pseudo_log_likelihood",
     "score_on_source",
     "span_log_likelihood",
+    "stationary_distribution",
     "text_surprisal",
     "token_losses",
+    "total_variation",
 ]
 
 LN2 = math.log(2.0)
@@ -231,6 +239,161 @@ def span_log_likelihood(joint, span: Sequence[int]) -> np.ndarray:
         with np.errstate(divide="ignore", invalid="ignore"):
             out = out + (np.log(up_to_j) - np.log(before_j))  # broadcast over the later span axes
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Masked-LM conditionals and Gibbs sampling, exactly (the whole space of short sequences)
+# ---------------------------------------------------------------------------------------------
+
+
+def total_variation(p, q) -> float:
+    """TV(p, q) = 1/2 sum |p - q| over all outcomes (any shape, the same for both): in [0, 1]."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def _as_conditionals(conditionals) -> np.ndarray:
+    c = np.asarray(conditionals, dtype=np.float64)
+    n = c.ndim - 1
+    if n < 1 or c.shape[0] != n or len(set(c.shape[1:])) != 1:
+        raise ValueError(f"conditionals must have shape (n,) + (V,) * n, got {c.shape}")
+    if not np.isfinite(c).all() or (c < 0).any():
+        raise ValueError("conditionals must hold finite probabilities >= 0")
+    for i in range(n):
+        if not np.allclose(c[i].sum(axis=i), 1.0, atol=1e-6):
+            raise ValueError(f"conditionals[{i}] must sum to 1 over position {i}")
+    return c
+
+
+def masked_conditionals(joint) -> np.ndarray:
+    """The exact conditionals p(x_i | x_-i) of an enumerated joint: what a perfect masked LM predicts.
+
+    joint: shape (V,) * n. Returns shape (n,) + (V,) * n: ``out[i][x]`` = p(x_i | all other positions of x),
+    which sums to 1 over axis i of ``out[i]``. (pseudo_log_likelihood is the sum over i of their logs.)
+    """
+    joint = _as_joint(joint)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = [np.where(joint > 0, joint / joint.sum(axis=i, keepdims=True), 0.0) for i in range(joint.ndim)]
+    return np.stack(out)
+
+
+@torch.no_grad()
+def masked_lm_conditionals(model, vocab_size: int, length: int, mask_id: int,
+                           batch_size: int = 8192) -> np.ndarray:
+    """A masked LM's conditionals q(x_i | x_-i) for every sequence of `length` symbols, one masked at a time.
+
+    model(ids) -> logits (B, length, >= vocab_size); ids are symbols 0..vocab_size-1 plus `mask_id`.
+    Only the logits of the vocab_size symbols are used (the mask symbol is never a prediction).
+    Returns float64 of shape (length,) + (vocab_size,) * length, in the layout of :func:`masked_conditionals`.
+    """
+    for name, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1), ("mask_id", mask_id, 0),
+                             ("batch_size", batch_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        if value < low:
+            raise ValueError(f"{name} must be >= {low}, got {value}")
+    if 0 <= mask_id < vocab_size:
+        raise ValueError(f"mask_id must not be one of the {vocab_size} symbols, got {mask_id}")
+    if vocab_size**length > 2**20:
+        raise ValueError(f"vocab_size**length = {vocab_size**length} sequences is too many (max 2**20)")
+    V, n = int(vocab_size), int(length)
+    seqs = torch.from_numpy(np.indices((V,) * n).reshape(n, -1).T.copy())  # (V^n, n), row-major order
+    was_training = getattr(model, "training", False)
+    if hasattr(model, "eval"):
+        model.eval()
+    out = np.empty((n,) + (V,) * n)
+    try:
+        for i in range(n):
+            masked = seqs.clone()
+            masked[:, i] = mask_id
+            probs = []
+            for start in range(0, len(seqs), batch_size):
+                logits = model(masked[start : start + batch_size])[:, i, :V]
+                probs.append(torch.softmax(logits.double(), dim=-1))
+            q = torch.cat(probs)  # (V^n, V): q(. | x_-i), the same for the V sequences that differ at i
+            out[i] = q.gather(1, seqs[:, i : i + 1]).reshape((V,) * n).numpy()
+    finally:
+        if was_training:
+            model.train()
+    return out
+
+
+def gibbs_sweep(dist, conditionals, order: Sequence[int] | None = None) -> np.ndarray:
+    """The distribution after one systematic-scan Gibbs sweep, exactly (no sampling).
+
+    dist: a distribution over sequences, shape (V,) * n (where the chain is now). conditionals: shape
+    (n,) + (V,) * n as from :func:`masked_conditionals`. One sweep resamples position order[0], then
+    order[1], ..., each from its conditional given the others: for position i the new distribution is
+    (dist summed over x_i) * conditionals[i]. Exact conditionals of a positive joint p leave p unchanged.
+    """
+    c = _as_conditionals(conditionals)
+    n = c.shape[0]
+    d = np.asarray(dist, dtype=np.float64)
+    if d.shape != c.shape[1:]:
+        raise ValueError(f"dist must have shape {c.shape[1:]}, got {d.shape}")
+    order = tuple(range(n)) if order is None else _check_positions(order, n, "order")
+    for i in order:
+        d = d.sum(axis=i, keepdims=True) * c[i]
+    return d
+
+
+def gibbs_sweep_matrix(conditionals, order: Sequence[int] | None = None) -> np.ndarray:
+    """The transition matrix of one systematic Gibbs sweep, (V^n, V^n), rows: from, columns: to.
+
+    Sequences are numbered in row-major order of the (V,) * n layout. At most 4,096 sequences.
+    """
+    c = _as_conditionals(conditionals)
+    n, V = c.shape[0], c.shape[1]
+    S = V**n
+    if S > 4096:
+        raise ValueError(f"V**n = {S} sequences is too many for a dense transition matrix (max 4096)")
+    order = tuple(range(n)) if order is None else _check_positions(order, n, "order")
+    T = np.eye(S)
+    for i in order:  # one site update, applied to every row of T (each row is a distribution over sequences)
+        T = _site_update_rows(T, c, i)
+    return T
+
+
+def _site_update_rows(rows: np.ndarray, conditionals: np.ndarray, i: int) -> np.ndarray:
+    """Apply the site-i Gibbs update to each row of `rows` (m, V^n), a distribution over sequences each."""
+    n, V = conditionals.shape[0], conditionals.shape[1]
+    d = rows.reshape((len(rows),) + (V,) * n)
+    d = d.sum(axis=1 + i, keepdims=True) * conditionals[i][None]
+    return d.reshape(len(rows), -1)
+
+
+def stationary_distribution(T) -> np.ndarray:
+    """The stationary distribution pi = pi T of an irreducible row-stochastic matrix, by a linear solve."""
+    T = np.asarray(T, dtype=np.float64)
+    if T.ndim != 2 or T.shape[0] != T.shape[1]:
+        raise ValueError(f"T must be a square matrix, got shape {T.shape}")
+    if (T < 0).any() or not np.allclose(T.sum(1), 1.0, atol=1e-9):
+        raise ValueError("T must be row-stochastic (entries >= 0, rows summing to 1)")
+    A = T.T - np.eye(len(T))
+    A[-1] = 1.0  # replace one (redundant) balance equation by sum(pi) = 1
+    b = np.zeros(len(T))
+    b[-1] = 1.0
+    pi = np.linalg.solve(A, b)
+    return np.clip(pi, 0.0, None) / np.clip(pi, 0.0, None).sum()
+
+
+def conditional_inconsistency(conditionals, dist) -> float:
+    """How far `conditionals` are from being the conditionals of `dist`, in nats.
+
+    The mean over positions i of E_{x ~ dist}[KL(dist(. | x_-i) || conditionals[i](. | x_-i))]. Zero
+    exactly when every conditional of dist (where dist > 0) is the given one, which for the stationary
+    distribution of a Gibbs chain happens if and only if the conditionals are those of one joint.
+    """
+    c = _as_conditionals(conditionals)
+    d = _as_joint(dist)
+    if d.shape != c.shape[1:]:
+        raise ValueError(f"dist must have shape {c.shape[1:]}, got {d.shape}")
+    own = masked_conditionals(d)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(d > 0, d * (np.log(own) - np.log(c)), 0.0)
+    return float(terms.sum() / c.shape[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -536,6 +699,31 @@ def plot_pll(joint: np.ndarray, pll: np.ndarray, n_points: int = 4000, seed: int
     ax.set_xlabel("true $\\log p(x_1..x_n)$ (nats)")
     ax.set_ylabel("score (nats)")
     ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def plot_gibbs(sweeps, tv: dict[str, Sequence[float]], floors: dict[str, float] | None = None):
+    """Total variation to the source after each Gibbs sweep (log scale), one curve per set of conditionals.
+
+    tv: label -> TV after sweeps[0], sweeps[1], ...; floors: label -> TV of that chain's stationary
+    distribution, drawn as a dotted line in the same colour.
+    """
+    import matplotlib.pyplot as plt
+
+    from anatomy.book import COLORS
+
+    colors = [COLORS["causal"], COLORS["bidirectional"], COLORS["prefix"], COLORS["encdec"]]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for (label, values), color in zip(tv.items(), colors):
+        ax.semilogy(sweeps, np.maximum(np.asarray(values, dtype=np.float64), 1e-16), "o-", ms=3, color=color,
+                    label=label)
+        if floors and label in floors:
+            ax.axhline(max(floors[label], 1e-16), color=color, ls=":", lw=1.5)
+    ax.set_xlabel("Gibbs sweeps (each position resampled once per sweep)")
+    ax.set_ylabel("total variation to the source p (log)")
+    ax.set_ylim(1e-16, 1.5)
+    ax.legend(loc="center right")
     fig.tight_layout()
     return fig
 

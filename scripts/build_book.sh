@@ -37,6 +37,11 @@ if [[ ! -x "$VIRTUAL_ENV/bin/jupyter-book" ]]; then
     exit 1
 fi
 
+# Every chapter's claims.check() records its numbers in this folder; the scoreboard (chapter 12), which
+# the build executes after the chapters, shows them next to its own small replications. Fresh per build.
+export ANATOMY_RESULTS="$ROOT/_build/claims"
+rm -rf "$ANATOMY_RESULTS"
+
 start=$SECONDS
 jupyter-book clean --html . >/dev/null
 # --all re-reads every page, so warnings from unchanged pages are reported again; with

@@ -98,3 +98,21 @@ def check(key: str, passed: bool, **numbers) -> None:
             f"claim {key}: the measured numbers no longer support the verdict '{c.verdict}' "
             f"({c.measure}); numbers: {recorded}"
         )
+
+
+def recorded(folder: str | os.PathLike | None = None) -> dict[str, dict]:
+    """The numbers that the chapters' :func:`check` calls wrote to ``folder`` (default ``$ANATOMY_RESULTS``).
+
+    Returns key -> {"passed": bool, and the recorded numbers}, only for registered claims; an empty dict
+    when no folder is given or set, or it does not exist (a chapter run on its own, as in Colab). The book
+    build sets ``$ANATOMY_RESULTS`` to a fresh folder, so the scoreboard shows what each chapter measured.
+    """
+    folder = folder if folder is not None else os.environ.get("ANATOMY_RESULTS")
+    if not folder or not Path(folder).is_dir():
+        return {}
+    known = {c.key for c in all_claims()}
+    out = {}
+    for path in sorted(Path(folder).glob("*.json")):
+        if path.stem in known:
+            out[path.stem] = json.loads(path.read_text())
+    return out

@@ -122,7 +122,7 @@ def _figures(app, doctree) -> None:
 
 _CHAPTER_REF = re.compile(
     r"\b([Cc]hapters?)(\s+)(\d{1,2})((?:(?:,\s*|,?\s+and\s+|\s*[-\u2013]\s*)\d{1,2})*)\b")
-_SKIP_PARENTS = (nodes.literal, nodes.literal_block, nodes.reference, nodes.title, nodes.caption,
+_SKIP_PARENTS = (nodes.literal, nodes.literal_block, nodes.reference, nodes.title,
                  nodes.math, nodes.math_block, nodes.raw, nodes.comment, nodes.target)
 
 

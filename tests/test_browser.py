@@ -2,8 +2,12 @@
 
 For each page of ``_build/html``: math is typeset by MathJax (no raw TeX left in the text), every image
 loads, no JavaScript error or failed local request, no broken internal link (files and #fragments), no
-live-kernel widget left in the static page, and every ``book.explore`` figure works without a kernel (a
-control is changed and another frame appears). A full-page screenshot of each page is saved in
+live-kernel widget left in the static page, every ``book.explore`` figure works without a kernel (a
+control is changed and another frame appears), every figure has real alt text (not its file path, not a
+Python repr of its parameters), and every "chapter N" in the text is a link to chapter N. Each page is
+also opened in a 400 px wide window in dark mode: it must not scroll sideways, and its text, outputs and
+tables must keep a readable contrast (>= 4.5:1, WCAG AA) against their background. A full-page
+screenshot of each page is saved in
 ``_build/screenshots/`` as an artifact. The book ships its own MathJax (``_ext/local_mathjax.py``), so
 the pages are served as built, from 127.0.0.1, and nothing is fetched from outside.
 
@@ -174,8 +178,13 @@ class Chromium:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def open(self, url: str, width: int = 1280, height: int = 900) -> None:
-        """A fresh tab at url, with load events and errors recorded from the start."""
+    def open(self, url: str, width: int = 1280, height: int = 900, *, mobile: bool = False,
+             dark: bool = False) -> None:
+        """A fresh tab at url, with load events and errors recorded from the start.
+
+        mobile: a phone's viewport handling; dark: the reader's system asks for dark mode
+        (``prefers-color-scheme: dark``, which the theme's default "auto" mode follows).
+        """
         if self.session:
             self.send("Target.closeTarget", {"targetId": self._target}, session=False)
         self.events.clear()
@@ -186,7 +195,9 @@ class Chromium:
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
         self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
+        self.send("Emulation.setEmulatedMedia",
+                  {"features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
         self.send("Page.navigate", {"url": url})
         self.wait_for("Page.loadEventFired")
 
@@ -269,7 +280,29 @@ INSPECT = r"""
         .slice(0, 5).map(e => `${e.tagName.toLowerCase()}.${[...e.classList].join(".")}`
                                 + ` (right edge ${Math.round(e.getBoundingClientRect().right)} px)`)
     : [];
+  // Figures: alt text that describes, not the file path myst-nb falls back to, nor a parameter repr.
+  const article = document.querySelector("article") || document.body;
+  const bad_alt = [...article.querySelectorAll("img")].map(i => i.getAttribute("alt"))
+    .filter(a => !a || !a.trim() || /(^|\/)_images\/|\.(png|jpe?g|gif|svg)$/i.test(a.trim())
+                 || /\b\w+=(['"]|-?\d)/.test(a))
+    .map(a => a === null ? "(no alt)" : JSON.stringify(a.slice(0, 60)));
+  // "chapter N" in the prose must be a link (to chapter N); a page may name its own number unlinked.
+  const own = ((document.querySelector("h1 .section-number") || {}).textContent || "").replace(/\D/g, "");
+  const chapterText = [];
+  const tw = document.createTreeWalker(article, NodeFilter.SHOW_TEXT);
+  for (let n = tw.nextNode(); n; n = tw.nextNode()) {
+    const skip = "a, pre, code, script, style, mjx-container, h1, h2, h3, h4, h5, h6, .cell_input, "
+                 + ".cell_output";
+    if (n.parentElement.closest(skip)) continue;
+    for (const m of n.textContent.matchAll(/\b[Cc]hapters?\s+(\d{1,2})\b/g)) {
+      if (m[1] !== own) chapterText.push(n.textContent.slice(Math.max(0, m.index - 30), m.index + 15).trim());
+    }
+  }
+  const chapterLinks = [...article.querySelectorAll("a.chapter-ref")]
+    .filter(a => !/^\d+$/.test(a.textContent.trim()) || !a.getAttribute("href"))
+    .map(a => a.outerHTML.slice(0, 80));
   return {images: imgs.length, broken, math, typeset: document.querySelectorAll("mjx-container").length,
+          bad_alt, chapter_text: chapterText, bad_chapter_links: chapterLinks,
           page_width: document.documentElement.scrollWidth, window_width: width, wide,
           untypeset, raw, widgets, explorers: document.querySelectorAll(".anatomy-explore").length,
           mathjax: !!(window.MathJax && MathJax.startup)};
@@ -459,6 +492,12 @@ def test_page_renders_for_a_reader(page, server, browser):
     if seen["page_width"] > seen["window_width"] + 1:
         problems.append(f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window (it "
                         f"scrolls sideways); too wide: {seen['wide'] or 'no single element found'}")
+    if seen["bad_alt"]:
+        problems.append(f"{len(seen['bad_alt'])} figure(s) without real alt text (give the cell mystnb "
+                        f"image.alt / figure.caption metadata): {seen['bad_alt'][:3]}")
+    if seen["chapter_text"] or seen["bad_chapter_links"]:
+        problems.append(f"chapter references that are not links: {seen['chapter_text'][:3]} "
+                        f"{seen['bad_chapter_links'][:3]}")
     if seen["widgets"]:
         problems.append(f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
                         "remove-cell and show book.explore instead")
@@ -488,3 +527,74 @@ def test_every_chapter_page_was_built():
     files = re.findall(r"^\s*-?\s*file:\s*(\S+)", toc, flags=re.M)
     missing = [f for f in files if not (SITE / f"{re.sub(r'[.](ipynb|md)$', '', f)}.html").exists()]
     assert not missing, f"pages missing from the built book: {missing}"
+
+
+# ------------------------------------------------------------------------ a phone in dark mode
+
+# Contrast of text against its effective background (WCAG 2 relative luminance), for the elements a reader
+# reads: paragraphs, list items, table cells, captions, admonitions and cell outputs.
+NARROW_DARK = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  await new Promise(r => setTimeout(r, 300));
+  const parse = c => {
+    const m = (c || "").match(/rgba?\(([^)]+)\)/);
+    if (!m) return null;
+    const v = m[1].split(",").map(x => parseFloat(x));
+    return [v[0], v[1], v[2], v.length > 3 ? v[3] : 1];
+  };
+  const lin = x => { x /= 255; return x <= 0.03928 ? x / 12.92 : ((x + 0.055) / 1.055) ** 2.4; };
+  const lum = ([r, g, b]) => 0.2126 * lin(r) + 0.7152 * lin(g) + 0.0722 * lin(b);
+  const background = e => {
+    for (let x = e; x; x = x.parentElement) {
+      const c = parse(getComputedStyle(x).backgroundColor);
+      if (c && c[3] > 0.5) return c;
+    }
+    return parse(getComputedStyle(document.body).backgroundColor) || [255, 255, 255, 1];
+  };
+  const low = [];
+  let checked = 0;
+  const article = document.querySelector("article") || document.body;
+  const read = "p, li, td, th, dt, dd, figcaption, .admonition-title, .cell_output pre, .output pre, summary";
+  for (const e of article.querySelectorAll(read)) {
+    if (!e.offsetParent || !e.textContent.trim() || e.closest("mjx-container")) continue;
+    const fg = parse(getComputedStyle(e).color), bg = background(e);
+    if (!fg) continue;
+    const a = lum(fg) + 0.05, b = lum(bg) + 0.05;
+    const ratio = Math.max(a, b) / Math.min(a, b);
+    checked++;
+    const what = e.tagName.toLowerCase() + (e.className ? "." + String(e.className).split(" ")[0] : "");
+    if (ratio < 4.5) low.push(`${what} ${ratio.toFixed(1)}:1 "${e.textContent.trim().slice(0, 40)}"`);
+  }
+  const width = document.documentElement.clientWidth;
+  return {theme: document.documentElement.dataset.theme || "", checked, low: low.slice(0, 8),
+          n_low: low.length, page_width: document.documentElement.scrollWidth, window_width: width};
+})()
+"""
+
+
+@pytest.mark.parametrize("page", PAGES or ["(book not built)"])
+def test_page_on_a_phone_in_dark_mode(page, server, browser):
+    """400 px wide, dark mode: no sideways scrolling, and readable text everywhere."""
+    path = SITE / page
+    if not path.exists():
+        _missing(f"{page}: not in the built book")
+    browser.open(server + urllib.parse.quote(page), width=400, height=800, mobile=True, dark=True)
+    seen = browser.evaluate(NARROW_DARK)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    data = browser.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
+    (SHOTS / (page.removesuffix(".html").replace("/", "__") + ".phone-dark.png")).write_bytes(
+        base64.b64decode(data))
+    errors, _ = _errors(browser.events, server)
+
+    problems = []
+    if seen["theme"] != "dark":
+        problems.append(f"the page did not switch to dark mode (data-theme={seen['theme']!r})")
+    if seen["page_width"] > seen["window_width"] + 1:
+        problems.append(f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window "
+                        "(it scrolls sideways on a phone)")
+    if seen["n_low"]:
+        problems.append(f"{seen['n_low']} of {seen['checked']} text elements are hard to read in dark mode "
+                        f"(contrast < 4.5:1): {seen['low']}")
+    problems += errors
+    assert not problems, f"{page} (400 px, dark):\n  " + "\n  ".join(problems)

@@ -30,6 +30,7 @@ __all__ = [
     "HOFFMANN2022",
     "KAPLAN2020_ALPHA_N",
     "MLPStudents",
+    "FloorPowerLawFit",
     "PowerLawFit",
     "chinchilla_exponents",
     "chinchilla_loss",
@@ -37,6 +38,7 @@ __all__ = [
     "decoder_config",
     "fit_population",
     "fit_power_law",
+    "fit_power_law_floor",
     "rule_of_thumb",
     "scaling_run",
     "student_params",
@@ -357,8 +359,9 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     `n_checkpoints`, so the budget actually trained is within one checkpoint interval of `tokens`.
     lr: one peak learning rate for all, or one per config. Returns one dict per config: ``params``
     (non-embedding), ``params_total``, ``d_model``, ``n_layers``, ``lr``, ``tokens`` (token counts at
-    the checkpoints), ``val_loss`` (nats per token at each checkpoint), ``train_loss`` (mean of the last 5%
-    of steps), ``seconds`` (wall-clock, training and evaluation).
+    the checkpoints), ``val_loss`` (nats per token at each checkpoint), ``val_loss_se`` (standard error of
+    the final held-out loss, from its spread over the `val_batches` batches), ``train_loss`` (mean of the
+    last 5% of steps), ``seconds`` (wall-clock, training and evaluation).
     """
     from anatomy.data import token_batches
     from anatomy.model import Transformer
@@ -385,6 +388,7 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
         history = train(model, batches, steps=steps, lr=peak, eval_every=every, progress=progress,
                         eval_fn=lambda m: evaluate(m, val_set, len(val_set)), eval_at_start=False)
         checkpoints = [(s, ev["loss"]) for s, ev in history.evals]
+        per_batch = [evaluate(model, [b], 1) for b in val_set]  # the final model, batch by batch
         results.append({
             "d_model": config.d_model,
             "n_layers": config.n_layers,
@@ -393,6 +397,8 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
             "params_total": model.num_params(non_embedding=False),
             "tokens": [s * batch_size * seq_len for s, _ in checkpoints],
             "val_loss": [v for _, v in checkpoints],
+            "val_loss_se": float(np.std(per_batch, ddof=1) / math.sqrt(len(per_batch)))
+            if len(per_batch) > 1 else math.nan,
             "train_loss": history.final_loss,
             "seconds": time.perf_counter() - start,
         })
@@ -437,6 +443,52 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLawFit:
     alpha = -float(slope)
     n_c = float(np.exp(intercept / alpha)) if alpha != 0 else math.inf
     return PowerLawFit(alpha, n_c, r2, len(x), float(np.ptp(x) / math.log(10)))
+
+
+@dataclass(frozen=True)
+class FloorPowerLawFit:
+    """L(N) = E + A N^-alpha: a power law above an irreducible loss E, fitted by least squares in L."""
+
+    alpha: float  # the exponent of the reducible part (positive when the loss falls with N)
+    a: float  # the scale A
+    floor: float  # the irreducible loss E (nats), in [0, min loss)
+    rms: float  # root-mean-square residual of the fit (nats)
+    max_residual: float  # largest |fit - loss| over the points (nats)
+    n_points: int
+
+    def __call__(self, n):
+        """The fitted loss at N (float or array)."""
+        return self.floor + self.a * np.asarray(n, dtype=np.float64) ** -self.alpha
+
+
+def fit_power_law_floor(n: Sequence[float], loss: Sequence[float], grid: int = 4000) -> FloorPowerLawFit:
+    """Fit L = E + A N^-alpha to points (n_i, loss_i): Kaplan et al.'s law with an irreducible term.
+
+    E is profiled on `grid` values in [0, min loss); for each, alpha and A come from a straight line through
+    log(L - E) against log N, and the E whose curve has the smallest squared error in L is kept. At a fixed
+    training budget the loss cannot fall below what that budget allows, whatever N: this is the form of
+    Kaplan et al.'s L(N, D) at fixed D, to a good approximation. Needs at least 3 distinct N.
+    """
+    x = np.asarray(n, dtype=np.float64)
+    y = np.asarray(loss, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"n and loss must be 1-D of the same length, got {x.shape} and {y.shape}")
+    if len(np.unique(x)) < 3:
+        raise ValueError("need at least three distinct n to fit a power law with a floor")
+    if not (np.isfinite(x).all() and np.isfinite(y).all() and (x > 0).all() and (y > 0).all()):
+        raise ValueError("n and loss must be finite and > 0")
+    grid = _check_int("grid", grid, 2)
+    logx = np.log(x)
+    xc = logx - logx.mean()
+    floors = np.linspace(0.0, y.min(), grid + 1)[:-1]  # (G,)
+    logy = np.log(y[None, :] - floors[:, None])  # (G, P): one straight-line fit per candidate floor
+    slope = (logy * xc).sum(1) / (xc**2).sum()
+    intercept = logy.mean(1) - slope * logx.mean()
+    residual = floors[:, None] + np.exp(intercept[:, None] + slope[:, None] * logx) - y  # (G, P), in L
+    sse = (residual**2).sum(1)
+    k = int(np.argmin(sse))
+    return FloorPowerLawFit(-float(slope[k]), float(np.exp(intercept[k])), float(floors[k]),
+                            math.sqrt(float(sse[k]) / len(x)), float(np.abs(residual[k]).max()), len(x))
 
 
 def _constants(constants: dict | None) -> dict:
@@ -584,6 +636,11 @@ def plot_scaling(results: Sequence[dict], checkpoint: int = -1, reference_alpha:
     a.loglog(n, loss, "o", ms=8, color=COLORS["causal"], label=f"held-out loss after {tokens:,} tokens")
     a.loglog(grid, fit(grid), "-", color=COLORS["causal"], alpha=0.6,
              label=f"fit $(N_c/N)^{{\\alpha}}$, $\\alpha$ = {fit.alpha:.3f}")
+    if len(n) >= 3:
+        floor_fit = fit_power_law_floor(n, loss)
+        a.loglog(grid, floor_fit(grid), "-.", color=COLORS["prefix"],
+                 label=f"fit $E + A N^{{-\\alpha}}$, E = {floor_fit.floor:.2f}, "
+                 f"$\\alpha$ = {floor_fit.alpha:.2f}")
     slope_ref = loss[0] * (grid / n[0]) ** (-reference_alpha)
     a.loglog(grid, slope_ref, "--", color="gray",
              label=f"slope of Kaplan et al., $\\alpha$ = {reference_alpha}")

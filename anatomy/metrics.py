@@ -722,8 +722,10 @@ def plot_gibbs(sweeps, tv: dict[str, Sequence[float]], floors: dict[str, float] 
             ax.axhline(max(floors[label], 1e-16), color=color, ls=":", lw=1.5)
     ax.set_xlabel("Gibbs sweeps (each position resampled once per sweep)")
     ax.set_ylabel("total variation to the source p (log)")
+    if floors:
+        ax.plot([], [], ":", color="gray", label="stationary distribution of the chain")
     ax.set_ylim(1e-16, 1.5)
-    ax.legend(loc="center right")
+    ax.legend(loc="lower left")
     fig.tight_layout()
     return fig
 

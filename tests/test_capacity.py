@@ -154,6 +154,8 @@ def test_scaling_run_is_deterministic_and_records_checkpoints():
     b = C.scaling_run(configs, train_ids, val_ids, tokens=16 * 8 * 12, batch_size=8, seq_len=16,
                       n_checkpoints=3, val_batches=2, seed=1)
     assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
+    assert [r["val_loss_se"] for r in a] == [r["val_loss_se"] for r in b]
+    assert all(0 < r["val_loss_se"] < 0.5 for r in a)
     assert a[0]["tokens"] == [4 * 128, 8 * 128, 12 * 128]
     assert a[0]["params"] < a[1]["params"]
     # uniform random tokens: nothing to learn beyond log 20
@@ -179,6 +181,39 @@ def test_fit_power_law_errors():
         C.fit_power_law([10, 10], [1.0, 2.0])
     with pytest.raises(ValueError, match="finite"):
         C.fit_power_law([10, 100], [1.0, 0.0])
+
+
+def test_fit_power_law_floor_recovers_a_floor_and_beats_the_pure_law():
+    n = np.array([1e3, 4e3, 1.6e4, 6.4e4, 2.56e5])
+    loss = 1.7 + 20.0 * n**-0.4
+    fit = C.fit_power_law_floor(n, loss, grid=20000)
+    assert fit.floor == pytest.approx(1.7, abs=2e-3)
+    assert fit.alpha == pytest.approx(0.4, abs=0.01)
+    assert fit.max_residual < 1e-3
+    np.testing.assert_allclose(fit(n), loss, atol=1e-3)
+    # the same points miss a pure power law by much more: the floor flattens them
+    pure = C.fit_power_law(n, loss)
+    assert np.abs(pure(n) - loss).max() > 10 * fit.max_residual
+
+
+def test_fit_power_law_floor_fails_on_points_that_bend_the_wrong_way():
+    # losses that fall faster and faster with log N (concave in log-log): no E + A N^-alpha fits them well
+    n = np.array([1e3, 1e4, 1e5, 1e6])
+    loss = np.array([3.0, 2.95, 2.8, 2.3])
+    assert C.fit_power_law_floor(n, loss).max_residual > 0.05
+    # and a loss that rises with N gets a negative exponent
+    assert C.fit_power_law_floor(n, loss[::-1]).alpha < 0
+
+
+def test_fit_power_law_floor_errors():
+    with pytest.raises(ValueError, match="three distinct"):
+        C.fit_power_law_floor([10, 100, 100], [2.0, 1.5, 1.4])
+    with pytest.raises(ValueError, match="finite"):
+        C.fit_power_law_floor([10, 100, 1000], [2.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="same length"):
+        C.fit_power_law_floor([10, 100, 1000], [2.0, 1.0])
+    with pytest.raises(TypeError, match="grid"):
+        C.fit_power_law_floor([10, 100, 1000], [2.0, 1.5, 1.4], grid=1.5)
 
 
 def test_compute_optimal_minimizes_the_parametric_loss():

@@ -98,7 +98,13 @@ def _full_mask(mask, Nq, Nk, q_offset, prefix_len, key_padding_mask, device):
 
 
 def reference_attention(q, k, v, mask="causal", *, q_offset, prefix_len=None, key_padding_mask=None):
-    """Dense masked softmax: softmax(Q K^T / sqrt(D) + mask) V. Shapes as in :func:`attention`."""
+    """Dense masked softmax: softmax(Q K^T / sqrt(D) + mask) V. Shapes and checks as in :func:`attention`."""
+    q_offset = _check_inputs(q, k, v, mask, prefix_len, q_offset, "reference", 1, key_padding_mask)
+    kw = dict(q_offset=q_offset, prefix_len=prefix_len, key_padding_mask=key_padding_mask)
+    return _reference(q, k, v, mask, **kw)
+
+
+def _reference(q, k, v, mask, *, q_offset, prefix_len=None, key_padding_mask=None):
     G = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, G), _repeat_kv(v, G)
     scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, Hq, Nq, Nk)
@@ -119,7 +125,7 @@ def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
         clean = math.isfinite((q.sum() + k.sum()).item())  # a false alarm (overflow) only costs time
     if clean:
         return out
-    exact = reference_attention(q, k, v, mask, **kw)
+    exact = _reference(q, k, v, mask, **kw)
     return torch.where(torch.isfinite(exact), out, exact)
 
 
@@ -162,13 +168,13 @@ def attention(
     q_offset = _check_inputs(q, k, v, mask, prefix_len, q_offset, backend, tile, key_padding_mask)
     kw = dict(q_offset=q_offset, prefix_len=prefix_len, key_padding_mask=key_padding_mask)
     if backend == "reference":
-        return reference_attention(q, k, v, mask, **kw)
+        return _reference(q, k, v, mask, **kw)
     if backend == "sdpa":
         return _sdpa(q, k, v, mask, **kw)
     if backend == "tiled":
-        from anatomy.kernels.tiled import tiled_attention
+        from anatomy.kernels.tiled import _tiled_attention
 
-        return tiled_attention(q, k, v, mask, tile=tile, **kw)
+        return _tiled_attention(q, k, v, mask, tile=tile, **kw)
     from anatomy.kernels import triton_attention  # noqa: PLC0415 (optional dependency)
 
     return triton_attention(q, k, v, mask, tile=tile, **kw)
@@ -189,9 +195,9 @@ def attention_probs(
     Normalised with the log-sum-exp that the tiled kernel computes, so it is the matrix our kernel used.
     """
     q_offset = _check_inputs(q, k, k, mask, prefix_len, q_offset, "tiled", tile, key_padding_mask)
-    from anatomy.kernels.tiled import tiled_attention
+    from anatomy.kernels.tiled import _tiled_attention
 
-    _, lse = tiled_attention(
+    _, lse = _tiled_attention(
         q,
         k,
         k,

@@ -50,11 +50,26 @@ def tiled_attention(
 ):
     """Tiled attention; q (B, Hq, Nq, D), k/v (B, Hkv, Nk, D) -> out (B, Hq, Nq, D) [, lse (B, Hq, Nq)].
 
-    Arguments are assumed valid (``anatomy.attention`` checks them). If ``stats`` is a dict, it receives
+    Arguments are checked as ``anatomy.attention`` checks them. If ``stats`` is a dict, it receives
     ``"tiles"`` (tiles computed), ``"later_tiles"`` (those after the first of their row block, where a
     rescaling can happen) and ``"rescaled"`` (those where the running maximum was raised and the running
     sums rescaled; under a padding mask every later tile is).
     """
+    from anatomy.attention import _check_inputs  # noqa: PLC0415 (anatomy.attention imports this module)
+
+    q_offset = _check_inputs(q, k, v, mask, prefix_len, q_offset, "tiled", tile, key_padding_mask)
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"return_lse must be a bool, got {type(return_lse).__name__}")
+    return _tiled_attention(
+        q, k, v, mask, q_offset=q_offset, prefix_len=prefix_len, tile=tile,
+        key_padding_mask=key_padding_mask, return_lse=return_lse, stats=stats,
+    )  # fmt: skip
+
+
+def _tiled_attention(
+    q, k, v, mask, *, q_offset, prefix_len, tile, key_padding_mask=None, return_lse=False, stats=None
+):
+    """:func:`tiled_attention` on arguments already checked."""
     if stats is not None and not isinstance(stats, dict):
         raise TypeError(f"stats must be a dict (or None), got {type(stats).__name__}")
     n_tiles = n_later = n_rescaled = 0

@@ -5,6 +5,9 @@
 * `repeated_sequences`, `copy_losses`, `head_scores`: the induction task (a random sequence shown twice)
   and the scores that find the heads that solve it (prefix matching, previous token).
 * `induction_experiment`: train an attention-only decoder on the task and record the phase change.
+* `masked_induction_experiment`: the same task, data and budget for an attention-only *encoder* trained
+  as a masked LM (BERT's objective), probed by filling one masked slot of the second copy
+  (`fill_losses`): does a model trained to fill blanks, not to continue text, learn to use its context?
 * `dual_form`: one gradient-descent step on a linear model equals one linear-attention layer over the
   examples (Dai et al. 2023; von Oswald et al. 2023); putting the softmax back breaks the equality.
 * `few_shot_accuracy`: k-shot prompting of a causal LM, accuracy against k.
@@ -34,6 +37,11 @@ __all__ = [
     "head_scores",
     "induction_batches",
     "induction_experiment",
+    "MaskedInductionRun",
+    "fill_losses",
+    "masked_induction_batches",
+    "masked_induction_experiment",
+    "plot_decoder_vs_encoder",
     "plot_dual_form",
     "plot_head_scores",
     "plot_induction",
@@ -229,6 +237,7 @@ class InductionRun:
     attention: list[torch.Tensor] = field(default_factory=list)  # (layers, heads, 2L-1, 2L-1), one example
     example: torch.Tensor | None = None  # the example sequence (2L,) whose attention is stored
     model: nn.Module | None = None
+    targets: list[int] = field(default_factory=list)  # positions with a loss seen in training, per evaluation
 
     def best_head(self, layer: int | None = None, kind: str = "prefix_matching") -> tuple[int, int]:
         """(layer, head) with the highest final score (optionally within one layer)."""
@@ -313,6 +322,170 @@ def induction_experiment(
         seed=seed,
     )
     run.steps = [s for s, _ in hist.evals]
+    run.targets = [hist.tokens[s - 1] if s else 0 for s in run.steps]
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The same task for an encoder: a masked LM trained on the same data, probed by filling a masked slot
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _special(vocab_size: int):
+    from anatomy.objectives import SpecialTokens
+
+    return SpecialTokens(n_text=vocab_size, n_sentinels=0)  # [MASK] = vocab_size; model vocab vocab_size + 3
+
+
+def masked_induction_batches(
+    batch_size: int, lengths: tuple[int, int], vocab_size: int, seed: int = 0, *, rate: float = 0.15
+):
+    """``step -> (x, labels)``: BERT masked-LM batches of sequences shown twice, fixed by (seed, step).
+
+    The sequences are those of :func:`induction_batches` (same seed, same step: the same random L and the
+    same tokens, here with their last token, 2L in all); `rate` of the positions of each sequence are
+    selected as targets, 80% of them replaced by ``[MASK]`` (id `vocab_size`), 10% by a random token, 10%
+    left as they are (:func:`anatomy.objectives.masked_lm_batch`). Labels are -100 elsewhere.
+    """
+    from anatomy.objectives import masked_lm_batch
+
+    lo, hi = lengths
+    _check_int("lengths[0]", lo, 2)
+    if hi < lo:
+        raise ValueError(f"lengths must be (lo, hi) with lo <= hi, got {lengths!r}")
+    special = _special(vocab_size)
+
+    def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed((seed * 1_000_003 + step) % 2**63)
+        L = int(torch.randint(lo, hi + 1, (1,), generator=g))
+        seqs = repeated_sequences(batch_size, L, vocab_size, g)
+        return masked_lm_batch(seqs, special, rate=rate, generator=g)
+
+    return batch
+
+
+@torch.no_grad()
+def fill_losses(model: nn.Module, seqs: torch.Tensor, mask_id: int) -> tuple[float, float]:
+    """An encoder's loss (nats) and accuracy at filling one masked slot of the second copy, in context.
+
+    seqs (n, 2L): sequences shown twice. Each of the positions L+1..2L-1 (the ones a decoder is scored on
+    by :func:`copy_losses`) is replaced by ``mask_id`` in its own copy of the sequence, everything else
+    left visible; the model's prediction at the slot is scored against the hidden token. Without using
+    the first copy the best loss is ln V; by copying from it, close to 0.
+    """
+    if seqs.dim() != 2 or seqs.shape[1] % 2:
+        raise ValueError("seqs must be (n, 2L) sequences shown twice")
+    n, N = seqs.shape
+    L = N // 2
+    slots = torch.arange(L + 1, N)  # (L - 1,)
+    x = seqs.repeat_interleave(len(slots), dim=0)  # (n * (L - 1), 2L)
+    where = slots.repeat(n)
+    rows = torch.arange(len(x))
+    x[rows, where] = mask_id
+    was_training = model.training
+    model.eval()
+    try:
+        logits = model(x)[rows, where].float()  # (n * (L - 1), vocab)
+    finally:
+        model.train(was_training)
+    target = seqs[:, L + 1 :].reshape(-1)
+    return float(F.cross_entropy(logits, target)), float((logits.argmax(-1) == target).float().mean())
+
+
+@dataclass
+class MaskedInductionRun:
+    """What `masked_induction_experiment` recorded at every evaluation."""
+
+    length: int
+    vocab_size: int  # text tokens (the model's vocabulary adds [MASK] and two unused special ids)
+    mask_id: int
+    steps: list[int] = field(default_factory=list)
+    slot_loss: list[float] = field(default_factory=list)  # loss at a masked slot of the second copy (nats)
+    slot_accuracy: list[float] = field(default_factory=list)
+    targets: list[int] = field(default_factory=list)  # positions with a loss seen in training, per evaluation
+    final_loss: float = math.nan  # slot loss of the trained model on all n_eval sequences
+    final_accuracy: float = math.nan
+    final_slots: int = 0  # how many masked slots the final numbers average over: n_eval * (L - 1)
+    model: nn.Module | None = None
+
+    def phase_change_step(self, threshold: float | None = None) -> int:
+        """First evaluated step where the slot loss is below `threshold` (default: half of ln V), else -1."""
+        threshold = 0.5 * math.log(self.vocab_size) if threshold is None else threshold
+        for s, loss in zip(self.steps, self.slot_loss):
+            if loss < threshold:
+                return s
+        return -1
+
+
+def masked_induction_experiment(
+    *,
+    length: int = 24,
+    train_lengths: tuple[int, int] = (8, 24),
+    vocab_size: int = 64,
+    config: Config | None = None,
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    rate: float = 0.15,
+    eval_every: int = 50,
+    n_eval: int = 64,
+    curve_eval: int = 16,
+    seed: int = 0,
+    progress: bool = False,
+) -> MaskedInductionRun:
+    """`induction_experiment`'s task for an encoder: a 2-layer attention-only masked LM, same data and budget.
+
+    Default model: `induction_experiment`'s (d_model 64, 2 heads per layer, RoPE, LayerNorm, no MLP) with a
+    bidirectional mask and a vocabulary with ``[MASK]``. Training: BERT's masked-LM objective on the
+    same sequences (`masked_induction_batches`), for the same steps, batch size, learning rate and
+    schedule. Evaluation: the decoder's n_eval fresh sequences of `length` tokens shown twice (same seed),
+    each slot of the second copy masked in turn (`fill_losses`): the first `curve_eval` of them every
+    `eval_every` steps (each costs L - 1 forward passes, so the curve uses fewer), all of them at the end.
+    """
+    from anatomy.train import train
+
+    _check_int("length", length, 2)
+    special = _special(vocab_size)
+    config = config or Config(
+        vocab_size=special.vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        max_seq_len=2 * max(length, train_lengths[1]),
+        pos="rope",
+        norm="layer",
+        mask="bidirectional",
+    )
+    if config.vocab_size < special.vocab_size:
+        raise ValueError(f"config.vocab_size must be at least vocab_size + 3 = {special.vocab_size}")
+    torch.manual_seed(seed)
+    model = AttentionOnly(config)
+    g = torch.Generator().manual_seed(seed + 10_000)
+    eval_seqs = repeated_sequences(n_eval, length, vocab_size, g)  # the decoder's evaluation sequences
+    _check_int("curve_eval", curve_eval, 1)
+    run = MaskedInductionRun(length, vocab_size, special.mask_id, model=model)
+
+    def eval_fn(m: nn.Module) -> dict[str, float]:
+        loss, acc = fill_losses(m, eval_seqs[:curve_eval], special.mask_id)
+        run.slot_loss.append(loss)
+        run.slot_accuracy.append(acc)
+        return {"slot_loss": loss}
+
+    hist = train(
+        model,
+        masked_induction_batches(batch_size, train_lengths, vocab_size, seed, rate=rate),
+        steps=steps,
+        lr=lr,
+        warmup=0.02,
+        eval_fn=eval_fn,
+        eval_every=eval_every,
+        progress=progress,
+        seed=seed,
+    )
+    run.steps = [s for s, _ in hist.evals]
+    run.targets = [hist.tokens[s - 1] if s else 0 for s in run.steps]
+    run.final_loss, run.final_accuracy = fill_losses(model, eval_seqs, special.mask_id)
+    run.final_slots = n_eval * (length - 1)
     return run
 
 
@@ -464,6 +637,7 @@ def _batched_queries(model: nn.Module, context: list[int], queries: list[list[in
             k, v = single.keys(layer), single.values(layer)
             cache.update(layer, k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
         cache.commit(single.tokens.expand(n, -1))
+        cache._owner = single._owner  # the same model's keys and values: it may continue this cache
     logits = model(batch, cache=cache)  # (n, width, vocab)
     last = torch.tensor([len(q) - 1 for q in queries])
     return logits[torch.arange(n), last]
@@ -491,7 +665,9 @@ def few_shot_accuracy(
     next token must equal the first token of the output as the tokenizer splits the full text. The
     demonstrations run once per set, and all its queries share their KV cache in one batched call
     (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and
-    demonstration sets.
+    demonstration sets. The draws for each k come from a generator seeded by (seed, k): two calls with the
+    same seed see the same demonstration inputs and queries at every k they share (e.g. with and without
+    wrong_labels), whatever their other ks.
 
     wrong_labels=True pairs every demonstration's input with the output of another pair (Min et al. 2022's
     test: does the model learn the mapping from the demonstrations or only their format?); the outputs come
@@ -507,12 +683,12 @@ def few_shot_accuracy(
     for k in ks:
         _check_int("k", k, 0)
     head = template.split("{y}")[0]
-    rng = np.random.default_rng(seed)
     was_training = model.training
     model.eval()
     accuracy, example = [], ""
     try:
         for k in ks:
+            rng = np.random.default_rng((seed, k))  # the same draws for k whatever the other ks are
             correct = total = 0
             for _ in range(n_prompts):
                 order = rng.permutation(len(pairs))
@@ -667,6 +843,26 @@ def plot_dual_form(result: DualForm):
     ax.set_xlabel("spread of the attention logits (standard deviation)")
     ax.set_ylabel("relative distance from one GD step")
     ax.set_title("One GD step = linear attention; softmax only approximately")
+    ax.legend(fontsize=9, loc="center right")
+    fig.tight_layout()
+    return fig
+
+
+def plot_decoder_vs_encoder(decoder: InductionRun, encoder: MaskedInductionRun):
+    """Loss against training step: the decoder's next token in the second copy, the encoder's masked slot."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.6, 3.8))
+    ax.plot(decoder.steps, decoder.second_copy, "o-", ms=3, color="#0072B2",
+            label="decoder (next-token training): next token")  # book.COLORS: causal, bidirectional
+    ax.plot(encoder.steps, encoder.slot_loss, "s-", ms=3, color="#D55E00",
+            label="encoder (masked-LM training): masked slot")
+    ax.axhline(math.log(decoder.vocab_size), color="#777777", ls="--", lw=0.8)
+    ax.text(decoder.steps[-1], math.log(decoder.vocab_size), "ln V: no use of the first copy", ha="right",
+            va="bottom", fontsize=9, color="#555555")
+    ax.set_xlabel("training step (same data, batch and schedule)")
+    ax.set_ylabel("loss on the second copy (nats per token)")
+    ax.set_title("The same in-context copying task, two objectives")
     ax.legend(fontsize=9, loc="center right")
     fig.tight_layout()
     return fig

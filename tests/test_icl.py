@@ -15,9 +15,12 @@ from anatomy.icl import (
     copy_losses,
     dual_form,
     few_shot_accuracy,
+    fill_losses,
     head_scores,
     induction_batches,
     induction_experiment,
+    masked_induction_batches,
+    masked_induction_experiment,
     repeated_sequences,
 )
 
@@ -143,6 +146,78 @@ def test_induction_experiment_records_everything():
     assert run.phase_change_step(threshold=-1.0) == -1
 
 
+def test_attention_only_rope_is_relative():
+    """Shifting the input leaves the first layer's attention logits unchanged (all models: test_rope.py)."""
+    torch.manual_seed(0)
+    model = AttentionOnly(small_config(pos="rope", init_std=0.5, mask="bidirectional")).eval()
+    ids = torch.randint(1, 16, (1, 10))
+    shifted = torch.cat([torch.zeros(1, 3, dtype=torch.long), ids], 1)
+    with torch.no_grad():
+        a = model(ids, return_attn=True).attentions[0].log()
+        b = model(shifted, return_attn=True).attentions[0].log()[..., 3:, 3:]
+    # log-probabilities differ by a per-row constant (the keys 0..2 of the shifted input): compare differences
+    torch.testing.assert_close(a - a[..., :1], b - b[..., :1], atol=1e-4, rtol=0)
+
+
+def test_masked_induction_batches_are_bert_batches_of_the_same_sequences():
+    V = 10
+    batches = masked_induction_batches(4, (6, 9), V, seed=3)
+    plain = induction_batches(4, (6, 9), V, seed=3)
+    for step in range(20):
+        x, labels = batches(step)
+        seqs_x, _ = plain(step)
+        L = x.shape[1] // 2
+        assert x.shape[1] == seqs_x.shape[1] + 1 and 6 <= L <= 9  # the same L: all 2L tokens here
+        selected = labels != -100
+        assert (selected.sum(1) == round(0.15 * 2 * L)).all()  # BERT's pipeline: round(15%) per sequence
+        assert ((x == V) <= selected).all()  # [MASK] (id V) only where a target is
+        assert int(x.max()) <= V and int(labels[selected].max()) < V
+        full = torch.cat([seqs_x, seqs_x[:, L - 1 : L]], 1)  # with the second copy's last token
+        assert torch.equal(x[~selected], full[~selected])  # unselected positions keep their tokens
+        assert torch.equal(labels[selected], full[selected])
+    assert torch.equal(batches(5)[0], batches(5)[0])
+
+
+class FillOracle(torch.nn.Module):
+    """An encoder that fills a [MASK] in the second copy from the first copy (or knows nothing)."""
+
+    def __init__(self, V: int, mask_id: int, knows: bool = True):
+        super().__init__()
+        self.V, self.mask_id, self.knows = V, mask_id, knows
+
+    def forward(self, ids):
+        B, N = ids.shape
+        logits = torch.zeros(B, N, self.V + 3)
+        logits[..., self.V :] = -1e9  # never the special tokens
+        if self.knows:
+            for b, i in (ids == self.mask_id).nonzero().tolist():
+                logits[b, i, ids[b, i - N // 2]] = 50.0
+        return logits
+
+
+def test_fill_losses_on_oracles():
+    V, L = 20, 7
+    seqs = repeated_sequences(5, L, V, torch.Generator().manual_seed(0))
+    loss, acc = fill_losses(FillOracle(V, V), seqs, V)
+    assert loss < 1e-6 and acc == 1.0
+    loss, acc = fill_losses(FillOracle(V, V, knows=False), seqs, V)
+    assert loss == pytest.approx(math.log(V), rel=1e-6)
+    with pytest.raises(ValueError, match="2L"):
+        fill_losses(FillOracle(V, V), seqs[:, :-1], V)
+
+
+def test_masked_induction_experiment_records_everything():
+    run = masked_induction_experiment(length=6, train_lengths=(4, 6), vocab_size=12, steps=20, batch_size=8,
+                                      eval_every=10, n_eval=8, curve_eval=2)
+    assert run.steps == [0, 10, 20] and len(run.slot_loss) == len(run.slot_accuracy) == 3
+    assert run.targets[0] == 0 and run.targets[1] < run.targets[2]
+    assert run.final_slots == 8 * 5 and 0.0 <= run.final_accuracy <= 1.0 and run.final_loss > 0
+    assert run.mask_id == 12 and run.model.config.mask == "bidirectional"
+    assert run.phase_change_step(threshold=-1.0) == -1
+    with pytest.raises(ValueError, match="vocab_size"):
+        masked_induction_experiment(config=small_config(vocab_size=12), vocab_size=12, steps=1)
+
+
 # ------------------------------------------------------------------------------------ dual form
 
 
@@ -215,6 +290,16 @@ def test_few_shot_accuracy_runs_a_real_model_and_validates():
         few_shot_accuracy(model, tok, PAIRS, ks=(0, 8), n_queries=5)
     with pytest.raises(ValueError, match="template"):
         few_shot_accuracy(model, tok, PAIRS, template="{x} {y}")
+
+
+def test_few_shot_draws_depend_on_k_only():
+    tok = CharTokenizer("".join(x + y for x, y in PAIRS) + " ->\n")
+    a = few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(0, 1, 3), n_queries=4, seed=2)
+    b = few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(3,), n_queries=4, seed=2)
+    c = few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(3,), n_queries=4, seed=2, wrong_labels=True)
+    assert a.example_prompt == b.example_prompt  # the same demonstrations at k = 3 whatever the other ks
+    inputs = lambda r: [line.split(" -> ")[0] for line in r.example_prompt.split("\n")]  # noqa: E731
+    assert inputs(c) == inputs(b)  # wrong labels: the same inputs and query, other outputs
 
 
 def test_batched_queries_match_one_by_one():

@@ -54,11 +54,11 @@ def _module(name: str, path: Path):
 
 colab_env = _module("colab_env", ROOT / "scripts" / "colab_env.py")
 
-FAKE_COLAB = """\
+STARTUP = """\
 # Colab imports google.colab in every kernel before the first cell; the chapters' setup cells test for it.
-import sys, types
-sys.modules.setdefault("google.colab", types.ModuleType("google.colab"))
+import google.colab
 """
+STUB = '"""Stand-in for Colab\'s google.colab package (tests/test_colab_env.py): importable, and empty."""\n'
 
 RUNNER = """\
 import json, sys, time
@@ -116,7 +116,12 @@ def colab(tmp_path_factory):
     overlay = colab_env.overlay_env(base, tmp / "overlay")
     ipython_dir = tmp / "ipython"
     (ipython_dir / "profile_default" / "startup").mkdir(parents=True)
-    (ipython_dir / "profile_default" / "startup" / "00-fake-colab.py").write_text(FAKE_COLAB)
+    (ipython_dir / "profile_default" / "startup" / "00-fake-colab.py").write_text(STARTUP)
+    # a real (empty) package, so that importlib.util.find_spec("google.colab") works as in Colab
+    # (accelerate and huggingface_hub ask); `google` stays a namespace package
+    stub = colab_env._site(overlay) / "google" / "colab"
+    stub.mkdir(parents=True)
+    (stub / "__init__.py").write_text(STUB)
     cache = colab_env.cache_root() / "anatomy-cache"  # converted SmolLM2 weights, kept between runs
     env = {k: v for k, v in os.environ.items()
            if k not in ("PYTHONPATH", "VIRTUAL_ENV", "ANATOMY_RESULTS", "PYTHONHOME")}

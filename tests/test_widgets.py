@@ -30,7 +30,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SLOW = 20.0  # seconds: a stalled cell takes the full timeout (60 s here)
 
-pytestmark = [pytest.mark.book, pytest.mark.slow]
+pytestmark = [pytest.mark.book]
 
 CELLS = [
     """\
@@ -113,11 +113,13 @@ def _env(**extra) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_explore_live_under_ipywidgets_8():
     pytest.importorskip("ipywidgets")
     _check(_run(sys.executable, _env()), "8")
 
 
+@pytest.mark.slow
 def test_explore_live_under_colab_ipywidgets_7(tmp_path):
     spec = importlib.util.spec_from_file_location("colab_env", ROOT / "scripts" / "colab_env.py")
     colab_env = importlib.util.module_from_spec(spec)
@@ -126,3 +128,19 @@ def test_explore_live_under_colab_ipywidgets_7(tmp_path):
     # the work tree's package on the path: this test is about explore_live, not about installing it
     env = _env(PYTHONPATH=str(ROOT), JUPYTER_DATA_DIR=str(tmp_path / "jupyter"), JUPYTER_PATH="")
     _check(_run(str(base / "bin" / "python"), env), "7")
+
+
+CHAPTERS = sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS, ids=lambda p: p.stem)
+def test_live_explorers_are_executed_by_the_build(chapter):
+    """No explore_live cell is tagged skip-execution (scripts/sync_setup_cells.py removes the tag).
+
+    The build runs them under ipywidgets 8, with _ext/nbclient_poll.py against the stall.
+    """
+    nb = json.loads(chapter.read_text(encoding="utf-8"))
+    skipped = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
+               and "explore_live(" in "".join(c["source"])
+               and "skip-execution" in c.get("metadata", {}).get("tags", [])]
+    assert not skipped, f"{chapter.name}: explore_live cells {skipped} are tagged skip-execution"

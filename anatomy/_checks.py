@@ -133,3 +133,15 @@ def check_generator(name: str, value):
     if value is not None and not isinstance(value, torch.Generator):
         raise TypeError(f"{name} must be a torch.Generator or None, got {type(value).__name__}")
     return value
+
+
+def check_device(name: str, value, *, none: bool = False):
+    """A torch.device or a string naming one -> torch.device (None passes if ``none``)."""
+    if value is None and none:
+        return None
+    if not isinstance(value, (str, torch.device)):
+        raise TypeError(f"{name} must be a str or torch.device, got {type(value).__name__}")
+    try:
+        return torch.device(value)
+    except RuntimeError as e:
+        raise ValueError(f"{name} must name a torch device, got {value!r}") from e

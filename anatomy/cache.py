@@ -13,7 +13,7 @@ import weakref
 
 import torch
 
-from anatomy._checks import check_dtype, check_int, check_positive_int, check_tensor
+from anatomy._checks import check_device, check_dtype, check_int, check_positive_int, check_tensor
 
 
 class KVCache:
@@ -40,7 +40,7 @@ class KVCache:
             )
         )
         check_dtype("dtype", dtype, floating=True)  # an integer cache would round the keys
-        device = _check_device(device)
+        device = check_device("device", device)
         self.n_layers, self.batch_size, self.n_kv_heads, self.head_dim = (
             n_layers,
             batch_size,
@@ -68,6 +68,8 @@ class KVCache:
         owner = None if self._owner is None else self._owner()
         if owner is layers:
             return
+        if not isinstance(layers, torch.nn.Module):
+            raise TypeError(f"layers must be a torch.nn.Module, got {type(layers).__name__}")
         if self._len or self.cross is not None:
             raise ValueError(
                 "cache was filled by another model (its keys and values would be wrong for this one): use "
@@ -158,6 +160,7 @@ class KVCache:
 
     def commit(self, input_ids: torch.Tensor) -> None:
         """Advance the length by the tokens every layer has just written."""
+        check_tensor("input_ids", input_ids, kind="int", dim=2)
         self._len += input_ids.shape[1]
         with torch.inference_mode(False):  # a normal tensor even during generate()
             self.tokens = torch.cat([self.tokens, input_ids.to(self.device)], dim=1)
@@ -206,12 +209,3 @@ def kv_cache_bytes(
     bytes_per_elem = check_positive_int("bytes_per_elem", bytes_per_elem)
     batch_size = check_positive_int("batch_size", batch_size)
     return 2 * n_layers * n_kv_heads * head_dim * n_tokens * bytes_per_elem * batch_size
-
-
-def _check_device(device) -> torch.device:
-    if not isinstance(device, (str, torch.device)):
-        raise TypeError(f"device must be a str or torch.device, got {type(device).__name__}")
-    try:
-        return torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(f"device must name a torch device, got {device!r}") from e

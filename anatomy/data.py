@@ -440,8 +440,7 @@ class MarkovSource:
 
     def marginal(self, n: int) -> np.ndarray:
         """The stationary distribution of n consecutive symbols, shape (V,) * n, for n <= order + 1."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        n = check_int("n", n, lo=0)
         if n > self.order + 1:
             raise ValueError(f"n must be <= order + 1 = {self.order + 1}, got {n}; use joint(n)")
         window = self.pi[..., None] * self.P  # (V,) * (order + 1): one context and the next symbol
@@ -449,8 +448,7 @@ class MarkovSource:
 
     def conditional_entropy(self, k: int) -> float:
         """H(X_t | the previous k symbols) in nats. Decreases with k; equals the rate for k >= order."""
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
-            raise ValueError(f"k must be an int >= 0, got {k!r}")
+        k = check_int("k", k, lo=0)
         if k >= self.order:
             return self.entropy_rate()
         return float(_entropy(self.marginal(k + 1)) - _entropy(self.marginal(k)))

@@ -18,7 +18,7 @@ from functools import lru_cache
 
 import torch
 
-from anatomy._checks import check_int, check_positive_int
+from anatomy._checks import check_device, check_int, check_positive_int
 
 MASKS = ("causal", "bidirectional", "prefix")
 
@@ -63,6 +63,8 @@ def visible(
 
 def default_q_offset(n_queries: int, n_keys: int) -> int:
     """Queries sit at the end of the keys by default (a query block appended to a cache)."""
+    check_int("n_queries", n_queries)
+    check_int("n_keys", n_keys)
     return n_keys - n_queries
 
 
@@ -80,6 +82,7 @@ def dense_mask(
     check_mask(mask, prefix_len, n_keys)
     q_offset = check_int("q_offset", q_offset, none=True)
     q_offset = default_q_offset(n_queries, n_keys) if q_offset is None else q_offset
+    device = check_device("device", device, none=True)
     q_pos = torch.arange(n_queries, device=device)[:, None] + q_offset
     k_pos = torch.arange(n_keys, device=device)[None, :]
     return visible(mask, q_pos, k_pos, prefix_len)

@@ -144,6 +144,7 @@ class RMSNorm(nn.Module):
 
 
 def make_norm(config: Config) -> nn.Module:
+    _check_config(config)
     if config.norm == "rms":
         return RMSNorm(config.d_model, config.norm_eps)
     return nn.LayerNorm(config.d_model, eps=config.norm_eps, bias=config.norm_bias)
@@ -487,6 +488,12 @@ def _check_0_1_mask(name: str, mask, like: torch.Tensor, like_name: str) -> torc
     return mask
 
 
+def _check_config(config) -> Config:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an anatomy Config, got {type(config).__name__}")
+    return config
+
+
 def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor) -> int:
     """Validate a KV cache for this model and these new ids, claim it for ``layers``; -> tokens cached."""
     if not isinstance(cache, KVCache):
@@ -517,6 +524,7 @@ class Transformer(nn.Module):
 
     def __init__(self, config: Config) -> None:
         super().__init__()
+        _check_config(config)
         self.config = c = config
         self.embed_tokens = nn.Embedding(c.vocab_size, c.d_model)
         if c.pos == "learned":
@@ -555,6 +563,7 @@ class Transformer(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameter count; without the token/position embedding tables by default (Kaplan et al.'s N)."""
+        check_bool("non_embedding", non_embedding)
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.embed_tokens.weight.numel()
@@ -578,8 +587,11 @@ class Transformer(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
+        _check_ids(input_ids, self.config.vocab_size)
+        return self._embed(input_ids, check_int("start", start, lo=0), token_type_ids)
+
+    def _embed(self, input_ids, start, token_type_ids):
         c = self.config
-        start = check_int("start", start, lo=0)
         x = self.embed_tokens(input_ids)
         N = input_ids.shape[1]
         if c.pos == "learned":
@@ -653,7 +665,7 @@ class Transformer(nn.Module):
         rope = None
         if c.pos == "rope":
             rope = self.rope(start, N, input_ids.device, self.embed_tokens.weight.dtype)
-        x = self.embed(input_ids, start, token_type_ids)
+        x = self._embed(input_ids, start, token_type_ids)
         hidden, attns = [x], []
         for i, layer in enumerate(self.layers):
             x, probs = layer(
@@ -694,6 +706,8 @@ class EncoderDecoder(nn.Module):
 
     def __init__(self, config: Config, n_decoder_layers: int | None = None) -> None:
         super().__init__()
+        _check_config(config)
+        check_positive_int("n_decoder_layers", n_decoder_layers, none=True)
         self.config = config
         self.encoder = Transformer(replace(config, mask="bidirectional", lm_head=False))
         self.embed_tokens = self.encoder.embed_tokens
@@ -713,6 +727,7 @@ class EncoderDecoder(nn.Module):
         self.encoder._scale_residual_init(self.layers)
 
     def num_params(self, non_embedding: bool = True) -> int:
+        check_bool("non_embedding", non_embedding)
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.embed_tokens.weight.numel()

@@ -363,6 +363,8 @@ def config_from_hf(
     NotImplementedError naming the feature.
     """
     check_bool("lm_head", lm_head)
+    if isinstance(hf_config, (str, bytes, int, float)) or hf_config is None:
+        raise TypeError(f"hf_config must be a transformers config or dict, got {type(hf_config).__name__}")
     for name, value in (("qkv_bias", qkv_bias), ("out_bias", out_bias)):
         if value is not None:
             check_bool(name, value)

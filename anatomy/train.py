@@ -36,7 +36,11 @@ def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     batch = (x, y): x (B, N) input ids, y (B, N) target ids, -100 where there is no target;
     model(x) returns logits (B, N, V).
     """
+    if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+        raise TypeError(f"batch must be a pair (x, y) of (B, N) id tensors, got {type(batch).__name__}")
     x, y = batch
+    if not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or y.shape != x.shape:
+        raise ValueError(f"batch must be a pair (x, y) of id tensors of one shape, got {type(y).__name__}")
     logits = model(x)  # (B, N, V)
     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
     return loss, int((y != -100).sum())

@@ -15,11 +15,13 @@ Nothing here needs an edit of the chapters' notebooks:
 * **The download button** serves the executed notebook (outputs included) instead of the stripped source.
 * **Chapter cross-references**: "chapter 6", "Chapter 2", "chapters 6 and 7" in the prose become links to
   those chapters (the numbers are the table of contents' own, so they follow ``_toc.yml``).
-* **Figures.** An image output's alt text is the cell's ``mystnb.image.alt`` (myst-nb applies it); when a
-  cell has none, the alt text is the figure's caption (``mystnb.figure.caption``) instead of the image's
-  file path. The frames of a ``book.explore`` figure, whose alt text is a Python repr of the parameters,
-  get the cell's alt text followed by the frame's parameters in words. (myst-nb itself makes any cell
-  with ``mystnb.figure`` metadata a numbered figure with that caption, explorers included.)
+* **Figures.** A cell's figure (its image outputs, or its ``book.explore`` figure) becomes a numbered figure
+  with a caption: the cell's ``mystnb.figure.caption`` metadata (myst-nb makes that figure itself), or else
+  the paragraph right after the cell when it reads as a caption (all in italics, or with a "*What to see:*"
+  part), which the chapters write under their figures: that paragraph moves into the figure. An image's
+  alt text is the cell's ``mystnb.image.alt``, or else the caption's first sentence, instead of the
+  image's file path. The frames of a ``book.explore`` figure (alt text: a Python repr of the parameters)
+  get that alt text followed by the frame's parameters in words.
 * **A PDF of the whole book**, ``why-decoder-only.pdf`` beside ``index.html`` (linked from the introduction):
   every page's article in the order of the table of contents, printed by the system's headless Chromium
   (Debian's ``chromium``; nothing downloaded) after MathJax has typeset the math. Skipped, with a note,
@@ -98,20 +100,86 @@ def _plain(text: str) -> str:
     return re.sub(r"[`*$]", "", text).strip()
 
 
+def _is_caption(node) -> bool:
+    """A paragraph that reads as a figure caption: all in italics, or one with a "*What to see:*" part."""
+    if not isinstance(node, nodes.paragraph):
+        return False
+    parts = [c for c in node.children if not (isinstance(c, nodes.Text) and not str(c).strip())]
+    if len(parts) == 1 and isinstance(parts[0], nodes.emphasis):
+        return True
+    return any(isinstance(c, nodes.emphasis) and c.astext().strip().lower().startswith("what to see")
+               for c in node.children)
+
+
+def _first_sentence(text: str, limit: int = 250) -> str:
+    """A caption's first sentence as plain text for an alt attribute (TeX commands and braces dropped)."""
+    text = " ".join(re.sub(r"\\([A-Za-z]+)", r"\1", text).replace("{", "").replace("}", "").split())
+    m = re.search(r"(?<=[.;])\s+(?=[A-Z*])", text)
+    text = text[:m.start()] if m else text
+    if len(text) > limit:
+        text = text[:limit].rsplit(" ", 1)[0] + "..."
+    return text.rstrip(" .;:") + "."
+
+
+def _figure_outputs(cell) -> list[nodes.Element]:
+    """The cell's figure outputs: image nodes and book.explore HTML, outside any figure myst-nb made."""
+    found = []
+    for node in cell.findall(lambda n: isinstance(n, (nodes.image, nodes.raw))):
+        if isinstance(node, nodes.raw) and "anatomy-explore-frame" not in node.astext():
+            continue
+        if any(isinstance(a, nodes.figure) for a in _ancestors(node)):
+            continue
+        found.append(node)
+    return found
+
+
+def _caption_from_next_paragraph(cell) -> nodes.caption | None:
+    """Move the caption-like paragraph right after the cell into a caption node (None if there is none)."""
+    following = cell.next_node(descend=False, siblings=True)
+    if (isinstance(following, nodes.container) and following.get("nb_element") == "cell_code"
+            and not _figure_outputs(following)):
+        following = following.next_node(descend=False, siblings=True)  # past one cell that computes numbers
+    if not _is_caption(following):
+        return None
+    children = list(following.children)
+    if len(children) == 1 and isinstance(children[0], nodes.emphasis):
+        children = list(children[0].children)  # an all-italic caption: the caption style is enough
+    caption = nodes.caption(following.rawsource, "", *[c.deepcopy() for c in children])
+    following.parent.remove(following)
+    return caption
+
+
 def _figures(app, doctree) -> None:
+    """Captions, numbers and alt text for the figures of notebook cells (see the module docstring)."""
     for cell in _cells(doctree):
-        alt, caption = _cell_figure_options(cell)
-        alt = alt or _plain(caption)
+        alt, caption_text = _cell_figure_options(cell)
+        outputs = _figure_outputs(cell)
+        caption = None
+        if outputs and not caption_text:
+            caption = _caption_from_next_paragraph(cell)
+        if caption is not None:
+            # one numbered figure around the cell's figure outputs, with the caption after the last one
+            first = outputs[0]
+            figure = nodes.figure(classes=["anatomy-figure"])
+            figure["ids"].append(f"figure-cell-{cell.get('cell_index')}")
+            first.replace_self(figure)
+            figure += first
+            for other in outputs[1:]:
+                other.parent.remove(other)
+                figure += other
+            figure += caption
+            alt = alt or _first_sentence(caption.astext())
+        alt = alt or (_first_sentence(_plain(caption_text)) if caption_text else "")
         for image in cell.findall(nodes.image):
             if alt and (not image.get("alt") or image["alt"] == image.get("uri")):
                 image["alt"] = alt
         for raw in list(cell.findall(nodes.raw)):
             if "anatomy-explore-frame" not in raw.astext():
                 continue
-            what = alt or "Interactive figure"
+            what = (alt or "Interactive figure").rstrip(".")
 
             def frame_alt(m, what=what):
-                words = html.escape(f"{what}: frame for {_frame_words(m.group(2))}")
+                words = html.escape(f"{what} (frame for {_frame_words(m.group(2))})")
                 return f"{m.group(1)}{words}{m.group(3)}"
 
             text = _EXPLORE_ALT.sub(frame_alt, raw.astext())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import html.parser
 import http.server
+import os
 import shutil
 import subprocess
 import sys
@@ -112,7 +113,8 @@ def make_handler(site: Path):
 
 
 def chromium(args: list[str], profile: Path, timeout: int = 180) -> subprocess.CompletedProcess:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    exe = next((shutil.which(n) for n in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser",
+                                          "google-chrome") if n and shutil.which(n)), None)
     assert exe is not None
     return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
                           capture_output=True, text=True, timeout=timeout)
@@ -132,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     if not (site / "intro.html").exists() and not (site / "index.html").exists():
         print(f"screenshots: no built book in {site}; run bash scripts/build_book.sh first", file=sys.stderr)
         return 1
-    if not (shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")):
+    if not any(shutil.which(n) for n in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser",
+                                         "google-chrome") if n):
         print("screenshots: chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
     if args.pages:

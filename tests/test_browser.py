@@ -453,7 +453,8 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    exe = next((shutil.which(n) for n in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser",
+                                          "google-chrome") if n and shutil.which(n)), None)
     if exe is None:
         _missing("chromium is not installed (apt-get install chromium; scripts/setup_env.sh does it)")
     with tempfile.TemporaryDirectory(prefix="anatomy-cdp-") as tmp:
@@ -598,3 +599,23 @@ def test_page_on_a_phone_in_dark_mode(page, server, browser):
                         f"(contrast < 4.5:1): {seen['low']}")
     problems += errors
     assert not problems, f"{page} (400 px, dark):\n  " + "\n  ".join(problems)
+
+
+def test_the_built_site_is_complete():
+    """What the workflow publishes: every page, sitemap.xml and robots.txt under the base URL derived from
+    _config.yml, the whole-book PDF, and executed notebooks behind the download buttons
+    (scripts/check_site.py, which scripts/deploy_build.sh runs too)."""
+    if not (SITE / "intro.html").exists():
+        _missing(f"no built book in {SITE}")
+    if SITE != ROOT / "_build" / "html":
+        pytest.skip(f"{SITE} is not this repository's build")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_check_site", ROOT / "scripts" / "check_site.py")
+    check_site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_site)
+    problems = check_site.problems(SITE)
+    if problems and all("why-decoder-only.pdf" in p for p in problems) and not any(
+            shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+        _missing("no chromium, so no PDF of the book")
+    assert not problems, "the built site is incomplete:\n  " + "\n  ".join(problems)

@@ -750,6 +750,7 @@ class EncoderDecoder(nn.Module):
 
     def encode(self, encoder_input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None):
         """The encoder's output (B, N_src, d) and each decoder layer's cross-attention keys/values."""
+        _check_ids(encoder_input_ids, self.decoder_config.vocab_size, "encoder_input_ids")
         memory = self.encoder(encoder_input_ids, attention_mask=encoder_attention_mask)
         return memory, [layer.cross_attn.project_kv(memory) for layer in self.layers]
 

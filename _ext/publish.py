@@ -26,6 +26,7 @@ Nothing here needs an edit of the chapters' notebooks:
   every page's article in the order of the table of contents, printed by the system's headless Chromium
   (Debian's ``chromium``; nothing downloaded) after MathJax has typeset the math. Skipped, with a note,
   when there is no Chromium or with ``ANATOMY_PDF=0``.
+* ``_ext/static/anatomy-publish.css``: captions set flush left, like text.
 * **Bibliography labels** in the author-year form of the citations ("Devlin et al., 2019", not "DCLT19"):
   the pybtex style ``authoryear`` registered here (``bibtex_default_style: authoryear`` in _config.yml).
 """
@@ -472,8 +473,15 @@ def _register_bibliography_style() -> None:
     register_plugin("pybtex.style.formatting", "authoryear", AuthorYearStyle, force=True)
 
 
+def _static(app) -> None:
+    """This extension's stylesheet (_ext/static/anatomy-publish.css) on every page."""
+    app.config.html_static_path.append(str(Path(__file__).parent / "static"))
+
+
 def setup(app):
     _register_bibliography_style()
+    app.connect("builder-inited", _static)
+    app.add_css_file("anatomy-publish.css")
     app.connect("config-inited", _config_inited)
     app.connect("doctree-read", lambda app, doctree: (_remove_setup_cell(doctree), _figures(app, doctree)))
     app.connect("doctree-resolved", _link_chapters)

@@ -44,8 +44,9 @@ claim(
     seeds=("002",),
     claim="A decoder gets a training signal from every token, BERT only from the 15% it masks.",
     verdict="supported",
-    measure="counted on one batch of Shakespeare (64-character windows): the causal LM puts a loss on 63 of "
-    "64 positions (every token that has a left context), BERT's masked LM on 10 of 64 (15.6%)",
+    measure="a definition, not a measurement: the causal LM puts a loss on every position that has a left "
+    "context, BERT's masked LM on round(15%) of the positions; the check counts the labels of real batches "
+    "of Shakespeare built by anatomy.objectives and requires them to match these definitions",
     papers=("devlin2019bert", "radford2018improving"),
     quick=_shares,
 )
@@ -56,9 +57,10 @@ claim(
     seeds=("002",),
     claim="An encoder-decoder such as T5 gets a training signal from about half of the tokens.",
     verdict="contradicted",
-    measure="T5's default span corruption (15% noise, mean span 3) predicts 15.6% of the text tokens, plus "
-    "one sentinel per span and an EOS: 21.9% of positions; half is what a prefix LM with a uniformly random "
-    "split gets",
+    measure="arithmetic on T5's default configuration (15% noise, mean span 3): the decoder predicts the "
+    "noise tokens, one sentinel per span and an EOS, far from half of the positions (the check: the labels "
+    "of a real span-corruption batch match that arithmetic and cover under 35% of the text); half is what "
+    "a prefix LM with a uniformly random split gets",
     papers=("raffel2020exploring", "dong2019unified"),
     quick=_shares,
 )
@@ -84,8 +86,9 @@ claim(
     "learning from the same data (6.7 times as many training signals).",
     verdict="supported with caveats",
     measure="same model, task and batches, only the share of supervised positions changed: 15% needs "
-    "more compute than 100% to reach the same excess loss over the exact Bayes optimum, but well under "
-    "6.7 times as much (a power-law fit to each curve); 50% sits in between",
+    "more compute than 100% (over 1.2x) to reach the same excess loss over the exact Bayes optimum, but "
+    "less than 6.7 times as much (a power-law fit to each curve), at two budgets of the same runs; 50% "
+    "sits in between",
     papers=("devlin2019bert", "clark2020electra", "wettig2023should"),
 )
 
@@ -97,9 +100,10 @@ claim(
     "encoder-decoder (span corruption) or a prefix LM.",
     verdict="supported with caveats",
     measure="four small models trained on the same Shakespeare windows at equal counted FLOPs, each asked "
-    "the same questions with the same visible text: the decoder and the prefix LM have lower held-out "
-    "continuation and infilling losses than the encoder and the encoder-decoder, and the decoder beats a "
-    "twin that keeps only 15% of its labels; the caveats are a tiny budget, seed-dependent plateaus, and "
-    "objectives that differ in more than density",
+    "the same questions with the same visible text; only models that have left their plateau (0.2 nats "
+    "below a context-free model) are compared: the decoder has lower held-out continuation and infilling "
+    "losses than the encoder and the prefix LM, and beats a twin that keeps only 15% of its labels; the "
+    "caveats are a tiny budget, an encoder-decoder that may still be on its plateau there (then not "
+    "testable), and objectives that differ in more than density",
     papers=("raffel2020exploring", "wang2022what", "tay2023ul2"),
 )

@@ -303,6 +303,8 @@ INSPECT = r"""
     .map(a => a.outerHTML.slice(0, 80));
   return {images: imgs.length, broken, math, typeset: document.querySelectorAll("mjx-container").length,
           bad_alt, chapter_text: chapterText, bad_chapter_links: chapterLinks,
+          colab_cell: [...article.querySelectorAll("pre")]
+            .some(p => p.textContent.includes('"google.colab" in sys.modules')),
           page_width: document.documentElement.scrollWidth, window_width: width, wide,
           untypeset, raw, widgets, explorers: document.querySelectorAll(".anatomy-explore").length,
           mathjax: !!(window.MathJax && MathJax.startup)};
@@ -499,6 +501,8 @@ def test_page_renders_for_a_reader(page, server, browser):
     if seen["chapter_text"] or seen["bad_chapter_links"]:
         problems.append(f"chapter references that are not links: {seen['chapter_text'][:3]} "
                         f"{seen['bad_chapter_links'][:3]}")
+    if seen["colab_cell"]:
+        problems.append("the Colab setup cell is shown on the page (_ext/publish.py should hide it)")
     if seen["widgets"]:
         problems.append(f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
                         "remove-cell and show book.explore instead")

@@ -347,3 +347,16 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     assert where, run.stdout[-2000:]
     assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), f"imported from {where.group(1)}"
     assert where.group(2) == _project(clone)["version"]
+
+
+def test_figures_without_a_caption_paragraph_have_caption_metadata():
+    """scripts/figure_captions.py has been run: the listed figure cells carry their caption and alt text."""
+    figures = _module(ROOT / "scripts" / "figure_captions.py", "_figure_captions_for_tests")
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "figure_captions.py"), "--check"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, (
+        f"{proc.stdout}run `python3 scripts/figure_captions.py` (it only adds cell metadata)")
+    for rel, cells in figures.FIGURES.items():
+        for name, alt, caption in cells.values():
+            assert name.startswith("fig-") and len(alt) > 40 and len(caption) > 60, (rel, name)
+            assert not re.search(r"\d+\.\d{2,}", caption), f"{name}: a measured number typed into a caption"

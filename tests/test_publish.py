@@ -360,3 +360,20 @@ def test_figures_without_a_caption_paragraph_have_caption_metadata():
         for name, alt, caption in cells.values():
             assert name.startswith("fig-") and len(alt) > 40 and len(caption) > 60, (rel, name)
             assert not re.search(r"\d+\.\d{2,}", caption), f"{name}: a measured number typed into a caption"
+
+
+def test_chapter_numbers_follow_the_table_of_contents():
+    """With numbered chapters the reader sees each chapter's number from its place in _toc.yml, and the
+    build links "chapter N" to the chapter numbered N there; the prose writes "chapter N" after the file's
+    NN_ prefix. Both must agree, or "chapter 12" in the text would name another chapter than the one headed
+    "12." (rename the files, or reorder _toc.yml, and fix the prose)."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    numbered = [c["file"] for part in toc.get("parts", []) if part.get("numbered")
+                for c in part.get("chapters", [])]
+    assert numbered, "no numbered part in _toc.yml"
+    wrong = []
+    for position, file in enumerate(numbered, start=1):
+        m = re.match(r"chapters/(\d\d)_", file)
+        if m and int(m.group(1)) != position:
+            wrong.append(f"{file} is chapter {position} in _toc.yml")
+    assert not wrong, "; ".join(wrong)

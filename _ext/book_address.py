@@ -27,3 +27,14 @@ def pages_url(url: str) -> str:
     owner, repo = repository_parts(url)
     host = f"{owner.lower()}.github.io"
     return f"https://{host}/" if repo.lower() == host else f"https://{host}/{repo}/"
+
+
+def distribution(root=None) -> tuple[str, str]:
+    """(name, version) of the book's package from pyproject.toml: what the Colab setup cells install."""
+    from pathlib import Path
+
+    import tomllib
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    return project["name"], project["version"]

@@ -230,5 +230,6 @@ def test_chapter_runs_in_colab(chapter, colab, tmp_path):
                and not _source(c).startswith("from anatomy import book as _b"))
     driven = sum(text(c).count("DRIVEN [{") for c in executed["cells"])
     assert driven == live, f"{chapter}: {live} explore_live cells, {driven} driven"
-    print(f"{chapter}: {seconds:.0f} s in the Colab environment (setup cell {times[0]:.1f} s, "
+    setup_index = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
+    print(f"{chapter}: {seconds:.0f} s in the Colab environment (setup cell {times[setup_index]:.1f} s, "
           f"{live} live explorers driven, ipywidgets {where.group(2)}, IPython {where.group(3)})")

@@ -89,7 +89,7 @@ pip_install() {
     set +o pipefail
     "$PY" -m pip --disable-pip-version-check --no-input install --progress-bar off "$@" 2>&1 \
         | { grep --line-buffered -v -E "^(WARNING: Location '.*' is ignored|Requirement already satisfied|  Using cached|Looking in indexes|Looking in links)" || true; } \
-        | sed -u 's/^/    /'
+        | awk '{ print "    " $0; fflush() }'
     status=${PIPESTATUS[0]}
     set -o pipefail
     return "$status"
@@ -107,12 +107,15 @@ if "$PY" -m pip show -q anatomy >/dev/null 2>&1; then
     "${PIP[@]}" uninstall -y anatomy || true
 fi
 
+# An extra index, not a replacement: torch's own dependencies still come from PyPI at their pinned
+# versions, and the index's 2.13.0+cpu (or +cu128) sorts above PyPI's 2.13.0, so pip takes it.
 TORCH_INDEX=()
 if [[ -n "${TORCH_INDEX_URL:-}" ]]; then
-    TORCH_INDEX=(--index-url "$TORCH_INDEX_URL")
+    TORCH_INDEX=(--extra-index-url "$TORCH_INDEX_URL")
 fi
 log "pip: $TORCH_SPEC ${TORCH_INDEX_URL:+from $TORCH_INDEX_URL }(the largest download: ~200 MB for the CPU build, GBs for CUDA)"
-pip_install "$TORCH_SPEC" -c constraints.txt "${TORCH_INDEX[@]}"
+# ${a[@]+"${a[@]}"}: an empty array under `set -u` in macOS's bash 3.2
+pip_install "$TORCH_SPEC" -c constraints.txt ${TORCH_INDEX[@]+"${TORCH_INDEX[@]}"}
 
 log "pip: requirements.txt (pinned by constraints.txt)"
 pip_install -r requirements.txt -c constraints.txt

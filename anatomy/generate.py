@@ -86,6 +86,8 @@ def generate(
         raise TypeError(
             f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
         )
+    if isinstance(getattr(model, "layers", None), torch.nn.Module):
+        cache.claim(model.layers)  # refuse another model's cache before truncating it below
     n_cached = len(cache)
     if n_cached > input_ids.shape[1] or not torch.equal(
         cache.tokens, input_ids[:, :n_cached].to(cache.device)

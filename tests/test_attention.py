@@ -233,3 +233,63 @@ def test_triton_backend_without_triton_is_a_clear_error(monkeypatch):
     q, k, v = make_qkv(1, 2, 2, 4, 4, 8, seed=0)
     with pytest.raises(ImportError, match="pip install triton"):
         attention(q, k, v, backend="triton")
+
+
+# ---- defects of issue 16: each of these failed before its fix ----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "mask, nq, nk, poison",
+    [
+        ("causal", 1, 9, "q"),  # one-token decoding step
+        ("causal", 6, 6, "q"),  # square causal block (is_causal)
+        ("bidirectional", 6, 6, "q"),
+        ("causal", 3, 9, "q"),  # query block at the end of a cache (explicit mask)
+        ("causal", 1, 9, "k"),
+        ("bidirectional", 2, 2, "k"),
+        ("causal", 1, 1, "k"),
+    ],
+)
+def test_nan_in_is_nan_out(backend, mask, nq, nk, poison):
+    # PyTorch's CPU SDPA returned 0 (or other finite numbers) for these; the formula gives NaN.
+    q, k, v = make_qkv(1, 2, 1, nq, nk, 4, seed=1)
+    for value in (float("nan"), float("inf")):
+        q2, k2 = q.clone(), k.clone()
+        if poison == "q":
+            q2[0, 1, nq - 1, 0] = value
+            hit = (0, 1, nq - 1)
+        else:
+            k2[0, 0, nk - 1, 0] = float("nan")  # the last key: the last row sees it
+            hit = (0, 0, nq - 1)
+        clean, out = attention(q, k, v, mask, backend=backend), attention(q2, k2, v, mask, backend=backend)
+        assert out[hit].isnan().all(), (backend, mask, value)
+        if poison == "q":
+            assert torch.equal(out[0, 0], clean[0, 0]) and torch.equal(out[0, 1, :-1], clean[0, 1, :-1])
+
+
+def test_tiled_nan_in_one_batch_item_or_head_leaves_the_others_bit_for_bit():
+    # Batch item 1 (and head 1 of batch 0) have scores rising by far more than the rescaling threshold from
+    # key tile to key tile; a NaN in batch 0 / head 0 of the same row block used to stop every row from
+    # rescaling (one max over all rows), so the others overflowed to NaN.
+    q, k, v = _rising_scores(seed=13)
+    q, k, v = torch.cat([q, q]), torch.cat([k, k]), torch.cat([v, v])  # 2 batch items, 4 heads, 2 kv heads
+    clean = attention(q, k, v, "causal", backend="tiled", tile=8)
+    assert torch.isfinite(clean).all()
+    for where in [(0, 0, 37), (0, 1, 37), (1, 3, 39)]:  # batch item, head (sharing a kv head), row
+        poisoned = q.clone()
+        poisoned[where][0] = float("nan")
+        out = attention(poisoned, k, v, "causal", backend="tiled", tile=8)
+        others = torch.ones_like(out, dtype=torch.bool)
+        others[where] = False
+        assert torch.equal(out[others], clean[others]), where
+        assert out[where].isnan().all()
+
+
+def test_tile_longer_than_the_sequence_allocates_nothing_more():
+    q, k, v = make_qkv(1, 2, 2, 12, 12, 8, seed=2)
+    # tile=16384 on 12 tokens took 2.9 s and 576 MB, tile=10**6 a 1 TB allocation error; now one tile of 12.
+    same = attention(q, k, v, "causal", backend="tiled", tile=12)
+    assert torch.equal(attention(q, k, v, "causal", backend="tiled", tile=10**9), same)
+    assert torch.equal(attention_probs(q, k, "causal", tile=10**9), attention_probs(q, k, "causal", tile=12))
+    assert count_tiles("causal", 12, 12, 8, tile=10**9) == count_tiles("causal", 12, 12, 8, tile=12)

@@ -83,3 +83,28 @@ def test_bad_arguments(kwargs, match):
 def test_prefix_len_type():
     with pytest.raises(TypeError, match="prefix_len must be an int"):
         dense_mask("prefix", 4, 4, prefix_len=2.0)
+
+
+def test_bad_sizes_are_value_errors_naming_the_argument():
+    # dense_mask with a negative size was a RuntimeError, count_tiles with 0 rows an IndexError, and a
+    # negative head_dim gave negative FLOP counts.
+    from anatomy import kv_cache_bytes
+
+    for call, name in (
+        (lambda: dense_mask("causal", -1, 4), "n_queries"),
+        (lambda: dense_mask("causal", 4, -2), "n_keys"),
+        (lambda: count_tiles("causal", 0, 4, 8), "n_queries"),
+        (lambda: count_tiles("causal", 4, 4, -8), "head_dim"),
+        (lambda: tile_map("causal", 4, 0), "n_keys"),
+        (lambda: kv_cache_bytes(2, 2, 64, n_tokens=-5), "n_tokens"),
+        (lambda: kv_cache_bytes(-2, 2, 64), "n_layers"),
+    ):
+        with pytest.raises(ValueError, match=name):
+            call()
+    assert dense_mask("causal", 0, 3).shape == (0, 3)  # empty is fine
+
+
+def test_huge_tile_is_one_tile_without_allocating_it():
+    # The tile map padded to whole tiles: tile=10**9 asked for 10**18 entries.
+    assert tile_map("causal", 5, 7, tile=10**9).tolist() == [[PARTIAL]]
+    assert tile_map("causal", 5, 7, tile=(10**9, 3)).shape == (1, 3)

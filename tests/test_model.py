@@ -131,16 +131,41 @@ def test_generate_sampling_is_seeded():
     m = model()
     a = generate(m, ids(2, 4), 10, temperature=1.0, generator=torch.Generator().manual_seed(1))
     b = generate(m, ids(2, 4), 10, temperature=1.0, generator=torch.Generator().manual_seed(1))
-    c = generate(m, ids(2, 4), 10, temperature=1.0, top_k=3, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(a, b) and c.shape == (2, 14)
+    c = generate(m, ids(2, 4), 10, temperature=1.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)  # the seed decides, and another seed differs
+
+
+def test_top_k_samples_only_among_the_k_best():
+    m = model(init_std=0.5)  # peaked enough logits that the top 3 are well separated from the rest
+    out = generate(m, ids(2, 4), 12, temperature=2.0, top_k=3, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        logits = m(out[:, :-1])[:, 3:]  # the logits each new token was drawn from
+    top = logits.topk(3, dim=-1).indices
+    assert (top == out[:, 4:, None]).any(-1).all()
+    # Without top_k, the same temperature leaves the top 3 (so the check above can fail).
+    free = generate(m, ids(2, 4), 12, temperature=2.0, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        top = m(free[:, :-1])[:, 3:].topk(3, dim=-1).indices
+    assert not (top == free[:, 4:, None]).any(-1).all()
+    # top_k=1 is greedy whatever the temperature.
+    greedy = generate(m, ids(2, 4), 6, temperature=5.0, top_k=1, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(greedy, generate(m, ids(2, 4), 6))
 
 
 def test_generate_stops_at_eos():
     m = model()
-    out = generate(m, ids(1, 4), 8)
-    eos = int(out[0, 5])
-    stopped = generate(m, ids(1, 4), 8, eos_token_id=eos)
-    assert stopped.shape[1] <= 6 and stopped[0, -1] == eos
+    prompt = ids(2, 4)
+    out = generate(m, prompt, 8)  # greedy, no EOS
+    eos = int(out[0, 6])
+    stopped = generate(m, prompt, 8, eos_token_id=eos)
+    for row in range(2):
+        new = out[row, 4:].tolist()
+        n = new.index(eos) + 1 if eos in new else len(new)  # the greedy tokens up to the first EOS
+        assert stopped[row, 4 : 4 + n].tolist() == new[:n]
+        assert (stopped[row, 4 + n :] == eos).all()  # a finished row is padded with EOS
+    first = min(out[r, 4:].tolist().index(eos) + 1 if eos in out[r, 4:].tolist() else 8 for r in range(2))
+    last = max(out[r, 4:].tolist().index(eos) + 1 if eos in out[r, 4:].tolist() else 8 for r in range(2))
+    assert first <= 3 and stopped.shape[1] == 4 + last  # stops when every row has finished
 
 
 def test_cache_bytes_formula_and_truncate():
@@ -281,3 +306,73 @@ def test_package_exports_and_lazy_transformers():
         "assert 'transformers' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cache_filled_by_another_model_of_the_same_shape_is_refused():
+    # Same shape, other weights: its keys and values are wrong for this model (logits were off by ~6e-2).
+    a, b = model(), model()
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(0.01)
+    cache = a.new_cache()
+    a(ids(1, 5), cache=cache)
+    with pytest.raises(ValueError, match="another model"):
+        b(ids(1, 1), cache=cache)
+    with pytest.raises(ValueError, match="another model"):
+        generate(b, ids(1, 5), 2, cache=cache)
+    assert len(cache) == 5  # refused before anything was written
+    a(ids(1, 1), cache=cache)  # its own model may continue
+    cache.clear()
+    b(ids(1, 3), cache=cache)  # a cleared cache may be taken over
+    with pytest.raises(ValueError, match="another model"):
+        a(ids(1, 1), cache=cache)
+
+
+def test_encoder_decoder_cache_knows_its_model():
+    torch.manual_seed(0)
+    ed1, ed2 = EncoderDecoder(Config(**SMALL)).eval(), EncoderDecoder(Config(**SMALL)).eval()
+    src = ids(1, 5)
+    cache = ed1.new_cache()
+    ed1(ids(1, 3), cache=cache, encoder_input_ids=src)
+    with pytest.raises(ValueError, match="another model"):
+        ed2(ids(1, 1), cache=cache, encoder_input_ids=src)
+    with pytest.raises(ValueError, match="another shape"):  # was an IndexError
+        ed1(ids(1, 1), cache=model(n_layers=3).new_cache(), encoder_input_ids=src)
+    with pytest.raises(TypeError, match="cache"):  # was an AttributeError
+        ed1(ids(1, 1), cache="cache", encoder_input_ids=src)
+
+
+def test_invalid_numbers_are_refused():
+    m = model()
+    for kw, match in (
+        (dict(norm_eps=-1e-5), "norm_eps"), (dict(norm_eps=float("nan")), "norm_eps"),
+        (dict(rope_theta=0.0), "rope_theta"), (dict(rope_theta=-1.0), "rope_theta"), (dict(d_ff=0), "d_ff"),
+    ):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            Config(**{**SMALL, **kw})
+    with pytest.raises(ValueError, match="max_len"):  # was silently max_seq_len
+        m.new_cache(max_len=0)
+    with pytest.raises(TypeError, match="dtype"):  # an integer cache rounded the keys
+        KVCache(2, 1, 2, 8, 4, dtype=torch.int64)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        m(ids(1, 4), logits_to_keep=5)
+    for mask in (torch.tensor([[1, 2, 1, 1]]), torch.tensor([[1, -1, 1, 1]])):
+        with pytest.raises(ValueError, match="attention_mask"):
+            m(ids(1, 4), attention_mask=mask)
+    with pytest.raises(ValueError, match="token_type_ids"):
+        m(ids(1, 4), token_type_ids=torch.zeros(1, 4, dtype=torch.long))
+    bad = ((dict(temperature=-1.0), "temperature"), (dict(temperature=float("inf")), "temperature"),
+           (dict(eos_token_id=-7), "eos_token_id"))  # fmt: skip
+    for kw, match in bad:
+        with pytest.raises(ValueError, match=match):
+            generate(m, ids(1, 4), 2, **kw)
+
+
+def test_tile_longer_than_the_sequence_is_the_whole_sequence():
+    # tile=10**6 on 12 tokens allocated tile^2 entries (a 1 TB allocation error); now one tile of 12.
+    m = model(attn_backend="tiled", tile=10**6)
+    small = model(attn_backend="tiled", tile=12)
+    x = ids(1, 12)
+    with torch.no_grad():
+        out, ref = m(x, return_attn=True), small(x, return_attn=True)
+    assert torch.equal(out.logits, ref.logits) and torch.equal(out.attentions[0], ref.attentions[0])

@@ -294,7 +294,22 @@ def test_file_key_depends_on_content(tmp_path):
     a.write_bytes(b"x" * 3_000_000)
     b.write_bytes(b"x" * 2_999_999 + b"y")
     assert P.file_key(a) != P.file_key(b)
-    assert P.file_key(a) == P.file_key(a)
+    # The documented key, computed here independently: sha256(size, first MiB, last MiB), 16 hex digits.
+    import hashlib
+
+    raw = a.read_bytes()
+    expected = hashlib.sha256(str(len(raw)).encode() + raw[: 1 << 20] + raw[-(1 << 20) :]).hexdigest()[:16]
+    assert P.file_key(a) == expected
+    c = tmp_path / "c"
+    c.write_bytes(raw)  # the same content elsewhere: the same key
+    assert P.file_key(c) == P.file_key(a)
+
+
+def test_smollm2_dtype_must_be_a_torch_dtype():
+    with pytest.raises(TypeError, match="dtype"):  # was a RuntimeError from deep inside torch
+        P.smollm2(dtype="float16")
+    with pytest.raises(TypeError, match="dtype"):
+        P.minilm(dtype=torch.int8)
 
 
 def test_missing_weight_package_names_the_pip_line(monkeypatch):

@@ -271,3 +271,38 @@ def test_bad_argument_types():
             progress=False,
             loss_fn=lambda m, b: m.head.bias.sum(),
         )
+
+
+def _tiny_lm():
+    from anatomy import Config, Transformer
+
+    torch.manual_seed(0)
+    return Transformer(Config(vocab_size=10, d_model=16, n_layers=1, n_heads=2))
+
+
+def test_divergence_stops_training_naming_the_step():
+    # lr=1e12 used to finish with NaN parameters and no error or warning.
+    x = torch.randint(0, 10, (2, 8), generator=torch.Generator().manual_seed(0))
+    batch = (x[:, :-1], x[:, 1:])
+    with pytest.raises(FloatingPointError, match=r"step 2\b"):  # step 1 is finite, its update is not
+        train(_tiny_lm(), lambda s: batch, steps=4, lr=1e12, warmup=0, grad_clip=None, progress=False)
+
+    def nan_gradient_loss(model, batch):  # a finite loss whose gradient is NaN (0 * sqrt'(0) = 0 * inf)
+        loss, n = next_token_loss(model, batch)
+        return loss + (model.embed_tokens.weight[0, 0] * 0).sqrt(), n
+
+    with pytest.raises(FloatingPointError, match=r"step 1\b.*the last"):  # no loss after the last update
+        train(_tiny_lm(), lambda s: batch, steps=1, loss_fn=nan_gradient_loss, grad_clip=None, progress=False)
+    for lr in (float("inf"), float("nan"), -1.0):
+        with pytest.raises(ValueError, match="lr"):
+            train(_tiny_lm(), lambda s: batch, steps=1, lr=lr, progress=False)
+    history = train(_tiny_lm(), lambda s: batch, steps=3, lr=1e-3, progress=False)
+    assert all(math.isfinite(v) for v in history.loss)
+
+
+def test_evaluate_without_targets_and_negative_steps_are_value_errors():
+    x = torch.randint(0, 10, (2, 8), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="batches"):  # was a ZeroDivisionError
+        evaluate(_tiny_lm(), lambda i: (x, torch.full_like(x, -100)), 2)
+    with pytest.raises(ValueError, match="step"):  # was a ZeroDivisionError
+        learning_rate(-5, 10)

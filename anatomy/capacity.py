@@ -419,6 +419,7 @@ class PowerLawFit:
     r2: float  # coefficient of determination of the log-log fit
     n_points: int
     decades: float  # log10(max N / min N): how much range the fit spans
+    alpha_se: float = math.nan  # standard error of alpha from the regression (nan with 2 points)
 
     def __call__(self, n):
         """The fitted loss at N (float or array)."""
@@ -442,7 +443,10 @@ def fit_power_law(n: Sequence[float], loss: Sequence[float]) -> PowerLawFit:
     r2 = 1.0 - float((residual**2).sum()) / ss_tot if ss_tot > 0 else 1.0
     alpha = -float(slope)
     n_c = float(np.exp(intercept / alpha)) if alpha != 0 else math.inf
-    return PowerLawFit(alpha, n_c, r2, len(x), float(np.ptp(x) / math.log(10)))
+    # ordinary least squares: se(slope) = sqrt(SSE / (n - 2) / sum (x - mean x)^2)
+    alpha_se = (math.sqrt(float((residual**2).sum()) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+                if len(x) > 2 else math.nan)
+    return PowerLawFit(alpha, n_c, r2, len(x), float(np.ptp(x) / math.log(10)), alpha_se)
 
 
 @dataclass(frozen=True)

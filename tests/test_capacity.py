@@ -174,6 +174,12 @@ def test_fit_power_law_recovers_exact_parameters():
     assert fit.r2 == pytest.approx(1.0)
     assert fit.decades == pytest.approx(3.0)
     np.testing.assert_allclose(fit(n), loss)
+    assert fit.alpha_se < 1e-10  # exact points: no uncertainty in the slope
+    noisy = loss * np.exp(np.array([0.01, -0.01, 0.01, -0.01]))
+    x = np.log(n)
+    slope, intercept = np.polyfit(x, np.log(noisy), 1)
+    sse = ((np.log(noisy) - slope * x - intercept) ** 2).sum()
+    assert C.fit_power_law(n, noisy).alpha_se == pytest.approx(np.sqrt(sse / 2 / ((x - x.mean()) ** 2).sum()))
 
 
 def test_fit_power_law_errors():

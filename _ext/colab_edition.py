@@ -387,8 +387,7 @@ def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | 
         "source": (
             f"> **Colab edition** of [this chapter of *Why Decoder-Only Won*]({page_url}), generated "
             "from the book's notebook. Run the cells from the top: the first installs the book's package "
-            "and what the chapter needs (nothing Colab already has is changed), and a GPU runtime is used "
-            "when there is one.\n>\n"
+            "and what the chapter needs; nothing Colab already has is changed.\n>\n"
             "> The numbers in the text are those of the published build. Your run computes its own and "
             "prints each one where it is computed, as `name = value`; timings and anything that depends "
             "on the hardware will differ."

@@ -45,7 +45,7 @@ record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
 # The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) and the Colab-style
 # runs (tests/test_colab_style.py, which compare their glued values with the build's) need the build of
 # step 3, so they run after it, in step 4.
-AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py)
+AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 echo "== pytest tests"
 t=$SECONDS
 # shellcheck disable=SC2086

@@ -134,6 +134,14 @@ def _figure_outputs(cell) -> list[nodes.Element]:
     return found
 
 
+def _output_block(node: nodes.Element) -> nodes.Element:
+    """The child of the cell's output container that holds `node` (the node itself if it is one)."""
+    while node.parent is not None and not (isinstance(node.parent, nodes.container)
+                                           and node.parent.get("nb_element") == "cell_code_output"):
+        node = node.parent
+    return node
+
+
 def _caption_from_next_paragraph(cell) -> nodes.caption | None:
     """Move the caption-like paragraph right after the cell into a caption node (None if there is none)."""
     following = cell.next_node(descend=False, siblings=True)
@@ -159,13 +167,19 @@ def _figures(app, doctree) -> None:
         if outputs and not caption_text:
             caption = _caption_from_next_paragraph(cell)
         if caption is not None:
-            # one numbered figure around the cell's figure outputs, with the caption after the last one
-            first = outputs[0]
+            # one numbered figure around the cell's figure outputs, with the caption after the last one;
+            # it wraps each output's own wrapper (e.g. myst-nb's div.output.text_html, which dark mode
+            # paints light), so that the caption is set on the page's background, like text
+            blocks = []
+            for node in outputs:
+                block = _output_block(node)
+                if block not in blocks:
+                    blocks.append(block)
             figure = nodes.figure(classes=["anatomy-figure"])
             figure["ids"].append(f"figure-cell-{cell.get('cell_index')}")
-            first.replace_self(figure)
-            figure += first
-            for other in outputs[1:]:
+            blocks[0].replace_self(figure)
+            figure += blocks[0]
+            for other in blocks[1:]:
                 other.parent.remove(other)
                 figure += other
             figure += caption
@@ -216,6 +230,7 @@ def _link_chapters(app, doctree, docname) -> None:
     numbers = chapter_numbers(app.env)
     if not numbers:
         return
+    _merge_texts(doctree)  # "chapter" + soft line break + "10" arrive as three Text nodes
     for text in list(doctree.findall(nodes.Text)):
         parent = text.parent
         if parent is None or any(isinstance(a, _SKIP_PARENTS) for a in _ancestors(text)):
@@ -242,6 +257,23 @@ def _link_chapters(app, doctree, docname) -> None:
         parent.remove(text)
         for offset, node in enumerate(n for n in new if not (isinstance(n, nodes.Text) and not str(n))):
             parent.insert(index + offset, node)
+
+
+def _merge_texts(doctree) -> None:
+    """Join runs of adjacent Text nodes into one, in every element whose text mentions a chapter."""
+    for element in list(doctree.findall(nodes.TextElement)):
+        if "hapter" not in element.astext():
+            continue
+        children, merged, changed = list(element.children), [], False
+        for child in children:
+            if isinstance(child, nodes.Text) and merged and isinstance(merged[-1], nodes.Text):
+                merged[-1] = nodes.Text(str(merged[-1]) + str(child))
+                changed = True
+            else:
+                merged.append(child)
+        if changed:
+            element.children = []
+            element.extend(merged)
 
 
 def _ancestors(node):

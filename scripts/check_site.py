@@ -61,7 +61,9 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
         out.append(f"intro.html has no canonical link under {base}")
     for p in pages:
         nb = site / "_sources" / f"{p}.ipynb"
-        if (root / f"{p}.ipynb").exists():
+        source = root / f"{p}.ipynb"
+        if source.exists() and any(c.get("cell_type") == "code" and "".join(c.get("source", "")).strip()
+                                   for c in json.loads(source.read_text(encoding="utf-8"))["cells"]):
             if not nb.exists():
                 out.append(f"no downloadable notebook _sources/{p}.ipynb")
             elif not any(c.get("outputs") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]):

@@ -360,8 +360,9 @@ PDF_NAME = "why-decoder-only.pdf"
 _PRINT_CSS = """<style>
 @media print {
   article.bd-article { break-before: page; }
-  a.headerlink, .anatomy-explore-controls, .cell_input { display: none !important; }
+  a.headerlink, .anatomy-explore-controls { display: none !important; }
   figure, img, table, .math { break-inside: avoid; }
+  pre { white-space: pre-wrap !important; overflow-wrap: anywhere; }  /* long code lines wrap, not cut */
 }
 body { background: white; }
 </style>"""

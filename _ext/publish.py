@@ -9,7 +9,8 @@ Nothing here needs an edit of the chapters' notebooks:
 * **Search engines and social previews.** ``sitemap.xml`` and ``robots.txt`` are written after the build
   (a few lines here instead of sphinx-sitemap, which pulls in sphinx-last-updated-by-git: that runs git on
   every source file and warns about untracked ones, which the strict build turns into errors), and every
-  page gets Open Graph tags (title, description from its first paragraph, URL, site name).
+  page gets Open Graph tags (title, description from its first paragraph, URL, site name, and
+  ``docs/screenshot.png`` as the preview picture).
 * **The Colab setup cell** (the first code cell, which installs the package when the notebook runs in
   Colab) is removed from the web page; the notebook keeps it.
 * **The download button** serves the executed notebook (outputs included) instead of the stripped source.
@@ -299,6 +300,14 @@ def _description(doctree) -> str:
     return ""
 
 
+PREVIEW_NAME = "social-preview.png"
+
+
+def _preview_source(app) -> Path:
+    """The picture social sites show for a link to the book: the README's screenshot of chapter 1."""
+    return Path(app.srcdir) / "docs" / "screenshot.png"
+
+
 def _page_context(app, pagename, templatename, context, doctree) -> None:
     base = app.config.html_baseurl
     if not base or doctree is None:
@@ -312,8 +321,12 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
         "og:site_name": site,
         "og:description": _description(doctree),
     }
+    if _preview_source(app).exists():
+        tags["og:image"] = base.rstrip("/") + "/_static/" + PREVIEW_NAME
     meta = "".join(f'<meta property="{k}" content="{html.escape(v, quote=True)}" />\n'
                    for k, v in tags.items() if v)
+    if "og:image" in tags:
+        meta += '<meta name="twitter:card" content="summary_large_image" />\n'
     meta += f'<meta name="description" content="{html.escape(tags["og:description"], quote=True)}" />\n' \
         if tags["og:description"] else ""
     context["metatags"] = context.get("metatags", "") + meta
@@ -453,6 +466,9 @@ def _build_finished(app, exception) -> None:
     outdir = Path(app.outdir)
     if app.config.html_baseurl:
         write_sitemap(outdir, app.config.html_baseurl, _pages(app), app.builder.out_suffix)
+    if _preview_source(app).exists():
+        (outdir / "_static").mkdir(exist_ok=True)
+        shutil.copyfile(_preview_source(app), outdir / "_static" / PREVIEW_NAME)
     n = _executed_notebooks(app, outdir)
     logger.info(f"publish: sitemap.xml, robots.txt; {n} executed notebooks behind the download buttons")
     _pdf(app, outdir)

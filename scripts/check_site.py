@@ -6,7 +6,7 @@
 Checks: every chapter of _toc.yml has a page; index.html, sitemap.xml (listing every page, under the base
 URL derived from _config.yml's repository.url) and robots.txt exist; the whole-book PDF exists and is a
 PDF; the canonical link of the introduction uses the same base URL; the download button's notebooks carry
-outputs. Prints one line per problem and exits 1 if there is any.
+outputs; the social preview picture exists. Prints one line per problem and exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -59,6 +59,9 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
     intro = (site / "intro.html").read_text(encoding="utf-8") if (site / "intro.html").exists() else ""
     if f'<link rel="canonical" href="{base}intro.html"' not in intro:
         out.append(f"intro.html has no canonical link under {base}")
+    image = re.search(r'<meta property="og:image" content="([^"]+)"', intro)
+    if image and not (site / image.group(1).removeprefix(base)).exists():
+        out.append(f"the social preview picture {image.group(1)} is not in the site")
     for p in pages:
         nb = site / "_sources" / f"{p}.ipynb"
         source = root / f"{p}.ipynb"

@@ -459,6 +459,9 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
     Counts every weight: embeddings and output head, multi-head latent attention (with its two
     low-rank norms), the layer norms, 3 dense SwiGLU layers, and per MoE layer the router (centroids and
     balancing bias), the shared expert and the routed experts, of which n_activated are active per token.
+    Returns "total", "active" (every weight a token touches, its input-embedding row included),
+    "embedding" (the input embedding table: a token reads one row of it, a lookup with no arithmetic, so
+    "active" minus "embedding" is the count without it) and "routed_share" (routed experts / total).
     """
     c = {**DEEPSEEK_V3, **(config or {})}
     d, H = c["dim"], c["n_heads"]
@@ -481,4 +484,5 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
     routed = n_moe * c["n_routed_experts"] * expert
     active_routed = n_moe * c["n_activated_experts"] * expert
     total = common + routed
-    return {"total": total, "active": common + active_routed, "routed_share": routed / total}
+    return {"total": total, "active": common + active_routed, "embedding": c["vocab_size"] * d,
+            "routed_share": routed / total}

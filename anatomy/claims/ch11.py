@@ -26,7 +26,9 @@ def _params() -> dict:
     from anatomy.moe import deepseek_v3_params
 
     p = deepseek_v3_params()
-    return {"total_B": p["total"] / 1e9, "active_B": p["active"] / 1e9, "routed_share": p["routed_share"]}
+    return {"total_B": p["total"] / 1e9, "active_B": p["active"] / 1e9,
+            "active_without_embedding_B": (p["active"] - p["embedding"]) / 1e9,
+            "routed_share": p["routed_share"]}
 
 
 def _mask_orthogonal() -> dict:
@@ -68,7 +70,8 @@ claim(
     "only a few experts.",
     verdict="supported",
     measure="counting every weight of the released configuration (arithmetic on published numbers) gives "
-    "the report's totals: 671B parameters, 37B active per token, after rounding to whole billions",
+    "the report's totals: 671B parameters after rounding to whole billions, and an active count whose two "
+    "conventions (with and without the token's input-embedding row, a lookup) bracket the report's 37B",
     papers=("deepseekai2024deepseekv3",),
     quick=_params,
 )
@@ -108,10 +111,10 @@ claim(
     seeds=("003",),
     claim="MoE is orthogonal to the choice between encoder-decoder and decoder-only architectures.",
     verdict="supported with caveats",
-    measure="the same MoE layer drops into a causal decoder (earlier outputs unchanged by later tokens, to "
-    "within 1e-4 of the change they cause in an encoder), an encoder or a prefix LM; Switch Transformer "
-    "is an encoder-decoder MoE. Caveat: routing "
-    "that looks across the batch (expert capacity limits, expert-choice routing) lets later tokens "
+    measure="the same MoE layer drops into a causal decoder (earlier outputs unchanged by later tokens, up "
+    "to float32 rounding: less than 1e-4 of the change they cause in an encoder), an encoder or a "
+    "prefix LM; Switch Transformer is an encoder-decoder MoE. Caveat: routing that looks across the "
+    "batch (expert capacity limits, expert-choice routing) lets later tokens "
     "change earlier ones and breaks a decoder's causality",
     papers=("fedus2022switch", "jacobs1991adaptive"),
     quick=_mask_orthogonal,

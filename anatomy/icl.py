@@ -852,17 +852,17 @@ def plot_decoder_vs_encoder(decoder: InductionRun, encoder: MaskedInductionRun):
     """Loss against training step: the decoder's next token in the second copy, the encoder's masked slot."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.6, 3.8))
-    ax.plot(decoder.steps, decoder.second_copy, "o-", ms=3, color="#0072B2",
-            label="decoder (next-token training): next token")  # book.COLORS: causal, bidirectional
-    ax.plot(encoder.steps, encoder.slot_loss, "s-", ms=3, color="#D55E00",
-            label="encoder (masked-LM training): masked slot")
+    fig, ax = plt.subplots(figsize=(6.6, 4.2))
+    ax.plot(decoder.steps, decoder.second_copy, "o-", ms=3, color="#0072B2",  # book.COLORS["causal"]
+            label="decoder (next-token training)")
+    ax.plot(encoder.steps, encoder.slot_loss, "s-", ms=3, color="#D55E00",  # book.COLORS["bidirectional"]
+            label="encoder (masked-LM training)")
     ax.axhline(math.log(decoder.vocab_size), color="#777777", ls="--", lw=0.8)
     ax.text(decoder.steps[-1], math.log(decoder.vocab_size), "ln V: no use of the first copy", ha="right",
             va="bottom", fontsize=9, color="#555555")
     ax.set_xlabel("training step (same data, batch and schedule)")
     ax.set_ylabel("loss on the second copy (nats per token)")
     ax.set_title("The same in-context copying task, two objectives")
-    ax.legend(fontsize=9, loc="center right")
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     fig.tight_layout()
     return fig

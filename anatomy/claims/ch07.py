@@ -23,10 +23,26 @@ claim(
     claim="In-context learning emerges from decoder pretraining: a model trained to continue text learns to "
     "use what its prompt shows it.",
     verdict="supported",
-    measure="a 2-layer attention-only decoder trained on random sequences shown twice: the loss on the "
-    "second copy stays near ln V, then falls below a third of it as a previous-token head (layer 1) and a "
-    "prefix-matching induction head (layer 2) form together, with no prefix matching in layer 1",
+    measure="a 2-layer attention-only decoder (RoPE) trained on random sequences shown twice: the loss on "
+    "the second copy starts near ln V, then falls below a third of it as a previous-token head (layer 1) "
+    "and a prefix-matching induction head (layer 2) form together, with no prefix matching in layer 1",
     papers=("olsson2022context",),
+)
+
+claim(
+    "ch07.encoder_in_context",
+    chapter=7,
+    seeds=("002",),
+    claim="Only a decoder learns in context: BERT cannot, because it is trained to fill in blanks, not to "
+    "continue text.",
+    verdict="contradicted",
+    measure="the same 2-layer attention-only model trained as a masked LM (BERT's objective, bidirectional "
+    "mask) on the same sequences, steps and schedule fills a masked slot of the second copy from the first: "
+    "accuracy above 10% (chance 1/64) and loss below 0.8 ln V (a model blind to the first copy: ln V); it "
+    "learns more slowly than the decoder, whose loss is lower at the same step and at the same number of "
+    "training targets. At scale, masked LMs prompted in context (Samuel 2024) and instruction-tuned "
+    "encoder-decoders (T0, Flan-T5, UL2) do it too",
+    papers=("devlin2019bert", "samuel2024berts", "sanh2022multitask", "chung2022scaling", "tay2023ul2"),
 )
 
 claim(
@@ -45,13 +61,26 @@ claim(
     "ch07.icl_is_gradient_descent",
     chapter=7,
     seeds=("003", "004"),
-    claim="In-context learning is implicit fine-tuning (Dai et al.), and decoders do it better than "
-    "encoder-decoders because the prompt acts directly on every layer.",
+    claim="In-context learning is implicit fine-tuning: attention over the demonstrations acts as a "
+    "gradient-descent update of the model (Dai et al.).",
     verdict="supported with caveats",
     measure="one GD step on in-context linear regression equals one linear-attention layer to float64 "
     "rounding; with a softmax the match holds only to first order in the logits (relative error growing "
-    "linearly with them, and about 1 for a plain swap); the dual form does not depend on the mask, so it "
-    "says nothing about decoders versus encoder-decoders",
+    "linearly with them, and about 1 for a plain swap)",
     papers=("dai2023why", "vonoswald2023transformers"),
     quick=_dual_form,
+)
+
+claim(
+    "ch07.decoders_better_in_context",
+    chapter=7,
+    seeds=("003", "004"),
+    claim="Decoders learn in context better than encoder-decoders, because the prompt acts directly on "
+    "every layer.",
+    verdict="not testable here",
+    measure="nothing here compares a decoder with an encoder-decoder on in-context learning at a scale "
+    "where it matters; the dual form cited for it is the same for every mask, and Dai et al. compare no "
+    "architectures. At scale, Wang et al. found masked-LM models with non-causal visibility best after "
+    "multitask finetuning, and instruction-tuned encoder-decoders (T0, Flan-T5, UL2) learn in context",
+    papers=("dai2023why", "wang2022what", "sanh2022multitask", "chung2022scaling", "tay2023ul2"),
 )

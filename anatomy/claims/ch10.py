@@ -63,7 +63,8 @@ claim(
           " the whole KV cache from memory for little computation.",
     verdict="supported with caveats",
     measure="on this CPU a batch-1 decode step's counted intensity is below the measured ridge point and "
-            "it reaches < 25 % of the measured matmul peak (best of five runs), while a 256-token prefill is "
+            "it reaches < 25 % of the best FLOP rate measured here (matmul, best of five, or the prefill "
+            "if faster), while a 256-token prefill is "
             "above the ridge and runs >= 3x more FLOP/s; the caveat: at batch 1 the bytes a decode step "
             "reads are mostly weights, not cache",
     papers=("williams2009roofline", "pope2022efficiently"), quick=_roofline,

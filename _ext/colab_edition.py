@@ -13,7 +13,10 @@ with its Markdown rewritten:
 * ``:::{dropdown}`` (and admonitions of class ``dropdown``) become ``<details><summary>``; other admonitions
   become block quotes with a bold title; other roles become their text; relative links to pages of the book
   become links to the published pages;
-* code cells are kept (outputs stripped), without the book-only tags.
+* code cells are kept (outputs stripped), without the book-only tags; the setup cell installs the package
+  from the commit the build is of (``GITHUB_SHA`` in the workflow, else ``HEAD`` when ``anatomy/`` is
+  committed; ``colab_edition_ref`` overrides), not from the branch, so the code a reader runs is the code
+  whose numbers the text shows even after the branch has moved on.
 
 When Sphinx builds the book (``sphinx.local_extensions`` in ``_config.yml``), ``build-finished`` writes the
 editions to ``<html>/colab/chapters/NN_slug.ipynb``, with the values of this build
@@ -360,13 +363,60 @@ class Converter:
         return body  # other directives (epigraph, margin, ...): their content as plain Markdown
 
 
-def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | None = None) -> dict:
-    """The Colab edition of one chapter notebook (a new dict)."""
+_SETUP_INSTALL = re.compile(r'(git\+https://[^"@\s]+)@([\w./-]+)"')
+
+
+def pin_setup_cell(source: str, ref: str | None) -> str:
+    """The setup cell with its ``git+URL@branch`` install pinned to `ref` (the commit the build is of)."""
+    if not ref:
+        return source
+    if not re.fullmatch(r"[0-9a-f]{7,40}|v?\d+(\.\d+)*", ref):
+        raise ValueError(f"ref must be a commit hash or a version tag, got {ref!r}")
+    pinned, n = _SETUP_INSTALL.subn(lambda m: f'{m.group(1)}@{ref}"', source, count=1)
+    if n != 1:
+        raise ValueError("the setup cell has no git+https://...@branch install to pin")
+    return pinned
+
+
+def build_commit(root: Path = ROOT) -> str | None:
+    """The commit this build is of, when the package the setup cell installs is exactly that commit.
+
+    ``GITHUB_SHA`` in GitHub Actions (the workflow builds a pushed commit); otherwise ``git rev-parse HEAD``
+    when ``anatomy/`` and ``pyproject.toml`` have no uncommitted changes; else None (the edition then
+    installs the branch, as the source notebook does).
+    """
+    import os
+    import subprocess
+
+    sha = os.environ.get("GITHUB_SHA", "").strip()
+    if re.fullmatch(r"[0-9a-f]{40}", sha):
+        return sha
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "anatomy", "pyproject.toml"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head if re.fullmatch(r"[0-9a-f]{40}", head) and not dirty else None
+
+
+def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | None = None,
+            ref: str | None = None) -> dict:
+    """The Colab edition of one chapter notebook (a new dict).
+
+    `ref`: a commit (or tag) the setup cell installs instead of the branch, so that the code a reader
+    runs is the code whose numbers the edition's text shows.
+    """
     new = copy.deepcopy(nb)
     cells = []
+    pinned = False
     for cell in new.get("cells", []):
         src = cell.get("source", "")
         src = "".join(src) if isinstance(src, list) else src
+        if ref and not pinned and cell.get("cell_type") == "code" and "google.colab" in src:
+            cell["source"] = src = pin_setup_cell(src, ref)
+            pinned = True
         if cell.get("cell_type") == "markdown":
             cell["source"] = converter.convert(src)
             cell.pop("attachments", None) if not cell.get("attachments") else None
@@ -405,8 +455,12 @@ def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | 
 
 
 def write_editions(chapters: list[Path], executed: Path, out: Path, config: dict, bib_path: Path,
-                   root: Path = ROOT, missing: str = "error", site: str | None = None) -> list[Path]:
-    """Write the edition of each chapter to `out`/<path relative to root>; return the paths written."""
+                   root: Path = ROOT, missing: str = "error", site: str | None = None,
+                   ref: str | None = None) -> list[Path]:
+    """Write the edition of each chapter to `out`/<path relative to root>; return the paths written.
+
+    `ref`: the commit the setup cells install (`edition`); None keeps the branch.
+    """
     site = site.rstrip("/") + "/" if site else site_url(config)
     bib = bib_entries(bib_path)
     written = []
@@ -422,7 +476,7 @@ def write_editions(chapters: list[Path], executed: Path, out: Path, config: dict
             values = {}
         conv = Converter(values, bib, site, page_dir=str(rel.parent), missing=missing)
         nb = json.loads(chapter.read_text(encoding="utf-8"))
-        ed = edition(nb, conv, f"{site}{rel}.html", chapter_title=chapter.name)
+        ed = edition(nb, conv, f"{site}{rel}.html", chapter_title=chapter.name, ref=ref)
         target = out / f"{rel}.ipynb"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(json.dumps(ed, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -466,7 +520,8 @@ def _write_editions(app, exception) -> None:
     written = write_editions(chapters, executed, Path(app.outdir) / EDITION_DIR, config,
                              bibfiles[0] if bibfiles else root / "references.bib", root=root,
                              site=getattr(app.config, "html_baseurl", "") or None,
-                             missing="placeholder")  # (a missing value already fails the glue role)
+                             missing="placeholder",  # (a missing value already fails the glue role)
+                             ref=app.config.colab_edition_ref or build_commit(root))
     from sphinx.util import logging
 
     logging.getLogger(__name__).info(f"colab_edition: wrote {len(written)} Colab editions")
@@ -474,6 +529,8 @@ def _write_editions(app, exception) -> None:
 
 def setup(app):
     app.add_config_value("colab_edition_branch", "gh-pages", "html")
+    # the commit (or tag) the editions' setup cells install; "" = the commit being built (build_commit)
+    app.add_config_value("colab_edition_ref", "", "html")
     app.connect("html-page-context", _point_colab_button, priority=600)  # after the theme's (501)
     app.connect("build-finished", _write_editions)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
@@ -486,11 +543,15 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="default: <build>/html/colab")
     ap.add_argument("--missing", choices=["error", "placeholder"], default="error",
                     help="a glue name without a build value: fail, or write the name in code font")
+    ap.add_argument("--ref", default=None,
+                    help="commit or tag the setup cells install (default: HEAD if anatomy/ is committed; "
+                         "'branch': keep the branch)")
     args = ap.parse_args()
     chapters = args.chapters or sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
     out = args.out or args.build / "html" / EDITION_DIR
+    ref = None if args.ref == "branch" else (args.ref or build_commit())
     written = write_editions(chapters, args.build / "jupyter_execute", out, load_config(),
-                             ROOT / "references.bib", missing=args.missing)
+                             ROOT / "references.bib", missing=args.missing, ref=ref)
     print(f"wrote {len(written)} editions to {out}")
     return 0
 

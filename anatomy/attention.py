@@ -121,9 +121,11 @@ def _sdpa(q, k, v, mask, *, q_offset, prefix_len, key_padding_mask):
     # (a query or key holding NaN or inf: measured on every path, e.g. a NaN query row comes out as 0).
     # Two sums find out whether there is anything to fix; only then is the formula evaluated, and its
     # non-finite entries replace SDPA's. Every other entry is SDPA's own, bit for bit.
-    with torch.no_grad():
-        clean = math.isfinite((q.sum() + k.sum()).item())  # a false alarm (overflow) only costs time
-    if clean:
+    if q.requires_grad or k.requires_grad:
+        q_sum, k_sum = q.detach().sum(), k.detach().sum()
+    else:
+        q_sum, k_sum = q.sum(), k.sum()
+    if math.isfinite(float(q_sum) + float(k_sum)):  # a false alarm (an overflow) only costs time
         return out
     exact = _reference(q, k, v, mask, **kw)
     return torch.where(torch.isfinite(exact), out, exact)

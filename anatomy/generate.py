@@ -7,6 +7,8 @@ import torch
 from anatomy._checks import check_float, check_generator, check_int, check_positive_int, check_tensor
 from anatomy.cache import KVCache
 
+_NAN_LOGITS = "logits contain NaN: no token can be picked (the model's output is not a number)"
+
 
 def _check_sampling(temperature, top_k, generator) -> None:
     # inf would sample uniformly and a negative temperature the inverted distribution: both refused.
@@ -41,10 +43,13 @@ def next_token(
     """
     check_tensor("logits", logits, kind="float", dim=2)
     _check_sampling(temperature, top_k, generator)
-    if bool(logits.isnan().any()):
-        raise ValueError("logits contain NaN: no token can be picked (the model's output is not a number)")
     if temperature == 0:
-        return logits.argmax(-1)
+        tok = logits.argmax(-1)  # argmax picks a NaN if a row holds one: one look at the picked logits
+        if bool(logits.gather(-1, tok[:, None]).isnan().any()):
+            raise ValueError(_NAN_LOGITS)
+        return tok
+    if bool(logits.isnan().any()):
+        raise ValueError(_NAN_LOGITS)
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]

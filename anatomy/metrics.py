@@ -650,7 +650,9 @@ def plot_kl_floor(floors: Sequence[float], ngram: Sequence[float], decoder: dict
     ax.set_xlabel("context length $k$ (tokens)")
     ax.set_ylabel("excess loss over the entropy rate (nats)")
     ax.set_xticks(ks)
-    ax.legend()
+    top = max([*floors, *ngram, *(decoder.values() if decoder else [])])
+    ax.set_ylim(0, 1.45 * top)  # room for the legend above every marker
+    ax.legend(loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -725,7 +727,7 @@ def plot_gibbs(sweeps, tv: dict[str, Sequence[float]], floors: dict[str, float] 
     if floors:
         ax.plot([], [], ":", color="gray", label="stationary distribution of the chain")
     ax.set_ylim(1e-16, 1.5)
-    ax.legend(loc="lower left")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.12))  # above a floor drawn near 1e-15
     fig.tight_layout()
     return fig
 

@@ -106,7 +106,11 @@ def test_the_build_job_uses_the_readmes_setup_and_the_local_script():
     env = build.get("env", {})
     assert env.get("TORCH_INDEX_URL", "").endswith("/whl/cpu"), "PyTorch's CPU build, not PyPI's CUDA build"
     assert str(env.get("PYTHON", "")).startswith("python3.1")
-    assert build.get("container", "").startswith("python:3.1")
+    container = build.get("container", {})
+    assert isinstance(container, dict) and container.get("image", "").startswith("python:3.1")
+    # Chromium (the PDF, the browser test) needs more shared memory than Docker's default 64 MB /dev/shm
+    shm = re.search(r"--shm-size[= ](\d+)([gm])", container.get("options", ""))
+    assert shm and int(shm.group(1)) * (1024 if shm.group(2) == "g" else 1) >= 1024, "container --shm-size"
     assert build.get("timeout-minutes", 0) <= 90
 
 

@@ -2,8 +2,9 @@
 
 Skipping the tiles above the causal diagonal halves the attention-score work (``QK^T`` and ``PV``). That
 is a saving on one part of the model; this module counts every part, so the saving can be stated as a
-share of the whole forward pass. Conventions (those of Kaplan et al. 2020, Table 1, and of the
-FlashAttention papers):
+share of the whole forward pass. Conventions (those of Hoffmann et al. 2022, Appendix F, and of the
+FlashAttention papers; Kaplan et al. 2020, Table 1, count attention as ``2 * n_ctx * d_attn`` per token and
+layer, half of the full-mask count below, i.e. the causal average):
 
 * a multiply-add is 2 FLOPs; only matmuls are counted. Norms, RoPE, activations and the softmax's
   exponentials are O(N * d) or O(N^2 * heads) element-wise operations, a few percent at most, and left

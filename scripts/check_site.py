@@ -6,7 +6,8 @@
 Checks: every chapter of _toc.yml has a page; index.html, sitemap.xml (listing every page, under the base
 URL derived from _config.yml's repository.url) and robots.txt exist; the whole-book PDF exists and is a
 PDF; the canonical link of the introduction uses the same base URL; the download button's notebooks carry
-outputs; the social preview picture exists. Prints one line per problem and exits 1 if there is any.
+outputs; every notebook page has its Colab edition, with no MyST left in its
+Markdown; the social preview picture exists. Prints one line per problem and exits 1 if there is any.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
                 out.append(f"no downloadable notebook _sources/{p}.ipynb")
             elif not any(c.get("outputs") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]):
                 out.append(f"_sources/{p}.ipynb (the download button's notebook) has no outputs")
+        if source.exists():  # the Colab button opens colab/<page>.ipynb (_ext/colab_edition.py)
+            edition = site / "colab" / f"{p}.ipynb"
+            if not edition.exists():
+                out.append(f"no Colab edition colab/{p}.ipynb (the page's Colab button opens it)")
+                continue
+            markdown = "\n".join("".join(c.get("source", "")) for c in
+                                  json.loads(edition.read_text(encoding="utf-8"))["cells"]
+                                  if c.get("cell_type") == "markdown")
+            left = re.search(r"\{(glue|cite|ref|numref|doc|dropdown|admonition)[:}]|^\s*:::", markdown, re.M)
+            if left:
+                out.append(f"colab/{p}.ipynb still holds MyST: {left.group(0).strip()!r}")
     return out
 
 
@@ -80,7 +92,8 @@ def main(argv: list[str]) -> int:
     for p in found:
         print(f"check_site: {p}")
     if not found:
-        print(f"check_site: {site} is complete (pages, sitemap.xml, robots.txt, PDF, executed notebooks)")
+        print(f"check_site: {site} is complete (pages, sitemap.xml, robots.txt, PDF, executed notebooks, "
+              "Colab editions)")
     return 1 if found else 0
 
 

@@ -377,3 +377,36 @@ def test_chapter_numbers_follow_the_table_of_contents():
         if m and int(m.group(1)) != position:
             wrong.append(f"{file} is chapter {position} in _toc.yml")
     assert not wrong, "; ".join(wrong)
+
+
+def test_check_site_wants_a_colab_edition_without_myst(tmp_path):
+    """scripts/check_site.py fails a chapter without a clean edition."""
+    spec = importlib.util.spec_from_file_location("_check_site", ROOT / "scripts" / "check_site.py")
+    check_site = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check_site)
+    root, site = tmp_path / "repo", tmp_path / "html"
+    (root / "chapters").mkdir(parents=True)
+    shutil.copy(ROOT / "_config.yml", root / "_config.yml")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: chapters/01_x\n")
+    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# X"},
+             {"cell_type": "code", "metadata": {}, "source": "1", "outputs": [], "execution_count": None}]
+    (root / "chapters" / "01_x.ipynb").write_text(json.dumps({"cells": cells}))
+    (site / "chapters").mkdir(parents=True)
+    (site / "_sources" / "chapters").mkdir(parents=True)
+    for page in ("index.html", "intro.html", "chapters/01_x.html"):
+        (site / page).write_text("<html></html>")
+    executed = [cells[0], dict(cells[1], outputs=[{"output_type": "stream", "name": "stdout", "text": "1"}])]
+    (site / "_sources" / "chapters" / "01_x.ipynb").write_text(json.dumps({"cells": executed}))
+
+    def colab_problems():
+        return [p for p in check_site.problems(site, root) if "Colab" in p or "MyST" in p]
+
+    assert len(colab_problems()) == 1 and "no Colab edition colab/chapters/01_x.ipynb" in colab_problems()[0]
+    (site / "colab" / "chapters").mkdir(parents=True)
+    edition = site / "colab" / "chapters" / "01_x.ipynb"
+    for myst in ("Ratio {glue:text}`r`.", "As {cite:p}`key` found.", ":::{dropdown} Solution 1\nx\n:::"):
+        edition.write_text(json.dumps({"cells": [dict(cells[0], source=myst), cells[1]]}))
+        assert len(colab_problems()) == 1 and "still holds MyST" in colab_problems()[0], myst
+    clean = dict(cells[0], source="Ratio 0.5 ([Devlin, 2019](u)).")
+    edition.write_text(json.dumps({"cells": [clean, cells[1]]}))
+    assert colab_problems() == []

@@ -115,9 +115,26 @@ def test_the_build_job_uses_the_readmes_setup_and_the_local_script():
 
 
 def test_the_environment_and_the_model_cache_are_cached():
-    caches = [s for s in _steps(_workflow()["jobs"]["build"]) if "actions/cache@" in s.get("uses", "")]
-    paths = {s["with"]["path"]: s["with"]["key"] for s in caches}
-    assert ".venv" in paths and "~/.cache/anatomy" in paths
+    steps = _steps(_workflow()["jobs"]["build"])
+
+    def cache_steps(kind):
+        found = [s for s in steps if f"actions/cache/{kind}@" in s.get("uses", "")]
+        return {s["with"]["path"].split("\n")[0]: s for s in found}
+
+    restores, saves = cache_steps("restore"), cache_steps("save")
+    assert {".venv", "~/.cache/anatomy", "~/.cache/anatomy/colab-env"} <= set(restores)
+    names = [s.get("name", s.get("uses")) for s in steps]
+    deploy = next(i for i, s in enumerate(steps) if "deploy_build.sh" in s.get("run", ""))
+    for path, restore in restores.items():
+        save = saves.get(path)
+        primary = f"${{{{ steps.{restore['id']}.outputs.cache-primary-key }}}}"
+        assert save and save["with"]["key"] == primary, path
+        assert save["with"]["path"] == restore["with"]["path"], path
+        # saved even when a later step (or, for what the build fills, the tests) fails
+        assert names.index(save["name"]) < deploy or "always()" in save["if"], path
+    assert "!~/.cache/anatomy/colab-env" in restores["~/.cache/anatomy"]["with"]["path"]
+    assert "restore-keys" not in restores["~/.cache/anatomy/colab-env"]["with"]  # old copies never pile up
+    paths = {path: s["with"]["key"] for path, s in restores.items()}
     # the environment's key changes with every input of scripts/setup_env.sh's own stamp
     setup = (ROOT / "scripts" / "setup_env.sh").read_text(encoding="utf-8")
     stamp = re.search(r"cat (.*?) \| sha256sum", setup)

@@ -37,7 +37,9 @@ def _prefill_decode() -> dict:
     from anatomy.inference import published_config, step_intensity
 
     c = published_config("SmolLM2-135M")
-    return {"intensity_prefill_256": step_intensity(c, 256, 0), "intensity_decode": step_intensity(c, 1, 256)}
+    # as the chapter counts them: 256 new tokens (only the last through the LM head) or 1, after 256 cached
+    return {"intensity_prefill_256": step_intensity(c, 256, 256, logits="last"),
+            "intensity_decode": step_intensity(c, 1, 256)}
 
 
 def _reuse() -> dict:

@@ -182,27 +182,39 @@ def teacher_source(vocab_size: int, order: int, width: int = 3, embed_dim: int =
     teacher = MLPStudents(vocab_size, order, [width], embed_dim, seed=seed)
     weights = [p.detach().clone() for p in teacher.parameters()]
 
-    def build(s: float):
+    def table(s: float) -> np.ndarray:  # (V^K, V): the next-token table of the teacher scaled by s
         # every weight times s (not linear in the logits, because of the tanh)
         with torch.no_grad():
             for p, w in zip(teacher.parameters(), weights):
                 p.copy_(w * s)
-            P = torch.softmax(teacher()[0].double(), dim=-1).numpy()
-        return MarkovSource.from_table(P.reshape((vocab_size,) * (order + 1)))
+            return torch.softmax(teacher()[0].double(), dim=-1).numpy()
+
+    def build(s: float):
+        return MarkovSource.from_table(table(s).reshape((vocab_size,) * (order + 1)))
 
     if rate is None:
         return build(float(scale))
-    # find log(scale) with rate(scale) = rate: regula falsi (Illinois variant) on a bracket in log space
-    a, b = math.log(1e-2), math.log(100.0)
-    fa, fb = build(math.exp(a)).entropy_rate() - rate, build(math.exp(b)).entropy_rate() - rate
-    if not fa > 0 > fb:  # the entropy rate falls as the scale grows
+
+    def excess(log_s: float) -> float:  # entropy rate at scale exp(log_s), minus the target
+        return _entropy_rate(table(math.exp(log_s))) - rate
+
+    # find log(scale) with rate(scale) = rate: regula falsi (Illinois variant) on a bracket in log space.
+    # The entropy rate falls as the scale grows. The bracket grows from scale 1 by doubling, so it never
+    # reaches the huge scales whose near-deterministic tables have no well-conditioned stationary
+    # distribution (a fixed bracket up to 100 made MarkovSource fail for some seeds).
+    a, fa = math.log(1e-2), excess(math.log(1e-2))
+    for b in (math.log(2.0**k) for k in range(7)):  # scales 1, 2, 4, ..., 64
+        fb = excess(b)
+        if fa <= 0 or fb <= 0:
+            break
+        a, fa = b, fb
+    if not fa > 0 > fb:
         raise ValueError(f"rate={rate!r} is out of reach for this teacher (try another width or seed)")
-    side = 0
+    side, c = 0, a
     for _ in range(100):
         c = (a * fb - b * fa) / (fb - fa)
-        source = build(math.exp(c))
-        fc = source.entropy_rate() - rate
-        if abs(fc) < 1e-6:
+        fc = excess(c)
+        if abs(fc) < 1e-7:
             break
         if fc > 0:
             a, fa = c, fc
@@ -214,7 +226,26 @@ def teacher_source(vocab_size: int, order: int, width: int = 3, embed_dim: int =
             if side == -1:
                 fa /= 2
             side = -1
-    return source
+    return build(math.exp(c))
+
+
+def _entropy_rate(P: np.ndarray) -> float:
+    """Entropy rate (nats) of the order-K chain with next-token table P, (V^K, V), by power iteration.
+
+    The same quantity as ``MarkovSource.entropy_rate``, without its dense V^K x V^K linear solve: the
+    rate-matching search of :func:`teacher_source` evaluates it many times, and a multi-threaded BLAS solve
+    of that size costs far more CPU than this on a busy machine. Context c = (x_1..x_K) moves to
+    (x_2..x_K, x) with probability P[c, x].
+    """
+    C, V = P.shape
+    pi = np.full(C, 1.0 / C)
+    for _ in range(100_000):
+        new = (pi[:, None] * P).reshape(V, C).sum(0)  # sum over x_1: the distribution of the next context
+        if np.abs(new - pi).sum() < 1e-15:
+            break
+        pi = new
+    row_entropy = -(P * np.log(np.clip(P, 1e-300, None))).sum(1)
+    return float(new @ row_entropy)
 
 
 @dataclass
@@ -591,10 +622,12 @@ def plot_capacity(fit: PopulationFit, names: Sequence[str], table_size: int,
     return fig
 
 
-def plot_generalization(fit: PopulationFit, names: Sequence[str], sources: Sequence[int] | None = None):
+def plot_generalization(fit: PopulationFit, names: Sequence[str], sources: Sequence[int] | None = None,
+                        baselines: Sequence[float] | None = None):
     """KL on the contexts trained on vs the held-out contexts, per student width, one panel per source.
 
-    names[i] labels source ``sources[i]`` of the fit (default: sources 0, 1, ...).
+    names[i] labels source ``sources[i]`` of the fit (default: sources 0, 1, ...). baselines[i], if given,
+    is drawn as a dashed line: the KL of a predictor that ignores the context (H(X_t) - H of that source).
     """
     import matplotlib.pyplot as plt
 
@@ -610,13 +643,16 @@ def plot_generalization(fit: PopulationFit, names: Sequence[str], sources: Seque
                label="contexts trained on")
         ax.bar(x + 0.2, [max(fit.kl_unseen[j], 1e-5) for j in rows], width=0.4, color=COLORS["bidirectional"],
                label="held-out contexts")
+        if baselines is not None:
+            ax.axhline(baselines[list(sources).index(source)], color="#444444", ls="--", lw=1.2,
+                       label="ignoring the context")
         ax.set_yscale("log")
-        ax.set_ylim(1e-5, 10)
+        ax.set_ylim(1e-5, 60)
         ax.set_xticks(x, [f"{fit.width[j]}\n({fit.params[j]:,})" for j in rows])
         ax.set_xlabel("student width (parameters)")
         ax.set_title(name)
     axes[0][0].set_ylabel("KL to the source (nats per token, log)")
-    axes[0][0].legend(loc="upper left")
+    axes[0][0].legend(loc="upper left", ncol=3 if baselines is not None else 1, fontsize=8)
     fig.tight_layout()
     return fig
 

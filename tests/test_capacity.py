@@ -113,6 +113,20 @@ def test_teacher_source_rate_matching():
         C.teacher_source(4, 2, width=3, seed=2, rate=10.0)
 
 
+def test_teacher_source_rate_matching_never_tries_degenerate_scales():
+    # chapter 3's setting at ANATOMY_SEED=9: a fixed bracket up to scale 100 built a near-deterministic table
+    # whose stationary distribution MarkovSource could not solve (RuntimeError); the bracket now grows from 1
+    target = MarkovSource(8, 3, alpha=0.3, seed=9).entropy_rate()
+    source = C.teacher_source(8, 3, width=3, seed=9, rate=target)
+    assert source.entropy_rate() == pytest.approx(target, abs=1e-6)
+
+
+def test_entropy_rate_by_power_iteration_matches_the_linear_solve():
+    for seed in range(3):
+        source = MarkovSource(5, 2, alpha=0.3, seed=seed)
+        assert C._entropy_rate(source._T.reshape(25, 5)) == pytest.approx(source.entropy_rate(), abs=1e-12)
+
+
 def test_fit_population_argument_errors():
     s = MarkovSource(3, 1, seed=0)
     with pytest.raises(ValueError, match="at least one"):

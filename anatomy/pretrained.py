@@ -20,6 +20,7 @@ target parameter that no rule fills, so a silently half-loaded model is impossib
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import json
@@ -777,6 +778,14 @@ def _load_cached(folder: Path, dtype: torch.dtype | None):
     return model, tokenizer
 
 
+def _shown(path: Path) -> str:
+    """A path as a reader should see it: under the home folder as ~/..., not this machine's home."""
+    try:
+        return "~/" + str(Path(path).relative_to(Path.home()))
+    except ValueError:
+        return str(path)
+
+
 def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
     """SmolLM2-135M-Instruct as an anatomy decoder: ``(model, tokenizer)``.
 
@@ -797,16 +806,36 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
     if not (folder / "config.json").exists():
         _require_transformers(("gguf",))
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         t0 = time.perf_counter()
-        if verbose:
-            print(f"anatomy: converting {gguf.name} once (~20 s); cached in {folder}", flush=True)
-        hf = AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
-        )
-        tokenizer = AutoTokenizer.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, local_files_only=True
-        )
+        if verbose:  # once per machine (or Colab runtime): say what it costs, as plain text lines
+            print(f"anatomy: first use of SmolLM2 here: dequantizing {gguf.name} to float32, once "
+                  f"(~20 s, ~517 MB of cache under {_shown(cache_dir())})", flush=True)
+        # transformers' tqdm bars would be widgets in a notebook (and in the built book's page); its GGUF
+        # reader calls tqdm.auto directly, past transformers' own switch, so that one is silenced here.
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        bars_were_on = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        gguf_tqdm = getattr(gguf_utils, "tqdm", None)
+        if gguf_tqdm is not None:
+            gguf_utils.tqdm = functools.partial(gguf_tqdm, disable=True)
+        try:
+            hf = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
+            )
+            if verbose:
+                print(f"anatomy: weights dequantized ({time.perf_counter() - t0:.0f} s); "
+                      "reading the tokenizer", flush=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, local_files_only=True
+            )
+        finally:
+            if gguf_tqdm is not None:
+                gguf_utils.tqdm = gguf_tqdm
+            if bars_were_on:
+                hf_logging.enable_progress_bar()
         model = from_hf(hf)
         model.config.extra.update(source=f"{SMOLLM2_PACKAGE}/{gguf.name}", hf_family="llama")
         _save(folder, model, tokenizer)
@@ -815,7 +844,8 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
             if old != folder and not old.name.count(".tmp-"):
                 shutil.rmtree(old, ignore_errors=True)
         if verbose:
-            print(f"anatomy: converted in {time.perf_counter() - t0:.1f} s", flush=True)
+            print(f"anatomy: converted and cached in {time.perf_counter() - t0:.1f} s; later loads take ~1 s",
+                  flush=True)
     model, tokenizer = _load_cached(folder, dtype)
     return to_input_major(model), tokenizer
 

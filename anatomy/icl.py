@@ -248,12 +248,33 @@ class InductionRun:
         return flat // final.shape[1], flat % final.shape[1]
 
     def phase_change_step(self, threshold: float | None = None) -> int:
-        """First evaluated step where the second-copy loss is below `threshold` (default: half of ln V)."""
+        """First evaluated step with a second-copy loss below `threshold` (default: ln V / 2), else -1."""
         threshold = 0.5 * math.log(self.vocab_size) if threshold is None else threshold
         for s, loss in zip(self.steps, self.second_copy):
             if loss < threshold:
                 return s
         return -1
+
+    def plateau_end(self, fraction: float = 0.9) -> int:
+        """First evaluated step with a second-copy loss below `fraction` * ln V (the plateau's end), else -1.
+
+        A phase change stays near ln V for a while and then falls fast: ``phase_change_step() -
+        plateau_end()`` is shorter than ``plateau_end()``. A loss that decays exponentially from ln V at a
+        constant rate takes ln(0.9 / 0.5) / ln(1 / 0.9) = 5.6 times longer to fall from 0.9 to 0.5 ln V
+        than to reach 0.9 ln V.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        return self.phase_change_step(fraction * math.log(self.vocab_size))
+
+    def rise_step(self, layer: int, head: int, kind: str = "prefix_matching") -> int:
+        """First evaluated step at which a head's score is past half-way from its first value to its last."""
+        if kind not in ("prefix_matching", "previous_token"):
+            raise ValueError(f"kind must be 'prefix_matching' or 'previous_token', got {kind!r}")
+        scores = [float(s[layer, head]) for s in
+                  (self.prefix_matching if kind == "prefix_matching" else self.previous_token)]
+        half = 0.5 * (scores[0] + scores[-1])
+        return next(step for step, s in zip(self.steps, scores) if s >= half)
 
 
 def induction_experiment(
@@ -502,6 +523,7 @@ class DualForm:
     linear_attention: np.ndarray  # the same, computed by a linear self-attention layer over the tokens
     softmax_attention: dict[float, np.ndarray]  # logit scale s -> the softmax layer's prediction
     max_abs_diff_linear: float  # |gd - linear_attention|, max over entries
+    rel_err_linear: float  # ||linear_attention - gd|| / ||gd - W0 x||, comparable with rel_err_softmax
     rel_err_softmax: dict[float, float]  # s -> ||softmax - gd|| / ||gd - W0 x|| (the update's size)
     logit_std: dict[float, float]  # s -> standard deviation of the softmax's logits s * k_i . q
     rel_err_plain_softmax: float  # the linear layer with its identity swapped for a softmax, no rescaling
@@ -588,6 +610,7 @@ def dual_form(
         lin,
         soft,
         float(np.abs(gd - lin).max()),
+        float(np.linalg.norm(lin - gd) / update_norm),
         rel,
         spread,
         float(np.linalg.norm(plain - gd) / update_norm),
@@ -834,11 +857,11 @@ def plot_dual_form(result: DualForm):
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.loglog(spread, err, "o-", color="#D55E00", label="softmax attention, rescaled to first order")
     ax.axhline(
-        max(result.max_abs_diff_linear, 1e-17),
+        max(result.rel_err_linear, 1e-17),
         color="#0072B2",
         ls="--",
         lw=1,
-        label="linear attention (max |difference|)",
+        label="linear attention",
     )
     ax.set_xlabel("spread of the attention logits (standard deviation)")
     ax.set_ylabel("relative distance from one GD step")

@@ -30,6 +30,7 @@ __all__ = [
     "hidden_states",
     "markov_masked_posterior",
     "masked_batch",
+    "offset_attention",
     "order_experiment",
     "permutation_gap",
     "plot_order_runs",
@@ -412,8 +413,9 @@ def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, s
     permuted at random (x_j stays in place) and the loss on x_{j+1} is compared with the unshuffled loss.
     Masked-LM runs: the visible tokens are permuted among the visible positions (masked positions stay),
     and the loss on the masked tokens is compared. A model that ignores order loses nothing; the Bayes
-    predictor of an order-2 source loses a lot. Returns {"penalty": mean loss increase (nats),
-    "max_logit_change": max |change| of the logits read out}.
+    predictor of an order-2 source loses a lot. Returns {"penalty": mean loss increase (nats), "se": its
+    standard error (from the per-sequence mean increases, which are independent), "max_logit_change":
+    max |change| of the logits read out}.
     """
     if not isinstance(run, OrderRun):
         raise TypeError(f"run must be an OrderRun, got {type(run).__name__}")
@@ -431,9 +433,10 @@ def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, s
             xs[:, :j] = torch.gather(x[:, :j], 1, perm)
             out = model(xs).log_softmax(-1)[:, j]
             target = y[:, j : j + 1]
-            losses.append((out.gather(1, target) - base[:, j].gather(1, target)).neg().mean())
+            losses.append((out.gather(1, target) - base[:, j].gather(1, target)).neg()[:, 0])  # (n,)
             changes.append((out - base[:, j]).abs().max())
-        return {"penalty": float(torch.stack(losses).mean()),
+        per_seq = torch.stack(losses, 1).double().mean(1)  # (n,): one sequence's mean increase
+        return {"penalty": float(per_seq.mean()), "se": float(per_seq.std() / n**0.5),
                 "max_logit_change": float(torch.stack(changes).max())}
     seqs = source.sample(n, seq_len, generator=g)
     x, y = masked_batch(seqs, source.vocab_size, mask_rate, g)
@@ -445,8 +448,41 @@ def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, s
     base, out = model(x).log_softmax(-1), model(xs).log_softmax(-1)
     sel = ~visible
     target = seqs[sel][:, None]
-    penalty = (out[sel].gather(1, target) - base[sel].gather(1, target)).neg().mean()
-    return {"penalty": float(penalty), "max_logit_change": float((out[sel] - base[sel]).abs().max())}
+    increase = torch.zeros(seqs.shape, dtype=torch.float64)
+    increase[sel] = (out[sel].gather(1, target) - base[sel].gather(1, target)).neg()[:, 0].double()
+    per_seq = increase.sum(1) / sel.sum(1)  # (n,): one sequence's mean increase over its masked tokens
+    return {"penalty": float(per_seq.mean()), "se": float(per_seq.std() / n**0.5),
+            "max_logit_change": float((out[sel] - base[sel]).abs().max())}
+
+
+@one_thread()
+@torch.no_grad()
+def offset_attention(model: Transformer, input_ids: torch.Tensor, offsets: Sequence[int] = (0, 1, 2)) -> dict:
+    """Mean attention weight of every head on the key `offset` positions before its query.
+
+    input_ids (B, N). Averages over the batch and over the queries q >= max(offsets), so that every offset
+    has a key. Returns {"mass": (layers, heads, len(offsets)) array, "uniform": (len(offsets),) array}, where
+    "uniform" is what attention spread evenly over the visible keys (causal: q + 1 of them; bidirectional:
+    N) would put there, averaged over the same queries.
+    """
+    model = _check_model(model)
+    input_ids = _check_ids(input_ids)
+    offsets = [_check_int("offset", o, 0) for o in offsets]
+    N = input_ids.shape[1]
+    if not offsets or max(offsets) >= N:
+        raise ValueError(f"offsets must be non-empty and below the sequence length {N}, got {offsets}")
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(input_ids, return_attn=True)
+    finally:
+        model.train(was_training)
+    q = torch.arange(max(offsets), N)
+    mass = torch.stack([torch.stack([a[:, :, q, q - o].float().mean((0, 2)) for o in offsets], -1)
+                        for a in out.attentions])
+    visible = (q + 1).double() if model.config.mask == "causal" else torch.full((len(q),), float(N))
+    uniform = np.full(len(offsets), float((1.0 / visible).mean()))
+    return {"mass": mass.numpy(), "uniform": uniform}
 
 
 # ------------------------------------------------------------------------------------ plots

@@ -12,6 +12,7 @@ from anatomy import Config, Transformer
 from anatomy.data import CharTokenizer
 from anatomy.icl import (
     AttentionOnly,
+    InductionRun,
     copy_losses,
     dual_form,
     few_shot_accuracy,
@@ -231,6 +232,7 @@ def test_dual_form_linear_attention_is_one_gd_step():
     slope = np.polyfit(np.log(scales), np.log(errs), 1)[0]
     assert 0.8 < slope < 1.2
     assert errs[0] < 0.01 and r.rel_err_plain_softmax > 0.5
+    assert r.rel_err_linear < 1e-12  # the relative distance plotted beside the softmax points
     with pytest.raises(ValueError, match="n_examples"):
         dual_form(n_examples=0)
 
@@ -335,3 +337,28 @@ def test_few_shot_wrong_labels_shows_no_true_pair_and_scores_the_truth():
     assert all(line.split(" -> ")[1] == truth[line.split(" -> ")[0]] for line in right.split("\n")[:-1])
     with pytest.raises(ValueError, match="pairs"):
         few_shot_accuracy(Oracle(tok), tok, PAIRS, ks=(1,), n_queries=11, wrong_labels=True)
+
+
+def _run(losses, pm, pt, vocab_size=64):
+    run = InductionRun(24, vocab_size, steps=[25 * i for i in range(len(losses))], second_copy=list(losses))
+    run.prefix_matching = [torch.tensor([[0.0, 0.0], [0.0, s]]) for s in pm]
+    run.previous_token = [torch.tensor([[s, 0.0], [0.0, 0.0]]) for s in pt]
+    return run
+
+
+def test_plateau_then_fall_is_told_apart_from_a_steady_decay():
+    ln_v = math.log(64)
+    # a phase change: flat near ln V for 6 evaluations, then a fall within 3
+    run = _run([ln_v, 0.98 * ln_v, 0.97 * ln_v, 0.95 * ln_v, 0.93 * ln_v, 0.92 * ln_v, 0.85 * ln_v,
+                0.6 * ln_v, 0.3 * ln_v, 0.1 * ln_v], pm=[0.04] * 6 + [0.3, 0.6, 0.7, 0.7],
+               pt=[0.07] * 7 + [0.3, 0.4, 0.4])
+    assert run.plateau_end() == 150 and run.phase_change_step() == 200
+    assert run.phase_change_step() - run.plateau_end() < run.plateau_end()
+    assert run.rise_step(1, 1) == 175 and run.rise_step(0, 0, "previous_token") == 175
+    # a steady exponential decay from ln V: the fall from 0.9 to 0.5 ln V is 5.6x longer than the start
+    decay = _run([ln_v * 0.9 ** (i / 4) for i in range(120)], pm=[0.0] * 120, pt=[0.0] * 120)
+    assert decay.phase_change_step() - decay.plateau_end() > 4 * decay.plateau_end()
+    with pytest.raises(ValueError, match="fraction"):
+        run.plateau_end(1.5)
+    with pytest.raises(ValueError, match="kind"):
+        run.rise_step(0, 0, "induction")

@@ -185,7 +185,8 @@ def test_context_shuffle_changes_nothing_for_bidirectional_nope():
     runs = positions.order_experiment(source, runs=kinds, steps=2, batch_size=4, seq_len=8, d_model=16,
                                       n_heads=2, eval_every=2)
     nope, causal, rope = (positions.context_shuffle_penalty(r, source, n=32, seq_len=8) for r in runs)
-    assert abs(nope["penalty"]) < 1e-5 and nope["max_logit_change"] < 1e-4
+    assert abs(nope["penalty"]) < 1e-5 and nope["max_logit_change"] < 1e-4 and nope["se"] < 1e-5
+    assert causal["se"] > 0
     assert causal["max_logit_change"] > 1e-4
     assert rope["max_logit_change"] > 1e-6  # nearly uniform attention at initialisation, but not order-blind
     with pytest.raises(TypeError, match="OrderRun"):
@@ -207,3 +208,16 @@ def test_plots_return_figures():
     for fig in figs:
         assert isinstance(fig, matplotlib.figure.Figure)
         plt.close(fig)
+
+
+def test_offset_attention_of_a_random_model_is_close_to_even_attention():
+    model = _model("causal")
+    ids = torch.randint(0, 32, (4, 12))
+    out = positions.offset_attention(model, ids, offsets=(0, 1, 2))
+    assert out["mass"].shape == (model.config.n_layers, model.config.n_heads, 3)
+    assert np.allclose(out["uniform"], np.mean(1.0 / np.arange(3, 13)))
+    assert np.abs(out["mass"] - out["uniform"]).max() < 0.05  # small random weights: nearly even attention
+    with pytest.raises(ValueError, match="offsets"):
+        positions.offset_attention(model, ids, offsets=(12,))
+    with pytest.raises(TypeError, match="model"):
+        positions.offset_attention("model", ids)

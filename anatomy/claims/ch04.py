@@ -54,7 +54,8 @@ claim(
     claim="A causal attention matrix is lower triangular with a positive diagonal, so its determinant is "
     "positive, it is full rank, and that makes decoder-only attention more expressive.",
     verdict="contradicted",
-    measure="det > 0 holds exactly, but causal maps are far worse conditioned than bidirectional ones "
+    measure="det > 0 holds exactly, but it does not set causal maps apart (bidirectional ones have full "
+    "numerical rank too), causal maps are far worse conditioned than bidirectional ones "
     "(sigma_min below float64 resolution, condition number growing exponentially with n), products of "
     "full-rank causal maps still converge to rank one, and a larger share of SmolLM2's heads than of "
     "MiniLM's is numerically rank-deficient",

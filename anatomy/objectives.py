@@ -917,13 +917,17 @@ def token_cross_entropy(
     special: SpecialTokens,
     *,
     right: int = 0,
-) -> float:
+    per_example: bool = False,
+) -> float | torch.Tensor:
     """Mean -log P(x_t | x_<t, x_t+1..t+right) in nats over windows (E, N) and positions t.
 
     position: one t or several (each window is asked at each of them). right = 0: continuation (the next
     token from the left context alone); right > 0: infilling. When a causal model is asked for the
-    continuation at several positions, one forward pass answers all of them.
+    continuation at several positions, one forward pass answers all of them. per_example: return the
+    losses themselves, (E * len(positions),) float, instead of their mean (for standard errors).
     """
+    if not isinstance(per_example, bool):
+        raise TypeError(f"per_example must be True or False, got {per_example!r}")
     windows = _check_seqs(windows, "windows")
     positions = [position] if isinstance(position, (int, np.integer)) else list(position)
     if not positions:
@@ -944,14 +948,14 @@ def token_cross_entropy(
             model.train(was_training)
         idx = torch.tensor(positions)
         picked = logp[:, idx - 1].gather(2, windows[:, idx, None])[..., 0]  # (E, len(positions))
-        return float(-picked.mean())
+        return -picked.t().reshape(-1) if per_example else float(-picked.mean())
     losses = []
     for t in positions:
         left = windows[:, :t]
         rhs = windows[:, t + 1 : t + 1 + right] if right else None
         logp = predict_token(model, objective, left, rhs, special)
         losses.append(-logp.gather(1, windows[:, t : t + 1]))
-    return float(torch.cat(losses).mean())
+    return torch.cat(losses)[:, 0] if per_example else float(torch.cat(losses).mean())
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1105,6 +1109,7 @@ class ObjectiveRun:
     continuation: float  # final: -log P(x_t | x_<t)
     infill: float  # final: -log P(x_t | x_<t, x_t+1..t+R)
     model: nn.Module | None = None
+    infill_losses: list[float] | None = None  # the per-window infilling losses whose mean is `infill`
 
     @property
     def flops(self) -> int:
@@ -1208,6 +1213,8 @@ def compare_objectives(
             progress=progress,
             seed=seed,
         )
+        infill = token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right,
+                                     per_example=True)
         results[name] = ObjectiveRun(
             name=name,
             objective=obj,
@@ -1219,8 +1226,9 @@ def compare_objectives(
             eval_flops=[s * per_step[name] for s, _ in hist.evals],
             continuation_curve=[r["continuation"] for _, r in hist.evals],
             continuation=hist.evals[-1][1]["continuation"],
-            infill=token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right),
+            infill=float(infill.mean()),
             model=model,
+            infill_losses=infill.tolist(),
         )
     return results
 

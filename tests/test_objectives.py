@@ -568,6 +568,12 @@ def test_predict_token_every_family(objective):
             logp = torch.log_softmax(logits[:, :6].double(), -1)
             losses.append(-logp.gather(1, seqs[:, t : t + 1]).mean().item())
     assert many == pytest.approx(sum(losses) / 3, rel=1e-5)
+    # per_example: the losses themselves, position by position (windows inside), with the same mean
+    each = token_cross_entropy(model, objective, seqs, [9, 12, 15], sp, per_example=True)
+    assert each.shape == (12,) and each.mean().item() == pytest.approx(many, rel=1e-5)
+    assert each[4:8].mean().item() == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(TypeError, match="per_example"):
+        token_cross_entropy(model, objective, seqs, 10, sp, per_example=1)
     with pytest.raises(ValueError, match="position"):
         token_cross_entropy(model, objective, seqs, 18, sp, right=5)
     with pytest.raises(ValueError, match="rows"):

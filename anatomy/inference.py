@@ -783,12 +783,14 @@ CLASSIFIERS = (
 
 @torch.inference_mode()
 def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transformer,
-                        decoder_tokenizer, *, encoder_repeats: int = 5) -> dict:
+                        decoder_tokenizer, *, encoder_repeats: int = 5, clock: str = "cpu") -> dict:
     """Classify :data:`TOPICS`'s test sentences six ways (``CLASSIFIERS``) with an encoder (MiniLM) and a
     decoder (SmolLM2); time each way once, interleaved, after an untimed warm-up call of each model. The
     encoder's ways take milliseconds, so a single descheduling by another job could multiply their time:
     they are timed ``encoder_repeats`` times in all (interleaved with each other) and their median is
-    reported. The decoder's ways take seconds, which averages such interruptions out.
+    reported. The decoder's ways take seconds, which averages such interruptions out. ``clock="cpu"``
+    (default) times every way on one thread by that thread's CPU time, so other jobs on the machine do not
+    enter the ratios; ``clock="wall"`` uses elapsed time with torch's current threads.
 
     Returns name -> ``accuracy``, ``pred`` (N,), ``seconds`` and ``flops`` per sentence (counted: the tokens
     each way runs through the model that runs them; prototypes and the few-shot examples' cache are
@@ -827,10 +829,13 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
         return run
 
     _check_count("encoder_repeats", encoder_repeats, 1)
-    times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0)
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f'clock must be "cpu" or "wall", got {clock!r}')
+    timing = dict(threads=1, clock="cpu") if clock == "cpu" else {}
+    times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0, **timing)
     if encoder_repeats > 1:
         again = interleaved_times({k: timed(k) for k in CLASSIFIERS[:2]}, repeats=encoder_repeats - 1,
-                                  warmup=0)
+                                  warmup=0, **timing)
         for k, extra in again.items():
             times[k] = [statistics.median(times[k] + extra)]
     enc_cfg, dec_cfg = encoder.config, decoder.config

@@ -797,6 +797,8 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
     one-time costs, included in the measured time and left out of the counted FLOPs), ``tokens`` per
     sentence; and ``labels``, ``n_test``.
     """
+    if clock not in ("cpu", "wall"):
+        raise ValueError(f'clock must be "cpu" or "wall", got {clock!r}')
     test, y, examples, ey, labels = topic_dataset()
     y_t, ey_t = torch.tensor(y), torch.tensor(ey)
     body = with_mask(decoder, decoder.config.mask, lm_head=False)
@@ -829,8 +831,6 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
         return run
 
     _check_count("encoder_repeats", encoder_repeats, 1)
-    if clock not in ("cpu", "wall"):
-        raise ValueError(f'clock must be "cpu" or "wall", got {clock!r}')
     timing = dict(threads=1, clock="cpu") if clock == "cpu" else {}
     times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0, **timing)
     if encoder_repeats > 1:

@@ -349,6 +349,8 @@ def test_compare_classifiers_on_the_real_models():
     out = inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=2)
     with pytest.raises(ValueError, match="encoder_repeats"):
         inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=0)
+    with pytest.raises(ValueError, match="clock"):
+        inf.compare_classifiers(encoder, enc_tok, decoder, dec_tok, clock="elapsed")
     assert out["n_test"] == 32 and out["labels"] == list(inf.TOPICS)
     for name in inf.CLASSIFIERS:
         r = out[name]

@@ -37,7 +37,7 @@ if [[ ! -x "$VIRTUAL_ENV/bin/jupyter-book" ]]; then
     exit 1
 fi
 
-# Every chapter's claims.check() records its numbers in this folder; the scoreboard (chapter 12), which
+# Every chapter's claims.check() records its numbers in this folder; the scoreboard (the last chapter), which
 # the build executes after the chapters, shows them next to its own small replications. Fresh per build.
 export ANATOMY_RESULTS="$ROOT/_build/claims"
 rm -rf "$ANATOMY_RESULTS"

@@ -14,7 +14,7 @@ base stays as Colab ships it). Then:
   installed).
 * ``test_chapter_runs_in_colab``: chapters (``COLAB_ENV_CHAPTERS``: comma-separated paths, or ``all``;
   default: chapter 1, which loads SmolLM2 and MiniLM and has a live explorer, chapter 5, which trains
-  small models and has one, and chapter 12) run in a kernel of that environment from an empty working
+  small models and has one, and chapter 13, the scoreboard) run in a kernel of that environment from an empty working
   directory, with ``google.colab`` importable so the setup cell really runs, and every ``explore_live``
   explorer's controls moved once (``anatomy.book.drive_live``) under Colab's ipywidgets 7.
   ``COLAB_ENV_NOTEBOOKS=DIR`` takes the notebooks from DIR instead of chapters/ (e.g. copies transformed by
@@ -40,7 +40,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHAPTERS = ["chapters/01_three_families.ipynb", "chapters/05_order_without_positions.ipynb",
-                    "chapters/12_scoreboard.ipynb"]
+                    "chapters/13_scoreboard.ipynb"]
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 

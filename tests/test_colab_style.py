@@ -17,7 +17,7 @@ Two checks:
   execution of the chapter, so this is also the book's determinism check.
 
 Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths, or ``all`` for every chapter in _toc.yml);
-by default chapter 12 (~15-45 s), which imports every chapter's claims and runs their quick
+by default chapter 13 (the scoreboard) (~15-45 s), which imports every chapter's claims and runs their quick
 recomputations. ``scripts/run_tests.sh`` runs all of them after the build (about as long as the build's
 execution). The converted SmolLM2 weights are cached once for the whole run, as the package's cache would
 be on a reader's machine after the first chapter.
@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHAPTERS = ["chapters/12_scoreboard.ipynb"]
+DEFAULT_CHAPTERS = ["chapters/13_scoreboard.ipynb"]
 EXECUTED = ROOT / "_build" / "jupyter_execute" / "chapters"
 
 pytestmark = [pytest.mark.book]

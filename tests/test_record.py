@@ -1,4 +1,4 @@
-"""Chapter 13's record, counts and experiments, the sources page and the answer page (anatomy.record)."""
+"""Chapter 12's record, counts and experiments, the sources page and the answer page (anatomy.record)."""
 
 from __future__ import annotations
 
@@ -138,12 +138,12 @@ def test_embedding_set_and_prompt_validation():
         rec.decoder_embeddings(None, None, ["a"], prompt="no placeholder")
 
 
-# --------------------------------------------------------------------------------- the claims of ch. 13
+# --------------------------------------------------------------------------------- the claims of ch. 12
 
 
-def test_chapter_13_claims_register_with_quick_checks_that_pass():
-    mine = [c for c in claims.all_claims() if c.chapter == 13]
-    assert len(mine) >= 8 and all(c.key.startswith("ch13.") for c in mine)
+def test_chapter_12_claims_register_with_quick_checks_that_pass():
+    mine = [c for c in claims.all_claims() if c.chapter == 12]
+    assert len(mine) >= 8 and all(c.key.startswith("ch12.") for c in mine)
     assert all(c.verdict in claims.VERDICTS for c in mine)
     assert "not testable here" in {c.verdict for c in mine}
     for c in mine:

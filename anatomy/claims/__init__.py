@@ -3,7 +3,7 @@
 Each chapter declares its claims in ``anatomy/claims/chNN.py`` with :func:`claim` (what the source says, in
 our words; the verdict the chapter reaches; the measurable form that is checked). The chapter's assertion
 cell calls :func:`check` with the measured numbers, so CI fails when the evidence stops supporting the
-text; the scoreboard (chapter 12) lists every registered claim with its verdict and key numbers.
+text; the scoreboard (the last chapter) lists every registered claim with its verdict and key numbers.
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ base stays as Colab ships it). Then:
   installed).
 * ``test_chapter_runs_in_colab``: chapters (``COLAB_ENV_CHAPTERS``: comma-separated paths, or ``all``;
   default: chapter 1, which loads SmolLM2 and MiniLM and has a live explorer, chapter 5, which trains
-  small models and has one, and chapter 13, the scoreboard) run in a kernel of that environment from an empty working
-  directory, with ``google.colab`` importable so the setup cell really runs, and every ``explore_live``
-  explorer's controls moved once (``anatomy.book.drive_live``) under Colab's ipywidgets 7.
+  small models and has one, and chapter 13, the scoreboard) run in a kernel of that environment from an
+  empty working directory, with ``google.colab`` importable so the setup cell really runs, and every
+  ``explore_live`` explorer's controls moved once (``anatomy.book.drive_live``) under Colab's ipywidgets 7.
   ``COLAB_ENV_NOTEBOOKS=DIR`` takes the notebooks from DIR instead of chapters/ (e.g. copies transformed by
   scripts/sync_setup_cells.py).
 

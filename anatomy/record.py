@@ -931,8 +931,10 @@ SUPPORTING = ("supported", "supported with caveats")
 def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
     """The first candidate claim that exists with an accepted verdict and numbers with the wanted fields.
 
-    The numbers come from the claim's quick() recomputation, or, for a claim without one, from what its
-    chapter's check recorded in this build (:func:`anatomy.claims.recorded`, only if the check passed). A
+    The numbers are what the claim's chapter check recorded in this build (:func:`anatomy.claims.recorded`,
+    only if the check passed and it holds every wanted field), so the page quotes the chapter's own
+    numbers; without such a record (a page run on its own, as in Colab) they come from the claim's quick()
+    recomputation, a smaller independent run whose numbers can differ from the chapter's. A
     candidate key that is missing (renamed) is replaced by a claim of the same chapter whose numbers have
     the same fields. Returns {key, chapter, verdict, numbers, sentence}; raises LookupError if none fits.
     """
@@ -947,9 +949,15 @@ def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
             [registry[key]] if key in registry else [c for c in registry.values() if c.chapter == chapter]
         )
         for c in options:
-            numbers = None
+            numbers, source = None, None
             if c.verdict in verdicts:
-                numbers = c.quick() if c.quick is not None else recorded.get(c.key)
+                mine = recorded.get(c.key)
+                if mine is not None and all(f in mine for f in fields):
+                    numbers, source = mine, "recorded"
+                elif c.quick is not None:
+                    numbers, source = c.quick(), "quick"
+                else:
+                    numbers, source = mine, "recorded"
             if numbers is None:
                 tried.append(f"{c.key} ({c.verdict}, numbers={'yes' if numbers else 'no'})")
                 continue
@@ -960,6 +968,7 @@ def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
                     "chapter": c.chapter,
                     "verdict": c.verdict,
                     "numbers": numbers,
+                    "source": source,
                     "sentence": template.format(**numbers),
                 }
             tried.append(f"{c.key} (its numbers lack {[f for f in fields if f not in numbers]})")
@@ -992,6 +1001,8 @@ def answer_html(points, root=".") -> str:
         where = f"<a href='{page}.html'>chapter {p['chapter']}</a>" if page else f"chapter {p['chapter']}"
         items.append(
             f"<li><b>{html.escape(p['lead'])}</b> {html.escape(p['sentence'])} "
-            f"<span style='color:#666'>({where}; claim <code>{p['key']}</code>: {p['verdict']})</span></li>"
+            f"<span style='color:#666'>({where}; claim <code>{p['key']}</code>: {p['verdict']}"
+            f"{'; numbers from a small quick recomputation' if p.get('source') == 'quick' else ''})"
+            "</span></li>"
         )
     return "<ol>" + "".join(items) + "</ol>"

@@ -182,11 +182,11 @@ def test_resolve_point_falls_back_to_a_renamed_claim_and_fails_loudly():
 
 
 def test_answer_page_is_generated_from_the_registry():
-    nb = json.loads((ROOT / "answer.ipynb").read_text(encoding="utf-8"))
+    nb = json.loads((ROOT / "the_answer.ipynb").read_text(encoding="utf-8"))
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert "rec.answer_points()" in code and "rec.failed_reasons()" in code
     files = toc_files()
-    assert files.index("answer") == files.index("references") - 1, "answer must come last before references"
+    assert files.index("the_answer") == files.index("references") - 1, "the answer goes before references"
 
 
 # ------------------------------------------------------------------------------------- the sources page
@@ -207,3 +207,17 @@ def test_sources_page_names_every_chapter_that_tests_each_seed():
         assert not missing, f"sources.md, seed {seed}: chapters {sorted(missing)} test it but are not named"
     for target in re.findall(r"\{doc\}`[^`<]*<([^>]+)>`", text):
         assert (ROOT / f"{target}.ipynb").exists() or (ROOT / f"{target}.md").exists(), target
+
+
+def test_answer_points_quote_the_chapters_recorded_numbers_when_the_build_has_them(monkeypatch):
+    key, fields, lead, template = rec.ANSWER_POINTS[0][0]
+    quick = claims.get(key).quick()
+    recorded = {**quick, **{f: (quick[f] * 2 if isinstance(quick[f], float) else quick[f]) for f in fields},
+                "passed": True}
+    monkeypatch.setattr(claims, "recorded", lambda: {key: recorded})
+    point = rec.resolve_point(rec.ANSWER_POINTS[0])
+    assert point["source"] == "recorded" and point["sentence"] == template.format(**recorded)
+    assert "quick recomputation" not in rec.answer_html([point], ROOT)
+    monkeypatch.setattr(claims, "recorded", lambda: {})  # a page run on its own: quick(), and it says so
+    point = rec.resolve_point(rec.ANSWER_POINTS[0])
+    assert point["source"] == "quick" and "quick recomputation" in rec.answer_html([point], ROOT)

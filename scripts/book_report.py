@@ -79,6 +79,11 @@ def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Pa
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
 
+    sys.path.insert(0, str(ROOT / "_ext"))
+    import nbclient_poll  # no whole-timeout stall after a missed wake-up
+
+    nbclient_poll.apply()
+
     nb = nbformat.read(notebook, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str((cwd or notebook.parent).resolve())}})

@@ -19,6 +19,11 @@ import nbformat
 from nbclient import NotebookClient
 from nbclient.exceptions import CellExecutionError
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_ext"))
+import nbclient_poll  # noqa: E402  (no whole-timeout stall after a missed wake-up)
+
+nbclient_poll.apply()
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

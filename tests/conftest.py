@@ -11,8 +11,18 @@ Tests that set ``max_examples`` themselves scale it with :func:`examples`.
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from hypothesis import HealthCheck, settings
+
+# Every test that executes a notebook in this process (busy-CPU runs, determinism, widgets...) gets the
+# fix for nbclient's missed wake-up, which otherwise stalls a cell for its whole timeout now and then (a
+# clean-clone run hung 7 minutes in a busy-CPU chapter before this was applied here).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_ext"))
+import nbclient_poll  # noqa: E402
+
+nbclient_poll.apply()
 
 LONG_FACTOR = 40
 

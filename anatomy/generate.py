@@ -126,8 +126,3 @@ def generate(
         return torch.cat(out, dim=1)  # outside inference mode: a normal tensor the caller may edit in place
     finally:
         model.train(was_training)
-
-
-# Speculative decoding (a draft proposes, the target verifies; chapter 10) lives in anatomy.speculative and
-# is part of generation's public face: ``from anatomy.generate import speculative_generate`` works too.
-from anatomy.speculative import speculative_generate  # noqa: E402, F401

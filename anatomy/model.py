@@ -6,6 +6,10 @@ family: a bidirectional encoder, and a causal decoder that also cross-attends to
 
 Module names follow transformers' Llama (``embed_tokens``, ``q_proj``, ``gate_proj``, ``input_layernorm``
 ...) so that loading real weights is a plain mapping (see :mod:`anatomy.pretrained`).
+
+Read top to bottom: ``Config`` -> norms -> rotary positions -> ``Attention`` -> ``MLP`` -> ``Block`` ->
+``Transformer`` -> ``EncoderDecoder``. What only serves speed (q/k/v and gate/up run as one matmul, weights
+stored input-major for decoding) is in :mod:`anatomy.weight_layout`; it changes no number.
 """
 
 from __future__ import annotations
@@ -27,6 +31,23 @@ from anatomy._checks import (
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache
 from anatomy.masks import MASKS
+from anatomy.weight_layout import FUSED_GROUPS, fused_weight, to_input_major
+
+__all__ = [
+    "FUSED_GROUPS",
+    "MLP",
+    "Attention",
+    "Block",
+    "Config",
+    "EncoderDecoder",
+    "ModelOutput",
+    "RMSNorm",
+    "Rope",
+    "RopeTable",
+    "Transformer",
+    "make_norm",
+    "to_input_major",
+]
 
 _CHOICES = {
     "norm": ("rms", "layer"),
@@ -215,108 +236,6 @@ def _rotate(x: torch.Tensor, rope: Rope) -> torch.Tensor:
     return x * rope.cos + x.roll(x.shape[-1] // 2, dims=-1) * rope.sin_signed
 
 
-def _fused_weight(owner: nn.Module, names: tuple[str, ...]):
-    """One weight (and bias) for several Linears that read the same input, so they run as one matmul.
-
-    Under autograd the weights are concatenated on every call, so gradients reach each Linear. Without it
-    (inference), the Linears' weights are moved once into one buffer and a view of it is returned: no copy
-    per call, no second copy in memory, and the Parameters stay the same objects (same names in the state
-    dict, same tensors for an optimizer). If a weight is replaced (``.to()``, loading with assign=True), the
-    pointers no longer match and the buffer is rebuilt. Returns (weight (sum of outs, in), bias or None).
-    """
-    # Plain dict lookups, not nn.Module attribute access: this runs twice per layer per decoded token.
-    linears = [owner._modules[name] for name in names]
-    weights = [lin._parameters["weight"] for lin in linears]
-    biases = [lin._parameters["bias"] for lin in linears] if linears[0].bias is not None else []
-    if torch.is_grad_enabled() and any(t.requires_grad for t in weights + biases):
-        return torch.cat(weights), (torch.cat(biases) if biases else None)
-    ptrs = [t.data_ptr() for t in weights + biases]
-    fused = owner.__dict__.get("_fused")
-    if fused is None or fused[0] != ptrs:
-        with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
-            w_all, b_all = _packed(weights), _packed(biases) if biases else None
-        fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
-    return fused[1], fused[2]
-
-
-def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One tensor whose rows are ``tensors``, sharing their memory (moved into one buffer if needed).
-
-    Already adjacent in one buffer means either layout: row-major blocks one after another (as loaded),
-    or the column blocks of one input-major (in, sum of outs) buffer (after :func:`to_input_major`).
-    """
-    joined = _adjacent(tensors)
-    if joined is not None:
-        return joined
-    packed = torch.cat([t.detach() for t in tensors])
-    for t, part in zip(tensors, packed.split([t.shape[0] for t in tensors])):
-        t.data = part
-    return packed
-
-
-def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
-    """The view whose rows are ``tensors`` if they already lie one after another in one buffer, else None."""
-    first = tensors[0].detach()
-    rows = sum(t.shape[0] for t in tensors)
-    if not (first.is_contiguous() or (first.dim() == 2 and first.stride() == (1, rows))):
-        return None
-    storage, offset = first.untyped_storage().data_ptr(), first.storage_offset()
-    for t in tensors:
-        if (
-            t.untyped_storage().data_ptr() != storage
-            or t.storage_offset() != offset
-            or t.stride() != first.stride()
-            or t.shape[1:] != first.shape[1:]
-        ):
-            return None
-        offset += t.shape[0] * t.stride(0)
-    return first.as_strided((rows, *first.shape[1:]), first.stride())
-
-
-# The Linears that run as one matmul at inference (see _fused_weight): (module attribute, Linear names).
-FUSED_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
-
-
-@torch.no_grad()
-def to_input_major(model: nn.Module) -> nn.Module:
-    """Store every Linear weight (out, in) input-major: the memory is (in, out), the Parameter its transpose.
-
-    The numbers and the Parameters' shapes and names stay the same; only the memory order changes, and with
-    it the speed of a one-token forward pass. Decoding multiplies one row vector by each weight matrix, and
-    on this CPU MKL streams an (in, out) matrix for ``x @ W`` ~1.3x faster than the (out, in) matrix of
-    ``x @ W.T`` that ``nn.Linear`` stores. Linears that run fused (q/k/v, gate/up) share one (in, sum of
-    outs) buffer, and tied embeddings follow the LM head. Training still works (the gradients have the
-    usual layout). Returns ``model``, changed in place.
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    grouped = set()
-    for module in model.modules():
-        for attr, names in FUSED_GROUPS:
-            owner = module._modules.get(attr) if isinstance(module, Block) else None
-            if owner is None or not all(n in owner._modules for n in names):
-                continue
-            linears = [owner._modules[n] for n in names]
-            weights = [lin.weight for lin in linears]
-            grouped.update(id(lin) for lin in linears)
-            total = sum(w.shape[0] for w in weights)
-            joined = _adjacent(weights)
-            if joined is not None and joined.stride() == (1, total):
-                continue  # already one input-major buffer (e.g. loaded that way)
-            buffer = torch.cat([w.detach().t() for w in weights], dim=1)  # (in, sum of outs), contiguous
-            start = 0
-            for w in weights:
-                w.data = buffer[:, start : start + w.shape[0]].t()
-                start += w.shape[0]
-            owner.__dict__.pop("_fused", None)
-    for module in model.modules():
-        if isinstance(module, nn.Linear) and id(module) not in grouped:
-            w = module.weight
-            if w.stride() != (1, w.shape[0]):
-                w.data = w.detach().t().contiguous().t()  # tied embeddings share this Parameter
-    return model
-
-
 class Attention(nn.Module):
     """Multi-head attention with grouped-query K/V; the mask is given per call, so one class serves all."""
 
@@ -362,7 +281,7 @@ class Attention(nn.Module):
         Hq, Hkv = c.n_heads, c.n_kv_heads
         if kv is None:
             # q, k and v in one matmul (nanoGPT's c_attn), from the three Llama-named Linears.
-            w, b = _fused_weight(self, ("q_proj", "k_proj", "v_proj"))
+            w, b = fused_weight(self, ("q_proj", "k_proj", "v_proj"))
             qkv = F.linear(x, w, b).view(B, N, Hq + 2 * Hkv, c.head_dim).transpose(1, 2)  # (B, H+2Hkv, N, hd)
             qk, v = qkv.split_with_sizes((Hq + Hkv, Hkv), dim=1)
             if rope is not None:
@@ -411,7 +330,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            w, b = _fused_weight(self, ("gate_proj", "up_proj"))  # gate and up in one matmul
+            w, b = fused_weight(self, ("gate_proj", "up_proj"))  # gate and up in one matmul
             gate, up = F.linear(x, w, b).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         approximate = "tanh" if self.kind == "gelu_tanh" else "none"
@@ -455,67 +374,59 @@ class Block(nn.Module):
         return self.post_attention_layernorm(x + self.mlp(x)), probs
 
 
-def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
-    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (
-        torch.long,
-        torch.int32,
-        torch.int64,
-    ):
-        raise TypeError(
-            f"{name} must be an integer torch.Tensor of shape (B, N), got "
-            f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')}"
+class _Model(nn.Module):
+    """What ``Transformer`` and ``EncoderDecoder`` share: initialisation, parameter count, an empty cache."""
+
+    config: Config
+    layers: nn.ModuleList  # the stack of blocks whose keys and values a cache holds
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.init_std
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def _scale_residual_init(self, layers) -> None:
+        # GPT-2: the projections that write into the residual stream get std / sqrt(2 * layers), so the
+        # stream's variance stays O(1) however deep the model is.
+        std = self.config.init_std / math.sqrt(2 * len(layers))
+        for block in layers:
+            nn.init.normal_(block.self_attn.o_proj.weight, std=std)
+            nn.init.normal_(block.mlp.down_proj.weight, std=std)
+            if hasattr(block, "cross_attn"):
+                nn.init.normal_(block.cross_attn.o_proj.weight, std=std)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; without the token/position embedding tables by default (Kaplan et al.'s N)."""
+        check_bool("non_embedding", non_embedding)
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            tables = {
+                id(m.weight): m.weight.numel()
+                for name, m in self.named_modules()
+                if name.rpartition(".")[2] in ("embed_tokens", "embed_positions")
+            }
+            n -= sum(tables.values())
+        return n
+
+    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
+        """An empty KV cache for this model's (decoder) layers, filled in place by ``model(ids, cache=cache)``
+        and ``generate``; ``max_len`` defaults to ``config.max_seq_len``."""
+        c = self.layers[0].self_attn.config  # the config of the blocks that fill the cache
+        p = self.embed_tokens.weight
+        return KVCache(
+            len(self.layers),
+            batch_size,
+            c.n_kv_heads,
+            c.head_dim,
+            c.max_seq_len if max_len is None else max_len,
+            dtype=p.dtype,
+            device=p.device,
         )
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
-        raise ValueError(f"{name} must have shape (B, N) with B, N >= 1, got {tuple(input_ids.shape)}")
-    lo, hi = (int(t) for t in torch.aminmax(input_ids))
-    if lo < 0 or hi >= vocab_size:
-        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
 
 
-def _check_0_1_mask(name: str, mask, like: torch.Tensor, like_name: str) -> torch.Tensor:
-    """A (B, N) padding mask shaped like ``like``, holding only 0/1 (or False/True) -> bool tensor."""
-    check_tensor(name, mask)
-    if mask.is_complex():
-        raise TypeError(f"{name} must hold 0/1 or bools, got {mask.dtype}")
-    if tuple(mask.shape) != tuple(like.shape):
-        raise ValueError(
-            f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(mask.shape)}"
-        )
-    if mask.dtype != torch.bool:
-        if not bool(((mask == 0) | (mask == 1)).all()):
-            raise ValueError(f"{name} must hold only 0 (padding) and 1 (a real token)")
-        mask = mask.bool()
-    return mask
-
-
-def _check_config(config) -> Config:
-    if not isinstance(config, Config):
-        raise TypeError(f"config must be an anatomy Config, got {type(config).__name__}")
-    return config
-
-
-def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor) -> int:
-    """Validate a KV cache for this model and these new ids, claim it for ``layers``; -> tokens cached."""
-    if not isinstance(cache, KVCache):
-        raise TypeError(
-            f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
-        )
-    c = config
-    if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
-        raise ValueError(
-            "cache was made for a model of another shape "
-            f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
-        )
-    cache.check_append(input_ids)
-    cache.claim(layers)  # refuses a cache another model filled
-    return len(cache)
-
-
-def _check_logits_to_keep(logits_to_keep, n: int) -> int:
-    return check_int("logits_to_keep", logits_to_keep, lo=0, hi=n)
-
-
-class Transformer(nn.Module):
+class Transformer(_Model):
     """A stack of blocks over token embeddings. Decoder, encoder or prefix LM, depending on ``config.mask``.
 
     ``model(input_ids)`` -> logits (B, N, vocab), or hidden states (B, N, d) if ``config.lm_head`` is False.
@@ -543,47 +454,6 @@ class Transformer(nn.Module):
                 self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init_weights)
         self._scale_residual_init(self.layers)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        std = self.config.init_std
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, std=std)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def _scale_residual_init(self, layers) -> None:
-        # GPT-2: the projections that write into the residual stream get std / sqrt(2 * layers), so the
-        # stream's variance stays O(1) however deep the model is.
-        std = self.config.init_std / math.sqrt(2 * len(layers))
-        for block in layers:
-            nn.init.normal_(block.self_attn.o_proj.weight, std=std)
-            nn.init.normal_(block.mlp.down_proj.weight, std=std)
-            if hasattr(block, "cross_attn"):
-                nn.init.normal_(block.cross_attn.o_proj.weight, std=std)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; without the token/position embedding tables by default (Kaplan et al.'s N)."""
-        check_bool("non_embedding", non_embedding)
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.embed_tokens.weight.numel()
-            if self.config.pos == "learned":
-                n -= self.embed_positions.weight.numel()
-        return n
-
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        """An empty KV cache for this model (filled in place by ``model(ids, cache=cache)``, ``generate``)."""
-        c = self.config
-        p = self.embed_tokens.weight
-        return KVCache(
-            c.n_layers,
-            batch_size,
-            c.n_kv_heads,
-            c.head_dim,
-            c.max_seq_len if max_len is None else max_len,
-            dtype=p.dtype,
-            device=p.device,
-        )
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
@@ -696,7 +566,7 @@ class Transformer(nn.Module):
         return out
 
 
-class EncoderDecoder(nn.Module):
+class EncoderDecoder(_Model):
     """A bidirectional encoder and a causal decoder that cross-attends to it (Vaswani et al. 2017; T5).
 
     ``model(decoder_ids, encoder_input_ids=src)`` -> logits (B, N_dec, vocab). Token embeddings are shared.
@@ -723,30 +593,8 @@ class EncoderDecoder(nn.Module):
         if dec.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         for module in [*self.layers, self.lm_head] + ([self.embed_positions] if dec.pos == "learned" else []):
-            module.apply(self.encoder._init_weights)
-        self.encoder._scale_residual_init(self.layers)
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        check_bool("non_embedding", non_embedding)
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.embed_tokens.weight.numel()
-            if self.decoder_config.pos == "learned":
-                n -= self.embed_positions.weight.numel() + self.encoder.embed_positions.weight.numel()
-        return n
-
-    def new_cache(self, batch_size: int = 1, max_len: int | None = None) -> KVCache:
-        c = self.decoder_config
-        p = self.embed_tokens.weight
-        return KVCache(
-            c.n_layers,
-            batch_size,
-            c.n_kv_heads,
-            c.head_dim,
-            c.max_seq_len if max_len is None else max_len,
-            dtype=p.dtype,
-            device=p.device,
-        )
+            module.apply(self._init_weights)
+        self._scale_residual_init(self.layers)
 
     def encode(self, encoder_input_ids: torch.Tensor, encoder_attention_mask: torch.Tensor | None = None):
         """The encoder's output (B, N_src, d) and each decoder layer's cross-attention keys/values."""
@@ -811,3 +659,66 @@ class EncoderDecoder(nn.Module):
         if cache is not None:
             cache.commit(input_ids)
         return self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
+
+
+# Argument checks shared by the models above.
+
+
+def _check_ids(input_ids, vocab_size: int, name: str = "input_ids") -> None:
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dtype not in (
+        torch.long,
+        torch.int32,
+        torch.int64,
+    ):
+        raise TypeError(
+            f"{name} must be an integer torch.Tensor of shape (B, N), got "
+            f"{type(input_ids).__name__} {getattr(input_ids, 'dtype', '')}"
+        )
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (B, N) with B, N >= 1, got {tuple(input_ids.shape)}")
+    lo, hi = (int(t) for t in torch.aminmax(input_ids))
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"{name} must be token ids in [0, {vocab_size}), got values in [{lo}, {hi}]")
+
+
+def _check_0_1_mask(name: str, mask, like: torch.Tensor, like_name: str) -> torch.Tensor:
+    """A (B, N) padding mask shaped like ``like``, holding only 0/1 (or False/True) -> bool tensor."""
+    check_tensor(name, mask)
+    if mask.is_complex():
+        raise TypeError(f"{name} must hold 0/1 or bools, got {mask.dtype}")
+    if tuple(mask.shape) != tuple(like.shape):
+        raise ValueError(
+            f"{name} must have the shape of {like_name} {tuple(like.shape)}, got {tuple(mask.shape)}"
+        )
+    if mask.dtype != torch.bool:
+        if not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError(f"{name} must hold only 0 (padding) and 1 (a real token)")
+        mask = mask.bool()
+    return mask
+
+
+def _check_config(config) -> Config:
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be an anatomy Config, got {type(config).__name__}")
+    return config
+
+
+def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor) -> int:
+    """Validate a KV cache for this model and these new ids, claim it for ``layers``; -> tokens cached."""
+    if not isinstance(cache, KVCache):
+        raise TypeError(
+            f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
+        )
+    c = config
+    if (cache.n_layers, cache.n_kv_heads, cache.head_dim) != (c.n_layers, c.n_kv_heads, c.head_dim):
+        raise ValueError(
+            "cache was made for a model of another shape "
+            f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
+        )
+    cache.check_append(input_ids)
+    cache.claim(layers)  # refuses a cache another model filled
+    return len(cache)
+
+
+def _check_logits_to_keep(logits_to_keep, n: int) -> int:
+    return check_int("logits_to_keep", logits_to_keep, lo=0, hi=n)

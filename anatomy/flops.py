@@ -26,13 +26,13 @@ medians are reported. Wall-clock numbers are noisy; the counts are exact.
 from __future__ import annotations
 
 import statistics
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 
 from anatomy.masks import MASKS
+from anatomy.timing import CLOCKS, interleaved_medians, interleaved_times, paired_ratio
 
 COUNTINGS = ("ideal", "tiles", "dense")
 
@@ -273,80 +273,6 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
     return tmap
 
 
-# ------------------------------------------------------------------------------------------------ timing
-
-
-CLOCKS = ("wall", "cpu")
-
-
-def interleaved_times(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
-                      threads: int | None = 1, clock: str = "wall") -> dict[str, list[float]]:
-    """Seconds of each function in every repeat; within each repeat every variant runs once, in turn.
-
-    ``threads`` pins torch's intra-op threads while timing (restored afterwards); CUDA work is synchronised
-    before each clock read. ``clock="wall"`` measures elapsed time; ``clock="cpu"`` the CPU time of the
-    calling thread (``time.thread_time``), which needs ``threads=1`` so that all the work runs on that
-    thread. On an idle machine the two agree; on a shared one, wall-clock time also counts the time other
-    jobs held the core, and CPU time does not. Returns name -> list of ``repeats`` times, in order, so that
-    the i-th times of two variants were measured next to each other (see :func:`paired_ratio`).
-    """
-    if not fns:
-        raise ValueError("fns must name at least one function to time")
-    for name, fn in fns.items():
-        if not callable(fn):
-            raise TypeError(f"fns[{name!r}] must be callable, got {type(fn).__name__}")
-    _check_n("repeats", repeats)
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
-    if threads is not None:
-        _check_n("threads", threads)
-    if clock not in CLOCKS:
-        raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
-    if clock == "cpu" and threads != 1:
-        raise ValueError(f'clock="cpu" times the calling thread only: it needs threads=1, got {threads!r}')
-    now = time.perf_counter if clock == "wall" else time.thread_time
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    saved = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with torch.inference_mode():
-            for _ in range(warmup):
-                for fn in fns.values():
-                    fn()
-            times: dict[str, list[float]] = {name: [] for name in fns}
-            for _ in range(repeats):
-                for name, fn in fns.items():
-                    sync()
-                    t0 = now()
-                    fn()
-                    sync()
-                    times[name].append(now() - t0)
-    finally:
-        torch.set_num_threads(saved)
-    return times
-
-
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], *, repeats: int = 5, warmup: int = 1,
-                        threads: int | None = 1, clock: str = "wall") -> dict[str, float]:
-    """Median seconds of each function, timed as :func:`interleaved_times` does."""
-    times = interleaved_times(fns, repeats=repeats, warmup=warmup, threads=threads, clock=clock)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
-def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
-    """Median over repeats of ``numerator[i] / denominator[i]``: the ratio of two interleaved variants.
-
-    Each pair was measured back to back, so a slowdown that lasts longer than one pair (another job
-    starting, a frequency change) scales both and cancels in their ratio, where a ratio of two medians
-    would compare times taken under different conditions.
-    """
-    if len(numerator) != len(denominator) or not numerator:
-        raise ValueError(f"numerator and denominator must be equally long and non-empty, got "
-                         f"{len(numerator)} and {len(denominator)}")
-    if any(d <= 0 for d in denominator):
-        raise ValueError("denominator times must be positive")
-    return statistics.median(a / b for a, b in zip(numerator, denominator))
 
 
 def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads: int = 8, kv_heads: int = 8,

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from anatomy.cache import kv_cache_bytes
 from anatomy.model import Config, EncoderDecoder, Transformer
+from anatomy.timing import interleaved_times
 
 __all__ = [
     "A100",
@@ -462,17 +463,6 @@ def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardw
 # Measuring this machine
 # ---------------------------------------------------------------------------------------------------------
 
-def _median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
-
-
 def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict:
     """Achievable FLOP/s: time an (n x n) @ (n x n) matmul (2 n^3 FLOPs). Returns median, best, samples."""
     _check_count("n", n, 16)
@@ -481,8 +471,8 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = t
     a = torch.randn(n, n, generator=g).to(dtype)
     b = torch.randn(n, n, generator=g).to(dtype)
     out = torch.empty(n, n, dtype=dtype)
-    with torch.inference_mode():
-        times = _median_time(lambda: torch.matmul(a, b, out=out), repeats)
+    matmul = {"matmul": lambda: torch.matmul(a, b, out=out)}
+    times = interleaved_times(matmul, repeats, threads=None)["matmul"]
     flops = 2 * n**3
     return {"flops": flops, "seconds": times, "median": flops / statistics.median(times),
             "best": flops / min(times)}
@@ -495,30 +485,10 @@ def measure_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> dict:
     _check_count("repeats", repeats, 1)
     src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
-    with torch.inference_mode():
-        times = _median_time(lambda: dst.copy_(src), repeats)
+    times = interleaved_times({"copy": lambda: dst.copy_(src)}, repeats, threads=None)["copy"]
     moved = 2 * src.numel() * 4
     return {"bytes": moved, "seconds": times, "median": moved / statistics.median(times),
             "best": moved / min(times)}
-
-
-def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, *,
-                      threads: int | None = None, clock: str = "wall") -> dict[str, list[float]]:
-    """Seconds of each function, run in turn within every repeat (so background load hits all of them
-    alike). Returns name -> list of ``repeats`` times; take medians, or the median of back-to-back ratios
-    (:func:`anatomy.flops.paired_ratio`).
-
-    ``clock="wall"`` (default) measures elapsed time with torch's current threads (``threads=None``).
-    ``clock="cpu"`` measures the CPU time of the calling thread and needs ``threads=1``: the work then runs
-    on that thread alone, and time other jobs hold the core is not counted, so a busy machine does not
-    enter the measurement (see :func:`anatomy.flops.interleaved_times`).
-    """
-    from anatomy.flops import interleaved_times as _timed
-
-    if not fns:
-        raise ValueError("fns must hold at least one function")
-    _check_count("repeats", repeats, 1)
-    return _timed(fns, repeats=repeats, warmup=warmup, threads=threads, clock=clock)
 
 
 @torch.inference_mode()
@@ -548,7 +518,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
             model(new_ids[:, :n], cache=cache, logits_to_keep=1)
         return fn
 
-    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats)
+    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, threads=None)
     cache.truncate(P)
     out: dict = {"chunk": list(chunks), "seconds": [], "per_token": [], "flops": [], "bytes": [],
                  "intensity": [], "achieved": [], "cache_len": len(cache), "cache_nbytes": cache.nbytes}
@@ -586,7 +556,7 @@ def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: S
             model(last, cache=cache)
 
         fns[B] = step
-    times = interleaved_times(fns, repeats=repeats)
+    times = interleaved_times(fns, repeats=repeats, threads=None)
     out: dict = {"batch": list(batches), "seconds": [], "flops": [], "bytes": [], "intensity": [],
                  "achieved": []}
     for B in batches:
@@ -831,7 +801,7 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
         return run
 
     _check_count("encoder_repeats", encoder_repeats, 1)
-    timing = dict(threads=1, clock="cpu") if clock == "cpu" else {}
+    timing = dict(threads=1, clock="cpu") if clock == "cpu" else dict(threads=None)
     times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0, **timing)
     if encoder_repeats > 1:
         again = interleaved_times({k: timed(k) for k in CLASSIFIERS[:2]}, repeats=encoder_repeats - 1,
@@ -1151,7 +1121,7 @@ def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor
         fresh = decoder.new_cache(max_len=convo.shape[1])
         got["recompute"] = decoder(convo, cache=fresh, logits_to_keep=1)[:, -1]
 
-    times = interleaved_times({"reuse": reuse, "recompute": recompute}, repeats=repeats)
+    times = interleaved_times({"reuse": reuse, "recompute": recompute}, repeats=repeats, threads=None)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"history": H, "new": new.shape[1], **times, "reuse_median": med["reuse"],
             "recompute_median": med["recompute"], "ratio": med["recompute"] / med["reuse"],

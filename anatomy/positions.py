@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from anatomy.data import MarkovSource
 from anatomy.model import Config, Transformer
-from anatomy.rank import one_thread
+from anatomy.timing import one_thread
 
 __all__ = [
     "OrderRun",

@@ -20,7 +20,6 @@ computed from its inverse by triangular substitution, which resolves values far 
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Sequence
 
@@ -30,10 +29,10 @@ from torch import nn
 
 from anatomy.attention import attention_probs
 from anatomy.model import Attention, Block, Config, Transformer, make_norm
+from anatomy.timing import one_thread
 
 __all__ = [
     "VARIANTS",
-    "one_thread",
     "VARIANT_LABELS",
     "attention_maps",
     "attention_product",
@@ -66,22 +65,6 @@ __all__ = [
 ]
 
 _MASKS = ("causal", "bidirectional")
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run torch on one CPU thread inside the block, then restore the previous setting.
-
-    The experiments here are thousands of tiny matrix operations: a second thread cannot speed them up,
-    and on a busy machine each parallel region can wait milliseconds for it (OpenMP's default spin-wait
-    when ``OMP_WAIT_POLICY`` is not PASSIVE at start-up), which made one collapse sweep 70x slower.
-    """
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 # ----------------------------------------------------------------------------------- argument checks

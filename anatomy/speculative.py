@@ -420,7 +420,7 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
     time, which other jobs on the machine do not change)."""
     import statistics
 
-    from anatomy.inference import interleaved_times
+    from anatomy.timing import interleaved_times
 
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive int, got {gamma!r}")

@@ -14,6 +14,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 # Every test that executes a notebook in this process (busy-CPU runs, determinism, widgets...) gets the
@@ -38,6 +40,17 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Filled by the kernel property tests: {(dtype name, backend): [cases, worst error, worst error / bound]}.
 KERNEL_STATS: dict[tuple[str, str], list] = {}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny tensors gain nothing from a second thread, and on a busy 2-core machine a second OpenMP thread
+    waiting in a barrier made such tests up to 3x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def examples(n: int) -> int:

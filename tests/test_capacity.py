@@ -9,13 +9,7 @@ import torch
 from anatomy import capacity as C
 from anatomy.data import MarkovSource
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- students ----------------------------------------------------------------------------------------

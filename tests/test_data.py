@@ -13,14 +13,7 @@ from hypothesis import strategies as st
 from anatomy import data
 from anatomy.data import CharTokenizer, MarkovSource
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: a second thread only adds contention (3x slower on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 PASSAGE = """HAMLET:

@@ -16,7 +16,6 @@ from anatomy.flops import (
     attention_traffic,
     causal_saving,
     forward_flops,
-    interleaved_medians,
     sdpa_cpu_tiles,
     time_attention,
     time_forward,
@@ -152,56 +151,6 @@ def test_bad_arguments():
         causal_saving(SMOLLM2_135M, 0)
     with pytest.raises(ValueError, match="batch"):
         forward_flops(SMOLLM2_135M, 10, batch=0)
-
-
-def test_interleaved_medians_runs_every_variant_in_turn():
-    calls = []
-    out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
-                              warmup=1, threads=1)
-    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
-    assert set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
-    with pytest.raises(ValueError, match="fns"):
-        interleaved_medians({})
-    with pytest.raises(TypeError, match="callable"):
-        interleaved_medians({"a": 3})
-    with pytest.raises(ValueError, match="repeats"):
-        interleaved_medians({"a": lambda: None}, repeats=0)
-    with pytest.raises(ValueError, match="clock"):
-        interleaved_medians({"a": lambda: None}, clock="gpu")
-    with pytest.raises(ValueError, match="threads=1"):
-        interleaved_medians({"a": lambda: None}, clock="cpu", threads=2)
-
-
-def test_interleaved_times_keep_every_repeat_and_paired_ratio():
-    from anatomy.flops import interleaved_times, paired_ratio
-
-    calls = []
-    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
-                              warmup=0)
-    assert calls == ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
-    # each pair is compared with itself: a slowdown shared by both variants of a repeat cancels
-    assert paired_ratio([2.0, 20.0, 4.0], [1.0, 10.0, 1.0]) == 2.0
-    assert paired_ratio([3.0], [2.0]) == 1.5
-    with pytest.raises(ValueError, match="equally long"):
-        paired_ratio([1.0, 2.0], [1.0])
-    with pytest.raises(ValueError, match="equally long"):
-        paired_ratio([], [])
-    with pytest.raises(ValueError, match="positive"):
-        paired_ratio([1.0], [0.0])
-
-
-def test_cpu_clock_counts_work_not_sleep():
-    import time
-
-    def busy():
-        t = time.thread_time()
-        while time.thread_time() - t < 0.02:
-            pass
-
-    out = interleaved_medians({"sleep": lambda: time.sleep(0.05), "busy": busy}, repeats=2, clock="cpu")
-    assert out["sleep"] < 0.01 and out["busy"] >= 0.02
-    wall = interleaved_medians({"sleep": lambda: time.sleep(0.05)}, repeats=2, clock="wall")
-    assert wall["sleep"] >= 0.05
 
 
 def test_time_attention_and_forward_rows():

@@ -191,24 +191,6 @@ def test_measurements_return_positive_rates():
     assert b["median"] > 0 and b["bytes"] == 2 * 2**20
 
 
-def test_interleaved_times_order_and_validation():
-    calls = []
-    times = inf.interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
-                                  warmup=0)
-    assert calls == ["a", "b"] * 3 and len(times["a"]) == 3
-    with pytest.raises(ValueError, match="repeats"):
-        inf.interleaved_times({"a": lambda: None}, repeats=0)
-    with pytest.raises(ValueError, match="fns"):
-        inf.interleaved_times({})
-    threads = torch.get_num_threads()
-    cpu = inf.interleaved_times({"sleep": lambda: __import__("time").sleep(0.03)}, repeats=2, threads=1,
-                                clock="cpu")
-    assert max(cpu["sleep"]) < 0.01  # one thread's CPU time leaves out time the thread did not run
-    assert torch.get_num_threads() == threads
-    with pytest.raises(ValueError, match="threads=1"):
-        inf.interleaved_times({"a": lambda: None}, clock="cpu")
-
-
 # ------------------------------------------------------------------------------------------ models
 
 

@@ -12,13 +12,7 @@ from hypothesis import strategies as st
 from anatomy import metrics as M
 from anatomy.data import MarkovSource
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_joint(V: int, n: int, seed: int, alpha: float = 0.5) -> np.ndarray:

@@ -35,14 +35,7 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: decoding a 135M model is memory-bound, and on a shared 2-core machine a second
-    OpenMP thread that spins in a barrier can make each step many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(hf_model, seed: int = 0):

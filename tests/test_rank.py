@@ -160,13 +160,6 @@ def test_triangular_condition_grows_exponentially():
     assert np.median(cond["bidirectional"], axis=1)[-1] < np.median(cond["causal"], axis=1)[-1]
 
 
-def test_one_thread_restores_setting():
-    before = torch.get_num_threads()
-    with rank.one_thread():
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
-
-
 # ------------------------------------------------------------------------------- depth and products
 
 

@@ -1,12 +1,31 @@
 """The book's addresses, derived from the repository's (standard library only).
 
-``_ext/publish.py`` uses it at build time, ``scripts/set_repository.py`` when it rewrites the copies.
+``repository_url(root)`` reads the one place the address is set, ``_config.yml``'s ``repository.url``; the
+rest derive from it. ``_ext/publish.py`` and ``_ext/colab_edition.py`` use it at build time,
+``scripts/set_repository.py`` when it rewrites the copies, ``scripts/check_site.py`` and
+``scripts/sync_setup_cells.py`` and the tests to read it. Scripts import it with ``_ext/`` on ``sys.path``.
 """
 
 from __future__ import annotations
 
 import re
 from urllib.parse import urlparse
+
+# The ``url:`` line inside the top-level ``repository:`` block of _config.yml (comment lines between):
+# group 1 is everything before the value, group 2 the value, group 3 the rest of the line. A regular
+# expression rather than a YAML parser, so that scripts/set_repository.py can rewrite just that value and
+# this module needs nothing beyond the standard library.
+URL_LINE = re.compile(r"^(repository:\n(?:[ \t]+.*\n|[ \t]*#.*\n)*?[ \t]+url:[ \t]*)(\S+)(.*)$", re.M)
+
+
+def repository_url(root=None) -> str | None:
+    """``repository.url`` of ``root/_config.yml`` (quotes and a trailing slash removed), or None when the
+    file has no such line; each caller decides what a missing address means for it."""
+    from pathlib import Path
+
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
+    m = URL_LINE.search((root / "_config.yml").read_text(encoding="utf-8"))
+    return m.group(2).strip("\"'").rstrip("/") if m else None
 
 
 def repository_parts(url: str) -> tuple[str, str]:

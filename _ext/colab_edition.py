@@ -40,7 +40,9 @@ import re
 import sys
 from ast import literal_eval
 from pathlib import Path
-from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # also when this file is loaded by path (tests)
+from book_address import pages_url, repository_parts  # noqa: E402  (the one reading of the address)
 
 ROOT = Path(__file__).resolve().parents[1]
 EDITION_DIR = "colab"
@@ -57,11 +59,11 @@ def load_config(root: Path = ROOT) -> dict:
 
 
 def repo_parts(url: str) -> tuple[str, str]:
-    """('org', 'repo') of a GitHub URL."""
-    parts = [p for p in urlparse(url).path.strip("/").split("/") if p]
-    if urlparse(url).netloc != "github.com" or len(parts) < 2:
-        raise ValueError(f"Colab opens notebooks from GitHub only; repository.url is {url!r}")
-    return parts[0], parts[1].removesuffix(".git")
+    """('org', 'repo') of a GitHub URL (book_address.repository_parts, whose ValueError names Colab here)."""
+    try:
+        return repository_parts(url)
+    except ValueError as exc:
+        raise ValueError(f"Colab opens notebooks from GitHub only, not {url!r}: {exc}") from None
 
 
 def site_url(config: dict) -> str:
@@ -70,8 +72,8 @@ def site_url(config: dict) -> str:
     if not base:
         base = ((config.get("sphinx") or {}).get("config") or {}).get("html_baseurl", "") or ""
     if not base:
-        org, repo = repo_parts(config["repository"]["url"])
-        base = f"https://{org}.github.io/{repo}/"
+        repo_parts(config["repository"]["url"])  # the Colab-worded error for a non-GitHub address
+        base = pages_url(config["repository"]["url"])  # the same derivation as _ext/publish.py's
     return base.rstrip("/") + "/"
 
 

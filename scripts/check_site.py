@@ -12,7 +12,6 @@ Markdown; the social preview picture exists. Prints one line per problem and exi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import sys
@@ -22,24 +21,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _address():
-    spec = importlib.util.spec_from_file_location("_book_address", ROOT / "_ext" / "book_address.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def repository_url(root: Path = ROOT) -> str:
-    m = re.search(r"^repository:\n(?:[ \t]+.*\n|[ \t]*#.*\n)*?[ \t]+url:[ \t]*(\S+)",
-                  (root / "_config.yml").read_text(encoding="utf-8"), re.M)
-    return m.group(1).strip("\"'") if m else ""
+sys.path.insert(0, str(ROOT / "_ext"))
+import book_address  # noqa: E402  (standard library only: repository_url, pages_url)
 
 
 def problems(site: Path, root: Path = ROOT) -> list[str]:
     out: list[str] = []
     if not (site / "index.html").exists():
         return [f"{site}: no index.html (build the book first)"]
-    base = _address().pages_url(repository_url(root))
+    url = book_address.repository_url(root)
+    if url is None:  # without the address there is no base URL to check the sitemap and canonical links by
+        return [f"{root / '_config.yml'}: no repository: url: line (the book's one address)"]
+    base = book_address.pages_url(url)
     toc = (root / "_toc.yml").read_text(encoding="utf-8")
     files = re.findall(r"^\s*-?\s*(?:file|root):\s*(\S+)", toc, flags=re.M)
     pages = [re.sub(r"\.(ipynb|md)$", "", f) for f in files]

@@ -23,36 +23,27 @@ that no copy of the old address is left. Standard library only (the setup-cell s
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXT_SUFFIXES = {".md", ".toml", ".cff", ".yml", ".yaml", ".py", ".sh", ".txt", ".cfg", ".ipynb", ".json", ""}
-_URL_LINE = re.compile(r"^(repository:\n(?:[ \t]+.*\n|[ \t]*#.*\n)*?[ \t]+url:[ \t]*)(\S+)(.*)$", re.M)
-
-
-def _publish():
-    """_ext/book_address.py (pages_url, repository_parts): standard library only."""
-    spec = importlib.util.spec_from_file_location("_book_publish", ROOT / "_ext" / "book_address.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+sys.path.insert(0, str(ROOT / "_ext"))
+import book_address  # noqa: E402  (standard library only)
 
 
 def current_url(root: Path = ROOT) -> str:
-    m = _URL_LINE.search((root / "_config.yml").read_text(encoding="utf-8"))
-    if not m:
+    url = book_address.repository_url(root)
+    if url is None:  # nothing to replace: the address must be set by hand first
         raise SystemExit(f"{root / '_config.yml'}: no repository: url: line found")
-    return m.group(2).strip("\"'").rstrip("/")
+    return url
 
 
 def normalise(arg: str) -> str:
     arg = arg.strip().rstrip("/")
     url = arg if arg.startswith("https://") else f"https://github.com/{arg}"
-    owner, repo = _publish().repository_parts(url)  # ValueError for anything that is not OWNER/REPO
+    owner, repo = book_address.repository_parts(url)  # ValueError for anything that is not OWNER/REPO
     return f"https://github.com/{owner}/{repo}"
 
 
@@ -69,9 +60,9 @@ def tracked_files(root: Path) -> list[Path]:
 
 
 def replacements(old: str, new: str) -> list[tuple[str, str]]:
-    publish = _publish()
-    pairs = [(old, new), (publish.pages_url(old), publish.pages_url(new)),
-             (publish.pages_url(old).rstrip("/"), publish.pages_url(new).rstrip("/"))]
+    pages_url = book_address.pages_url
+    pairs = [(old, new), (pages_url(old), pages_url(new)),
+             (pages_url(old).rstrip("/"), pages_url(new).rstrip("/"))]
     # URLs without the scheme (badges, pip's git+https is covered by the first pair)
     pairs.append((old.removeprefix("https://"), new.removeprefix("https://")))
     return [(a, b) for a, b in pairs if a != b]
@@ -83,7 +74,7 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
     changed: list[Path] = []
     config = root / "_config.yml"
     text = config.read_text(encoding="utf-8")
-    text = _URL_LINE.sub(lambda m: m.group(1) + new + m.group(3), text, count=1)
+    text = book_address.URL_LINE.sub(lambda m: m.group(1) + new + m.group(3), text, count=1)
     if text != config.read_text(encoding="utf-8"):
         config.write_text(text, encoding="utf-8")
         changed.append(config)
@@ -125,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     old = current_url(args.root)
     if args.show or not args.repository:
-        print(f"repository: {old}\nbook (GitHub Pages): {_publish().pages_url(old)}\nissues: {old}/issues")
+        print(f"repository: {old}\nbook (GitHub Pages): {book_address.pages_url(old)}\nissues: {old}/issues")
         return 0 if args.show else 2
     try:
         new = normalise(args.repository)

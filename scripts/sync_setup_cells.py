@@ -31,6 +31,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 BOOK_PY = ROOT / "anatomy" / "book.py"
+sys.path.insert(0, str(ROOT / "_ext"))
+import book_address  # noqa: E402  (standard library only: the one reader of repository.url)
 
 
 def _book():
@@ -42,11 +44,10 @@ def _book():
 
 def repository(config: Path = ROOT / "_config.yml") -> tuple[str, str]:
     """(url, branch) of the book's repository, from _config.yml."""
-    cfg = yaml.safe_load(config.read_text(encoding="utf-8"))
-    repo = cfg.get("repository") or {}
-    url = str(repo.get("url", "")).rstrip("/")
-    if not url.startswith("https://"):
+    url = book_address.repository_url(config.parent)
+    if url is None or not url.startswith("https://"):  # the setup cells cannot be written without it
         raise ValueError(f"{config}: repository.url must be an https URL, got {url!r}")
+    repo = yaml.safe_load(config.read_text(encoding="utf-8")).get("repository") or {}
     return url, str(repo.get("branch") or "main")
 
 

@@ -30,7 +30,11 @@ def load_config() -> dict:
 
 
 def repository_url() -> str:
-    return load_config()["repository"]["url"].rstrip("/")
+    import book_address  # _ext/ is on sys.path (tests/conftest.py)
+
+    url = book_address.repository_url(ROOT)
+    assert url, "_config.yml has no repository: url: line, which the setup cells are written from"
+    return url
 
 
 def repository_branch() -> str:

@@ -8,116 +8,41 @@ Run after `bash scripts/build_book.sh`:
 
 The pages are served from 127.0.0.1 by `http.server` in a thread. The book ships its own MathJax
 (`_ext/local_mathjax.py`), so math is typeset offline, exactly as a reader's browser would do it.
+Chromium is driven by `scripts/chromium_cdp.py`, the same client as tests/test_browser.py (one browser for
+all pages); the screenshot is the page as a reader scrolls through it, stitched into one PNG.
 
 Besides the PNGs it checks, for each page: that Chromium rendered it, that every <img> loaded, that
-math (if any) was typeset by MathJax, and that links to other pages of the book point to files that
-exist. It exits 1 if any check fails, and 2 if Chromium is missing (`apt-get install chromium`).
+math (if any) was typeset by MathJax, and that links to other pages of the book point to files (and
+#fragments) that exist. It exits 1 if any check fails, and 2 if Chromium is missing
+(`apt-get install chromium`). tests/test_browser.py checks much more (script errors, links, explorers,
+alt text, a phone in dark mode); this is the quick look.
 """
 
 from __future__ import annotations
 
 import argparse
-import html.parser
-import http.server
-import os
-import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import urllib.parse
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html only redirects to the root page
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-    "--mute-audio", "--disable-extensions",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from chromium_cdp import Chromium, broken_internal_links, find_chromium, serve, site_pages  # noqa: E402
 
-# After load, this script writes what the page looks like into the title, where --dump-dom can read it.
-PROBE = """<script>
-window.addEventListener("load", function () {
-  function report() {
-    var imgs = document.querySelectorAll("img"), broken = 0;
-    for (var i = 0; i < imgs.length; i++) if (!(imgs[i].complete && imgs[i].naturalWidth > 0)) broken++;
-    var raw = document.querySelectorAll(".math:not(:has(mjx-container))").length;
-    var typeset = document.querySelectorAll("mjx-container").length;
-    document.title = "PROBE imgs=" + imgs.length + " broken=" + broken + " math=" + typeset
-                     + " untypeset=" + raw + " mathjax=" + (window.MathJax && MathJax.startup ? 1 : 0);
-  }
-  if (window.MathJax && MathJax.startup && MathJax.startup.promise) {
-    MathJax.startup.promise.then(report, report);
-  } else {
-    report();
-  }
-});
-</script>"""
-
-
-class _Links(html.parser.HTMLParser):
-    def __init__(self) -> None:
-        super().__init__()
-        self.hrefs: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        for name, value in attrs:
-            if value and ((tag == "a" and name == "href") or (tag in ("img", "script") and name == "src")):
-                self.hrefs.append(value)
-
-
-def broken_links(page: Path, site: Path) -> list[str]:
-    """Local links and sources in `page` that point to files missing from `site`."""
-    parser = _Links()
-    parser.feed(page.read_text(encoding="utf-8", errors="replace"))
-    missing = []
-    for href in parser.hrefs:
-        parsed = urllib.parse.urlparse(href)
-        if parsed.scheme or parsed.netloc or href.startswith(("#", "data:", "mailto:", "javascript:")):
-            continue
-        target = (page.parent / urllib.parse.unquote(parsed.path)).resolve()
-        if parsed.path and not target.exists():
-            missing.append(href)
-    return sorted(set(missing))
-
-
-def make_handler(site: Path):
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(site), **kwargs)
-
-        def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-            pass
-
-        def do_GET(self) -> None:  # noqa: N802 - the base class's name
-            path = urllib.parse.urlparse(self.path).path
-            if path.endswith(".html") or path.endswith("/"):
-                target = site / urllib.parse.unquote(path.lstrip("/"))
-                if target.is_dir():
-                    target = target / "index.html"
-                if target.is_file():
-                    text = target.read_text(encoding="utf-8", errors="replace")
-                    text = text.replace("</body>", PROBE + "</body>", 1)
-                    return self._send(text.encode("utf-8"), "text/html; charset=utf-8")
-            return super().do_GET()
-
-        def _send(self, body: bytes, content_type: str) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-    return Handler
-
-
-def chromium(args: list[str], profile: Path, timeout: int = 180) -> subprocess.CompletedProcess:
-    exe = next((shutil.which(n) for n in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser",
-                                          "google-chrome") if n and shutil.which(n)), None)
-    assert exe is not None
-    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=timeout)
+# After load (and MathJax's typesetting, when the page uses it): what the reader would see.
+PROBE = r"""
+(async () => {
+  if (window.MathJax && MathJax.startup && MathJax.startup.promise) { await MathJax.startup.promise; }
+  await Promise.all([...document.images].map(i => i.complete ? null : new Promise(r => {
+    i.addEventListener("load", r, {once: true}); i.addEventListener("error", r, {once: true}); })));
+  const imgs = [...document.querySelectorAll("img")];
+  return {imgs: imgs.length, broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).length,
+          math: document.querySelectorAll("mjx-container").length,
+          untypeset: document.querySelectorAll(".math:not(:has(mjx-container))").length,
+          mathjax: !!(window.MathJax && MathJax.startup)};
+})()
+"""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,69 +51,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--site", type=Path, default=ROOT / "_build" / "html")
     parser.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots")
     parser.add_argument("--width", type=int, default=1280)
-    parser.add_argument("--height", type=int, default=2400)
-    parser.add_argument("--budget", type=int, default=8000, help="virtual time (ms) for scripts and MathJax")
+    parser.add_argument("--height", type=int, default=900, help="the window's height (the PNG is the page)")
     args = parser.parse_args(argv)
 
     site = args.site.resolve()
     if not (site / "intro.html").exists() and not (site / "index.html").exists():
         print(f"screenshots: no built book in {site}; run bash scripts/build_book.sh first", file=sys.stderr)
         return 1
-    if not any(shutil.which(n) for n in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser",
-                                         "google-chrome") if n):
+    exe = find_chromium()
+    if exe is None:
         print("screenshots: chromium not found (apt-get install chromium)", file=sys.stderr)
         return 2
-    if args.pages:
-        pages = [site / f"{p.removesuffix('.html')}.html" for p in args.pages]
-    else:
-        pages = sorted(p for p in site.rglob("*.html")
-                       if "_static" not in p.parts and "_sources" not in p.parts
-                       and p.relative_to(site).as_posix() not in SKIP_PAGES)
-    missing = [p for p in pages if not p.exists()]
+    pages = [f"{p.removesuffix('.html')}.html" for p in args.pages] or site_pages(site)
+    missing = [p for p in pages if not (site / p).exists()]
     if missing:
-        print(f"screenshots: pages not found: {[str(p) for p in missing]}", file=sys.stderr)
+        print(f"screenshots: pages not found: {missing}", file=sys.stderr)
         return 1
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), make_handler(site))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_address[1]}/"
     args.out.mkdir(parents=True, exist_ok=True)
 
     failures = 0
-    try:
-        with tempfile.TemporaryDirectory(prefix="anatomy-chromium-") as tmp:
-            for page in pages:
-                rel = page.relative_to(site).as_posix()
-                url = base + urllib.parse.quote(rel)
+    with serve(site) as base, tempfile.TemporaryDirectory(prefix="anatomy-chromium-") as tmp:
+        browser = Chromium(exe, Path(tmp) / "profile")
+        try:
+            for rel in pages:
                 png = args.out / (rel.removesuffix(".html").replace("/", "__") + ".png")
-                shot = chromium([f"--screenshot={png}", f"--window-size={args.width},{args.height}",
-                                 f"--virtual-time-budget={args.budget}", url], Path(tmp) / "profile")
-                profile = Path(tmp) / "profile"
-                dom = chromium([f"--virtual-time-budget={args.budget}", "--dump-dom", url], profile)
-                probe = ""
-                if "<title>PROBE " in dom.stdout:
-                    probe = dom.stdout.split("<title>PROBE ", 1)[1].split("</title>", 1)[0]
-                fields = dict(item.split("=", 1) for item in probe.split()) if probe else {}
                 problems = []
-                if shot.returncode != 0 or not png.exists():
-                    problems.append(f"no screenshot ({shot.stderr.strip()[-300:]})")
-                if not fields:
-                    problems.append("the page did not finish loading")
-                else:
-                    if fields["broken"] != "0":
-                        problems.append(f"{fields['broken']} image(s) did not load")
-                    if fields["untypeset"] != "0":
-                        problems.append(f"{fields['untypeset']} math element(s) not typeset")
-                links = broken_links(page, site)
+                try:
+                    browser.open(base + urllib.parse.quote(rel), width=args.width, height=args.height)
+                    seen = browser.evaluate(PROBE)
+                    browser.screenshot(png)
+                except Exception as exc:  # noqa: BLE001 - a timeout (queue.Empty) or a protocol error
+                    seen = {}
+                    problems.append(f"the page did not finish loading ({exc})")
+                if seen.get("broken"):
+                    problems.append(f"{seen['broken']} image(s) did not load")
+                if seen.get("untypeset"):
+                    problems.append(f"{seen['untypeset']} math element(s) not typeset")
+                links = broken_internal_links(site / rel, site)
                 if links:
                     problems.append(f"broken local links: {links[:5]}")
                 status = "ok" if not problems else "FAIL: " + "; ".join(problems)
                 failures += bool(problems)
-                print(f"{rel:45s} {probe or '-':60s} {status}")
-    finally:
-        server.shutdown()
-        server.server_close()
+                shown = " ".join(f"{k}={int(v)}" for k, v in seen.items())
+                print(f"{rel:45s} {shown or '-':50s} {status}", flush=True)
+        finally:
+            browser.close()
     print(f"screenshots in {args.out}; {len(pages) - failures}/{len(pages)} pages passed")
     return 1 if failures else 0
 

@@ -7,8 +7,8 @@ package are needed: only the system's ``chromium`` (Debian's; ``ANATOMY_CHROMIUM
 
 Why not Playwright: its Python package does drive /usr/bin/chromium offline (``executable_path``, checked
 with playwright 1.65.2 and Chromium 156), but Playwright supports only the browser build it ships, while
-the system Chromium is updated by the distribution on its own schedule; it would add a ~45 MB wheel with
-its own Node.js runtime to the development tools, for the dozen stable protocol methods used here.
+the system Chromium is updated by the distribution on its own schedule; and it would add 165 MB (installed;
+its own Node.js runtime) to the development tools, for the dozen stable protocol methods used here.
 """
 
 from __future__ import annotations

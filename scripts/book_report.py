@@ -73,6 +73,83 @@ def build_glue(path: Path) -> tuple[dict[str, str], set[str]]:
     return values, {name for name, out in stored.items() if out.get("metadata", {}).get(TIMED_KEY)}
 
 
+# --------------------------------------------------------------------------- second runs, for determinism
+# Every chapter is executed a second time somewhere in scripts/run_tests.sh and its glued values compared
+# with the build's. Runs that happen anyway before the build (tests/test_busy_cpu.py: chapters beside a CPU
+# hog; tests/test_colab_env.py: chapters in the Colab-pinned environment) save what they glued into the
+# folder named by ``ANATOMY_SECOND_RUNS``; after the build, tests/test_determinism.py compares those records
+# with the build's values, and tests/test_colab_style.py executes only the chapters without a record.
+SECOND_RUNS_ENV = "ANATOMY_SECOND_RUNS"
+
+
+def code_fingerprint(root: Path, chapter: str) -> str:
+    """A hash of the code a chapter's run executes: the notebook ``root/chapter`` and every file of
+    ``root/anatomy`` (compiled files excepted). Equal fingerprints: a run and the build ran the same code."""
+    import hashlib
+
+    h = hashlib.sha256()
+    root = Path(root)
+    files = [root / chapter] + sorted(
+        p for p in (root / "anatomy").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+    for path in files:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def save_second_run(nb, chapter: str, root: Path, by: str) -> Path | None:
+    """Record the glued values of an executed chapter (an nbformat notebook) in ``$ANATOMY_SECOND_RUNS``
+    (nothing when it is unset); `root` is the tree whose code ran, `by` names the test."""
+    where = os.environ.get(SECOND_RUNS_ENV)
+    if not where:
+        return None
+    Path(where).mkdir(parents=True, exist_ok=True)
+    path = Path(where) / f"{Path(chapter).stem}.json"
+    record = {"chapter": chapter, "by": by, "fingerprint": code_fingerprint(root, chapter),
+              "glue": glued_values(nb), "timed": sorted(timed_names(nb))}
+    if not record["glue"]:
+        # Without myst-nb (the Colab-pinned environment) book.glue prints each value as ``name = value``
+        # instead: keep the printed text, and compare it with the build's values (printed_matches).
+        record["printed"] = "\n".join(
+            "".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stdout")
+    path.write_text(json.dumps(record, indent=1), encoding="utf-8")
+    return path
+
+
+def printed_value(text_plain: str) -> str:
+    """What ``book.glue`` prints for a value whose myst-nb text/plain is `text_plain` (``str`` of the value,
+    where text/plain is its ``repr``)."""
+    import ast
+
+    try:
+        return str(ast.literal_eval(text_plain))
+    except (ValueError, SyntaxError):
+        return text_plain
+
+
+def printed_mismatches(build: dict[str, str], timed: set[str], printed: str) -> dict[str, str]:
+    """name -> the line expected but not printed, for every untimed value of the build that a run without
+    myst-nb did not print as ``name = value`` (the whole value, also when it spans several lines)."""
+    text = "\n" + printed + "\n"
+    return {name: line for name in sorted(set(build) - timed)
+            if "\n" + (line := f"{name} = {printed_value(build[name])}") + "\n" not in text}
+
+
+def second_runs(root: Path = ROOT) -> dict[str, dict]:
+    """stem -> record of every saved second run whose code equals ``root``'s now (a stale record, made before
+    the chapter or the package changed, is left out: that chapter needs another second run)."""
+    where = os.environ.get(SECOND_RUNS_ENV)
+    records = {}
+    for path in sorted(Path(where).glob("*.json")) if where and Path(where).is_dir() else []:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        chapter = record["chapter"]
+        if (Path(root) / chapter).exists() and record["fingerprint"] == code_fingerprint(root, chapter):
+            records[Path(chapter).stem] = record
+    return records
+
+
 def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Path | None = None) -> dict:
     """Execute `notebook` in a fresh kernel (in this process); return seconds, error and glued values."""
     import nbformat

@@ -45,11 +45,18 @@ record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
 # The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) and the Colab-style
 # runs (tests/test_colab_style.py, which compare their glued values with the build's) need the build of
 # step 3, so they run after it, in step 4.
+# Every chapter is executed a second time once and its glued values compared with the build's: the
+# chapters that tests/test_busy_cpu.py (8-10) and tests/test_colab_env.py (1, 5, 13) execute here anyway
+# save what they glued in ANATOMY_SECOND_RUNS, and step 4 compares those records (tests/test_determinism.py)
+# and runs only the other chapters Colab-style (COLAB_CHAPTERS=unrecorded).
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
+export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
+rm -rf "$ANATOMY_SECOND_RUNS"
 echo "== pytest tests"
 t=$SECONDS
+# --durations: the slowest tests are listed, so the cost of each is visible in every run's log
 # shellcheck disable=SC2086
-python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" ${PYTEST_ARGS:-}
+python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" --durations=30 ${PYTEST_ARGS:-}
 status=$?
 if [[ "$status" == "5" ]]; then
     echo "run_tests.sh: pytest collected no tests; that counts as a failure" >&2
@@ -64,13 +71,14 @@ record "book build" $? $((SECONDS - t))
 
 # 4. the rendered book, as a reader sees it ----------------------------------------------------------------
 # Every page in headless Chromium (math, images, JS errors, links, static explorers; screenshots in
-# _build/screenshots/), then every chapter executed a second time the way Colab runs it (the package
-# installed from the committed HEAD, an empty working directory), its glued values compared with the
-# build's (determinism). With ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead
-# of skipping.
+# _build/screenshots/); the glued values of step 2's chapter runs compared with the build's; then every
+# other chapter executed a second time the way Colab runs it (the package installed from the committed
+# HEAD, an empty working directory), its glued values compared with the build's (determinism). With
+# ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead of skipping.
 echo "== rendered book checks (${AFTER_BUILD[*]})"
 t=$SECONDS
-ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=all python -m pytest "${AFTER_BUILD[@]}"
+ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=unrecorded \
+    python -m pytest "${AFTER_BUILD[@]}" --durations=30
 record "rendered book checks" $? $((SECONDS - t))
 
 # summary ------------------------------------------------------------------------------------------------

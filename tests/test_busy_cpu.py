@@ -10,11 +10,14 @@ Chapters 8, 9 and 10 are the ones whose claim checks use measured times (causal/
 whole-model saving; decode vs prefill per token and cache reuse vs recompute; roofline, encoder vs
 decoder cost and speculative decoding). Cost on the 2-core machine: about the three chapters' own run time
 doubled (see the report printed by each test); ``BUSY_CHAPTERS`` (comma-separated notebook paths, or
-``none``) selects others.
+``none``) selects others. Each run is also its chapter's second execution for the determinism check: with
+``ANATOMY_SECOND_RUNS`` set (scripts/run_tests.sh), its glued values are saved there and compared with the
+build's after the build (tests/test_determinism.py).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -67,6 +70,13 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _report():
+    spec = importlib.util.spec_from_file_location("book_report", ROOT / "scripts" / "book_report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    return report
+
+
 @pytest.fixture
 def busy_cpu(tmp_path):
     """A process group spinning one busy loop per core for the duration of the test; yields a function
@@ -90,7 +100,7 @@ def busy_cpu(tmp_path):
 
 
 @pytest.mark.parametrize("chapter", _chapters())
-def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch):
+def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch, tmp_path):
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
@@ -102,8 +112,22 @@ def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("ANATOMY_RESULTS", raising=False)
     nb = nbformat.read(path, as_version=4)
+    # after each live explorer a cell moves its controls (book.drive_live, ipywidgets 8), as the Colab-style
+    # run of tests/test_colab_style.py does for the chapters it executes
+    cells, live = [], 0
+    for k, cell in enumerate(nb.cells):
+        cells.append(cell)
+        if cell.cell_type == "code" and "explore_live(" in cell.source:
+            live += 1
+            cells.append(nbformat.v4.new_code_cell(
+                "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())", id=f"drive{k}"))
+    nb.cells = cells
+    # an empty working directory, as in Colab: the chapter must need no repository file beside it (this run
+    # stands in for the chapter's Colab-style run in tests/test_colab_style.py, which checks the same)
+    workdir = tmp_path / "content"
+    workdir.mkdir()
     client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(path.parent)}})
+                            resources={"metadata": {"path": str(workdir)}})
     hog_before, t0, (busy0, idle0) = busy_cpu(), time.perf_counter(), _cpu_busy_idle()
     try:
         client.execute()
@@ -119,3 +143,8 @@ def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch):
     # already loaded the loops get less than their two cores, which is as busy as a CPU gets.)
     assert hog_cores > 0 and busy_share >= 0.9, (
         f"the CPUs were busy only {busy_share:.0%} of the time (busy loops: {hog_cores:.2f} cores)")
+    driven = sum("DRIVEN [{" in "".join(o.get("text", "") for o in c.get("outputs", [])) for c in nb.cells)
+    assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
+    # This is also the chapter's second execution: tests/test_determinism.py compares what it glued with
+    # the build's values (run_tests.sh sets ANATOMY_SECOND_RUNS), so tests/test_colab_style.py skips it.
+    _report().save_second_run(nb, chapter, ROOT, by="tests/test_busy_cpu.py")

@@ -23,6 +23,10 @@ base stays as Colab ships it). Then:
 Cost: the first run builds the base environment (a few minutes, mostly downloads); later runs reuse it.
 SmolLM2's converted weights are kept in the environment's cache folder between runs, as a reader's are
 between chapters.
+
+Each chapter run is also that chapter's second execution for the determinism check: with
+``ANATOMY_SECOND_RUNS`` set (scripts/run_tests.sh), its glued values are saved there and compared after
+the build with the build's (tests/test_determinism.py), so tests/test_colab_style.py does not run it again.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ def _module(name: str, path: Path):
 
 
 colab_env = _module("colab_env", ROOT / "scripts" / "colab_env.py")
+book_report = _module("book_report", ROOT / "scripts" / "book_report.py")
 
 STARTUP = """\
 # Colab imports google.colab in every kernel before the first cell; the chapters' setup cells test for it.
@@ -233,3 +238,11 @@ def test_chapter_runs_in_colab(chapter, colab, tmp_path):
     setup_index = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
     print(f"{chapter}: {seconds:.0f} s in the Colab environment (setup cell {times[setup_index]:.1f} s, "
           f"{live} live explorers driven, ipywidgets {where.group(2)}, IPython {where.group(3)})")
+    if not os.environ.get("COLAB_ENV_NOTEBOOKS"):
+        # This is also the chapter's second execution (of the committed HEAD, cloned): after the build,
+        # tests/test_determinism.py compares what it glued with the build's values when the build ran the
+        # same code, and tests/test_colab_style.py skips the chapter (run_tests.sh sets ANATOMY_SECOND_RUNS).
+        import nbformat
+
+        book_report.save_second_run(nbformat.read(out, as_version=4), chapter, colab["clone"],
+                                    by="tests/test_colab_env.py")

@@ -9,8 +9,13 @@ claim's condition without a noise margin.
 
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by
 default chapter 11, a training run with several models, the kind of computation most likely to drift
-(about a minute). ``scripts/run_tests.sh`` sets ``none``: there, tests/test_colab_style.py executes every
-chapter a second time (Colab-style) and compares its glued values with the build's.
+(about a minute). ``scripts/run_tests.sh`` sets ``none``: there, every chapter is executed a second time
+once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, beside a CPU hog) and
+tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) run before the build and
+save their glued values in ``$ANATOMY_SECOND_RUNS``; ``test_earlier_run_gives_the_same_glued_values``
+compares each saved record whose code (chapter and package) equals the work tree's with the build's values,
+and tests/test_colab_style.py (``COLAB_CHAPTERS=unrecorded``) executes every other chapter Colab-style and
+compares its values there.
 Every chapter gets the cheap half of the check: its build stored glued values, and none of them is an
 object's repr with a memory address (which would differ from run to run).
 
@@ -90,11 +95,45 @@ def test_second_run_gives_the_same_glued_values(stem, tmp_path):
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     result = _report().execute(notebook, tmp_path / f"{stem}.ipynb")
     assert result["error"] is None, f"{stem} failed on its second run:\n{result['error']}"
-    again = result["glue"]
+    _compare(stem, build, timed, result["glue"], result["timed"], "a second run")
+
+
+def _records() -> dict[str, dict]:
+    return _report().second_runs(ROOT)
+
+
+def _compare(stem: str, build: dict, timed: set, again: dict, again_timed: set, what: str) -> None:
     assert set(again) == set(build), f"{stem}: different glued names: {sorted(set(again) ^ set(build))}"
-    assert result["timed"] == timed, f"{stem}: different timed values: {sorted(result['timed'] ^ timed)}"
+    assert again_timed == timed, f"{stem}: different timed values: {sorted(again_timed ^ timed)}"
     differ = {k: (build[k], again[k]) for k in sorted(set(build) - timed) if build[k] != again[k]}
     assert not differ, (
-        f"{stem}: glued values changed between the build and a second run (build, second run): {differ}. "
+        f"{stem}: glued values changed between the build and {what} (build, second run): {differ}. "
         "Seed everything from book.setup(); glue a wall-clock measurement with book.glue(..., timed=True)."
     )
+
+
+@pytest.mark.parametrize("stem", sorted(_records()))
+def test_earlier_run_gives_the_same_glued_values(stem):
+    """A chapter's run before the build (beside a CPU hog, or in the Colab-pinned environment) glued what
+    the build glued. Only records whose code equals the work tree's are collected (second_runs)."""
+    record = _records().get(stem)
+    assert record is not None, f"{stem}: the record of its earlier run went stale during this session"
+    build, timed = _build_glue(stem)
+    if "printed" in record:  # a run without myst-nb (Colab-pinned environment): book.glue printed the values
+        missing = _report().printed_mismatches(build, timed, record["printed"])
+        assert not missing, (
+            f"{stem}: its run in {record['by']} did not print these values of the build (expected lines): "
+            f"{missing}. Seed everything from book.setup(); glue a wall-clock measurement with "
+            "book.glue(..., timed=True)."
+        )
+        return
+    _compare(stem, build, timed, record["glue"], set(record["timed"]), f"its run in {record['by']}")
+
+
+def test_printed_values_are_compared_like_glued_ones():
+    """The comparison for runs without myst-nb (values printed as ``name = value``) can fail."""
+    report = _report()
+    build, timed = {"a": "0.5", "b": "'x y'", "m": "'two\\nlines'", "t": "1.25"}, {"t"}
+    assert report.printed_mismatches(build, timed, "a = 0.5\nb = x y\nm = two\nlines\nt = 9.0") == {}
+    assert report.printed_mismatches(build, timed, "a = 0.50\nb = x y\nm = two\nlines") == {"a": "a = 0.5"}
+    assert set(report.printed_mismatches(build, timed, "a = 0.5\nb = 'x y'\nm = two")) == {"b", "m"}

@@ -46,9 +46,10 @@ record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
 # runs (tests/test_colab_style.py, which compare their glued values with the build's) need the build of
 # step 3, so they run after it, in step 4.
 # Every chapter is executed a second time once and its glued values compared with the build's: the
-# chapters that tests/test_busy_cpu.py (8-10) and tests/test_colab_env.py (1, 5, 13) execute here anyway
-# save what they glued in ANATOMY_SECOND_RUNS, and step 4 compares those records (tests/test_determinism.py)
-# and runs only the other chapters Colab-style (COLAB_CHAPTERS=unrecorded).
+# chapters that tests/test_busy_cpu.py (8-10), tests/test_colab_env.py (1, 5, 13) and tests/test_publish.py
+# (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, and step 4
+# compares those records (tests/test_determinism.py) and runs only the other chapters Colab-style
+# (COLAB_CHAPTERS=unrecorded).
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"

@@ -20,8 +20,9 @@ Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths, ``all`` for every
 ``unrecorded``: every chapter that no earlier test executed a second time, see below); by default chapter 13
 (the scoreboard) (~15-45 s), which imports every chapter's claims and runs their quick recomputations.
 ``scripts/run_tests.sh`` runs ``unrecorded`` after the build: chapters 1, 5 and 13 already ran from an
-installed HEAD in an empty folder in tests/test_colab_env.py, and chapters 8, 9 and 10 in an empty folder in
-tests/test_busy_cpu.py, both before the build; their glued values were saved (``ANATOMY_SECOND_RUNS``) and
+installed HEAD in an empty folder in tests/test_colab_env.py, chapter 4 from the installed wheel in an
+empty folder in tests/test_publish.py, and chapters 8, 9 and 10 in an empty folder in tests/test_busy_cpu.py,
+all before the build; their glued values were saved (``ANATOMY_SECOND_RUNS``) and
 tests/test_determinism.py compares them with the build's. The packaging half of this check covers those
 chapters through ``test_the_installed_package_has_every_committed_file``. The converted SmolLM2 weights
 are cached once for the whole run, as the package's cache would be on a reader's machine after the first

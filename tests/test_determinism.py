@@ -10,9 +10,10 @@ claim's condition without a noise margin.
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by
 default chapter 11, a training run with several models, the kind of computation most likely to drift
 (about a minute). ``scripts/run_tests.sh`` sets ``none``: there, every chapter is executed a second time
-once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, beside a CPU hog) and
-tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) run before the build and
-save their glued values in ``$ANATOMY_SECOND_RUNS``; ``test_earlier_run_gives_the_same_glued_values``
+once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, beside a CPU hog),
+tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) and tests/test_publish.py
+(chapter 4, from the built wheel) run before the build and save their glued values in
+``$ANATOMY_SECOND_RUNS``; ``test_earlier_run_gives_the_same_glued_values``
 compares each saved record whose code (chapter and package) equals the work tree's with the build's values,
 and tests/test_colab_style.py (``COLAB_CHAPTERS=unrecorded``) executes every other chapter Colab-style and
 compares its values there.

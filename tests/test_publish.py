@@ -324,6 +324,18 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     # one of the quickest chapters, and one that loads both pretrained models through the package
     chapter = os.environ.get("PUBLISH_CHAPTER", "chapters/04_attention_rank.ipynb")
     nb = json.loads((clone / chapter).read_text(encoding="utf-8"))
+    # after each live explorer a cell moves its controls, as tests/test_colab_style.py does: this run is the
+    # chapter's second execution for the determinism check (saved below), so that file skips the chapter
+    cells, live = [], 0
+    for k, cell in enumerate(nb["cells"]):
+        cells.append(cell)
+        text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and "explore_live(" in text:
+            live += 1
+            cells.append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                          "id": f"drive{k}",
+                          "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())"})
+    nb["cells"] = cells
     nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
                         "source": "import anatomy, importlib.metadata as m\n"
                                   "print('FROM', anatomy.__file__, m.version('why-decoder-only'))"})
@@ -333,10 +345,13 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1")
     runner = (
+        f"import sys\nsys.path.insert(0, {str(ROOT / '_ext')!r})\n"
+        "import nbclient_poll\nnbclient_poll.apply()  # no whole-timeout stall after a missed wake-up\n"
         "import nbformat\nfrom nbclient import NotebookClient\n"
         "nb = nbformat.read('chapter.ipynb', as_version=4)\n"
         "resources = {'metadata': {'path': '.'}}\n"
         "NotebookClient(nb, timeout=600, kernel_name='python3', resources=resources).execute()\n"
+        "nbformat.write(nb, 'executed.ipynb')\n"
         "print(''.join(o.get('text', '') for o in nb.cells[-1].outputs))\n"
     )
     run = subprocess.run([sys.executable, "-c", runner], cwd=work, env=env, capture_output=True, text=True,
@@ -347,6 +362,16 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     assert where, run.stdout[-2000:]
     assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), f"imported from {where.group(1)}"
     assert where.group(2) == _project(clone)["version"]
+    import nbformat
+
+    executed = nbformat.read(work / "executed.ipynb", as_version=4)
+    driven = sum("DRIVEN [{" in "".join(o.get("text", "") for o in c.get("outputs", []))
+                 for c in executed.cells)
+    assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
+    # with ANATOMY_SECOND_RUNS set (scripts/run_tests.sh), tests/test_determinism.py compares what this run
+    # glued with the build's values after the build
+    _module(ROOT / "scripts" / "book_report.py", "_book_report_for_publish").save_second_run(
+        executed, chapter, clone, by="tests/test_publish.py (the installed wheel)")
 
 
 def test_figures_without_a_caption_paragraph_have_caption_metadata():

@@ -216,6 +216,19 @@ class ModelDrafter:
             feed = torch.tensor([[x]], device=ids.device)
         return tokens, torch.stack(qs) if qs else torch.empty(0, 0, dtype=torch.float64)
 
+    @torch.inference_mode()
+    def greedy_tokens(self, ids: torch.Tensor, k: int) -> list[int]:
+        """The k tokens :meth:`propose` drafts at temperature 0 (the draft's argmaxes), without building q."""
+        _sync(self.cache, ids)
+        feed = ids[:, len(self.cache):]
+        tokens = []
+        for _ in range(k):
+            nxt = self.model(feed, cache=self.cache, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
+            self.calls += 1
+            tokens.append(int(nxt))
+            feed = nxt
+        return tokens
+
 
 class NgramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the context's last n tokens (n from ``max_n``
@@ -236,6 +249,10 @@ class NgramDrafter:
                 if seq[start:start + n] == tail:
                     return seq[start + n:start + n + k]
         return []
+
+    def greedy_tokens(self, seq: list[int], k: int) -> list[int]:
+        """What :meth:`propose` drafts (it does not depend on the temperature), from the tokens as a list."""
+        return self.lookup(seq, k)
 
     def propose(self, ids: torch.Tensor, k: int, temperature: float, rng) -> tuple[list[int], torch.Tensor]:
         tokens = self.lookup(ids[0].tolist(), k)
@@ -315,6 +332,8 @@ def speculative_generate(
     rule: str = "leviathan",
     eos_token_id: int | None = None,
     rng=None,
+    adaptive: bool = False,
+    max_gamma: int | None = None,
 ) -> SpeculativeOutput:
     """Continue input_ids (1, N) by max_new_tokens tokens of ``target``; a draft proposes ``gamma`` a round.
 
@@ -322,6 +341,16 @@ def speculative_generate(
     rng) -> (tokens, q)`` such as :class:`NgramDrafter`. temperature 0 gives the target's greedy output
     exactly; otherwise the output is distributed as sampling from the target at that temperature (for the
     exact rules). ``rng`` overrides the randomness (:class:`ScriptedRandom` for enumeration).
+
+    adaptive: if True, ``gamma`` is only the first round's draft length: it doubles (up to ``max_gamma``,
+    default 4 * gamma) after a round whose drafted tokens were all accepted, stays after a round that
+    accepted some, and halves (down to 1) after a round that accepted none. The length depends only on
+    earlier rounds, so the output is the same as with a fixed gamma: greedy, token for token; sampling, in
+    distribution. (A round whose drafter proposes nothing is a plain one-token decode step.)
+
+    At temperature 0 the target's choices are its argmaxes, so a drafted token is accepted iff it is the
+    target's argmax, which is what every rule reduces to; this is checked on the argmaxes directly, without
+    building one-hot distributions, and a drafter with ``greedy_tokens`` drafts without building q.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         got = getattr(input_ids, "shape", input_ids)
@@ -333,12 +362,18 @@ def speculative_generate(
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
         raise ValueError(f"gamma must be an int >= 0, got {gamma!r}")
+    if not isinstance(adaptive, bool):
+        raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
+    if max_gamma is None:
+        max_gamma = 4 * gamma if adaptive else gamma
+    elif isinstance(max_gamma, bool) or not isinstance(max_gamma, int) or max_gamma < gamma:
+        raise ValueError(f"max_gamma must be an int >= gamma = {gamma}, got {max_gamma!r}")
     if not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):  # NaN fails too
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
     rng = rng or TorchRandom(generator)
-    max_len = input_ids.shape[1] + max_new_tokens + gamma + 1
+    max_len = input_ids.shape[1] + max_new_tokens + max_gamma + 1
     if isinstance(draft, nn.Module):
         drafter = ModelDrafter(draft, max_len)
         draft.eval()
@@ -346,39 +381,64 @@ def speculative_generate(
         drafter = draft
     else:
         raise TypeError(f"draft must be an anatomy model or have propose(), got {type(draft).__name__}")
+    greedy = temperature == 0
+    fast_draft = greedy and hasattr(drafter, "greedy_tokens")
     was_training = target.training
     target.eval()
     cache = target.new_cache(max_len=max_len)
     out = SpeculativeOutput(input_ids, 0)
     ids = input_ids
+    seq = input_ids[0].tolist()  # the same tokens as a list: what the n-gram drafter searches
+    device = input_ids.device
     calls0 = getattr(drafter, "calls", 0)
+    g = gamma
     try:
         with torch.inference_mode():
             while out.n_new < max_new_tokens:
-                k = min(gamma, max_new_tokens - out.n_new - 1)
-                drafts, q = drafter.propose(ids, k, temperature, rng) if k > 0 else ([], None)
+                k = min(g, max_new_tokens - out.n_new - 1)
+                q = None
+                if k <= 0:
+                    drafts = []
+                elif fast_draft:
+                    drafts = drafter.greedy_tokens(seq if isinstance(drafter, NgramDrafter) else ids, k)
+                else:
+                    drafts, q = drafter.propose(ids, k, temperature, rng)
                 k = len(drafts)
-                _sync(cache, ids)
-                feed = torch.cat([ids[:, len(cache):], torch.tensor([drafts], dtype=torch.long,
-                                                                     device=ids.device).view(1, k)], dim=1)
-                p = _probs(target(feed, cache=cache, logits_to_keep=k + 1)[0], temperature)
+                # The target's cache holds every token but the last: feed it and the drafts in one call.
+                feed = torch.tensor([seq[len(cache):] + drafts], dtype=torch.long, device=device)
+                logits = target(feed, cache=cache, logits_to_keep=k + 1)[0]
                 out.target_calls += 1
-                n, nxt = verify(p, q, drafts, rng, rule)
-                for i in range(min(n + 1, k)):  # the positions checked on the accepted path
-                    out.beta.append(float(torch.minimum(p[i], q[i]).sum()))
+                if greedy:
+                    choice = logits.argmax(-1).tolist()  # the target's token at each checked position
+                    n = 0
+                    while n < k and drafts[n] == choice[n]:
+                        n += 1
+                    nxt = choice[n]
+                    if q is None:  # a one-hot q at each drafted token: beta = 1 if accepted, else 0
+                        out.beta.extend([1.0] * n + ([0.0] if n < k else []))
+                    else:  # p is one-hot at the target's choice: sum_x min(p(x), q(x)) = q(choice)
+                        out.beta.extend(float(q[i, choice[i]]) for i in range(min(n + 1, k)))
+                else:
+                    p = _probs(logits, temperature)
+                    n, nxt = verify(p, q, drafts, rng, rule)
+                    for i in range(min(n + 1, k)):  # the positions checked on the accepted path
+                        out.beta.append(float(torch.minimum(p[i], q[i]).sum()))
                 out.drafted.append(k)
                 out.accepted.append(n)
                 new = drafts[:n] + [nxt]
-                ids = torch.cat([ids, torch.tensor([new], dtype=torch.long, device=ids.device)], dim=1)
-                cache.truncate(ids.shape[1] - 1)
+                seq.extend(new)
+                ids = torch.cat([ids, torch.tensor([new], dtype=torch.long, device=device)], dim=1)
+                cache.truncate(len(seq) - 1)
                 out.n_new += len(new)
+                if adaptive and k > 0:
+                    g = min(max_gamma, 2 * g) if n == k else g if n > 0 else max(1, g // 2)
                 if eos_token_id is not None and eos_token_id in new:
                     break
     finally:
         target.train(was_training)
     stop = input_ids.shape[1] + min(out.n_new, max_new_tokens)
     if eos_token_id is not None:
-        tail = ids[0, input_ids.shape[1]:stop].tolist()
+        tail = seq[input_ids.shape[1]:stop]
         if eos_token_id in tail:
             stop = input_ids.shape[1] + tail.index(eos_token_id) + 1
     out.ids = ids[:, :stop]
@@ -416,7 +476,7 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
     token), a target verification call (gamma + 1 tokens) and, for a model draft, a draft decode step.
     Interleaved medians (seconds), ``c`` = draft step / target step (Leviathan et al.'s cost ratio; 0 for a
     drafter that is not a model) and ``verify_overhead`` = verification call / target step. ``threads`` and
-    ``clock`` as in :func:`anatomy.inference.interleaved_times` (``threads=1, clock="cpu"``: one thread's CPU
+    ``clock`` as in :func:`anatomy.timing.interleaved_times` (``threads=1, clock="cpu"``: one thread's CPU
     time, which other jobs on the machine do not change)."""
     import statistics
 

@@ -215,3 +215,111 @@ def test_step_costs_on_one_threads_cpu_clock(mid):
     assert lookup["c"] == 0.0
     with pytest.raises(ValueError, match="threads=1"):
         sp.step_costs(mid, sp.layer_draft(mid, 1), ids, 2, repeats=1, clock="cpu")
+
+
+# ---------------------------------------------------------------------------------------- adaptive gamma
+
+
+@pytest.mark.parametrize("gamma", [1, 2, 4])
+def test_adaptive_gamma_gives_the_greedy_output(mid, gamma):
+    prompt = torch.randint(0, 50, (1, 7), generator=torch.Generator().manual_seed(2))
+    want = generate(mid, prompt, 40)
+    for draft in (sp.layer_draft(mid, 2), sp.NgramDrafter(50, 3, 1), sp.NgramDrafter(50, 3, 2)):
+        out = sp.speculative_generate(mid, draft, prompt, 40, gamma=gamma, adaptive=True, max_gamma=8)
+        assert torch.equal(out.ids, want)
+        assert out.n_new == 40 and max(out.drafted) <= 8
+
+
+def test_adaptive_gamma_grows_after_full_acceptance_and_halves_after_none(mid):
+    prompt = torch.tensor([[3, 1, 4, 1, 5]])
+    perfect = sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 60, gamma=2, adaptive=True,
+                                      max_gamma=16)
+    assert perfect.drafted[:4] == [2, 4, 8, 16]  # doubled after every fully accepted round, then capped
+    assert perfect.target_calls < sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 60,
+                                                          gamma=2).target_calls
+    assert torch.equal(perfect.ids, generate(mid, prompt, 60))
+
+    class Wrong:  # never the target's next token: gamma halves to 1 and stays there
+        calls = 0
+
+        def propose(self, ids, k, temperature, rng):
+            toks = [(generate(mid, ids, 1)[0, -1].item() + 1) % 50] * k
+            q = torch.zeros(k, 50, dtype=torch.float64)
+            q[torch.arange(k), torch.tensor(toks)] = 1.0
+            return toks, q
+
+    wrong = sp.speculative_generate(mid, Wrong(), prompt, 10, gamma=8, adaptive=True)
+    assert wrong.drafted[:5] == [8, 4, 2, 1, 1] and wrong.acceptance_rate == 0.0
+    assert torch.equal(wrong.ids, generate(mid, prompt, 10))
+    fixed = sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 30, gamma=3)
+    assert set(fixed.drafted[:-1]) == {3}  # not adaptive: gamma every round (the last one is cut short)
+
+
+def _adaptive_dist(target, drafter, prompt, gamma, n_tok, rule="leviathan", schedules=None):
+    """The exact output distribution of adaptive speculative sampling (max_gamma 2), and the first two
+    rounds' draft lengths on every branch (added to ``schedules``)."""
+    def sample(rng):
+        out = sp.speculative_generate(target, drafter, prompt, n_tok, gamma=gamma, adaptive=True, max_gamma=2,
+                                      temperature=1.0, rng=rng, rule=rule)
+        if schedules is not None:
+            schedules.add(tuple(out.drafted[:2]))
+        return out.ids[0, -n_tok:]
+
+    return sp.enumerate_distribution(sample)
+
+
+@pytest.mark.slow
+def test_adaptive_gamma_keeps_the_targets_distribution():
+    # The schedule depends only on earlier rounds, so each round still emits tokens with the target's
+    # conditional law. gamma 1 over 5 tokens: a fully accepted first round makes the next one draft 2;
+    # gamma 2 over 4 tokens: a rejected first draft makes the next round draft 1 (a fixed gamma drafts 2).
+    prompt = torch.tensor([[0, 1, 1, 0]])
+    for vocab, gamma, n_tok, adapted, drafters in ((2, 1, 5, (1, 2), ["model", "lookup"]),
+                                                  (3, 2, 4, (2, 1), ["lookup"])):
+        target, draft = _pair(2, vocab=vocab)
+        exact = sp.sequence_distribution(target, prompt, n_tok)
+        for name in drafters:
+            schedules = set()
+            drafter = draft if name == "model" else sp.NgramDrafter(vocab, 2, 1)
+            got = _adaptive_dist(target, drafter, prompt, gamma, n_tok, schedules=schedules)
+            assert math.isclose(sum(got.values()), 1.0, abs_tol=1e-9)
+            assert sp.total_variation(got, exact) < 1e-5
+            assert adapted in schedules  # the adaptive path was taken
+    target, draft = _pair(2, vocab=2)
+    argmax = _adaptive_dist(target, draft, prompt, 1, 5, rule="argmax")
+    assert sp.total_variation(argmax, sp.sequence_distribution(target, prompt, 5)) > 0.01  # it can fail
+
+
+def test_greedy_fast_path_matches_the_general_rule(mid):
+    # At temperature 0 the target's argmaxes decide; q only enters beta: sum min(p, q) = q(choice).
+    class Soft:  # proposes the target's own next token with q = 0.5 on it (not one-hot)
+        calls = 0
+
+        def propose(self, ids, k, temperature, rng):
+            toks = generate(mid, ids, k)[0, ids.shape[1]:].tolist()
+            q = torch.full((k, 50), 0.5 / 49, dtype=torch.float64)
+            q[torch.arange(k), torch.tensor(toks)] = 0.5
+            return toks, q
+
+    prompt = torch.tensor([[2, 7, 1, 8]])
+    out = sp.speculative_generate(mid, Soft(), prompt, 12, gamma=3)
+    assert torch.equal(out.ids, generate(mid, prompt, 12))
+    assert out.acceptance_rate == 1.0 and out.alpha == pytest.approx(0.5)
+    d = sp.layer_draft(mid, 2)
+    drafter = sp.ModelDrafter(d, 32)
+    toks = drafter.greedy_tokens(prompt, 5)
+    assert toks == sp.ModelDrafter(d, 32).propose(prompt, 5, 0.0, sp.TorchRandom())[0]
+    assert toks == generate(d, prompt, 5)[0, 4:].tolist()
+    ngram = sp.NgramDrafter(50, 2, 1)
+    assert ngram.greedy_tokens([1, 2, 3, 1, 2], 2) == ngram.propose(torch.tensor([[1, 2, 3, 1, 2]]), 2, 0.0,
+                                                                    None)[0] == [3, 1]
+
+
+def test_adaptive_argument_checks(mid):
+    prompt = torch.tensor([[1, 2]])
+    with pytest.raises(ValueError, match="max_gamma"):
+        sp.speculative_generate(mid, sp.layer_draft(mid, 1), prompt, 3, gamma=4, max_gamma=2)
+    with pytest.raises(ValueError, match="max_gamma"):
+        sp.speculative_generate(mid, sp.layer_draft(mid, 1), prompt, 3, adaptive=True, max_gamma=2.5)
+    with pytest.raises(TypeError, match="adaptive"):
+        sp.speculative_generate(mid, sp.layer_draft(mid, 1), prompt, 3, adaptive="yes")

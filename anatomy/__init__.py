@@ -1,7 +1,10 @@
 """anatomy: the code behind *Why Decoder-Only Won*.
 
-A causal attention kernel, one transformer whose mask makes it a decoder, an encoder or a prefix LM,
-an encoder-decoder, a KV cache, generation, training, data and loaders for two real pretrained models.
+Two tiers. The core, at the top of the package: masks, attention and its kernels, one transformer whose
+mask makes it a decoder, an encoder or a prefix LM, an encoder-decoder, a KV cache, generation, speculative
+decoding, training, objectives, data, metrics, the cost model, timing, and loaders for two real pretrained
+models. ``anatomy.experiments``: one module per chapter argument, built on the core. ``anatomy.book``: the
+chapters' helpers (glue, style, figures, tables). The core never imports the other two.
 """
 
 import os
@@ -19,29 +22,21 @@ from anatomy.speculative import speculative_generate
 
 __version__ = "0.1.0"
 
-# anatomy.pretrained imports transformers (seconds); these three load it on first use, not at import.
+# anatomy.convert imports transformers (seconds); these two load it on first use, not at import.
 
 
 def from_hf(hf_model):
     """Convert a transformers model (Llama family, GPT-2, BERT) to an anatomy model with the same weights."""
-    from anatomy.pretrained import from_hf as _from_hf
+    from anatomy.convert import from_hf as _from_hf
 
     return _from_hf(hf_model)
 
 
 def to_hf(model):
     """A transformers model with the weights of an anatomy Transformer (the inverse of :func:`from_hf`)."""
-    from anatomy.pretrained import to_hf as _to_hf
+    from anatomy.convert import to_hf as _to_hf
 
     return _to_hf(model)
-
-
-def prefix_state_change(model, prefix_ids, suffix_ids, **model_kwargs):
-    """How much appending suffix_ids changes the prefix tokens' hidden states, layer by layer (see
-    :func:`anatomy.pretrained.prefix_state_change`)."""
-    from anatomy.pretrained import prefix_state_change as _prefix_state_change
-
-    return _prefix_state_change(model, prefix_ids, suffix_ids, **model_kwargs)
 
 
 __all__ = [
@@ -60,7 +55,6 @@ __all__ = [
     "generate",
     "kv_cache_bytes",
     "next_token",
-    "prefix_state_change",
     "speculative_generate",
     "tile_map",
     "to_hf",

@@ -145,3 +145,13 @@ def check_device(name: str, value, *, none: bool = False):
         return torch.device(value)
     except RuntimeError as e:
         raise ValueError(f"{name} must name a torch device, got {value!r}") from e
+
+
+def check_instance(name: str, value, cls: type | tuple[type, ...], what: str | None = None):
+    """An instance of ``cls`` (``what`` names it in the message, e.g. "an anatomy Config")."""
+    if not isinstance(value, cls):
+        if what is None:
+            names = " or ".join(c.__name__ for c in (cls if isinstance(cls, tuple) else (cls,)))
+            what = f"a {names}"
+        raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
+    return value

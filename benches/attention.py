@@ -6,7 +6,7 @@
 CPU table: our tiled PyTorch kernel and SDPA, fp32, B=1, H=8, D=64, tile 128. GPU table (only when CUDA is
 available): our Triton kernel and SDPA (FlashAttention-2 on recent GPUs), fp16, B=1, H=16, D=64. Variants
 are interleaved within each repeat so that load on the machine hits all of them alike (see
-:func:`anatomy.flops.interleaved_medians`); the tables report medians and their ratios next to the
+:func:`anatomy.timing.interleaved_medians`); the tables report medians and their ratios next to the
 tile-skipping ideal (T + 1) / 2T and the targets (causal/full within 0.01 of the ideal; tiled causal at
 most SDPA's causal time at N >= 1024; both at 1 thread, other thread counts are reported). ``--clock cpu``
 times the CPU work of the (single) timing thread instead of wall-clock time: on a shared machine it leaves
@@ -24,7 +24,7 @@ import record  # noqa: E402  (benches/record.py: machine line and JSON record)
 import torch  # noqa: E402
 
 from anatomy import count_tiles  # noqa: E402
-from anatomy.flops import time_attention  # noqa: E402
+from anatomy.experiments.causal_kernel import time_attention  # noqa: E402
 
 # causal/full: at most this much above the tile-skipping ideal; tiled/sdpa: at most this ratio (N >= 1024).
 # Both are targets at 1 thread; rows at other thread counts are reported without a target.

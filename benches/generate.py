@@ -3,7 +3,7 @@
     python benches/generate.py [--threads 1 2] [--repeats 5] [--new-tokens 64] [--prefill 512]
 
 Both sides run the same float32 weights: anatomy's model from ``anatomy.pretrained.smollm2()`` and the
-``LlamaForCausalLM`` that ``anatomy.pretrained.to_hf`` builds from it (the same numbers transformers gets
+``LlamaForCausalLM`` that ``anatomy.convert.to_hf`` builds from it (the same numbers transformers gets
 from the GGUF). Generation: the same chat prompt, greedy (``do_sample=False``), the same number of new
 tokens, no early stop at EOS; the tokens must be identical. Prefill: one forward pass over a 512-token
 prompt that fills a KV cache and returns the last position's logits (what generation does first).
@@ -26,7 +26,8 @@ import record  # noqa: E402  (benches/record.py: machine line and JSON record)
 import torch  # noqa: E402
 
 import anatomy  # noqa: E402
-from anatomy.pretrained import smollm2, to_hf  # noqa: E402
+from anatomy.convert import to_hf  # noqa: E402
+from anatomy.pretrained import smollm2  # noqa: E402
 
 TARGETS = {"generation tokens/s": 1.5, "prefill": 1.0}
 PROMPT = "Explain in a few paragraphs why the sky is blue, and why sunsets are red."

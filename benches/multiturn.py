@@ -2,7 +2,8 @@
 
     python benches/multiturn.py [--threads 2] [--repeats 7] [--turn 5]
 
-SmolLM2-135M-Instruct through anatomy, the five-turn conversation of chapter 9 (anatomy.inference.DIALOGUE).
+SmolLM2-135M-Instruct through anatomy, the five-turn conversation of chapter 9
+(anatomy.experiments.kv_cache.DIALOGUE).
 The cache of the earlier turns is filled untimed; then the two ways of answering the turn's message run
 interleaved (reuse, recompute, reuse, ...) so that background load hits both alike. The table reports
 the medians, their ratio next to the targets (>= 4x at turn 5, and >= 70% of the counted FLOP ratio,
@@ -21,8 +22,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its t
 import record  # noqa: E402  (benches/record.py: machine line and JSON record)
 import torch  # noqa: E402
 
-from anatomy import inference as inf  # noqa: E402
 from anatomy import pretrained  # noqa: E402
+from anatomy.experiments import kv_cache  # noqa: E402
 
 TARGET = 4.0
 TARGET_OF_FLOP_RATIO = 0.7
@@ -38,9 +39,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     machine = record.header(threads=args.threads)
     model, tokenizer = pretrained.smollm2(verbose=False)
-    segments = inf.chat_segments(tokenizer)
-    r = inf.turn_ttft(model, segments, args.turn, repeats=args.repeats)
-    flops = inf.dialogue_flops(model.config, [r["history"]], [r["new"]])
+    segments = kv_cache.chat_segments(tokenizer)
+    r = kv_cache.turn_ttft(model, segments, args.turn, repeats=args.repeats)
+    flops = kv_cache.dialogue_flops(model.config, [r["history"]], [r["new"]])
     flop_ratio = flops["recompute"][0] / flops["reuse"][0]
     print(f"threads={args.threads} repeats={args.repeats} (SmolLM2-135M fp32, anatomy, interleaved medians)")
     header = (f"{'turn':>4} {'history':>8} {'new':>5} | {'reuse ms':>9} {'recompute ms':>12} | "

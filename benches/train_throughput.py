@@ -3,7 +3,7 @@
     python benches/train_throughput.py [--threads 1 2] [--repeats 9] [--steps 3] [--batch 8] [--seq 256]
 
 One training step = forward, next-token cross-entropy, backward and an AdamW step, on the same random
-token batch, from the same initial weights (the transformers model is ``anatomy.pretrained.to_hf`` of
+token batch, from the same initial weights (the transformers model is ``anatomy.convert.to_hf`` of
 ours). The config is a ~7M-parameter Llama (d_model 256, 6 layers, 8 heads, SwiGLU 704, vocab 8192, tied
 embeddings). Each repeat times ``--steps`` steps of each model; the two alternate (and which goes first
 alternates), so load from other jobs hits both alike. The table reports median tokens/s and the ratio next
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from anatomy import Config, Transformer  # noqa: E402
-from anatomy.pretrained import to_hf  # noqa: E402
+from anatomy.convert import to_hf  # noqa: E402
 
 TARGET = 1.1
 CONFIG = dict(vocab_size=8192, d_model=256, n_layers=6, n_heads=8, d_ff=704, tie_embeddings=True)

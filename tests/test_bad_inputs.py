@@ -18,7 +18,8 @@ import pytest
 import torch
 
 import anatomy
-from anatomy import data, masks, pretrained
+from anatomy import convert, data, masks, pretrained
+from anatomy.experiments import families
 from anatomy.kernels import tiled
 
 # anatomy.attention and anatomy.generate are functions (re-exported): reach the modules by name.
@@ -169,17 +170,17 @@ CALLS = {
     "MarkovSource.bayes_next_token_loss": _method(lambda: MARKOV, "bayes_next_token_loss", lambda: dict(seqs=IDS % 3)),
     "MarkovSource.log_prob": _method(lambda: MARKOV, "log_prob", lambda: dict(seqs=IDS % 3)),
     # pretrained (no weights needed: every row is refused before anything is loaded)
-    "weight_rules": _call(pretrained.weight_rules, lambda: dict(config=anatomy.Config(**SMALL))),
-    "convert_state": _call(pretrained.convert_state, lambda: dict(hf_state={}, config=anatomy.Config(**SMALL))),
-    "config_from_hf": _call(pretrained.config_from_hf, lambda: dict(hf_config={"model_type": "llama"})),
-    "hf_config_from": _call(pretrained.hf_config_from, lambda: dict(config=anatomy.Config(**SMALL))),
+    "weight_rules": _call(convert.weight_rules, lambda: dict(config=anatomy.Config(**SMALL))),
+    "convert_state": _call(convert.convert_state, lambda: dict(hf_state={}, config=anatomy.Config(**SMALL))),
+    "config_from_hf": _call(convert.config_from_hf, lambda: dict(hf_config={"model_type": "llama"})),
+    "hf_config_from": _call(convert.hf_config_from, lambda: dict(config=anatomy.Config(**SMALL))),
     "from_hf": _call(anatomy.from_hf, lambda: dict(hf_model=None)),
     "to_hf": _call(anatomy.to_hf, lambda: dict(model=tiny())),
     "file_key": _call(pretrained.file_key, lambda: dict(path=__file__)),
     "smollm2": _call(pretrained.smollm2, lambda: dict()),
     "minilm": _call(pretrained.minilm, lambda: dict()),
     "prefix_state_change": _call(
-        anatomy.prefix_state_change, lambda: dict(model=tiny(), prefix_ids=IDS, suffix_ids=IDS)
+        families.prefix_state_change, lambda: dict(model=tiny(), prefix_ids=IDS, suffix_ids=IDS)
     ),
 }  # fmt: skip
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from anatomy import capacity as C
+from anatomy import cost
 from anatomy.data import MarkovSource
+from anatomy.experiments import capacity as C
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -233,7 +234,7 @@ def test_fit_power_law_floor_errors():
 def test_compute_optimal_minimizes_the_parametric_loss():
     flops = 5.76e23
     n_opt, d_opt = C.compute_optimal(flops)
-    assert C.training_flops(n_opt, d_opt) == pytest.approx(flops)
+    assert cost.training_flops(n_opt, d_opt) == pytest.approx(flops)
     best = C.chinchilla_loss(n_opt, d_opt)
     for factor in (0.5, 0.8, 1.25, 2.0):  # any other split of the same compute is worse
         n = n_opt * factor
@@ -252,7 +253,7 @@ def test_width_scaled_lr():
 
 
 def test_rule_of_thumb_reproduces_chinchilla():
-    n, d = C.rule_of_thumb(C.training_flops(70e9, 1.4e12))
+    n, d = C.rule_of_thumb(cost.training_flops(70e9, 1.4e12))
     assert n == pytest.approx(70e9)
     assert d == pytest.approx(1.4e12)
 

@@ -5,7 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from anatomy import Config, Transformer
-from anatomy.flops import (
+from anatomy.experiments.causal_kernel import (
     COUNTINGS,
     GPT3_175B,
     LLAMA3_70B,
@@ -177,7 +177,7 @@ def test_draw_tile_map_draws_the_classifiers_map():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from anatomy.flops import draw_tile_map
+    from anatomy.experiments.causal_kernel import draw_tile_map
     from anatomy.masks import tile_map
 
     fig, ax = plt.subplots()

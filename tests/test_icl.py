@@ -10,12 +10,12 @@ import torch
 
 from anatomy import Config, Transformer
 from anatomy.data import CharTokenizer
-from anatomy.icl import (
+from anatomy.experiments.dual_form import dual_form
+from anatomy.experiments.few_shot import few_shot_accuracy
+from anatomy.experiments.icl import (
     AttentionOnly,
     InductionRun,
     copy_losses,
-    dual_form,
-    few_shot_accuracy,
     fill_losses,
     head_scores,
     induction_batches,
@@ -305,7 +305,7 @@ def test_few_shot_draws_depend_on_k_only():
 
 
 def test_batched_queries_match_one_by_one():
-    from anatomy.icl import _batched_queries
+    from anatomy.experiments.few_shot import _batched_queries
 
     torch.manual_seed(0)
     model = Transformer(Config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, n_kv_heads=1)).eval()

@@ -299,7 +299,7 @@ def test_package_exports_and_lazy_transformers():
 
     code = (
         "import sys, anatomy\n"
-        "names = ['attention', 'Transformer', 'generate', 'from_hf', 'to_hf', 'prefix_state_change',\n"
+        "names = ['attention', 'Transformer', 'generate', 'from_hf', 'to_hf',\n"
         "         'speculative_generate', 'KVCache', 'count_tiles', 'to_input_major']\n"
         "assert all(callable(getattr(anatomy, n)) for n in names), names\n"
         "assert set(names) <= set(anatomy.__all__)\n"

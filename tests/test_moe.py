@@ -6,17 +6,15 @@ import pytest
 import torch
 
 from anatomy import train as training
-from anatomy.model import Config, Transformer
-from anatomy.moe import (
-    MoE,
+from anatomy.experiments.experts import (
     expert_token_table,
     load_imbalance,
     matched_dense_config,
-    moe_decoder,
-    moe_layers,
     param_counts,
     routing_of,
 )
+from anatomy.model import Config, Transformer
+from anatomy.moe import MoE, moe_decoder, moe_layers
 
 
 def small_config(**kw) -> Config:
@@ -152,7 +150,7 @@ def test_balancing_bias_evens_out_a_skewed_router():
 
 
 def test_effective_experts():
-    from anatomy.moe import effective_experts
+    from anatomy.experiments.experts import effective_experts
 
     assert effective_experts(torch.tensor([3, 3, 3, 3])) == pytest.approx(4.0)
     assert effective_experts(torch.tensor([9, 0, 0])) == pytest.approx(1.0)
@@ -286,7 +284,7 @@ def test_default_d_expert_matches_dense_width():
 
 
 def test_deepseek_v3_parameter_count_matches_the_report():
-    from anatomy.moe import deepseek_v3_params
+    from anatomy.experiments.experts import deepseek_v3_params
 
     p = deepseek_v3_params()
     assert round(p["total"] / 1e9) == 671
@@ -301,7 +299,7 @@ def test_deepseek_v3_parameter_count_matches_the_report():
 
 
 def test_train_runs_records_loads_for_moe_only():
-    from anatomy.moe import train_runs
+    from anatomy.experiments.experts import train_runs
 
     cfg = small_config()
     ids = torch.arange(600) % 11

@@ -12,36 +12,40 @@ import torch
 
 from anatomy import Config, EncoderDecoder, Transformer
 from anatomy.data import MarkovSource
-from anatomy.objectives import (
+from anatomy.experiments.equal_compute import (
     DEFAULT_RUNS,
+    compare_objectives,
+    masking_tradeoff,
+    plot_comparison,
+    plot_masking_tradeoff,
+    predict_token,
+    token_cross_entropy,
+)
+from anatomy.experiments.signal_density import (
+    DensityRun,
+    bayes_loss,
+    label_density_experiment,
+    plot_density,
+    show_example,
+)
+from anatomy.objectives import (
     IGNORE,
     OBJECTIVES,
-    DensityRun,
     PrefixLMBatch,
     Seq2SeqBatch,
     SpecialTokens,
-    bayes_loss,
     causal_lm_batch,
-    compare_objectives,
-    label_density_experiment,
     loss_fn,
     make_batch,
     masked_lm_batch,
-    masking_tradeoff,
     objective_batches,
-    plot_comparison,
-    plot_density,
-    plot_masking_tradeoff,
-    predict_token,
     prefix_lm_batch,
     random_spans_noise_mask,
-    show_example,
     signal,
     span_corruption_batch,
     span_corruption_reconstruct,
     span_counts,
     text_windows,
-    token_cross_entropy,
     training_flops,
 )
 from anatomy.train import train

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from anatomy import Config, Transformer, positions
+from anatomy import Config, Transformer
 from anatomy.data import MarkovSource
+from anatomy.experiments import positions
 
 matplotlib.use("Agg")
 

@@ -18,7 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # effective only if torch i
 transformers = pytest.importorskip("transformers", reason="conversion tests need transformers")
 
 import anatomy  # noqa: E402
+from anatomy import convert  # noqa: E402
 from anatomy import pretrained as P  # noqa: E402
+from anatomy.experiments import families  # noqa: E402
 from anatomy.model import Config, Transformer  # noqa: E402
 
 HAVE_SMOLLM2 = importlib.util.find_spec(P.SMOLLM2_PACKAGE) is not None and importlib.util.find_spec("gguf")
@@ -121,7 +123,7 @@ def test_from_hf_matches_transformers_on_random_weights(kind):
 
 def test_config_mapping_reads_every_field():
     hf = _small_hf("llama_gqa")
-    c = P.config_from_hf(hf.config)
+    c = convert.config_from_hf(hf.config)
     assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff) == (
         97,
         64,
@@ -132,9 +134,9 @@ def test_config_mapping_reads_every_field():
         96,
     )
     assert (c.rope_theta, c.norm_eps, c.tie_embeddings, c.max_seq_len) == (5e4, 1e-6, False, 64)
-    g = P.config_from_hf(_small_hf("gpt2").config)
+    g = convert.config_from_hf(_small_hf("gpt2").config)
     assert (g.norm, g.pos, g.mlp, g.qkv_bias, g.d_ff) == ("layer", "learned", "gelu_tanh", True, 256)
-    b = P.config_from_hf(_small_hf("bert").config)
+    b = convert.config_from_hf(_small_hf("bert").config)
     assert (b.mask, b.norm_position, b.mlp, b.embed_norm, b.final_norm, b.n_token_types) == (
         "bidirectional",
         "post",
@@ -149,7 +151,7 @@ def test_config_mapping_reads_every_field():
 def test_to_hf_round_trip(kind):
     hf = _randomize(_small_hf(kind))
     model = anatomy.from_hf(hf)
-    back = P.to_hf(model)
+    back = convert.to_hf(model)
     assert type(back).__name__ == type(hf).__name__
     again = anatomy.from_hf(back)
     for (name, p), (name2, p2) in zip(model.state_dict().items(), again.state_dict().items()):
@@ -162,7 +164,7 @@ def test_to_hf_round_trip(kind):
 
 def test_to_hf_of_a_fresh_anatomy_decoder():
     model = Transformer(Config(vocab_size=101, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2)).eval()
-    hf = P.to_hf(model)
+    hf = convert.to_hf(model)
     assert type(hf).__name__ == "LlamaForCausalLM"
     ids = torch.randint(0, 101, (2, 9))
     with torch.no_grad():
@@ -171,33 +173,33 @@ def test_to_hf_of_a_fresh_anatomy_decoder():
 
 def test_a_source_key_not_consumed_raises():
     hf = _small_hf("llama_gqa")
-    config = P.config_from_hf(hf.config)
+    config = convert.config_from_hf(hf.config)
     state = dict(hf.state_dict())
-    P.convert_state(state, config, hf_prefix="model.")  # the full state converts
+    convert.convert_state(state, config, hf_prefix="model.")  # the full state converts
     extra = dict(state, **{"model.layers.0.self_attn.q_norm.weight": torch.ones(16)})
     with pytest.raises(ValueError, match="not consumed.*q_norm"):
-        P.convert_state(extra, config, hf_prefix="model.")
+        convert.convert_state(extra, config, hf_prefix="model.")
     missing = {k: v for k, v in state.items() if k != "model.layers.1.mlp.up_proj.weight"}
     with pytest.raises(KeyError, match="up_proj"):
-        P.convert_state(missing, config, hf_prefix="model.")
+        convert.convert_state(missing, config, hf_prefix="model.")
 
 
 def test_a_target_parameter_not_filled_raises():
     hf = _small_hf("gpt2")
-    config = P.config_from_hf(hf.config)
-    weights = P.convert_state(hf.state_dict(), config, hf_prefix="transformer.")
+    config = convert.config_from_hf(hf.config)
+    weights = convert.convert_state(hf.state_dict(), config, hf_prefix="transformer.")
     del weights["layers.1.mlp.down_proj.bias"]
     with pytest.raises(ValueError, match="not filled.*down_proj"):
-        P._build(config, weights)
+        convert._build(config, weights)
 
 
 def test_tied_head_that_differs_from_the_embedding_raises():
     hf = _small_hf("llama_tied_mqa_bias")
-    config = P.config_from_hf(hf.config)
+    config = convert.config_from_hf(hf.config)
     state = dict(hf.state_dict())
     state["lm_head.weight"] = state["lm_head.weight"] + 1
     with pytest.raises(ValueError, match="ties the LM head"):
-        P.convert_state(state, config, hf_prefix="model.")
+        convert.convert_state(state, config, hf_prefix="model.")
 
 
 @pytest.mark.parametrize(
@@ -217,7 +219,7 @@ def test_unsupported_llama_features_raise(change, feature):
         **change,
     )
     with pytest.raises(NotImplementedError, match=feature):
-        P.config_from_hf(cfg)
+        convert.config_from_hf(cfg)
 
 
 def test_unsupported_features_raise():
@@ -232,12 +234,12 @@ def test_unsupported_features_raise():
         max_window_layers=0,
     )
     with pytest.raises(NotImplementedError, match="sliding-window"):
-        P.config_from_hf(qwen)
+        convert.config_from_hf(qwen)
     gpt = transformers.GPT2Config(
         n_embd=32, n_layer=1, n_head=4, vocab_size=50, scale_attn_by_inverse_layer_idx=True
     )
     with pytest.raises(NotImplementedError, match="scale_attn_by_inverse_layer_idx"):
-        P.config_from_hf(gpt)
+        convert.config_from_hf(gpt)
     bert = transformers.BertConfig(
         hidden_size=32,
         num_hidden_layers=1,
@@ -247,9 +249,9 @@ def test_unsupported_features_raise():
         position_embedding_type="relative_key",
     )
     with pytest.raises(NotImplementedError, match="position_embedding_type"):
-        P.config_from_hf(bert)
+        convert.config_from_hf(bert)
     with pytest.raises(NotImplementedError, match="model_type='t5'"):
-        P.config_from_hf({"model_type": "t5"})
+        convert.config_from_hf({"model_type": "t5"})
     with pytest.raises(TypeError, match="PreTrainedModel"):
         anatomy.from_hf(torch.nn.Linear(2, 2))
 
@@ -331,11 +333,11 @@ def test_prefix_state_change_separates_causal_from_bidirectional():
     prefix, suffix = torch.randint(0, 64, (1, 10)), torch.randint(0, 64, (1, 5))
     for mask, changes in (("causal", False), ("bidirectional", True)):
         model = Transformer(Config(vocab_size=64, d_model=32, n_layers=2, n_heads=4, mask=mask))
-        out = P.prefix_state_change(model, prefix, suffix)
+        out = families.prefix_state_change(model, prefix, suffix)
         assert out["layer"] == [0, 1, 2] and out["relative"][0] == 0.0
         assert (max(out["relative"]) > 1e-2) == changes, out
     with pytest.raises(ValueError, match="same batch size"):
-        P.prefix_state_change(model, prefix, suffix.expand(2, -1))
+        families.prefix_state_change(model, prefix, suffix.expand(2, -1))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -388,7 +390,7 @@ def test_smollm2_is_an_anatomy_decoder_with_the_gguf_config(smol):
     assert attn.q_proj.weight.stride() == (1, (c.n_heads + 2 * c.n_kv_heads) * c.head_dim)
     assert model.lm_head.weight.stride() == (1, c.vocab_size)
     assert model.lm_head.weight is model.embed_tokens.weight
-    hf = P.to_hf(model)
+    hf = convert.to_hf(model)
     assert all(p.is_contiguous() for p in hf.parameters())
 
 
@@ -452,7 +454,7 @@ def test_smollm2_cached_decoding_equals_full_forward(smol):
 @needs_smollm2
 def test_smollm2_attention_maps_and_hidden_states_match_eager_transformers(smol):
     model, tok = smol
-    hf = P.to_hf(model)
+    hf = convert.to_hf(model)
     hf.config._attn_implementation = "eager"  # SDPA returns no attention maps
     ids = tok(
         "Attention maps from our kernel's log-sum-exp, checked against eager attention.", return_tensors="pt"
@@ -475,7 +477,7 @@ def test_smollm2_prompt_is_causal(smol):
     model, tok = smol
     prefix = tok("The history of the Roman Empire spans many centuries and", return_tensors="pt").input_ids
     suffix = tok(" includes wars, emperors and a long decline.", return_tensors="pt").input_ids
-    out = P.prefix_state_change(model, prefix, suffix)
+    out = families.prefix_state_change(model, prefix, suffix)
     assert len(out["relative"]) == 31
     assert max(out["relative"]) < 1e-5, out  # float noise: no prompt token saw a later one
 
@@ -534,6 +536,6 @@ def test_minilm_prefix_states_change_when_text_is_appended(mini):
     model, tok, _ = mini
     prefix = tok("the history of the roman empire spans many centuries and", return_tensors="pt").input_ids
     suffix = tok("includes wars, emperors and a long decline.", return_tensors="pt").input_ids[:, 1:]
-    out = P.prefix_state_change(model, prefix[:, :-1], suffix)  # [CLS] prefix ... suffix [SEP]
+    out = families.prefix_state_change(model, prefix[:, :-1], suffix)  # [CLS] prefix ... suffix [SEP]
     assert out["relative"][0] == 0.0  # embeddings see no other token
     assert out["relative"][-1] > 0.1, out  # measured ~0.3: every layer mixes in the appended text

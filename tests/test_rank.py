@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from anatomy import Config, Transformer, rank
+from anatomy import Config, Transformer
+from anatomy.experiments import rank, rank_plots
 
 matplotlib.use("Agg")
 
@@ -144,10 +145,10 @@ def test_single_matrix_sweep_and_table():
     causal = np.median([r["log10_sigma_min"] for r in rows if r["mask"] == "causal"])
     bidirectional = np.median([r["log10_sigma_min"] for r in rows if r["mask"] == "bidirectional"])
     assert causal < bidirectional  # causal maps are the worse-conditioned ones
-    table = rank.sweep_table(rows)
+    table = rank_plots.sweep_table(rows)
     assert table.count(">causal</td>") == 2 and table.count(">bidirectional</td>") == 2
     cond = rank.triangular_condition(ns=(8, 16), seeds=(0,))
-    summary = rank.sweep_summary(rows, cond)
+    summary = rank_plots.sweep_summary(rows, cond)
     assert summary["logits_rank_max"] == 4 and summary["causal_det_positive"]
     assert summary["causal_smin_med"] < summary["bi_smin_med"]
     assert summary["cond_n"] == 16
@@ -219,7 +220,7 @@ def test_pure_attention_collapses_and_full_block_does_not():
     assert curves["residual"][("block", "causal")][:, -1].min() > 0.1
     assert curves["residual"][("block", "bidirectional")][:, -1].min() > 0.1
     assert len(curves["states"][("attention", "causal")]) == 2
-    geo = rank.collapse_at(curves, "block", "causal", 12)
+    geo = rank_plots.collapse_at(curves, "block", "causal", 12)
     table = curves["residual"][("block", "causal")][:, 12]
     assert table.min() <= geo <= table.max()
 
@@ -255,7 +256,7 @@ def test_inspect_model_on_a_small_transformer():
     model = Transformer(Config(vocab_size=50, d_model=32, n_layers=3, n_heads=4, mask="causal"))
     ids = torch.randint(0, 50, (1, 12))
     out = rank.inspect_model(model, ids)
-    summary = rank.inspection_summary(out)
+    summary = rank_plots.inspection_summary(out)
     assert summary["N"] == 12 and summary["heads"] == 12
     # the summary's numbers, recomputed here from the maps themselves
     maps = out["maps"].double()
@@ -286,12 +287,12 @@ def test_plots_return_figures():
     model = Transformer(Config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mask="causal"))
     insp = rank.inspect_model(model, torch.randint(0, 20, (1, 6)))
     figs = [
-        rank.plot_single_matrix(rows, cond),
-        rank.plot_product(prod),
-        rank.plot_collapse(curves, variants=("attention",)),
-        rank.plot_gram(curves["states"], "attention", 1, 3),
-        rank.plot_heads(insp["maps"], 1, "test", insp["heads"], ncols=2),
-        rank.plot_real_models({"tiny": insp}, {"tiny": "causal"}),
+        rank_plots.plot_single_matrix(rows, cond),
+        rank_plots.plot_product(prod),
+        rank_plots.plot_collapse(curves, variants=("attention",)),
+        rank_plots.plot_gram(curves["states"], "attention", 1, 3),
+        rank_plots.plot_heads(insp["maps"], 1, "test", insp["heads"], ncols=2),
+        rank_plots.plot_real_models({"tiny": insp}, {"tiny": "causal"}),
     ]
     for fig in figs:
         assert isinstance(fig, matplotlib.figure.Figure)

@@ -11,7 +11,8 @@ import torch
 import yaml
 
 from anatomy import claims
-from anatomy import record as rec
+from anatomy.experiments import answer, record_runs
+from anatomy.experiments import record as rec
 from anatomy.model import Config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -102,18 +103,18 @@ def test_gqa_shrinks_both_families_caches_by_the_head_ratio():
 
 
 def test_exposure_bias_runs_and_reports_each_checkpoint():
-    run = rec.exposure_bias(0, steps=6, n_eval=16, length=12, prompt=4, d_model=16)
+    run = record_runs.exposure_bias(0, steps=6, n_eval=16, length=12, prompt=4, d_model=16)
     assert len(run.steps) == len(run.kl_teacher) == len(run.kl_free) == len(run.z) == 6
     assert run.curve_teacher.shape == run.curve_free.shape == (12 + 1 - 1 - 4,)
     assert 0.0 <= run.nonargmax_share <= 1.0
     with pytest.raises(ValueError, match="steps"):
-        rec.exposure_bias(0, steps=2)
+        record_runs.exposure_bias(0, steps=2)
     with pytest.raises(ValueError, match="prompt"):
-        rec.exposure_bias(0, steps=6, prompt=64, length=64)
+        record_runs.exposure_bias(0, steps=6, prompt=64, length=64)
 
 
 def test_budget_runs_compare_three_models_on_the_same_task():
-    runs = rec.budget_runs(0, steps=4, batch=2, n_source=8, n_target=8, d_model=16)
+    runs = record_runs.budget_runs(0, steps=4, batch=2, n_source=8, n_target=8, d_model=16)
     dec, ed, dec2 = runs
     assert [r.family for r in runs] == ["decoder", "encoder-decoder", "decoder"]
     assert 1.9 < ed.params / dec.params < 2.6
@@ -124,18 +125,18 @@ def test_budget_runs_compare_three_models_on_the_same_task():
 
 def test_retrieval_scores():
     docs = torch.eye(4)
-    assert rec.retrieval_scores(docs, docs, [0, 1, 2, 3]) == {"top1": 1.0, "mrr": 1.0}
-    scores = rec.retrieval_scores(docs[[1, 0]], docs, [0, 1])  # each query nearest to the other's partner
+    assert record_runs.retrieval_scores(docs, docs, [0, 1, 2, 3]) == {"top1": 1.0, "mrr": 1.0}
+    scores = record_runs.retrieval_scores(docs[[1, 0]], docs, [0, 1])  # each query nearest to the other's partner
     assert scores["top1"] == 0.0 and scores["mrr"] == pytest.approx(0.5)
 
 
 def test_embedding_set_and_prompt_validation():
-    queries, docs, gold = rec.embedding_set()
-    assert len(queries) == len(gold) == len(rec.PARAPHRASES)
-    assert len(docs) == len(queries) + len(rec.DISTRACTORS)
-    assert all(docs[g] == rec.PARAPHRASES[i][1] for i, g in enumerate(gold))
+    queries, docs, gold = record_runs.embedding_set()
+    assert len(queries) == len(gold) == len(record_runs.PARAPHRASES)
+    assert len(docs) == len(queries) + len(record_runs.DISTRACTORS)
+    assert all(docs[g] == record_runs.PARAPHRASES[i][1] for i, g in enumerate(gold))
     with pytest.raises(ValueError, match="prompt"):
-        rec.decoder_embeddings(None, None, ["a"], prompt="no placeholder")
+        record_runs.decoder_embeddings(None, None, ["a"], prompt="no placeholder")
 
 
 # --------------------------------------------------------------------------------- the claims of ch. 12
@@ -157,17 +158,17 @@ def test_chapter_12_claims_register_with_quick_checks_that_pass():
 
 @pytest.mark.parametrize("kind", ["points", "failed"])
 def test_every_answer_point_links_to_a_chapter_whose_claim_supports_it(kind):
-    resolved = rec.answer_points() if kind == "points" else rec.failed_reasons()
-    wanted = rec.SUPPORTING if kind == "points" else ("contradicted",)
-    assert len(resolved) == (5 if kind == "points" else len(rec.FAILED_REASONS))
+    resolved = answer.answer_points() if kind == "points" else answer.failed_reasons()
+    wanted = answer.SUPPORTING if kind == "points" else ("contradicted",)
+    assert len(resolved) == (5 if kind == "points" else len(answer.FAILED_REASONS))
     listed = set(toc_files())
     for p in resolved:
         c = claims.get(p["key"])
         assert c.verdict in wanted and p["verdict"] == c.verdict, p["key"]
         assert p["chapter"] == c.chapter
-        page = rec.chapter_page(p["chapter"], ROOT)
+        page = answer.chapter_page(p["chapter"], ROOT)
         assert page is not None and page in listed, f"{p['key']}: chapter {p['chapter']} is not in the book"
-        html = rec.answer_html([p], ROOT)
+        html = answer.answer_html([p], ROOT)
         assert f"href='{page}.html'" in html and p["key"] in html
         assert not re.search(r"\{[a-z_0-9]+(:[^}]*)?\}", p["sentence"]), "a placeholder was not filled"
     if kind == "points":
@@ -175,16 +176,16 @@ def test_every_answer_point_links_to_a_chapter_whose_claim_supports_it(kind):
 
 
 def test_resolve_point_falls_back_to_a_renamed_claim_and_fails_loudly():
-    got = rec.resolve_point([("ch06.renamed_away", ("causal_share",), "lead", "{causal_share:.2f}")])
-    assert got["chapter"] == 6 and claims.get(got["key"]).verdict in rec.SUPPORTING
+    got = answer.resolve_point([("ch06.renamed_away", ("causal_share",), "lead", "{causal_share:.2f}")])
+    assert got["chapter"] == 6 and claims.get(got["key"]).verdict in answer.SUPPORTING
     with pytest.raises(LookupError):
-        rec.resolve_point([("ch06.renamed_away", ("no_such_field",), "lead", "{no_such_field}")])
+        answer.resolve_point([("ch06.renamed_away", ("no_such_field",), "lead", "{no_such_field}")])
 
 
 def test_answer_page_is_generated_from_the_registry():
     nb = json.loads((ROOT / "the_answer.ipynb").read_text(encoding="utf-8"))
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
-    assert "rec.answer_points()" in code and "rec.failed_reasons()" in code
+    assert "answer.answer_points()" in code and "answer.failed_reasons()" in code
     files = toc_files()
     assert files.index("the_answer") == files.index("references") - 1, "the answer goes before references"
 
@@ -210,14 +211,14 @@ def test_sources_page_names_every_chapter_that_tests_each_seed():
 
 
 def test_answer_points_quote_the_chapters_recorded_numbers_when_the_build_has_them(monkeypatch):
-    key, fields, lead, template = rec.ANSWER_POINTS[0][0]
+    key, fields, lead, template = answer.ANSWER_POINTS[0][0]
     quick = claims.get(key).quick()
     recorded = {**quick, **{f: (quick[f] * 2 if isinstance(quick[f], float) else quick[f]) for f in fields},
                 "passed": True}
     monkeypatch.setattr(claims, "recorded", lambda: {key: recorded})
-    point = rec.resolve_point(rec.ANSWER_POINTS[0])
+    point = answer.resolve_point(answer.ANSWER_POINTS[0])
     assert point["source"] == "recorded" and point["sentence"] == template.format(**recorded)
-    assert "quick recomputation" not in rec.answer_html([point], ROOT)
+    assert "quick recomputation" not in answer.answer_html([point], ROOT)
     monkeypatch.setattr(claims, "recorded", lambda: {})  # a page run on its own: quick(), and it says so
-    point = rec.resolve_point(rec.ANSWER_POINTS[0])
-    assert point["source"] == "quick" and "quick recomputation" in rec.answer_html([point], ROOT)
+    point = answer.resolve_point(answer.ANSWER_POINTS[0])
+    assert point["source"] == "quick" and "quick recomputation" in answer.answer_html([point], ROOT)

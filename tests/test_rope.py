@@ -15,7 +15,7 @@ import torch
 
 import anatomy.model
 from anatomy import Config, Transformer
-from anatomy.icl import AttentionOnly
+from anatomy.experiments.icl import AttentionOnly
 from anatomy.model import EncoderDecoder, Rope, RopeTable, _rotate
 from anatomy.moe import moe_decoder
 

@@ -8,8 +8,8 @@ from anatomy.claims import claim
 def _capacity() -> dict:
     # the chapter's generalization test, small: one width-8 student per source, trained on half of the
     # contexts for 150 full-batch steps (about 0.5 s of CPU once torch is warm)
-    from anatomy import capacity
     from anatomy.data import MarkovSource
+    from anatomy.experiments import capacity
 
     table = MarkovSource(8, 3, alpha=0.3, seed=0)
     sources = [table, capacity.teacher_source(8, 3, width=3, seed=0, rate=table.entropy_rate())]
@@ -19,9 +19,10 @@ def _capacity() -> dict:
 
 
 def _chinchilla() -> dict:
-    from anatomy import capacity
+    from anatomy import cost
+    from anatomy.experiments import capacity
 
-    flops = capacity.training_flops(70e9, 1.4e12)
+    flops = cost.training_flops(70e9, 1.4e12)
     n_opt, d_opt = capacity.compute_optimal(flops)
     a, b = capacity.chinchilla_exponents()
     return {"flops": flops, "fit_exponent_a": a, "fit_exponent_b": b, "fit_n_opt": n_opt,

@@ -8,7 +8,7 @@ from anatomy.claims import claim
 
 
 def _one_matrix() -> dict:
-    from anatomy import rank
+    from anatomy.experiments import rank
 
     rows = rank.single_matrix_sweep(n=128, d=8, logit_stds=(1.0,), seeds=(0,))
     bi = next(r for r in rows if r["mask"] == "bidirectional")
@@ -24,7 +24,7 @@ def _one_matrix() -> dict:
 
 
 def _collapse() -> dict:
-    from anatomy import rank
+    from anatomy.experiments import rank
 
     curves = rank.collapse_curves(variants=("attention", "block"), depth=16, seeds=(0,))
     out = {}

@@ -8,7 +8,8 @@ from anatomy.claims import claim
 
 
 def _permutation() -> dict:
-    from anatomy import Config, Transformer, positions
+    from anatomy import Config, Transformer
+    from anatomy.experiments import positions
 
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 64, (4, 32), generator=g)
@@ -23,7 +24,8 @@ def _permutation() -> dict:
 
 
 def _probe() -> dict:
-    from anatomy import Config, Transformer, positions
+    from anatomy import Config, Transformer
+    from anatomy.experiments import positions
 
     ids = torch.randint(0, 64, (512, 64), generator=torch.Generator().manual_seed(1))
     out = {}

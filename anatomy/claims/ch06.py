@@ -25,7 +25,8 @@ def _shares() -> dict:
 
 def _difficulty() -> dict:
     from anatomy.data import MarkovSource
-    from anatomy.objectives import SpecialTokens, bayes_loss, causal_lm_batch, masked_lm_batch
+    from anatomy.experiments.signal_density import bayes_loss
+    from anatomy.objectives import SpecialTokens, causal_lm_batch, masked_lm_batch
 
     source = MarkovSource(32, order=1, alpha=0.1, seed=0)
     special = SpecialTokens(32, 8)

@@ -6,7 +6,7 @@ from anatomy.claims import claim
 
 
 def _dual_form() -> dict:
-    from anatomy.icl import dual_form
+    from anatomy.experiments.dual_form import dual_form
 
     r = dual_form(seed=0)
     return {

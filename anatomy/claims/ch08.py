@@ -21,7 +21,7 @@ def _tile_fraction() -> dict:
 
 
 def _whole_model_saving() -> dict:
-    from anatomy.flops import GPT3_175B, LLAMA3_70B, SMOLLM2_135M, causal_saving
+    from anatomy.experiments.causal_kernel import GPT3_175B, LLAMA3_70B, SMOLLM2_135M, causal_saving
 
     return {"saving_smollm2_2k": causal_saving(SMOLLM2_135M, 2048),
             "saving_llama3_70b_8k": causal_saving(LLAMA3_70B, 8192),

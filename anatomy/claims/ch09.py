@@ -9,10 +9,9 @@ from anatomy.claims import claim
 
 def _kv_formula() -> dict:
     from anatomy import Config, Transformer
-    from anatomy.inference import (
+    from anatomy.cost import kv_bytes_per_token, published_config
+    from anatomy.experiments.kv_cache import (
         SEED002_LLAMA70B_KV_PER_TOKEN,
-        kv_bytes_per_token,
-        published_config,
         seed002_kv_bytes_per_token,
         transformers_kv_cache,
     )
@@ -34,7 +33,7 @@ def _kv_formula() -> dict:
 
 
 def _prefill_decode() -> dict:
-    from anatomy.inference import published_config, step_intensity
+    from anatomy.cost import published_config, step_intensity
 
     c = published_config("SmolLM2-135M")
     # as the chapter counts them: 256 new tokens (only the last through the LM head) or 1, after 256 cached
@@ -44,7 +43,8 @@ def _prefill_decode() -> dict:
 
 def _reuse() -> dict:
     from anatomy import Config, Transformer
-    from anatomy.inference import dialogue_flops, published_config, stale_cache_error
+    from anatomy.cost import published_config
+    from anatomy.experiments.kv_cache import dialogue_flops, stale_cache_error
 
     fl = dialogue_flops(published_config("SmolLM2-135M"), [527], [50])
     out = {"flop_ratio_turn5": fl["recompute"][0] / fl["reuse"][0]}

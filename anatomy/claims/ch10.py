@@ -8,7 +8,8 @@ from anatomy.claims import claim
 
 
 def _roofline() -> dict:
-    from anatomy.inference import A100, published_config, step_intensity
+    from anatomy.cost import published_config, step_intensity
+    from anatomy.experiments.inference_economics import A100
 
     c = published_config("Llama-3-70B")
     return {"a100_ridge": A100.ridge,
@@ -18,7 +19,8 @@ def _roofline() -> dict:
 
 
 def _seed_table() -> dict:
-    from anatomy.inference import SEED002_LATENCY_TABLE, latency_estimate, published_config, seed002_costs
+    from anatomy.cost import published_config
+    from anatomy.experiments.inference_economics import SEED002_LATENCY_TABLE, latency_estimate, seed002_costs
 
     ratios = [seed002_costs(p, n, g)["prefill_ms"] / pre for _, p, n, g, pre, _, _ in SEED002_LATENCY_TABLE]
     est = latency_estimate(published_config("Llama-2-7B"), 512, 128)
@@ -29,7 +31,7 @@ def _seed_table() -> dict:
 
 
 def _encoder() -> dict:
-    from anatomy.inference import forward_flops, published_config
+    from anatomy.cost import forward_flops, published_config
     from anatomy.model import Config
 
     minilm = Config(vocab_size=30522, d_model=384, n_layers=6, n_heads=12, d_ff=1536, mlp="gelu",

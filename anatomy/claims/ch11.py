@@ -23,7 +23,7 @@ def _equations() -> dict:
 
 
 def _params() -> dict:
-    from anatomy.moe import deepseek_v3_params
+    from anatomy.experiments.experts import deepseek_v3_params
 
     p = deepseek_v3_params()
     return {"total_B": p["total"] / 1e9, "active_B": p["active"] / 1e9,

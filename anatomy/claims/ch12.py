@@ -6,7 +6,7 @@ from anatomy.claims import claim
 
 
 def _sizes() -> dict:
-    from anatomy.record import SEED002_TABLES, published_sizes
+    from anatomy.experiments.record import SEED002_TABLES, published_sizes
 
     sizes = published_sizes()
     enc = max(s["counted"] for s in sizes if s["family"] == "encoder")
@@ -18,14 +18,14 @@ def _sizes() -> dict:
 
 
 def _instruction_tuned() -> dict:
-    from anatomy.record import ENCDEC_RECORD
+    from anatomy.experiments.record import ENCDEC_RECORD
 
     return {"flan_t5_xl_mmlu_5shot": 52.4, "gpt3_175b_mmlu_5shot": 43.9,
             "largest_encdec_in_record_b": max(r[2] for r in ENCDEC_RECORD)}
 
 
 def _gqa() -> dict:
-    from anatomy.record import cache_bytes_by_family
+    from anatomy.experiments.record import cache_bytes_by_family
 
     rows = {r["n_kv_heads"]: r for r in cache_bytes_by_family()}
     return {"decoder_saving_gqa": rows[8]["decoder"] / rows[2]["decoder"],
@@ -35,7 +35,7 @@ def _gqa() -> dict:
 
 
 def _cross_share() -> dict:
-    from anatomy.record import PUBLISHED_SHAPES, cross_attention_share
+    from anatomy.experiments.record import PUBLISHED_SHAPES, cross_attention_share
 
     shapes = {name: cfg for name, _, cfg, _, _ in PUBLISHED_SHAPES}
     return {"t5_11b_cross_share": cross_attention_share(shapes["T5-11B"], 512, 512)["cross_attention"],
@@ -43,7 +43,7 @@ def _cross_share() -> dict:
 
 
 def _comparisons() -> dict:
-    from anatomy.record import COMPARISONS
+    from anatomy.experiments.record import COMPARISONS
 
     return {"largest_controlled_comparison_b": max(c[2] for c in COMPARISONS), "studies": len(COMPARISONS)}
 

@@ -41,6 +41,7 @@ __all__ = [
     "ridge_r2",
 ]
 
+
 FEATURES = ("hidden", "hidden+logvar", "update_logvar", "attn_logvar")
 TARGETS = ("position", "log_position")
 

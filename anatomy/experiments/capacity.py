@@ -44,13 +44,13 @@ __all__ = [
     "student_params",
     "table_params",
     "teacher_source",
-    "training_flops",
     "width_scaled_lr",
     "plot_capacity",
     "plot_generalization",
     "plot_isoflop",
     "plot_scaling",
 ]
+
 
 # Kaplan et al. (2020), eq. 1.1: L(N) = (N_c / N)^alpha_N for models trained to convergence on enough data,
 # N = non-embedding parameters.
@@ -532,13 +532,6 @@ def _constants(constants: dict | None) -> dict:
     if missing:
         raise ValueError(f"constants is missing {sorted(missing)}")
     return c
-
-
-def training_flops(n_params: float, n_tokens: float) -> float:
-    """C = 6 N D: forward and backward FLOPs of training N parameters on D tokens (Kaplan et al. 2020)."""
-    if not (n_params > 0 and n_tokens > 0):
-        raise ValueError(f"n_params and n_tokens must be > 0, got {n_params!r}, {n_tokens!r}")
-    return 6.0 * n_params * n_tokens
 
 
 def chinchilla_loss(n_params, n_tokens, constants: dict | None = None):

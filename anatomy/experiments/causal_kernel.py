@@ -32,7 +32,26 @@ from dataclasses import dataclass, replace
 import torch
 
 from anatomy.masks import MASKS
-from anatomy.timing import CLOCKS, interleaved_medians, interleaved_times, paired_ratio
+from anatomy.timing import interleaved_times
+
+__all__ = [
+    "COUNTINGS",
+    "GPT3_175B",
+    "LLAMA3_70B",
+    "PRESETS",
+    "SMOLLM2_135M",
+    "ForwardFlops",
+    "Shape",
+    "attention_pairs",
+    "attention_traffic",
+    "draw_tile_map",
+    "causal_saving",
+    "forward_flops",
+    "sdpa_cpu_tiles",
+    "time_attention",
+    "time_forward",
+]
+
 
 COUNTINGS = ("ideal", "tiles", "dense")
 
@@ -188,7 +207,7 @@ def forward_flops(shape: Shape, n_ctx: int, *, mask: str = "causal", counting: s
                   lm_head: bool = True) -> ForwardFlops:
     """Matmul FLOPs of a forward pass of ``batch`` sequences of ``n_ctx`` tokens (see the module doc)."""
     if not isinstance(shape, Shape):
-        raise TypeError(f"shape must be an anatomy.flops.Shape, got {type(shape).__name__}")
+        raise TypeError(f"shape must be an anatomy.experiments.causal_kernel.Shape, got {type(shape).__name__}")
     _check_n("batch", batch)
     tokens = batch * n_ctx
     d, hd, L = shape.d_model, shape.head_dim, shape.n_layers
@@ -247,8 +266,8 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
     from matplotlib.collections import LineCollection
     from matplotlib.colors import ListedColormap
 
+    from anatomy.book.plots import TILE_COLORS
     from anatomy.masks import EMPTY, FULL, PARTIAL, tile_map
-    from anatomy.plots import TILE_COLORS
 
     tmap = tile_map(mask, n_ctx, n_ctx, tile=tile, q_offset=0, prefix_len=prefix_len)
     cmap = ListedColormap([TILE_COLORS[EMPTY], TILE_COLORS[PARTIAL], TILE_COLORS[FULL]])
@@ -341,26 +360,3 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
                                                 prefix_len=prefix[m].get("prefix_len")).total
         rows.append(row)
     return rows
-
-
-__all__ = [
-    "CLOCKS",
-    "COUNTINGS",
-    "GPT3_175B",
-    "LLAMA3_70B",
-    "PRESETS",
-    "SMOLLM2_135M",
-    "ForwardFlops",
-    "Shape",
-    "attention_pairs",
-    "attention_traffic",
-    "draw_tile_map",
-    "causal_saving",
-    "forward_flops",
-    "interleaved_medians",
-    "interleaved_times",
-    "paired_ratio",
-    "sdpa_cpu_tiles",
-    "time_attention",
-    "time_forward",
-]

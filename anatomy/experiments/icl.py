@@ -28,12 +28,8 @@ from anatomy.model import Attention, Config, ModelOutput, RopeTable, _check_ids,
 
 __all__ = [
     "AttentionOnly",
-    "DualForm",
-    "FewShot",
     "InductionRun",
     "copy_losses",
-    "dual_form",
-    "few_shot_accuracy",
     "head_scores",
     "induction_batches",
     "induction_experiment",
@@ -42,7 +38,6 @@ __all__ = [
     "masked_induction_batches",
     "masked_induction_experiment",
     "plot_decoder_vs_encoder",
-    "plot_dual_form",
     "plot_head_scores",
     "plot_induction",
     "plot_induction_attention",
@@ -511,241 +506,6 @@ def masked_induction_experiment(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Dai et al.'s dual form: one gradient-descent step = one linear-attention layer over the examples
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class DualForm:
-    """Predictions for the queries from one GD step and from attention over the in-context examples."""
-
-    gd: np.ndarray  # (n_query, d_out): W1 x after one GD step from W0
-    linear_attention: np.ndarray  # the same, computed by a linear self-attention layer over the tokens
-    softmax_attention: dict[float, np.ndarray]  # logit scale s -> the softmax layer's prediction
-    max_abs_diff_linear: float  # |gd - linear_attention|, max over entries
-    rel_err_linear: float  # ||linear_attention - gd|| / ||gd - W0 x||, comparable with rel_err_softmax
-    rel_err_softmax: dict[float, float]  # s -> ||softmax - gd|| / ||gd - W0 x|| (the update's size)
-    logit_std: dict[float, float]  # s -> standard deviation of the softmax's logits s * k_i . q
-    rel_err_plain_softmax: float  # the linear layer with its identity swapped for a softmax, no rescaling
-
-
-def _linear_self_attention(
-    Z: np.ndarray, W_K, W_Q, W_V, n_context: int, scale: float, softmax: bool
-) -> np.ndarray:
-    """Z (n_tokens, d): context tokens first; returns each query token's residual update (n_query, d).
-
-    Queries attend to the n_context example tokens only. Linear: update = scale * sum_i (k_i . q) v_i.
-    Softmax: update = sum_i softmax_i(scale * k_i . q) v_i (the standard layer, minus 1/sqrt(d)).
-    """
-    K, V = Z[:n_context] @ W_K.T, Z[:n_context] @ W_V.T
-    Q = Z[n_context:] @ W_Q.T
-    logits = Q @ K.T  # (n_query, n_context)
-    if softmax:
-        w = np.exp(scale * logits - (scale * logits).max(1, keepdims=True))
-        return (w / w.sum(1, keepdims=True)) @ V
-    return scale * logits @ V
-
-
-def dual_form(
-    n_examples: int = 32,
-    d_in: int = 8,
-    d_out: int = 2,
-    *,
-    n_query: int = 16,
-    lr: float = 0.5,
-    w0_scale: float = 0.5,
-    softmax_scales: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0),
-    seed: int = 0,
-) -> DualForm:
-    """Check numerically (float64) that in-context linear regression by one GD step is linear attention.
-
-    Data: x ~ N(0, I/d_in) (centred over the examples), y = W* x with a random W*. One GD step on
-    L(W) = 1/(2n) sum_i ||W x_i - y_i||^2 from W0 gives W1 = W0 + (lr/n) sum_i (y_i - W0 x_i) x_i^T.
-    Tokens z_i = [x_i; y_i], query tokens [x; 0]. A linear attention layer with W_K = W_Q = [I 0; 0 0],
-    W_V = [0 0; -W0 I] and scale lr/n adds (lr/n) sum_i (y_i - W0 x_i)(x_i . x) to the query's y slot;
-    with the zero-shot term W0 x (Dai et al.'s W_ZSL q) that is W1 x exactly. Softmax attention with the
-    same weights and logit scale s has weights (1 + s k_i.q + O(s^2)) / n over centred examples, so
-    W0 x + (lr / s) (out - mean_i v_i) equals W1 x to first order in s: the match holds only as s -> 0.
-    """
-    for name, value in (("n_examples", n_examples), ("d_in", d_in), ("d_out", d_out), ("n_query", n_query)):
-        _check_int(name, value, 1)
-    rng = np.random.default_rng(seed)
-    W_star = rng.normal(size=(d_out, d_in))
-    W0 = w0_scale * rng.normal(size=(d_out, d_in))
-    X = rng.normal(size=(n_examples, d_in)) / math.sqrt(d_in)
-    X -= X.mean(0)  # centred examples: the first-order expansion of softmax then has no bias term
-    Y = X @ W_star.T
-    Xq = rng.normal(size=(n_query, d_in)) / math.sqrt(d_in)
-
-    grad = (X @ W0.T - Y).T @ X / n_examples  # dL/dW at W0, (d_out, d_in)
-    W1 = W0 - lr * grad
-    gd = Xq @ W1.T
-
-    d = d_in + d_out
-    Z = np.concatenate([np.concatenate([X, Y], 1), np.concatenate([Xq, np.zeros((n_query, d_out))], 1)])
-    W_KQ = np.zeros((d, d))
-    W_KQ[:d_in, :d_in] = np.eye(d_in)
-    W_V = np.zeros((d, d))
-    W_V[d_in:, :d_in] = -W0
-    W_V[d_in:, d_in:] = np.eye(d_out)
-    zero_shot = Xq @ W0.T  # the prediction without examples: W_ZSL q
-    update = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, lr / n_examples, softmax=False)
-    lin = zero_shot + update[:, d_in:]
-
-    values = Y - X @ W0.T  # v_i (their y slot)
-    plain_out = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, lr / n_examples, softmax=True)
-    plain = zero_shot + plain_out[:, d_in:]  # the same layer with a softmax, nothing else changed
-    logits = Xq @ X.T
-    soft, rel, spread = {}, {}, {}
-    for s in softmax_scales:
-        spread[float(s)] = float((s * logits).std())
-        out = _linear_self_attention(Z, W_KQ, W_KQ, W_V, n_examples, s, softmax=True)[:, d_in:]
-        # softmax_i(s a) = (1 + s a_i + O(s^2)) / n (centred keys): out = mean(v) + (s/n) sum_i a_i v_i + ...
-        pred = zero_shot + (lr / s) * (out - values.mean(0))
-        soft[float(s)] = pred
-        rel[float(s)] = float(np.linalg.norm(pred - gd) / np.linalg.norm(gd - zero_shot))
-    update_norm = np.linalg.norm(gd - zero_shot)
-    return DualForm(
-        gd,
-        lin,
-        soft,
-        float(np.abs(gd - lin).max()),
-        float(np.linalg.norm(lin - gd) / update_norm),
-        rel,
-        spread,
-        float(np.linalg.norm(plain - gd) / update_norm),
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Few-shot prompting of a causal LM
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class FewShot:
-    """Accuracy of k-shot prompting for each k."""
-
-    ks: list[int]
-    accuracy: list[float]
-    n_queries: int
-    template: str
-    example_prompt: str  # the prompt of the first query at the largest k
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    ids = tokenizer.encode(text)
-    if hasattr(ids, "ids"):  # a tokenizers.Encoding
-        ids = ids.ids
-    return [int(i) for i in ids]
-
-
-def _batched_queries(model: nn.Module, context: list[int], queries: list[list[int]]) -> torch.Tensor:
-    """Logits (n, vocab) after each query, all queries continuing the same context, in one batched call.
-
-    The context runs once (batch 1); its keys and values are then shared by every query through a cache
-    of batch size n (``KVCache.update``/``commit``), and the queries, right-padded with their own last
-    token (harmless: a causal model's logits at a position never depend on later ones), run together.
-    A decoder's cost here is dominated by reading its weights, so one call for n queries is ~n times
-    cheaper than n calls.
-    """
-    n = len(queries)
-    width = max(map(len, queries))
-    batch = torch.tensor([q + [q[-1]] * (width - len(q)) for q in queries])
-    cache = model.new_cache(batch_size=n, max_len=len(context) + width)
-    if context:
-        single = model.new_cache(batch_size=1, max_len=len(context))
-        model(torch.tensor([context]), cache=single)
-        for layer in range(single.n_layers):
-            k, v = single.keys(layer), single.values(layer)
-            cache.update(layer, k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
-        cache.commit(single.tokens.expand(n, -1))
-        cache._owner = single._owner  # the same model's keys and values: it may continue this cache
-    logits = model(batch, cache=cache)  # (n, width, vocab)
-    last = torch.tensor([len(q) - 1 for q in queries])
-    return logits[torch.arange(n), last]
-
-
-@torch.no_grad()
-def few_shot_accuracy(
-    model: nn.Module,
-    tokenizer,
-    pairs: Sequence[tuple[str, str]],
-    ks: Sequence[int] = (0, 1, 2, 4, 8),
-    *,
-    n_queries: int = 24,
-    n_prompts: int = 2,
-    template: str = "{x} -> {y}\n",
-    instruction: str = "",
-    wrong_labels: bool = False,
-    seed: int = 0,
-) -> FewShot:
-    """k-shot accuracy of a causal LM on a task given by (input, output) string pairs.
-
-    For each k and each of `n_prompts` random demonstration sets (k pairs), every one of `n_queries` held-out
-    queries (pairs not in the demonstrations) is appended as ``template`` up to its output (a space before
-    the output goes with the output, as BPE tokenizers attach it to the next word); the model's greedy
-    next token must equal the first token of the output as the tokenizer splits the full text. The
-    demonstrations run once per set, and all its queries share their KV cache in one batched call
-    (`_batched_queries`), so a query costs only its own tokens. Accuracy is averaged over queries and
-    demonstration sets. The draws for each k come from a generator seeded by (seed, k): two calls with the
-    same seed see the same demonstration inputs and queries at every k they share (e.g. with and without
-    wrong_labels), whatever their other ks.
-
-    wrong_labels=True pairs every demonstration's input with the output of another pair (Min et al. 2022's
-    test: does the model learn the mapping from the demonstrations or only their format?); the outputs come
-    from the other demonstrations (one place along, k >= 2) or, for k = 1, from a pair that is not a query,
-    so no query's answer appears in its prompt. Queries are always scored against their true output.
-    """
-    if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
-        raise ValueError("template must contain {x} and {y} and end with a newline")
-    pairs = list(pairs)
-    need = max(ks) + n_queries + (1 if wrong_labels and 1 in ks else 0)
-    if len(pairs) < need:
-        raise ValueError(f"need at least max(ks) + n_queries = {need} pairs, got {len(pairs)}")
-    for k in ks:
-        _check_int("k", k, 0)
-    head = template.split("{y}")[0]
-    was_training = model.training
-    model.eval()
-    accuracy, example = [], ""
-    try:
-        for k in ks:
-            rng = np.random.default_rng((seed, k))  # the same draws for k whatever the other ks are
-            correct = total = 0
-            for _ in range(n_prompts):
-                order = rng.permutation(len(pairs))
-                demos = [pairs[i] for i in order[:k]]
-                queries = [pairs[i] for i in order[k : k + n_queries]]
-                if wrong_labels and k == 1:
-                    demos = [(demos[0][0], pairs[order[-1]][1])]
-                elif wrong_labels and k > 1:
-                    demos = [(x, demos[(j + 1) % k][1]) for j, (x, _) in enumerate(demos)]
-                context = instruction + "".join(template.format(x=x, y=y) for x, y in demos)
-                ctx_ids = _encode(tokenizer, context) if context else []
-                rows, answers = [], []
-                for x, y in queries:
-                    prompt = head.format(x=x).rstrip(" ")  # a space before the answer belongs to it
-                    full = _encode(tokenizer, context + template.format(x=x, y=y))
-                    q_ids = full[len(ctx_ids) : len(_encode(tokenizer, context + prompt))]
-                    if full[: len(ctx_ids)] != ctx_ids or not q_ids:
-                        raise ValueError(
-                            "the tokenizer merges the context with the query; change the template"
-                        )
-                    rows.append(q_ids)
-                    answers.append(full[len(ctx_ids) + len(q_ids)])
-                    if k == max(ks) and not example:
-                        example = context + prompt
-                logits = _batched_queries(model, ctx_ids, rows)  # (n_queries, vocab) at each query's end
-                correct += int((logits.argmax(-1) == torch.tensor(answers)).sum())
-                total += len(rows)
-            accuracy.append(correct / total)
-    finally:
-        model.train(was_training)
-    return FewShot(list(ks), accuracy, n_queries, template, example)
-
-
-# ---------------------------------------------------------------------------------------------------------
 # Figures
 # ---------------------------------------------------------------------------------------------------------
 
@@ -843,30 +603,6 @@ def plot_head_scores(scores: torch.Tensor, title: str = "prefix-matching score p
     ax.set_title(title, fontsize=10)
     ax.grid(False)
     fig.colorbar(im, ax=ax, fraction=0.05, pad=0.03)
-    fig.tight_layout()
-    return fig
-
-
-def plot_dual_form(result: DualForm):
-    """How far softmax attention is from one GD step, against the spread of its logits (log-log)."""
-    import matplotlib.pyplot as plt
-
-    scales = sorted(result.rel_err_softmax)
-    spread = [result.logit_std[s] for s in scales]
-    err = [result.rel_err_softmax[s] for s in scales]
-    fig, ax = plt.subplots(figsize=(6.4, 4))
-    ax.loglog(spread, err, "o-", color="#D55E00", label="softmax attention, rescaled to first order")
-    ax.axhline(
-        max(result.rel_err_linear, 1e-17),
-        color="#0072B2",
-        ls="--",
-        lw=1,
-        label="linear attention",
-    )
-    ax.set_xlabel("spread of the attention logits (standard deviation)")
-    ax.set_ylabel("relative distance from one GD step")
-    ax.set_title("One GD step = linear attention; softmax only approximately")
-    ax.legend(fontsize=9, loc="center right")
     fig.tight_layout()
     return fig
 

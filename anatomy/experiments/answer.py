@@ -1,0 +1,187 @@
+"""The answer page: the book's conclusions, each tied to the claims that support or contradict it."""
+
+from __future__ import annotations
+
+import html
+
+# ---------------------------------------------------------------------------------------------------------
+# The answer in five minutes: points generated from the claims registry
+# ---------------------------------------------------------------------------------------------------------
+
+# Each point lists candidate claims, best first: (key, fields its numbers must have, lead, sentence template).
+# A key renamed in a later edition is found again by its chapter and fields (see resolve_point).
+ANSWER_POINTS = (
+    (
+        (
+            "ch06.signal_share",
+            ("causal_share", "masked_share"),
+            "Every token is a lesson.",
+            "Next-token prediction puts a loss on {causal_share:.0%} of the positions of a text, BERT's "
+            "masked LM on {masked_share:.0%}, so the same text gives a decoder several times more "
+            "supervised predictions (at equal compute the gain is smaller than that ratio, but real).",
+        ),
+    ),
+    (
+        (
+            "ch09.multiturn_reuse",
+            ("flop_ratio_turn5", "prefix_key_change"),
+            "The cache survives the conversation.",
+            "A decoder's keys and values depend only on earlier tokens, so a chat reuses its KV cache turn "
+            "after turn: {flop_ratio_turn5:.1f}x fewer FLOPs at turn 5 of a SmolLM2 dialogue, while a "
+            "prefix LM's cached keys go stale when the prompt grows (they change by "
+            "{prefix_key_change:.0%}).",
+        ),
+    ),
+    (
+        (
+            "ch02.loss_is_entropy_plus_kl",
+            ("entropy_rate", "kl_after_200000_tokens"),
+            "The loss is an honest likelihood.",
+            "Next-token cross-entropy is the text's entropy plus the model's KL divergence, a proper "
+            "likelihood of whole texts whose excess can be tracked: a small decoder on a source of entropy "
+            "{entropy_rate:.2f} nats per token got within {kl_after_200000_tokens:.4f} nats of it.",
+        ),
+    ),
+    (
+        (
+            "ch05.causal_implicit_position",
+            ("probe_r2_init_causal", "probe_r2_init_bidirectional"),
+            "Order comes for free.",
+            "Causal attention tells positions apart even without position embeddings: a linear probe reads "
+            "position from a causal model's states with R\u00b2 = {probe_r2_init_causal:.2f}, while on a "
+            "bidirectional model's states it does no better than the mean (R\u00b2 = "
+            "{probe_r2_init_bidirectional:.1e}).",
+        ),
+    ),
+    (
+        (
+            "ch07.smollm2_in_context",
+            ("accuracy_k0", "accuracy_k8"),
+            "A prompt is just more context.",
+            "With no training at all, SmolLM2 answers country-to-capital questions correctly "
+            "{accuracy_k0:.0%} of the time with no examples in the prompt and {accuracy_k8:.0%} with eight.",
+        ),
+        (
+            "ch01.one_block_four_masks",
+            ("kernel_max_err",),
+            "One block, one choice of mask.",
+            "Encoder, decoder, prefix LM and encoder-decoder are one block with different masks (one kernel "
+            "computes all four within {kernel_max_err:.0e} of float64), so choosing the causal mask gives "
+            "up only a bidirectional reading of the prompt, and buys the four points above.",
+        ),
+    ),
+)
+
+# Popular reasons that did not survive the book's tests (claims with the verdict "contradicted").
+FAILED_REASONS = (
+    (
+        (
+            "ch04.causal_full_rank",
+            ("causal_log10_det", "bidirectional_numerical_rank"),
+            "Causal attention is full rank, hence more expressive.",
+            "Full rank only in exact arithmetic: a causal attention map's determinant was "
+            "10^{causal_log10_det:.0f}, and a bidirectional map was numerically full rank too "
+            "({bidirectional_numerical_rank} of 128).",
+        ),
+    ),
+    (
+        (
+            "ch02.span_corruption_shatters",
+            ("span_sum_error",),
+            "Encoder-decoders shatter the chain rule.",
+            "Span corruption's target is a proper conditional likelihood: it sums to 1 over every span "
+            "content within {span_sum_error:.0e}.",
+        ),
+    ),
+    (
+        (
+            "ch08.throughput_decides",
+            ("saving_llama3_70b_8k",),
+            "The lower triangle makes training much cheaper.",
+            "Skipping the upper triangle saves {saving_llama3_70b_8k:.0%} of Llama-3-70B's forward FLOPs at "
+            "8k tokens: attention is a small part of a large model's compute.",
+        ),
+    ),
+)
+
+SUPPORTING = ("supported", "supported with caveats")
+
+
+def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
+    """The first candidate claim that exists with an accepted verdict and numbers with the wanted fields.
+
+    The numbers are what the claim's chapter check recorded in this build (:func:`anatomy.claims.recorded`,
+    only if the check passed and it holds every wanted field), so the page quotes the chapter's own
+    numbers; without such a record (a page run on its own, as in Colab) they come from the claim's quick()
+    recomputation, a smaller independent run whose numbers can differ from the chapter's. A
+    candidate key that is missing (renamed) is replaced by a claim of the same chapter whose numbers have
+    the same fields. Returns {key, chapter, verdict, numbers, sentence}; raises LookupError if none fits.
+    """
+    from anatomy import claims
+
+    registry = {c.key: c for c in claims.all_claims()}
+    recorded = {k: v for k, v in claims.recorded().items() if v.get("passed")}
+    tried = []
+    for key, fields, lead, template in candidates:
+        chapter = int(key[2:4])
+        options = (
+            [registry[key]] if key in registry else [c for c in registry.values() if c.chapter == chapter]
+        )
+        for c in options:
+            numbers, source = None, None
+            if c.verdict in verdicts:
+                mine = recorded.get(c.key)
+                if mine is not None and all(f in mine for f in fields):
+                    numbers, source = mine, "recorded"
+                elif c.quick is not None:
+                    numbers, source = c.quick(), "quick"
+                else:
+                    numbers, source = mine, "recorded"
+            if numbers is None:
+                tried.append(f"{c.key} ({c.verdict}, numbers={'yes' if numbers else 'no'})")
+                continue
+            if all(f in numbers for f in fields):
+                return {
+                    "lead": lead,
+                    "key": c.key,
+                    "chapter": c.chapter,
+                    "verdict": c.verdict,
+                    "numbers": numbers,
+                    "source": source,
+                    "sentence": template.format(**numbers),
+                }
+            tried.append(f"{c.key} (its numbers lack {[f for f in fields if f not in numbers]})")
+    raise LookupError(f"no candidate claim qualifies; tried {tried or [k for k, *_ in candidates]}")
+
+
+def answer_points() -> list[dict]:
+    """The five points resolved against the registry: {lead, key, chapter, verdict, numbers, sentence}."""
+    return [resolve_point(cands) for cands in ANSWER_POINTS]
+
+
+def failed_reasons() -> list[dict]:
+    """The popular reasons the book contradicted, resolved the same way (verdict "contradicted")."""
+    return [resolve_point(cands, verdicts=("contradicted",)) for cands in FAILED_REASONS]
+
+
+def chapter_page(chapter: int, root=".") -> str | None:
+    """The chapter's page path without suffix ("chapters/06_signal_density"), or None if not found."""
+    from pathlib import Path
+
+    found = sorted(Path(root).glob(f"chapters/{chapter:02d}_*.ipynb"))
+    return found[0].relative_to(root).with_suffix("").as_posix() if found else None
+
+
+def answer_html(points, root=".") -> str:
+    """The points as an HTML list, each with a link to the chapter that measured it."""
+    items = []
+    for p in points:
+        page = chapter_page(p["chapter"], root)
+        where = f"<a href='{page}.html'>chapter {p['chapter']}</a>" if page else f"chapter {p['chapter']}"
+        items.append(
+            f"<li><b>{html.escape(p['lead'])}</b> {html.escape(p['sentence'])} "
+            f"<span style='color:#666'>({where}; claim <code>{p['key']}</code>: {p['verdict']}"
+            f"{'; numbers from a small quick recomputation' if p.get('source') == 'quick' else ''})"
+            "</span></li>"
+        )
+    return "<ol>" + "".join(items) + "</ol>"

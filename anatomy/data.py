@@ -238,8 +238,12 @@ class BPETokenizer:
 
 
 def cache_dir() -> Path:
-    """The folder for cached tokenizers and encodings: ``$ANATOMY_CACHE`` or ``~/.cache/anatomy``."""
-    path = Path(os.environ.get("ANATOMY_CACHE") or Path.home() / ".cache" / "anatomy")
+    """The package's cache folder (tokenizers, encodings, converted weights), created if missing:
+    ``$ANATOMY_CACHE``, else ``$XDG_CACHE_HOME/anatomy``, else ``~/.cache/anatomy``."""
+    if os.environ.get("ANATOMY_CACHE"):
+        path = Path(os.environ["ANATOMY_CACHE"]).expanduser()
+    else:
+        path = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "anatomy"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anatomy.train import next_token_loss
+
 __all__ = [
     "OBJECTIVES",
     "PrefixLMBatch",
@@ -50,7 +52,7 @@ __all__ = [
     "span_corruption_reconstruct",
     "span_counts",
     "text_windows",
-    "training_flops",
+    "train_step_flops",
 ]
 
 
@@ -118,7 +120,7 @@ class Seq2SeqBatch:
     labels: torch.Tensor
 
 
-Batch = "tuple[torch.Tensor, torch.Tensor] | PrefixLMBatch | Seq2SeqBatch"
+ObjectiveBatch = "tuple[torch.Tensor, torch.Tensor] | PrefixLMBatch | Seq2SeqBatch"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -478,7 +480,7 @@ def objective_batches(
     *,
     seed: int = 0,
     **options,
-) -> Callable[[int], Batch]:
+) -> Callable[[int], ObjectiveBatch]:
     """``step -> batch`` for `train`: the text windows of `step`, corrupted for `objective`.
 
     The randomness of the objective (masks, spans, split points) depends only on (seed, step), so a run
@@ -504,15 +506,6 @@ def _ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     return loss, int((labels != IGNORE).sum())
 
 
-def causal_lm_loss(model: nn.Module, batch) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy (nats) over the labelled positions of a (x, y) batch, and their number."""
-    x, y = batch
-    return _ce(model(x), y)
-
-
-masked_lm_loss = causal_lm_loss  # the same computation: the labels say where the loss is
-
-
 def prefix_lm_loss(model: nn.Module, batch: PrefixLMBatch) -> tuple[torch.Tensor, int]:
     """Cross-entropy over the suffix of a `PrefixLMBatch`; the model must have ``config.mask == "prefix"``."""
     return _ce(model(batch.input_ids, prefix_len=batch.prefix_len), batch.labels)
@@ -525,14 +518,14 @@ def span_corruption_loss(model: nn.Module, batch: Seq2SeqBatch) -> tuple[torch.T
 
 
 _LOSSES = {
-    "causal": causal_lm_loss,
-    "masked": masked_lm_loss,
+    "causal": next_token_loss,  # anatomy.train's loss: the labels say where the loss is,
+    "masked": next_token_loss,  # so masked LM needs no other computation
     "prefix": prefix_lm_loss,
     "span": span_corruption_loss,
 }
 
 
-def loss_fn(objective: str) -> Callable[[nn.Module, Batch], tuple[torch.Tensor, int]]:
+def loss_fn(objective: str) -> Callable[[nn.Module, ObjectiveBatch], tuple[torch.Tensor, int]]:
     """The loss of `objective`: ``loss_fn(model, batch) -> (loss, n_targets)``, for anatomy.train."""
     return _LOSSES[_check_objective(objective)]
 
@@ -592,7 +585,7 @@ def signal(batch, text_tokens: int, special: SpecialTokens | None = None) -> Sig
 # ---------------------------------------------------------------------------------------------------------
 
 
-def training_flops(model: nn.Module, loss: Callable, batch) -> int:
+def train_step_flops(model: nn.Module, loss: Callable, batch) -> int:
     """Matmul FLOPs of one forward + backward pass of ``loss(model, batch)``, counted by PyTorch.
 
     Attention runs through the dense reference kernel while counting, so its score and value products

@@ -34,10 +34,10 @@ import torch
 
 from anatomy._checks import check_bool, check_dtype
 from anatomy.convert import _build, _transposed_keys, _unique_state, config_from_hf, convert_state, from_hf
+from anatomy.data import cache_dir
 from anatomy.model import FUSED_GROUPS, Config, Transformer, to_input_major
 
 __all__ = [
-    "cache_dir",
     "file_key",
     "minilm",
     "smollm2",
@@ -55,14 +55,6 @@ _CACHE_FORMAT = 3  # 3: Linear weights stored input-major ((in, out), see model.
 # ---------------------------------------------------------------------------------------------------------
 # The two pretrained models, with a local cache of converted weights
 # ---------------------------------------------------------------------------------------------------------
-
-
-def cache_dir() -> Path:
-    """Where converted weights live: $ANATOMY_CACHE, else $XDG_CACHE_HOME/anatomy or ~/.cache/anatomy."""
-    if os.environ.get("ANATOMY_CACHE"):
-        return Path(os.environ["ANATOMY_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "anatomy"
 
 
 def _package_dir(package: str, pip_line: str) -> Path:

@@ -15,7 +15,6 @@ from anatomy.book import tables
 from anatomy.experiments import inference_economics, kv_cache
 from anatomy.masks import dense_mask
 
-
 TINY = Config(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256,
               attn_backend="reference")
 

@@ -7,10 +7,10 @@ import torch
 
 from anatomy import train as training
 from anatomy.experiments.experts import (
+    active_param_counts,
     expert_token_table,
     load_imbalance,
     matched_dense_config,
-    param_counts,
     routing_of,
 )
 from anatomy.model import Config, Transformer
@@ -182,13 +182,13 @@ def test_moe_decoder_shares_init_with_dense_and_counts_parameters():
     # attention and embeddings start identical: the MLP is the only difference
     attn_moe, attn_dense = moe_model.layers[0].self_attn, dense.layers[0].self_attn
     torch.testing.assert_close(attn_moe.q_proj.weight, attn_dense.q_proj.weight)
-    counts = param_counts(moe_model)
+    counts = active_param_counts(moe_model)
     dense_model = Transformer(dense_cfg)
     router = cfg.n_layers * 4 * cfg.d_model
     assert counts["active"] == dense_model.num_params() + router
     per_expert = 3 * cfg.d_model * 8
     assert counts["total"] - counts["active"] == cfg.n_layers * 3 * per_expert
-    assert len(moe_layers(moe_model)) == cfg.n_layers and param_counts(dense_model)["total"] == param_counts(
+    assert len(moe_layers(moe_model)) == cfg.n_layers and active_param_counts(dense_model)["total"] == active_param_counts(
         dense_model
     )["active"]
 

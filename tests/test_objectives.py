@@ -46,7 +46,7 @@ from anatomy.objectives import (
     span_corruption_reconstruct,
     span_counts,
     text_windows,
-    training_flops,
+    train_step_flops,
 )
 from anatomy.train import train
 
@@ -283,7 +283,7 @@ def test_losses_train_with_anatomy_train():
         hist = train(model, batches, steps=3, loss_fn=loss_fn(obj), progress=False, seed=0)
         assert len(hist.loss) == 3 and all(math.isfinite(v) for v in hist.loss)
         assert hist.tokens[-1] == sum(signal(batches(s), 8 * 32, sp).targets for s in range(3))
-        flops = training_flops(model, loss_fn(obj), first)
+        flops = train_step_flops(model, loss_fn(obj), first)
         assert flops > 0
         assert all(p.grad is None for p in model.parameters())
     with pytest.raises(ValueError, match="objective"):
@@ -299,7 +299,7 @@ def test_training_flops_scale_with_tokens():
     model = _models(sp)["causal"]
     small = causal_lm_batch(torch.randint(12, (4, 17)))
     big = causal_lm_batch(torch.randint(12, (8, 17)))
-    f_small, f_big = (training_flops(model, loss_fn("causal"), b) for b in (small, big))
+    f_small, f_big = (train_step_flops(model, loss_fn("causal"), b) for b in (small, big))
     assert f_big == 2 * f_small
     assert model.config.attn_backend == "sdpa"  # restored
 

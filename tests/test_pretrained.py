@@ -321,11 +321,13 @@ def test_missing_weight_package_names_the_pip_line(monkeypatch):
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    from anatomy import data
+
     monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path / "c"))
-    assert P.cache_dir() == tmp_path / "c"
+    assert data.cache_dir() == tmp_path / "c"
     monkeypatch.delenv("ANATOMY_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert P.cache_dir() == tmp_path / "anatomy"
+    assert data.cache_dir() == tmp_path / "anatomy"
 
 
 def test_prefix_state_change_separates_causal_from_bidirectional():

@@ -23,7 +23,7 @@ from anatomy.objectives import (
     masked_lm_batch,
     objective_batches,
     text_windows,
-    training_flops,
+    train_step_flops,
 )
 
 __all__ = [
@@ -247,7 +247,7 @@ def compare_objectives(
 
     runs: name -> (objective, batch options), default `DEFAULT_RUNS`: the four families, plus a decoder
     that keeps the loss on only 15% of positions (the same density as BERT, the causal task unchanged).
-    Compute: counted training FLOPs (`training_flops`). flops_budget None: `steps` steps of the first run;
+    Compute: counted training FLOPs (`train_step_flops`). flops_budget None: `steps` steps of the first run;
     each run gets round(budget / its FLOPs per step) steps. Every model starts from the same seed, sees
     the same text windows in the same order, and uses the same optimiser settings.
     Evaluation (`predict_token`) on eval_windows (E, N): the continuation loss -log P(x_t | x_<t) averaged
@@ -274,7 +274,7 @@ def compare_objectives(
     per_step = {}
     for name, (obj, options) in runs.items():
         torch.manual_seed(seed)
-        per_step[name] = training_flops(build_model(obj, config), loss_fn(obj), batches(obj, options)(0))
+        per_step[name] = train_step_flops(build_model(obj, config), loss_fn(obj), batches(obj, options)(0))
     if flops_budget is None:
         _check_int("steps", steps, 1)
         flops_budget = steps * per_step[next(iter(runs))]

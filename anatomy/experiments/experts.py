@@ -15,7 +15,7 @@ __all__ = [
     "expert_token_table",
     "load_imbalance",
     "matched_dense_config",
-    "param_counts",
+    "active_param_counts",
     "routing_of",
     "train_runs",
     "deepseek_v3_params",
@@ -27,13 +27,13 @@ def matched_dense_config(config: Config, moe: MoE | Transformer) -> Config:
     """The dense Config whose MLP has as many parameters as the MoE layer's active experts.
 
     d_ff = (n_shared + top_k) * d_expert: the same hidden units per token. The MoE model still has the
-    router's extra d_model * n_routed parameters per layer (see ``param_counts``).
+    router's extra d_model * n_routed parameters per layer (see ``active_param_counts``).
     """
     layer = moe if isinstance(moe, MoE) else moe_layers(moe)[0]
     return replace(config, mlp="swiglu", d_ff=(layer.n_shared + layer.top_k) * layer.d_expert)
 
 
-def param_counts(model: Transformer) -> dict[str, int]:
+def active_param_counts(model: Transformer) -> dict[str, int]:
     """Non-embedding parameters (Kaplan et al.'s N): total, and active per token (top_k routed experts)."""
     total = model.num_params()
     inactive = 0
@@ -120,7 +120,7 @@ def train_runs(
 
     For each name: ``history`` (anatomy.train.History, with validation losses at ``eval_every``),
     ``val_loss`` (mean next-token loss on ``n_val_batches`` held-out batches, nats), ``params``
-    (``param_counts``), ``tokens`` (targets trained on) and ``load`` (per MoE layer, a (steps, N_r)
+    (``active_param_counts``), ``tokens`` (targets trained on) and ``load`` (per MoE layer, a (steps, N_r)
     tensor of tokens sent to each routed expert at each training step; empty for a dense model).
     """
     from anatomy import data
@@ -150,7 +150,7 @@ def train_runs(
         out[name] = {
             "history": history,
             "val_loss": final,
-            "params": param_counts(model),
+            "params": active_param_counts(model),
             "tokens": history.tokens[-1],
             "load": [torch.stack(layer.load_history) for layer in moe_layers(model)],
         }

@@ -12,7 +12,7 @@ from anatomy.data import MarkovSource
 from anatomy.generate import generate
 from anatomy.metrics import score_on_source
 from anatomy.model import Config, EncoderDecoder, Transformer
-from anatomy.objectives import training_flops
+from anatomy.objectives import train_step_flops
 from anatomy.train import train
 
 # ---------------------------------------------------------------------------------------------------------
@@ -189,7 +189,8 @@ def budget_runs(
     trained on the same continuation task (read n_source tokens of a Markov source, predict the next
     n_target) with the same steps and batches. The first two cost about the same FLOPs per step, the
     last two hold about the same parameters. Excess loss is measured exactly against the source."""
-    from anatomy.objectives import causal_lm_loss, span_corruption_loss
+    from anatomy.objectives import span_corruption_loss
+    from anatomy.train import next_token_loss
 
     source = MarkovSource(vocab_size, order=order, alpha=alpha, seed=seed)
     make = _continuation_batches(source, batch, n_source, n_target, seed)
@@ -211,8 +212,8 @@ def budget_runs(
         torch.manual_seed(seed)
         model = Transformer(cfg) if family == "decoder" else EncoderDecoder(cfg)
         pick = 0 if family == "decoder" else 1
-        loss = causal_lm_loss if family == "decoder" else span_corruption_loss
-        flops = training_flops(model, loss, make(0)[pick])
+        loss = next_token_loss if family == "decoder" else span_corruption_loss
+        flops = train_step_flops(model, loss, make(0)[pick])
         initial = _continuation_kl(model, family, source, held, n_source)
         hist = train(
             model,

@@ -21,9 +21,9 @@ from anatomy.objectives import (
     _check_objective,
     _step_generator,
     causal_lm_batch,
-    causal_lm_loss,
-    training_flops,
+    train_step_flops,
 )
+from anatomy.train import next_token_loss
 
 __all__ = [
     "DensityRun",
@@ -317,7 +317,7 @@ def label_density_experiment(
     bayes = float(bayes_loss("causal", source, eval_batch).mean())
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
-        return {"excess": causal_lm_loss(model, eval_batch)[0].item() - bayes}
+        return {"excess": next_token_loss(model, eval_batch)[0].item() - bayes}
 
     texts: dict[int, torch.Tensor] = {}  # every fraction trains on the same text: sample it once per step
 
@@ -335,7 +335,7 @@ def label_density_experiment(
             return causal_lm_batch(text(step), label_fraction=f, generator=_step_generator(seed + 1, step))
 
         if not flops:
-            flops = training_flops(model, causal_lm_loss, batches(0))
+            flops = train_step_flops(model, next_token_loss, batches(0))
         hist = train(
             model,
             batches,
@@ -343,7 +343,7 @@ def label_density_experiment(
             lr=lr,
             warmup=warmup,
             schedule="constant",
-            loss_fn=causal_lm_loss,
+            loss_fn=next_token_loss,
             eval_fn=eval_fn,
             eval_every=eval_every,
             progress=progress,

@@ -32,7 +32,7 @@ IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" or (
 if IN_PROCESS:
     os.environ["TRITON_INTERPRET"] = "1"
 
-triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'anatomy[gpu]')")
+triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'why-decoder-only[gpu]')")
 
 from anatomy import attention, count_tiles  # noqa: E402
 from anatomy.kernels.tiled import tiled_attention  # noqa: E402

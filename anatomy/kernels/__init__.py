@@ -8,15 +8,14 @@ from anatomy.kernels.tiled import tiled_attention
 
 
 def triton_attention(*args, **kwargs):
-    """The Triton backend (loaded lazily: triton is an optional dependency, ``pip install anatomy[gpu]``)."""
+    """The Triton backend (:mod:`anatomy.kernels.triton_kernel`), loaded lazily: triton is an optional
+    dependency (``pip install "why-decoder-only[gpu]"``, or ``pip install triton``)."""
     if importlib.util.find_spec("triton") is None:
-        raise ImportError("backend='triton' needs the triton package: pip install triton (or anatomy[gpu])")
-    try:
-        from anatomy.kernels.triton_kernel import triton_attention as impl
-    except ModuleNotFoundError as e:
-        if e.name != "anatomy.kernels.triton_kernel":
-            raise
-        raise NotImplementedError("the Triton kernel is not part of this version of anatomy yet") from e
+        raise ImportError(
+            "backend='triton' needs the triton package: pip install triton (or why-decoder-only[gpu])"
+        )
+    from anatomy.kernels.triton_kernel import triton_attention as impl  # noqa: PLC0415 (imports triton)
+
     return impl(*args, **kwargs)
 
 

@@ -137,6 +137,27 @@ def test_tiled_stats_random_scores_rarely_rescale():
         tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=64, stats=[])
 
 
+def test_tiled_rescale_check_large_sums_without_a_rise():
+    # The kernel checks a later tile's row sums of exp2(score - running max) against 2**threshold: no term
+    # exceeds its sum, so small sums prove that no score rose past the threshold. A large sum alone is not
+    # a rise: here every key of the second tile scores 7 (base 2) above the first tile's maximum, so the
+    # sums are 8 * 2**7 = 1024 > 2**8 and the tile is re-checked, but the maximum must not be raised. One
+    # key 9 above raises it (rescaled 1). Both must match float64.
+    from anatomy.kernels.tiled import LOG2E, RESCALE_THRESHOLD
+
+    assert RESCALE_THRESHOLD == 8.0  # the scores below are placed around it
+    q = torch.ones(1, 1, 8, 1)
+    v = torch.randn(1, 1, 16, 1, generator=torch.Generator().manual_seed(3))
+    for rise, rescaled in ((7.0, 0), (9.0, 1)):
+        k = torch.zeros(1, 1, 16, 1)
+        k[0, 0, 8:, 0] = 7.0 / LOG2E  # scores q.k / sqrt(1) in base 2: 0 in tile 0, 7 in tile 1
+        k[0, 0, 15, 0] = rise / LOG2E
+        stats = {}
+        out = tiled_attention(q, k, v, "bidirectional", q_offset=0, prefix_len=None, tile=8, stats=stats)
+        assert stats == {"tiles": 2, "later_tiles": 1, "rescaled": rescaled}
+        assert (out.double() - float64_reference(q, k, v, "bidirectional")).abs().max() <= 1e-6
+
+
 def test_tiled_large_scores_stay_finite_and_as_accurate_as_dense_float32():
     # Scores in the thousands: exp() of them overflows unless every tile is taken relative to a maximum.
     # At that size float32 itself rounds the scores by ~1e-4, so the yardstick is the dense float32 kernel.

@@ -250,9 +250,9 @@ class NgramDrafter:
                     return seq[start + n:start + n + k]
         return []
 
-    def greedy_tokens(self, seq: list[int], k: int) -> list[int]:
-        """What :meth:`propose` drafts (it does not depend on the temperature), from the tokens as a list."""
-        return self.lookup(seq, k)
+    def greedy_tokens(self, seq: list[int] | torch.Tensor, k: int) -> list[int]:
+        """What :meth:`propose` drafts (the same at any temperature), from the tokens as a list or (1, N)."""
+        return self.lookup(seq[0].tolist() if isinstance(seq, torch.Tensor) else seq, k)
 
     def propose(self, ids: torch.Tensor, k: int, temperature: float, rng) -> tuple[list[int], torch.Tensor]:
         tokens = self.lookup(ids[0].tolist(), k)
@@ -350,7 +350,8 @@ def speculative_generate(
 
     At temperature 0 the target's choices are its argmaxes, so a drafted token is accepted iff it is the
     target's argmax, which is what every rule reduces to; this is checked on the argmaxes directly, without
-    building one-hot distributions, and a drafter with ``greedy_tokens`` drafts without building q.
+    building one-hot distributions, and :class:`NgramDrafter` and :class:`ModelDrafter` draft through their
+    ``greedy_tokens`` without building q (any other drafter through ``propose``).
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         got = getattr(input_ids, "shape", input_ids)

@@ -313,6 +313,7 @@ def test_greedy_fast_path_matches_the_general_rule(mid):
     ngram = sp.NgramDrafter(50, 2, 1)
     assert ngram.greedy_tokens([1, 2, 3, 1, 2], 2) == ngram.propose(torch.tensor([[1, 2, 3, 1, 2]]), 2, 0.0,
                                                                     None)[0] == [3, 1]
+    assert ngram.greedy_tokens(torch.tensor([[1, 2, 3, 1, 2]]), 2) == [3, 1]
 
 
 def test_adaptive_argument_checks(mid):

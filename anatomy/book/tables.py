@@ -1,53 +1,80 @@
-"""HTML tables for the book's pages."""
+"""The book's one HTML table builder.
+
+Tables printed by code are HTML: the built book, Jupyter and Colab all render an HTML output, while a
+Markdown table printed by code is shown as text in the built book (its outputs are CommonMark, which has no
+tables). Cells are ``str()``-ed and escaped unless wrapped in :func:`raw`.
+"""
 
 from __future__ import annotations
 
+import html
 from collections.abc import Sequence
 
-__all__ = [
-    "html_table",
-]
+__all__ = ["HTMLTable", "html_table", "raw"]
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    """An HTML table (for ``IPython.display.HTML``; the built book renders HTML outputs, while Markdown
-    outputs there are CommonMark, which has no tables). Cells are str()-ed and escaped: format them first."""
-    import html as _html
-
-    if any(len(r) != len(header) for r in rows):
-        raise ValueError("every row must have as many cells as the header")
-    head = "".join(f"<th style='text-align:left;padding:2px 8px'>{_html.escape(str(h))}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td style='padding:2px 8px'>{_html.escape(str(c))}</td>" for c in r)
-                   + "</tr>" for r in rows)
-    return (f"<table style='border-collapse:collapse;font-size:0.9em;margin:0.5em 0'><thead><tr>{head}"
-            f"</tr></thead><tbody>{body}</tbody></table>")
+class raw(str):  # noqa: N801 (used like a function: raw("<i>x</i>"))
+    """A cell that is already HTML: inserted as it is, not escaped."""
 
 
-def table(header: list[str], rows: list[list], caption: str | None = None):
-    """A small results table as HTML (an IPython ``HTML`` object, displayed when it ends a cell or is passed
-    to ``display``): it renders the same in Jupyter, Colab and the built book, where Markdown tables printed
-    by code do not. Cells are shown with ``str`` and escaped; every column but the first is right-aligned.
+class HTMLTable(str):
+    """The HTML text of a table; shown as a table when it ends a notebook cell (``_repr_html_``), and
+    usable as a string (``IPython.display.HTML(table)``)."""
+
+    def _repr_html_(self) -> str:
+        return str(self)
+
+
+def _cell(value) -> str:
+    return str(value) if isinstance(value, raw) else html.escape(str(value))
+
+
+def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *,
+               widths: Sequence[float] | None = None, numeric: bool = False, caption: str | None = None,
+               styles: Sequence[Sequence[str | None]] | None = None) -> HTMLTable:
+    """An HTML table.
+
+    Args:
+        header: column names (str).
+        rows: one sequence of cells per row, as many as the header; cells are escaped unless :func:`raw`.
+        widths: column widths in percent: a full-width table whose long cells wrap (fixed layout).
+        numeric: right-align every column but the first (a results table whose first column names the row).
+        caption: a caption above the table.
+        styles: per row and cell, extra CSS for that cell or None (e.g. a background colour for a status).
+
+    Returns:
+        :class:`HTMLTable`, a str.
     """
-    import html
-
-    from IPython.display import HTML
-
     if not header or not all(isinstance(h, str) for h in header):
-        raise TypeError("header must be a non-empty list of column names (str)")
+        raise TypeError("header must be a non-empty sequence of column names (str)")
     rows = [list(r) for r in rows]
     for r in rows:
         if len(r) != len(header):
-            raise ValueError(f"every row must have {len(header)} cells (one per header), got {len(r)}: {r!r}")
+            raise ValueError(f"every row must have as many cells as the header ({len(header)}), got {r!r}")
+    if widths is not None and len(widths) != len(header):
+        raise ValueError(f"widths must give one width per column ({len(header)}), got {len(widths)}")
+    if styles is not None and [len(s) for s in styles] != [len(r) for r in rows]:
+        raise ValueError("styles must have the shape of rows (one entry per cell)")
 
-    def line(cells, tag: str) -> str:  # the first column names the row; the others hold values
-        right = ' style="text-align:right"'
-        return "<tr>" + "".join(f"<{tag}{'' if i == 0 else right}>{html.escape(str(v))}</{tag}>"
-                                for i, v in enumerate(cells)) + "</tr>"
+    def style(i: int, extra: str | None = None) -> str:
+        css = ["padding:2px 8px", "text-align:right" if numeric and i > 0 else "text-align:left"]
+        if extra:
+            css.append(extra)
+        return f" style='{';'.join(css)}'"
 
-    parts = ["<table class='anatomy-table'>"]
+    table_css = "border-collapse:collapse;font-size:0.9em;margin:0.5em 0"
+    if widths is not None:
+        table_css += ";width:100%;table-layout:fixed;overflow-wrap:anywhere"
+    parts = [f"<table class='anatomy-table' style='{table_css}'>"]
     if caption:
         parts.append(f"<caption>{html.escape(caption)}</caption>")
-    parts.append("<thead>" + line(header, "th") + "</thead><tbody>")
-    parts += [line(r, "td") for r in rows]
+    if widths is not None:
+        parts.append("<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in widths) + "</colgroup>")
+    parts.append("<thead><tr>" + "".join(f"<th{style(i)}>{_cell(h)}</th>" for i, h in enumerate(header))
+                 + "</tr></thead><tbody>")
+    for k, r in enumerate(rows):
+        extra = styles[k] if styles is not None else [None] * len(r)
+        parts.append("<tr style='border-top:1px solid #ddd;vertical-align:top'>"
+                     + "".join(f"<td{style(i, extra[i])}>{_cell(c)}</td>" for i, c in enumerate(r)) + "</tr>")
     parts.append("</tbody></table>")
-    return HTML("".join(parts))
+    return HTMLTable("".join(parts))

@@ -11,11 +11,11 @@ embeddings next to MiniLM on a small paraphrase-retrieval set written for this c
 
 from __future__ import annotations
 
-import html
 from dataclasses import dataclass, replace
 
 import torch
 
+from anatomy.book.tables import html_table
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import forward_flops
 from anatomy.model import Config, EncoderDecoder, Transformer
@@ -147,27 +147,9 @@ def short_cite(keys) -> str:
     return "; ".join(SHORT_CITES.get(k, k) for k in keys)
 
 
-def html_rows(header, rows, widths=None) -> str:
-    """A plain HTML table with wrapping cells (cells are escaped)."""
-    cols = "".join(f"<col style='width:{w}%'>" for w in widths) if widths else ""
-    head = "".join(f"<th style='text-align:left'>{html.escape(str(h))}</th>" for h in header)
-    body = "".join(
-        "<tr style='border-top:1px solid #ddd;vertical-align:top'>"
-        + "".join(f"<td>{html.escape(str(c))}</td>" for c in r)
-        + "</tr>"
-        for r in rows
-    )
-    return (
-        f"<table style='font-size:0.82em;border-collapse:collapse;width:100%;table-layout:fixed;"
-        f"overflow-wrap:anywhere'><colgroup>{cols}</colgroup><tr>{head}</tr>{body}</table>"
-    )
-
-
 def record_html(entries=SEED002_TABLES, cite=None) -> str:
-    """The record as an HTML table (the book renders HTML outputs; Markdown tables in outputs do not render).
-
-    cite(keys) -> str formats the source column (default: the keys themselves).
-    """
+    """The record as an HTML table, each status coloured. cite(keys) -> str formats the source column
+    (default: :func:`short_cite`)."""
     cite = cite or short_cite
     colour = {
         "correct": "#d8f0d8",
@@ -176,24 +158,13 @@ def record_html(entries=SEED002_TABLES, cite=None) -> str:
         "wrong number": "#f8d4d4",
         "wrong size": "#f8d4d4",
     }
-    rows = [
-        "<table style='font-size:0.82em;border-collapse:collapse;width:100%;table-layout:fixed;"
-        "overflow-wrap:anywhere'><colgroup><col style='width:17%'><col style='width:22%'>"
-        "<col style='width:37%'><col style='width:11%'><col style='width:13%'></colgroup>",
-        "<tr><th>what</th><th>seed 002 says</th><th>the primary source</th><th>status</th>"
-        "<th>source</th></tr>",
-    ]
     for e in entries:
         if e.status not in colour:
             raise ValueError(f"unknown status {e.status!r}")
-        rows.append(
-            f"<tr style='border-top:1px solid #ddd;vertical-align:top'><td>{html.escape(e.topic)}</td>"
-            f"<td>{html.escape(e.seed_says)}</td><td>{html.escape(e.record)}</td>"
-            f"<td style='background:{colour[e.status]}'>{e.status}</td>"
-            f"<td>{html.escape(cite(e.keys))}</td></tr>"
-        )
-    rows.append("</table>")
-    return "\n".join(rows)
+    rows = [[e.topic, e.seed_says, e.record, e.status, cite(e.keys)] for e in entries]
+    styles = [[None, None, None, f"background:{colour[e.status]};color:#1a1a1a", None] for e in entries]
+    return html_table(["what", "seed 002 says", "the primary source", "status", "source"], rows,
+                      widths=[17, 22, 37, 11, 13], styles=styles)
 
 
 # Instruction-tuned and adapted encoder-decoders against "T5 needed fine-tuning" (seeds 000, 004).

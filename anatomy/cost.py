@@ -12,11 +12,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from anatomy._checks import check_instance, check_int
+from anatomy._checks import check_choice, check_instance, check_int, check_positive_int, is_int
 from anatomy.cache import kv_cache_bytes
+from anatomy.masks import MASKS
 from anatomy.model import Config
 
 __all__ = [
+    "COUNTINGS",
+    "attention_pairs",
+    "tile_walk",
     "PUBLISHED",
     "PUBLISHED_SOURCES",
     "attention_kind",
@@ -44,6 +48,7 @@ PUBLISHED_SOURCES: dict[str, str] = {
     "Falcon-7B": "tiiuae/falcon-7b config.json (multi_query: true)",
     "Llama-3-8B": "meta-llama/Meta-Llama-3-8B config.json",
     "Llama-3-70B": "meta-llama/Meta-Llama-3-70B config.json",
+    "GPT-3 175B": "Brown et al. 2020, Table 2.1 (96 layers, d_model 12288, 96 heads of 128, context 2048)",
 }
 
 
@@ -61,6 +66,8 @@ _PUBLISHED = {
                                  tie_embeddings=True), "MQA"),
     "Llama-3-8B": (lambda: _llama(128256, 4096, 32, 32, 8, 14336), "GQA"),
     "Llama-3-70B": (lambda: _llama(128256, 8192, 80, 64, 8, 28672), "GQA"),
+    "GPT-3 175B": (lambda: Config(vocab_size=50257, d_model=12288, n_layers=96, n_heads=96, d_ff=4 * 12288,
+                                  mlp="gelu", norm="layer", pos="learned", max_seq_len=2048), "MHA"),
 }
 PUBLISHED: tuple[str, ...] = tuple(_PUBLISHED)
 
@@ -143,22 +150,78 @@ def visible_pairs(mask: str, n_queries: int, n_keys: int, prefix_len: int | None
     raise ValueError(f"mask must be 'causal', 'bidirectional' or 'prefix', got {mask!r}")
 
 
-def forward_flops(config: Config, n_new: int, n_past: int = 0, *, mask: str | None = None,
-                  prefix_len: int | None = None, logits: str = "all", batch: int = 1) -> dict[str, int]:
-    """FLOPs of one forward call that runs ``n_new`` tokens after ``n_past`` cached ones.
+COUNTINGS = ("ideal", "tiles", "dense")
 
-    Returns ``linear`` (the blocks' matrices), ``attention`` (q.k and the weighted values over the visible
-    pairs), ``head`` (the LM head, on every new position with logits="all" as anatomy models compute it,
-    or only the last with "last") and ``total``. ``mask`` defaults to ``config.mask``.
+
+def _tiles(tile) -> tuple[int, int]:
+    tq, tk = (tile, tile) if is_int(tile) else tuple(tile)
+    return check_positive_int("tile", tq), check_positive_int("tile", tk)
+
+
+def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int | tuple[int, int] = 128,
+                    prefix_len: int | None = None) -> int:
+    """Number of (query, key) pairs whose score is computed for one head of a sequence of n_ctx tokens.
+
+    ``counting``: ``"ideal"`` (only the visible pairs, :func:`visible_pairs`), ``"tiles"`` (whole tiles, as a
+    tiled kernel that skips empty tiles computes them and :func:`anatomy.masks.count_tiles` classifies them)
+    or ``"dense"`` (the full square, a kernel without tile skipping). ``tile`` is an int or a (query tile,
+    key tile) pair. Closed forms, O(n_ctx / tile) work (so 128k-token contexts cost nothing).
+    """
+    check_positive_int("n_ctx", n_ctx)
+    tile_q, tile_k = _tiles(tile)
+    check_choice("mask", mask, MASKS)
+    check_choice("counting", counting, COUNTINGS)
+    if mask == "prefix":
+        if not is_int(prefix_len) or not 0 <= prefix_len <= n_ctx:
+            raise ValueError(f'mask="prefix" needs prefix_len in [0, {n_ctx}], got {prefix_len!r}')
+    p = prefix_len if mask == "prefix" else 0
+    if mask == "bidirectional" or counting == "dense":
+        return n_ctx * n_ctx
+    if counting == "ideal":  # query i sees keys [0, max(p, i + 1))
+        return visible_pairs(mask, n_ctx, n_ctx, p if mask == "prefix" else None)
+    return tile_walk(n_ctx, tile_q, tile_k, p)[1]
+
+
+def tile_walk(n_ctx: int, tile_q: int, tile_k: int, p: int = 0) -> tuple[int, int]:
+    """(key tiles visited, pairs computed) by a tiled kernel, causal with the first p keys visible to all."""
+    tiles = pairs = 0
+    for r0 in range(0, n_ctx, tile_q):  # query tile [r0, r1) needs keys [0, max(p, r1))
+        r1 = min(r0 + tile_q, n_ctx)
+        n_key_tiles = -(-max(p, r1) // tile_k)
+        tiles += n_key_tiles
+        pairs += (r1 - r0) * min(n_key_tiles * tile_k, n_ctx)
+    return tiles, pairs
+
+
+def forward_flops(config: Config, n_new: int, n_past: int = 0, *, mask: str | None = None,
+                  prefix_len: int | None = None, logits: str = "all", batch: int = 1, counting: str = "ideal",
+                  tile: int | tuple[int, int] = 128) -> dict[str, int]:
+    """Matmul FLOPs of one forward call that runs ``n_new`` tokens after ``n_past`` cached ones.
+
+    Args:
+        config: the model's shape; ``mask`` defaults to ``config.mask``.
+        logits: the LM head on every new position ("all", as anatomy models compute it), only the last
+            ("last", generation) or none ("none").
+        counting, tile: which attention pairs are counted (see :func:`attention_pairs`); "tiles" and "dense"
+            describe a whole-sequence pass (``n_past == 0``).
+
+    Returns:
+        ``linear`` (the blocks' matrices), ``attention`` (q.k and the weighted values over the counted
+        pairs), ``head`` (the LM head) and ``total``; ``attention / total`` is attention's share.
     """
     c = check_instance("config", config, Config, "an anatomy Config")
     check_int("n_new", n_new, lo=1)
     check_int("n_past", n_past, lo=0)
     check_int("batch", batch, lo=1)
-    if logits not in ("all", "last", "none"):
-        raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+    check_choice("logits", logits, ("all", "last", "none"))
+    check_choice("counting", counting, COUNTINGS)
     mask = mask or c.mask
-    pairs = visible_pairs(mask, n_new, n_past + n_new, prefix_len)
+    if counting == "ideal":
+        pairs = visible_pairs(mask, n_new, n_past + n_new, prefix_len)
+    elif n_past:
+        raise ValueError(f'counting="{counting}" counts a whole pass: it needs n_past=0, got {n_past}')
+    else:
+        pairs = attention_pairs(mask, n_new, counting=counting, tile=tile, prefix_len=prefix_len)
     linear = 2 * n_new * c.n_layers * linear_params(c)
     attention = 4 * c.n_layers * c.n_heads * c.head_dim * pairs
     head_positions = {"all": n_new, "last": 1, "none": 0}[logits] if c.lm_head else 0

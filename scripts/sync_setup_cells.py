@@ -13,7 +13,7 @@ For each notebook:
 * ``explore_live`` cells lose the ``skip-execution`` tag (they keep ``remove-cell``): the build's stall after
   widget cells is fixed by ``_ext/nbclient_poll.py``, so the book build executes them too.
 
-It also keeps ``REPOSITORY_URL`` and ``REPOSITORY_BRANCH`` in ``anatomy/book.py`` equal to
+It also keeps ``REPOSITORY_URL`` and ``REPOSITORY_BRANCH`` in ``anatomy/book/__init__.py`` equal to
 ``_config.yml``, and ``DISTRIBUTION`` equal to pyproject.toml's ``[project] name`` (the name pip installs).
 Cell ids, metadata and the stored JSON layout (scripts/strip_outputs.py's) are preserved.
 """
@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-BOOK_PY = ROOT / "anatomy" / "book.py"
+BOOK_PY = ROOT / "anatomy" / "book" / "__init__.py"
 sys.path.insert(0, str(ROOT / "_ext"))
 import book_address  # noqa: E402  (standard library only: the one reader of repository.url)
 
@@ -96,7 +96,7 @@ def sync_book_py(url: str, branch: str, check: bool) -> list[str]:
         return []
     if not check:
         BOOK_PY.write_text(new, encoding="utf-8")
-    return ["anatomy/book.py: REPOSITORY_URL / REPOSITORY_BRANCH / DISTRIBUTION"]
+    return ["anatomy/book/__init__.py: REPOSITORY_URL / REPOSITORY_BRANCH / DISTRIBUTION"]
 
 
 def main(argv: list[str] | None = None) -> int:

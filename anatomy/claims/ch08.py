@@ -21,11 +21,11 @@ def _tile_fraction() -> dict:
 
 
 def _whole_model_saving() -> dict:
-    from anatomy.experiments.causal_kernel import GPT3_175B, LLAMA3_70B, SMOLLM2_135M, causal_saving
+    from anatomy.experiments.causal_kernel import PRESETS, causal_saving
 
-    return {"saving_smollm2_2k": causal_saving(SMOLLM2_135M, 2048),
-            "saving_llama3_70b_8k": causal_saving(LLAMA3_70B, 8192),
-            "saving_gpt3_2k": causal_saving(GPT3_175B, 2048)}
+    return {"saving_smollm2_2k": causal_saving(PRESETS["SmolLM2-135M"], 2048),
+            "saving_llama3_70b_8k": causal_saving(PRESETS["Llama-3-70B"], 8192),
+            "saving_gpt3_2k": causal_saving(PRESETS["GPT-3 175B"], 2048)}
 
 
 claim(

@@ -1,4 +1,5 @@
-"""FLOPs, bytes and measured time of attention and of a whole forward pass: how big is attention?
+"""Chapter 8, what a causal mask saves: FLOPs, bytes and measured time of attention and of a whole forward
+pass (the counts are :mod:`anatomy.cost`'s).
 
 Skipping the tiles above the causal diagonal halves the attention-score work (``QK^T`` and ``PV``). That
 is a saving on one part of the model; this module counts every part, so the saving can be stated as a
@@ -27,149 +28,32 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 
+from anatomy._checks import check_bool, check_positive_int
+from anatomy.cost import attention_pairs, forward_flops, published_config, tile_walk
 from anatomy.masks import MASKS
+from anatomy.model import Config
 from anatomy.timing import interleaved_times
 
 __all__ = [
-    "COUNTINGS",
-    "GPT3_175B",
-    "LLAMA3_70B",
+    "CONTEXTS",
     "PRESETS",
-    "SMOLLM2_135M",
-    "ForwardFlops",
-    "Shape",
-    "attention_pairs",
     "attention_traffic",
     "draw_tile_map",
     "causal_saving",
-    "forward_flops",
     "sdpa_cpu_tiles",
     "time_attention",
     "time_forward",
 ]
 
 
-COUNTINGS = ("ideal", "tiles", "dense")
-
-
-@dataclass(frozen=True)
-class Shape:
-    """The sizes of a decoder (or encoder) stack that decide its FLOPs."""
-
-    name: str
-    n_layers: int
-    d_model: int
-    n_heads: int
-    n_kv_heads: int
-    head_dim: int
-    d_ff: int
-    vocab_size: int
-    mlp: str = "swiglu"  # "swiglu": three d x d_ff matrices; "gelu": two
-    context: int = 2048  # the training context length the model was published with
-
-    def __post_init__(self) -> None:
-        for name in ("n_layers", "d_model", "n_heads", "n_kv_heads", "head_dim", "d_ff", "vocab_size",
-                     "context"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Shape.{name} must be a positive int, got {value!r}")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(
-                f"Shape.n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})"
-            )
-        if self.mlp not in ("swiglu", "gelu"):
-            raise ValueError(f"Shape.mlp must be 'swiglu' or 'gelu', got {self.mlp!r}")
-
-    @classmethod
-    def from_config(cls, config, name: str = "anatomy model", context: int | None = None) -> Shape:
-        """The shape of an :class:`anatomy.Config` (GELU and tanh-GELU MLPs both count as two matrices)."""
-        return cls(
-            name=name,
-            n_layers=config.n_layers,
-            d_model=config.d_model,
-            n_heads=config.n_heads,
-            n_kv_heads=config.n_kv_heads,
-            head_dim=config.head_dim,
-            d_ff=config.d_ff,
-            vocab_size=config.vocab_size,
-            mlp="swiglu" if config.mlp == "swiglu" else "gelu",
-            context=config.max_seq_len if context is None else context,
-        )
-
-    @property
-    def params_per_layer(self) -> int:
-        """Weights of the matmuls of one block: q, k, v, o projections and the MLP (biases ignored)."""
-        d, hd = self.d_model, self.head_dim
-        attn = d * hd * (self.n_heads + 2 * self.n_kv_heads) + self.n_heads * hd * d
-        mlp = (3 if self.mlp == "swiglu" else 2) * d * self.d_ff
-        return attn + mlp
-
-    @property
-    def params(self) -> int:
-        """Non-embedding parameters of the stack plus the LM head matrix (counted once, tied or not)."""
-        return self.n_layers * self.params_per_layer + self.d_model * self.vocab_size
-
-
-# Published configurations (config.json of each checkpoint; GPT-3: Brown et al. 2020, Table 2.1).
-SMOLLM2_135M = Shape("SmolLM2-135M", n_layers=30, d_model=576, n_heads=9, n_kv_heads=3, head_dim=64,
-                     d_ff=1536, vocab_size=49152, mlp="swiglu", context=2048)
-LLAMA3_70B = Shape("Llama-3-70B", n_layers=80, d_model=8192, n_heads=64, n_kv_heads=8, head_dim=128,
-                   d_ff=28672, vocab_size=128256, mlp="swiglu", context=8192)
-GPT3_175B = Shape("GPT-3 175B", n_layers=96, d_model=12288, n_heads=96, n_kv_heads=96, head_dim=128,
-                  d_ff=49152, vocab_size=50257, mlp="gelu", context=2048)
-PRESETS = {s.name: s for s in (SMOLLM2_135M, LLAMA3_70B, GPT3_175B)}
-
-
-def _check_n(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-
-
-def _tiles(tile) -> tuple[int, int]:
-    tq, tk = (tile, tile) if isinstance(tile, int) and not isinstance(tile, bool) else tuple(tile)
-    for value in (tq, tk):
-        _check_n("tile", value)
-    return tq, tk
-
-
-def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int | tuple[int, int] = 128,
-                    prefix_len: int | None = None) -> int:
-    """Number of (query, key) pairs whose score is computed for one head of a sequence of n_ctx tokens.
-
-    ``tile`` is an int or a (query tile, key tile) pair. Closed forms, O(n_ctx / tile) work (so 128k-token
-    contexts cost nothing); they agree with :func:`anatomy.masks.count_tiles`, which derives the same
-    numbers from the dense mask (tested).
-    """
-    _check_n("n_ctx", n_ctx)
-    tile_q, tile_k = _tiles(tile)
-    if mask not in MASKS:
-        raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
-    if counting not in COUNTINGS:
-        raise ValueError(f"counting must be one of {COUNTINGS}, got {counting!r}")
-    if mask == "prefix":
-        if isinstance(prefix_len, bool) or not isinstance(prefix_len, int) or not 0 <= prefix_len <= n_ctx:
-            raise ValueError(f'mask="prefix" needs prefix_len in [0, {n_ctx}], got {prefix_len!r}')
-    p = prefix_len if mask == "prefix" else 0
-    if mask == "bidirectional" or counting == "dense":
-        return n_ctx * n_ctx
-    if counting == "ideal":  # query i sees keys [0, max(p, i + 1))
-        return p * p + (n_ctx * (n_ctx + 1) - p * (p + 1)) // 2
-    return _tile_walk(n_ctx, tile_q, tile_k, p)[1]
-
-
-def _tile_walk(n_ctx: int, tile_q: int, tile_k: int, p: int) -> tuple[int, int]:
-    """(key tiles visited, pairs computed) by a tiled kernel, causal with the first p keys visible to all."""
-    tiles = pairs = 0
-    for r0 in range(0, n_ctx, tile_q):  # query tile [r0, r1) needs keys [0, max(p, r1))
-        r1 = min(r0 + tile_q, n_ctx)
-        n_key_tiles = -(-max(p, r1) // tile_k)
-        tiles += n_key_tiles
-        pairs += (r1 - r0) * min(n_key_tiles * tile_k, n_ctx)
-    return tiles, pairs
+# The three models of the chapter's table (their shapes from anatomy.cost's published configurations), and
+# the context each was pretrained with (SmolLM2 2k, Llama 3 8k, GPT-3 2k).
+PRESETS = {name: published_config(name) for name in ("SmolLM2-135M", "Llama-3-70B", "GPT-3 175B")}
+CONTEXTS = {"SmolLM2-135M": 2048, "Llama-3-70B": 8192, "GPT-3 175B": 2048}
 
 
 def sdpa_cpu_tiles(n_queries: int) -> tuple[int, int]:
@@ -179,51 +63,18 @@ def sdpa_cpu_tiles(n_queries: int) -> tuple[int, int]:
     blocks of 256 (>= 768 queries), 64 (>= 192) or 32. With ``is_causal`` it stops each query block at
     its last row's key, so the causal saving is set by this grid: nothing below 512 keys.
     """
-    _check_n("n_queries", n_queries)
+    check_positive_int("n_queries", n_queries)
     return (256 if n_queries >= 768 else 64 if n_queries >= 192 else 32), 512
 
 
-@dataclass(frozen=True)
-class ForwardFlops:
-    """Matmul FLOPs of one forward pass over a batch of sequences, split by where they are spent."""
-
-    projections: int  # q, k, v and output projections, all layers
-    mlp: int  # the MLPs, all layers
-    attention: int  # QK^T and PV, all layers and heads
-    lm_head: int  # the final d_model x vocab matmul
-
-    @property
-    def total(self) -> int:
-        return self.projections + self.mlp + self.attention + self.lm_head
-
-    @property
-    def attention_share(self) -> float:
-        """Fraction of the forward pass spent on attention scores and values."""
-        return self.attention / self.total
-
-
-def forward_flops(shape: Shape, n_ctx: int, *, mask: str = "causal", counting: str = "ideal",
-                  tile: int = 128, prefix_len: int | None = None, batch: int = 1,
-                  lm_head: bool = True) -> ForwardFlops:
-    """Matmul FLOPs of a forward pass of ``batch`` sequences of ``n_ctx`` tokens (see the module doc)."""
-    if not isinstance(shape, Shape):
-        raise TypeError(f"shape must be an anatomy.experiments.causal_kernel.Shape, got {type(shape).__name__}")
-    _check_n("batch", batch)
-    tokens = batch * n_ctx
-    d, hd, L = shape.d_model, shape.head_dim, shape.n_layers
-    proj = 2 * tokens * L * (d * hd * (shape.n_heads + 2 * shape.n_kv_heads) + shape.n_heads * hd * d)
-    mlp = 2 * tokens * L * (3 if shape.mlp == "swiglu" else 2) * d * shape.d_ff
-    pairs = attention_pairs(mask, n_ctx, counting=counting, tile=tile, prefix_len=prefix_len)
-    attn = 4 * hd * shape.n_heads * L * batch * pairs
-    head = 2 * tokens * d * shape.vocab_size if lm_head else 0
-    return ForwardFlops(projections=proj, mlp=mlp, attention=attn, lm_head=head)
-
-
-def causal_saving(shape: Shape, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
+def causal_saving(config: Config, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
                   lm_head: bool = True) -> float:
-    """Share of a whole bidirectional forward pass that a causal mask saves: 1 - F_causal / F_full."""
-    full = forward_flops(shape, n_ctx, mask="bidirectional", lm_head=lm_head).total
-    causal = forward_flops(shape, n_ctx, mask="causal", counting=counting, tile=tile, lm_head=lm_head).total
+    """Share of a whole bidirectional forward pass that a causal mask saves: 1 - F_causal / F_full
+    (:func:`anatomy.cost.forward_flops`, attention pairs counted as ``counting`` says)."""
+    check_positive_int("n_ctx", n_ctx)
+    logits = "all" if check_bool("lm_head", lm_head) else "none"
+    full = forward_flops(config, n_ctx, mask="bidirectional", logits=logits)["total"]
+    causal = forward_flops(config, n_ctx, mask="causal", counting=counting, tile=tile, logits=logits)["total"]
     return 1.0 - causal / full
 
 
@@ -237,14 +88,14 @@ def attention_traffic(mask: str, n_ctx: int, head_dim: int, *, tile: int = 128, 
     """
     for name, value in (("n_ctx", n_ctx), ("head_dim", head_dim), ("tile", tile), ("itemsize", itemsize),
                         ("n_heads", n_heads)):
-        _check_n(name, value)
+        check_positive_int(name, value)
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
     if mask == "bidirectional":
         visited, pairs = (-(-n_ctx // tile)) ** 2, n_ctx * n_ctx
     else:
         pairs = attention_pairs(mask, n_ctx, counting="tiles", tile=tile, prefix_len=prefix_len)
-        visited = _tile_walk(n_ctx, tile, tile, prefix_len if mask == "prefix" else 0)[0]
+        visited = tile_walk(n_ctx, tile, tile, prefix_len if mask == "prefix" else 0)[0]
     flops = 4 * head_dim * n_heads * pairs
     kv_bytes = visited * 2 * tile * head_dim * itemsize * n_heads  # a K and a V tile per visited tile
     qo_bytes = 2 * n_ctx * head_dim * itemsize * n_heads + 4 * n_ctx * n_heads  # Q in, O out, fp32 lse
@@ -312,7 +163,7 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
     rows = []
     g = torch.Generator().manual_seed(seed)
     for n in sizes:
-        _check_n("size", n)
+        check_positive_int("size", n)
         q = torch.randn(1, heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
         k, v = (torch.randn(1, kv_heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
                 for _ in range(2))
@@ -329,8 +180,8 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
 
     The models for the different masks share one set of weights (the mask is the only difference). Each
     row: ``{"n": N, mask: median seconds, ..., "times": {mask: seconds of every repeat}, "counted_" + mask:
-    FLOPs as :func:`forward_flops` counts them for the model's kernel}`` (``counting="tiles"`` for the tiled
-    and Triton backends, ``"dense"`` otherwise).
+    FLOPs as :func:`anatomy.cost.forward_flops` counts them for the model's kernel}`` (``counting="tiles"``
+    for the tiled and Triton backends, ``"dense"`` otherwise).
     """
     from anatomy.model import Transformer
 
@@ -342,12 +193,11 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
     for m in masks[1:]:
         models[m] = Transformer(replace(config, mask=m)).eval()
         models[m].load_state_dict(base.state_dict())
-    shape = Shape.from_config(config)
     counting = "tiles" if config.attn_backend in ("tiled", "triton") else "dense"
     g = torch.Generator().manual_seed(seed)
     rows = []
     for n in sizes:
-        _check_n("size", n)
+        check_positive_int("size", n)
         if n > config.max_seq_len and config.pos == "learned":
             raise ValueError(f"size {n} exceeds the model's max_seq_len {config.max_seq_len}")
         ids = torch.randint(0, config.vocab_size, (1, n), generator=g)
@@ -356,7 +206,7 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
         times = interleaved_times(fns, repeats=repeats, threads=threads, clock=clock)
         row = {"n": n, **{m: statistics.median(ts) for m, ts in times.items()}, "times": times}
         for m in masks:
-            row["counted_" + m] = forward_flops(shape, n, mask=m, counting=counting, tile=config.tile,
-                                                prefix_len=prefix[m].get("prefix_len")).total
+            row["counted_" + m] = forward_flops(config, n, mask=m, counting=counting, tile=config.tile,
+                                                prefix_len=prefix[m].get("prefix_len"))["total"]
         rows.append(row)
     return rows

@@ -1,21 +1,17 @@
-"""FLOP accounting of a whole forward pass, checked against PyTorch's own FLOP counter on real models."""
+"""Chapter 8's experiment (anatomy.experiments.causal_kernel) and the FLOP accounting it rests on
+(anatomy.cost.forward_flops, attention_pairs), checked against PyTorch's own FLOP counter on real models."""
 
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from anatomy import Config, Transformer
+from anatomy import Config, Transformer, cost
+from anatomy.cost import COUNTINGS, attention_pairs, forward_flops
 from anatomy.experiments.causal_kernel import (
-    COUNTINGS,
-    GPT3_175B,
-    LLAMA3_70B,
+    CONTEXTS,
     PRESETS,
-    SMOLLM2_135M,
-    Shape,
-    attention_pairs,
     attention_traffic,
     causal_saving,
-    forward_flops,
     sdpa_cpu_tiles,
     time_attention,
     time_forward,
@@ -47,21 +43,21 @@ def _counted_flops(cfg: Config, n_ctx: int, batch: int, prefix_len=None) -> int:
 def test_forward_flops_equal_pytorchs_flop_counter(mask, backend, counting, prefix_len, mlp):
     cfg = Config(vocab_size=300, d_model=96, n_layers=2, n_heads=6, n_kv_heads=2, mask=mask, mlp=mlp,
                  attn_backend=backend, tile=32, max_seq_len=128)
-    predicted = forward_flops(Shape.from_config(cfg), 100, mask=mask, counting=counting, tile=32, batch=2,
-                              prefix_len=prefix_len)
-    assert predicted.total == _counted_flops(cfg, 100, batch=2, prefix_len=prefix_len)
+    predicted = forward_flops(cfg, 100, mask=mask, counting=counting, tile=32, batch=2, prefix_len=prefix_len)
+    assert predicted["total"] == _counted_flops(cfg, 100, batch=2, prefix_len=prefix_len)
 
 
 def test_params_match_a_real_model():
     cfg = Config(vocab_size=300, d_model=96, n_layers=3, n_heads=6, n_kv_heads=3, tie_embeddings=False)
     model = Transformer(cfg)
     matrices = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
-    assert Shape.from_config(cfg).params == matrices  # stack matrices + LM head
+    counts = cost.param_counts(cfg)
+    assert counts["blocks"] + counts["head"] == matrices  # the blocks' matrices and the (untied) LM head
 
 
 def test_smollm2_preset_has_smollm2s_size():
     # 134,515,008 parameters in the checkpoint = matrices + tied embedding (counted once) + 61 RMSNorm vectors
-    assert SMOLLM2_135M.params + (2 * SMOLLM2_135M.n_layers + 1) * SMOLLM2_135M.d_model == 134_515_008
+    assert cost.param_counts(PRESETS["SmolLM2-135M"])["total"] == 134_515_008
 
 
 @pytest.mark.parametrize("mask,prefix_len", [("causal", None), ("prefix", 0), ("prefix", 70), ("prefix", 200),
@@ -101,12 +97,12 @@ def test_counting_modes_order_and_ideal():
     assert attention_pairs("causal", 1024, counting="tiles", tile=128) / 1024**2 == causal_tile_ideal(8)
 
 
-@pytest.mark.parametrize("shape", list(PRESETS.values()), ids=list(PRESETS))
-def test_causal_saving_is_half_of_the_attention_share(shape):
-    n = shape.context
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_causal_saving_is_half_of_the_attention_share(name):
+    shape, n = PRESETS[name], CONTEXTS[name]
     full = forward_flops(shape, n, mask="bidirectional")
     assert causal_saving(shape, n, counting="dense") == 0.0
-    expected = full.attention_share * (n - 1) / (2 * n)  # causal keeps N(N+1)/2 of N^2 pairs
+    expected = full["attention"] / full["total"] * (n - 1) / (2 * n)  # causal keeps N(N+1)/2 of N^2 pairs
     assert causal_saving(shape, n) == pytest.approx(expected, rel=1e-12)
     # and it grows with the context length
     savings = [causal_saving(shape, c) for c in (512, 2048, 8192, 32768)]
@@ -115,12 +111,12 @@ def test_causal_saving_is_half_of_the_attention_share(shape):
 
 def test_worked_numbers_of_the_research_notes():
     # science.md section 3.3 (stack only, no LM head): 20 %, 6.8 %, 1.3 %
-    assert causal_saving(SMOLLM2_135M, 2048, lm_head=False) == pytest.approx(0.20, abs=0.005)
-    assert causal_saving(LLAMA3_70B, 8192, lm_head=False) == pytest.approx(0.068, abs=0.001)
-    assert causal_saving(GPT3_175B, 2048, lm_head=False) == pytest.approx(0.0135, abs=0.0005)
+    assert causal_saving(PRESETS["SmolLM2-135M"], 2048, lm_head=False) == pytest.approx(0.20, abs=0.005)
+    assert causal_saving(PRESETS["Llama-3-70B"], 8192, lm_head=False) == pytest.approx(0.068, abs=0.001)
+    assert causal_saving(PRESETS["GPT-3 175B"], 2048, lm_head=False) == pytest.approx(0.0135, abs=0.0005)
     # the LM head is part of the forward pass and only lowers the share
-    for shape in PRESETS.values():
-        assert causal_saving(shape, shape.context) < causal_saving(shape, shape.context, lm_head=False)
+    for name, shape in PRESETS.items():
+        assert causal_saving(shape, CONTEXTS[name]) < causal_saving(shape, CONTEXTS[name], lm_head=False)
 
 
 def test_attention_traffic():
@@ -134,23 +130,19 @@ def test_attention_traffic():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="n_heads"):
-        Shape("x", n_layers=1, d_model=8, n_heads=3, n_kv_heads=2, head_dim=4, d_ff=8, vocab_size=10)
-    with pytest.raises(ValueError, match="mlp"):
-        Shape("x", n_layers=1, d_model=8, n_heads=2, n_kv_heads=2, head_dim=4, d_ff=8, vocab_size=10,
-              mlp="relu")
-    with pytest.raises(ValueError, match="d_model"):
-        Shape("x", n_layers=1, d_model=0, n_heads=2, n_kv_heads=2, head_dim=4, d_ff=8, vocab_size=10)
-    with pytest.raises(TypeError, match="Shape"):
+    smol = PRESETS["SmolLM2-135M"]
+    with pytest.raises(TypeError, match="config"):
         forward_flops({"n_layers": 2}, 10)
     with pytest.raises(ValueError, match="counting"):
-        forward_flops(SMOLLM2_135M, 10, counting="approx")
+        forward_flops(smol, 10, counting="approx")
+    with pytest.raises(ValueError, match="n_past=0"):
+        forward_flops(smol, 10, 5, counting="tiles")
     with pytest.raises(ValueError, match="mask"):
         attention_pairs("sliding", 10)
     with pytest.raises(ValueError, match="n_ctx"):
-        causal_saving(SMOLLM2_135M, 0)
+        causal_saving(smol, 0)
     with pytest.raises(ValueError, match="batch"):
-        forward_flops(SMOLLM2_135M, 10, batch=0)
+        forward_flops(smol, 10, batch=0)
 
 
 def test_time_attention_and_forward_rows():
@@ -163,8 +155,7 @@ def test_time_attention_and_forward_rows():
     assert torch.get_num_threads() == threads  # restored
     cfg = Config(vocab_size=64, d_model=32, n_layers=1, n_heads=2, attn_backend="tiled", tile=16)
     rows = time_forward(cfg, [48], masks=("causal", "bidirectional", "prefix"), repeats=1)
-    shape = Shape.from_config(cfg)
-    assert rows[0]["counted_causal"] == forward_flops(shape, 48, counting="tiles", tile=16).total
+    assert rows[0]["counted_causal"] == forward_flops(cfg, 48, counting="tiles", tile=16)["total"]
     assert rows[0]["counted_causal"] < rows[0]["counted_prefix"] < rows[0]["counted_bidirectional"]
     assert set(rows[0]["times"]) == {"causal", "bidirectional", "prefix"}
     with pytest.raises(ValueError, match="variants"):

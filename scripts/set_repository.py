@@ -13,8 +13,9 @@ and this command rewrites every copy:
 * ``_config.yml`` itself;
 * every tracked text file that names the old repository or its Pages address (pyproject.toml's URLs,
   CITATION.cff, README.md's links and badges, CONTRIBUTING.md, intro.md, ...);
-* the chapters' Colab setup cells and ``anatomy/book.py``'s constants, through ``scripts/sync_setup_cells.py``
-  (which writes them from the template, reading ``_config.yml``), when that script exists.
+* the chapters' Colab setup cells and ``anatomy/book/__init__.py``'s constants, through
+  ``scripts/sync_setup_cells.py`` (which writes them from the template, reading ``_config.yml``), when that
+  script exists.
 
 Then commit the changes. ``tests/test_publish.py`` runs this command on a copy of the repository and checks
 that no copy of the old address is left. Standard library only (the setup-cell script needs PyYAML).
@@ -94,8 +95,9 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
             path.write_text(updated, encoding="utf-8")
             changed.append(path)
     if sync_cells and sync.exists():
-        # the setup cells and anatomy/book.py's constants, from the template and the new _config.yml. The
-        # template lives in anatomy/book.py, which imports torch: use the project's .venv when there is one.
+        # the setup cells and anatomy/book/__init__.py's constants, from the template and the new
+        # _config.yml. The template lives in anatomy/book/__init__.py, which imports torch: use the
+        # project's .venv when there is one.
         # The text replacement above has already moved every copy, so a failure here is only a warning.
         venv = root / ".venv" / "bin" / "python"
         python = str(venv) if venv.exists() else sys.executable

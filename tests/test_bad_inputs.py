@@ -14,13 +14,26 @@ import importlib
 import inspect
 import re
 
+import numpy as np
 import pytest
 import torch
 
 import anatomy
-from anatomy import convert, data, masks, pretrained
+from anatomy import (
+    convert,
+    cost,
+    data,
+    masks,
+    metrics,
+    moe,
+    objectives,
+    pretrained,
+    speculative,
+    timing,
+    weight_layout,
+)
 from anatomy.experiments import families
-from anatomy.kernels import tiled
+from anatomy.kernels import tiled, triton_kernel
 
 # anatomy.attention and anatomy.generate are functions (re-exported): reach the modules by name.
 attention_module = importlib.import_module("anatomy.attention")
@@ -54,6 +67,8 @@ def tiny(kind: str = "decoder"):
             _models[kind] = anatomy.Transformer(
                 anatomy.Config(**SMALL, n_token_types=2, mask="bidirectional")
             ).eval()
+        elif kind == "prefix":
+            _models[kind] = anatomy.Transformer(anatomy.Config(**SMALL, mask="prefix")).eval()
         else:
             _models[kind] = anatomy.EncoderDecoder(anatomy.Config(**SMALL)).eval()
     return _models[kind]
@@ -463,6 +478,367 @@ ROWS = [
     *family("prefix_state_change", "model", [(None, T), ("m", T)]),
     *family("prefix_state_change", "prefix_ids", [(IDS[0], V), (IDS.float(), T), (None, V)]),
     *family("prefix_state_change", "suffix_ids", [(IDS[:, :0], V), (torch.ones(2, 3, dtype=torch.long), V)]),
+]  # fmt: skip
+
+# ---------------------------------------------------------------------------------------------------------
+# The rest of the core: cost, metrics, objectives, moe, timing, speculative, kernels (qualified names)
+# ---------------------------------------------------------------------------------------------------------
+
+CFG = anatomy.Config(**SMALL)
+P3 = np.array([0.5, 0.25, 0.25])
+Q3 = np.array([0.25, 0.25, 0.5])
+JOINT = np.arange(1, 9, dtype=float).reshape(2, 2, 2) / 36.0
+CONDS = metrics.masked_conditionals(JOINT)
+SPECIAL = objectives.SpecialTokens(n_text=10, n_sentinels=4)
+SEQS = torch.arange(16).reshape(2, 8) % 10
+_SPAN = objectives.span_corruption_batch(SEQS, SPECIAL, generator=torch.Generator().manual_seed(0))
+_PREFIX = objectives.prefix_lm_batch(SEQS, prefix_len=3)
+V3 = dict(SMALL, vocab_size=3)
+
+
+def tiny3():
+    """A decoder over the Markov source's 3 symbols."""
+    if "v3" not in _models:
+        torch.manual_seed(0)
+        _models["v3"] = anatomy.Transformer(anatomy.Config(**V3)).eval()
+    return _models["v3"]
+
+
+def tiny_moe():
+    if "moe" not in _models:
+        torch.manual_seed(0)
+        _models["moe"] = moe.moe_decoder(CFG, n_routed=4, top_k=2).eval()
+    return _models["moe"]
+
+
+CALLS.update({
+    # cost
+    "cost.published_config": _call(cost.published_config, lambda: dict(name="SmolLM2-135M")),
+    "cost.attention_kind": _call(cost.attention_kind, lambda: dict(config=CFG)),
+    "cost.linear_params": _call(cost.linear_params, lambda: dict(config=CFG)),
+    "cost.param_counts": _call(cost.param_counts, lambda: dict(config=CFG)),
+    "cost.visible_pairs": _call(cost.visible_pairs, lambda: dict(mask="causal", n_queries=4, n_keys=6)),
+    "cost.visible_pairs (prefix)": _call(cost.visible_pairs, lambda: dict(mask="prefix", n_queries=4, n_keys=6, prefix_len=2)),
+    "cost.attention_pairs": _call(cost.attention_pairs, lambda: dict(mask="causal", n_ctx=8, tile=4, counting="tiles")),
+    "cost.tile_walk": _call(cost.tile_walk, lambda: dict(n_ctx=8, tile_q=4, tile_k=4, p=0)),
+    "cost.forward_flops": _call(cost.forward_flops, lambda: dict(config=CFG, n_new=4)),
+    "cost.encdec_first_token_flops": _call(cost.encdec_first_token_flops, lambda: dict(config=CFG, n_source=4)),
+    "cost.kv_bytes_per_token": _call(cost.kv_bytes_per_token, lambda: dict(config=CFG)),
+    "cost.step_bytes": _call(cost.step_bytes, lambda: dict(config=CFG, n_new=1, n_past=4)),
+    "cost.decode_bytes": _call(cost.decode_bytes, lambda: dict(config=CFG, context=8)),
+    "cost.step_intensity": _call(cost.step_intensity, lambda: dict(config=CFG, n_new=1, n_past=4)),
+    "cost.training_flops": _call(cost.training_flops, lambda: dict(n_params=1e6, n_tokens=2e7)),
+    # metrics
+    "metrics.nats_to_bits": _call(metrics.nats_to_bits, lambda: dict(nats=1.0)),
+    "metrics.bits_per_char": _call(metrics.bits_per_char, lambda: dict(nats_per_token=2.0, n_tokens=10, n_chars=40)),
+    "metrics.entropy": _call(metrics.entropy, lambda: dict(p=P3)),
+    "metrics.cross_entropy": _call(metrics.cross_entropy, lambda: dict(p=P3, q=Q3)),
+    "metrics.kl_divergence": _call(metrics.kl_divergence, lambda: dict(p=P3, q=Q3)),
+    "metrics.conditional_entropy": _call(metrics.conditional_entropy, lambda: dict(joint=JOINT, target=0, given=(1,))),
+    "metrics.chain_rule_terms": _call(metrics.chain_rule_terms, lambda: dict(joint=JOINT, order=(2, 0, 1))),
+    "metrics.pseudo_log_likelihood": _call(metrics.pseudo_log_likelihood, lambda: dict(joint=JOINT)),
+    "metrics.span_log_likelihood": _call(metrics.span_log_likelihood, lambda: dict(joint=JOINT, span=(0, 1))),
+    "metrics.total_variation": _call(metrics.total_variation, lambda: dict(p=P3, q=Q3)),
+    "metrics.masked_conditionals": _call(metrics.masked_conditionals, lambda: dict(joint=JOINT)),
+    "metrics.masked_lm_conditionals": _call(
+        metrics.masked_lm_conditionals, lambda: dict(model=tiny(), vocab_size=3, length=2, mask_id=5)
+    ),
+    "metrics.gibbs_sweep": _call(metrics.gibbs_sweep, lambda: dict(dist=JOINT, conditionals=CONDS)),
+    "metrics.gibbs_sweep_matrix": _call(metrics.gibbs_sweep_matrix, lambda: dict(conditionals=CONDS)),
+    "metrics.stationary_distribution": _call(metrics.stationary_distribution, lambda: dict(T=np.array([[0.9, 0.1], [0.2, 0.8]]))),
+    "metrics.conditional_inconsistency": _call(metrics.conditional_inconsistency, lambda: dict(conditionals=CONDS, dist=JOINT)),
+    "metrics.markov_conditionals": _call(metrics.markov_conditionals, lambda: dict(source=MARKOV, seqs=IDS % 3)),
+    "metrics.token_losses": _call(metrics.token_losses, lambda: dict(logits=torch.randn(2, 3, 5), targets=torch.zeros(2, 3, dtype=torch.long))),
+    "metrics.kl_to_source": _call(metrics.kl_to_source, lambda: dict(logits=torch.randn(2, 3), true_probs=torch.full((2, 3), 1 / 3))),
+    "metrics.NGramModel": _call(metrics.NGramModel, lambda: dict(vocab_size=3, k=1)),
+    "metrics.NGramModel.fit": _method(lambda: metrics.NGramModel(3, 1), "fit", lambda: dict(seqs=IDS % 3)),
+    "metrics.NGramModel.losses": _method(lambda: metrics.NGramModel(3, 1), "losses", lambda: dict(seqs=IDS % 3)),
+    "metrics.NGramModel.loss": _method(lambda: metrics.NGramModel(3, 1), "loss", lambda: dict(seqs=IDS % 3)),
+    "metrics.score_on_source": _call(metrics.score_on_source, lambda: dict(model=tiny3(), source=MARKOV, seqs=IDS % 3)),
+    # objectives
+    "objectives.SpecialTokens": _call(objectives.SpecialTokens, lambda: dict(n_text=10, n_sentinels=4)),
+    "objectives.causal_lm_batch": _call(objectives.causal_lm_batch, lambda: dict(seqs=SEQS, label_fraction=0.5)),
+    "objectives.masked_lm_batch": _call(objectives.masked_lm_batch, lambda: dict(seqs=SEQS, special=SPECIAL)),
+    "objectives.span_counts": _call(objectives.span_counts, lambda: dict(length=20)),
+    "objectives.random_spans_noise_mask": _call(objectives.random_spans_noise_mask, lambda: dict(length=20)),
+    "objectives.span_corruption_batch": _call(objectives.span_corruption_batch, lambda: dict(seqs=SEQS, special=SPECIAL)),
+    "objectives.span_corruption_reconstruct": _call(
+        objectives.span_corruption_reconstruct,
+        lambda: dict(encoder_input_ids=_SPAN.encoder_input_ids[0], targets=_SPAN.labels[0], special=SPECIAL),
+    ),
+    "objectives.prefix_lm_batch": _call(objectives.prefix_lm_batch, lambda: dict(seqs=SEQS, prefix_len=3)),
+    "objectives.make_batch": _call(objectives.make_batch, lambda: dict(objective="masked", seqs=SEQS, special=SPECIAL)),
+    "objectives.text_windows": _call(objectives.text_windows, lambda: dict(ids=STREAM, batch_size=2, seq_len=8)),
+    "objectives.objective_batches": _call(
+        objectives.objective_batches,
+        lambda: dict(objective="causal", windows=objectives.text_windows(STREAM, 2, 8)),
+    ),
+    "objectives.prefix_lm_loss": _call(objectives.prefix_lm_loss, lambda: dict(model=tiny("prefix"), batch=_PREFIX)),
+    "objectives.span_corruption_loss": _call(objectives.span_corruption_loss, lambda: dict(model=tiny("ed"), batch=_SPAN)),
+    "objectives.loss_fn": _call(objectives.loss_fn, lambda: dict(objective="span")),
+    "objectives.batch_labels": _call(objectives.batch_labels, lambda: dict(batch=_PREFIX)),
+    "objectives.signal": _call(objectives.signal, lambda: dict(batch=_SPAN, text_tokens=16, special=SPECIAL)),
+    "objectives.train_step_flops": _call(
+        objectives.train_step_flops, lambda: dict(model=tiny(), loss=train_module.next_token_loss, batch=(IDS[:, :-1], IDS[:, 1:]))
+    ),
+    # moe
+    "moe.MoE": _call(moe.MoE, lambda: dict(config=CFG, n_routed=4, top_k=2)),
+    "moe.MoE.forward": _method(lambda: moe.moe_layers(tiny_moe())[0], "forward", lambda: dict(x=torch.randn(1, 3, 16))),
+    "moe.MoE.reset_parameters": _method(lambda: moe.MoE(CFG, 4), "reset_parameters", lambda: dict()),
+    "moe.route_reference": _call(moe.route_reference, lambda: dict(
+        u=torch.randn(3, 4), centroids=torch.randn(2, 4), bias=torch.zeros(2), top_k=1, shared=[], routed=[torch.tanh, torch.sin])),
+    "moe.moe_layers": _call(moe.moe_layers, lambda: dict(model=tiny_moe())),
+    "moe.moe_decoder": _call(moe.moe_decoder, lambda: dict(config=CFG, n_routed=4, top_k=2)),
+    # timing
+    "timing.interleaved_times": _call(timing.interleaved_times, lambda: dict(fns={"a": lambda: None}, repeats=1, warmup=0)),
+    "timing.interleaved_medians": _call(timing.interleaved_medians, lambda: dict(fns={"a": lambda: None}, repeats=1, warmup=0)),
+    "timing.paired_ratio": _call(timing.paired_ratio, lambda: dict(numerator=[1.0, 2.0], denominator=[1.0, 1.0])),
+    # speculative (helper S's module)
+    "speculative.TorchRandom": _call(speculative.TorchRandom, lambda: dict()),
+    "speculative.ScriptedRandom": _call(speculative.ScriptedRandom, lambda: dict(script=[0, 1])),
+    "speculative.acceptance_probability": _call(speculative.acceptance_probability, lambda: dict(p=torch.tensor([0.5, 0.5]), q=torch.tensor([0.25, 0.75]), token=1)),
+    "speculative.residual_distribution": _call(speculative.residual_distribution, lambda: dict(p=torch.tensor([0.5, 0.5]), q=torch.tensor([0.25, 0.75]))),
+    "speculative.verify": _call(speculative.verify, lambda: dict(
+        p=torch.full((2, 3), 1 / 3), q=torch.full((1, 3), 1 / 3), drafts=[1], rng=speculative.TorchRandom())),
+    "speculative.ModelDrafter": _call(speculative.ModelDrafter, lambda: dict(model=tiny(), max_len=32)),
+    "speculative.NgramDrafter": _call(speculative.NgramDrafter, lambda: dict(vocab_size=20, max_n=3, min_n=1)),
+    "speculative.layer_draft": _call(speculative.layer_draft, lambda: dict(model=tiny(), layers=1)),
+    "speculative.expected_tokens_per_call": _call(speculative.expected_tokens_per_call, lambda: dict(alpha=0.5, gamma=4)),
+    "speculative.expected_speedup": _call(speculative.expected_speedup, lambda: dict(alpha=0.5, gamma=4, c=0.1)),
+    "speculative.step_costs": _call(speculative.step_costs, lambda: dict(target=tiny(), draft=tiny(), context_ids=IDS, gamma=1, repeats=1)),
+    "speculative.enumerate_distribution": _call(speculative.enumerate_distribution, lambda: dict(sample=lambda rng: [rng.categorical(torch.tensor([0.5, 0.5]))])),
+    "speculative.sequence_distribution": _call(speculative.sequence_distribution, lambda: dict(model=tiny(), input_ids=IDS, n_tokens=1)),
+    "speculative.total_variation": _call(speculative.total_variation, lambda: dict(a={(0,): 1.0}, b={(1,): 1.0})),
+    # kernels (helper K's) and weight layout (helper C's)
+    "triton_kernel.block_size": _call(triton_kernel.block_size, lambda: dict(tile=64, head_dim=32)),
+    "weight_layout.fused_weight": _call(weight_layout.fused_weight, lambda: dict(owner=tiny().layers[0].mlp, names=("gate_proj", "up_proj"))),
+})  # fmt: skip
+
+NOT_FINITE = [(NAN, V), (INF, V), ("1", T), (None, T)]
+CONFIG = [(None, T), ("SmolLM2-135M", T), ({"d_model": 16}, T)]
+PROBS = [(np.array([0.5, 0.6, 0.1]), V), (np.array([-0.5, 1.0, 0.5]), V), (np.array([NAN, 0.5, 0.5]), V), (0.5, V), ("abc", T)]
+JOINTS = [(np.ones((2, 2)), V), (-JOINT, V), (np.array(1.0), V), ("joint", T)]
+SEQ_TENSOR = [([[1, 2]], T), (None, T), (SEQS.float(), T), (SEQS[0], V)]
+XFAIL_S = "speculative.py is helper S's: reported, not edited here"
+
+ROWS += [
+    # ---- cost
+    *family("cost.published_config", "name", [("GPT-5", V), (None, V), (3, V), (["SmolLM2-135M"], V)]),
+    *family("cost.attention_kind", "config", CONFIG),
+    *family("cost.linear_params", "config", CONFIG[:2]),
+    *family("cost.linear_params", "cross_attention", [(1, T), ("yes", T)]),
+    *family("cost.param_counts", "config", CONFIG),
+    *family("cost.visible_pairs", "mask", MASK),
+    *family("cost.visible_pairs", "n_queries", POSITIVE_INT[:6]),
+    *family("cost.visible_pairs", "n_keys", [(3, V), (-1, V), (6.0, T), (True, T)]),
+    *family("cost.visible_pairs (prefix)", "prefix_len", [(None, V), (-1, V), (1.5, T), (True, T)]),
+    *family("cost.attention_pairs", "n_ctx", POSITIVE_INT[:6]),
+    *family("cost.attention_pairs", "tile", [*POSITIVE_INT[:5], ((4, 0), V), ((4,), V), ((4, 4, 4), V), ((4, 1.5), T), ("4", T)]),
+    *family("cost.attention_pairs", "counting", [("exact", V), (None, V)]),
+    *family("cost.attention_pairs", "mask", MASK[:3]),
+    *family("cost.tile_walk", "n_ctx", [(-1, V), (1.5, T), (True, T)]),
+    *family("cost.tile_walk", "tile_q", POSITIVE_INT[:5]),
+    *family("cost.tile_walk", "tile_k", POSITIVE_INT[:5]),
+    *family("cost.tile_walk", "p", [(-1, V), (1.5, T), (None, T)]),
+    *family("cost.forward_flops", "config", CONFIG[:2]),
+    *family("cost.forward_flops", "n_new", POSITIVE_INT[:6]),
+    *family("cost.forward_flops", "n_past", NON_NEGATIVE_INT[:5]),
+    *family("cost.forward_flops", "batch", POSITIVE_INT[:4]),
+    *family("cost.forward_flops", "logits", [("first", V), (None, V)]),
+    *family("cost.forward_flops", "counting", [("exact", V)]),
+    *family("cost.forward_flops", "mask", [("sliding", V), (3, V)]),
+    *family("cost.encdec_first_token_flops", "config", CONFIG[:1]),
+    *family("cost.encdec_first_token_flops", "n_source", POSITIVE_INT[:5]),
+    *family("cost.encdec_first_token_flops", "n_decoder_layers", POSITIVE_INT_OR_NONE),
+    *family("cost.kv_bytes_per_token", "config", CONFIG[:1]),
+    *family("cost.kv_bytes_per_token", "bytes_per_elem", POSITIVE_INT[:5]),
+    *family("cost.step_bytes", "config", CONFIG[:1]),
+    *family("cost.step_bytes", "n_new", POSITIVE_INT[:4]),
+    *family("cost.step_bytes", "n_past", NON_NEGATIVE_INT[:4]),
+    *family("cost.step_bytes", "batch", POSITIVE_INT[:3]),
+    *family("cost.step_bytes", "weight_bytes", POSITIVE_INT[:5]),
+    *family("cost.step_bytes", "kv_bytes", POSITIVE_INT[:5]),
+    *family("cost.step_bytes", "logits", [("first", V), (None, V)]),
+    *family("cost.decode_bytes", "context", NON_NEGATIVE_INT[:5]),
+    *family("cost.decode_bytes", "config", CONFIG[:1]),
+    *family("cost.step_intensity", "n_new", POSITIVE_INT[:3]),
+    *family("cost.step_intensity", "weight_bytes", [(0, V), (1.5, T)]),
+    *family("cost.step_intensity", "logits", [("first", V)]),
+    *family("cost.training_flops", "n_params", POSITIVE_FLOAT),
+    *family("cost.training_flops", "n_tokens", POSITIVE_FLOAT[:6]),
+    # ---- metrics
+    *family("metrics.nats_to_bits", "nats", [("1", T), (None, T), (True, T), ([1.0], T)]),
+    *family("metrics.bits_per_char", "nats_per_token", [(-1.0, V), (NAN, V), (INF, V), ("1", T), (None, T)]),
+    *family("metrics.bits_per_char", "n_tokens", POSITIVE_INT[:6]),
+    *family("metrics.bits_per_char", "n_chars", POSITIVE_INT[:6]),
+    *family("metrics.entropy", "p", PROBS),
+    *family("metrics.entropy", "axis", [(1.5, T), (True, T), (3, V)]),
+    *family("metrics.cross_entropy", "p", PROBS[:3]),
+    *family("metrics.cross_entropy", "q", [*PROBS, (np.array([0.5, 0.5]), V)]),
+    *family("metrics.kl_divergence", "p", PROBS[:2]),
+    *family("metrics.kl_divergence", "q", [*PROBS[:2], (np.array([1.0]), V)]),
+    *family("metrics.kl_divergence", "axis", [(1.5, T)]),
+    *family("metrics.conditional_entropy", "joint", JOINTS),
+    *family("metrics.conditional_entropy", "target", [(3, V), (-1, V), (1.5, T), (None, T)]),
+    *family("metrics.conditional_entropy", "given", [((5,), V), ((0,), V), ((1, 1), V), (1, T)]),
+    *family("metrics.chain_rule_terms", "joint", JOINTS[:2]),
+    *family("metrics.chain_rule_terms", "order", [((0, 0, 1), V), ((0, 1), V), ((0, 1, 5), V), (3, T)]),
+    *family("metrics.pseudo_log_likelihood", "joint", JOINTS),
+    *family("metrics.span_log_likelihood", "joint", JOINTS[:2]),
+    *family("metrics.span_log_likelihood", "span", [((), V), ((7,), V), ((0, 0), V), (None, T)]),
+    *family("metrics.total_variation", "p", PROBS[:3]),
+    *family("metrics.total_variation", "q", [(np.array([0.5, 0.5]), V)]),
+    *family("metrics.masked_conditionals", "joint", JOINTS),
+    *family("metrics.masked_lm_conditionals", "vocab_size", [(1, V), (1.5, T), (True, T)]),
+    *family("metrics.masked_lm_conditionals", "length", [(0, V), (-1, V), ("2", T)]),
+    *family("metrics.masked_lm_conditionals", "mask_id", [(1, V), (-1, V), (5.0, T)]),
+    *family("metrics.masked_lm_conditionals", "batch_size", [(0, V), (1.5, T)]),
+    *family("metrics.masked_lm_conditionals", "model", [(None, T), ("bert", T)]),
+    *family("metrics.gibbs_sweep", "dist", JOINTS[:2]),
+    *family("metrics.gibbs_sweep", "conditionals", [(CONDS[:2], V), (np.ones((3, 2, 2, 2)), V), ("c", T)]),
+    *family("metrics.gibbs_sweep", "order", [((0, 0, 1), V), ((0, 9), V), (3, T)]),
+    *family("metrics.gibbs_sweep_matrix", "conditionals", [(CONDS[:2], V), (-CONDS, V)]),
+    *family("metrics.gibbs_sweep_matrix", "order", [((5,), V)]),
+    *family("metrics.stationary_distribution", "T", [(np.ones((2, 3)) / 3, V), (np.array([[2.0, -1.0], [0.0, 1.0]]), V), (np.ones((2, 2)), V), ("T", T)]),
+    *family("metrics.conditional_inconsistency", "conditionals", [(CONDS[:1], V)]),
+    *family("metrics.conditional_inconsistency", "dist", [(np.ones((3, 3, 3)) / 27, V), (-JOINT, V)]),
+    *family("metrics.markov_conditionals", "source", [(None, T), ("markov", T)]),
+    *family("metrics.markov_conditionals", "seqs", [(IDS + 5, V), (IDS.float(), T), ([[0, 1]], T)]),
+    *family("metrics.token_losses", "logits", [(torch.randn(2, 4, 5), V), ([[0.0]], T), (torch.ones(2, 3, 5, dtype=torch.long), T)]),
+    *family("metrics.token_losses", "targets", [(torch.full((2, 3), 5), V), (torch.full((2, 3), -1), V), (torch.zeros(2, 3), T), (None, T)]),
+    *family("metrics.kl_to_source", "logits", [(torch.randn(2, 4), V), (None, T)]),
+    *family("metrics.kl_to_source", "true_probs", [(torch.randn(2, 4), V), (torch.full((2, 3), -1.0), V), ([[1.0]], T)]),
+    *family("metrics.NGramModel", "vocab_size", [(1, V), (0, V), (1.5, T), (True, T), ("3", T)]),
+    *family("metrics.NGramModel", "k", [(-1, V), (1.5, T), (None, T)]),
+    *family("metrics.NGramModel", "alpha", [(0.0, V), (-1.0, V), (NAN, V), (INF, V), ("1", T)]),
+    *family("metrics.NGramModel", "reverse", [(1, T), ("yes", T)]),
+    *one("metrics.NGramModel", "k", 30, V),
+    *family("metrics.NGramModel.fit", "seqs", [(IDS + 5, V), (IDS - 5, V), ("abc", T), (None, T)]),
+    *family("metrics.NGramModel.losses", "seqs", [(IDS + 5, V), (None, T)]),
+    *family("metrics.NGramModel.losses", "start", [(-1, V), (1.5, T), (9, V)]),
+    *family("metrics.NGramModel.loss", "seqs", [(IDS + 5, V)]),
+    *family("metrics.score_on_source", "model", [(None, T), ("m", T)]),
+    *family("metrics.score_on_source", "source", [(None, T), (3, T)]),
+    *family("metrics.score_on_source", "seqs", [(IDS + 5, V), (IDS[:, :1], V), (IDS.float(), T)]),
+    # ---- objectives
+    *family("objectives.SpecialTokens", "n_text", POSITIVE_INT[:5]),
+    *family("objectives.SpecialTokens", "n_sentinels", [(-1, V), (1.5, T), (True, T)]),
+    *family("objectives.causal_lm_batch", "seqs", SEQ_TENSOR),
+    *family("objectives.causal_lm_batch", "label_fraction", [(0.0, V), (1.5, V), (NAN, V), ("1", T)]),
+    *family("objectives.causal_lm_batch", "generator", [(3, T)]),
+    *family("objectives.masked_lm_batch", "seqs", [*SEQ_TENSOR, (SEQS + 10, V)]),
+    *family("objectives.masked_lm_batch", "special", [(None, T), (10, T)]),
+    *family("objectives.masked_lm_batch", "rate", [(0.0, V), (1.5, V), (NAN, V), ("0.1", T)]),
+    *family("objectives.masked_lm_batch", "replace", [((0.5, 0.5, 0.5), V), ((1.0, 0.0), V), ((1.5, -0.5, 0.0), V), (0.8, T)]),
+    *family("objectives.masked_lm_batch", "selection", [("random", V), (None, V)]),
+    *family("objectives.span_counts", "length", POSITIVE_INT[:6]),
+    *family("objectives.span_counts", "noise_density", [(0.0, V), (1.0, V), (NAN, V), ("0.1", T)]),
+    *family("objectives.span_counts", "mean_span_length", [(0.0, V), (-1.0, V), (NAN, V), (INF, V), ("3", T)]),
+    *family("objectives.random_spans_noise_mask", "length", POSITIVE_INT[:4]),
+    *family("objectives.random_spans_noise_mask", "noise_density", [(1.5, V), (NAN, V)]),
+    *family("objectives.random_spans_noise_mask", "random_roll", [(1, T), ("yes", T)]),
+    *family("objectives.random_spans_noise_mask", "generator", [(3, T)]),
+    *family("objectives.span_corruption_batch", "seqs", [*SEQ_TENSOR, (SEQS + 10, V)]),
+    *family("objectives.span_corruption_batch", "special", [(None, T)]),
+    *family("objectives.span_corruption_batch", "noise_density", [(0.0, V), (NAN, V)]),
+    *family("objectives.span_corruption_batch", "mean_span_length", [(0.0, V)]),
+    *family("objectives.span_corruption_reconstruct", "special", [(None, T), (4, T)]),
+    *family("objectives.span_corruption_reconstruct", "encoder_input_ids", [(None, T), ("abc", T), (torch.zeros(2, 2, dtype=torch.long), V)]),
+    *family("objectives.span_corruption_reconstruct", "targets", [(None, T), (torch.zeros(1, 2, 2, dtype=torch.long), V)]),
+    *family("objectives.prefix_lm_batch", "seqs", SEQ_TENSOR),
+    *family("objectives.prefix_lm_batch", "prefix_len", [(0, V), (8, V), (-1, V), (1.5, T), (True, T)]),
+    *family("objectives.prefix_lm_batch", "generator", [("g", T)]),
+    *family("objectives.make_batch", "objective", [("mlm", V), (None, V), ("Causal", V)]),
+    *family("objectives.make_batch", "seqs", SEQ_TENSOR[:2]),
+    *family("objectives.make_batch", "special", [(None, V), (3, T)], "special"),
+    *one("objectives.make_batch", "prefix_len", 3, T),
+    *family("objectives.text_windows", "ids", [([1, 2], T), (torch.zeros(50), T), (torch.zeros(2, 25, dtype=torch.long), V)]),
+    *family("objectives.text_windows", "batch_size", POSITIVE_INT[:5]),
+    *family("objectives.text_windows", "seq_len", [*POSITIVE_INT[:5], (60, V)]),
+    *family("objectives.text_windows", "seed", [(1.5, T), (None, T)]),
+    *family("objectives.objective_batches", "objective", [("mlm", V), (None, V)]),
+    *family("objectives.objective_batches", "windows", [(3, T), (None, T)]),
+    *family("objectives.objective_batches", "seed", [(1.5, T), ("0", T)]),
+    *family("objectives.prefix_lm_loss", "model", [(None, T), ("m", T)]),
+    *family("objectives.prefix_lm_loss", "batch", [(None, T), ((IDS, IDS), T), (_SPAN, T)]),
+    *family("objectives.span_corruption_loss", "model", [(None, T)]),
+    *family("objectives.span_corruption_loss", "batch", [(None, T), (_PREFIX, T), ((IDS, IDS), T)]),
+    *family("objectives.loss_fn", "objective", [("mlm", V), (None, V), (3, V)]),
+    *family("objectives.batch_labels", "batch", [(None, T), ([1], T), (IDS, T)]),
+    *family("objectives.signal", "batch", [(None, T), (IDS, T)]),
+    *family("objectives.signal", "text_tokens", POSITIVE_INT[:5]),
+    *family("objectives.signal", "special", [("special", T), (10, T)]),
+    *family("objectives.train_step_flops", "model", [(None, T), ("m", T)]),
+    *family("objectives.train_step_flops", "loss", [(3, T), (None, T)]),
+    # ---- moe
+    *family("moe.MoE", "config", CONFIG[:2]),
+    *family("moe.MoE", "n_routed", POSITIVE_INT[:5]),
+    *family("moe.MoE", "n_shared", [(-1, V), (1.5, T)]),
+    *family("moe.MoE", "top_k", [(0, V), (5, V), (1.5, T), (True, T)]),
+    *family("moe.MoE", "d_expert", [(0, V), (-4, V), (2.5, T)]),
+    *family("moe.MoE", "bias_update_speed", [(-1.0, V), (NAN, V), (INF, V), ("0.1", T)]),
+    *family("moe.MoE", "route_scale", [(0.0, V), (-1.0, V), (NAN, V)]),
+    *family("moe.MoE.forward", "x", [(torch.randn(1, 3, 8), V), ([[0.0]], T), (torch.ones(1, 3, 16, dtype=torch.long), T)]),
+    *family("moe.MoE.reset_parameters", "std", [(-1.0, V), (NAN, V), ("0.02", T)]),
+    *family("moe.MoE.reset_parameters", "residual_std", [(-1.0, V), (INF, V)]),
+    *family("moe.route_reference", "top_k", [(0, V), (3, V), (1.5, T)]),
+    *family("moe.route_reference", "u", [(torch.randn(3, 5), V), (None, T)]),
+    *family("moe.route_reference", "centroids", [(torch.randn(3, 4), V), (None, T)]),
+    *family("moe.route_reference", "bias", [(torch.zeros(3), V)]),
+    *family("moe.route_reference", "routed", [([torch.tanh], V), (None, T)]),
+    *family("moe.route_reference", "shared", [(None, T), ([3], T)]),
+    *family("moe.route_reference", "route_scale", [(NAN, V), (0.0, V)]),
+    *family("moe.moe_layers", "model", [(None, T), ("m", T)]),
+    *family("moe.moe_decoder", "config", CONFIG[:2]),
+    *family("moe.moe_decoder", "n_routed", [(0, V), (1.5, T)]),
+    *family("moe.moe_decoder", "top_k", [(9, V), (True, T)]),
+    # ---- timing
+    *family("timing.interleaved_times", "fns", [({}, V), ([lambda: None], T), ({"a": 3}, T), (None, T)]),
+    *family("timing.interleaved_times", "repeats", POSITIVE_INT[:5]),
+    *family("timing.interleaved_times", "warmup", [(-1, V), (1.5, T), (True, T)]),
+    *family("timing.interleaved_times", "threads", [(0, V), (1.5, T), ("2", T)]),
+    *family("timing.interleaved_times", "clock", [("gpu", V), (None, V)]),
+    *one("timing.interleaved_times", "clock", "cpu", V, "threads"),
+    *family("timing.interleaved_medians", "fns", [({}, V)]),
+    *family("timing.interleaved_medians", "repeats", [(0, V)]),
+    *family("timing.paired_ratio", "numerator", [([], V), ([1.0], V), ([NAN, 1.0], V), ("ab", T), (None, T)]),
+    *family("timing.paired_ratio", "denominator", [([0.0, 1.0], V), ([-1.0, 1.0], V), ([INF, 1.0], V), ([1.0, 1.0, 1.0], V)]),
+    # ---- speculative (helper S's)
+    *family("speculative.TorchRandom", "generator", [(3, T), ("seed", T)]),
+    *family("speculative.ScriptedRandom", "script", [(None, T), (3, T), ([1.5], T), ([-1], V)]),
+    *family("speculative.acceptance_probability", "token", [(-1, V), (2, V), (1.5, T)]),
+    *family("speculative.acceptance_probability", "p", [(torch.tensor([0.5, 0.25, 0.25]), V), ([0.5, 0.5], T)]),
+    *family("speculative.residual_distribution", "q", [(torch.tensor([1.0]), V), (None, T)]),
+    *family("speculative.verify", "rule", [("greedy", V), (None, V)]),
+    *family("speculative.verify", "drafts", [([5], V), ([1, 1, 1], V), (None, T)]),
+    *family("speculative.verify", "p", [(torch.full((2, 4), 0.25), V), (None, T)]),
+    *family("speculative.ModelDrafter", "max_len", POSITIVE_INT[:4]),
+    *family("speculative.ModelDrafter", "model", [(None, T), ("m", T)]),
+    *family("speculative.NgramDrafter", "vocab_size", POSITIVE_INT[:4]),
+    *family("speculative.NgramDrafter", "max_n", [(0, V), (1.5, T)]),
+    *family("speculative.NgramDrafter", "min_n", [(0, V), (4, V), (True, T)]),
+    *family("speculative.layer_draft", "model", [(None, T), ("m", T)]),
+    *family("speculative.layer_draft", "layers", [(0, V), (3, V), (-1, V), ([], V), ([0, 0], V), ([5], V), (1.5, T)]),
+    *family("speculative.expected_tokens_per_call", "alpha", [(-0.1, V), (1.5, V), (NAN, V), ("0.5", T)]),
+    *family("speculative.expected_tokens_per_call", "gamma", [(-1, V), (1.5, T), (True, T)]),
+    *family("speculative.expected_speedup", "c", [(-1.0, V), (NAN, V), (INF, V), ("0.1", T)]),
+    *family("speculative.expected_speedup", "alpha", [(2.0, V)]),
+    *family("speculative.expected_speedup", "gamma", [(-2, V)]),
+    *family("speculative.step_costs", "gamma", [(0, V), (-1, V), (1.5, T)]),
+    *family("speculative.step_costs", "repeats", [(0, V), (1.5, T)]),
+    *family("speculative.step_costs", "context_ids", [(IDS.float(), T), (IDS[:, :0], V), (None, T)]),
+    *family("speculative.step_costs", "clock", [("gpu", V)]),
+    *family("speculative.enumerate_distribution", "sample", [(None, T), (3, T)]),
+    *family("speculative.enumerate_distribution", "max_runs", [(0, V), (-1, V), (1.5, T)]),
+    *family("speculative.sequence_distribution", "n_tokens", POSITIVE_INT[:4]),
+    *family("speculative.sequence_distribution", "temperature", [(0.0, V), (-1.0, V), (NAN, V), (INF, V)]),
+    *family("speculative.sequence_distribution", "input_ids", [(IDS.float(), T), (None, T), (IDS[0], V)]),
+    *family("speculative.total_variation", "a", [(None, T), ([1.0], T), ({(0,): -1.0}, V)]),
+    # ---- kernels (helper K's) and the weight layout (helper C's)
+    *family("triton_kernel.block_size", "tile", [(0, V), (-1, V)]),
+    *family("triton_kernel.block_size", "head_dim", [(0, V), (512, V)]),
+    *family("weight_layout.fused_weight", "names", [(("gate_proj", "nope"), V), ((), V), (None, T)]),
+    *family("weight_layout.fused_weight", "owner", [(None, T)]),
 ]  # fmt: skip
 
 

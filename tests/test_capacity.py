@@ -1,4 +1,5 @@
-"""Tests for anatomy.capacity: population-loss students, the scaling family, power laws, Chinchilla."""
+"""Tests for anatomy.experiments.capacity:
+population-loss students, the scaling family, power laws, Chinchilla."""
 
 import math
 

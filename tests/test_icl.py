@@ -1,4 +1,5 @@
-"""Tests for anatomy.icl: the attention-only decoder, induction scores, the dual form, few-shot prompting."""
+"""Tests for anatomy.experiments.icl, dual_form and few_shot:
+the attention-only decoder, induction scores, the dual form, few-shot prompting."""
 
 from __future__ import annotations
 

@@ -188,9 +188,8 @@ def test_moe_decoder_shares_init_with_dense_and_counts_parameters():
     assert counts["active"] == dense_model.num_params() + router
     per_expert = 3 * cfg.d_model * 8
     assert counts["total"] - counts["active"] == cfg.n_layers * 3 * per_expert
-    assert len(moe_layers(moe_model)) == cfg.n_layers and active_param_counts(dense_model)["total"] == active_param_counts(
-        dense_model
-    )["active"]
+    dense_counts = active_param_counts(dense_model)
+    assert len(moe_layers(moe_model)) == cfg.n_layers and dense_counts["total"] == dense_counts["active"]
 
 
 @pytest.mark.parametrize("mask", ["causal", "bidirectional", "prefix"])

@@ -1,4 +1,5 @@
-"""Tests for anatomy.positions: permutation equivariance, position probes, the exact masked-LM posterior of a
+"""Tests for anatomy.experiments.positions:
+permutation equivariance, position probes, the exact masked-LM posterior of a
 Markov source, the order experiment and the context-shuffle test."""
 
 from __future__ import annotations

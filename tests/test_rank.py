@@ -1,4 +1,5 @@
-"""Tests for anatomy.rank: rank measures, the accurate sigma_min of triangular matrices, products of attention
+"""Tests for anatomy.experiments.rank (and rank_plots):
+rank measures, the accurate sigma_min of triangular matrices, products of attention
 matrices, collapse stacks built from anatomy.model, and the real-model helpers (on a small random model)."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Chapter 12's record, counts and experiments, the sources page and the answer page (anatomy.record)."""
+"""Chapter 12's record, counts and experiments, the sources page and the answer page
+(anatomy.experiments.record, record_runs, answer)."""
 
 from __future__ import annotations
 
@@ -126,7 +127,8 @@ def test_budget_runs_compare_three_models_on_the_same_task():
 def test_retrieval_scores():
     docs = torch.eye(4)
     assert record_runs.retrieval_scores(docs, docs, [0, 1, 2, 3]) == {"top1": 1.0, "mrr": 1.0}
-    scores = record_runs.retrieval_scores(docs[[1, 0]], docs, [0, 1])  # each query nearest to the other's partner
+    # each query nearest to the other's partner
+    scores = record_runs.retrieval_scores(docs[[1, 0]], docs, [0, 1])
     assert scores["top1"] == 0.0 and scores["mrr"] == pytest.approx(0.5)
 
 

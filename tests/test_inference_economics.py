@@ -1,0 +1,77 @@
+"""Chapter 10's experiment (anatomy.experiments.inference_economics): roofline, seed 002's cost model,
+latency estimates, measurements of this machine, the classifiers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from anatomy import Config, cost
+from anatomy.experiments import inference_economics
+
+TINY = Config(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256,
+              attn_backend="reference")
+
+
+def test_roofline_and_ridge():
+    assert inference_economics.roofline(1.0, 100.0, 10.0) == 10.0
+    assert inference_economics.roofline(50.0, 100.0, 10.0) == 100.0
+    attainable = inference_economics.roofline(torch.tensor([1.0, 50.0]), 100.0, 10.0)
+    assert torch.equal(attainable, torch.tensor([10.0, 100.0]))
+    assert inference_economics.ridge_point(312e12, 2e12) == 156.0
+    with pytest.raises(ValueError, match="peak_flops"):
+        inference_economics.roofline(1.0, 0.0, 1.0)
+
+
+def test_seed002_costs_reproduce_its_code():
+    r = inference_economics.seed002_costs(7, 512, 128)
+    assert math.isclose(r["prefill_ms"], 2 * 7e9 * 512 / 312e12 * 1e3)
+    assert r["n_layers"] == 0  # the seed's shape guess truncates to zero layers for 7B
+    assert r["decode_ms"] == 0.0
+    table = {(p, n, g): pre for _, p, n, g, pre, _, _ in inference_economics.SEED002_LATENCY_TABLE}
+    assert 6.5 < r["prefill_ms"] / table[(7.0, 512, 128)] < 7.5
+
+
+def test_latency_estimate_counts_weight_reads():
+    cfg = cost.published_config("Llama-2-7B")
+    est = inference_economics.latency_estimate(cfg, 512, 128)
+    # 128 steps, each reading ~13.5 GB of fp16 weights at 2 TB/s
+    assert est["decode_ms"] >= est["decode_weights_ms"] >= 128 * 13e9 / 2e12 * 1e3
+    assert est["prefill_ms"] > 0 and est["total_ms"] == pytest.approx(est["prefill_ms"] + est["decode_ms"])
+
+
+def test_measurements_return_positive_rates():
+    f = inference_economics.measure_matmul_flops(64, repeats=2)
+    b = inference_economics.measure_bandwidth(2**20, repeats=2)
+    assert f["median"] > 0 and f["flops"] == 2 * 64**3 and len(f["seconds"]) == 2
+    assert b["median"] > 0 and b["bytes"] == 2 * 2**20
+
+
+def test_argument_checks():
+    with pytest.raises(ValueError, match="params_billion"):
+        inference_economics.seed002_costs(0, 1, 1)
+
+
+@pytest.mark.slow
+@pytest.mark.pretrained
+def test_compare_classifiers_on_the_real_models():
+    pretrained = pytest.importorskip("anatomy.pretrained")
+    try:
+        encoder, enc_tok = pretrained.minilm()
+        decoder, dec_tok = pretrained.smollm2(verbose=False)
+    except (ModuleNotFoundError, FileNotFoundError) as exc:
+        pytest.skip(f"pretrained models not installed: {exc}")
+    out = inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=2)
+    with pytest.raises(ValueError, match="encoder_repeats"):
+        inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=0)
+    with pytest.raises(ValueError, match="clock"):
+        inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, clock="elapsed")
+    assert out["n_test"] == 32 and out["labels"] == list(inference_economics.TOPICS)
+    for name in inference_economics.CLASSIFIERS:
+        r = out[name]
+        assert r["pred"].shape == (32,) and 0 <= r["accuracy"] <= 1 and r["seconds"] > 0 and r["flops"] > 0
+    mini, chat = out[inference_economics.CLASSIFIERS[0]], out[inference_economics.CLASSIFIERS[2]]
+    assert chat["flops"] > 5 * mini["flops"] and chat["tokens"] > mini["tokens"]
+    assert mini["accuracy"] >= 0.75  # the encoder with prototypes works on this easy set

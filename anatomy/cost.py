@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from anatomy._checks import check_choice, check_instance, check_int, check_positive_int, is_int
+from anatomy._checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_positive_int,
+    is_int,
+)
 from anatomy.cache import kv_cache_bytes
 from anatomy.masks import MASKS
 from anatomy.model import Config
@@ -74,13 +82,12 @@ PUBLISHED: tuple[str, ...] = tuple(_PUBLISHED)
 
 def published_config(name: str) -> Config:
     """The anatomy Config of a published model (see ``PUBLISHED`` and ``PUBLISHED_SOURCES``)."""
-    if name not in _PUBLISHED:
-        raise ValueError(f"name must be one of {PUBLISHED}, got {name!r}")
-    return _PUBLISHED[name][0]()
+    return _PUBLISHED[check_choice("name", name, PUBLISHED)][0]()
 
 
 def attention_kind(config: Config) -> str:
     """'MHA' (one K/V head per query head), 'MQA' (one K/V head) or 'GQA' (groups in between)."""
+    check_instance("config", config, Config, "an anatomy Config")
     if config.n_kv_heads == config.n_heads:
         return "MHA"
     return "MQA" if config.n_kv_heads == 1 else "GQA"
@@ -94,6 +101,7 @@ def attention_kind(config: Config) -> str:
 def linear_params(config: Config, *, cross_attention: bool = False) -> int:
     """Weights of one block's matrices (q, k, v, o and the MLP; + cross-attention q, k, v, o if asked)."""
     c = check_instance("config", config, Config, "an anatomy Config")
+    check_bool("cross_attention", cross_attention)
     attn = c.d_model * (c.n_heads + 2 * c.n_kv_heads) * c.head_dim + c.n_heads * c.head_dim * c.d_model
     mlp = (3 if c.mlp == "swiglu" else 2) * c.d_model * c.d_ff
     return attn * (2 if cross_attention else 1) + mlp
@@ -154,7 +162,14 @@ COUNTINGS = ("ideal", "tiles", "dense")
 
 
 def _tiles(tile) -> tuple[int, int]:
-    tq, tk = (tile, tile) if is_int(tile) else tuple(tile)
+    if is_int(tile):
+        tq = tk = tile
+    elif isinstance(tile, tuple) and len(tile) == 2:
+        tq, tk = tile
+    elif isinstance(tile, tuple):
+        raise ValueError(f"tile must be an int or a (query tile, key tile) pair, got {tile!r}")
+    else:
+        raise TypeError(f"tile must be an int or a (query tile, key tile) pair, got {type(tile).__name__}")
     return check_positive_int("tile", tq), check_positive_int("tile", tk)
 
 
@@ -184,6 +199,10 @@ def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int
 
 def tile_walk(n_ctx: int, tile_q: int, tile_k: int, p: int = 0) -> tuple[int, int]:
     """(key tiles visited, pairs computed) by a tiled kernel, causal with the first p keys visible to all."""
+    check_int("n_ctx", n_ctx, lo=0)
+    check_positive_int("tile_q", tile_q)
+    check_positive_int("tile_k", tile_k)
+    check_int("p", p, lo=0)
     tiles = pairs = 0
     for r0 in range(0, n_ctx, tile_q):  # query tile [r0, r1) needs keys [0, max(p, r1))
         r1 = min(r0 + tile_q, n_ctx)
@@ -239,7 +258,7 @@ def encdec_first_token_flops(config: Config, n_source: int,
     the source) and the LM head once. ``config`` is the encoder's; the decoder has the same shape."""
     c = check_instance("config", config, Config, "an anatomy Config")
     check_int("n_source", n_source, lo=1)
-    L_dec = n_decoder_layers or c.n_layers
+    L_dec = check_positive_int("n_decoder_layers", n_decoder_layers, none=True) or c.n_layers
     enc = forward_flops(replace(c, lm_head=False), n_source, mask="bidirectional", logits="none")
     kv_width = c.n_kv_heads * c.head_dim
     cross_kv = 2 * n_source * L_dec * 2 * c.d_model * kv_width
@@ -272,6 +291,9 @@ def step_bytes(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, w
     check_int("n_new", n_new, lo=1)
     check_int("n_past", n_past, lo=0)
     check_int("batch", batch, lo=1)
+    check_positive_int("weight_bytes", weight_bytes)
+    check_positive_int("kv_bytes", kv_bytes)
+    check_choice("logits", logits, ("all", "last", "none"))
     head = c.vocab_size * c.d_model if (c.lm_head and logits != "none") else 0
     weights = (c.n_layers * linear_params(c) + head) * weight_bytes
     per_token = kv_bytes_per_token(c, kv_bytes)
@@ -282,6 +304,7 @@ def step_bytes(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, w
 
 def decode_bytes(config: Config, context: int, **kw) -> int:
     """Bytes one decode step moves (one new token after ``context`` cached ones)."""
+    check_int("context", context, lo=0)
     return step_bytes(config, 1, context, **kw)["total"]
 
 
@@ -296,6 +319,6 @@ def step_intensity(config: Config, n_new: int, n_past: int = 0, *, batch: int = 
 
 def training_flops(n_params: float, n_tokens: float) -> float:
     """C = 6 N D: forward and backward FLOPs of training N parameters on D tokens (Kaplan et al. 2020)."""
-    if not (n_params > 0 and n_tokens > 0):
-        raise ValueError(f"n_params and n_tokens must be > 0, got {n_params!r}, {n_tokens!r}")
+    check_float("n_params", n_params, lo=0, lo_open=True)
+    check_float("n_tokens", n_tokens, lo=0, lo_open=True)
     return 6.0 * n_params * n_tokens

@@ -1,0 +1,61 @@
+"""The package's two tiers: the core (``anatomy/*.py``, ``anatomy/kernels``) never imports an experiment
+(``anatomy.experiments``), the book's helpers (``anatomy.book``) or the claims registry; no module grows
+past ~700 lines; no two public functions or classes of the package share a name."""
+
+from __future__ import annotations
+
+import ast
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "anatomy"
+CORE = sorted(PACKAGE.glob("*.py")) + sorted((PACKAGE / "kernels").glob("*.py"))
+UPPER_TIERS = ("anatomy.experiments", "anatomy.book", "anatomy.claims")
+MAX_LINES = 750  # "about 700": a module longer than this holds more than one idea
+
+
+def _imported_modules(path: Path) -> set[str]:
+    """Every module an ``import`` or ``from ... import`` names, at any depth (lazy imports included)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+    return names
+
+
+@pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_the_core_imports_no_experiment_and_no_book_helper(path):
+    upper = sorted(m for m in _imported_modules(path) if m.startswith(UPPER_TIERS))
+    assert not upper, f"{path.name} imports {upper}: the core must not depend on the upper tiers"
+
+
+def test_every_chapter_experiment_lives_in_the_experiments_subpackage():
+    experiments = {p.stem for p in (PACKAGE / "experiments").glob("*.py")} - {"__init__"}
+    assert experiments and not experiments & {p.stem for p in PACKAGE.glob("*.py")}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_no_module_is_too_long_to_read(path):
+    n = len(path.read_text(encoding="utf-8").splitlines())
+    assert n <= MAX_LINES, f"{path.relative_to(PACKAGE)} has {n} lines: split it by idea"
+
+
+def test_no_two_public_names_mean_different_things():
+    where = defaultdict(list)
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "claims" in path.parts:
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where[node.name].append(str(path.relative_to(PACKAGE)))
+    # anatomy/__init__ defines from_hf/to_hf as lazy wrappers of anatomy.convert's (the same functions);
+    # kernels/__init__ wraps the Triton kernel to load it on first use.
+    # total_variation: the same distance in metrics (arrays) and speculative (dicts of outcomes).
+    allowed = {"from_hf", "to_hf", "triton_attention", "total_variation"}
+    twice = {name: files for name, files in where.items() if len(files) > 1 and name not in allowed}
+    assert not twice, twice

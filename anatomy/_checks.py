@@ -12,6 +12,21 @@ import numbers
 
 import torch
 
+__all__ = [
+    "check_bool",
+    "check_choice",
+    "check_device",
+    "check_dtype",
+    "check_float",
+    "check_generator",
+    "check_instance",
+    "check_int",
+    "check_positive_int",
+    "check_tensor",
+    "is_int",
+    "is_number",
+]
+
 
 def is_int(value) -> bool:
     """A Python or NumPy integer, not a bool."""

@@ -20,6 +20,21 @@ import torch
 
 from anatomy._checks import check_device, check_int, check_positive_int
 
+__all__ = [
+    "EMPTY",
+    "FULL",
+    "MASKS",
+    "PARTIAL",
+    "TileCount",
+    "causal_tile_ideal",
+    "check_mask",
+    "count_tiles",
+    "default_q_offset",
+    "dense_mask",
+    "tile_map",
+    "visible",
+]
+
 MASKS = ("causal", "bidirectional", "prefix")
 
 # Tile classes, as in the Triton tutorial: tiles above the diagonal are never visited, tiles on it are

@@ -17,6 +17,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from anatomy._checks import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    is_int,
+    is_number,
+)
+
 __all__ = [
     "LN2",
     "NGramModel",
@@ -53,6 +63,8 @@ LN2 = math.log(2.0)
 
 def nats_to_bits(nats: float | np.ndarray | torch.Tensor):
     """Convert nats to bits (divide by ln 2). Works on floats, arrays and tensors."""
+    if not (is_number(nats) or isinstance(nats, (np.ndarray, torch.Tensor))):
+        raise TypeError(f"nats must be a number, an array or a tensor, got {type(nats).__name__}")
     return nats / LN2
 
 
@@ -65,8 +77,7 @@ def bits_per_char(nats_per_token: float, n_tokens: int, n_chars: int) -> float:
     for name, value in (("n_tokens", n_tokens), ("n_chars", n_chars)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if not math.isfinite(nats_per_token) or nats_per_token < 0:
-        raise ValueError(f"nats_per_token must be a finite number >= 0, got {nats_per_token!r}")
+    check_float("nats_per_token", nats_per_token, lo=0)
     return float(nats_per_token) * int(n_tokens) / int(n_chars) / LN2
 
 
@@ -75,8 +86,19 @@ def bits_per_char(nats_per_token: float, n_tokens: int, n_chars: int) -> float:
 # ---------------------------------------------------------------------------------------------
 
 
+def _as_array(x, name: str) -> np.ndarray:
+    """``x`` as a float64 array; a value that is not numbers (a string, None) is a TypeError naming it."""
+    if x is None or isinstance(x, (str, bytes)):
+        raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__}")
+    try:
+        return np.asarray(x, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name} must be an array of numbers, got {type(x).__name__}") from e
+
+
 def _as_dist(p, name: str, axis: int = -1, atol: float = 1e-6) -> np.ndarray:
-    p = np.asarray(p, dtype=np.float64)
+    check_int("axis", axis)
+    p = _as_array(p, name)
     if p.ndim == 0:
         raise ValueError(f"{name} must be an array of probabilities, got a scalar")
     if not np.isfinite(p).all() or (p < 0).any():
@@ -134,22 +156,25 @@ def kl_divergence(p, q, axis: int = -1) -> np.ndarray | float:
 # ---------------------------------------------------------------------------------------------
 
 
-def _as_joint(joint) -> np.ndarray:
-    joint = np.asarray(joint, dtype=np.float64)
+def _as_joint(joint, name: str = "joint") -> np.ndarray:
+    joint = _as_array(joint, name)
     if joint.ndim < 1:
-        raise ValueError("joint must have one axis per position, shape (V,) * n")
+        raise ValueError(f"{name} must have one axis per position, shape (V,) * n")
     if not np.isfinite(joint).all() or (joint < 0).any():
-        raise ValueError("joint must hold finite probabilities >= 0")
+        raise ValueError(f"{name} must hold finite probabilities >= 0")
     if not math.isclose(joint.sum(), 1.0, abs_tol=1e-9):
-        raise ValueError(f"joint must sum to 1, got {joint.sum():.12g}")
+        raise ValueError(f"{name} must sum to 1, got {joint.sum():.12g}")
     return joint
 
 
 def _check_positions(positions: Sequence[int], n: int, name: str) -> tuple[int, ...]:
     try:
-        positions = tuple(int(i) for i in positions)
+        positions = tuple(positions)
     except TypeError:
         raise TypeError(f"{name} must be a sequence of ints, got {positions!r}") from None
+    if not all(is_int(i) for i in positions):
+        raise TypeError(f"{name} must be a sequence of ints, got {positions!r}")
+    positions = tuple(int(i) for i in positions)
     if len(set(positions)) != len(positions):
         raise ValueError(f"{name} must not repeat a position, got {positions}")
     bad = [i for i in positions if not 0 <= i < n]
@@ -240,14 +265,17 @@ def span_log_likelihood(joint, span: Sequence[int]) -> np.ndarray:
 
 def total_variation(p, q) -> float:
     """TV(p, q) = 1/2 sum |p - q| over all outcomes (any shape, the same for both): in [0, 1]."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    p, q = _as_array(p, "p"), _as_array(q, "q")
+    for name, x in (("p", p), ("q", q)):
+        if not np.isfinite(x).all() or (x < 0).any():
+            raise ValueError(f"{name} must hold finite probabilities >= 0")
     if p.shape != q.shape:
         raise ValueError(f"p and q must have the same shape, got {p.shape} and {q.shape}")
     return float(0.5 * np.abs(p - q).sum())
 
 
 def _as_conditionals(conditionals) -> np.ndarray:
-    c = np.asarray(conditionals, dtype=np.float64)
+    c = _as_array(conditionals, "conditionals")
     n = c.ndim - 1
     if n < 1 or c.shape[0] != n or len(set(c.shape[1:])) != 1:
         raise ValueError(f"conditionals must have shape (n,) + (V,) * n, got {c.shape}")
@@ -280,6 +308,8 @@ def masked_lm_conditionals(model, vocab_size: int, length: int, mask_id: int,
     Only the logits of the vocab_size symbols are used (the mask symbol is never a prediction).
     Returns float64 of shape (length,) + (vocab_size,) * length, in the layout of :func:`masked_conditionals`.
     """
+    if not callable(model):
+        raise TypeError(f"model must be callable (ids -> logits), got {type(model).__name__}")
     for name, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1), ("mask_id", mask_id, 0),
                              ("batch_size", batch_size, 1)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -322,7 +352,9 @@ def gibbs_sweep(dist, conditionals, order: Sequence[int] | None = None) -> np.nd
     """
     c = _as_conditionals(conditionals)
     n = c.shape[0]
-    d = np.asarray(dist, dtype=np.float64)
+    d = _as_array(dist, "dist")
+    if not np.isfinite(d).all() or (d < 0).any():
+        raise ValueError("dist must hold finite probabilities >= 0")
     if d.shape != c.shape[1:]:
         raise ValueError(f"dist must have shape {c.shape[1:]}, got {d.shape}")
     order = tuple(range(n)) if order is None else _check_positions(order, n, "order")
@@ -358,7 +390,7 @@ def _site_update_rows(rows: np.ndarray, conditionals: np.ndarray, i: int) -> np.
 
 def stationary_distribution(T) -> np.ndarray:
     """The stationary distribution pi = pi T of an irreducible row-stochastic matrix, by a linear solve."""
-    T = np.asarray(T, dtype=np.float64)
+    T = _as_array(T, "T")
     if T.ndim != 2 or T.shape[0] != T.shape[1]:
         raise ValueError(f"T must be a square matrix, got shape {T.shape}")
     if (T < 0).any() or not np.allclose(T.sum(1), 1.0, atol=1e-9):
@@ -379,7 +411,7 @@ def conditional_inconsistency(conditionals, dist) -> float:
     distribution of a Gibbs chain happens if and only if the conditionals are those of one joint.
     """
     c = _as_conditionals(conditionals)
-    d = _as_joint(dist)
+    d = _as_joint(dist, "dist")
     if d.shape != c.shape[1:]:
         raise ValueError(f"dist must have shape {c.shape[1:]}, got {d.shape}")
     own = masked_conditionals(d)
@@ -401,6 +433,9 @@ def markov_conditionals(source, seqs) -> torch.Tensor:
     predicts at position t. For t + 1 < K it uses only the t + 1 symbols seen (the stationary marginals),
     which is why early positions have a higher floor.
     """
+    from anatomy.data import MarkovSource
+
+    check_instance("source", source, MarkovSource, "an anatomy MarkovSource")
     seqs = source._check_seqs(seqs)
     n, L = seqs.shape
     V, K = source.vocab_size, source.order
@@ -419,6 +454,11 @@ def markov_conditionals(source, seqs) -> torch.Tensor:
 
 def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """-log q(target) per position, in nats. logits (..., V), targets (...) -> (...) float64."""
+    check_tensor("logits", logits, kind="float")
+    check_tensor("targets", targets, kind="int")
+    if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[-1]):
+        raise ValueError(f"targets must be ids in [0, {logits.shape[-1]}), got {int(targets.min())}.."
+                         f"{int(targets.max())}")
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} + (vocab,)")
     logq = torch.log_softmax(logits.detach().double(), dim=-1)
@@ -431,6 +471,10 @@ def kl_to_source(logits: torch.Tensor, true_probs: torch.Tensor) -> torch.Tensor
     With p from :func:`markov_conditionals`, this is the model's exact excess loss at each position: the
     expected cross-entropy there minus the best achievable one, with no sampling noise from the target.
     """
+    check_tensor("logits", logits, kind="float")
+    check_tensor("true_probs", true_probs, kind="float")
+    if not torch.isfinite(true_probs).all() or (true_probs < 0).any():
+        raise ValueError("true_probs must hold finite probabilities >= 0")
     if logits.shape != true_probs.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and true_probs {tuple(true_probs.shape)} must match")
     logq = torch.log_softmax(logits.detach().double(), dim=-1)
@@ -459,8 +503,9 @@ class NGramModel:
             raise ValueError(f"k must be an int >= 0, got {k!r}")
         if vocab_size ** (k + 1) > 20_000_000:
             raise ValueError(f"vocab_size**(k + 1) = {vocab_size ** (k + 1)} counts is too many (max 2e7)")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        check_bool("reverse", reverse)
         self.vocab_size, self.k, self.alpha, self.reverse = vocab_size, k, float(alpha), bool(reverse)
         self.counts = np.zeros((vocab_size**k, vocab_size))
 
@@ -477,7 +522,7 @@ class NGramModel:
         if seqs.size and (seqs.min() < 0 or seqs.max() >= self.vocab_size):
             raise ValueError(f"seqs must hold ids in [0, {self.vocab_size})")
         if seqs.shape[1] <= self.k:
-            raise ValueError(f"sequences must be longer than k={self.k}, got length {seqs.shape[1]}")
+            raise ValueError(f"seqs must be longer than k={self.k}, got length {seqs.shape[1]}")
         if self.reverse:  # predict each token from the k tokens after it
             seqs = seqs[:, ::-1]
         k, V = self.k, self.vocab_size
@@ -535,6 +580,11 @@ def score_on_source(model, source, seqs) -> dict[str, torch.Tensor]:
     and ``bayes`` (-log p of the actual next token: the loss of a perfect model on the same tokens).
     Means over many positions: loss ~ bayes + kl, and bayes ~ the entropy rate where the context is full.
     """
+    from anatomy.data import MarkovSource
+
+    if not callable(model):
+        raise TypeError(f"model must be callable (ids -> logits), got {type(model).__name__}")
+    check_instance("source", source, MarkovSource, "an anatomy MarkovSource")
     seqs = source._check_seqs(seqs)
     if seqs.shape[1] < 2:
         raise ValueError(f"seqs must have length >= 2, got {seqs.shape[1]}")

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anatomy._checks import check_bool, check_generator, check_instance
 from anatomy.train import next_token_loss
 
 __all__ = [
@@ -253,9 +254,9 @@ def span_counts(length: int, noise_density: float = 0.15, mean_span_length: floa
     if (
         isinstance(mean_span_length, bool)
         or not isinstance(mean_span_length, (int, float))
-        or mean_span_length < 1
+        or not 1 <= mean_span_length < math.inf
     ):
-        raise ValueError(f"mean_span_length must be a number >= 1, got {mean_span_length!r}")
+        raise ValueError(f"mean_span_length must be a finite number >= 1, got {mean_span_length!r}")
     n_noise = min(max(round(length * noise_density), 1), length - 1)
     n_spans = max(round(n_noise / mean_span_length), 1)
     if n_spans > length - n_noise:
@@ -309,6 +310,8 @@ def random_spans_noise_mask(
     never noise and the last always is. random_roll=True rotates the mask by a random offset (an option
     of later T5 code), so spans can sit anywhere.
     """
+    check_bool("random_roll", random_roll)
+    check_generator("generator", generator)
     n_noise, n_spans = span_counts(length, noise_density, mean_span_length)
     return torch.tensor(_noise_mask(length, n_noise, n_spans, generator, random_roll), dtype=torch.bool)
 
@@ -374,6 +377,13 @@ def span_corruption_reconstruct(
 
     Both are one row (1-D); EOS and -100 padding are ignored. Raises if a sentinel of the input has no span.
     """
+    check_instance("special", special, SpecialTokens, "a SpecialTokens")
+    for name, ids in (("encoder_input_ids", encoder_input_ids), ("targets", targets)):
+        if isinstance(ids, torch.Tensor):
+            if ids.dim() != 1:
+                raise ValueError(f"{name} must be one row (1-D), got shape {tuple(ids.shape)}")
+        elif not isinstance(ids, Sequence) or isinstance(ids, str):
+            raise TypeError(f"{name} must be a sequence of ints or a 1-D tensor, got {type(ids).__name__}")
     enc = [
         int(t)
         for t in (
@@ -421,6 +431,7 @@ def prefix_lm_batch(
     split per batch (the attention kernel takes one prefix length).
     """
     seqs = _check_seqs(seqs)
+    check_generator("generator", generator)
     N = seqs.shape[1]
     if prefix_len is None:
         prefix_len = int(torch.randint(1, N, (1,), generator=generator))
@@ -487,6 +498,7 @@ def objective_batches(
     is reproducible and different objectives can share the same text windows.
     """
     _check_objective(objective)
+    _check_int("seed", seed, 0)
     if not callable(windows):
         raise TypeError(f"windows must be a callable step -> (B, N) token ids, got {type(windows).__name__}")
 
@@ -501,6 +513,12 @@ def objective_batches(
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _check_loss_args(model, batch, kind: type) -> None:
+    if not callable(model):
+        raise TypeError(f"model must be a model (callable), got {type(model).__name__}")
+    check_instance("batch", batch, kind, f"a {kind.__name__}")
+
+
 def _ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
     loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE)
     return loss, int((labels != IGNORE).sum())
@@ -508,11 +526,13 @@ def _ce(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 def prefix_lm_loss(model: nn.Module, batch: PrefixLMBatch) -> tuple[torch.Tensor, int]:
     """Cross-entropy over the suffix of a `PrefixLMBatch`; the model must have ``config.mask == "prefix"``."""
+    _check_loss_args(model, batch, PrefixLMBatch)
     return _ce(model(batch.input_ids, prefix_len=batch.prefix_len), batch.labels)
 
 
 def span_corruption_loss(model: nn.Module, batch: Seq2SeqBatch) -> tuple[torch.Tensor, int]:
     """Cross-entropy over every target (sentinels, span tokens, EOS) of a `Seq2SeqBatch`."""
+    _check_loss_args(model, batch, Seq2SeqBatch)
     logits = model(batch.decoder_input_ids, encoder_input_ids=batch.encoder_input_ids)
     return _ce(logits, batch.labels)
 
@@ -569,6 +589,8 @@ def batch_labels(batch) -> torch.Tensor:
 def signal(batch, text_tokens: int, special: SpecialTokens | None = None) -> Signal:
     """Count the positions of `batch` that carry a loss; text_tokens: B * N of its text windows."""
     _check_int("text_tokens", text_tokens, 1)
+    if special is not None:
+        check_instance("special", special, SpecialTokens, "a SpecialTokens or None")
     labels = batch_labels(batch)
     target = labels != IGNORE
     n_text = special.n_text if special is not None else None
@@ -595,6 +617,9 @@ def train_step_flops(model: nn.Module, loss: Callable, batch) -> int:
 
     from anatomy.model import Attention
 
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    if not callable(loss):
+        raise TypeError(f"loss must be a callable (model, batch) -> (loss, n), got {type(loss).__name__}")
     configs = {id(m.config): m.config for m in model.modules() if isinstance(m, Attention)}
     saved = {k: c.attn_backend for k, c in configs.items()}
     try:

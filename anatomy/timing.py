@@ -9,13 +9,14 @@ calling thread's CPU time, which time spent waiting for the core does not enter.
 from __future__ import annotations
 
 import contextlib
+import math
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from anatomy._checks import check_choice, check_int, check_positive_int
+from anatomy._checks import check_choice, check_int, check_positive_int, is_number
 
 __all__ = ["CLOCKS", "interleaved_medians", "interleaved_times", "one_thread", "paired_ratio"]
 
@@ -55,7 +56,9 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
         name -> list of ``repeats`` times, in order, so that the i-th times of two variants were measured
         next to each other (see :func:`paired_ratio`). CUDA work is synchronised before each clock read.
     """
-    if not isinstance(fns, Mapping) or not fns:
+    if not isinstance(fns, Mapping):
+        raise TypeError(f"fns must be a mapping name -> function, got {type(fns).__name__}")
+    if not fns:
         raise ValueError("fns must name at least one function to time")
     for name, fn in fns.items():
         if not callable(fn):
@@ -103,6 +106,11 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
     starting, a frequency change) scales both and cancels in their ratio, where a ratio of two medians
     would compare times taken under different conditions.
     """
+    for name, times in (("numerator", numerator), ("denominator", denominator)):
+        if isinstance(times, (str, bytes)) or not hasattr(times, "__len__") or not hasattr(times, "__iter__"):
+            raise TypeError(f"{name} must be a sequence of times, got {type(times).__name__}")
+        if not all(is_number(t) and math.isfinite(t) for t in times):
+            raise ValueError(f"{name} must hold finite times, got {list(times)!r}")
     if len(numerator) != len(denominator) or not numerator:
         raise ValueError(f"numerator and denominator must be equally long and non-empty, got "
                          f"{len(numerator)} and {len(denominator)}")

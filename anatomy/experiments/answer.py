@@ -1,4 +1,5 @@
-"""The answer page: the book's conclusions, each tied to the claims that support or contradict it."""
+"""The answer page and the scoreboard: the book's conclusions, each tied to the claims that support or
+contradict it, and the table and figure of every registered claim with its verdict and numbers."""
 
 from __future__ import annotations
 
@@ -185,3 +186,98 @@ def answer_html(points, root=".") -> str:
             "</span></li>"
         )
     return "<ol>" + "".join(items) + "</ol>"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The scoreboard (chapter 13): every registered claim, its verdict and the numbers behind it
+# ---------------------------------------------------------------------------------------------------------
+
+# Background of a verdict's cell in the scoreboard table, and the colour of its bars in the figure.
+VERDICT_COLOURS = {"supported": "#d8f0d8", "supported with caveats": "#fff3c4", "contradicted": "#f8d4d4",
+                   "not testable here": "#e4e4e4"}
+VERDICT_BAR_COLOURS = {"supported": "#009E73", "supported with caveats": "#E69F00", "contradicted": "#D55E00",
+                       "not testable here": "#999999"}
+
+
+def format_number(value) -> str:
+    """A recorded number as the scoreboard shows it: floats to 3 significant digits, ints with commas."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def listed(numbers: dict) -> str:
+    """``name = value, ...`` of a claim's numbers, each value by :func:`format_number`."""
+    return ", ".join(f"{k} = {format_number(v)}" for k, v in numbers.items())
+
+
+def scoreboard_rows(registry, recorded: dict) -> tuple[list[tuple], list[str]]:
+    """One row per claim of ``registry`` (:func:`anatomy.claims.all_claims`): (claim, the numbers its
+    chapter recorded in ``recorded`` (:func:`anatomy.claims.recorded`) with the check's status, and the
+    numbers of its independent small replication, ``quick()``, run now). A quick() that raises is shown in
+    its row and its key listed in the second value returned, so that one broken replication hides nothing
+    else."""
+    rows, failures = [], []
+    for c in registry:
+        if c.key in recorded:
+            record = dict(recorded[c.key])
+            status = "check passed" if record.pop("passed") else "CHECK FAILED"
+            chapter_numbers = f"{status}: {listed(record)}"
+        elif c.verdict == "not testable here":
+            chapter_numbers = "no check: see the chapter's discussion"
+        else:
+            chapter_numbers = "not recorded in this run (run the chapter with ANATOMY_RESULTS set)"
+        if c.quick is not None:
+            try:
+                replication = listed(c.quick())
+            except Exception as exc:  # a broken quick() must show, not hide the rest of the table
+                failures.append(c.key)
+                replication = f"quick() failed: {type(exc).__name__}: {exc}"
+        elif c.verdict == "not testable here":
+            replication = "none"
+        else:
+            replication = "none (the measurement needs the chapter's training run)"
+        rows.append((c, chapter_numbers, replication))
+    return rows, failures
+
+
+def scoreboard_table(rows: list[tuple]) -> str:
+    """The scoreboard as an HTML table (:func:`anatomy.book.tables.html_table`) of :func:`scoreboard_rows`:
+    chapter, claim with its seeds and what is checked, the verdict on its colour, the recorded numbers and
+    the replication's."""
+    from anatomy.book.tables import html_table, raw
+
+    def claim_cell(c):
+        seeds = f"seed{'s' if len(c.seeds) > 1 else ''} {', '.join(c.seeds)}"
+        return raw(f"{html.escape(c.claim)} <i>({seeds})</i>"
+                   f"<br><small>Checked: {html.escape(c.measure)}</small>")
+
+    cells = [[c.chapter, claim_cell(c),
+              c.verdict, chapter_numbers, replication] for c, chapter_numbers, replication in rows]
+    styles = [[None, None, f"background:{VERDICT_COLOURS[c.verdict]};color:#1a1a1a", None, None]
+              for c, _, _ in rows]
+    header = ["ch.", "claim (seeds) and what is checked", "verdict", "numbers recorded by the chapter",
+              "independent small replication"]
+    return html_table(header, cells, widths=[4, 32, 10, 30, 24], styles=styles)
+
+
+def plot_verdicts(registry):
+    """Stacked bars: the claims of each chapter of ``registry``, coloured by verdict. Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    chapters = sorted({c.chapter for c in registry})
+    fig, ax = plt.subplots(figsize=(8.5, 3.4))
+    bottom = [0] * len(chapters)
+    for verdict, color in VERDICT_BAR_COLOURS.items():
+        heights = [sum(c.chapter == ch and c.verdict == verdict for c in registry) for ch in chapters]
+        ax.bar([str(ch) for ch in chapters], heights, bottom=bottom, color=color, label=verdict)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    ax.set_xlabel("chapter")
+    ax.set_ylabel("claims tested")
+    ax.set_title("Verdicts on the sources' claims, by chapter")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+    return fig

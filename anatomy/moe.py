@@ -26,12 +26,12 @@ active parameters.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import replace
 
 import torch
 import torch.nn as nn
 
+from anatomy._checks import check_float, check_int
 from anatomy.model import MLP, Config, Transformer
 
 __all__ = [
@@ -43,21 +43,6 @@ __all__ = [
 ]
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _check_float(name: str, value, *, positive: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
-    return value
 
 
 class Routing:
@@ -110,16 +95,16 @@ class MoE(nn.Module):
         super().__init__()
         if not isinstance(config, Config):
             raise TypeError(f"config must be an anatomy.Config, got {type(config).__name__}")
-        self.n_routed = _check_int("n_routed", n_routed, 1)
-        self.n_shared = _check_int("n_shared", n_shared, 0)
-        self.top_k = _check_int("top_k", top_k, 1)
+        self.n_routed = check_int("n_routed", n_routed, lo=1)
+        self.n_shared = check_int("n_shared", n_shared, lo=0)
+        self.top_k = check_int("top_k", top_k, lo=1)
         if self.top_k > self.n_routed:
             raise ValueError(f"top_k ({top_k}) must be <= n_routed ({n_routed})")
         if d_expert is None:
             d_expert = max(1, round(config.d_ff / (self.n_shared + self.top_k)))
-        self.d_expert = _check_int("d_expert", d_expert, 1)
-        self.bias_update_speed = _check_float("bias_update_speed", bias_update_speed)
-        self.route_scale = _check_float("route_scale", route_scale, positive=True)
+        self.d_expert = check_int("d_expert", d_expert, lo=1)
+        self.bias_update_speed = check_float("bias_update_speed", bias_update_speed, lo=0)
+        self.route_scale = check_float("route_scale", route_scale, lo=0, lo_open=True)
         self.d_model = config.d_model
 
         expert_config = replace(config, mlp="swiglu", d_ff=self.d_expert)

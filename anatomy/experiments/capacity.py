@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from anatomy._checks import check_int
+
 __all__ = [
     "HOFFMANN2022",
     "KAPLAN2020_ALPHA_N",
@@ -67,24 +69,17 @@ HOFFMANN2022 = {"E": 1.69, "A": 406.4, "B": 410.7, "alpha": 0.34, "beta": 0.28}
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
-
 
 def table_params(vocab_size: int, order: int) -> int:
     """Free parameters of an arbitrary order-K transition table: V^K contexts x (V - 1) probabilities."""
-    V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
+    V, K = check_int("vocab_size", vocab_size, lo=2), check_int("order", order, lo=1)
     return V**K * (V - 1)
 
 
 def student_params(vocab_size: int, order: int, width: int, embed_dim: int = 4) -> int:
     """Parameters of one student: embedding V x e, hidden (K e + 1) x width, output (width + 1) x V."""
-    V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
-    w, e = _check_int("width", width, 1), _check_int("embed_dim", embed_dim, 1)
+    V, K = check_int("vocab_size", vocab_size, lo=2), check_int("order", order, lo=1)
+    w, e = check_int("width", width, lo=1), check_int("embed_dim", embed_dim, lo=1)
     return V * e + (K * e + 1) * w + (w + 1) * V
 
 
@@ -110,13 +105,13 @@ class MLPStudents(nn.Module):
 
     def __init__(self, vocab_size: int, order: int, widths: Sequence[int], embed_dim: int = 4, seed: int = 0):
         super().__init__()
-        V, K = _check_int("vocab_size", vocab_size, 2), _check_int("order", order, 1)
-        e = _check_int("embed_dim", embed_dim, 1)
+        V, K = check_int("vocab_size", vocab_size, lo=2), check_int("order", order, lo=1)
+        e = check_int("embed_dim", embed_dim, lo=1)
         if isinstance(widths, (str, bytes)) or not isinstance(widths, Sequence) or not widths:
             raise TypeError(f"widths must be a non-empty sequence of ints, got {widths!r}")
-        widths = [_check_int("widths[i]", w, 1) for w in widths]
+        widths = [check_int("widths[i]", w, lo=1) for w in widths]
         self.vocab_size, self.order, self.embed_dim, self.widths = V, K, e, widths
-        g = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+        g = torch.Generator().manual_seed(check_int("seed", seed, lo=0))
 
         def uniform(shape, bound):
             return (torch.rand(shape, generator=g) * 2 - 1) * bound
@@ -285,8 +280,8 @@ def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800
     for s in sources:
         if (s.vocab_size, s.order) != (V, K):
             raise ValueError("all sources must have the same vocab_size and order")
-    steps = _check_int("steps", steps, 1)
-    record_every = _check_int("record_every", record_every, 1)
+    steps = check_int("steps", steps, lo=1)
+    record_every = check_int("record_every", record_every, lo=1)
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
     single = isinstance(train_fraction, (int, float))
@@ -296,7 +291,7 @@ def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800
     ):
         raise ValueError(f"train_fraction must be in (0, 1], one value or one per source: {train_fraction!r}")
 
-    widths = [_check_int("widths[i]", w, 1) for w in widths]
+    widths = [check_int("widths[i]", w, lo=1) for w in widths]
     pairs = [(i, w) for i in range(len(sources)) for w in widths]
     students = MLPStudents(V, K, [w for _, w in pairs], embed_dim, seed=seed)
     C = V**K
@@ -368,14 +363,15 @@ def decoder_config(d_model: int, n_layers: int, vocab_size: int, seq_len: int, h
     """
     from anatomy.model import Config
 
-    d = _check_int("d_model", d_model, 2)
-    L = _check_int("n_layers", n_layers, 1)
-    head_dim = _check_int("head_dim", head_dim, 2)
+    d = check_int("d_model", d_model, lo=2)
+    L = check_int("n_layers", n_layers, lo=1)
+    head_dim = check_int("head_dim", head_dim, lo=2)
     n_heads = max(1, d // head_dim)
     if d % n_heads:
         raise ValueError(f"d_model={d} must be a multiple of n_heads= {n_heads} (head_dim {head_dim})")
-    return Config(vocab_size=_check_int("vocab_size", vocab_size, 2), d_model=d, n_layers=L, n_heads=n_heads,
-                  d_ff=round(8 * d / 3), max_seq_len=_check_int("seq_len", seq_len, 1))
+    vocab_size, seq_len = check_int("vocab_size", vocab_size, lo=2), check_int("seq_len", seq_len, lo=1)
+    return Config(vocab_size=vocab_size, d_model=d, n_layers=L, n_heads=n_heads, d_ff=round(8 * d / 3),
+                  max_seq_len=seq_len)
 
 
 def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tensor, *, tokens: int,
@@ -398,9 +394,9 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     from anatomy.model import Transformer
     from anatomy.train import evaluate, train
 
-    tokens = _check_int("tokens", tokens, 1)
-    batch_size, seq_len = _check_int("batch_size", batch_size, 1), _check_int("seq_len", seq_len, 1)
-    n_checkpoints = _check_int("n_checkpoints", n_checkpoints, 1)
+    tokens = check_int("tokens", tokens, lo=1)
+    batch_size, seq_len = check_int("batch_size", batch_size, lo=1), check_int("seq_len", seq_len, lo=1)
+    n_checkpoints = check_int("n_checkpoints", n_checkpoints, lo=1)
     configs = list(configs)
     lrs = [lr] * len(configs) if isinstance(lr, (int, float)) else list(lr)
     if len(lrs) != len(configs) or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
@@ -409,7 +405,7 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     steps = every * n_checkpoints
     batches = token_batches(train_ids, batch_size, seq_len, seed=seed)
     val = token_batches(val_ids, batch_size, seq_len, seed=seed + 1)
-    val_set = [val(i) for i in range(_check_int("val_batches", val_batches, 1))]
+    val_set = [val(i) for i in range(check_int("val_batches", val_batches, lo=1))]
     results = []
     for config, peak in zip(configs, lrs):
         torch.manual_seed(seed)
@@ -512,7 +508,7 @@ def fit_power_law_floor(n: Sequence[float], loss: Sequence[float], grid: int = 4
         raise ValueError("need at least three distinct n to fit a power law with a floor")
     if not (np.isfinite(x).all() and np.isfinite(y).all() and (x > 0).all() and (y > 0).all()):
         raise ValueError("n and loss must be finite and > 0")
-    grid = _check_int("grid", grid, 2)
+    grid = check_int("grid", grid, lo=2)
     logx = np.log(x)
     xc = logx - logx.mean()
     floors = np.linspace(0.0, y.min(), grid + 1)[:-1]  # (G,)
@@ -580,7 +576,7 @@ def width_scaled_lr(d_model: int, base: float = 0.01, base_width: int = 32, cap:
     Narrow models tolerate (and, on a short budget, need) larger steps than wide ones; one learning rate
     for the whole family would under-train the smallest models and steepen the fitted exponent.
     """
-    d = _check_int("d_model", d_model, 1)
+    d = check_int("d_model", d_model, lo=1)
     return min(cap, base * math.sqrt(base_width / d))
 
 

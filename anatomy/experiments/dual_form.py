@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anatomy.experiments.icl import _check_int
+from anatomy._checks import check_int
 
 __all__ = [
     "DualForm",
@@ -75,7 +75,7 @@ def dual_form(
     W0 x + (lr / s) (out - mean_i v_i) equals W1 x to first order in s: the match holds only as s -> 0.
     """
     for name, value in (("n_examples", n_examples), ("d_in", d_in), ("d_out", d_out), ("n_query", n_query)):
-        _check_int(name, value, 1)
+        check_int(name, value, lo=1)
     rng = np.random.default_rng(seed)
     W_star = rng.normal(size=(d_out, d_in))
     W0 = w0_scale * rng.normal(size=(d_out, d_in))

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from anatomy._checks import check_int
 from anatomy.experiments.signal_density import _markov, bayes_loss
 from anatomy.objectives import (
     SpecialTokens,
-    _check_int,
     _check_objective,
     _check_seqs,
     _check_text_ids,
@@ -150,8 +150,8 @@ def token_cross_entropy(
     if not positions:
         raise ValueError("position must be an int or a non-empty sequence of ints")
     for t in positions:
-        _check_int("position", t, 1)
-    _check_int("right", right, 0)
+        check_int("position", t, lo=1)
+    check_int("right", right, lo=0)
     if max(positions) + right >= windows.shape[1]:
         raise ValueError(f"position + right must be < N = {windows.shape[1]}, got {max(positions)} + {right}")
     if objective == "causal" and right == 0 and len(positions) > 1:
@@ -276,7 +276,7 @@ def compare_objectives(
         torch.manual_seed(seed)
         per_step[name] = train_step_flops(build_model(obj, config), loss_fn(obj), batches(obj, options)(0))
     if flops_budget is None:
-        _check_int("steps", steps, 1)
+        check_int("steps", steps, lo=1)
         flops_budget = steps * per_step[next(iter(runs))]
     results = {}
     for name, (obj, options) in runs.items():

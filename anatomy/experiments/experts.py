@@ -7,8 +7,9 @@ from dataclasses import replace
 
 import torch
 
+from anatomy._checks import check_int
 from anatomy.model import Config, Transformer
-from anatomy.moe import MoE, Routing, _check_int, moe_layers
+from anatomy.moe import MoE, Routing, moe_layers
 
 __all__ = [
     "effective_experts",
@@ -129,7 +130,7 @@ def train_runs(
     if not isinstance(models, dict) or not models:
         raise ValueError("models must be a non-empty dict name -> model")
     for name in ("steps", "batch_size", "seq_len", "n_val_batches"):
-        _check_int(name, locals()[name], 1)
+        check_int(name, locals()[name], lo=1)
     batches = data.token_batches(train_ids, batch_size, seq_len, seed=seed)
     val = data.token_batches(val_ids, batch_size, seq_len, seed=seed + 1)
     out = {}

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy.experiments.icl import _check_int
+from anatomy._checks import check_int
 
 __all__ = [
     "FewShot",
@@ -104,7 +104,7 @@ def few_shot_accuracy(
     if len(pairs) < need:
         raise ValueError(f"need at least max(ks) + n_queries = {need} pairs, got {len(pairs)}")
     for k in ks:
-        _check_int("k", k, 0)
+        check_int("k", k, lo=0)
     head = template.split("{y}")[0]
     was_training = model.training
     model.eval()

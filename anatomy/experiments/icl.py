@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anatomy._checks import check_int
 from anatomy.model import Attention, Config, ModelOutput, RopeTable, _check_ids, make_norm
 
 __all__ = [
@@ -44,12 +45,6 @@ __all__ = [
     "repeated_sequences",
 ]
 
-
-def _check_int(name: str, value, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,9 +107,9 @@ def repeated_sequences(
     n: int, length: int, vocab_size: int, generator: torch.Generator | None = None, *, low: int = 0
 ) -> torch.Tensor:
     """n random sequences of `length` tokens in [low, vocab_size), each shown twice: (n, 2 * length)."""
-    _check_int("n", n, 1)
-    _check_int("length", length, 2)
-    _check_int("vocab_size", vocab_size, low + 2)
+    check_int("n", n, lo=1)
+    check_int("length", length, lo=2)
+    check_int("vocab_size", vocab_size, lo=low + 2)
     first = torch.randint(low, vocab_size, (n, length), generator=generator)
     return torch.cat([first, first], dim=1)
 
@@ -135,7 +130,7 @@ def induction_batches(
     tokens back); with a random L and relative positions (RoPE) only a content lookup works.
     """
     lo, hi = lengths
-    _check_int("lengths[0]", lo, 2)
+    check_int("lengths[0]", lo, lo=2)
     if hi < lo:
         raise ValueError(f"lengths must be (lo, hi) with lo <= hi, got {lengths!r}")
     if supervise not in ("second", "all"):
@@ -200,7 +195,7 @@ def head_scores(
         )
     B, N = tokens.shape
     start = N // 2 if start is None else start
-    _check_int("start", start, 1)
+    check_int("start", start, lo=1)
     q = torch.arange(N)
     if kind == "previous_token":
         target = (q[None, :, None] - 1 == q[None, None, :]).expand(B, N, N)
@@ -296,7 +291,7 @@ def induction_experiment(
     """
     from anatomy.train import train
 
-    _check_int("length", length, 2)
+    check_int("length", length, lo=2)
     config = config or Config(
         vocab_size=vocab_size,
         d_model=64,
@@ -366,7 +361,7 @@ def masked_induction_batches(
     from anatomy.objectives import masked_lm_batch
 
     lo, hi = lengths
-    _check_int("lengths[0]", lo, 2)
+    check_int("lengths[0]", lo, lo=2)
     if hi < lo:
         raise ValueError(f"lengths must be (lo, hi) with lo <= hi, got {lengths!r}")
     special = _special(vocab_size)
@@ -460,7 +455,7 @@ def masked_induction_experiment(
     """
     from anatomy.train import train
 
-    _check_int("length", length, 2)
+    check_int("length", length, lo=2)
     special = _special(vocab_size)
     config = config or Config(
         vocab_size=special.vocab_size,
@@ -478,7 +473,7 @@ def masked_induction_experiment(
     model = AttentionOnly(config)
     g = torch.Generator().manual_seed(seed + 10_000)
     eval_seqs = repeated_sequences(n_eval, length, vocab_size, g)  # the decoder's evaluation sequences
-    _check_int("curve_eval", curve_eval, 1)
+    check_int("curve_eval", curve_eval, lo=1)
     run = MaskedInductionRun(length, vocab_size, special.mask_id, model=model)
 
     def eval_fn(m: nn.Module) -> dict[str, float]:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anatomy._checks import check_int
 from anatomy.data import MarkovSource
 from anatomy.model import Config, Transformer
 from anatomy.timing import one_thread
@@ -60,13 +61,6 @@ def _check_ids(ids, name: str = "input_ids") -> torch.Tensor:
         raise ValueError(f"{name} must have B >= 1 sequences of N >= 2 tokens, got {tuple(ids.shape)}")
     return ids
 
-
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
 
 
 # ------------------------------------------------------------------------------- permutations
@@ -176,7 +170,7 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor, n_train: int, ridge:
     if not isinstance(features, torch.Tensor) or features.dim() != 3:
         raise ValueError(f"features must be a (S, N, F) tensor, got {getattr(features, 'shape', features)}")
     S, N, Fdim = features.shape
-    n_train = _check_int("n_train", n_train)
+    n_train = check_int("n_train", n_train, lo=1)
     if n_train >= S:
         raise ValueError(f"n_train must leave held-out sequences: n_train={n_train}, S={S}")
     if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
@@ -371,7 +365,7 @@ def order_experiment(
         if objective not in ("causal", "masked") or pos not in ("none", "learned", "rope"):
             raise ValueError(f"runs: each must be (objective in causal/masked, pos in none/learned/rope), "
                              f"got {(objective, pos)!r}")
-    steps, eval_every = _check_int("steps", steps), _check_int("eval_every", eval_every)
+    steps, eval_every = check_int("steps", steps, lo=1), check_int("eval_every", eval_every, lo=1)
     V = source.vocab_size
     out = []
     for objective, pos in runs:
@@ -468,7 +462,7 @@ def offset_attention(model: Transformer, input_ids: torch.Tensor, offsets: Seque
     """
     model = _check_model(model)
     input_ids = _check_ids(input_ids)
-    offsets = [_check_int("offset", o, 0) for o in offsets]
+    offsets = [check_int("offset", o, lo=0) for o in offsets]
     N = input_ids.shape[1]
     if not offsets or max(offsets) >= N:
         raise ValueError(f"offsets must be non-empty and below the sequence length {N}, got {offsets}")

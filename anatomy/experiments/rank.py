@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from anatomy._checks import check_float, check_int
 from anatomy.attention import attention_probs
 from anatomy.model import Attention, Block, Config, Transformer, make_norm
 from anatomy.timing import one_thread
@@ -79,20 +80,6 @@ def _check_matrix(A, name: str = "A", square: bool = False) -> torch.Tensor:
     return A
 
 
-def _check_int(name: str, value, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < low:
-        raise ValueError(f"{name} must be >= {low}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"{name} must be a finite number > 0, got {value}")
-    return float(value)
 
 
 def _check_mask(mask: str) -> str:
@@ -123,7 +110,7 @@ def numerical_rank(A: torch.Tensor, rtol: float | None = None) -> torch.Tensor:
     A = _check_matrix(A)
     if rtol is None:
         rtol = max(A.shape[-2:]) * _eps(A.dtype)
-    rtol = _check_positive("rtol", rtol)
+    rtol = check_float("rtol", rtol, lo=0, lo_open=True)
     s = singular_values(A)
     return (s > rtol * s[..., :1]).sum(-1)
 
@@ -224,8 +211,8 @@ def random_attention(
     (:func:`anatomy.attention_probs`). The logits are returned before masking: Q K^T has rank at most d,
     which is the seeds' premise; A is what the seeds call "the attention matrix".
     """
-    n, d = _check_int("n", n), _check_int("d", d)
-    logit_std = _check_positive("logit_std", logit_std)
+    n, d = check_int("n", n, lo=1), check_int("d", d, lo=1)
+    logit_std = check_float("logit_std", logit_std, lo=0, lo_open=True)
     _check_mask(mask)
     q = torch.randn(1, 1, n, d, generator=generator, dtype=dtype)
     k = torch.randn(1, 1, n, d, generator=generator, dtype=dtype)
@@ -247,7 +234,7 @@ def single_matrix_sweep(
     logits_rank (the numerical rank of the logits Q K^T before masking, at most d) and
     max_weight (the mean over rows of the largest attention weight: how peaked the rows are).
     """
-    n, d = _check_int("n", n), _check_int("d", d)
+    n, d = check_int("n", n, lo=1), check_int("d", d, lo=1)
     if not logit_stds or not seeds:
         raise ValueError("logit_stds and seeds must not be empty")
     rows = []
@@ -282,7 +269,7 @@ def triangular_condition(
     (:func:`random_attention` with ``logit_std`` and ``d``). Returns {"n": (len(ns),), and for each kind
     an array (len(ns), len(seeds)) of log10 cond} (inf where sigma_min underflows float64).
     """
-    ns = [_check_int("ns[i]", n, 2) for n in ns]
+    ns = [check_int("ns[i]", n, lo=2) for n in ns]
     if not ns or not seeds:
         raise ValueError("ns and seeds must not be empty")
     out = {"n": np.array(ns)}
@@ -312,7 +299,7 @@ def residual_to_rank_one(X: torch.Tensor, skip: int = 0) -> torch.Tensor:
     huge norm would dominate both norms). Returns (...,) float64.
     """
     X = _check_matrix(X, "X")
-    skip = _check_int("skip", skip, 0)
+    skip = check_int("skip", skip, lo=0)
     if skip >= X.shape[-2]:
         raise ValueError(f"skip must be less than the number of tokens {X.shape[-2]}, got {skip}")
     X = X[..., skip:, :].double()
@@ -338,9 +325,9 @@ def attention_product(
     "log10_det" (exact for causal: the sum of the factors' log10 det), "layer_rank" (numerical rank of A_l
     itself) and "layer_log10_sigma_min" (of A_l).
     """
-    n, d, depth = _check_int("n", n), _check_int("d", d), _check_int("depth", depth)
+    n, d, depth = check_int("n", n, lo=1), check_int("d", d, lo=1), check_int("depth", depth, lo=1)
     _check_mask(mask)
-    g = torch.Generator().manual_seed(_check_int("seed", seed, 0))
+    g = torch.Generator().manual_seed(check_int("seed", seed, lo=0))
     P = torch.eye(n, dtype=torch.float64)
     rows: dict[str, list] = {k: [] for k in ("sigma_ratio", "residual", "log10_det", "layer_rank",
                                              "layer_log10_sigma_min")}
@@ -421,15 +408,15 @@ def collapse_stack(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     _check_mask(mask)
-    depth = _check_int("depth", depth)
-    d_model, n_heads = _check_int("d_model", d_model), _check_int("n_heads", n_heads)
+    depth = check_int("depth", depth, lo=1)
+    d_model, n_heads = check_int("d_model", d_model, lo=1), check_int("n_heads", n_heads, lo=1)
     if d_model % n_heads:
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     if weight_std is not None:
-        weight_std = _check_positive("weight_std", weight_std)
+        weight_std = check_float("weight_std", weight_std, lo=0, lo_open=True)
     config = Config(vocab_size=2, d_model=d_model, n_layers=depth, n_heads=n_heads, mask=mask, norm="layer",
                     norm_bias=False, pos="none", mlp="gelu", attn_backend="sdpa", max_seq_len=4096)
-    torch.manual_seed(_check_int("seed", seed, 0))
+    torch.manual_seed(check_int("seed", seed, lo=0))
     scale = 1.0 / math.sqrt(depth) if variant == "block/sqrt(L)" else 1.0
     layers = nn.ModuleList()
     for _ in range(depth):
@@ -476,7 +463,7 @@ def collapse_curves(
     Returns {"depth": (depth + 1,), "residual": {(variant, mask): (len(seeds), depth + 1)},
     "states": {(variant, mask, seed): [X_l for l in keep_states]}} (states only for the first seed).
     """
-    depth, n = _check_int("depth", depth), _check_int("n", n)
+    depth, n = check_int("depth", depth, lo=1), check_int("n", n, lo=1)
     if not variants or not masks or not seeds:
         raise ValueError("variants, masks and seeds must not be empty")
     for v in variants:

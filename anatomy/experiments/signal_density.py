@@ -11,13 +11,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from anatomy._checks import check_int
 from anatomy.objectives import (
     IGNORE,
     PrefixLMBatch,
     Seq2SeqBatch,
     SpecialTokens,
     _check_fraction,
-    _check_int,
     _check_objective,
     _step_generator,
     causal_lm_batch,
@@ -308,8 +308,8 @@ def label_density_experiment(
     T, _ = _markov(source)
     V = T.shape[0]
     fractions = tuple(_check_fraction("fraction", f) for f in fractions)
-    _check_int("steps", steps, 1)
-    _check_int("warmup", warmup, 0)
+    check_int("steps", steps, lo=1)
+    check_int("warmup", warmup, lo=0)
     config = config or Config(
         vocab_size=V, d_model=32, n_layers=2, n_heads=4, max_seq_len=seq_len, mlp="gelu", pos="learned"
     )

@@ -141,8 +141,8 @@ def test_tiled_rescale_check_large_sums_without_a_rise():
     # The kernel checks a later tile's row sums of exp2(score - running max) against 2**threshold: no term
     # exceeds its sum, so small sums prove that no score rose past the threshold. A large sum alone is not
     # a rise: here every key of the second tile scores 7 (base 2) above the first tile's maximum, so the
-    # sums are 8 * 2**7 = 1024 > 2**8 and the tile is re-checked, but the maximum must not be raised. One
-    # key 9 above raises it (rescaled 1). Both must match float64.
+    # sums are 8 * 2**7 = 1024 > 2**8, but the maximum must not be raised. One key 9 above raises it
+    # (rescaled 1). Both must match float64.
     from anatomy.kernels.tiled import LOG2E, RESCALE_THRESHOLD
 
     assert RESCALE_THRESHOLD == 8.0  # the scores below are placed around it

@@ -318,6 +318,15 @@ def split(ids: torch.Tensor, frac: float = 0.9) -> tuple[torch.Tensor, torch.Ten
     return ids[:cut], ids[cut:]
 
 
+def _check_stream(ids, batch_size: int, seq_len: int) -> None:
+    """A 1-D token stream long enough for windows of seq_len + 1 tokens."""
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("seq_len", seq_len)
+    check_tensor("ids", ids, kind="int")
+    if ids.ndim != 1 or len(ids) <= seq_len:
+        raise ValueError(f"ids must be 1-D with more than seq_len={seq_len} tokens, got {tuple(ids.shape)}")
+
+
 def random_batches(
     ids: torch.Tensor, batch_size: int, seq_len: int, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -325,12 +334,8 @@ def random_batches(
 
     ids: (n_tokens,). Returns x, y: (batch_size, seq_len) each, y[:, i] = x[:, i + 1] (the next token).
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("seq_len", seq_len)
     check_generator("generator", generator)
-    check_tensor("ids", ids, kind="int")
-    if ids.ndim != 1 or len(ids) <= seq_len:
-        raise ValueError(f"ids must be 1-D with more than seq_len={seq_len} tokens, got {tuple(ids.shape)}")
+    _check_stream(ids, batch_size, seq_len)
     starts = torch.randint(len(ids) - seq_len, (batch_size,), generator=generator)
     windows = ids[starts[:, None] + torch.arange(seq_len + 1)]  # (B, seq_len + 1)
     return windows[:, :-1], windows[:, 1:]
@@ -349,12 +354,8 @@ def token_batches(
     Batch number `step` depends only on (seed, step), so runs are reproducible and a fixed
     range of steps is a fixed evaluation set.
     """
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("seq_len", seq_len)
     check_int("seed", seed)
-    check_tensor("ids", ids, kind="int")
-    if ids.ndim != 1 or len(ids) <= seq_len:
-        raise ValueError(f"ids must be 1-D with more than seq_len={seq_len} tokens, got {tuple(ids.shape)}")
+    _check_stream(ids, batch_size, seq_len)
 
     def batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         return random_batches(ids, batch_size, seq_len, _step_generator(seed, step))

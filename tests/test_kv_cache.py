@@ -158,3 +158,33 @@ def test_chunk_sweep_counts_and_cache():
         kv_cache.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(0,))
     with pytest.raises(ValueError, match="new_ids"):
         kv_cache.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(64,))
+
+
+def test_tables_and_figures_of_chapter_9():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.manual_seed(0)
+    model = Transformer(TINY).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 40))
+    sweep = kv_cache.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(1, 4, 16), repeats=1)
+    html = kv_cache.chunk_sweep_table(sweep)
+    assert html.count("<tr") == 4 and "achieved GFLOP/s" in html
+    rows = kv_cache.kv_table(["Llama-3-70B"])
+    assert "Llama-3-70B" in kv_cache.kv_sizes_table(rows) and "x</td>" in kv_cache.kv_sizes_table(rows)
+    ttft = {"history": [0, 10], "new": [5, 4], "ttft": {"reuse": [0.1, 0.1], "recompute": [0.1, 0.3]}}
+    flops = {"reuse": [1e9, 1e9], "recompute": [1e9, 3e9]}
+    table = kv_cache.dialogue_table(ttft, flops)
+    assert kv_cache.STRATEGIES["reuse"] in table and kv_cache.STRATEGIES["prefix"] not in table
+    assert "0.30 s / 3" in table
+    stale = {name: {"key_change": [0.0, 0.5], "value_change": [0.0, 0.25], "max_logit_err": 1.0, "kl": 0.1,
+                    "flips": 0.5, "loss_fresh": 1.0, "loss_stale": 2.0} for name in ("a", "b", "c")}
+    assert kv_cache.stale_table(stale).count("<tr") == 4
+    for fig in (kv_cache.plot_chunk_sweep(sweep), kv_cache.plot_kv_variants("Llama-3-70B", 8192),
+                kv_cache.plot_dialogue(ttft, flops), kv_cache.plot_stale(stale)):
+        assert fig.axes and all(ax.get_xlabel() for ax in fig.axes)
+        plt.close(fig)
+    with pytest.raises(ValueError, match="names"):
+        kv_cache.plot_stale(stale, ["a", "z"])

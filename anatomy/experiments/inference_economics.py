@@ -22,7 +22,7 @@ import torch
 
 from anatomy._checks import check_instance, check_int
 from anatomy.cost import forward_flops, linear_params, step_bytes
-from anatomy.experiments.kv_cache import with_mask
+from anatomy.experiments.kv_cache import seed002_kv_bytes_per_token, with_mask
 from anatomy.model import Config, Transformer
 from anatomy.timing import interleaved_times
 
@@ -39,6 +39,7 @@ __all__ = [
     "fewshot_classify",
     "latency_estimate",
     "label_prompts",
+    "latency_table",
     "nearest_prototype",
     "prompt_classify",
     "measure_bandwidth",
@@ -50,6 +51,7 @@ __all__ = [
     "ridge_point",
     "roofline",
     "seed002_costs",
+    "seed002_latency_rows",
     "sentence_embeddings",
     "topic_dataset",
 ]
@@ -157,6 +159,47 @@ def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardw
     return {"prefill_ms": prefill * 1e3, "decode_ms": decode * 1e3, "total_ms": (prefill + decode) * 1e3,
             "decode_weights_ms": weights_only * 1e3,
             "weights_gb": (c.n_layers * linear_params(c) + c.vocab_size * c.d_model) * weight_bytes / 1e9}
+
+
+def seed002_latency_rows(real: dict[str, Config], hardware: Hardware = A100) -> list[dict]:
+    """Seed 002's latency table recomputed, one dict per row of :data:`SEED002_LATENCY_TABLE`: the row's
+    ``name``, ``n_in``, ``n_out`` and the table's ``table_prefill_ms``, ``table_decode_ms``; ``own``, seed
+    002's function as written (:func:`seed002_costs`); ``kv_decode_ms``, the decode time of its KV formula
+    read at 2 TB/s with the real configuration ``real[name]`` (e.g. Llama-2-7B for "7B"); and ``est``, the
+    roofline estimate that also counts the weights (:func:`latency_estimate` on ``hardware``)."""
+    rows = []
+    for name, params, n_in, n_out, s_pre, s_dec, _ in SEED002_LATENCY_TABLE:
+        c = check_instance(f"real[{name!r}]", real.get(name), Config, "an anatomy Config")
+        kv_decode = sum(seed002_kv_bytes_per_token(c.n_layers, c.d_model) * (n_in + t) for t in range(n_out))
+        rows.append({"name": name, "n_in": n_in, "n_out": n_out, "table_prefill_ms": s_pre,
+                     "table_decode_ms": s_dec, "own": seed002_costs(params, n_in, n_out),
+                     "kv_decode_ms": kv_decode / 2e12 * 1e3,
+                     "est": latency_estimate(c, n_in, n_out, hardware)})
+    return rows
+
+
+def latency_table(rows: Sequence[dict]) -> str:
+    """An HTML table of :func:`seed002_latency_rows`: the seed's table, its function, its KV formula with a
+    real configuration, and the roofline estimate with weight reads."""
+    from anatomy.book.tables import html_table
+
+    cells = []
+    for r in rows:
+        own, est = r["own"], r["est"]
+        cells.append((
+            f"{r['name']}, {r['n_in']} in, {r['n_out']} out",
+            f"{r['table_prefill_ms']:g} / {r['table_decode_ms']:g}",
+            f"{own['prefill_ms']:.1f} / {own['decode_ms']:.0f} ({own['n_layers']} layers)",
+            f"{own['prefill_ms'] / r['table_prefill_ms']:.2f}",
+            f"{r['kv_decode_ms']:.0f}",
+            f"{est['prefill_ms']:.1f} / {est['decode_ms']:,.0f}",
+            f"{est['weights_gb']:.0f}",
+        ))
+    return html_table(
+        ["row", "seed 002's table: prefill / decode (ms)", "seed 002's function as written (ms)",
+         "prefill: function / table", "decode with the seed's KV formula, real config (ms)",
+         "roofline with weight reads: prefill / decode (ms)", "fp16 weights (GB)"],
+        cells)
 
 
 # ---------------------------------------------------------------------------------------------------------

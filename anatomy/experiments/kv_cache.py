@@ -148,10 +148,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
             model(new_ids[:, :n], cache=cache, logits_to_keep=1)
         return fn
 
-    # Warm-up: the context's prefill above (first calls build fused weights) and one smallest call, untimed;
-    # a whole untimed round of every chunk would cost as much as a timed one.
-    run(min(chunks))()
-    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, warmup=0, threads=None)
+    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, threads=None)
     cache.truncate(P)
     out: dict = {"chunk": list(chunks), "seconds": [], "per_token": [], "flops": [], "bytes": [],
                  "intensity": [], "achieved": [], "cache_len": len(cache), "cache_nbytes": cache.nbytes}

@@ -31,7 +31,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from anatomy._checks import check_float, check_int
+from anatomy._checks import check_float, check_instance, check_int, check_tensor
 from anatomy.model import MLP, Config, Transformer
 
 __all__ = [
@@ -122,6 +122,8 @@ class MoE(nn.Module):
 
     def reset_parameters(self, std: float = 0.02, residual_std: float | None = None) -> None:
         """Normal(0, std) weights as in ``Transformer``; down projections get ``residual_std`` (or std)."""
+        check_float("std", std, lo=0)
+        check_float("residual_std", residual_std, lo=0, none=True)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=std)
@@ -153,7 +155,8 @@ class MoE(nn.Module):
         return scores, experts, gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not isinstance(x, torch.Tensor) or x.shape[-1] != self.d_model:
+        check_tensor("x", x, kind="float")
+        if x.shape[-1] != self.d_model:
             raise ValueError(
                 f"x must be a tensor (..., d_model={self.d_model}), got "
                 f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}"
@@ -225,6 +228,20 @@ def route_reference(
     Returns (T, d): for each token the shared experts' outputs plus the gated routed experts' outputs
     (eq. 12 without the residual u_t).
     """
+    check_tensor("u", u, kind="float", dim=2)
+    check_tensor("centroids", centroids, kind="float", dim=2)
+    check_tensor("bias", bias, dim=1)
+    if centroids.shape[1] != u.shape[1]:
+        raise ValueError(f"centroids must be (N_r, d={u.shape[1]}), got {tuple(centroids.shape)}")
+    if bias.shape[0] != centroids.shape[0]:
+        raise ValueError(f"bias must have one entry per routed expert ({len(centroids)}), got {len(bias)}")
+    check_int("top_k", top_k, lo=1, hi=centroids.shape[0])
+    for name, experts in (("shared", shared), ("routed", routed)):
+        if not isinstance(experts, (list, tuple)) or not all(callable(f) for f in experts):
+            raise TypeError(f"{name} must be a list of functions (d,) -> (d,), got {experts!r}")
+    if len(routed) != centroids.shape[0]:
+        raise ValueError(f"routed must hold one function per centroid ({len(centroids)}), got {len(routed)}")
+    check_float("route_scale", route_scale, lo=0, lo_open=True)
     T = u.shape[0]
     n_routed = centroids.shape[0]
     rows = []
@@ -248,6 +265,7 @@ def route_reference(
 
 def moe_layers(model: nn.Module) -> list[MoE]:
     """The MoE layers of a model, in order."""
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
     return [m for m in model.modules() if isinstance(m, MoE)]
 
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+import torch.nn as nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_instance, check_int, check_positive_int
 from anatomy.model import Config, Transformer
 from anatomy.moe import MoE, Routing, moe_layers
 
@@ -30,12 +31,17 @@ def matched_dense_config(config: Config, moe: MoE | Transformer) -> Config:
     d_ff = (n_shared + top_k) * d_expert: the same hidden units per token. The MoE model still has the
     router's extra d_model * n_routed parameters per layer (see ``active_param_counts``).
     """
+    check_instance("config", config, Config, "an anatomy Config")
+    check_instance("moe", moe, (MoE, nn.Module), "an MoE layer or a model with MoE layers")
+    if not isinstance(moe, MoE) and not moe_layers(moe):
+        raise ValueError("moe must be an MoE layer or a model with MoE layers (see moe_decoder)")
     layer = moe if isinstance(moe, MoE) else moe_layers(moe)[0]
     return replace(config, mlp="swiglu", d_ff=(layer.n_shared + layer.top_k) * layer.d_expert)
 
 
 def active_param_counts(model: Transformer) -> dict[str, int]:
     """Non-embedding parameters (Kaplan et al.'s N): total, and active per token (top_k routed experts)."""
+    check_instance("model", model, Transformer, "an anatomy Transformer")
     total = model.num_params()
     inactive = 0
     for layer in moe_layers(model):
@@ -49,6 +55,8 @@ def load_imbalance(load: torch.Tensor) -> float:
     load = torch.as_tensor(load).float()
     if load.ndim != 1 or load.numel() == 0:
         raise ValueError(f"load must be a non-empty 1-D tensor of counts, got shape {tuple(load.shape)}")
+    if not torch.isfinite(load).all() or (load < 0).any():
+        raise ValueError(f"load must hold counts >= 0, got {load.tolist()}")
     mean = load.mean()
     if mean <= 0:
         raise ValueError("load must contain at least one routed token")
@@ -58,7 +66,8 @@ def load_imbalance(load: torch.Tensor) -> float:
 def effective_experts(load: torch.Tensor) -> float:
     """exp(entropy) of the load's distribution over experts: N_r when even, 1 when one expert gets all."""
     load = torch.as_tensor(load).double()
-    if load.ndim != 1 or load.numel() == 0 or load.sum() <= 0:
+    bad = (load < 0).any() or not load.isfinite().all()
+    if load.ndim != 1 or load.numel() == 0 or bad or load.sum() <= 0:
         raise ValueError(f"load must be a 1-D tensor of counts with a positive sum, got {load}")
     p = load / load.sum()
     return float(torch.exp(-(p * p.clamp_min(1e-300).log()).sum()))
@@ -67,6 +76,7 @@ def effective_experts(load: torch.Tensor) -> float:
 @torch.no_grad()
 def routing_of(model: Transformer, input_ids: torch.Tensor) -> list[Routing]:
     """Run ``model`` on input_ids (B, N) in eval mode; return each MoE layer's routing of the B*N tokens."""
+    check_instance("model", model, nn.Module, "a model with MoE layers")
     layers = moe_layers(model)
     if not layers:
         raise ValueError("routing_of needs a model with MoE layers (see moe_decoder)")
@@ -89,6 +99,16 @@ def expert_token_table(
     """
     if isinstance(routings, Routing):
         routings = [routings]
+    if not isinstance(routings, (list, tuple)) or not all(isinstance(r, Routing) for r in routings):
+        raise TypeError(f"routings must be a Routing or a list of them, got {type(routings).__name__}")
+    if not routings:
+        raise ValueError("routings must hold at least one Routing")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.is_floating_point():
+        raise TypeError("input_ids must be a tensor of token ids")
+    check_positive_int("vocab_size", vocab_size)
+    if input_ids.numel() and int(input_ids.max()) >= vocab_size:
+        raise ValueError(f"vocab_size must exceed every id in input_ids, got {vocab_size}")
+    check_int("rank", rank, lo=0, hi=routings[0].experts.shape[1] - 1, none=True)
     ids = input_ids.reshape(-1)
     n_routed = routings[0].scores.shape[-1]
     table = torch.zeros(vocab_size, n_routed, dtype=torch.long)
@@ -178,7 +198,14 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
     "embedding" (the input embedding table: a token reads one row of it, a lookup with no arithmetic, so
     "active" minus "embedding" is the count without it) and "routed_share" (routed experts / total).
     """
+    if config is not None and not isinstance(config, dict):
+        raise TypeError(f"config must be a dict of DEEPSEEK_V3's keys or None, got {type(config).__name__}")
     c = {**DEEPSEEK_V3, **(config or {})}
+    for key, value in c.items():
+        if key not in DEEPSEEK_V3 or not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError(f"config[{key!r}] must be a key of DEEPSEEK_V3 with an int >= 0, got {value!r}")
+    if not 1 <= c["n_layers"] or c["n_layers"] < c["n_dense_layers"]:
+        raise ValueError(f"config['n_layers'] must be >= max(1, n_dense_layers), got {c['n_layers']}")
     d, H = c["dim"], c["n_heads"]
     attention = (
         d * c["q_lora_rank"] + c["q_lora_rank"]  # W_DQ and its norm

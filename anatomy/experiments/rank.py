@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_float, check_int
+from anatomy._checks import check_dtype, check_float, check_generator, check_instance, check_int
 from anatomy.attention import attention_probs
 from anatomy.model import Attention, Block, Config, Transformer, make_norm
 from anatomy.timing import one_thread
@@ -214,6 +214,8 @@ def random_attention(
     n, d = check_int("n", n, lo=1), check_int("d", d, lo=1)
     logit_std = check_float("logit_std", logit_std, lo=0, lo_open=True)
     _check_mask(mask)
+    check_generator("generator", generator)
+    check_dtype("dtype", dtype, floating=True)
     q = torch.randn(1, 1, n, d, generator=generator, dtype=dtype)
     k = torch.randn(1, 1, n, d, generator=generator, dtype=dtype)
     A = attention_probs(q * logit_std, k, mask)[0, 0]
@@ -237,6 +239,10 @@ def single_matrix_sweep(
     n, d = check_int("n", n, lo=1), check_int("d", d, lo=1)
     if not logit_stds or not seeds:
         raise ValueError("logit_stds and seeds must not be empty")
+    for s in logit_stds:
+        check_float("logit_stds", s, lo=0, lo_open=True)
+    for s in seeds:
+        check_int("seeds", s)
     rows = []
     for mask in _MASKS:
         for std in logit_stds:
@@ -436,9 +442,14 @@ def collapse_stack(
 @torch.no_grad()
 def collapse_states(layers: nn.ModuleList, X: torch.Tensor) -> list[torch.Tensor]:
     """Token representations through a collapse stack: [X_0 = X, X_1, ..., X_depth], each (B, n, d)."""
+    check_instance("layers", layers, nn.ModuleList, "an nn.ModuleList (see collapse_stack)")
     X = _check_matrix(X, "X")
     if X.dim() != 3:
         raise ValueError(f"X must have shape (B, n, d), got {tuple(X.shape)}")
+    width = next((m.normalized_shape[0] for m in layers.modules() if isinstance(m, nn.LayerNorm)), None)
+    width = width or next((m.in_features for m in layers.modules() if isinstance(m, nn.Linear)), X.shape[-1])
+    if X.shape[-1] != width:
+        raise ValueError(f"X must have the layers' width d={width} in its last dim, got {tuple(X.shape)}")
     states = [X.double()]
     for layer in layers:
         states.append(layer(states[-1]))

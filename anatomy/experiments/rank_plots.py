@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from anatomy._checks import check_int
 from anatomy.experiments.rank import _MASKS, VARIANT_LABELS, VARIANTS, _eps
 
 __all__ = [
@@ -254,6 +255,10 @@ def sweep_summary(rows: list[dict], cond: dict[str, np.ndarray]) -> dict[str, fl
 
 def collapse_at(curves: dict, variant: str, mask: str, depth: int) -> float:
     """Geometric mean over the random draws of :func:`collapse_curves`' residual at one depth."""
+    if (variant, mask) not in curves["residual"]:
+        raise ValueError(f"variant and mask must be a pair these curves hold, got ({variant!r}, {mask!r}); "
+                         f"they hold {sorted(curves['residual'])}")
+    check_int("depth", depth, lo=0, hi=curves["residual"][(variant, mask)].shape[1] - 1)
     table = np.maximum(curves["residual"][(variant, mask)][:, depth], 1e-300)
     return float(np.exp(np.log(table).mean()))
 

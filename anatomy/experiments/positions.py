@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anatomy._checks import check_int
+from anatomy._checks import check_float, check_int
 from anatomy.data import MarkovSource
 from anatomy.model import Config, Transformer
 from anatomy.timing import one_thread
@@ -142,6 +143,7 @@ def probe_features(model: Transformer, input_ids: torch.Tensor, kind: str = "hid
     """
     if kind not in FEATURES:
         raise ValueError(f"kind must be one of {FEATURES}, got {kind!r}")
+    check_int("layer", layer)
     if kind in ("hidden", "hidden+logvar"):
         hs = hidden_states(model, input_ids)
         if not -len(hs) <= layer < len(hs):
@@ -173,8 +175,10 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor, n_train: int, ridge:
     n_train = check_int("n_train", n_train, lo=1)
     if n_train >= S:
         raise ValueError(f"n_train must leave held-out sequences: n_train={n_train}, S={S}")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or ridge < 0:
-        raise ValueError(f"ridge must be a number >= 0, got {ridge!r}")
+    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < math.inf:
+        raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
+    if not isinstance(targets, (torch.Tensor, np.ndarray, list, tuple)):
+        raise TypeError(f"targets must be a tensor (N,) or (S, N), got {type(targets).__name__}")
     targets = torch.as_tensor(targets, dtype=torch.float64)
     if targets.shape == (N,):
         targets = targets.expand(S, N)
@@ -223,6 +227,7 @@ def masked_batch(seqs: torch.Tensor, mask_id: int, rate: float,
     assumes the masked tokens are hidden). Returns x (B, N) and labels (B, N), -100 where not selected.
     """
     seqs = _check_ids(seqs, "seqs")
+    check_int("mask_id", mask_id, lo=0)
     if not 0.0 < rate < 1.0:
         raise ValueError(f"rate must be in (0, 1), got {rate}")
     B, N = seqs.shape
@@ -249,6 +254,8 @@ def markov_masked_posterior(source: MarkovSource, x: torch.Tensor, visible: torc
     if not isinstance(visible, torch.Tensor) or visible.dtype != torch.bool or visible.shape != x.shape:
         raise ValueError(f"visible must be a bool tensor of shape {tuple(x.shape)}")
     V, K = source.vocab_size, source.order
+    if ((x[visible] < 0) | (x[visible] >= V)).any():
+        raise ValueError(f"x must hold ids in [0, {V}) at its visible positions")
     B, N = x.shape
     if N < K:
         raise ValueError(f"sequences must have at least order={K} tokens, got {N}")
@@ -361,6 +368,9 @@ def order_experiment(
 
     if not isinstance(source, MarkovSource):
         raise TypeError(f"source must be an anatomy.data.MarkovSource, got {type(source).__name__}")
+    if not runs:
+        raise ValueError("runs must name at least one (objective, pos) pair")
+    check_float("mask_rate", mask_rate, lo=0, hi=1, lo_open=True, hi_open=True)
     for objective, pos in runs:
         if objective not in ("causal", "masked") or pos not in ("none", "learned", "rope"):
             raise ValueError(f"runs: each must be (objective in causal/masked, pos in none/learned/rope), "
@@ -462,7 +472,7 @@ def offset_attention(model: Transformer, input_ids: torch.Tensor, offsets: Seque
     """
     model = _check_model(model)
     input_ids = _check_ids(input_ids)
-    offsets = [check_int("offset", o, lo=0) for o in offsets]
+    offsets = [check_int("offsets", o, lo=0) for o in offsets]
     N = input_ids.shape[1]
     if not offsets or max(offsets) >= N:
         raise ValueError(f"offsets must be non-empty and below the sequence length {N}, got {offsets}")

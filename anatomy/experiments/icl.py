@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_float, check_instance, check_int
 from anatomy.model import Attention, Config, ModelOutput, RopeTable, _check_ids, make_norm
 
 __all__ = [
@@ -109,6 +109,7 @@ def repeated_sequences(
     """n random sequences of `length` tokens in [low, vocab_size), each shown twice: (n, 2 * length)."""
     check_int("n", n, lo=1)
     check_int("length", length, lo=2)
+    check_int("low", low, lo=0)
     check_int("vocab_size", vocab_size, lo=low + 2)
     first = torch.randint(low, vocab_size, (n, length), generator=generator)
     return torch.cat([first, first], dim=1)
@@ -129,6 +130,10 @@ def induction_batches(
     "all" on every position. A fixed L would let a model solve the task by position alone (attend L - 1
     tokens back); with a random L and relative positions (RoPE) only a content lookup works.
     """
+    check_int("batch_size", batch_size, lo=1)
+    check_int("vocab_size", vocab_size, lo=2)
+    if not isinstance(lengths, (tuple, list)) or len(lengths) != 2:
+        raise TypeError(f"lengths must be a (lo, hi) pair, got {lengths!r}")
     lo, hi = lengths
     check_int("lengths[0]", lo, lo=2)
     if hi < lo:
@@ -155,6 +160,7 @@ def copy_losses(model: nn.Module, seqs: torch.Tensor) -> tuple[float, float]:
     First copy: tokens 1..L-1 (unpredictable: ln V at best). Second copy: tokens L+1..2L-1, each of which
     a model can copy from the first copy (token L, the restart, is in neither).
     """
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
     if (
         seqs.dim() != 2
         or seqs.shape[1] % 2
@@ -360,6 +366,7 @@ def masked_induction_batches(
     """
     from anatomy.objectives import masked_lm_batch
 
+    check_float("rate", rate, lo=0, hi=1, lo_open=True, hi_open=True)
     lo, hi = lengths
     check_int("lengths[0]", lo, lo=2)
     if hi < lo:
@@ -384,6 +391,9 @@ def fill_losses(model: nn.Module, seqs: torch.Tensor, mask_id: int) -> tuple[flo
     left visible; the model's prediction at the slot is scored against the hidden token. Without using
     the first copy the best loss is ln V; by copying from it, close to 0.
     """
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None)
+    check_int("mask_id", mask_id, lo=0, hi=None if vocab is None else vocab - 1)
     if seqs.dim() != 2 or seqs.shape[1] % 2:
         raise ValueError("seqs must be (n, 2L) sequences shown twice")
     n, N = seqs.shape

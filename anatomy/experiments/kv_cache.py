@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from anatomy._checks import check_instance, check_int
+from anatomy._checks import check_bool, check_instance, check_int, check_tensor
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import (
     PUBLISHED,
@@ -57,6 +57,7 @@ def seed002_kv_bytes_per_token(n_layers: int, d_model: int, bytes_per_elem: int 
     the bytes per element again)."""
     n_layers = check_int("n_layers", n_layers, lo=1)
     d_model = check_int("d_model", d_model, lo=1)
+    bytes_per_elem = check_int("bytes_per_elem", bytes_per_elem, lo=1)
     return 2 * n_layers * 2 * d_model * bytes_per_elem
 
 
@@ -87,6 +88,7 @@ def transformers_kv_cache(config: Config, input_ids: torch.Tensor, *, n_kv_heads
     c = check_instance("config", config, Config, "an anatomy Config")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.shape[0] != 1:
         raise ValueError(f"input_ids must be a (1, N) tensor, got {getattr(input_ids, 'shape', input_ids)!r}")
+    check_tensor("input_ids", input_ids, kind="int")
     if n_kv_heads is not None:
         c = replace(c, n_kv_heads=check_int("n_kv_heads", n_kv_heads, lo=1))
     if c.mask != "causal" or not c.lm_head:
@@ -108,6 +110,9 @@ def transformers_kv_cache(config: Config, input_ids: torch.Tensor, *, n_kv_heads
 def kv_table(names: Sequence[str] = PUBLISHED, n_tokens: int = 8192, bytes_per_elem: int = 2) -> list[dict]:
     """One row per published model: attention kind, heads, KV bytes per token and at ``n_tokens``, the
     same model if it had full multi-head K/V, and seed 002's formula."""
+    if isinstance(names, str) or not names:
+        raise ValueError(f"names must be a non-empty sequence of published model names, got {names!r}")
+    check_int("n_tokens", n_tokens, lo=1)
     rows = []
     for name in names:
         c = published_config(name)
@@ -133,6 +138,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
     ``intensity`` (FLOP/byte), ``achieved`` (FLOP/s); and ``cache_len``, ``cache_nbytes`` of the context's
     cache (a real cache, to check the size formula against).
     """
+    check_instance("model", model, Transformer, "an anatomy Transformer")
     if not chunks or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in chunks):
         raise ValueError(f"chunks must be positive ints, got {chunks!r}")
     if new_ids.shape[1] < max(chunks):
@@ -209,6 +215,8 @@ def chat_segments(tokenizer, dialogue: Sequence[tuple[str, str]] = DIALOGUE) -> 
     (the end of the previous reply's markup, the user message, the assistant header) and ``reply`` (1, r).
     Concatenating all segments gives exactly the template's rendering of the whole conversation (checked).
     """
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise TypeError(f"tokenizer must be a tokenizer with a chat template, got {type(tokenizer).__name__}")
     if not dialogue:
         raise ValueError("dialogue must hold at least one (user, assistant) turn")
     messages: list[dict[str, str]] = []
@@ -237,6 +245,7 @@ def with_mask(model: Transformer, mask: str, *, lm_head: bool = True) -> Transfo
     with mask="bidirectional" and lm_head=False, an encoder of its shape that returns hidden states."""
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    check_bool("lm_head", lm_head)
     cfg = replace(model.config, mask=mask, lm_head=lm_head and model.config.lm_head)
     with torch.device("meta"):
         twin = Transformer(cfg)
@@ -258,6 +267,7 @@ def encoder_decoder_like(model: Transformer, seed: int = 0) -> EncoderDecoder:
     """
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
+    check_int("seed", seed)
     c = model.config
     with torch.device("meta"):
         ed = EncoderDecoder(replace(c, mask="causal"))
@@ -328,6 +338,7 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
     recompute| over the first-token logits) and ``cache_nbytes``, ``cache_len`` (the reuse cache at the end).
     """
     _check_segments(segments)
+    check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
     check_int("repeats", repeats, lo=1)
     check_int("final_repeats", final_repeats, lo=1)
     strategies = ["reuse", "recompute"] + (["prefix"] if prefix_lm is not None else []) + (
@@ -484,6 +495,12 @@ def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, n
 def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],
                    n_decoder_layers: int | None = None) -> dict[str, list[int]]:
     """FLOPs to the first token per turn for the four strategies of :func:`dialogue_ttft`."""
+    if len(history) != len(new):
+        raise ValueError(f"history and new must have one entry per turn, got {len(history)} and {len(new)}")
+    for H in history:
+        check_int("history", H, lo=0)
+    for m in new:
+        check_int("new", m, lo=1)
     out = {"reuse": [], "recompute": [], "prefix": [], "encdec": []}
     for H, m in zip(history, new):
         out["reuse"].append(forward_flops(config, m, H, mask="causal", logits="last")["total"])

@@ -32,7 +32,7 @@ from dataclasses import replace
 
 import torch
 
-from anatomy._checks import check_bool, check_positive_int
+from anatomy._checks import check_bool, check_choice, check_instance, check_positive_int
 from anatomy.cost import attention_pairs, forward_flops, published_config, tile_walk
 from anatomy.masks import MASKS
 from anatomy.model import Config
@@ -160,6 +160,14 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
 
     if not variants:
         raise ValueError("variants must name at least one configuration to time")
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__"):
+        raise TypeError(f"sizes must be a sequence of ints, got {type(sizes).__name__}")
+    if not sizes:
+        raise ValueError("sizes must hold at least one sequence length")
+    for name, value in (("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+        check_positive_int(name, value)
+    if heads % kv_heads:
+        raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv_heads})")
     rows = []
     g = torch.Generator().manual_seed(seed)
     for n in sizes:
@@ -187,6 +195,11 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
 
     if not masks:
         raise ValueError("masks must name at least one mask")
+    check_instance("config", config, Config, "an anatomy Config")
+    for m in masks:
+        check_choice("masks", m, ("causal", "bidirectional", "prefix"))
+    if isinstance(sizes, (str, bytes)) or not hasattr(sizes, "__iter__") or not sizes:
+        raise ValueError(f"sizes must be a non-empty sequence of ints, got {sizes!r}")
     torch.manual_seed(seed)
     base = Transformer(replace(config, mask=masks[0])).eval()
     models = {masks[0]: base}

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anatomy._checks import check_int
+from anatomy._checks import check_float, check_int
 
 __all__ = [
     "DualForm",
@@ -76,6 +76,12 @@ def dual_form(
     """
     for name, value in (("n_examples", n_examples), ("d_in", d_in), ("d_out", d_out), ("n_query", n_query)):
         check_int(name, value, lo=1)
+    check_float("lr", lr)
+    check_float("w0_scale", w0_scale)
+    if isinstance(softmax_scales, (str, bytes)) or not softmax_scales:
+        raise ValueError(f"softmax_scales must be a non-empty sequence of numbers > 0, got {softmax_scales}")
+    for scale in softmax_scales:
+        check_float("softmax_scales", scale, lo=0, lo_open=True)
     rng = np.random.default_rng(seed)
     W_star = rng.normal(size=(d_out, d_in))
     W0 = w0_scale * rng.normal(size=(d_out, d_in))

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from anatomy._checks import check_instance, check_tensor
 from anatomy.metrics import token_losses
 
 __all__ = [
@@ -220,7 +221,8 @@ def plot_context_curve(sizes, train, test, floor: float, rate: float, k: int, yl
 @torch.no_grad()
 def text_surprisal(model, ids: torch.Tensor) -> torch.Tensor:
     """-log q(token_t | tokens before it) in nats for t = 1..N-1 of one sequence. ids: (N,) or (1, N)."""
-    ids = torch.as_tensor(ids)
+    check_instance("model", model, torch.nn.Module, "a torch.nn.Module")
+    ids = check_tensor("ids", torch.as_tensor(ids), kind="int")
     if ids.ndim == 1:
         ids = ids[None]
     if ids.ndim != 2 or ids.shape[0] != 1 or ids.shape[1] < 2:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_bool, check_instance, check_int
 
 __all__ = [
     "FewShot",
@@ -97,6 +97,16 @@ def few_shot_accuracy(
     from the other demonstrations (one place along, k >= 2) or, for k = 1, from a pair that is not a query,
     so no query's answer appears in its prompt. Queries are always scored against their true output.
     """
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise TypeError(f"pairs must be a sequence of (x, y) pairs, got {type(pairs).__name__}")
+    if isinstance(ks, (str, bytes)) or not hasattr(ks, "__iter__") or not list(ks):
+        raise ValueError(f"ks must be a non-empty sequence of ints >= 0, got {ks!r}")
+    for k in ks:
+        check_int("ks", k, lo=0)
+    check_int("n_queries", n_queries, lo=1)
+    check_int("n_prompts", n_prompts, lo=1)
+    check_bool("wrong_labels", wrong_labels)
     if "{x}" not in template or "{y}" not in template or not template.endswith("\n"):
         raise ValueError("template must contain {x} and {y} and end with a newline")
     pairs = list(pairs)

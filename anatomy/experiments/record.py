@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from anatomy._checks import check_instance, check_positive_int
 from anatomy.book.tables import html_table
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import forward_flops
@@ -144,6 +145,10 @@ def short_cite(keys) -> str:
     """'Devlin et al. 2019; Brown et al. 2020' for a sequence of BibTeX keys (the key itself if unknown)."""
     if isinstance(keys, str):
         keys = (keys,)
+    if not isinstance(keys, (tuple, list)) or not all(isinstance(k, str) for k in keys):
+        raise TypeError(f"keys must be a citation key or a sequence of them, got {keys!r}")
+    if not keys:
+        raise ValueError("keys must hold at least one citation key")
     return "; ".join(SHORT_CITES.get(k, k) for k in keys)
 
 
@@ -368,7 +373,9 @@ def cross_attention_share(config: Config, n_source: int, n_target: int) -> dict[
     cross-attention to the source in every layer (query/output projections on the target tokens, key/value
     projections on the source tokens, scores and weighted values over n_target x n_source pairs).
     """
-    c = config
+    c = check_instance("config", config, Config, "an anatomy Config")
+    check_positive_int("n_source", n_source)
+    check_positive_int("n_target", n_target)
     enc = forward_flops(replace(c, lm_head=False), n_source, mask="bidirectional", logits="none")["total"]
     self_part = forward_flops(replace(c, lm_head=False), n_target, mask="causal", logits="none")["total"]
     inner, kv_inner = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
@@ -412,6 +419,12 @@ def cache_bytes_by_family(
     for name, v in (("n_source", n_source), ("n_target", n_target), ("n_heads", n_heads)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    if isinstance(kv_heads, (str, bytes)) or not kv_heads:
+        raise ValueError(f"kv_heads must be a non-empty sequence of ints, got {kv_heads!r}")
+    for h in kv_heads:
+        check_positive_int("kv_heads", h)
+        if n_heads % h:
+            raise ValueError(f"kv_heads must divide n_heads={n_heads}, got {h}")
     g = torch.Generator().manual_seed(seed)
     src = torch.randint(0, 64, (1, n_source), generator=g)
     tgt = torch.randint(0, 64, (1, n_target), generator=g)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomy._checks import check_instance, check_int
+from anatomy._checks import check_dtype, check_float, check_instance, check_int, check_tensor, is_number
 from anatomy.cost import forward_flops, linear_params, step_bytes
 from anatomy.experiments.kv_cache import seed002_kv_bytes_per_token, with_mask
 from anatomy.model import Config, Transformer
@@ -60,8 +60,16 @@ __all__ = [
 
 def roofline(intensity, peak_flops: float, bandwidth: float):
     """Attainable FLOP/s at an arithmetic intensity (FLOP/byte): min(peak, intensity * bandwidth)."""
-    if peak_flops <= 0 or bandwidth <= 0:
-        raise ValueError(f"peak_flops and bandwidth must be > 0, got {peak_flops}, {bandwidth}")
+    check_float("peak_flops", peak_flops, lo=0, lo_open=True)
+    check_float("bandwidth", bandwidth, lo=0, lo_open=True)
+    if is_number(intensity):
+        check_float("intensity", intensity, lo=0)
+    elif hasattr(intensity, "__array__") and not isinstance(intensity, str):
+        values = torch.as_tensor(intensity, dtype=torch.float64)
+        if not torch.isfinite(values).all() or (values < 0).any():
+            raise ValueError("intensity must hold finite numbers >= 0")
+    else:
+        raise TypeError(f"intensity must be a number, an array or a tensor, got {type(intensity).__name__}")
     if isinstance(intensity, torch.Tensor):
         return torch.clamp(intensity * bandwidth, max=peak_flops)
     try:
@@ -76,8 +84,8 @@ def roofline(intensity, peak_flops: float, bandwidth: float):
 
 def ridge_point(peak_flops: float, bandwidth: float) -> float:
     """The intensity (FLOP/byte) where a kernel stops being memory-bound: peak / bandwidth."""
-    if peak_flops <= 0 or bandwidth <= 0:
-        raise ValueError(f"peak_flops and bandwidth must be > 0, got {peak_flops}, {bandwidth}")
+    check_float("peak_flops", peak_flops, lo=0, lo_open=True)
+    check_float("bandwidth", bandwidth, lo=0, lo_open=True)
     return peak_flops / bandwidth
 
 
@@ -120,8 +128,7 @@ def seed002_costs(params_billion: float, seq_len: int, gen_len: int) -> dict[str
     over seq_len + gen_len tokens) read at 2 TB/s per generated token. Weight reads are not counted.
     Returns the intermediate values too, so the reader can see where the numbers come from.
     """
-    if params_billion <= 0:
-        raise ValueError(f"params_billion must be > 0, got {params_billion}")
+    check_float("params_billion", params_billion, lo=0, lo_open=True)
     check_int("seq_len", seq_len, lo=1)
     check_int("gen_len", gen_len, lo=0)
     P = params_billion * 1e9
@@ -145,6 +152,7 @@ def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardw
     c = check_instance("config", config, Config, "an anatomy Config")
     check_int("seq_len", seq_len, lo=1)
     check_int("gen_len", gen_len, lo=0)
+    check_instance("hardware", hardware, Hardware, "a Hardware")
     f = forward_flops(c, seq_len, batch=batch, logits="last")["total"]
     b = step_bytes(c, seq_len, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes)["total"]
     prefill = max(f / hardware.peak_flops, b / hardware.bandwidth)
@@ -167,6 +175,9 @@ def seed002_latency_rows(real: dict[str, Config], hardware: Hardware = A100) -> 
     002's function as written (:func:`seed002_costs`); ``kv_decode_ms``, the decode time of its KV formula
     read at 2 TB/s with the real configuration ``real[name]`` (e.g. Llama-2-7B for "7B"); and ``est``, the
     roofline estimate that also counts the weights (:func:`latency_estimate` on ``hardware``)."""
+    if not isinstance(real, dict):
+        raise TypeError(f"real must be a dict name -> Config, got {type(real).__name__}")
+    check_instance("hardware", hardware, Hardware, "a Hardware")
     rows = []
     for name, params, n_in, n_out, s_pre, s_dec, _ in SEED002_LATENCY_TABLE:
         c = check_instance(f"real[{name!r}]", real.get(name), Config, "an anatomy Config")
@@ -210,6 +221,7 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = t
     """Achievable FLOP/s: time an (n x n) @ (n x n) matmul (2 n^3 FLOPs). Returns median, best, samples."""
     check_int("n", n, lo=16)
     check_int("repeats", repeats, lo=1)
+    check_dtype("dtype", dtype, floating=True)
     g = torch.Generator().manual_seed(0)
     a = torch.randn(n, n, generator=g).to(dtype)
     b = torch.randn(n, n, generator=g).to(dtype)
@@ -241,6 +253,7 @@ def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: S
     up to its last token, which is the token decoded), for each B in ``batches``. The weights are read once
     per step whatever B is, so the arithmetic intensity grows with B. Returns per B: ``seconds`` (median),
     ``flops``, ``bytes`` (fp32, counted), ``intensity`` and ``achieved`` FLOP/s."""
+    check_instance("model", model, Transformer, "an anatomy Transformer")
     if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
         raise ValueError(f"batches must be positive ints, got {batches!r}")
     if context_ids.dim() != 2 or context_ids.shape[1] < 2:
@@ -351,8 +364,13 @@ def topic_dataset() -> tuple[list[str], list[int], list[str], list[int], list[st
 def sentence_embeddings(encoder: Transformer, tokenizer, sentences: Sequence[str]) -> torch.Tensor:
     """Sentence-BERT embeddings (Reimers & Gurevych 2019): the encoder's last hidden states averaged over
     the real tokens of each sentence, L2-normalised. One padded batch. -> (N, d)"""
+    check_instance("encoder", encoder, Transformer, "an anatomy Transformer")
+    if isinstance(sentences, str):
+        raise TypeError("sentences must be a sequence of str, got one str")
     if not sentences:
         raise ValueError("sentences must not be empty")
+    if not callable(tokenizer):
+        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
     enc = tokenizer(list(sentences), padding=True, return_tensors="pt")
     mask = enc["attention_mask"]
     hidden = encoder.eval()(enc["input_ids"], attention_mask=mask, token_type_ids=enc.get("token_type_ids"))
@@ -362,6 +380,10 @@ def sentence_embeddings(encoder: Transformer, tokenizer, sentences: Sequence[str
 
 def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     """Index of the most cosine-similar prototype (C, d) for each embedding (N, d). -> (N,)"""
+    check_tensor("embeddings", embeddings, kind="float")
+    check_tensor("prototypes", prototypes, kind="float")
+    if prototypes.shape[0] == 0:
+        raise ValueError("prototypes must hold at least one class")
     if embeddings.dim() != 2 or prototypes.dim() != 2 or embeddings.shape[1] != prototypes.shape[1]:
         raise ValueError(f"need (N, d) embeddings and (C, d) prototypes, got {tuple(embeddings.shape)} and "
                          f"{tuple(prototypes.shape)}")
@@ -379,6 +401,8 @@ def label_prompts(tokenizer, sentences: Sequence[str], labels: Sequence[str],
     """
     if style not in ("chat", "plain"):
         raise ValueError(f"style must be 'chat' or 'plain', got {style!r}")
+    if isinstance(labels, str) or not labels:
+        raise ValueError(f"labels must be a non-empty sequence of label words, got {labels!r}")
     options = ", ".join(labels[:-1]) + f" or {labels[-1]}"
     out = []
     for s in sentences:
@@ -409,6 +433,9 @@ def prompt_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], l
 
     Returns ``pred`` (N,), ``scores`` (N, C) logits of the label tokens and ``lengths`` (prompt tokens).
     """
+    check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
+    if style not in ("chat", "plain"):
+        raise ValueError(f"style must be 'chat' or 'plain', got {style!r}")
     label_ids = _label_ids(tokenizer, labels, space=style == "plain")
     prompts = label_prompts(tokenizer, sentences, labels, style)
     lengths = torch.tensor([len(p) for p in prompts])
@@ -437,8 +464,11 @@ def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], 
     and ``Topic:``. The examples' KV cache is computed once; each sentence runs only its own tokens on it.
     Returns ``pred`` (N,), ``scores`` (N, C), ``prefix_len`` and ``lengths`` (tokens run per sentence).
     """
+    check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
     if len(examples) != len(example_labels):
         raise ValueError("examples and example_labels must have the same length")
+    for label in example_labels:
+        check_int("example_labels", label, lo=0, hi=len(labels) - 1)
     label_ids = _label_ids(tokenizer, labels, space=True)
     prefix = torch.tensor([_fewshot_prefix(tokenizer, labels, examples, example_labels)])
     suffixes = [tokenizer(f"Sentence: {s}\nTopic:", add_special_tokens=False)["input_ids"] for s in sentences]
@@ -483,6 +513,9 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
     """
     if clock not in ("cpu", "wall"):
         raise ValueError(f'clock must be "cpu" or "wall", got {clock!r}')
+    check_instance("encoder", encoder, Transformer, "an anatomy Transformer")
+    check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
+    check_int("encoder_repeats", encoder_repeats, lo=1)
     test, y, examples, ey, labels = topic_dataset()
     y_t, ey_t = torch.tensor(y), torch.tensor(ey)
     body = with_mask(decoder, decoder.config.mask, lm_head=False)
@@ -637,6 +670,10 @@ def decode_bytes_table(names: Sequence[str], context: int = 8192, prompt: int = 
     from anatomy.book.tables import html_table
     from anatomy.cost import kv_bytes_per_token, published_config, step_intensity
 
+    if isinstance(names, str) or not names:
+        raise ValueError(f"names must be a non-empty sequence of published model names, got {names!r}")
+    for name, value in (("context", context), ("prompt", prompt), ("batch", batch)):
+        check_int(name, value, lo=1)
     rows = []
     for name in names:
         c = published_config(name)

@@ -111,6 +111,9 @@ def setup_cell(
     unknown = [p for p in no_deps if p not in NO_DEPS_PACKAGES]
     if unknown:
         raise ValueError(f"no_deps: unknown packages {unknown}; known: {list(NO_DEPS_PACKAGES)}")
+    for name, value in (("url", url), ("branch", branch)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
     url = (REPOSITORY_URL if url is None else url).rstrip("/")
     branch = REPOSITORY_BRANCH if branch is None else branch
     if not re.fullmatch(r"https://\S+", url) or not re.fullmatch(r"[\w./-]+", branch):
@@ -124,6 +127,8 @@ def setup_cell(
 
 def needed_packages(code: str) -> list[str]:
     """The `NO_DEPS_PACKAGES` a chapter's code (all its code cells but the setup cell) uses."""
+    if not isinstance(code, str):
+        raise TypeError(f"code must be a str, got {type(code).__name__}")
     return [p for p, pattern in NO_DEPS_PACKAGES.items() if re.search(pattern, code)]
 
 
@@ -407,7 +412,7 @@ def show_source(obj: Any) -> None:
     try:
         source = inspect.getsource(obj)
     except (TypeError, OSError) as exc:
-        raise TypeError(f"show_source: cannot get the source of {obj!r}: {exc}") from None
+        raise TypeError(f"show_source: cannot get the source of obj={obj!r}: {exc}") from None
     source = textwrap.dedent(source).rstrip("\n")
     fence = "```"
     while fence in source:

@@ -13,12 +13,23 @@ import torch
 from matplotlib.axes import Axes
 from matplotlib.colors import ListedColormap, LogNorm
 
+from anatomy._checks import check_float, check_instance, check_positive_int
 from anatomy.book import COLORS
 from anatomy.masks import EMPTY, FULL, PARTIAL, dense_mask, tile_map
 
 TILE_COLORS = {EMPTY: "#ffffff", PARTIAL: "#f2c14e", FULL: "#7fb3d5"}
 TILE_NAMES = {EMPTY: "empty: skipped", PARTIAL: "partial: masked inside", FULL: "full: no mask needed"}
 
+
+
+def _as_image(name: str, value) -> np.ndarray:
+    """A 2-D float array of ``value`` (a tensor or an array), refused naming ``name`` otherwise."""
+    if not isinstance(value, (torch.Tensor, np.ndarray)):
+        raise TypeError(f"{name} must be a 2-D tensor or array, got {type(value).__name__}")
+    image = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=float)
+    if image.ndim != 2:
+        raise ValueError(f"{name} must be 2-D, got shape {image.shape}")
+    return image
 
 def draw_visibility(
     ax: Axes,
@@ -29,7 +40,8 @@ def draw_visibility(
     labels: tuple[str, str] = ("key", "query"),
 ) -> Axes:
     """Draw a boolean (queries, keys) matrix: filled cells may attend. ``split`` draws a divider line."""
-    vis = np.asarray(visible, dtype=float)
+    check_instance("ax", ax, Axes, "a matplotlib Axes")
+    vis = _as_image("visible", visible)
     ax.imshow(vis, cmap=ListedColormap(["#ffffff", color]), vmin=0, vmax=1, interpolation="nearest")
     nq, nk = vis.shape
     ax.grid(which="major", visible=False)
@@ -61,6 +73,10 @@ def draw_mask(
     title: str | None = None,
 ) -> Axes:
     """Draw one of anatomy's masks; with ``tile``, shade each tile by its class (empty/partial/full)."""
+    check_instance("ax", ax, Axes, "a matplotlib Axes")
+    check_positive_int("n_queries", n_queries)
+    check_positive_int("n_keys", n_keys, none=True)
+    check_positive_int("tile", tile, none=True)
     n_keys = n_queries if n_keys is None else n_keys
     vis = dense_mask(mask, n_queries, n_keys, q_offset=q_offset, prefix_len=prefix_len)
     draw_visibility(ax, vis, color or COLORS[mask], title, split=prefix_len if mask == "prefix" else None)
@@ -84,6 +100,7 @@ def draw_mask(
 
 def tile_legend(ax: Axes) -> None:
     """A legend for the tile classes drawn by :func:`draw_mask`."""
+    check_instance("ax", ax, Axes, "a matplotlib Axes")
     handles = [
         patches.Patch(facecolor=TILE_COLORS[k], edgecolor="#333333", alpha=0.6, label=TILE_NAMES[k])
         for k in (FULL, PARTIAL, EMPTY)
@@ -105,7 +122,10 @@ def draw_change(
     Exact zeros (and anything below ``vmin``) are white, so "unchanged" is visible at a glance; ``edited``
     marks the edited position. Returns the image (for a shared colorbar).
     """
-    d = np.asarray(delta, dtype=float)
+    check_instance("ax", ax, Axes, "a matplotlib Axes")
+    d = _as_image("delta", delta)
+    check_float("vmin", vmin, lo=0, lo_open=True)
+    check_float("vmax", vmax, lo=vmin, lo_open=True)
     cmap = matplotlib.colormaps["magma_r"].copy()
     cmap.set_under("white")
     im = ax.imshow(

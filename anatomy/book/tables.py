@@ -45,14 +45,27 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *,
     Returns:
         :class:`HTMLTable`, a str.
     """
+    if isinstance(header, str):
+        raise TypeError("header must be a sequence of column names, got one str")
+    if not hasattr(rows, "__iter__") or isinstance(rows, str):
+        raise TypeError(f"rows must be a sequence of rows (sequences of cells), got {type(rows).__name__}")
+    rows = list(rows)
+    if not all(hasattr(r, "__iter__") and not isinstance(r, str) for r in rows):
+        raise TypeError("rows must be a sequence of rows, each a sequence of cells")
     if not header or not all(isinstance(h, str) for h in header):
         raise TypeError("header must be a non-empty sequence of column names (str)")
     rows = [list(r) for r in rows]
     for r in rows:
         if len(r) != len(header):
-            raise ValueError(f"every row must have as many cells as the header ({len(header)}), got {r!r}")
+            raise ValueError(f"rows: each must have as many cells as the header ({len(header)}), got {r}")
     if widths is not None and len(widths) != len(header):
         raise ValueError(f"widths must give one width per column ({len(header)}), got {len(widths)}")
+    if widths is not None and not all(isinstance(w, (int, float)) and w > 0 for w in widths):
+        raise ValueError(f"widths must be positive numbers, got {widths!r}")
+    if not isinstance(numeric, bool):
+        raise TypeError(f"numeric must be a bool, got {type(numeric).__name__}")
+    if caption is not None and not isinstance(caption, str):
+        raise TypeError(f"caption must be a str or None, got {type(caption).__name__}")
     if styles is not None and [len(s) for s in styles] != [len(r) for r in rows]:
         raise ValueError("styles must have the shape of rows (one entry per cell)")
 

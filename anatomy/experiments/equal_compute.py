@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from anatomy._checks import check_int
+from anatomy.experiments.parallel import run_all
 from anatomy.experiments.signal_density import _markov, bayes_loss
 from anatomy.objectives import (
     SpecialTokens,
@@ -278,14 +280,14 @@ def compare_objectives(
     if flops_budget is None:
         check_int("steps", steps, lo=1)
         flops_budget = steps * per_step[next(iter(runs))]
-    results = {}
-    for name, (obj, options) in runs.items():
+
+    def one(name: str, obj: str, options: dict) -> ObjectiveRun:
         n_steps = max(1, round(flops_budget / per_step[name]))
         every = max(1, n_steps // n_curve)
         torch.manual_seed(seed)
         model = build_model(obj, config)
 
-        def eval_fn(m: nn.Module, obj: str = obj) -> dict[str, float]:
+        def eval_fn(m: nn.Module) -> dict[str, float]:
             return {"continuation": token_cross_entropy(m, obj, eval_windows, positions, special)}
 
         hist = train(
@@ -302,7 +304,7 @@ def compare_objectives(
         )
         infill = token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right,
                                      per_example=True)
-        results[name] = ObjectiveRun(
+        return ObjectiveRun(
             name=name,
             objective=obj,
             options=dict(options),
@@ -317,6 +319,11 @@ def compare_objectives(
             model=model,
             infill_losses=infill.tolist(),
         )
+
+    # the runs share nothing (each seeds itself): one process per core, the same results as a loop
+    jobs = [partial(one, name, obj, options) for name, (obj, options) in runs.items()]
+    done = run_all(jobs) if not progress else [job() for job in jobs]
+    results = dict(zip(runs, done))
     return results
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 
 from anatomy.cost import forward_flops
 from anatomy.data import MarkovSource
+from anatomy.experiments.parallel import run_all
 from anatomy.generate import generate
 from anatomy.metrics import score_on_source
 from anatomy.model import Config, EncoderDecoder, Transformer
@@ -79,7 +81,7 @@ def exposure_bias(
         )
         m.eval()
         logits = m(gen[:, :-1])
-        fr = score_on_source(m, source, gen)["kl"][:, prompt:]
+        fr = score_on_source(lambda x: logits, source, gen)["kl"][:, prompt:]  # the same forward, once
         diff = fr.mean(1) - tf.mean(1)
         last.update(
             tf=tf,
@@ -207,8 +209,8 @@ def budget_runs(
         (f"encoder-decoder, {layers} + {layers}", "encoder-decoder", f"{layers} + {layers}", base),
         (f"decoder, {2 * layers} layers", "decoder", str(2 * layers), replace(base, n_layers=2 * layers)),
     ]
-    runs = []
-    for name, family, depth, cfg in specs:
+
+    def one(name: str, family: str, depth: str, cfg: Config) -> BudgetRun:
         torch.manual_seed(seed)
         model = Transformer(cfg) if family == "decoder" else EncoderDecoder(cfg)
         pick = 0 if family == "decoder" else 1
@@ -217,18 +219,22 @@ def budget_runs(
         initial = _continuation_kl(model, family, source, held, n_source)
         hist = train(
             model,
-            lambda step, pick=pick: make(step)[pick],
+            lambda step: make(step)[pick],
             steps=steps,
             lr=lr,
             loss_fn=loss,
-            eval_fn=lambda m, family=family: _continuation_kl(m, family, source, held, n_source),
+            eval_fn=lambda m: _continuation_kl(m, family, source, held, n_source),
             eval_every=steps // 4,
             eval_at_start=False,
             progress=progress,
             seed=seed,
         )
         curve = [(s, e["loss"]) for s, e in hist.evals]
-        runs.append(BudgetRun(name, family, depth, model.num_params(), flops, curve[-1][1], curve, initial))
+        return BudgetRun(name, family, depth, model.num_params(), flops, curve[-1][1], curve, initial)
+
+    # the runs share nothing (each seeds itself): one process per core, the same results as a loop
+    jobs = [partial(one, *spec) for spec in specs]
+    runs = run_all(jobs) if not progress else [job() for job in jobs]
     return runs
 
 

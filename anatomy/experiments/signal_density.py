@@ -6,12 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from anatomy._checks import check_int
+from anatomy.experiments.parallel import run_all
 from anatomy.objectives import (
     IGNORE,
     PrefixLMBatch,
@@ -326,19 +328,21 @@ def label_density_experiment(
             texts[step] = source.sample(batch_size, seq_len + 1, _step_generator(seed, step))
         return texts[step]
 
-    excess, labels, eval_steps, flops = {}, {}, [], 0
-    for f in fractions:
-        torch.manual_seed(seed)
-        model = Transformer(config)
-
-        def batches(step: int, f: float = f):
+    def batches_for(f: float):
+        def batches(step: int):
             return causal_lm_batch(text(step), label_fraction=f, generator=_step_generator(seed + 1, step))
 
-        if not flops:
-            flops = train_step_flops(model, next_token_loss, batches(0))
+        return batches
+
+    torch.manual_seed(seed)
+    flops = train_step_flops(Transformer(config), next_token_loss, batches_for(fractions[0])(0))
+
+    def one(f: float):
+        torch.manual_seed(seed)
+        model = Transformer(config)
         hist = train(
             model,
-            batches,
+            batches_for(f),
             steps=steps,
             lr=lr,
             warmup=warmup,
@@ -350,9 +354,15 @@ def label_density_experiment(
             seed=seed,
         )
         eval_steps = [s for s, _ in hist.evals]
-        excess[f] = [r["excess"] for _, r in hist.evals]
         seen = [0] + hist.tokens
-        labels[f] = [seen[s] for s in eval_steps]
+        return eval_steps, [r["excess"] for _, r in hist.evals], [seen[s] for s in eval_steps]
+
+    # the runs share nothing (each seeds itself): one process per core, the same results as a loop
+    jobs = [partial(one, f) for f in fractions]
+    done = run_all(jobs) if not progress else [job() for job in jobs]
+    eval_steps = done[0][0]
+    excess = {f: d[1] for f, d in zip(fractions, done)}
+    labels = {f: d[2] for f, d in zip(fractions, done)}
     return DensityRun(fractions, eval_steps, excess, labels, bayes, flops)
 
 

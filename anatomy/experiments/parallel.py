@@ -1,0 +1,108 @@
+"""Independent training runs of one experiment, spread over the machine's cores.
+
+Several chapters train a handful of small models that share nothing: each starts from its own seed and
+sees its own batches. Each model is too small for two threads to help, so the runs go to separate
+processes instead, one per core. The results are the same as a loop: every run seeds itself, computes
+exactly what it would in the parent process (with one thread; these models are too small for the thread
+count to change their results, which the chapters' glued values confirm), and comes back in order.
+
+Processes are forked (Linux only: the children inherit the parent's memory, so the work may be a closure
+over tensors already built); elsewhere, with one core, with one run, or with ``ANATOMY_WORKERS=1``, the
+runs happen one after the other in this process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+import torch
+
+_PENDING: list[Callable[[], Any]] = []
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def workers(n_runs: int) -> int:
+    """How many processes `run_all` uses for `n_runs` runs (1: in this process)."""
+    env = os.environ.get("ANATOMY_WORKERS", "").strip()
+    limit = int(env) if env.isdigit() and int(env) >= 1 else _cores()
+    if not sys.platform.startswith("linux"):
+        return 1
+    return max(1, min(limit, n_runs))
+
+
+def _one_thread() -> None:
+    # One thread per process: the processes are the parallelism. It also keeps a forked child out of
+    # OpenMP's thread pool, which does not survive a fork (a child that starts OpenMP threads can hang).
+    torch.set_num_threads(1)
+
+
+def _call(i: int) -> Any:
+    return _PENDING[i]()
+
+
+def run_all(jobs: Sequence[Callable[[], Any]], costs: Sequence[float] | None = None) -> list:
+    """[job() for job in jobs], each job in a forked process with one torch thread when there are cores to
+    spare, in this process (with the current threads) otherwise. Jobs
+    must not depend on each other or on torch's global random state (seed inside the job); their results
+    must be picklable. costs (optional, one per job, any unit): the costliest jobs start first, so that
+    the processes finish close together; the results keep the order of `jobs`."""
+    global _PENDING
+    jobs = list(jobs)
+    if not all(callable(job) for job in jobs):
+        raise TypeError("jobs must be callables that take no arguments")
+    if costs is not None and len(costs) != len(jobs):
+        raise ValueError(f"costs must hold one number per job ({len(jobs)}), got {len(costs)}")
+    n = workers(len(jobs))
+    if n == 1:
+        return [job() for job in jobs]
+    order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
+    _PENDING = jobs  # read by the forked children
+    try:
+        fork = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(n, mp_context=fork, initializer=_one_thread) as pool:
+            done = dict(zip(order, pool.map(_call, order)))
+    finally:
+        _PENDING = []
+    return [done[i] for i in range(len(jobs))]
+
+
+class Background:
+    """One job started in a forked process (`start`), its result collected later with `result()`."""
+
+    def __init__(self, job: Callable[[], Any]) -> None:
+        global _PENDING
+        if not callable(job):
+            raise TypeError(f"job must be a callable that takes no arguments, got {type(job).__name__}")
+        self._job, self._pool, self._future = job, None, None
+        if workers(2) > 1:
+            _PENDING = [job]
+            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_one_thread)
+            self._future = self._pool.submit(_call, 0)
+            _PENDING = []  # the child has its copy
+
+    def result(self) -> Any:
+        """The job's result: from the process that ran it, or computed now if none was started."""
+        if self._future is None:
+            return self._job()
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
+
+
+def start(job: Callable[[], Any]) -> Background:
+    """Run ``job()`` in a forked process while this one goes on (in this process, at `result()`, where
+    `run_all` would use one process). The job must not depend on torch's global random state."""
+    return Background(job)

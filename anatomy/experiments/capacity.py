@@ -21,12 +21,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 import torch
 from torch import nn
 
 from anatomy._checks import check_int
+from anatomy.experiments.parallel import run_all
 
 __all__ = [
     "HOFFMANN2022",
@@ -406,8 +408,8 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     batches = token_batches(train_ids, batch_size, seq_len, seed=seed)
     val = token_batches(val_ids, batch_size, seq_len, seed=seed + 1)
     val_set = [val(i) for i in range(check_int("val_batches", val_batches, lo=1))]
-    results = []
-    for config, peak in zip(configs, lrs):
+
+    def one(config, peak: float) -> dict:
         torch.manual_seed(seed)
         model = Transformer(config)
         start = time.perf_counter()
@@ -416,7 +418,7 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
                         eval_fn=lambda m: evaluate(m, val_set, len(val_set)), eval_at_start=False)
         checkpoints = [(s, ev["loss"]) for s, ev in history.evals]
         per_batch = [evaluate(model, [b], 1) for b in val_set]  # the final model, batch by batch
-        results.append({
+        return {
             "d_model": config.d_model,
             "n_layers": config.n_layers,
             "lr": peak,
@@ -428,7 +430,11 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
             if len(per_batch) > 1 else math.nan,
             "train_loss": history.final_loss,
             "seconds": time.perf_counter() - start,
-        })
+        }
+
+    # the runs share nothing (each seeds itself): one process per core, the widest first, the same results
+    jobs = [partial(one, config, peak) for config, peak in zip(configs, lrs)]
+    results = run_all(jobs, costs=[c.d_model for c in configs]) if not progress else [job() for job in jobs]
     return results
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_instance, check_int
 from anatomy.experiments.parallel import run_all
 from anatomy.experiments.signal_density import _markov, bayes_loss
 from anatomy.objectives import (
@@ -70,6 +70,7 @@ def predict_token(
     always ends the text) and the first token the decoder writes after that sentinel.
     Returns (E, n_text), normalised over text tokens.
     """
+    check_instance("model", model, nn.Module, "a torch.nn.Module")
     _check_objective(objective)
     left = _check_seqs(left, "left", min_len=1)
     _check_text_ids(left, special, "left")
@@ -148,6 +149,8 @@ def token_cross_entropy(
     if not isinstance(per_example, bool):
         raise TypeError(f"per_example must be True or False, got {per_example!r}")
     windows = _check_seqs(windows, "windows")
+    if not isinstance(position, (int, np.integer, list, tuple, range)) or isinstance(position, bool):
+        raise TypeError(f"position must be an int or a sequence of ints, got {type(position).__name__}")
     positions = [position] if isinstance(position, (int, np.integer)) else list(position)
     if not positions:
         raise ValueError("position must be an int or a non-empty sequence of ints")
@@ -218,9 +221,10 @@ DEFAULT_RUNS: dict[str, tuple[str, dict]] = {
 
 def build_model(objective: str, config) -> nn.Module:
     """The family that trains with `objective`: decoder, encoder, prefix LM or encoder-decoder."""
-    from anatomy.model import EncoderDecoder, Transformer
+    from anatomy.model import Config, EncoderDecoder, Transformer
 
     _check_objective(objective)
+    check_instance("config", config, Config, "an anatomy Config")
     if objective == "span":
         return EncoderDecoder(replace(config, mask="causal"))
     return Transformer(replace(config, mask=FAMILY_OF[objective]))
@@ -346,6 +350,9 @@ def masking_tradeoff(
     token of text: how much is left to predict in total).
     """
     _markov(source)
+    if isinstance(rates, (str, bytes)) or not rates:
+        raise ValueError(f"rates must be a non-empty sequence of masking rates, got {rates!r}")
+    check_int("n", n, lo=1)
     special = SpecialTokens(source.vocab_size)
     if seqs is None:
         seqs = source.sample(n, seq_len, _step_generator(seed, -2))

@@ -8,6 +8,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from anatomy._checks import check_float, check_instance, check_int
 from anatomy.cost import forward_flops
 from anatomy.data import MarkovSource
 from anatomy.experiments.parallel import run_all
@@ -62,6 +63,7 @@ def exposure_bias(
         raise ValueError(f"steps must be an int >= 4, got {steps!r}")
     if not 1 <= prompt < length:
         raise ValueError(f"prompt must be in [1, length), got {prompt!r}")
+    check_float("temperature", temperature, lo=0, lo_open=True)
     source = MarkovSource(vocab_size, order=order, alpha=alpha, seed=seed)
     torch.manual_seed(seed)
     model = Transformer(
@@ -194,6 +196,7 @@ def budget_runs(
     from anatomy.objectives import span_corruption_loss
     from anatomy.train import next_token_loss
 
+    check_int("layers", layers, lo=1)
     source = MarkovSource(vocab_size, order=order, alpha=alpha, seed=seed)
     make = _continuation_batches(source, batch, n_source, n_target, seed)
     held = source.sample(256, n_source + n_target, torch.Generator().manual_seed(50_000 + seed))
@@ -307,6 +310,19 @@ def embedding_set() -> tuple[list[str], list[str], list[int]]:
 
 def retrieval_scores(query_emb: torch.Tensor, doc_emb: torch.Tensor, gold: list[int]) -> dict[str, float]:
     """Top-1 accuracy and mean reciprocal rank of cosine-similarity retrieval."""
+    for name, emb in (("query_emb", query_emb), ("doc_emb", doc_emb)):
+        if not isinstance(emb, torch.Tensor) or not emb.is_floating_point():
+            raise TypeError(f"{name} must be a float tensor (N, d), got {type(emb).__name__}")
+        if emb.dim() != 2:
+            raise ValueError(f"{name} must be (N, d), got shape {tuple(emb.shape)}")
+    if doc_emb.shape[1] != query_emb.shape[1]:
+        raise ValueError(f"doc_emb must have the width of query_emb, got {doc_emb.shape[1]}")
+    if not isinstance(gold, (list, tuple)):
+        raise TypeError(f"gold must be a list of document indices, got {type(gold).__name__}")
+    if len(gold) != len(query_emb):
+        raise ValueError(f"gold must hold one document index per query ({len(query_emb)}), got {len(gold)}")
+    for g in gold:
+        check_int("gold", g, lo=0, hi=len(doc_emb) - 1)
     q = torch.nn.functional.normalize(query_emb.double(), dim=-1)
     d = torch.nn.functional.normalize(doc_emb.double(), dim=-1)
     sims = q @ d.T
@@ -326,6 +342,11 @@ def decoder_embeddings(model: Transformer, tokenizer, sentences, *, prompt: str 
     never see the padding after them, so no mask is needed. -> {"mean": (N, d), "last": (N, d)}"""
     if prompt is not None and prompt.count("{}") != 1:
         raise ValueError(f"prompt must contain exactly one '{{}}', got {prompt!r}")
+    check_instance("model", model, Transformer, "an anatomy Transformer")
+    if isinstance(sentences, str):
+        raise TypeError("sentences must be a sequence of str, got one str")
+    if not sentences:
+        raise ValueError("sentences must not be empty")
     texts = [prompt.format(s) if prompt else s for s in sentences]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     n = max(len(i) for i in ids)
@@ -344,6 +365,8 @@ def embedding_comparison(decoder, decoder_tokenizer, encoder, encoder_tokenizer)
     has ``flops``: counted forward FLOPs per sentence (mean over the set), without the LM head."""
     from anatomy.experiments.inference_economics import sentence_embeddings
 
+    check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
+    check_instance("encoder", encoder, Transformer, "an anatomy Transformer")
     queries, docs, gold = embedding_set()
     sentences = queries + docs
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_float, check_instance, check_int
 from anatomy.experiments.parallel import run_all
 from anatomy.objectives import (
     IGNORE,
@@ -43,7 +43,8 @@ __all__ = [
 
 def _markov(source) -> tuple[np.ndarray, np.ndarray]:
     if getattr(source, "order", None) != 1 or not hasattr(source, "P"):
-        raise ValueError("exact Bayes losses need a first-order anatomy.data.MarkovSource (order=1)")
+        raise ValueError(f"source must be a first-order anatomy.data.MarkovSource (exact Bayes losses need "
+                         f"order=1), got {type(source).__name__}")
     return np.asarray(source.P, dtype=np.float64), np.asarray(source.pi, dtype=np.float64)
 
 
@@ -200,6 +201,7 @@ def bayes_loss(
     """
     _check_objective(objective)
     T, pi = _markov(source)
+    check_float("rate", rate, lo=0, hi=1, lo_open=True)
     if objective in ("causal", "masked"):
         if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
             raise TypeError(f"a {objective} batch is (x, labels), got {type(batch).__name__}")
@@ -309,6 +311,8 @@ def label_density_experiment(
 
     T, _ = _markov(source)
     V = T.shape[0]
+    if isinstance(fractions, (str, bytes)) or not fractions:
+        raise ValueError(f"fractions must be a non-empty sequence of label fractions, got {fractions!r}")
     fractions = tuple(_check_fraction("fraction", f) for f in fractions)
     check_int("steps", steps, lo=1)
     check_int("warmup", warmup, lo=0)
@@ -386,6 +390,11 @@ def show_example(
     without a loss show as ``·`` in the target line of a masked or prefix batch.
     """
     _check_objective(objective)
+    check_instance("special", special, SpecialTokens, "a SpecialTokens")
+    if not callable(decode):
+        raise TypeError(f"decode must be a function list[int] -> str, got {type(decode).__name__}")
+    labels = batch.labels if hasattr(batch, "labels") else batch[1]
+    check_int("row", row, lo=0, hi=len(labels) - 1)
     sentinel_names = {s: f"<{i}>" for i, s in enumerate(special.sentinel_ids)}
 
     def text(ids: list[int], hide: list[bool] | None = None) -> str:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_int
+from anatomy._checks import check_float, check_int, check_tensor
 from anatomy.experiments.parallel import run_all
 
 __all__ = [
@@ -87,6 +87,8 @@ def student_params(vocab_size: int, order: int, width: int, embed_dim: int = 4) 
 
 def all_contexts(vocab_size: int, order: int) -> torch.Tensor:
     """Every context of `order` symbols, (V^K, K), in the row order of MarkovSource's tables."""
+    check_int("vocab_size", vocab_size, lo=1)
+    check_int("order", order, lo=0)
     V, K = vocab_size, order
     index = torch.arange(V**K)
     powers = V ** torch.arange(K - 1, -1, -1)
@@ -174,8 +176,9 @@ def teacher_source(vocab_size: int, order: int, width: int = 3, embed_dim: int =
     """
     from anatomy.data import MarkovSource
 
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale > 0):
-        raise ValueError(f"scale must be a number > 0, got {scale!r}")
+    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf):
+        raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+    check_int("width", width, lo=1)
     teacher = MLPStudents(vocab_size, order, [width], embed_dim, seed=seed)
     weights = [p.detach().clone() for p in teacher.parameters()]
 
@@ -278,6 +281,7 @@ def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800
     """
     if not sources:
         raise ValueError("sources must name at least one MarkovSource")
+    check_float("lr", lr, lo=0, lo_open=True)
     V, K = sources[0].vocab_size, sources[0].order
     for s in sources:
         if (s.vocab_size, s.order) != (V, K):
@@ -397,6 +401,12 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     from anatomy.train import evaluate, train
 
     tokens = check_int("tokens", tokens, lo=1)
+    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__"):
+        raise TypeError(f"configs must be a sequence of Configs, got {type(configs).__name__}")
+    if not list(configs):
+        raise ValueError("configs must hold at least one Config")
+    check_tensor("train_ids", train_ids, kind="int")
+    check_tensor("val_ids", val_ids, kind="int")
     batch_size, seq_len = check_int("batch_size", batch_size, lo=1), check_int("seq_len", seq_len, lo=1)
     n_checkpoints = check_int("n_checkpoints", n_checkpoints, lo=1)
     configs = list(configs)
@@ -529,6 +539,8 @@ def fit_power_law_floor(n: Sequence[float], loss: Sequence[float], grid: int = 4
 
 
 def _constants(constants: dict | None) -> dict:
+    if constants is not None and not isinstance(constants, dict):
+        raise TypeError(f"constants must be a dict (E, A, B, alpha, beta) or None, got {constants!r}")
     c = dict(HOFFMANN2022 if constants is None else constants)
     missing = {"E", "A", "B", "alpha", "beta"} - set(c)
     if missing:
@@ -539,9 +551,12 @@ def _constants(constants: dict | None) -> dict:
 def chinchilla_loss(n_params, n_tokens, constants: dict | None = None):
     """Hoffmann et al.'s parametric loss E + A / N^alpha + B / D^beta (nats per token, their data)."""
     c = _constants(constants)
+    for name, value in (("n_params", n_params), ("n_tokens", n_tokens)):
+        if isinstance(value, (str, bytes, bool)) or value is None:
+            raise TypeError(f"{name} must be a number or an array of numbers, got {type(value).__name__}")
     N, D = np.asarray(n_params, dtype=np.float64), np.asarray(n_tokens, dtype=np.float64)
-    if (N <= 0).any() or (D <= 0).any():
-        raise ValueError("n_params and n_tokens must be > 0")
+    if not (np.isfinite(N).all() and (N > 0).all() and np.isfinite(D).all() and (D > 0).all()):
+        raise ValueError("n_params and n_tokens must be finite and > 0")
     out = c["E"] + c["A"] / N ** c["alpha"] + c["B"] / D ** c["beta"]
     return float(out) if out.ndim == 0 else out
 
@@ -558,8 +573,8 @@ def compute_optimal(flops: float, constants: dict | None = None) -> tuple[float,
 
     N_opt = G (C / 6)^a and D_opt = (C / 6)^b / G, with G = (alpha A / (beta B))^(1 / (alpha + beta)).
     """
-    if not (isinstance(flops, (int, float)) and flops > 0):
-        raise ValueError(f"flops must be a number > 0, got {flops!r}")
+    if not (isinstance(flops, (int, float)) and not isinstance(flops, bool) and 0 < flops < math.inf):
+        raise ValueError(f"flops must be a finite number > 0, got {flops!r}")
     c = _constants(constants)
     a, b = chinchilla_exponents(c)
     G = (c["alpha"] * c["A"] / (c["beta"] * c["B"])) ** (1.0 / (c["alpha"] + c["beta"]))
@@ -568,8 +583,8 @@ def compute_optimal(flops: float, constants: dict | None = None) -> tuple[float,
 
 def rule_of_thumb(flops: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
     """(N, D) with D = tokens_per_param x N and 6 N D = flops: the "20 tokens per parameter" reading."""
-    if not (isinstance(flops, (int, float)) and flops > 0):
-        raise ValueError(f"flops must be a number > 0, got {flops!r}")
+    if not (isinstance(flops, (int, float)) and not isinstance(flops, bool) and 0 < flops < math.inf):
+        raise ValueError(f"flops must be a finite number > 0, got {flops!r}")
     if not (isinstance(tokens_per_param, (int, float)) and tokens_per_param > 0):
         raise ValueError(f"tokens_per_param must be a number > 0, got {tokens_per_param!r}")
     n = math.sqrt(flops / (6.0 * tokens_per_param))
@@ -583,6 +598,9 @@ def width_scaled_lr(d_model: int, base: float = 0.01, base_width: int = 32, cap:
     for the whole family would under-train the smallest models and steepen the fitted exponent.
     """
     d = check_int("d_model", d_model, lo=1)
+    check_float("base", base, lo=0, lo_open=True)
+    check_int("base_width", base_width, lo=1)
+    check_float("cap", cap, lo=0, lo_open=True)
     return min(cap, base * math.sqrt(base_width / d))
 
 

@@ -23,5 +23,6 @@ module                 chapter      argument
 ``record``             12           the published record: tables, shapes, cache bytes by family
 ``record_runs``        12           the record's measurements: exposure bias, budgets, embeddings
 ``answer``             the answer   the conclusions and the claims behind them
+``parallel``           3, 6, 7, 12  independent training runs in forked processes, one per core
 =====================  ===========  =================================================================
 """

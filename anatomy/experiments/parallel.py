@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 _PENDING: list[Callable[[], Any]] = []
+_IN_CHILD = False  # True in a process forked here: its own run_all runs its jobs one after the other
 
 
 def _cores() -> int:
@@ -36,12 +37,17 @@ def workers(n_runs: int) -> int:
     """How many processes `run_all` uses for `n_runs` runs (1: in this process)."""
     env = os.environ.get("ANATOMY_WORKERS", "").strip()
     limit = int(env) if env.isdigit() and int(env) >= 1 else _cores()
-    if not sys.platform.startswith("linux"):
+    if _IN_CHILD or not sys.platform.startswith("linux"):
         return 1
     return max(1, min(limit, n_runs))
 
 
 def _one_thread() -> None:
+    global _IN_CHILD
+    _IN_CHILD = True
+    # In a Jupyter kernel, sys.stdout/stderr send to the notebook over the kernel's sockets, which belong to
+    # the parent: a child writes (warnings included) to the process's own streams instead.
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
     # One thread per process: the processes are the parallelism. It also keeps a forked child out of
     # OpenMP's thread pool, which does not survive a fork (a child that starts OpenMP threads can hang).
     torch.set_num_threads(1)

@@ -23,6 +23,7 @@ __all__ = [
     "check_int",
     "check_positive_int",
     "check_tensor",
+    "check_values",
     "is_int",
     "is_number",
 ]
@@ -93,6 +94,16 @@ def check_float(
     if bad:
         text = _range_text(lo, hi, lo_open, hi_open)
         raise ValueError(f"{name} must be a {'finite ' if finite else ''}number {text}, got {value!r}")
+    return value
+
+
+def check_values(name: str, value, *, lo: float | None = None):
+    """A number, NumPy array or tensor of finite values (>= lo if given); str, bool or None: TypeError."""
+    if isinstance(value, (str, bytes, bool)) or not (is_number(value) or hasattr(value, "__array__")):
+        raise TypeError(f"{name} must be a number, an array or a tensor, got {type(value).__name__}")
+    values = torch.as_tensor(value.detach().cpu() if isinstance(value, torch.Tensor) else value).double()
+    if not torch.isfinite(values).all() or (lo is not None and (values < lo).any()):
+        raise ValueError(f"{name} must hold finite numbers{f' >= {lo}' if lo is not None else ''}")
     return value
 
 

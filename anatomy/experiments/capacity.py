@@ -401,10 +401,8 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     from anatomy.train import evaluate, train
 
     tokens = check_int("tokens", tokens, lo=1)
-    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__"):
-        raise TypeError(f"configs must be a sequence of Configs, got {type(configs).__name__}")
-    if not list(configs):
-        raise ValueError("configs must hold at least one Config")
+    if isinstance(configs, (str, bytes)) or not hasattr(configs, "__iter__") or not list(configs):
+        raise ValueError(f"configs must be a non-empty sequence of Configs, got {configs!r}")
     check_tensor("train_ids", train_ids, kind="int")
     check_tensor("val_ids", val_ids, kind="int")
     batch_size, seq_len = check_int("batch_size", batch_size, lo=1), check_int("seq_len", seq_len, lo=1)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from anatomy._checks import check_dtype, check_float, check_instance, check_int, check_tensor, is_number
+from anatomy._checks import check_dtype, check_float, check_instance, check_int, check_tensor, check_values
 from anatomy.cost import forward_flops, linear_params, step_bytes
 from anatomy.experiments.kv_cache import seed002_kv_bytes_per_token, with_mask
 from anatomy.model import Config, Transformer
@@ -62,14 +62,7 @@ def roofline(intensity, peak_flops: float, bandwidth: float):
     """Attainable FLOP/s at an arithmetic intensity (FLOP/byte): min(peak, intensity * bandwidth)."""
     check_float("peak_flops", peak_flops, lo=0, lo_open=True)
     check_float("bandwidth", bandwidth, lo=0, lo_open=True)
-    if is_number(intensity):
-        check_float("intensity", intensity, lo=0)
-    elif hasattr(intensity, "__array__") and not isinstance(intensity, str):
-        values = torch.as_tensor(intensity, dtype=torch.float64)
-        if not torch.isfinite(values).all() or (values < 0).any():
-            raise ValueError("intensity must hold finite numbers >= 0")
-    else:
-        raise TypeError(f"intensity must be a number, an array or a tensor, got {type(intensity).__name__}")
+    check_values("intensity", intensity, lo=0)
     if isinstance(intensity, torch.Tensor):
         return torch.clamp(intensity * bandwidth, max=peak_flops)
     try:
@@ -175,8 +168,7 @@ def seed002_latency_rows(real: dict[str, Config], hardware: Hardware = A100) -> 
     002's function as written (:func:`seed002_costs`); ``kv_decode_ms``, the decode time of its KV formula
     read at 2 TB/s with the real configuration ``real[name]`` (e.g. Llama-2-7B for "7B"); and ``est``, the
     roofline estimate that also counts the weights (:func:`latency_estimate` on ``hardware``)."""
-    if not isinstance(real, dict):
-        raise TypeError(f"real must be a dict name -> Config, got {type(real).__name__}")
+    check_instance("real", real, dict, "a dict name -> Config")
     check_instance("hardware", hardware, Hardware, "a Hardware")
     rows = []
     for name, params, n_in, n_out, s_pre, s_dec, _ in SEED002_LATENCY_TABLE:
@@ -365,12 +357,8 @@ def sentence_embeddings(encoder: Transformer, tokenizer, sentences: Sequence[str
     """Sentence-BERT embeddings (Reimers & Gurevych 2019): the encoder's last hidden states averaged over
     the real tokens of each sentence, L2-normalised. One padded batch. -> (N, d)"""
     check_instance("encoder", encoder, Transformer, "an anatomy Transformer")
-    if isinstance(sentences, str):
-        raise TypeError("sentences must be a sequence of str, got one str")
-    if not sentences:
-        raise ValueError("sentences must not be empty")
-    if not callable(tokenizer):
-        raise TypeError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer).__name__}")
+    if isinstance(sentences, str) or not sentences:
+        raise ValueError(f"sentences must be a non-empty sequence of str, got {sentences!r}")
     enc = tokenizer(list(sentences), padding=True, return_tensors="pt")
     mask = enc["attention_mask"]
     hidden = encoder.eval()(enc["input_ids"], attention_mask=mask, token_type_ids=enc.get("token_type_ids"))
@@ -382,9 +370,8 @@ def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> tor
     """Index of the most cosine-similar prototype (C, d) for each embedding (N, d). -> (N,)"""
     check_tensor("embeddings", embeddings, kind="float")
     check_tensor("prototypes", prototypes, kind="float")
-    if prototypes.shape[0] == 0:
-        raise ValueError("prototypes must hold at least one class")
-    if embeddings.dim() != 2 or prototypes.dim() != 2 or embeddings.shape[1] != prototypes.shape[1]:
+    if (embeddings.dim() != 2 or prototypes.dim() != 2 or embeddings.shape[1] != prototypes.shape[1]
+            or not prototypes.numel()):
         raise ValueError(f"need (N, d) embeddings and (C, d) prototypes, got {tuple(embeddings.shape)} and "
                          f"{tuple(prototypes.shape)}")
     e = torch.nn.functional.normalize(embeddings, dim=-1)
@@ -434,8 +421,6 @@ def prompt_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], l
     Returns ``pred`` (N,), ``scores`` (N, C) logits of the label tokens and ``lengths`` (prompt tokens).
     """
     check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
-    if style not in ("chat", "plain"):
-        raise ValueError(f"style must be 'chat' or 'plain', got {style!r}")
     label_ids = _label_ids(tokenizer, labels, space=style == "plain")
     prompts = label_prompts(tokenizer, sentences, labels, style)
     lengths = torch.tensor([len(p) for p in prompts])

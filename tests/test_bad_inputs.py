@@ -4,8 +4,12 @@
 Each row is (function, argument, bad value, expected exception): the function is called with valid
 arguments except that one, and must raise the expected ValueError or TypeError with the argument's name
 in the message (a TypeError for a value of the wrong kind, a ValueError for a value of the right kind that
-is out of range). ``test_every_public_function_has_rows`` fails when a public function has no row, so a new
-function gets its rows when it is added.
+is out of range; some functions that predate the table answer a value of the wrong kind with a ValueError
+that names it, and the row says so). Functions of the first table are named bare ("attention",
+"KVCache.keys"); the others "<module>.<name>" ("cost.forward_flops", "rank.random_attention",
+"plots.draw_mask"). ``test_every_public_function_has_rows`` walks every module of anatomy (core,
+experiments, book; not the claim registry) and fails when a public function or class has neither rows nor a
+place in NOT_ENTRY_POINTS, so a new function gets its rows when it is added.
 """
 
 from __future__ import annotations

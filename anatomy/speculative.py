@@ -461,13 +461,16 @@ def expected_tokens_per_call(alpha: float, gamma: int) -> float:
     return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
-def expected_speedup(alpha: float, gamma: int, c: float) -> float:
-    """Expected wall-time improvement (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + 1)) (Leviathan et al.,
-    Thm 3.8), c = time of a draft call / time of a target call; assumes a target call costs the same for
-    gamma + 1 tokens as for one."""
+def expected_speedup(alpha: float, gamma: int, c: float, *, v: float = 1.0) -> float:
+    """Expected wall-time improvement (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + v)) (Leviathan et al.,
+    Thm 3.8, where v = 1), c = time of a draft call / time of a target call, v = time of the target's
+    verification call on gamma + 1 tokens / time of one target decode step (v = 1: a target call costs the
+    same for gamma + 1 tokens as for one)."""
     if c < 0:
         raise ValueError(f"c must be >= 0, got {c}")
-    return expected_tokens_per_call(alpha, gamma) / (gamma * c + 1)
+    if not v > 0:
+        raise ValueError(f"v must be > 0, got {v}")
+    return expected_tokens_per_call(alpha, gamma) / (gamma * c + v)
 
 
 @torch.inference_mode()

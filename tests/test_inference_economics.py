@@ -75,3 +75,67 @@ def test_compare_classifiers_on_the_real_models():
     mini, chat = out[inference_economics.CLASSIFIERS[0]], out[inference_economics.CLASSIFIERS[2]]
     assert chat["flops"] > 5 * mini["flops"] and chat["tokens"] > mini["tokens"]
     assert mini["accuracy"] >= 0.75  # the encoder with prototypes works on this easy set
+
+
+def test_batch_decode_sweep_counts_each_batch():
+    from anatomy import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(TINY).eval()
+    ids = torch.randint(0, TINY.vocab_size, (1, 9))
+    r = inference_economics.batch_decode_sweep(model, ids, batches=(1, 3), repeats=1)
+    assert r["batch"] == [1, 3] and all(s > 0 for s in r["seconds"])
+    assert r["flops"][1] == cost.forward_flops(TINY, 1, 8, batch=3)["total"]
+    assert r["intensity"][1] > r["intensity"][0]
+
+
+def test_tables_and_figures_of_chapter_10():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    html = inference_economics.decode_bytes_table(["Llama-3-70B"])
+    assert "KV cache read at 8,192 tokens (GB)" in html and "Llama-3-70B" in html
+    cls = {"labels": ["A", "B", "C", "D"], "n_test": 32}
+    for i, k in enumerate(inference_economics.CLASSIFIERS):
+        cls[k] = {"tokens": 10.0 + i, "flops": 1e9 * (i + 1), "seconds": 0.01 * (i + 1), "accuracy": 0.5}
+    assert inference_economics.classifier_table(cls).count("<tr") == 1 + len(inference_economics.CLASSIFIERS)
+    hw = inference_economics.Hardware("test", 1e11, 1e10)
+    sweep = {"chunk": [1, 4], "intensity": [0.5, 2.0], "achieved": [1e9, 4e9]}
+    batched = {"intensity": [1.0], "achieved": [2e9]}
+    runs = {("prompt lookup", "copy-heavy"): {"alpha": 0.8, "speedup": 1.5},
+            ("first 24 of 30 blocks", "copy-heavy"): {"alpha": 0.4, "speedup": 0.5}}
+    exact = {(0, 1): 0.5, (1, 0): 0.5}
+    dists = {"leviathan": exact, "argmax": {(0, 1): 1.0}}
+    figs = [inference_economics.plot_roofline(hw, sweep, batched), inference_economics.plot_classifiers(cls),
+            inference_economics.plot_speculative(runs, {4: 0.1, 24: 0.4}, {4: 0.3, 24: 0.84}, gamma_lookup=4,
+                                                 gamma_trunc=2, k_run=24, v_lookup=2.0),
+            inference_economics.plot_sampler_distributions(exact, dists)]
+    for fig in figs:
+        assert fig.axes and all(ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes)
+        plt.close(fig)
+    with pytest.raises(TypeError, match="hardware"):
+        inference_economics.plot_roofline((1e11, 1e10), sweep, batched)
+
+
+def test_seed002_latency_rows_and_table():
+    real = {"7B": cost.published_config("Llama-2-7B"), "70B": cost.published_config("Llama-3-70B")}
+    rows = inference_economics.seed002_latency_rows(real)
+    assert len(rows) == len(inference_economics.SEED002_LATENCY_TABLE)
+    assert all(r["own"]["n_layers"] == 0 and r["est"]["decode_ms"] > r["table_decode_ms"] for r in rows)
+    assert inference_economics.latency_table(rows).count("<tr") == 1 + len(rows)
+    with pytest.raises(TypeError, match="real"):
+        inference_economics.seed002_latency_rows({"7B": real["7B"]})
+
+
+def test_expected_speedup_with_a_verification_cost():
+    from anatomy import speculative as sp
+
+    tpc = sp.expected_tokens_per_call(0.75, 5)
+    assert sp.expected_speedup(0.75, 5, 8 / 70) == tpc / (5 * 8 / 70 + 1)  # Leviathan et al.: v = 1
+    assert sp.expected_speedup(0.75, 5, 8 / 70, v=1.0) == sp.expected_speedup(0.75, 5, 8 / 70)
+    lookup = sp.expected_tokens_per_call(0.88, 4)
+    assert sp.expected_speedup(0.88, 4, 0.0, v=2.6) == pytest.approx(lookup / 2.6)
+    with pytest.raises(ValueError, match="v must be"):
+        sp.expected_speedup(0.5, 2, 0.1, v=0)

@@ -224,3 +224,22 @@ def test_answer_points_quote_the_chapters_recorded_numbers_when_the_build_has_th
     monkeypatch.setattr(claims, "recorded", lambda: {})  # a page run on its own: quick(), and it says so
     point = answer.resolve_point(answer.ANSWER_POINTS[0])
     assert point["source"] == "quick" and "quick recomputation" in answer.answer_html([point], ROOT)
+
+
+def test_scoreboard_rows_table_and_figure():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    registry = claims.all_claims()[:3]
+    key = registry[0].key
+    rows, failures = answer.scoreboard_rows(registry, {key: {"passed": True, "ratio": 2.5, "n": 1000}})
+    assert [c.key for c, _, _ in rows] == [c.key for c in registry]
+    assert rows[0][1] == "check passed: ratio = 2.5, n = 1,000"
+    html = answer.scoreboard_table(rows)
+    assert html.count("<tr") == 1 + len(rows) and "<br><small>Checked:" in html
+    assert answer.VERDICT_COLOURS[registry[0].verdict] in html
+    fig = answer.plot_verdicts(registry)
+    assert fig.axes[0].get_ylabel() == "claims tested"
+    plt.close(fig)

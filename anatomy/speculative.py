@@ -17,12 +17,23 @@ of the real sampler and compute its output distribution exactly.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
 
+from anatomy._checks import (
+    check_float,
+    check_generator,
+    check_instance,
+    check_int,
+    check_positive_int,
+    check_tensor,
+    is_int,
+    is_number,
+)
 from anatomy.cache import KVCache
 from anatomy.model import Transformer
 
@@ -57,7 +68,7 @@ class TorchRandom:
     """Draws with a torch.Generator; a certain event (one-hot, probability 0 or 1) draws nothing."""
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
-        self.generator = generator
+        self.generator = check_generator("generator", generator)
 
     def categorical(self, probs: torch.Tensor) -> int:
         support = torch.nonzero(probs > 0).flatten()
@@ -86,7 +97,12 @@ class ScriptedRandom:
     raises _Branch at the first choice beyond the script. Used by :func:`enumerate_distribution`."""
 
     def __init__(self, script: Sequence[int]) -> None:
+        if isinstance(script, (str, bytes)) or not isinstance(script, Sequence):
+            raise TypeError(f"script must be a sequence of ints, got {type(script).__name__}")
         self.script, self.pos, self.prob = list(script), 0, 1.0
+        if not all(is_int(x) and x >= 0 for x in self.script):  # fast path; the loop names the bad one
+            for i, x in enumerate(self.script):
+                check_int(f"script[{i}]", x, lo=0)
 
     def _choose(self, options: list[tuple[int, float]]) -> int:
         if self.pos == len(self.script):
@@ -115,8 +131,18 @@ class ScriptedRandom:
 # The acceptance rule
 # ---------------------------------------------------------------------------------------------------------
 
+def _check_pq(p, q) -> None:
+    """p and q: float tensors of the same shape (V,)."""
+    check_tensor("p", p, kind="float", dim=1)
+    check_tensor("q", q, kind="float", dim=1)
+    if p.shape != q.shape:
+        raise ValueError(f"p and q must have the same shape (V,), got p {tuple(p.shape)}, q {tuple(q.shape)}")
+
+
 def acceptance_probability(p: torch.Tensor, q: torch.Tensor, token: int) -> float:
     """min(1, p(token) / q(token)) for one position (p, q: (V,) probabilities; q(token) > 0)."""
+    _check_pq(p, q)
+    check_int("token", token, lo=0, hi=p.shape[0] - 1)
     qt = float(q[token])
     if qt <= 0:
         raise ValueError(f"the draft proposed token {token} with probability {qt}; it must be > 0")
@@ -125,6 +151,7 @@ def acceptance_probability(p: torch.Tensor, q: torch.Tensor, token: int) -> floa
 
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """norm(max(0, p - q)): where to draw the replacement after a rejection (p if p == q everywhere)."""
+    _check_pq(p, q)
     r = torch.clamp(p.double() - q.double(), min=0.0)
     s = r.sum()
     return r / s if s > 0 else p.double()
@@ -143,9 +170,16 @@ def verify(p: torch.Tensor, q: torch.Tensor | None, drafts: Sequence[int], rng, 
     """
     if rule not in RULES:
         raise ValueError(f"rule must be one of {RULES}, got {rule!r}")
+    if isinstance(drafts, (str, bytes)) or not hasattr(drafts, "__len__"):
+        raise TypeError(f"drafts must be a sequence of token ids, got {type(drafts).__name__}")
+    check_tensor("p", p, kind="float")
     k = len(drafts)
     if p.dim() != 2 or p.shape[0] != k + 1:
         raise ValueError(f"p must be (k + 1, V) = ({k + 1}, V) for {k} drafted tokens, got {tuple(p.shape)}")
+    for i, x in enumerate(drafts):
+        check_int(f"drafts[{i}]", x, lo=0, hi=p.shape[1] - 1)
+    if q is not None:
+        check_tensor("q", q, kind="float")
     if k and (q is None or tuple(q.shape) != (k, p.shape[1])):
         got = None if q is None else tuple(q.shape)
         raise ValueError(f"q must be (k, V) = ({k}, {p.shape[1]}), got {got}")
@@ -196,6 +230,8 @@ class ModelDrafter:
     """A draft model with its own KV cache, kept in step with the context (rolled back after rejections)."""
 
     def __init__(self, model: nn.Module, max_len: int) -> None:
+        if not isinstance(model, nn.Module) or not hasattr(model, "new_cache"):
+            raise TypeError(f"model must be an anatomy model (with new_cache), got {type(model).__name__}")
         self.model = model
         self.cache = model.new_cache(max_len=max_len)
         self.calls = 0
@@ -235,6 +271,9 @@ class NgramDrafter:
     down to ``min_n``) and propose the tokens that followed it. Costs no model call. q is one-hot."""
 
     def __init__(self, vocab_size: int, max_n: int = 3, min_n: int = 1) -> None:
+        check_positive_int("vocab_size", vocab_size)
+        check_positive_int("max_n", max_n)
+        check_positive_int("min_n", min_n)
         if not 1 <= min_n <= max_n:
             raise ValueError(f"need 1 <= min_n <= max_n, got min_n={min_n}, max_n={max_n}")
         self.vocab_size, self.max_n, self.min_n = vocab_size, max_n, min_n
@@ -267,9 +306,17 @@ def layer_draft(model: Transformer, layers: int | Sequence[int]) -> Transformer:
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
     n = model.config.n_layers
-    idx = list(range(layers)) if isinstance(layers, int) else [int(i) for i in layers]
-    if not idx or any(not 0 <= i < n for i in idx):
-        raise ValueError(f"layers must select between 1 and {n} of the model's blocks, got {layers!r}")
+    if is_int(layers):
+        idx = list(range(layers))
+    elif hasattr(layers, "__iter__") and not isinstance(layers, (str, bytes)):
+        idx = list(layers)
+        for j, i in enumerate(idx):
+            check_int(f"layers[{j}]", i)
+        idx = [int(i) for i in idx]
+    else:
+        raise TypeError(f"layers must be an int or a sequence of ints, got {layers!r}")
+    if not idx or any(not 0 <= i < n for i in idx) or len(set(idx)) != len(idx):
+        raise ValueError(f"layers must select between 1 and {n} distinct blocks of the model, got {layers!r}")
     cfg = replace(model.config, n_layers=len(idx))
     with torch.device("meta"):
         draft = Transformer(cfg)
@@ -454,10 +501,8 @@ def speculative_generate(
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
     """E[tokens per target call] = (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al., eq. 1)."""
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    check_float("alpha", alpha, lo=0, hi=1)  # checked, not converted: the result is computed as before
+    check_int("gamma", gamma, lo=0)
     return float(gamma + 1) if alpha == 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
 
 
@@ -466,10 +511,8 @@ def expected_speedup(alpha: float, gamma: int, c: float, *, v: float = 1.0) -> f
     Thm 3.8, where v = 1), c = time of a draft call / time of a target call, v = time of the target's
     verification call on gamma + 1 tokens / time of one target decode step (v = 1: a target call costs the
     same for gamma + 1 tokens as for one)."""
-    if c < 0:
-        raise ValueError(f"c must be >= 0, got {c}")
-    if not v > 0:
-        raise ValueError(f"v must be > 0, got {v}")
+    check_float("c", c, lo=0)
+    check_float("v", v, lo=0, lo_open=True)
     return expected_tokens_per_call(alpha, gamma) / (gamma * c + v)
 
 
@@ -488,6 +531,7 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
 
     if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
         raise ValueError(f"gamma must be a positive int, got {gamma!r}")
+    check_tensor("context_ids", context_ids, kind="int", dim=2)
     P = context_ids.shape[1]
     if P < gamma + 2:
         raise ValueError(f"context_ids needs more than gamma + 1 = {gamma + 1} tokens, got {P}")
@@ -527,6 +571,9 @@ def enumerate_distribution(sample: Callable[[ScriptedRandom], Sequence[int]], ma
     return its output (a sequence of ints). The procedure is re-run once per node of its tree of choices
     (at most ``max_runs``, else RuntimeError). Returns output -> probability (summing to 1).
     """
+    if not callable(sample):
+        raise TypeError(f"sample must be a callable sample(rng), got {type(sample).__name__}")
+    check_positive_int("max_runs", max_runs)
     dist: dict[tuple[int, ...], float] = {}
     stack: list[list[int]] = [[]]
     runs = 0
@@ -550,11 +597,15 @@ def sequence_distribution(model: Transformer, input_ids: torch.Tensor, n_tokens:
                           temperature: float = 1.0) -> dict[tuple[int, ...], float]:
     """The exact distribution of the next ``n_tokens`` tokens when sampling from ``model`` after input_ids
     (1, N): the product of its conditionals, for every one of the V^n continuations (one batched call)."""
+    check_instance("model", model, Transformer, "an anatomy Transformer")
+    check_tensor("input_ids", input_ids, kind="int", dim=2)
+    if input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be (1, N>=1), got {tuple(input_ids.shape)}")
+    check_positive_int("n_tokens", n_tokens)
+    check_float("temperature", temperature, lo=0, lo_open=True)
     V = model.config.vocab_size
     if V ** n_tokens > 65_536:
-        raise ValueError(f"V^n = {V}^{n_tokens} continuations is too many to enumerate")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+        raise ValueError(f"V^n = {V}^{n_tokens} continuations is too many to enumerate (n_tokens)")
     conts = torch.cartesian_prod(*[torch.arange(V)] * n_tokens).view(-1, n_tokens)
     ids = torch.cat([input_ids.expand(conts.shape[0], -1), conts], dim=1)
     logp = torch.log_softmax(model.eval()(ids).double() / temperature, dim=-1)
@@ -565,4 +616,9 @@ def sequence_distribution(model: Transformer, input_ids: torch.Tensor, n_tokens:
 
 def total_variation(a: dict, b: dict) -> float:
     """Total variation distance between two distributions given as dicts outcome -> probability."""
+    for name, d in (("a", a), ("b", b)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{name} must be a dict outcome -> probability, got {type(d).__name__}")
+        if not all(is_number(x) and 0 <= x < math.inf for x in d.values()):  # NaN fails too
+            raise ValueError(f"{name} must map outcomes to finite probabilities >= 0")
     return 0.5 * sum(abs(a.get(k, 0.0) - b.get(k, 0.0)) for k in set(a) | set(b))

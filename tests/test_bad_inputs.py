@@ -647,7 +647,6 @@ CONFIG = [(None, T), ("SmolLM2-135M", T), ({"d_model": 16}, T)]
 PROBS = [(np.array([0.5, 0.6, 0.1]), V), (np.array([-0.5, 1.0, 0.5]), V), (np.array([NAN, 0.5, 0.5]), V), (0.5, V), ("abc", T)]
 JOINTS = [(np.ones((2, 2)), V), (-JOINT, V), (np.array(1.0), V), ("joint", T)]
 SEQ_TENSOR = [([[1, 2]], T), (None, T), (SEQS.float(), T), (SEQS[0], V)]
-XFAIL_S = "speculative.py is helper S's: reported, not edited here"
 
 ROWS += [
     # ---- cost
@@ -830,15 +829,17 @@ ROWS += [
     *family("timing.interleaved_medians", "repeats", [(0, V)]),
     *family("timing.paired_ratio", "numerator", [([], V), ([1.0], V), ([NAN, 1.0], V), ("ab", T), (None, T)]),
     *family("timing.paired_ratio", "denominator", [([0.0, 1.0], V), ([-1.0, 1.0], V), ([INF, 1.0], V), ([1.0, 1.0, 1.0], V)]),
-    # ---- speculative (helper S's)
+    # ---- speculative
     *family("speculative.TorchRandom", "generator", [(3, T), ("seed", T)]),
     *family("speculative.ScriptedRandom", "script", [(None, T), (3, T), ([1.5], T), ([-1], V)]),
     *family("speculative.acceptance_probability", "token", [(-1, V), (2, V), (1.5, T)]),
     *family("speculative.acceptance_probability", "p", [(torch.tensor([0.5, 0.25, 0.25]), V), ([0.5, 0.5], T)]),
+    *family("speculative.acceptance_probability", "q", [(torch.tensor([1, 0]), T)]),
     *family("speculative.residual_distribution", "q", [(torch.tensor([1.0]), V), (None, T)]),
     *family("speculative.verify", "rule", [("greedy", V), (None, V)]),
     *family("speculative.verify", "drafts", [([5], V), ([1, 1, 1], V), (None, T)], "drafts|p"),
     *family("speculative.verify", "p", [(torch.full((2, 4), 0.25), V), (None, T)], "p|q"),
+    *family("speculative.verify", "q", [([[0.5, 0.5, 0.0]], T), (torch.full((2, 3), 1 / 3), V)]),
     *family("speculative.ModelDrafter", "max_len", POSITIVE_INT[:4]),
     *family("speculative.ModelDrafter", "model", [(None, T), ("m", T)]),
     *family("speculative.NgramDrafter", "vocab_size", POSITIVE_INT[:4]),
@@ -851,6 +852,7 @@ ROWS += [
     *family("speculative.expected_speedup", "c", [(-1.0, V), (NAN, V), (INF, V), ("0.1", T)]),
     *family("speculative.expected_speedup", "alpha", [(2.0, V)]),
     *family("speculative.expected_speedup", "gamma", [(-2, V)]),
+    *family("speculative.expected_speedup", "v", [(0.0, V), (NAN, V), (INF, V), ("1", T)]),
     *family("speculative.step_costs", "gamma", [(0, V), (-1, V), (1.5, V)]),
     *family("speculative.step_costs", "repeats", [(0, V), (1.5, T)]),
     *family("speculative.step_costs", "context_ids", [(IDS.float(), T), (IDS[:, :0], V), (None, T)]),
@@ -861,6 +863,8 @@ ROWS += [
     *family("speculative.sequence_distribution", "temperature", [(0.0, V), (-1.0, V), (NAN, V), (INF, V)]),
     *family("speculative.sequence_distribution", "input_ids", [(IDS.float(), T), (None, T), (IDS[0], V)]),
     *family("speculative.total_variation", "a", [(None, T), ([1.0], T), ({(0,): -1.0}, V)]),
+    *family("speculative.total_variation", "b", [({(1,): NAN}, V), ({(1,): "1"}, V)]),
+    *family("speculative.sequence_distribution", "model", [(None, T), ("m", T)]),
     # ---- kernels (helper K's) and the weight layout (helper C's)
     *family("triton_kernel.block_size", "tile", [(0, V), (-1, V)]),
     *family("triton_kernel.block_size", "head_dim", [(0, V), (512, V)]),
@@ -1463,7 +1467,6 @@ def _row_id(row):
 IN_OTHER_HANDS = ("parallel.run_all", "parallel.workers")
 KNOWN_DEFECTS = {
     **dict.fromkeys(IN_OTHER_HANDS, "parallel.py had helper R's uncommitted changes: reported, not edited here"),
-    **dict.fromkeys([k for k in CALLS if k.startswith("speculative.")], XFAIL_S),
     "weight_layout.fused_weight": "weight_layout.py is helper C's, and fused_weight runs per layer per token",
 }
 

@@ -26,19 +26,52 @@ def fused_weight(owner: nn.Module, names: tuple[str, ...]):
     dict, same tensors for an optimizer). If a weight is replaced (``.to()``, loading with assign=True), the
     pointers no longer match and the buffer is rebuilt. Returns (weight (sum of outs, in), bias or None).
     """
-    # Plain dict lookups, not nn.Module attribute access: this runs twice per layer per decoded token.
-    linears = [owner._modules[name] for name in names]
-    weights = [lin._parameters["weight"] for lin in linears]
-    biases = [lin._parameters["bias"] for lin in linears] if linears[0].bias is not None else []
-    if torch.is_grad_enabled() and any(t.requires_grad for t in weights + biases):
+    # Plain dict lookups, not nn.Module attribute access: this runs twice per layer per decoded token. A bad
+    # argument makes these lookups fail, and only then is it named (_refuse); what the lookups cannot see (a
+    # module that is not a Linear, mixed biases or input sizes) is checked where the weights are concatenated
+    # or packed.
+    try:
+        linears = [owner._modules[name] for name in names]
+        weights = [lin._parameters["weight"] for lin in linears]
+        biases = [lin._parameters["bias"] for lin in linears] if linears[0].bias is not None else []
+        tensors = weights + biases
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+        ptrs = None if grad else [t.data_ptr() for t in tensors]
+    except (AttributeError, IndexError, KeyError, TypeError) as error:
+        raise _refuse(owner, names) from error
+    if grad:
+        _check_linears(owner, names, linears)
         return torch.cat(weights), (torch.cat(biases) if biases else None)
-    ptrs = [t.data_ptr() for t in weights + biases]
     fused = owner.__dict__.get("_fused")
     if fused is None or fused[0] != ptrs:
+        _check_linears(owner, names, linears)
         with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
             w_all, b_all = _packed(weights), _packed(biases) if biases else None
         fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
     return fused[1], fused[2]
+
+
+def _refuse(owner, names) -> Exception:
+    """The ValueError/TypeError naming the argument that made :func:`fused_weight`'s lookups fail."""
+    if not isinstance(owner, nn.Module):
+        return TypeError(f"owner must be a torch.nn.Module, got {type(owner).__name__}")
+    if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+        return TypeError(f"names must be a tuple of Linear names, got {names!r}")
+    if not names:
+        return ValueError(f"names must name at least one Linear, got {names!r}")
+    for name in names:
+        if not isinstance(owner._modules.get(name), nn.Linear):
+            linears = [n for n, m in owner.named_children() if isinstance(m, nn.Linear)]
+            return ValueError(f"names: {name!r} is not a Linear of owner {type(owner).__name__} "
+                              f"(its Linears: {linears})")
+    return ValueError(f"names {names!r} must name Linears of owner with the same in_features that all have a "
+                      "bias or all have none")
+
+
+def _check_linears(owner, names, linears) -> None:
+    if not all(isinstance(m, nn.Linear) for m in linears) or len({(m.bias is None, m.in_features)
+                                                                  for m in linears}) != 1:
+        raise _refuse(owner, names)
 
 
 def _packed(tensors: list[torch.Tensor]) -> torch.Tensor:

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from anatomy._checks import check_positive_int, is_number
+
 _PENDING: list[Callable[[], Any]] = []
 _IN_CHILD = False  # True in a process forked here: its own run_all runs its jobs one after the other
 
@@ -35,6 +37,7 @@ def _cores() -> int:
 
 def workers(n_runs: int) -> int:
     """How many processes `run_all` uses for `n_runs` runs (1: in this process)."""
+    check_positive_int("n_runs", n_runs)
     env = os.environ.get("ANATOMY_WORKERS", "").strip()
     limit = int(env) if env.isdigit() and int(env) >= 1 else _cores()
     if _IN_CHILD or not sys.platform.startswith("linux"):
@@ -64,12 +67,17 @@ def run_all(jobs: Sequence[Callable[[], Any]], costs: Sequence[float] | None = N
     must be picklable. costs (optional, one per job, any unit): the costliest jobs start first, so that
     the processes finish close together; the results keep the order of `jobs`."""
     global _PENDING
+    if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
+        raise TypeError(f"jobs must be a sequence of callables, got {type(jobs).__name__}")
     jobs = list(jobs)
     if not all(callable(job) for job in jobs):
         raise TypeError("jobs must be callables that take no arguments")
-    if costs is not None and len(costs) != len(jobs):
-        raise ValueError(f"costs must hold one number per job ({len(jobs)}), got {len(costs)}")
-    n = workers(len(jobs))
+    if costs is not None:
+        if isinstance(costs, (str, bytes)) or not hasattr(costs, "__len__") or not all(map(is_number, costs)):
+            raise TypeError(f"costs must be a sequence of numbers or None, got {costs!r}")
+        if len(costs) != len(jobs) or not all(c == c for c in costs):  # c == c: not NaN
+            raise ValueError(f"costs must hold one number per job ({len(jobs)}), got {list(costs)!r}")
+    n = workers(len(jobs)) if jobs else 1
     if n == 1:
         return [job() for job in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))

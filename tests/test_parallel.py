@@ -36,3 +36,43 @@ def test_start_returns_the_result(monkeypatch):
     monkeypatch.setenv("ANATOMY_WORKERS", "2")
     pending = parallel.start(lambda: _train(5))
     assert torch.equal(pending.result(), _train(5))
+
+
+def _seeded_draw(seed: int) -> float:
+    torch.manual_seed(seed)  # as every training job does
+    return torch.randn(2).sum().item()
+
+
+@pytest.mark.parametrize("n_workers", ["1", "2"])
+def test_the_callers_random_state_does_not_depend_on_the_worker_count(monkeypatch, n_workers):
+    """With one worker the jobs ran in the caller and left torch's random state where the last job's seed
+    put it; forked jobs leave it alone: what the caller drew next depended on the number of cores."""
+    import random
+
+    import numpy as np
+
+    monkeypatch.setenv("ANATOMY_WORKERS", n_workers)
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    got = parallel.run_all([lambda s=s: _seeded_draw(s) for s in (1, 2)])
+    assert got == [_seeded_draw(1), _seeded_draw(2)]
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    pending = parallel.start(lambda: (torch.rand(3), _seeded_draw(3)))
+    torch.rand(5)  # the caller's own work between start() and result()
+    first, draw = pending.result()
+    assert draw == _seeded_draw(3)
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.rand(3))  # the job started from the state at start()
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+    parallel.run_all([lambda s=s: (_seeded_draw(s), np.random.seed(s), random.seed(s)) for s in (1, 2)])
+    assert torch.equal(torch.rand(3), expected[0])
+    assert np.array_equal(np.random.rand(3), expected[1]) and random.random() == expected[2]

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import random
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from anatomy._checks import check_positive_int, is_number
@@ -60,11 +62,35 @@ def _call(i: int) -> Any:
     return _PENDING[i]()
 
 
+def _rng_state() -> tuple:
+    return torch.random.get_rng_state(), np.random.get_state(), random.getstate()
+
+
+def _set_rng_state(state: tuple) -> None:
+    torch.random.set_rng_state(state[0])
+    np.random.set_state(state[1])
+    random.setstate(state[2])
+
+
+def _as_if_forked(job: Callable[[], Any], state: tuple) -> Any:
+    """job() in this process as a forked child would run it: from the random state ``state`` (the parent's
+    when the child was forked), leaving this process's random state as it was. Without this, a job that
+    seeds torch (every training run does) would leave the parent's random state different with one core
+    (or ANATOMY_WORKERS=1) than with two, and so whatever the caller draws next."""
+    saved = _rng_state()
+    _set_rng_state(state)
+    try:
+        return job()
+    finally:
+        _set_rng_state(saved)
+
+
 def run_all(jobs: Sequence[Callable[[], Any]], costs: Sequence[float] | None = None) -> list:
     """[job() for job in jobs], each job in a forked process with one torch thread when there are cores to
-    spare, in this process (with the current threads) otherwise. Jobs
-    must not depend on each other or on torch's global random state (seed inside the job); their results
-    must be picklable. costs (optional, one per job, any unit): the costliest jobs start first, so that
+    spare, in this process (with the current threads) otherwise. Either way every job starts from this
+    process's random state (torch, numpy, random) as it is now and leaves it unchanged. Jobs must not
+    depend on each other (seed inside the job); their results must be picklable. costs (optional, one per
+    job, any unit): the costliest jobs start first, so that
     the processes finish close together; the results keep the order of `jobs`."""
     global _PENDING
     if isinstance(jobs, (str, bytes)) or not hasattr(jobs, "__iter__"):
@@ -79,7 +105,8 @@ def run_all(jobs: Sequence[Callable[[], Any]], costs: Sequence[float] | None = N
             raise ValueError(f"costs must hold one number per job ({len(jobs)}), got {list(costs)!r}")
     n = workers(len(jobs)) if jobs else 1
     if n == 1:
-        return [job() for job in jobs]
+        state = _rng_state()
+        return [_as_if_forked(job, state) for job in jobs]
     order = sorted(range(len(jobs)), key=lambda i: -costs[i]) if costs is not None else list(range(len(jobs)))
     _PENDING = jobs  # read by the forked children
     try:
@@ -99,6 +126,7 @@ class Background:
         if not callable(job):
             raise TypeError(f"job must be a callable that takes no arguments, got {type(job).__name__}")
         self._job, self._pool, self._future = job, None, None
+        self._state = _rng_state()  # what a forked child starts from
         if workers(2) > 1:
             _PENDING = [job]
             self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
@@ -109,7 +137,7 @@ class Background:
     def result(self) -> Any:
         """The job's result: from the process that ran it, or computed now if none was started."""
         if self._future is None:
-            return self._job()
+            return _as_if_forked(self._job, self._state)
         try:
             return self._future.result()
         finally:

@@ -110,7 +110,7 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
                   title: str | None = None):
     """Draw the (query tile, key tile) grid of one mask: full, partial and empty tiles, and the mask's edge.
 
-    Colours and names are those of :mod:`anatomy.plots` (chapter 1 draws small masks cell by cell; this
+    Colours and names are those of :mod:`anatomy.book.plots` (chapter 1 draws small masks cell by cell; this
     draws one rectangle per tile, so it stays fast for thousands of positions). Returns the tile map.
     """
     import matplotlib.patches as patches

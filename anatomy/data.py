@@ -269,7 +269,7 @@ def bpe_tokenizer(vocab_size: int = 2048, text: str | None = None) -> BPETokeniz
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int):
+    if not is_int(vocab_size):
         raise TypeError(f"vocab_size must be an int, got {type(vocab_size).__name__}")
     if vocab_size < 257:
         raise ValueError(f"vocab_size must be >= 257 (256 bytes + {EOS}), got {vocab_size}")

@@ -497,13 +497,13 @@ class NGramModel:
     """
 
     def __init__(self, vocab_size: int, k: int, alpha: float = 0.1, reverse: bool = False):
-        if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
+        if not is_int(vocab_size) or vocab_size < 2:
             raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+        if not is_int(k) or k < 0:
             raise ValueError(f"k must be an int >= 0, got {k!r}")
         if vocab_size ** (k + 1) > 20_000_000:
             raise ValueError(f"vocab_size**(k + 1) = {vocab_size ** (k + 1)} counts is too many (max 2e7)")
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < math.inf:
+        if not is_number(alpha) or not 0 < alpha < math.inf:
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         check_bool("reverse", reverse)
         self.vocab_size, self.k, self.alpha, self.reverse = vocab_size, k, float(alpha), bool(reverse)

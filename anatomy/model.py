@@ -27,6 +27,7 @@ from anatomy._checks import (
     check_int,
     check_positive_int,
     check_tensor,
+    is_int,
 )
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache
@@ -209,7 +210,7 @@ class RopeTable:
     """
 
     def __init__(self, head_dim: int, theta: float) -> None:
-        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 or head_dim % 2:
+        if not is_int(head_dim) or head_dim < 2 or head_dim % 2:
             raise ValueError(f"head_dim must be an even int >= 2, got {head_dim!r}")
         if not theta > 0:
             raise ValueError(f"theta must be > 0, got {theta!r}")

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anatomy._checks import check_bool, check_generator, check_instance
+from anatomy._checks import check_bool, check_generator, check_instance, is_number
 from anatomy.train import next_token_loss
 
 __all__ = [
@@ -137,7 +137,7 @@ def _check_int(name: str, value, low: int) -> None:
 
 
 def _check_fraction(name: str, value, *, open_low: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     ok = (0.0 < value <= 1.0) if open_low else (0.0 <= value <= 1.0)
     if not ok:
@@ -221,7 +221,7 @@ def masked_lm_batch(
     if (
         not isinstance(replace, (tuple, list))
         or len(replace) != 3
-        or any(isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in replace)
+        or any(not is_number(p) or p < 0 for p in replace)
         or not math.isclose(sum(replace), 1.0, abs_tol=1e-9)
     ):
         raise ValueError(
@@ -252,8 +252,7 @@ def span_counts(length: int, noise_density: float = 0.15, mean_span_length: floa
     _check_int("length", length, 2)
     _check_fraction("noise_density", noise_density)
     if (
-        isinstance(mean_span_length, bool)
-        or not isinstance(mean_span_length, (int, float))
+        not is_number(mean_span_length)
         or not 1 <= mean_span_length < math.inf
     ):
         raise ValueError(f"mean_span_length must be a finite number >= 1, got {mean_span_length!r}")

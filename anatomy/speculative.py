@@ -406,15 +406,15 @@ def speculative_generate(
     if input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
         raise ValueError(f"speculative decoding here runs one sequence: input_ids must be (1, N>=1), "
                          f"got {tuple(input_ids.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+    if not is_int(gamma) or gamma < 0:
         raise ValueError(f"gamma must be an int >= 0, got {gamma!r}")
     if not isinstance(adaptive, bool):
         raise TypeError(f"adaptive must be a bool, got {type(adaptive).__name__}")
     if max_gamma is None:
         max_gamma = 4 * gamma if adaptive else gamma
-    elif isinstance(max_gamma, bool) or not isinstance(max_gamma, int) or max_gamma < gamma:
+    elif not is_int(max_gamma) or max_gamma < gamma:
         raise ValueError(f"max_gamma must be an int >= gamma = {gamma}, got {max_gamma!r}")
     if not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):  # NaN fails too
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
@@ -529,7 +529,7 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
 
     from anatomy.timing import interleaved_times
 
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1:
+    if not is_int(gamma) or gamma < 1:
         raise ValueError(f"gamma must be a positive int, got {gamma!r}")
     check_tensor("context_ids", context_ids, kind="int", dim=2)
     P = context_ids.shape[1]

@@ -309,6 +309,11 @@ def test_wheel_and_sdist_pass_twine_check(dist):
     names = zipfile.ZipFile(wheel).namelist()
     assert "anatomy/__init__.py" in names and not any(n.startswith(("tests/", "chapters/")) for n in names)
     assert any(n.endswith("licenses/LICENSE-TEXT") for n in names)
+    # the chapters' order, which setup.py writes from _toc.yml (anatomy.claims.chapters() reads it in Colab)
+    index = json.loads(zipfile.ZipFile(wheel).read("anatomy/claims/_chapters.json"))
+    toc = yaml.safe_load((clone / "_toc.yml").read_text(encoding="utf-8"))
+    numbered = [c["file"] for part in toc["parts"] if part.get("numbered") for c in part["chapters"]]
+    assert index["pages"] == numbered
 
 
 @pytest.mark.slow
@@ -337,8 +342,9 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
                           "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())"})
     nb["cells"] = cells
     nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                        "source": "import anatomy, importlib.metadata as m\n"
-                                  "print('FROM', anatomy.__file__, m.version('why-decoder-only'))"})
+                        "source": "import anatomy, importlib.metadata as m\nfrom anatomy import claims\n"
+                                  "print('FROM', anatomy.__file__, m.version('why-decoder-only'))\n"
+                                  "print('CHAPTERS', len(claims.chapters()))"})
     work = tmp_path / "work"  # nothing in it but the notebook
     work.mkdir()
     (work / "chapter.ipynb").write_text(json.dumps(nb), encoding="utf-8")
@@ -362,6 +368,8 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     assert where, run.stdout[-2000:]
     assert Path(where.group(1)).resolve().is_relative_to(site.resolve()), f"imported from {where.group(1)}"
     assert where.group(2) == _project(clone)["version"]
+    numbered = re.search(r"CHAPTERS (\d+)", run.stdout)  # from the wheel's index: no _toc.yml there
+    assert numbered and int(numbered.group(1)) >= 13, run.stdout[-2000:]
     import nbformat
 
     executed = nbformat.read(work / "executed.ipynb", as_version=4)

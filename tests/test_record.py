@@ -145,8 +145,8 @@ def test_embedding_set_and_prompt_validation():
 
 
 def test_chapter_12_claims_register_with_quick_checks_that_pass():
-    mine = [c for c in claims.all_claims() if c.chapter == 12]
-    assert len(mine) >= 8 and all(c.key.startswith("ch12.") for c in mine)
+    mine = [c for c in claims.all_claims() if c.slug == "record"]
+    assert len(mine) >= 8 and all(c.key.startswith("record.") for c in mine)
     assert all(c.verdict in claims.VERDICTS for c in mine)
     assert "not testable here" in {c.verdict for c in mine}
     for c in mine:
@@ -167,10 +167,10 @@ def test_every_answer_point_links_to_a_chapter_whose_claim_supports_it(kind):
     for p in resolved:
         c = claims.get(p["key"])
         assert c.verdict in wanted and p["verdict"] == c.verdict, p["key"]
-        assert p["chapter"] == c.chapter
-        page = answer.chapter_page(p["chapter"], ROOT)
-        assert page is not None and page in listed, f"{p['key']}: chapter {p['chapter']} is not in the book"
-        html = answer.answer_html([p], ROOT)
+        assert p["chapter"] == c.chapter and p["slug"] == c.slug
+        page = answer.chapter_page(p["slug"])
+        assert page is not None and page in listed, f"{p['key']}: chapter {p['slug']} is not in the book"
+        html = answer.answer_html([p])
         assert f"href='{page}.html'" in html and p["key"] in html
         assert not re.search(r"\{[a-z_0-9]+(:[^}]*)?\}", p["sentence"]), "a placeholder was not filled"
     if kind == "points":
@@ -178,10 +178,11 @@ def test_every_answer_point_links_to_a_chapter_whose_claim_supports_it(kind):
 
 
 def test_resolve_point_falls_back_to_a_renamed_claim_and_fails_loudly():
-    got = answer.resolve_point([("ch06.renamed_away", ("causal_share",), "lead", "{causal_share:.2f}")])
-    assert got["chapter"] == 6 and claims.get(got["key"]).verdict in answer.SUPPORTING
+    renamed = ("signal_density.renamed_away", ("causal_share",), "lead", "{causal_share:.2f}")
+    got = answer.resolve_point([renamed])
+    assert got["slug"] == "signal_density" and claims.get(got["key"]).verdict in answer.SUPPORTING
     with pytest.raises(LookupError):
-        answer.resolve_point([("ch06.renamed_away", ("no_such_field",), "lead", "{no_such_field}")])
+        answer.resolve_point([("signal_density.renamed_away", ("no_such_field",), "lead", "{no_such_field}")])
 
 
 def test_answer_page_is_generated_from_the_registry():
@@ -199,13 +200,14 @@ def test_sources_page_names_every_chapter_that_tests_each_seed():
     text = (ROOT / "sources.md").read_text(encoding="utf-8")
     sections = dict(re.findall(r"^## Seed (\d{3})(.*?)(?=^## Seed |\Z)", text, flags=re.M | re.S))
     assert sorted(sections) == ["000", "001", "002", "003", "004"]
-    tested: dict[str, set[int]] = {}
+    tested: dict[str, set[str]] = {}  # seed -> the slugs of the chapters that test it
     for c in claims.all_claims():
         for s in c.seeds:
-            tested.setdefault(s, set()).add(c.chapter)
+            tested.setdefault(s, set()).add(c.slug)
+    by_number = {ch.number: slug for slug, ch in claims.chapters().items()}
     for seed, body in sections.items():
-        named = {int(n) for n in re.findall(r"chapters?\s+(\d+)", body, flags=re.I)}
-        named |= {int(n) for n in re.findall(r"<chapters/(\d\d)_", body)}
+        named = {claims.slug_of(page) for page in re.findall(r"<(chapters/[a-z0-9_]+)>", body)}
+        named |= {by_number.get(int(n)) for n in re.findall(r"chapters?\s+(\d+)", body, flags=re.I)}
         missing = tested.get(seed, set()) - named
         assert not missing, f"sources.md, seed {seed}: chapters {sorted(missing)} test it but are not named"
     for target in re.findall(r"\{doc\}`[^`<]*<([^>]+)>`", text):
@@ -220,10 +222,10 @@ def test_answer_points_quote_the_chapters_recorded_numbers_when_the_build_has_th
     monkeypatch.setattr(claims, "recorded", lambda: {key: recorded})
     point = answer.resolve_point(answer.ANSWER_POINTS[0])
     assert point["source"] == "recorded" and point["sentence"] == template.format(**recorded)
-    assert "quick recomputation" not in answer.answer_html([point], ROOT)
+    assert "quick recomputation" not in answer.answer_html([point])
     monkeypatch.setattr(claims, "recorded", lambda: {})  # a page run on its own: quick(), and it says so
     point = answer.resolve_point(answer.ANSWER_POINTS[0])
-    assert point["source"] == "quick" and "quick recomputation" in answer.answer_html([point], ROOT)
+    assert point["source"] == "quick" and "quick recomputation" in answer.answer_html([point])
 
 
 def test_scoreboard_rows_table_and_figure():

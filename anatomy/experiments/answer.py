@@ -10,11 +10,11 @@ import html
 # ---------------------------------------------------------------------------------------------------------
 
 # Each point lists candidate claims, best first: (key, fields its numbers must have, lead, sentence template).
-# A key renamed in a later edition is found again by its chapter and fields (see resolve_point).
+# A key renamed in a later edition is found again by its chapter's slug and fields (see resolve_point).
 ANSWER_POINTS = (
     (
         (
-            "ch06.signal_share",
+            "signal_density.signal_share",
             ("causal_share", "masked_share"),
             "Every token is a lesson.",
             "Next-token prediction puts a loss on {causal_share:.0%} of the positions of a text, BERT's "
@@ -24,7 +24,7 @@ ANSWER_POINTS = (
     ),
     (
         (
-            "ch09.multiturn_reuse",
+            "kv_cache.multiturn_reuse",
             ("flop_ratio_turn5", "prefix_key_change"),
             "The cache survives the conversation.",
             "A decoder's keys and values depend only on earlier tokens, so a chat reuses its KV cache turn "
@@ -35,7 +35,7 @@ ANSWER_POINTS = (
     ),
     (
         (
-            "ch02.loss_is_entropy_plus_kl",
+            "entropy_chain_rule.loss_is_entropy_plus_kl",
             ("entropy_rate", "kl_after_200000_tokens"),
             "The loss is an honest likelihood.",
             "Next-token cross-entropy is the text's entropy plus the model's KL divergence, a proper "
@@ -45,7 +45,7 @@ ANSWER_POINTS = (
     ),
     (
         (
-            "ch05.causal_implicit_position",
+            "order_without_positions.causal_implicit_position",
             ("probe_r2_init_causal", "probe_r2_init_bidirectional"),
             "Order comes for free.",
             "Causal attention tells positions apart even without position embeddings: a linear probe reads "
@@ -56,14 +56,14 @@ ANSWER_POINTS = (
     ),
     (
         (
-            "ch07.smollm2_in_context",
+            "in_context_learning.smollm2_in_context",
             ("accuracy_k0", "accuracy_k8"),
             "A prompt is just more context.",
             "With no training at all, SmolLM2 answers country-to-capital questions correctly "
             "{accuracy_k0:.0%} of the time with no examples in the prompt and {accuracy_k8:.0%} with eight.",
         ),
         (
-            "ch01.one_block_four_masks",
+            "three_families.one_block_four_masks",
             ("kernel_max_err",),
             "One block, one choice of mask.",
             "Encoder, decoder, prefix LM and encoder-decoder are one block with different masks (one kernel "
@@ -77,7 +77,7 @@ ANSWER_POINTS = (
 FAILED_REASONS = (
     (
         (
-            "ch04.causal_full_rank",
+            "attention_rank.causal_full_rank",
             ("causal_log10_det", "bidirectional_numerical_rank"),
             "Causal attention is full rank, hence more expressive.",
             "Full rank only in exact arithmetic: a causal attention map's determinant was "
@@ -87,7 +87,7 @@ FAILED_REASONS = (
     ),
     (
         (
-            "ch02.span_corruption_shatters",
+            "entropy_chain_rule.span_corruption_shatters",
             ("span_sum_error",),
             "Encoder-decoders shatter the chain rule.",
             "Span corruption's target is a proper conditional likelihood: it sums to 1 over every span "
@@ -96,7 +96,7 @@ FAILED_REASONS = (
     ),
     (
         (
-            "ch08.throughput_decides",
+            "causal_kernel.throughput_decides",
             ("saving_llama3_70b_8k",),
             "The lower triangle makes training much cheaper.",
             "Skipping the upper triangle saves {saving_llama3_70b_8k:.0%} of Llama-3-70B's forward FLOPs at "
@@ -115,8 +115,9 @@ def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
     only if the check passed and it holds every wanted field), so the page quotes the chapter's own
     numbers; without such a record (a page run on its own, as in Colab) they come from the claim's quick()
     recomputation, a smaller independent run whose numbers can differ from the chapter's. A
-    candidate key that is missing (renamed) is replaced by a claim of the same chapter whose numbers have
-    the same fields. Returns {key, chapter, verdict, numbers, sentence}; raises LookupError if none fits.
+    candidate key that is missing (renamed) is replaced by a claim of the same chapter (the key's slug)
+    whose numbers have the same fields. Returns {key, chapter, verdict, numbers, sentence} (``chapter``: the
+    chapter's number from ``_toc.yml``, see :func:`anatomy.claims.chapters`); raises LookupError if none fits.
     """
     from anatomy import claims
 
@@ -124,10 +125,8 @@ def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
     recorded = {k: v for k, v in claims.recorded().items() if v.get("passed")}
     tried = []
     for key, fields, lead, template in candidates:
-        chapter = int(key[2:4])
-        options = (
-            [registry[key]] if key in registry else [c for c in registry.values() if c.chapter == chapter]
-        )
+        slug = key.split(".", 1)[0]
+        options = [registry[key]] if key in registry else [c for c in registry.values() if c.slug == slug]
         for c in options:
             numbers, source = None, None
             if c.verdict in verdicts:
@@ -145,6 +144,7 @@ def resolve_point(candidates, verdicts=SUPPORTING) -> dict:
                 return {
                     "lead": lead,
                     "key": c.key,
+                    "slug": c.slug,
                     "chapter": c.chapter,
                     "verdict": c.verdict,
                     "numbers": numbers,
@@ -165,20 +165,28 @@ def failed_reasons() -> list[dict]:
     return [resolve_point(cands, verdicts=("contradicted",)) for cands in FAILED_REASONS]
 
 
-def chapter_page(chapter: int, root=".") -> str | None:
-    """The chapter's page path without suffix ("chapters/06_signal_density"), or None if not found."""
-    from pathlib import Path
+def chapter_page(slug: str) -> str | None:
+    """The page of the chapter ``slug`` ("signal_density" -> "chapters/06_signal_density"), from
+    ``_toc.yml`` (:func:`anatomy.claims.chapters`), or None if the book has no such chapter."""
+    from anatomy import claims
 
-    found = sorted(Path(root).glob(f"chapters/{chapter:02d}_*.ipynb"))
-    return found[0].relative_to(root).with_suffix("").as_posix() if found else None
+    found = claims.chapters().get(slug)
+    return found.page if found else None
 
 
-def answer_html(points, root=".") -> str:
+def _chapter_label(c) -> str:
+    """How the scoreboard names the chapter of claim ``c``: its number, or its slug where the package knows
+    no table of contents (:func:`anatomy.claims.chapters` is empty)."""
+    return str(c.chapter) if c.chapter is not None else c.slug
+
+
+def answer_html(points) -> str:
     """The points as an HTML list, each with a link to the chapter that measured it."""
     items = []
     for p in points:
-        page = chapter_page(p["chapter"], root)
-        where = f"<a href='{page}.html'>chapter {p['chapter']}</a>" if page else f"chapter {p['chapter']}"
+        page = chapter_page(p["slug"])
+        name = f"chapter {p['chapter']}" if p["chapter"] is not None else f"the chapter {p['slug']}"
+        where = f"<a href='{page}.html'>{name}</a>" if page else name
         items.append(
             f"<li><b>{html.escape(p['lead'])}</b> {html.escape(p['sentence'])} "
             f"<span style='color:#666'>({where}; claim <code>{p['key']}</code>: {p['verdict']}"
@@ -256,7 +264,7 @@ def scoreboard_table(rows: list[tuple]) -> str:
         return raw(f"{html.escape(c.claim)} <i>({seeds})</i>"
                    f"<br><small>Checked: {html.escape(c.measure)}</small>")
 
-    cells = [[c.chapter, claim_cell(c),
+    cells = [[_chapter_label(c), claim_cell(c),
               c.verdict, chapter_numbers, replication] for c, chapter_numbers, replication in rows]
     styles = [[None, None, f"background:{VERDICT_COLOURS[c.verdict]};color:#1a1a1a", None, None]
               for c, _, _ in rows]
@@ -269,12 +277,13 @@ def plot_verdicts(registry):
     """Stacked bars: the claims of each chapter of ``registry``, coloured by verdict. Returns the figure."""
     import matplotlib.pyplot as plt
 
-    chapters = sorted({c.chapter for c in registry})
+    chapters = list(dict.fromkeys(c.slug for c in registry))  # the registry's order: the book's
+    labels = {c.slug: _chapter_label(c) for c in registry}
     fig, ax = plt.subplots(figsize=(8.5, 3.4))
     bottom = [0] * len(chapters)
     for verdict, color in VERDICT_BAR_COLOURS.items():
-        heights = [sum(c.chapter == ch and c.verdict == verdict for c in registry) for ch in chapters]
-        ax.bar([str(ch) for ch in chapters], heights, bottom=bottom, color=color, label=verdict)
+        heights = [sum(c.slug == ch and c.verdict == verdict for c in registry) for ch in chapters]
+        ax.bar([labels[ch] for ch in chapters], heights, bottom=bottom, color=color, label=verdict)
         bottom = [b + h for b, h in zip(bottom, heights)]
     ax.set_xlabel("chapter")
     ax.set_ylabel("claims tested")

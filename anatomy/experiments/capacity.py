@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anatomy._checks import check_float, check_int, check_tensor
+from anatomy._checks import check_float, check_int, check_tensor, is_number
 from anatomy.experiments.parallel import run_all
 
 __all__ = [
@@ -176,7 +176,7 @@ def teacher_source(vocab_size: int, order: int, width: int = 3, embed_dim: int =
     """
     from anatomy.data import MarkovSource
 
-    if not (isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale < math.inf):
+    if not (is_number(scale) and 0 < scale < math.inf):
         raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
     check_int("width", width, lo=1)
     teacher = MLPStudents(vocab_size, order, [width], embed_dim, seed=seed)
@@ -288,12 +288,12 @@ def fit_population(sources: Sequence, widths: Sequence[int], *, steps: int = 800
             raise ValueError("all sources must have the same vocab_size and order")
     steps = check_int("steps", steps, lo=1)
     record_every = check_int("record_every", record_every, lo=1)
-    if not (isinstance(lr, (int, float)) and lr > 0):
+    if not (is_number(lr) and lr > 0):
         raise ValueError(f"lr must be a number > 0, got {lr!r}")
-    single = isinstance(train_fraction, (int, float))
+    single = is_number(train_fraction) or isinstance(train_fraction, bool)  # a bool: refused below, named
     fractions = [train_fraction] * len(sources) if single else list(train_fraction)
     if len(fractions) != len(sources) or not all(
-        isinstance(f, (int, float)) and not isinstance(f, bool) and 0 < f <= 1 for f in fractions
+        is_number(f) and 0 < f <= 1 for f in fractions
     ):
         raise ValueError(f"train_fraction must be in (0, 1], one value or one per source: {train_fraction!r}")
 
@@ -408,8 +408,8 @@ def scaling_run(configs: Sequence, train_ids: torch.Tensor, val_ids: torch.Tenso
     batch_size, seq_len = check_int("batch_size", batch_size, lo=1), check_int("seq_len", seq_len, lo=1)
     n_checkpoints = check_int("n_checkpoints", n_checkpoints, lo=1)
     configs = list(configs)
-    lrs = [lr] * len(configs) if isinstance(lr, (int, float)) else list(lr)
-    if len(lrs) != len(configs) or not all(isinstance(v, (int, float)) and v > 0 for v in lrs):
+    lrs = [lr] * len(configs) if is_number(lr) or isinstance(lr, bool) else list(lr)
+    if len(lrs) != len(configs) or not all(is_number(v) and v > 0 for v in lrs):
         raise ValueError(f"lr must be a number > 0 or one per config ({len(configs)}), got {lr!r}")
     every = max(1, round(tokens / (batch_size * seq_len) / n_checkpoints))
     steps = every * n_checkpoints
@@ -571,7 +571,7 @@ def compute_optimal(flops: float, constants: dict | None = None) -> tuple[float,
 
     N_opt = G (C / 6)^a and D_opt = (C / 6)^b / G, with G = (alpha A / (beta B))^(1 / (alpha + beta)).
     """
-    if not (isinstance(flops, (int, float)) and not isinstance(flops, bool) and 0 < flops < math.inf):
+    if not (is_number(flops) and 0 < flops < math.inf):
         raise ValueError(f"flops must be a finite number > 0, got {flops!r}")
     c = _constants(constants)
     a, b = chinchilla_exponents(c)
@@ -581,9 +581,9 @@ def compute_optimal(flops: float, constants: dict | None = None) -> tuple[float,
 
 def rule_of_thumb(flops: float, tokens_per_param: float = 20.0) -> tuple[float, float]:
     """(N, D) with D = tokens_per_param x N and 6 N D = flops: the "20 tokens per parameter" reading."""
-    if not (isinstance(flops, (int, float)) and not isinstance(flops, bool) and 0 < flops < math.inf):
+    if not (is_number(flops) and 0 < flops < math.inf):
         raise ValueError(f"flops must be a finite number > 0, got {flops!r}")
-    if not (isinstance(tokens_per_param, (int, float)) and tokens_per_param > 0):
+    if not (is_number(tokens_per_param) and tokens_per_param > 0):
         raise ValueError(f"tokens_per_param must be a number > 0, got {tokens_per_param!r}")
     n = math.sqrt(flops / (6.0 * tokens_per_param))
     return n, tokens_per_param * n

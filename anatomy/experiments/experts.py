@@ -8,7 +8,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from anatomy._checks import check_instance, check_int, check_positive_int
+from anatomy._checks import check_instance, check_int, check_positive_int, is_int
 from anatomy.model import Config, Transformer
 from anatomy.moe import MoE, Routing, moe_layers
 
@@ -202,7 +202,7 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
         raise TypeError(f"config must be a dict of DEEPSEEK_V3's keys or None, got {type(config).__name__}")
     c = {**DEEPSEEK_V3, **(config or {})}
     for key, value in c.items():
-        if key not in DEEPSEEK_V3 or not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        if key not in DEEPSEEK_V3 or not is_int(value) or value < 0:
             raise ValueError(f"config[{key!r}] must be a key of DEEPSEEK_V3 with an int >= 0, got {value!r}")
     if not 1 <= c["n_layers"] or c["n_layers"] < c["n_dense_layers"]:
         raise ValueError(f"config['n_layers'] must be >= max(1, n_dense_layers), got {c['n_layers']}")

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
-from anatomy._checks import check_bool, check_instance, check_int, check_tensor
+from anatomy._checks import check_bool, check_instance, check_int, check_tensor, is_int
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import (
     PUBLISHED,
@@ -139,7 +139,7 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
     cache (a real cache, to check the size formula against).
     """
     check_instance("model", model, Transformer, "an anatomy Transformer")
-    if not chunks or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in chunks):
+    if not chunks or any(not is_int(n) or n < 1 for n in chunks):
         raise ValueError(f"chunks must be positive ints, got {chunks!r}")
     if new_ids.shape[1] < max(chunks):
         raise ValueError(f"new_ids has {new_ids.shape[1]} tokens, fewer than the largest chunk {max(chunks)}")
@@ -411,7 +411,7 @@ def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor
     ``recompute`` (lists of seconds), their medians, ``ratio`` (recompute / reuse medians) and ``logit_err``.
     """
     _check_segments(segments)
-    if isinstance(turn, bool) or not isinstance(turn, int) or not 1 <= turn <= len(segments):
+    if not is_int(turn) or not 1 <= turn <= len(segments):
         raise ValueError(f"turn must be an int in [1, {len(segments)}], got {turn!r}")
     check_int("repeats", repeats, lo=1)
     decoder.eval()

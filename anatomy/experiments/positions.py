@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anatomy._checks import check_float, check_int
+from anatomy._checks import check_float, check_int, is_number
 from anatomy.data import MarkovSource
 from anatomy.model import Config, Transformer
 from anatomy.timing import one_thread
@@ -175,7 +175,7 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor, n_train: int, ridge:
     n_train = check_int("n_train", n_train, lo=1)
     if n_train >= S:
         raise ValueError(f"n_train must leave held-out sequences: n_train={n_train}, S={S}")
-    if isinstance(ridge, bool) or not isinstance(ridge, (int, float)) or not 0 <= ridge < math.inf:
+    if not is_number(ridge) or not 0 <= ridge < math.inf:
         raise ValueError(f"ridge must be a finite number >= 0, got {ridge!r}")
     if not isinstance(targets, (torch.Tensor, np.ndarray, list, tuple)):
         raise TypeError(f"targets must be a tensor (N,) or (S, N), got {type(targets).__name__}")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from anatomy._checks import check_instance, check_positive_int
+from anatomy._checks import check_instance, check_positive_int, is_int
 from anatomy.book.tables import html_table
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import forward_flops
@@ -417,7 +417,7 @@ def cache_bytes_by_family(
     runs once over its input and generates nothing). Real forward passes of small random models.
     """
     for name, v in (("n_source", n_source), ("n_target", n_target), ("n_heads", n_heads)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        if not is_int(v) or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if isinstance(kv_heads, (str, bytes)) or not kv_heads:
         raise ValueError(f"kv_heads must be a non-empty sequence of ints, got {kv_heads!r}")

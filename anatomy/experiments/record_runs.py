@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from anatomy._checks import check_float, check_instance, check_int
+from anatomy._checks import check_float, check_instance, check_int, is_int
 from anatomy.cost import forward_flops
 from anatomy.data import MarkovSource
 from anatomy.experiments.parallel import run_all
@@ -59,7 +59,7 @@ def exposure_bias(
     distribution p, the per-token error KL(p || q) needs no sampling of targets, so the two numbers differ
     only through the contexts they are measured on: the gap that teacher forcing never sees.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 4:
+    if not is_int(steps) or steps < 4:
         raise ValueError(f"steps must be an int >= 4, got {steps!r}")
     if not 1 <= prompt < length:
         raise ValueError(f"prompt must be in [1, length), got {prompt!r}")

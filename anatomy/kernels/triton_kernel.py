@@ -46,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from anatomy._checks import is_int
 from anatomy.masks import MASKS
 
 INTERPRET: bool = bool(triton.knobs.runtime.interpret)  # fixed when the kernels below were decorated
@@ -57,9 +58,9 @@ _LN2 = 0.6931471805599453
 
 def block_size(tile: int, head_dim: int) -> int:
     """The Triton tile edge (BLOCK_M = BLOCK_N) used for a requested ``tile`` and head dimension."""
-    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+    if not is_int(tile) or tile < 1:
         raise ValueError(f"tile must be a positive int, got {tile!r}")
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= 256:
+    if not is_int(head_dim) or not 1 <= head_dim <= 256:
         raise ValueError(f"head_dim must be an int in [1, 256] for the Triton kernel, got {head_dim!r}")
     cap = 128 if head_dim <= 64 else 64 if head_dim <= 128 else 32
     return max(16, min(cap, 1 << (tile.bit_length() - 1)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import numbers
 
+import numpy as np
 import torch
 
 __all__ = [
@@ -108,7 +109,9 @@ def check_values(name: str, value, *, lo: float | None = None):
 
 
 def check_bool(name: str, value) -> bool:
-    """A real bool (not 0/1, not a tensor)."""
+    """A real bool or NumPy bool (not 0/1, not a tensor), as a bool."""
+    if isinstance(value, np.bool_):  # e.g. the result of a NumPy comparison
+        return bool(value)
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__} {value!r}")
     return value

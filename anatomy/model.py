@@ -110,7 +110,7 @@ class Config:
             "qkv_bias", "out_bias", "mlp_bias", "norm_bias", "tie_embeddings", "final_norm", "embed_norm",
             "lm_head",
         ):  # fmt: skip
-            check_bool(f"Config.{name}", getattr(self, name))
+            setattr(self, name, check_bool(f"Config.{name}", getattr(self, name)))  # np.bool_ -> bool
         if not isinstance(self.extra, dict):
             raise TypeError(f"Config.extra must be a dict, got {type(self.extra).__name__}")
         if self.n_kv_heads is None:

@@ -53,3 +53,14 @@ def test_speculative_generate_takes_numpy_ints():
 def test_bools_are_still_refused(call):
     with pytest.raises((TypeError, ValueError)):
         call()
+
+
+def test_numpy_bools_are_bools():
+    """A flag computed by NumPy (np.bool_) was refused as 'must be a bool'; 1 and a tensor still are."""
+    from anatomy._checks import check_bool
+
+    assert check_bool("flag", np.array(3) > 2) is True and check_bool("flag", np.False_) is False
+    for bad in (1, torch.tensor(True), None):
+        with pytest.raises(TypeError, match="flag"):
+            check_bool("flag", bad)
+    assert Config(vocab_size=8, d_model=16, n_heads=2, n_layers=1, qkv_bias=np.True_).qkv_bias is True

@@ -17,15 +17,28 @@ MAX_LINES = 750  # "about 700": a module longer than this holds more than one id
 
 
 def _imported_modules(path: Path) -> set[str]:
-    """Every module an ``import`` or ``from ... import`` names, at any depth (lazy imports included)."""
+    """Every module an ``import`` or ``from ... import`` names, at any depth (lazy imports included);
+    relative imports (``from .experiments import x``, ``from .. import book``) as absolute names."""
+    package = ".".join(("anatomy",) + path.relative_to(PACKAGE).parent.parts)
     names = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            names.add(node.module)
-            names |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            names.add(module)
+            names |= {f"{module}.{a.name}" for a in node.names}
     return names
+
+
+def test_the_import_scan_sees_relative_imports(monkeypatch):
+    """The core check cannot be passed by writing an upper-tier import relatively."""
+    fake = PACKAGE / "kernels" / "_scan_probe.py"  # only its path is used: the text comes from read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: (
+        "from ..experiments import rank\nfrom .. import book\nfrom . import tiled\nimport anatomy.claims\n"))
+    names = _imported_modules(fake)
+    assert {"anatomy.experiments.rank", "anatomy.book", "anatomy.kernels.tiled", "anatomy.claims"} <= names
 
 
 @pytest.mark.parametrize("path", CORE, ids=lambda p: str(p.relative_to(PACKAGE)))

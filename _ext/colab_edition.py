@@ -46,8 +46,17 @@ from book_address import pages_url, repository_parts  # noqa: E402  (the one rea
 
 ROOT = Path(__file__).resolve().parents[1]
 EDITION_DIR = "colab"
-BOOK_ONLY_TAGS = {"remove-cell", "remove-input", "remove-output", "hide-input", "hide-output", "hide-cell",
-                  "skip-execution", "full-width", "margin"}
+BOOK_ONLY_TAGS = {
+    "remove-cell",
+    "remove-input",
+    "remove-output",
+    "hide-input",
+    "hide-output",
+    "hide-cell",
+    "skip-execution",
+    "full-width",
+    "margin",
+}
 
 # -------------------------------------------------------------------------------------- configuration
 
@@ -80,7 +89,7 @@ def site_url(config: dict) -> str:
 def colab_url(config: dict, pagename: str, branch: str = "gh-pages") -> str:
     """The Colab address that opens `pagename`'s edition from the published branch."""
     org, repo = repo_parts(config["repository"]["url"])
-    base = ((config.get("launch_buttons") or {}).get("colab_url") or "https://colab.research.google.com")
+    base = (config.get("launch_buttons") or {}).get("colab_url") or "https://colab.research.google.com"
     return f"{base.rstrip('/')}/github/{org}/{repo}/blob/{branch}/{EDITION_DIR}/{pagename}.ipynb"
 
 
@@ -125,8 +134,19 @@ def executed_values(nb: dict) -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ citations
 
-_LATEX_ACCENTS = {"\\\"": "\u0308", "'": "\u0301", "`": "\u0300", "^": "\u0302", "~": "\u0303",
-                  "c": "\u0327", "v": "\u030c", "=": "\u0304", ".": "\u0307", "u": "\u0306", "H": "\u030b"}
+_LATEX_ACCENTS = {
+    '\\"': "\u0308",
+    "'": "\u0301",
+    "`": "\u0300",
+    "^": "\u0302",
+    "~": "\u0303",
+    "c": "\u0327",
+    "v": "\u030c",
+    "=": "\u0304",
+    ".": "\u0307",
+    "u": "\u0306",
+    "H": "\u030b",
+}
 
 
 def _latex_text(text: str) -> str:
@@ -137,8 +157,21 @@ def _latex_text(text: str) -> str:
         return unicodedata.normalize("NFC", m.group(2) + mark) if mark else m.group(2)
 
     text = re.sub(r"\\([\"'`^~cv=.uH])\s*\{?\\?([A-Za-z])\}?", accent, text)
-    text = re.sub(r"\\(ss|o|O|l|L|ae|AE|aa|AA)\b", lambda m: {"ss": "ß", "o": "ø", "O": "Ø", "l": "ł",
-                  "L": "Ł", "ae": "æ", "AE": "Æ", "aa": "å", "AA": "Å"}[m.group(1)], text)
+    text = re.sub(
+        r"\\(ss|o|O|l|L|ae|AE|aa|AA)\b",
+        lambda m: {
+            "ss": "ß",
+            "o": "ø",
+            "O": "Ø",
+            "l": "ł",
+            "L": "Ł",
+            "ae": "æ",
+            "AE": "Æ",
+            "aa": "å",
+            "AA": "Å",
+        }[m.group(1)],
+        text,
+    )
     text = text.replace("\\&", "&").replace("~", " ")
     return re.sub(r"[{}]", "", text).strip()
 
@@ -148,7 +181,7 @@ def _field(body: str, name: str) -> str | None:
     if not m:
         return None
     i = m.end()
-    if i < len(body) and body[i] in "{\"":
+    if i < len(body) and body[i] in '{"':
         close = "}" if body[i] == "{" else '"'
         depth, j = 0, i
         while j < len(body):
@@ -159,9 +192,9 @@ def _field(body: str, name: str) -> str | None:
                 if close == "}":
                     depth -= 1
                     if depth == 0:
-                        return body[i + 1:j]
+                        return body[i + 1 : j]
                 else:
-                    return body[i + 1:j]
+                    return body[i + 1 : j]
             j += 1
         return None
     m2 = re.match(r"[^,\n}]+", body[i:])
@@ -174,7 +207,7 @@ def bib_entries(path: Path) -> dict[str, tuple[str, str]]:
     entries = {}
     starts = [m for m in re.finditer(r"^@(\w+)\s*\{\s*([^,\s]+)\s*,", text, re.M)]
     for k, m in enumerate(starts):
-        body = text[m.end(): starts[k + 1].start() if k + 1 < len(starts) else len(text)]
+        body = text[m.end() : starts[k + 1].start() if k + 1 < len(starts) else len(text)]
         year = _field(body, "year") or "n.d."
         people = _field(body, "author") or _field(body, "editor")
         if people:
@@ -196,8 +229,13 @@ def bib_entries(path: Path) -> dict[str, tuple[str, str]]:
             else:
                 who = f"{surnames[0]} et al."
         else:
-            who = _latex_text(_field(body, "organization") or _field(body, "institution")
-                              or _field(body, "publisher") or _field(body, "title") or m.group(2))
+            who = _latex_text(
+                _field(body, "organization")
+                or _field(body, "institution")
+                or _field(body, "publisher")
+                or _field(body, "title")
+                or m.group(2)
+            )
         entries[m.group(2)] = (who, _latex_text(year))
     return entries
 
@@ -219,16 +257,31 @@ def cite_text(kind: str, keys: list[str], bib: dict[str, tuple[str, str]], refs_
 _FENCE = re.compile(r"^(\s*)(`{3,}|~{3,})(.*)$")
 _DIRECTIVE = re.compile(r"^(\s*)(:{3,}|`{3,})\s*\{([\w:-]+)\}\s*(.*?)\s*$")
 _ROLE = re.compile(r"\{([A-Za-z][\w:-]*)\}`([^`]*)`")
-_ADMONITION_TITLES = {"note": "Note", "tip": "Tip", "warning": "Warning", "important": "Important",
-                      "caution": "Caution", "attention": "Attention", "danger": "Danger", "error": "Error",
-                      "hint": "Hint", "seealso": "See also"}
+_ADMONITION_TITLES = {
+    "note": "Note",
+    "tip": "Tip",
+    "warning": "Warning",
+    "important": "Important",
+    "caution": "Caution",
+    "attention": "Attention",
+    "danger": "Danger",
+    "error": "Error",
+    "hint": "Hint",
+    "seealso": "See also",
+}
 
 
 class Converter:
     """MyST Markdown -> CommonMark/GFM with the book's values, citations and links filled in."""
 
-    def __init__(self, values: dict[str, str] | None, bib: dict[str, tuple[str, str]], site: str,
-                 page_dir: str = "chapters", missing: str = "error"):
+    def __init__(
+        self,
+        values: dict[str, str] | None,
+        bib: dict[str, tuple[str, str]],
+        site: str,
+        page_dir: str = "chapters",
+        missing: str = "error",
+    ):
         self.values = values or {}
         self.bib = bib
         self.site = site
@@ -268,7 +321,7 @@ class Converter:
         # roles everywhere except inside inline code spans (`...` not preceded by a role name)
         out, i = [], 0
         for m in re.finditer(r"(\{[A-Za-z][\w:-]*\})?`([^`]*)`", text):
-            out.append(text[i:m.start()])
+            out.append(text[i : m.start()])
             out.append(self.role(_ROLE.match(m.group(0))) if m.group(1) else m.group(0))
             i = m.end()
         out.append(text[i:])
@@ -394,17 +447,24 @@ def build_commit(root: Path = ROOT) -> str | None:
     if re.fullmatch(r"[0-9a-f]{40}", sha):
         return sha
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "anatomy", "pyproject.toml"], cwd=root,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "anatomy", "pyproject.toml"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
     return head if re.fullmatch(r"[0-9a-f]{40}", head) and not dirty else None
 
 
-def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | None = None,
-            ref: str | None = None) -> dict:
+def edition(
+    nb: dict, converter: Converter, page_url: str, chapter_title: str | None = None, ref: str | None = None
+) -> dict:
     """The Colab edition of one chapter notebook (a new dict).
 
     `ref`: a commit (or tag) the setup cell installs instead of the branch, so that the code a reader
@@ -456,9 +516,17 @@ def edition(nb: dict, converter: Converter, page_url: str, chapter_title: str | 
     return new
 
 
-def write_editions(chapters: list[Path], executed: Path, out: Path, config: dict, bib_path: Path,
-                   root: Path = ROOT, missing: str = "error", site: str | None = None,
-                   ref: str | None = None) -> list[Path]:
+def write_editions(
+    chapters: list[Path],
+    executed: Path,
+    out: Path,
+    config: dict,
+    bib_path: Path,
+    root: Path = ROOT,
+    missing: str = "error",
+    site: str | None = None,
+    ref: str | None = None,
+) -> list[Path]:
     """Write the edition of each chapter to `out`/<path relative to root>; return the paths written.
 
     `ref`: the commit the setup cells install (`edition`); None keeps the branch.
@@ -497,9 +565,13 @@ def _point_colab_button(app, pagename, templatename, context, doctree) -> None:
     """Replace the theme's Colab URL (the source notebook) with the edition's."""
     if pagename not in _notebook_pages(app):
         return
-    config = {"repository": {"url": app.config.html_theme_options.get("repository_url")
-                             or app.config.html_context.get("github_url", "")},
-              "launch_buttons": app.config.html_theme_options.get("launch_buttons", {})}
+    config = {
+        "repository": {
+            "url": app.config.html_theme_options.get("repository_url")
+            or app.config.html_context.get("github_url", "")
+        },
+        "launch_buttons": app.config.html_theme_options.get("launch_buttons", {}),
+    }
     try:
         url = colab_url(config, pagename, app.config.colab_edition_branch)
     except ValueError:
@@ -519,11 +591,17 @@ def _write_editions(app, exception) -> None:
     executed = Path(app.outdir).parent / "jupyter_execute"
     bibfiles = [root / b for b in getattr(app.config, "bibtex_bibfiles", None) or []]
     config = load_config(root)
-    written = write_editions(chapters, executed, Path(app.outdir) / EDITION_DIR, config,
-                             bibfiles[0] if bibfiles else root / "references.bib", root=root,
-                             site=getattr(app.config, "html_baseurl", "") or None,
-                             missing="placeholder",  # (a missing value already fails the glue role)
-                             ref=app.config.colab_edition_ref or build_commit(root))
+    written = write_editions(
+        chapters,
+        executed,
+        Path(app.outdir) / EDITION_DIR,
+        config,
+        bibfiles[0] if bibfiles else root / "references.bib",
+        root=root,
+        site=getattr(app.config, "html_baseurl", "") or None,
+        missing="placeholder",  # (a missing value already fails the glue role)
+        ref=app.config.colab_edition_ref or build_commit(root),
+    )
     from sphinx.util import logging
 
     logging.getLogger(__name__).info(f"colab_edition: wrote {len(written)} Colab editions")
@@ -543,17 +621,31 @@ def main() -> int:
     ap.add_argument("chapters", nargs="*", type=Path)
     ap.add_argument("--build", type=Path, default=ROOT / "_build")
     ap.add_argument("--out", type=Path, default=None, help="default: <build>/html/colab")
-    ap.add_argument("--missing", choices=["error", "placeholder"], default="error",
-                    help="a glue name without a build value: fail, or write the name in code font")
-    ap.add_argument("--ref", default=None,
-                    help="commit or tag the setup cells install (default: HEAD if anatomy/ is committed; "
-                         "'branch': keep the branch)")
+    ap.add_argument(
+        "--missing",
+        choices=["error", "placeholder"],
+        default="error",
+        help="a glue name without a build value: fail, or write the name in code font",
+    )
+    ap.add_argument(
+        "--ref",
+        default=None,
+        help="commit or tag the setup cells install (default: HEAD if anatomy/ is committed; "
+        "'branch': keep the branch)",
+    )
     args = ap.parse_args()
     chapters = args.chapters or sorted((ROOT / "chapters").glob("[0-9][0-9]_*.ipynb"))
     out = args.out or args.build / "html" / EDITION_DIR
     ref = None if args.ref == "branch" else (args.ref or build_commit())
-    written = write_editions(chapters, args.build / "jupyter_execute", out, load_config(),
-                             ROOT / "references.bib", missing=args.missing, ref=ref)
+    written = write_editions(
+        chapters,
+        args.build / "jupyter_execute",
+        out,
+        load_config(),
+        ROOT / "references.bib",
+        missing=args.missing,
+        ref=ref,
+    )
     print(f"wrote {len(written)} editions to {out}")
     return 0
 

@@ -51,6 +51,7 @@ logger = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------- the one address
 
+
 def _repository_url(config) -> str:
     return str((config.html_theme_options or {}).get("repository_url", "") or "")
 
@@ -109,15 +110,17 @@ def _is_caption(node) -> bool:
     parts = [c for c in node.children if not (isinstance(c, nodes.Text) and not str(c).strip())]
     if len(parts) == 1 and isinstance(parts[0], nodes.emphasis):
         return True
-    return any(isinstance(c, nodes.emphasis) and c.astext().strip().lower().startswith("what to see")
-               for c in node.children)
+    return any(
+        isinstance(c, nodes.emphasis) and c.astext().strip().lower().startswith("what to see")
+        for c in node.children
+    )
 
 
 def _first_sentence(text: str, limit: int = 250) -> str:
     """A caption's first sentence as plain text for an alt attribute (TeX commands and braces dropped)."""
     text = " ".join(re.sub(r"\\([A-Za-z]+)", r"\1", text).replace("{", "").replace("}", "").split())
     m = re.search(r"(?<=[.;])\s+(?=[A-Z*])", text)
-    text = text[:m.start()] if m else text
+    text = text[: m.start()] if m else text
     if len(text) > limit:
         text = text[:limit].rsplit(" ", 1)[0] + "..."
     return text.rstrip(" .;:") + "."
@@ -137,8 +140,9 @@ def _figure_outputs(cell) -> list[nodes.Element]:
 
 def _output_block(node: nodes.Element) -> nodes.Element:
     """The child of the cell's output container that holds `node` (the node itself if it is one)."""
-    while node.parent is not None and not (isinstance(node.parent, nodes.container)
-                                           and node.parent.get("nb_element") == "cell_code_output"):
+    while node.parent is not None and not (
+        isinstance(node.parent, nodes.container) and node.parent.get("nb_element") == "cell_code_output"
+    ):
         node = node.parent
     return node
 
@@ -146,8 +150,11 @@ def _output_block(node: nodes.Element) -> nodes.Element:
 def _caption_from_next_paragraph(cell) -> nodes.caption | None:
     """Move the caption-like paragraph right after the cell into a caption node (None if there is none)."""
     following = cell.next_node(descend=False, siblings=True)
-    if (isinstance(following, nodes.container) and following.get("nb_element") == "cell_code"
-            and not _figure_outputs(following)):
+    if (
+        isinstance(following, nodes.container)
+        and following.get("nb_element") == "cell_code"
+        and not _figure_outputs(following)
+    ):
         following = following.next_node(descend=False, siblings=True)  # past one cell that computes numbers
     if not _is_caption(following):
         return None
@@ -205,9 +212,19 @@ def _figures(app, doctree) -> None:
 # ------------------------------------------------------------------- chapter cross-references
 
 _CHAPTER_REF = re.compile(
-    r"\b([Cc]hapters?)(\s+)(\d{1,2})((?:(?:,\s*|,?\s+and\s+|\s*[-\u2013]\s*)\d{1,2})*)\b")
-_SKIP_PARENTS = (nodes.literal, nodes.literal_block, nodes.reference, nodes.title,
-                 nodes.math, nodes.math_block, nodes.raw, nodes.comment, nodes.target)
+    r"\b([Cc]hapters?)(\s+)(\d{1,2})((?:(?:,\s*|,?\s+and\s+|\s*[-\u2013]\s*)\d{1,2})*)\b"
+)
+_SKIP_PARENTS = (
+    nodes.literal,
+    nodes.literal_block,
+    nodes.reference,
+    nodes.title,
+    nodes.math,
+    nodes.math_block,
+    nodes.raw,
+    nodes.comment,
+    nodes.target,
+)
 
 
 def chapter_numbers(env) -> dict[int, str]:
@@ -242,14 +259,15 @@ def _link_chapters(app, doctree, docname) -> None:
         new: list[nodes.Node] = []
         pos = 0
         for m in _CHAPTER_REF.finditer(value):
-            new.append(nodes.Text(value[pos:m.start()]))
+            new.append(nodes.Text(value[pos : m.start()]))
             new.append(nodes.Text(m.group(1) + m.group(2)))
             rest = m.group(3) + (m.group(4) or "")
             for piece in re.split(r"(\d{1,2})", rest):
                 if piece.isdigit() and int(piece) in numbers and numbers[int(piece)] != docname:
                     uri = app.builder.get_relative_uri(docname, numbers[int(piece)])
-                    new.append(nodes.reference(piece, piece, refuri=uri, internal=True,
-                                               classes=["chapter-ref"]))
+                    new.append(
+                        nodes.reference(piece, piece, refuri=uri, internal=True, classes=["chapter-ref"])
+                    )
                 elif piece:
                     new.append(nodes.Text(piece))
             pos = m.end()
@@ -291,8 +309,10 @@ def _description(doctree) -> str:
     if doctree is None:
         return ""
     for para in doctree.findall(nodes.paragraph):
-        if any(isinstance(a, (nodes.container, nodes.admonition, nodes.footnote, nodes.citation))
-               for a in _ancestors(para)):
+        if any(
+            isinstance(a, (nodes.container, nodes.admonition, nodes.footnote, nodes.citation))
+            for a in _ancestors(para)
+        ):
             continue
         text = " ".join(para.astext().split())
         if len(text) > 40:
@@ -323,12 +343,16 @@ def _page_context(app, pagename, templatename, context, doctree) -> None:
     }
     if _preview_source(app).exists():
         tags["og:image"] = base.rstrip("/") + "/_static/" + PREVIEW_NAME
-    meta = "".join(f'<meta property="{k}" content="{html.escape(v, quote=True)}" />\n'
-                   for k, v in tags.items() if v)
+    meta = "".join(
+        f'<meta property="{k}" content="{html.escape(v, quote=True)}" />\n' for k, v in tags.items() if v
+    )
     if "og:image" in tags:
         meta += '<meta name="twitter:card" content="summary_large_image" />\n'
-    meta += f'<meta name="description" content="{html.escape(tags["og:description"], quote=True)}" />\n' \
-        if tags["og:description"] else ""
+    meta += (
+        f'<meta name="description" content="{html.escape(tags["og:description"], quote=True)}" />\n'
+        if tags["og:description"]
+        else ""
+    )
     context["metatags"] = context.get("metatags", "") + meta
 
 
@@ -415,12 +439,18 @@ def print_page(outdir: Path, pages: list[str], suffix: str = ".html") -> str:
         if depth:
             body = re.sub(r'((?:src|href)=")((?:\.\./){' + str(depth) + "})", r"\1", body)
         articles.append(body)
-    return ('<!DOCTYPE html>\n<html lang="en">' + head.group(0).replace("</head>", _PRINT_CSS + "</head>")
-            + '<body><main class="bd-main">' + "\n".join(articles) + "</main></body></html>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">'
+        + head.group(0).replace("</head>", _PRINT_CSS + "</head>")
+        + '<body><main class="bd-main">'
+        + "\n".join(articles)
+        + "</main></body></html>"
+    )
 
 
-def build_pdf(outdir: Path, pages: list[str], chromium: str, suffix: str = ".html", timeout: int = 600,
-              ) -> Path:
+def build_pdf(
+    outdir: Path, pages: list[str], chromium: str, suffix: str = ".html", timeout: int = 600
+) -> Path:
     """Print the whole book to ``outdir/why-decoder-only.pdf`` with headless Chromium (math typeset first)."""
     source = outdir / "_print.html"
     source.write_text(print_page(outdir, pages, suffix), encoding="utf-8")
@@ -428,12 +458,28 @@ def build_pdf(outdir: Path, pages: list[str], chromium: str, suffix: str = ".htm
     try:
         with tempfile.TemporaryDirectory(prefix="anatomy-pdf-") as profile:
             subprocess.run(
-                [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", "--mute-audio", "--disable-extensions", f"--user-data-dir={profile}",
-                 "--no-pdf-header-footer", "--virtual-time-budget=120000", f"--print-to-pdf={target}",
-                 source.as_uri()],
-                check=True, timeout=timeout, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                [
+                    chromium,
+                    "--headless",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--no-first-run",
+                    "--mute-audio",
+                    "--disable-extensions",
+                    f"--user-data-dir={profile}",
+                    "--no-pdf-header-footer",
+                    "--virtual-time-budget=120000",
+                    f"--print-to-pdf={target}",
+                    source.as_uri(),
+                ],
+                check=True,
+                timeout=timeout,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
             )
     finally:
         source.unlink(missing_ok=True)

@@ -12,16 +12,7 @@ import torch.nn as nn
 from anatomy._checks import check_bool, check_instance
 from anatomy.model import Config, Transformer
 
-__all__ = [
-    "Rule",
-    "config_from_hf",
-    "convert_state",
-    "from_hf",
-    "hf_config_from",
-    "to_hf",
-    "weight_rules",
-]
-
+__all__ = ["Rule", "config_from_hf", "convert_state", "from_hf", "hf_config_from", "to_hf", "weight_rules"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -184,11 +175,7 @@ def _unique_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def convert_state(
-    hf_state: dict[str, torch.Tensor],
-    config: Config,
-    *,
-    hf_prefix: str = "",
-    drop: tuple[str, ...] = (),
+    hf_state: dict[str, torch.Tensor], config: Config, *, hf_prefix: str = "", drop: tuple[str, ...] = ()
 ) -> dict[str, torch.Tensor]:
     """transformers state dict -> anatomy state dict, by :func:`weight_rules`. Every key must be used.
 
@@ -260,9 +247,14 @@ def _transposed_keys(state: dict[str, torch.Tensor], config: Config) -> list[str
     """Keys of the cache file's matrices that a decoding step multiplies by: the Linears (packed or not),
     and the token embeddings when they are the LM head too. The file stores them input-major."""
     return [
-        k for k, v in state.items()
-        if v.dim() == 2 and (k.endswith("_proj.weight") or k == "lm_head.weight"
-                             or (k == "embed_tokens.weight" and config.tie_embeddings and config.lm_head))
+        k
+        for k, v in state.items()
+        if v.dim() == 2
+        and (
+            k.endswith("_proj.weight")
+            or k == "lm_head.weight"
+            or (k == "embed_tokens.weight" and config.tie_embeddings and config.lm_head)
+        )
     ]
 
 

@@ -61,21 +61,55 @@ PUBLISHED_SOURCES: dict[str, str] = {
 
 
 def _llama(vocab, d, layers, heads, kv_heads, d_ff, tie=False, head_dim=None, max_len=8192) -> Config:
-    return Config(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv_heads,
-                  head_dim=head_dim, d_ff=d_ff, max_seq_len=max_len, tie_embeddings=tie)
+    return Config(
+        vocab_size=vocab,
+        d_model=d,
+        n_layers=layers,
+        n_heads=heads,
+        n_kv_heads=kv_heads,
+        head_dim=head_dim,
+        d_ff=d_ff,
+        max_seq_len=max_len,
+        tie_embeddings=tie,
+    )
 
 
 # name -> (builder, attention kind). Building a Config allocates nothing.
 _PUBLISHED = {
     "SmolLM2-135M": (lambda: _llama(49152, 576, 30, 9, 3, 1536, tie=True), "GQA"),
     "Llama-2-7B": (lambda: _llama(32000, 4096, 32, 32, 32, 11008, max_len=4096), "MHA"),
-    "Falcon-7B": (lambda: Config(vocab_size=65024, d_model=4544, n_layers=32, n_heads=71, n_kv_heads=1,
-                                 head_dim=64, d_ff=4 * 4544, mlp="gelu", norm="layer", max_seq_len=2048,
-                                 tie_embeddings=True), "MQA"),
+    "Falcon-7B": (
+        lambda: Config(
+            vocab_size=65024,
+            d_model=4544,
+            n_layers=32,
+            n_heads=71,
+            n_kv_heads=1,
+            head_dim=64,
+            d_ff=4 * 4544,
+            mlp="gelu",
+            norm="layer",
+            max_seq_len=2048,
+            tie_embeddings=True,
+        ),
+        "MQA",
+    ),
     "Llama-3-8B": (lambda: _llama(128256, 4096, 32, 32, 8, 14336), "GQA"),
     "Llama-3-70B": (lambda: _llama(128256, 8192, 80, 64, 8, 28672), "GQA"),
-    "GPT-3 175B": (lambda: Config(vocab_size=50257, d_model=12288, n_layers=96, n_heads=96, d_ff=4 * 12288,
-                                  mlp="gelu", norm="layer", pos="learned", max_seq_len=2048), "MHA"),
+    "GPT-3 175B": (
+        lambda: Config(
+            vocab_size=50257,
+            d_model=12288,
+            n_layers=96,
+            n_heads=96,
+            d_ff=4 * 12288,
+            mlp="gelu",
+            norm="layer",
+            pos="learned",
+            max_seq_len=2048,
+        ),
+        "MHA",
+    ),
 }
 PUBLISHED: tuple[str, ...] = tuple(_PUBLISHED)
 
@@ -127,8 +161,15 @@ def param_counts(config: Config) -> dict[str, int]:
     if c.mlp_bias:
         biases += c.n_layers * ((2 if c.mlp == "swiglu" else 1) * c.d_ff + c.d_model)
     non_embedding = blocks + norms + head + biases
-    return {"embedding": embedding, "blocks": blocks, "norms": norms, "head": head, "biases": biases,
-            "non_embedding": non_embedding, "total": non_embedding + embedding}
+    return {
+        "embedding": embedding,
+        "blocks": blocks,
+        "norms": norms,
+        "head": head,
+        "biases": biases,
+        "non_embedding": non_embedding,
+        "total": non_embedding + embedding,
+    }
 
 
 def visible_pairs(mask: str, n_queries: int, n_keys: int, prefix_len: int | None = None) -> int:
@@ -173,8 +214,14 @@ def _tiles(tile) -> tuple[int, int]:
     return check_positive_int("tile", tq), check_positive_int("tile", tk)
 
 
-def attention_pairs(mask: str, n_ctx: int, *, counting: str = "ideal", tile: int | tuple[int, int] = 128,
-                    prefix_len: int | None = None) -> int:
+def attention_pairs(
+    mask: str,
+    n_ctx: int,
+    *,
+    counting: str = "ideal",
+    tile: int | tuple[int, int] = 128,
+    prefix_len: int | None = None,
+) -> int:
     """Number of (query, key) pairs whose score is computed for one head of a sequence of n_ctx tokens.
 
     ``counting``: ``"ideal"`` (only the visible pairs, :func:`visible_pairs`), ``"tiles"`` (whole tiles, as a
@@ -212,9 +259,18 @@ def tile_walk(n_ctx: int, tile_q: int, tile_k: int, p: int = 0) -> tuple[int, in
     return tiles, pairs
 
 
-def forward_flops(config: Config, n_new: int, n_past: int = 0, *, mask: str | None = None,
-                  prefix_len: int | None = None, logits: str = "all", batch: int = 1, counting: str = "ideal",
-                  tile: int | tuple[int, int] = 128) -> dict[str, int]:
+def forward_flops(
+    config: Config,
+    n_new: int,
+    n_past: int = 0,
+    *,
+    mask: str | None = None,
+    prefix_len: int | None = None,
+    logits: str = "all",
+    batch: int = 1,
+    counting: str = "ideal",
+    tile: int | tuple[int, int] = 128,
+) -> dict[str, int]:
     """Matmul FLOPs of one forward call that runs ``n_new`` tokens after ``n_past`` cached ones.
 
     Args:
@@ -251,8 +307,9 @@ def forward_flops(config: Config, n_new: int, n_past: int = 0, *, mask: str | No
     return out
 
 
-def encdec_first_token_flops(config: Config, n_source: int,
-                             n_decoder_layers: int | None = None) -> dict[str, int]:
+def encdec_first_token_flops(
+    config: Config, n_source: int, n_decoder_layers: int | None = None
+) -> dict[str, int]:
     """FLOPs for an encoder-decoder's first output token: encode the source, project every decoder layer's
     cross-attention keys and values, run one decoder token (self-attention to itself, cross-attention to
     the source) and the LM head once. ``config`` is the encoder's; the decoder has the same shape."""
@@ -274,14 +331,23 @@ def encdec_first_token_flops(config: Config, n_source: int,
 # Bytes, arithmetic intensity, roofline
 # ---------------------------------------------------------------------------------------------------------
 
+
 def kv_bytes_per_token(config: Config, bytes_per_elem: int = 2) -> int:
     """KV-cache bytes per token: 2 (K and V) * layers * n_kv_heads * head_dim * bytes per element."""
     c = check_instance("config", config, Config, "an anatomy Config")
     return kv_cache_bytes(c.n_layers, c.n_kv_heads, c.head_dim, 1, bytes_per_elem)
 
 
-def step_bytes(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, weight_bytes: int = 4,
-               kv_bytes: int = 4, logits: str = "all") -> dict[str, int]:
+def step_bytes(
+    config: Config,
+    n_new: int,
+    n_past: int = 0,
+    *,
+    batch: int = 1,
+    weight_bytes: int = 4,
+    kv_bytes: int = 4,
+    logits: str = "all",
+) -> dict[str, int]:
     """Minimum memory traffic of one forward call: weights once, the cache read once, new K/V written once.
 
     Weights are the blocks' matrices plus the LM head matrix (tied or not, it is read), not the embedding
@@ -308,12 +374,21 @@ def decode_bytes(config: Config, context: int, **kw) -> int:
     return step_bytes(config, 1, context, **kw)["total"]
 
 
-def step_intensity(config: Config, n_new: int, n_past: int = 0, *, batch: int = 1, weight_bytes: int = 4,
-                   kv_bytes: int = 4, logits: str = "all") -> float:
+def step_intensity(
+    config: Config,
+    n_new: int,
+    n_past: int = 0,
+    *,
+    batch: int = 1,
+    weight_bytes: int = 4,
+    kv_bytes: int = 4,
+    logits: str = "all",
+) -> float:
     """Arithmetic intensity (FLOPs per byte) of one forward call of ``batch`` sequences."""
     f = forward_flops(config, n_new, n_past, logits=logits, batch=batch)["total"]
-    b = step_bytes(config, n_new, n_past, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes,
-                   logits=logits)["total"]
+    b = step_bytes(
+        config, n_new, n_past, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes, logits=logits
+    )["total"]
     return f / b
 
 

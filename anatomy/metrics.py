@@ -300,8 +300,9 @@ def masked_conditionals(joint) -> np.ndarray:
 
 
 @torch.no_grad()
-def masked_lm_conditionals(model, vocab_size: int, length: int, mask_id: int,
-                           batch_size: int = 8192) -> np.ndarray:
+def masked_lm_conditionals(
+    model, vocab_size: int, length: int, mask_id: int, batch_size: int = 8192
+) -> np.ndarray:
     """A masked LM's conditionals q(x_i | x_-i) for every sequence of `length` symbols, one masked at a time.
 
     model(ids) -> logits (B, length, >= vocab_size); ids are symbols 0..vocab_size-1 plus `mask_id`.
@@ -310,8 +311,12 @@ def masked_lm_conditionals(model, vocab_size: int, length: int, mask_id: int,
     """
     if not callable(model):
         raise TypeError(f"model must be callable (ids -> logits), got {type(model).__name__}")
-    for name, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1), ("mask_id", mask_id, 0),
-                             ("batch_size", batch_size, 1)):
+    for name, value, low in (
+        ("vocab_size", vocab_size, 2),
+        ("length", length, 1),
+        ("mask_id", mask_id, 0),
+        ("batch_size", batch_size, 1),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
         if value < low:
@@ -457,8 +462,9 @@ def token_losses(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     check_tensor("logits", logits, kind="float")
     check_tensor("targets", targets, kind="int")
     if targets.numel() and (targets.min() < 0 or targets.max() >= logits.shape[-1]):
-        raise ValueError(f"targets must be ids in [0, {logits.shape[-1]}), got {int(targets.min())}.."
-                         f"{int(targets.max())}")
+        raise ValueError(
+            f"targets must be ids in [0, {logits.shape[-1]}), got {int(targets.min())}..{int(targets.max())}"
+        )
     if logits.shape[:-1] != targets.shape:
         raise ValueError(f"logits {tuple(logits.shape)} must be targets {tuple(targets.shape)} + (vocab,)")
     logq = torch.log_softmax(logits.detach().double(), dim=-1)

@@ -21,14 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anatomy._checks import (
-    check_bool,
-    check_float,
-    check_int,
-    check_positive_int,
-    check_tensor,
-    is_int,
-)
+from anatomy._checks import check_bool, check_float, check_int, check_positive_int, check_tensor, is_int
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache
 from anatomy.masks import MASKS

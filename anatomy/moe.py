@@ -34,15 +34,7 @@ import torch.nn as nn
 from anatomy._checks import check_float, check_instance, check_int, check_tensor
 from anatomy.model import MLP, Config, Transformer
 
-__all__ = [
-    "MoE",
-    "Routing",
-    "moe_decoder",
-    "moe_layers",
-    "route_reference",
-]
-
-
+__all__ = ["MoE", "Routing", "moe_decoder", "moe_layers", "route_reference"]
 
 
 class Routing:

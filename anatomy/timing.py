@@ -39,8 +39,14 @@ def one_thread():
         torch.set_num_threads(previous)
 
 
-def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, *,
-                      threads: int | None = 1, clock: str = "wall") -> dict[str, list[float]]:
+def interleaved_times(
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    *,
+    threads: int | None = 1,
+    clock: str = "wall",
+) -> dict[str, list[float]]:
     """Seconds of each function in every repeat; within each repeat every variant runs once, in turn.
 
     Args:
@@ -92,8 +98,14 @@ def interleaved_times(fns: Mapping[str, Callable[[], object]], repeats: int = 5,
     return times
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], repeats: int = 5, warmup: int = 1, *,
-                        threads: int | None = 1, clock: str = "wall") -> dict[str, float]:
+def interleaved_medians(
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int = 5,
+    warmup: int = 1,
+    *,
+    threads: int | None = 1,
+    clock: str = "wall",
+) -> dict[str, float]:
     """Median seconds of each function, timed as :func:`interleaved_times` does."""
     times = interleaved_times(fns, repeats, warmup, threads=threads, clock=clock)
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -112,8 +124,10 @@ def paired_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> fl
         if not all(is_number(t) and math.isfinite(t) for t in times):
             raise ValueError(f"{name} must hold finite times, got {list(times)!r}")
     if len(numerator) != len(denominator) or not numerator:
-        raise ValueError(f"numerator and denominator must be equally long and non-empty, got "
-                         f"{len(numerator)} and {len(denominator)}")
+        raise ValueError(
+            f"numerator and denominator must be equally long and non-empty, got "
+            f"{len(numerator)} and {len(denominator)}"
+        )
     if any(d <= 0 for d in denominator):
         raise ValueError("denominator times must be positive")
     return statistics.median(a / b for a, b in zip(numerator, denominator))

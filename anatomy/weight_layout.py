@@ -62,15 +62,20 @@ def _refuse(owner, names) -> Exception:
     for name in names:
         if not isinstance(owner._modules.get(name), nn.Linear):
             linears = [n for n, m in owner.named_children() if isinstance(m, nn.Linear)]
-            return ValueError(f"names: {name!r} is not a Linear of owner {type(owner).__name__} "
-                              f"(its Linears: {linears})")
-    return ValueError(f"names {names!r} must name Linears of owner with the same in_features that all have a "
-                      "bias or all have none")
+            return ValueError(
+                f"names: {name!r} is not a Linear of owner {type(owner).__name__} (its Linears: {linears})"
+            )
+    return ValueError(
+        f"names {names!r} must name Linears of owner with the same in_features that all have a "
+        "bias or all have none"
+    )
 
 
 def _check_linears(owner, names, linears) -> None:
-    if not all(isinstance(m, nn.Linear) for m in linears) or len({(m.bias is None, m.in_features)
-                                                                  for m in linears}) != 1:
+    if (
+        not all(isinstance(m, nn.Linear) for m in linears)
+        or len({(m.bias is None, m.in_features) for m in linears}) != 1
+    ):
         raise _refuse(owner, names)
 
 

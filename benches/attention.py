@@ -40,8 +40,19 @@ def _load() -> float:
     return os.getloadavg()[0]
 
 
-def time_variants(n: int, variants: dict, *, heads: int, tile: int, repeats: int, threads: int | None,
-                  clock: str = "wall", dtype=torch.float32, device: str = "cpu", seed: int = 0) -> dict:
+def time_variants(
+    n: int,
+    variants: dict,
+    *,
+    heads: int,
+    tile: int,
+    repeats: int,
+    threads: int | None,
+    clock: str = "wall",
+    dtype=torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+) -> dict:
     """Interleaved times of ``attention`` for each variant (keyword arguments) at sequence length n."""
     g = torch.Generator().manual_seed(seed + n)
     q, k, v = (torch.randn(1, heads, n, 64, generator=g).to(device=device, dtype=dtype) for _ in range(3))
@@ -57,9 +68,11 @@ def cpu_table(args, threads: int, rows: list, verdicts: list) -> bool:
         "sdpa full": dict(mask="bidirectional", backend="sdpa"),
     }
     load0 = _load()
-    print(f"CPU: threads={threads} repeats={args.repeats} tile={args.tile} clock={args.clock} "
-          f"(fp32, B=1, H=8, D=64); times in ms (medians), ratios are medians of back-to-back ratios; "
-          f"load average {load0:.2f} at the start")
+    print(
+        f"CPU: threads={threads} repeats={args.repeats} tile={args.tile} clock={args.clock} "
+        f"(fp32, B=1, H=8, D=64); times in ms (medians), ratios are medians of back-to-back ratios; "
+        f"load average {load0:.2f} at the start"
+    )
     header = (
         f"{'N':>5} | {'tiled c':>8} {'tiled f':>8} {'sdpa c':>8} {'sdpa f':>8} | {'c/f ours':>8} "
         f"{'ideal':>6} {'target':>6} | {'ours/sdpa c':>11} {'target':>6} | {'sdpa c/f':>8}"
@@ -68,8 +81,9 @@ def cpu_table(args, threads: int, rows: list, verdicts: list) -> bool:
     print("-" * len(header))
     ok = True
     for n in args.sizes:
-        times = time_variants(n, variants, heads=8, tile=args.tile, repeats=args.repeats, threads=threads,
-                              clock=args.clock)
+        times = time_variants(
+            n, variants, heads=8, tile=args.tile, repeats=args.repeats, threads=threads, clock=args.clock
+        )
         med = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
         cf = paired_ratio(times["tiled causal"], times["tiled full"])
         vs = paired_ratio(times["tiled causal"], times["sdpa causal"])
@@ -82,10 +96,19 @@ def cpu_table(args, threads: int, rows: list, verdicts: list) -> bool:
             verdicts.append((n, "causal/full", cf, t_cf, cf <= t_cf))
             verdicts.append((n, "tiled/sdpa causal", vs, t_vs, vs <= t_vs))
             ok &= cf <= t_cf and vs <= t_vs
-        rows.append({"threads": threads, "n": n, "clock": args.clock, "load_average_1min": round(_load(), 2),
-                     **{f"{k} ms": round(v, 4) for k, v in med.items()},
-                     "causal/full": round(cf, 4), "ideal": round(ideal, 4), "tiled/sdpa causal": round(vs, 4),
-                     "sdpa causal/full": round(sdpa_cf, 4)})
+        rows.append(
+            {
+                "threads": threads,
+                "n": n,
+                "clock": args.clock,
+                "load_average_1min": round(_load(), 2),
+                **{f"{k} ms": round(v, 4) for k, v in med.items()},
+                "causal/full": round(cf, 4),
+                "ideal": round(ideal, 4),
+                "tiled/sdpa causal": round(vs, 4),
+                "sdpa causal/full": round(sdpa_cf, 4),
+            }
+        )
         print(
             f"{n:>5} | {med['tiled causal']:>8.1f} {med['tiled full']:>8.1f} {med['sdpa causal']:>8.1f} "
             f"{med['sdpa full']:>8.1f} | {cf:>8.3f} {ideal:>6.3f} {_fmt(t_cf, 3)} | {vs:>11.2f} "
@@ -107,8 +130,10 @@ def gpu_table(args, rows: list) -> None:
         "sdpa causal": dict(mask="causal", backend="sdpa"),
         "sdpa full": dict(mask="bidirectional", backend="sdpa"),
     }
-    print(f"\nGPU: {torch.cuda.get_device_name()} repeats={args.gpu_repeats} tile={args.tile} "
-          "(fp16, B=1, H=16, D=64); times in ms")
+    print(
+        f"\nGPU: {torch.cuda.get_device_name()} repeats={args.gpu_repeats} tile={args.tile} "
+        "(fp16, B=1, H=16, D=64); times in ms"
+    )
     header = (
         f"{'N':>5} | {'triton c':>9} {'triton f':>9} {'sdpa c':>8} {'sdpa f':>8} | {'c/f triton':>10} "
         f"{'ideal':>6} | {'c/f sdpa':>8} | {'triton/sdpa c':>13} | {'triton TFLOP/s c':>16}"
@@ -116,8 +141,16 @@ def gpu_table(args, rows: list) -> None:
     print(header)
     print("-" * len(header))
     for n in args.gpu_sizes:
-        times = time_variants(n, variants, heads=16, tile=args.tile, repeats=args.gpu_repeats, threads=None,
-                              dtype=torch.float16, device="cuda")
+        times = time_variants(
+            n,
+            variants,
+            heads=16,
+            tile=args.tile,
+            repeats=args.gpu_repeats,
+            threads=None,
+            dtype=torch.float16,
+            device="cuda",
+        )
         med = {name: 1e3 * statistics.median(ts) for name, ts in times.items()}
         flops_causal = count_tiles("causal", n, n, 64, tile=args.tile, heads=16).flops_needed
         rows.append({"device": "cuda", "n": n, **{f"{k} ms": round(v, 5) for k, v in med.items()}})

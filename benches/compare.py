@@ -25,14 +25,17 @@ def _key(row: dict) -> tuple:
 def compare(old: dict, new: dict) -> list[str]:
     """Lines of text: the two machines, then each matched row's numeric columns old -> new."""
     if old.get("benchmark") != new.get("benchmark"):
-        raise ValueError(f"records are of different benchmarks: {old.get('benchmark')!r} vs "
-                         f"{new.get('benchmark')!r}")
+        raise ValueError(
+            f"records are of different benchmarks: {old.get('benchmark')!r} vs {new.get('benchmark')!r}"
+        )
     lines = []
     for label, rec in (("old", old), ("new", new)):
         m = rec.get("machine", {})
-        lines.append(f"{label}: {m.get('date')} {m.get('cpu')} threads={m.get('threads')} load "
-                     f"{m.get('load_average_1min')} torch {m.get('torch')} commit {m.get('commit')}; "
-                     f"targets met: {rec.get('all_targets_met')}")
+        lines.append(
+            f"{label}: {m.get('date')} {m.get('cpu')} threads={m.get('threads')} load "
+            f"{m.get('load_average_1min')} torch {m.get('torch')} commit {m.get('commit')}; "
+            f"targets met: {rec.get('all_targets_met')}"
+        )
     old_rows = {_key(r): r for r in old.get("rows", [])}
     for row in new.get("rows", []):
         key = _key(row)

@@ -94,8 +94,11 @@ def main() -> None:
         torch.set_num_threads(threads)
         row = _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill)
         rows.append(row)
-        ok &= row["generation ratio"] >= TARGETS["generation tokens/s"] and row["prefill ratio"] >= TARGETS[
-            "prefill"] and row["same tokens"]
+        ok &= (
+            row["generation ratio"] >= TARGETS["generation tokens/s"]
+            and row["prefill ratio"] >= TARGETS["prefill"]
+            and row["same tokens"]
+        )
         print()
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
     record.save("generate", machine, rows, TARGETS, ok, args.json)
@@ -148,12 +151,18 @@ def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, 
         "per-repeat tokens/s: "
         + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
     )
-    return {"threads": threads, "clock": "cpu" if clock is time.thread_time else "wall",
-            "anatomy tokens/s": round(med["anatomy"], 3),
-            "transformers tokens/s": round(med["transformers"], 3), "generation ratio": round(gen_ratio, 4),
-            "anatomy prefill ms": round(1e3 * med_pre["anatomy"], 3),
-            "transformers prefill ms": round(1e3 * med_pre["transformers"], 3),
-            "prefill ratio": round(pre_ratio, 4), "same tokens": same, "prefill max diff": prefill_diff}
+    return {
+        "threads": threads,
+        "clock": "cpu" if clock is time.thread_time else "wall",
+        "anatomy tokens/s": round(med["anatomy"], 3),
+        "transformers tokens/s": round(med["transformers"], 3),
+        "generation ratio": round(gen_ratio, 4),
+        "anatomy prefill ms": round(1e3 * med_pre["anatomy"], 3),
+        "transformers prefill ms": round(1e3 * med_pre["transformers"], 3),
+        "prefill ratio": round(pre_ratio, 4),
+        "same tokens": same,
+        "prefill max diff": prefill_diff,
+    }
 
 
 if __name__ == "__main__":

@@ -41,8 +41,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--turn", type=int, default=5)
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="cpu: CPU time of the timing thread (1-thread rows only; 2-thread rows stay wall)")
+    ap.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: CPU time of the timing thread (1-thread rows only; 2-thread rows stay wall)",
+    )
     record.add_json_argument(ap)
     args = ap.parse_args()
     machine = record.header(threads=None)
@@ -52,8 +56,14 @@ def main() -> None:
     rows = [_run(args, model, segments, threads) for threads in args.threads]
     ok = all(r["ok"] for r in rows)
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
-    record.save("multiturn", machine, rows, {"ratio": TARGET, "share of flop ratio": TARGET_OF_FLOP_RATIO},
-                ok, args.json)
+    record.save(
+        "multiturn",
+        machine,
+        rows,
+        {"ratio": TARGET, "share of flop ratio": TARGET_OF_FLOP_RATIO},
+        ok,
+        args.json,
+    )
 
 
 @torch.inference_mode()
@@ -101,30 +111,47 @@ def _run(args, model, segments, threads: int) -> dict:
     share = ratio / flop_ratio
     err = float((got["reuse"] - got["recompute"]).abs().max())
     ok = ratio >= TARGET and share >= TARGET_OF_FLOP_RATIO
-    print(f"threads={threads} repeats={args.repeats} clock={'cpu' if cpu else 'wall'} (SmolLM2-135M fp32, "
-          f"anatomy, inference mode, interleaved medians); load average {os.getloadavg()[0]:.1f}")
-    header = (f"{'turn':>4} {'history':>8} {'new':>5} | {'reuse ms':>9} {'recompute ms':>12} | "
-              f"{'ratio':>6} {'target':>7} | {'FLOP ratio':>10} {'share':>6} {'target':>7} | "
-              f"{'max |dlogit|':>12}")
+    print(
+        f"threads={threads} repeats={args.repeats} clock={'cpu' if cpu else 'wall'} (SmolLM2-135M fp32, "
+        f"anatomy, inference mode, interleaved medians); load average {os.getloadavg()[0]:.1f}"
+    )
+    header = (
+        f"{'turn':>4} {'history':>8} {'new':>5} | {'reuse ms':>9} {'recompute ms':>12} | "
+        f"{'ratio':>6} {'target':>7} | {'FLOP ratio':>10} {'share':>6} {'target':>7} | "
+        f"{'max |dlogit|':>12}"
+    )
     print(header)
     print("-" * len(header))
-    print(f"{turn:>4} {H:>8} {new.shape[1]:>5} | {1e3 * med['reuse']:>9.1f} "
-          f"{1e3 * med['recompute']:>12.1f} | {ratio:>6.2f} {'>= ' + str(TARGET):>7} | "
-          f"{flop_ratio:>10.1f} {share:>6.2f} {'>= ' + str(TARGET_OF_FLOP_RATIO):>7} | {err:>12.1e}")
+    print(
+        f"{turn:>4} {H:>8} {new.shape[1]:>5} | {1e3 * med['reuse']:>9.1f} "
+        f"{1e3 * med['recompute']:>12.1f} | {ratio:>6.2f} {'>= ' + str(TARGET):>7} | "
+        f"{flop_ratio:>10.1f} {share:>6.2f} {'>= ' + str(TARGET_OF_FLOP_RATIO):>7} | {err:>12.1e}"
+    )
     attn = med["reuse"] - med["new alone"]
-    print(f"where the reuse call's time goes: {1e3 * med['1 token']:.1f} ms is the per-call floor (1 token: "
-          f"every weight streamed once, every kernel launched; {med['1 token'] / med['reuse']:.0%} of the "
-          f"call), {1e3 * med['new alone']:.1f} ms the {new.shape[1]} new tokens without the history, "
-          f"{1e3 * attn:.1f} ms attention over the {H}-token cache ({attn / med['reuse']:.0%})")
+    print(
+        f"where the reuse call's time goes: {1e3 * med['1 token']:.1f} ms is the per-call floor (1 token: "
+        f"every weight streamed once, every kernel launched; {med['1 token'] / med['reuse']:.0%} of the "
+        f"call), {1e3 * med['new alone']:.1f} ms the {new.shape[1]} new tokens without the history, "
+        f"{1e3 * attn:.1f} ms attention over the {H}-token cache ({attn / med['reuse']:.0%})"
+    )
     print("verdict:", "yes" if ok else "NO")
     print()
-    return {"turn": turn, "threads": threads, "clock": "cpu" if cpu else "wall", "history": H,
-            "new": new.shape[1], "reuse ms": round(1e3 * med["reuse"], 3),
-            "recompute ms": round(1e3 * med["recompute"], 3),
-            "new alone ms": round(1e3 * med["new alone"], 3),
-            "one token ms": round(1e3 * med["1 token"], 3), "ratio": round(ratio, 4),
-            "flop ratio": round(flop_ratio, 4), "share of flop ratio": round(share, 4), "max logit diff": err,
-            "ok": ok}
+    return {
+        "turn": turn,
+        "threads": threads,
+        "clock": "cpu" if cpu else "wall",
+        "history": H,
+        "new": new.shape[1],
+        "reuse ms": round(1e3 * med["reuse"], 3),
+        "recompute ms": round(1e3 * med["recompute"], 3),
+        "new alone ms": round(1e3 * med["new alone"], 3),
+        "one token ms": round(1e3 * med["1 token"], 3),
+        "ratio": round(ratio, 4),
+        "flop ratio": round(flop_ratio, 4),
+        "share of flop ratio": round(share, 4),
+        "max logit diff": err,
+        "ok": ok,
+    }
 
 
 if __name__ == "__main__":

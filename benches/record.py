@@ -30,8 +30,13 @@ def _cpu_model() -> str:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -66,14 +71,22 @@ def header(threads: int | None = None) -> dict:
     """Print the machine line; return the same facts (keep them for :func:`save`)."""
     m = machine(threads)
     gpu = f", GPU {m['cuda']}" if m["cuda"] else ", no CUDA device"
-    print(f"machine: {m['cpu']}, {m['cores']} cores, threads={m['threads']}, load average "
-          f"{m['load_average_1min']:.2f}{gpu}; python {m['python']}, torch {m['torch']}, "
-          f"transformers {m['transformers']}; commit {m['commit']}")
+    print(
+        f"machine: {m['cpu']}, {m['cores']} cores, threads={m['threads']}, load average "
+        f"{m['load_average_1min']:.2f}{gpu}; python {m['python']}, torch {m['torch']}, "
+        f"transformers {m['transformers']}; commit {m['commit']}"
+    )
     return m
 
 
-def save(name: str, machine_info: dict, rows: list[dict], targets: dict, met: bool,
-         path: str | os.PathLike | None = None) -> Path:
+def save(
+    name: str,
+    machine_info: dict,
+    rows: list[dict],
+    targets: dict,
+    met: bool,
+    path: str | os.PathLike | None = None,
+) -> Path:
     """Write the run's record as JSON; print and return where it went.
 
     ``rows``: the table, one dict per line, plain numbers and strings. ``targets``: what each ratio must
@@ -81,8 +94,13 @@ def save(name: str, machine_info: dict, rows: list[dict], targets: dict, met: bo
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"name must be a non-empty string, got {name!r}")
-    record = {"benchmark": name, "machine": machine_info, "rows": rows, "targets": targets,
-              "all_targets_met": bool(met)}
+    record = {
+        "benchmark": name,
+        "machine": machine_info,
+        "rows": rows,
+        "targets": targets,
+        "all_targets_met": bool(met),
+    }
     if path is None:
         stamp = machine_info.get("date", "").replace(":", "").replace("-", "")[:15] or "run"
         path = RESULTS / f"{name}-{stamp}.json"
@@ -95,6 +113,9 @@ def save(name: str, machine_info: dict, rows: list[dict], targets: dict, met: bo
 
 def add_json_argument(parser) -> None:
     """The ``--json PATH`` option every benchmark takes."""
-    parser.add_argument("--json", default=None, metavar="PATH",
-                        help="where to write this run's JSON record "
-                        "(default: benches/results/NAME-DATE.json)")
+    parser.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write this run's JSON record (default: benches/results/NAME-DATE.json)",
+    )

@@ -55,8 +55,9 @@ def variants(vocab: int) -> dict:
     """name -> keyword arguments of speculative_generate (the drafter is made fresh for every call)."""
     return {
         "lookup g4": dict(draft=lambda: sp.NgramDrafter(vocab, max_n=3, min_n=1), gamma=4),
-        "lookup adaptive": dict(draft=lambda: sp.NgramDrafter(vocab, max_n=3, min_n=2), gamma=4,
-                                adaptive=True, max_gamma=16),
+        "lookup adaptive": dict(
+            draft=lambda: sp.NgramDrafter(vocab, max_n=3, min_n=2), gamma=4, adaptive=True, max_gamma=16
+        ),
     }
 
 
@@ -83,8 +84,9 @@ def main() -> None:
     specs = variants(model.config.vocab_size)
 
     def chat_ids(text: str) -> torch.Tensor:
-        rendered = tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                           add_generation_prompt=True)
+        rendered = tok.apply_chat_template(
+            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+        )
         return torch.tensor([tok(rendered, add_special_tokens=False)["input_ids"]])
 
     rows, ok = [], True
@@ -116,41 +118,67 @@ def main() -> None:
                     times[name]["cpu"].append(c)
                     times[name]["wall"].append(w)
             load = os.getloadavg()[0]
-            print(f"SmolLM2-135M fp32, threads={threads}, {prompt_name} prompt ({ids.shape[1]} tokens) + "
-                  f"{n_new} new, greedy, repeats={args.repeats}; load average {load:.1f}")
+            print(
+                f"SmolLM2-135M fp32, threads={threads}, {prompt_name} prompt ({ids.shape[1]} tokens) + "
+                f"{n_new} new, greedy, repeats={args.repeats}; load average {load:.1f}"
+            )
             clocks = ["cpu", "wall"] if cpu else ["wall"]
-            header = (f"{'variant':<17} {'clock':<5} {'ms/run':>8} {'tokens/s':>9} {'speedup':>8} "
-                      f"{'tok/call':>8} {'alpha':>6} {'same':>5}")
+            header = (
+                f"{'variant':<17} {'clock':<5} {'ms/run':>8} {'tokens/s':>9} {'speedup':>8} "
+                f"{'tok/call':>8} {'alpha':>6} {'same':>5}"
+            )
             print(header)
             print("-" * len(header))
             for clock in clocks:
                 plain_t = times["plain"][clock]
                 med = statistics.median(plain_t)
-                print(f"{'plain':<17} {clock:<5} {1e3 * med:>8.1f} {n_new / med:>9.1f} {'1.00x':>8} "
-                      f"{1.0:>8.2f} {'':>6} {'':>5}")
+                print(
+                    f"{'plain':<17} {clock:<5} {1e3 * med:>8.1f} {n_new / med:>9.1f} {'1.00x':>8} "
+                    f"{1.0:>8.2f} {'':>6} {'':>5}"
+                )
                 for name in specs:
                     o = outs[name]
                     same = torch.equal(o.ids, outs["plain"])
                     t = times[name][clock]
                     speedup = statistics.median(a / b for a, b in zip(plain_t, t))
                     m = statistics.median(t)
-                    print(f"{name:<17} {clock:<5} {1e3 * m:>8.1f} {n_new / m:>9.1f} {speedup:>7.2f}x "
-                          f"{o.tokens_per_call:>8.2f} {o.alpha:>6.2f} {'yes' if same else 'NO':>5}")
-                    row = {"threads": threads, "prompt": prompt_name, "variant": name, "clock": clock,
-                           "plain ms": round(1e3 * med, 3), "speculative ms": round(1e3 * m, 3),
-                           "speedup": round(speedup, 4), "tokens per call": round(o.tokens_per_call, 3),
-                           "alpha": round(o.alpha, 4), "same tokens": same, "load average": round(load, 2)}
+                    print(
+                        f"{name:<17} {clock:<5} {1e3 * m:>8.1f} {n_new / m:>9.1f} {speedup:>7.2f}x "
+                        f"{o.tokens_per_call:>8.2f} {o.alpha:>6.2f} {'yes' if same else 'NO':>5}"
+                    )
+                    row = {
+                        "threads": threads,
+                        "prompt": prompt_name,
+                        "variant": name,
+                        "clock": clock,
+                        "plain ms": round(1e3 * med, 3),
+                        "speculative ms": round(1e3 * m, 3),
+                        "speedup": round(speedup, 4),
+                        "tokens per call": round(o.tokens_per_call, 3),
+                        "alpha": round(o.alpha, 4),
+                        "same tokens": same,
+                        "load average": round(load, 2),
+                    }
                     rows.append(row)
                     ok &= same
                     if prompt_name == "copy-heavy" and name == "lookup adaptive":
                         ok &= speedup >= TARGET
-            print("per-repeat ms: " + "; ".join(
-                f"{name} " + ", ".join(f"{1e3 * x:.0f}" for x in times[name][clocks[0]]) for name in fns))
+            print(
+                "per-repeat ms: "
+                + "; ".join(
+                    f"{name} " + ", ".join(f"{1e3 * x:.0f}" for x in times[name][clocks[0]]) for name in fns
+                )
+            )
             print()
     verdict = [r for r in rows if r["prompt"] == "copy-heavy" and r["variant"] == "lookup adaptive"]
-    print("lookup adaptive, copy-heavy: " + ", ".join(
-        f"{r['speedup']:.2f}x ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, {r['clock']})"
-        for r in verdict) + f"; target >= {TARGET}x, same tokens")
+    print(
+        "lookup adaptive, copy-heavy: "
+        + ", ".join(
+            f"{r['speedup']:.2f}x ({r['threads']} thread{'s' if r['threads'] > 1 else ''}, {r['clock']})"
+            for r in verdict
+        )
+        + f"; target >= {TARGET}x, same tokens"
+    )
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
     record.save("speculative", machine, rows, {"lookup adaptive copy-heavy speedup": TARGET}, ok, args.json)
     if not all(r["same tokens"] for r in rows):

@@ -109,10 +109,15 @@ def _run(args, threads: int) -> dict:
     print(f"first-step loss: anatomy {first['anatomy']:.6f}, transformers {first['transformers']:.6f}")
     runs = "; ".join(f"{k} " + ", ".join(f"{x:.0f}" for x in v) for k, v in tps.items())
     print(f"per-repeat tokens/s: {runs}")
-    return {"threads": threads, "clock": "cpu" if clock is time.thread_time else "wall",
-            "anatomy tokens/s": round(med["anatomy"], 1),
-            "transformers tokens/s": round(med["transformers"], 1), "ratio": round(ratio, 4),
-            "first loss anatomy": first["anatomy"], "first loss transformers": first["transformers"]}
+    return {
+        "threads": threads,
+        "clock": "cpu" if clock is time.thread_time else "wall",
+        "anatomy tokens/s": round(med["anatomy"], 1),
+        "transformers tokens/s": round(med["transformers"], 1),
+        "ratio": round(ratio, 4),
+        "first loss anatomy": first["anatomy"],
+        "first loss transformers": first["transformers"],
+    }
 
 
 if __name__ == "__main__":

@@ -62,8 +62,12 @@ def glued_values(nb) -> dict[str, str]:
 
 def timed_names(nb) -> set[str]:
     """Names of the glued values of an executed notebook that were glued with ``timed=True``."""
-    return {out["metadata"]["scrapbook"]["name"] for cell in nb.cells for out in cell.get("outputs", [])
-            if out.get("metadata", {}).get(TIMED_KEY) and "scrapbook" in out["metadata"]}
+    return {
+        out["metadata"]["scrapbook"]["name"]
+        for cell in nb.cells
+        for out in cell.get("outputs", [])
+        if out.get("metadata", {}).get(TIMED_KEY) and "scrapbook" in out["metadata"]
+    }
 
 
 def build_glue(path: Path) -> tuple[dict[str, str], set[str]]:
@@ -90,7 +94,8 @@ def code_fingerprint(root: Path, chapter: str) -> str:
     h = hashlib.sha256()
     root = Path(root)
     files = [root / chapter] + sorted(
-        p for p in (root / "anatomy").rglob("*")
+        p
+        for p in (root / "anatomy").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
     )
     for path in files:
@@ -106,14 +111,22 @@ def save_second_run(nb, chapter: str, root: Path, by: str) -> Path | None:
         return None
     Path(where).mkdir(parents=True, exist_ok=True)
     path = Path(where) / f"{Path(chapter).stem}.json"
-    record = {"chapter": chapter, "by": by, "fingerprint": code_fingerprint(root, chapter),
-              "glue": glued_values(nb), "timed": sorted(timed_names(nb))}
+    record = {
+        "chapter": chapter,
+        "by": by,
+        "fingerprint": code_fingerprint(root, chapter),
+        "glue": glued_values(nb),
+        "timed": sorted(timed_names(nb)),
+    }
     if not record["glue"]:
         # Without myst-nb (the Colab-pinned environment) book.glue prints each value as ``name = value``
         # instead: keep the printed text, and compare it with the build's values (printed_matches).
         record["printed"] = "\n".join(
-            "".join(o.get("text", "")) for c in nb.cells for o in c.get("outputs", [])
-            if o.get("output_type") == "stream" and o.get("name") == "stdout")
+            "".join(o.get("text", ""))
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stdout"
+        )
     path.write_text(json.dumps(record, indent=1), encoding="utf-8")
     return path
 
@@ -133,8 +146,11 @@ def printed_mismatches(build: dict[str, str], timed: set[str], printed: str) -> 
     """name -> the line expected but not printed, for every untimed value of the build that a run without
     myst-nb did not print as ``name = value`` (the whole value, also when it spans several lines)."""
     text = "\n" + printed + "\n"
-    return {name: line for name in sorted(set(build) - timed)
-            if "\n" + (line := f"{name} = {printed_value(build[name])}") + "\n" not in text}
+    return {
+        name: line
+        for name in sorted(set(build) - timed)
+        if "\n" + (line := f"{name} = {printed_value(build[name])}") + "\n" not in text
+    }
 
 
 def second_runs(root: Path = ROOT) -> dict[str, dict]:
@@ -162,8 +178,12 @@ def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Pa
     nbclient_poll.apply()
 
     nb = nbformat.read(notebook, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                            resources={"metadata": {"path": str((cwd or notebook.parent).resolve())}})
+    client = NotebookClient(
+        nb,
+        timeout=timeout,
+        kernel_name="python3",
+        resources={"metadata": {"path": str((cwd or notebook.parent).resolve())}},
+    )
     start = time.perf_counter()
     error = None
     try:
@@ -187,8 +207,13 @@ def run_one(notebook: Path, out: Path | None = None) -> dict:
     wall = time.perf_counter() - start
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        return {"notebook": str(notebook), "wall": wall, "seconds": wall, "peak_bytes": 0,
-                "error": (proc.stderr or proc.stdout)[-2000:] or f"exit {proc.returncode}"}
+        return {
+            "notebook": str(notebook),
+            "wall": wall,
+            "seconds": wall,
+            "peak_bytes": 0,
+            "error": (proc.stderr or proc.stdout)[-2000:] or f"exit {proc.returncode}",
+        }
     result = json.loads(lines[-1])
     result.update(notebook=str(notebook), wall=wall)
     return result
@@ -219,27 +244,32 @@ def report(results: list[dict]) -> tuple[str, bool]:
         ok &= not problems
         if not problems and r["seconds"] > TARGET_SECONDS:
             problems.append(f"over the {TARGET_SECONDS:.0f} s target")
-        rows.append(f"{Path(r['notebook']).stem:42s} {r['seconds']:8.1f} {r['peak_bytes'] / 2**30:9.2f}  "
-                    f"{'ok' if not problems else ', '.join(problems)}")
+        rows.append(
+            f"{Path(r['notebook']).stem:42s} {r['seconds']:8.1f} {r['peak_bytes'] / 2**30:9.2f}  "
+            f"{'ok' if not problems else ', '.join(problems)}"
+        )
     total_ok = total <= BUDGET_TOTAL_SECONDS
     ok &= total_ok
     verdict = "ok" if total_ok else f"> {BUDGET_TOTAL_SECONDS:.0f} s"
     if total_ok and total > TARGET_TOTAL_SECONDS:
         verdict = f"over the {TARGET_TOTAL_SECONDS:.0f} s target"
     rows.append(f"{'total':42s} {total:8.1f} {'':9s}  {verdict}")
-    rows.append(f"budgets: <= {BUDGET_SECONDS:.0f} s and < 3 GiB per chapter, "
-                f"<= {BUDGET_TOTAL_SECONDS / 60:.0f} min in total (targets {TARGET_SECONDS:.0f} s and "
-                f"{TARGET_TOTAL_SECONDS:.0f} s); load average now "
-                f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
-                f"{os.cpu_count()} CPUs")
+    rows.append(
+        f"budgets: <= {BUDGET_SECONDS:.0f} s and < 3 GiB per chapter, "
+        f"<= {BUDGET_TOTAL_SECONDS / 60:.0f} min in total (targets {TARGET_SECONDS:.0f} s and "
+        f"{TARGET_TOTAL_SECONDS:.0f} s); load average now "
+        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())} on "
+        f"{os.cpu_count()} CPUs"
+    )
     return "\n".join(rows), ok
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("notebooks", nargs="*", type=Path, help="default: every chapter in _toc.yml")
-    parser.add_argument("--check", action="store_true",
-                        help="exit 1 if a chapter fails or a budget is exceeded")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if a chapter fails or a budget is exceeded"
+    )
     parser.add_argument("--json", type=Path, help="also write the results as JSON")
     parser.add_argument("--one", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -59,8 +59,10 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
     for p in pages:
         nb = site / "_sources" / f"{p}.ipynb"
         source = root / f"{p}.ipynb"
-        if source.exists() and any(c.get("cell_type") == "code" and "".join(c.get("source", "")).strip()
-                                   for c in json.loads(source.read_text(encoding="utf-8"))["cells"]):
+        if source.exists() and any(
+            c.get("cell_type") == "code" and "".join(c.get("source", "")).strip()
+            for c in json.loads(source.read_text(encoding="utf-8"))["cells"]
+        ):
             if not nb.exists():
                 out.append(f"no downloadable notebook _sources/{p}.ipynb")
             elif not any(c.get("outputs") for c in json.loads(nb.read_text(encoding="utf-8"))["cells"]):
@@ -70,9 +72,11 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
             if not edition.exists():
                 out.append(f"no Colab edition colab/{p}.ipynb (the page's Colab button opens it)")
                 continue
-            markdown = "\n".join("".join(c.get("source", "")) for c in
-                                  json.loads(edition.read_text(encoding="utf-8"))["cells"]
-                                  if c.get("cell_type") == "markdown")
+            markdown = "\n".join(
+                "".join(c.get("source", ""))
+                for c in json.loads(edition.read_text(encoding="utf-8"))["cells"]
+                if c.get("cell_type") == "markdown"
+            )
             left = re.search(r"\{(glue|cite|ref|numref|doc|dropdown|admonition)[:}]|^\s*:::", markdown, re.M)
             if left:
                 out.append(f"colab/{p}.ipynb still holds MyST: {left.group(0).strip()!r}")
@@ -85,8 +89,10 @@ def main(argv: list[str]) -> int:
     for p in found:
         print(f"check_site: {p}")
     if not found:
-        print(f"check_site: {site} is complete (pages, sitemap.xml, robots.txt, PDF, executed notebooks, "
-              "Colab editions)")
+        print(
+            f"check_site: {site} is complete (pages, sitemap.xml, robots.txt, PDF, executed notebooks, "
+            "Colab editions)"
+        )
     return 1 if found else 0
 
 

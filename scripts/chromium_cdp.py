@@ -46,7 +46,8 @@ def site_pages(site: Path) -> list[str]:
     return sorted(
         p.relative_to(site).as_posix()
         for p in site.rglob("*.html")
-        if "_static" not in p.parts and "_sources" not in p.parts
+        if "_static" not in p.parts
+        and "_sources" not in p.parts
         and p.relative_to(site).as_posix() not in SKIP_PAGES
     )
 
@@ -80,7 +81,6 @@ def _high_fd(fd: int) -> int:
     return high
 
 
-
 _HIDE_STICKY = r"""
 (() => {
   const style = document.createElement("style");
@@ -103,10 +103,19 @@ class Chromium:
         # because dash only redirects single-digit fds.
         to_browser_r, from_browser_w = (_high_fd(to_browser_r), _high_fd(from_browser_w))
         flags = [
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--no-first-run", "--hide-scrollbars",
-            "--mute-audio", "--disable-extensions", "--remote-debugging-pipe", f"--user-data-dir={profile}",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--mute-audio",
+            "--disable-extensions",
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
             "about:blank",
         ]
         # the protocol pipe must be fds 3 (browser reads) and 4 (browser writes)
@@ -181,8 +190,9 @@ class Chromium:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
         return result["result"].get("value")
 
-    def open(self, url: str, width: int = 1280, height: int = 900, *, mobile: bool = False,
-             dark: bool = False) -> None:
+    def open(
+        self, url: str, width: int = 1280, height: int = 900, *, mobile: bool = False, dark: bool = False
+    ) -> None:
         """A fresh tab at url, with load events and errors recorded from the start.
 
         mobile: a phone's viewport handling; dark: the reader's system asks for dark mode
@@ -197,10 +207,14 @@ class Chromium:
         )["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
-        self.send("Emulation.setEmulatedMedia",
-                  {"features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]})
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile},
+        )
+        self.send(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark" if dark else "light"}]},
+        )
         self.send("Page.navigate", {"url": url})
         self.wait_for("Page.loadEventFired")
 
@@ -214,14 +228,18 @@ class Chromium:
         """
         from PIL import Image  # matplotlib's dependency, so present wherever the book builds
 
-        size = self.evaluate("({width: document.documentElement.clientWidth, window: innerHeight, "
-                             "height: document.documentElement.scrollHeight})")
+        size = self.evaluate(
+            "({width: document.documentElement.clientWidth, window: innerHeight, "
+            "height: document.documentElement.scrollHeight})"
+        )
         height = min(size["height"], MAX_SHOT_HEIGHT)
         page = Image.new("RGB", (size["width"], height), "white")
         y = 0
         while y < height:
-            top = self.evaluate(f"window.scrollTo(0, {y}); new Promise(r => requestAnimationFrame("
-                                "() => requestAnimationFrame(() => r(Math.round(window.scrollY)))))")
+            top = self.evaluate(
+                f"window.scrollTo(0, {y}); new Promise(r => requestAnimationFrame("
+                "() => requestAnimationFrame(() => r(Math.round(window.scrollY)))))"
+            )
             data = self.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
             page.paste(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"), (0, top))
             if y == 0:
@@ -244,7 +262,6 @@ class Chromium:
         os.close(self._to_browser)
 
 
-
 # ------------------------------------------------------------------------------------------ links
 
 
@@ -258,8 +275,10 @@ class _Anchors(html.parser.HTMLParser):
         for name, value in attrs:
             if name in ("id", "name") and value:
                 self.ids.add(value)
-            if value and ((tag == "a" and name == "href") or (tag in ("img", "script", "link") and name in
-                                                               ("src", "href"))):
+            if value and (
+                (tag == "a" and name == "href")
+                or (tag in ("img", "script", "link") and name in ("src", "href"))
+            ):
                 self.links.append(value)
 
 
@@ -292,4 +311,3 @@ def broken_internal_links(page: Path, site: Path) -> list[str]:
             if fragment not in _anchors(target).ids:
                 problems.append(f"{href} (no id {fragment!r} in {target.name})")
     return sorted(set(problems))
-

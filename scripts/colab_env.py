@@ -48,12 +48,28 @@ GPU_PINS = PINS_DIR / "colab-gpu.txt"
 # versions). Torch is handled separately (TORCH_SPEC).
 BASE_PACKAGES = [
     # the anatomy package's requirements and its colab extra
-    "numpy", "matplotlib", "tqdm", "tokenizers", "safetensors", "transformers", "accelerate",
-    "huggingface_hub", "ipywidgets", "pyyaml", "requests",
+    "numpy",
+    "matplotlib",
+    "tqdm",
+    "tokenizers",
+    "safetensors",
+    "transformers",
+    "accelerate",
+    "huggingface_hub",
+    "ipywidgets",
+    "pyyaml",
+    "requests",
     # a notebook kernel as Colab runs it (IPython 7, ipykernel 6, ipywidgets 7), and nbclient to drive it
-    "ipykernel", "ipython", "jupyter_client", "widgetsnbextension", "nbclient", "nbformat", "psutil",
+    "ipykernel",
+    "ipython",
+    "jupyter_client",
+    "widgetsnbextension",
+    "nbclient",
+    "nbformat",
+    "psutil",
     # what the old setup cells changed through jupyter-book
-    "sphinx", "markdown-it-py",
+    "sphinx",
+    "markdown-it-py",
 ]
 TORCH_PACKAGES = {"torch", "torchvision", "torchaudio", "torchcodec"}
 # Not constrained to Colab's versions: packaging tools (this machine's torch needs setuptools >= 77, Colab
@@ -170,7 +186,8 @@ def base_env(log=print) -> Path:
         constraints = tmp / "colab-constraints.txt"
         constraints.write_text(
             "".join(f"{n}=={v}\n" for n, v in sorted(pins.items()) if n not in UNCONSTRAINED)
-            + _torch_spec() + "\n",
+            + _torch_spec()
+            + "\n",
             encoding="utf-8",
         )
         pip = [str(tmp / "bin" / "python"), "-m", "pip", "--disable-pip-version-check", "--no-input", "-q"]
@@ -223,8 +240,9 @@ print(json.dumps(seen))
 
 def versions(env: Path) -> dict[str, str]:
     """{normalized name: version} of every distribution the environment's Python imports first."""
-    out = subprocess.run([str(env / "bin" / "python"), "-c", VERSIONS_CODE], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [str(env / "bin" / "python"), "-c", VERSIONS_CODE], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout)
 
 

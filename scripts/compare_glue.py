@@ -68,8 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("new", type=Path)
     args = parser.parse_args(argv)
     problems, timed_changes, compared = compare(args.old, args.new)
-    print(f"{compared} glued values compared; {len(timed_changes)} timed values differ (allowed), "
-          f"{len(problems)} untimed differences")
+    print(
+        f"{compared} glued values compared; {len(timed_changes)} timed values differ (allowed), "
+        f"{len(problems)} untimed differences"
+    )
     for line in timed_changes:
         print("  timed  ", line)
     for line in problems:

@@ -77,7 +77,7 @@ FIGURES: dict[str, dict[str, tuple[str, str, str]]] = {
             "Training and held-out loss of a count model that sees the last *k* tokens, against the amount "
             "of training text, with the entropy rate and the floor for context *k*. Move the slider to "
             "change *k*.",
-        ),
+        )
     },
     "chapters/03_capacity_compression.ipynb": {
         "b8bac4a5": (
@@ -86,7 +86,7 @@ FIGURES: dict[str, dict[str, tuple[str, str, str]]] = {
             "training checkpoint.",
             "The scaling fit at each checkpoint of training: move the slider to see the models' held-out "
             "losses, and the power law fitted through them, as training goes on.",
-        ),
+        )
     },
     "chapters/04_attention_rank.ipynb": {
         "c17": (
@@ -114,7 +114,7 @@ FIGURES: dict[str, dict[str, tuple[str, str, str]]] = {
             "and keys as columns.",
             "What the two trained causal models attend to, head by head, without a position encoding and "
             "with RoPE: rows are queries, columns are keys. Choose the model and the layer.",
-        ),
+        )
     },
     "chapters/08_causal_kernel.ipynb": {
         "960a48e3": (
@@ -160,7 +160,7 @@ FIGURES: dict[str, dict[str, tuple[str, str, str]]] = {
             "The KV cache of one sequence in fp16 for a published model, had it used multi-head, "
             "grouped-query or multi-query attention (its own kind in the darker blue), and what seed 002's "
             "formula gives. Choose the model and the context length.",
-        ),
+        )
     },
 }
 
@@ -181,8 +181,11 @@ def apply(nb: dict, figures: dict[str, tuple[str, str, str]]) -> tuple[list[str]
             continue
         meta = cell.setdefault("metadata", {})
         mystnb = meta.get("mystnb", {})
-        want = dict(mystnb, figure=dict(mystnb.get("figure", {}), caption=caption, name=name),
-                    image=dict(mystnb.get("image", {}), alt=alt))
+        want = dict(
+            mystnb,
+            figure=dict(mystnb.get("figure", {}), caption=caption, name=name),
+            image=dict(mystnb.get("image", {}), alt=alt),
+        )
         if mystnb != want:
             meta["mystnb"] = want
             changed.append(cell_id)

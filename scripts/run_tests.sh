@@ -29,15 +29,21 @@ record() {  # record NAME STATUS SECONDS
     times+=("$3")
 }
 
-# 1. lint ------------------------------------------------------------------------------------------------
+# 1. lint and format --------------------------------------------------------------------------------------
+# ruff check (lint) on the Python code, and ruff format --check on the code and the chapters' code cells:
+# a file that `ruff format` would change fails this step (run `ruff format` on it).
 lint_paths=()
-for p in anatomy tests benches; do
+for p in anatomy tests benches scripts _ext setup.py; do
     [[ -e "$p" ]] && lint_paths+=("$p")
 done
 echo "== ruff check ${lint_paths[*]}"
 t=$SECONDS
 ruff check "${lint_paths[@]}"
-record "ruff check ${lint_paths[*]}" $? $((SECONDS - t))
+record "ruff check" $? $((SECONDS - t))
+echo "== ruff format --check ${lint_paths[*]} chapters the_answer.ipynb"
+t=$SECONDS
+ruff format --check "${lint_paths[@]}" chapters the_answer.ipynb
+record "ruff format --check" $? $((SECONDS - t))
 
 # 2. tests -----------------------------------------------------------------------------------------------
 # One process: tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete

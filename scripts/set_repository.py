@@ -55,15 +55,21 @@ def tracked_files(root: Path) -> list[Path]:
         names = [n for n in out.decode().split("\0") if n]
     except (OSError, subprocess.CalledProcessError):
         skip = {".git", ".venv", "_build", "node_modules", "__pycache__"}
-        names = [p.relative_to(root).as_posix() for p in root.rglob("*")
-                 if p.is_file() and not skip.intersection(p.relative_to(root).parts)]
+        names = [
+            p.relative_to(root).as_posix()
+            for p in root.rglob("*")
+            if p.is_file() and not skip.intersection(p.relative_to(root).parts)
+        ]
     return [root / n for n in names if (root / n).suffix in TEXT_SUFFIXES and (root / n).is_file()]
 
 
 def replacements(old: str, new: str) -> list[tuple[str, str]]:
     pages_url = book_address.pages_url
-    pairs = [(old, new), (pages_url(old), pages_url(new)),
-             (pages_url(old).rstrip("/"), pages_url(new).rstrip("/"))]
+    pairs = [
+        (old, new),
+        (pages_url(old), pages_url(new)),
+        (pages_url(old).rstrip("/"), pages_url(new).rstrip("/")),
+    ]
     # URLs without the scheme (badges, pip's git+https is covered by the first pair)
     pairs.append((old.removeprefix("https://"), new.removeprefix("https://")))
     return [(a, b) for a, b in pairs if a != b]
@@ -104,9 +110,12 @@ def set_repository(new: str, root: Path = ROOT, sync_cells: bool = True) -> list
         proc = subprocess.run([python, str(sync)], cwd=root, capture_output=True, text=True)
         if proc.returncode != 0:
             last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-            print(f"note: scripts/sync_setup_cells.py did not run ({last}); the setup cells' addresses were "
-                  "replaced as text. After `bash scripts/setup_env.sh`, check them with "
-                  "`.venv/bin/python scripts/sync_setup_cells.py --check`.", file=sys.stderr)
+            print(
+                f"note: scripts/sync_setup_cells.py did not run ({last}); the setup cells' addresses were "
+                "replaced as text. After `bash scripts/setup_env.sh`, check them with "
+                "`.venv/bin/python scripts/sync_setup_cells.py --check`.",
+                file=sys.stderr,
+            )
     return changed
 
 

@@ -30,8 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CELL_METADATA_KEPT = {"tags", "mystnb", "editable", "deletable", "slideshow", "raw_mimetype"}
 NOTEBOOK_METADATA_KEPT = {"kernelspec", "language_info", "mystnb", "jupytext"}
-LANGUAGE_INFO_KEPT = {"name", "codemirror_mode", "file_extension", "mimetype", "nbconvert_exporter",
-                      "pygments_lexer"}
+LANGUAGE_INFO_KEPT = {
+    "name",
+    "codemirror_mode",
+    "file_extension",
+    "mimetype",
+    "nbconvert_exporter",
+    "pygments_lexer",
+}
 
 
 def strip(nb: dict) -> dict:

@@ -644,7 +644,13 @@ CALLS.update({
 
 NOT_FINITE = [(NAN, V), (INF, V), ("1", T), (None, T)]
 CONFIG = [(None, T), ("SmolLM2-135M", T), ({"d_model": 16}, T)]
-PROBS = [(np.array([0.5, 0.6, 0.1]), V), (np.array([-0.5, 1.0, 0.5]), V), (np.array([NAN, 0.5, 0.5]), V), (0.5, V), ("abc", T)]
+PROBS = [
+    (np.array([0.5, 0.6, 0.1]), V),
+    (np.array([-0.5, 1.0, 0.5]), V),
+    (np.array([NAN, 0.5, 0.5]), V),
+    (0.5, V),
+    ("abc", T),
+]
 JOINTS = [(np.ones((2, 2)), V), (-JOINT, V), (np.array(1.0), V), ("joint", T)]
 SEQ_TENSOR = [([[1, 2]], T), (None, T), (SEQS.float(), T), (SEQS[0], V)]
 
@@ -888,7 +894,9 @@ _CURVES = None
 def curves():
     global _CURVES
     if _CURVES is None:
-        _CURVES = rank.collapse_curves(("attention",), ("causal",), depth=2, n=4, d_model=8, n_heads=2, seeds=(0,))
+        _CURVES = rank.collapse_curves(
+            ("attention",), ("causal",), depth=2, n=4, d_model=8, n_heads=2, seeds=(0,)
+        )
     return _CURVES
 
 
@@ -1413,7 +1421,14 @@ CALLS.update({
     "parallel.run_all": _call(parallel.run_all, lambda: dict(jobs=[int])),
     "inference_economics.seed002_latency_rows": _call(inference_economics.seed002_latency_rows, lambda: dict(real={"tiny": CFG})),
 })  # fmt: skip
-SLOW_OR_EXTERNAL |= {"inference_economics.seed002_latency_rows", "book.glue", "book.setup", "book.show_source", "interactive.explore", "interactive.explore_live"}
+SLOW_OR_EXTERNAL |= {
+    "inference_economics.seed002_latency_rows",
+    "book.glue",
+    "book.setup",
+    "book.show_source",
+    "interactive.explore",
+    "interactive.explore_live",
+}
 
 ROWS += [
     *family("book.glue", "name", [(3, V), ("", V), (None, V), ("a b", V)]),
@@ -1491,8 +1506,23 @@ def test_the_table_is_large():
 @pytest.mark.parametrize("target", sorted(CALLS))
 def test_each_valid_call_succeeds(target):
     # Guards the table: a row fails because of its one bad argument, not because the rest is invalid.
-    if target in ("smollm2", "minilm", "to_hf", "from_hf", "bpe_tokenizer", "convert_state", "config_from_hf",
-                  "hf_config_from", "speculative_generate", "train", "train (seconds budget)") or target in SLOW_OR_EXTERNAL:
+    if (
+        target
+        in (
+            "smollm2",
+            "minilm",
+            "to_hf",
+            "from_hf",
+            "bpe_tokenizer",
+            "convert_state",
+            "config_from_hf",
+            "hf_config_from",
+            "speculative_generate",
+            "train",
+            "train (seconds budget)",
+        )
+        or target in SLOW_OR_EXTERNAL
+    ):
         pytest.skip("loads weights or transformers, trains or needs a real state dict: exercised elsewhere")
     CALLS[target]()  # fmt: skip
 
@@ -1587,13 +1617,21 @@ def test_every_public_function_has_rows():
 
     def covered(key, bare):
         names = [key] + ([bare] if bare else [])
-        return any(n in NOT_ENTRY_POINTS or n in heads or any(h.startswith(n + ".") for h in heads) for n in names)
+        return any(
+            n in NOT_ENTRY_POINTS or n in heads or any(h.startswith(n + ".") for h in heads) for n in names
+        )
 
     functions = _public_functions()
     missing = sorted(key for key, bare in functions.items() if not covered(key, bare))
     assert not missing, f"public functions without a row in the bad-input table: {missing}"
     # the check above can fail: it sees the core, the experiments and the book helpers
-    for key in ("attention.attention", "cost.forward_flops", "rank.random_attention", "book.glue", "plots.draw_mask"):
+    for key in (
+        "attention.attention",
+        "cost.forward_flops",
+        "rank.random_attention",
+        "book.glue",
+        "plots.draw_mask",
+    ):
         assert key in functions
 
 
@@ -1603,4 +1641,3 @@ def test_divergent_training_stops_naming_the_step():
     batch = (IDS[:, :-1], IDS[:, 1:])
     with pytest.raises(FloatingPointError, match=r"step \d+"):
         train_module.train(model, lambda s: batch, steps=5, lr=1e12, warmup=0, progress=False)
-

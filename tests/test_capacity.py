@@ -159,10 +159,28 @@ def test_scaling_run_is_deterministic_and_records_checkpoints():
     train_ids = torch.randint(0, 20, (5000,), generator=g)
     val_ids = torch.randint(0, 20, (1000,), generator=g)
     configs = [C.decoder_config(8, 1, 20, 16), C.decoder_config(16, 1, 20, 16)]
-    a = C.scaling_run(configs, train_ids, val_ids, tokens=16 * 8 * 12, batch_size=8, seq_len=16,
-                      n_checkpoints=3, val_batches=2, seed=1)
-    b = C.scaling_run(configs, train_ids, val_ids, tokens=16 * 8 * 12, batch_size=8, seq_len=16,
-                      n_checkpoints=3, val_batches=2, seed=1)
+    a = C.scaling_run(
+        configs,
+        train_ids,
+        val_ids,
+        tokens=16 * 8 * 12,
+        batch_size=8,
+        seq_len=16,
+        n_checkpoints=3,
+        val_batches=2,
+        seed=1,
+    )
+    b = C.scaling_run(
+        configs,
+        train_ids,
+        val_ids,
+        tokens=16 * 8 * 12,
+        batch_size=8,
+        seq_len=16,
+        n_checkpoints=3,
+        val_batches=2,
+        seed=1,
+    )
     assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
     assert [r["val_loss_se"] for r in a] == [r["val_loss_se"] for r in b]
     assert all(0 < r["val_loss_se"] < 0.5 for r in a)

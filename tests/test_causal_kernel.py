@@ -41,8 +41,18 @@ def _counted_flops(cfg: Config, n_ctx: int, batch: int, prefix_len=None) -> int:
 )
 @pytest.mark.parametrize("mlp", ["swiglu", "gelu"])
 def test_forward_flops_equal_pytorchs_flop_counter(mask, backend, counting, prefix_len, mlp):
-    cfg = Config(vocab_size=300, d_model=96, n_layers=2, n_heads=6, n_kv_heads=2, mask=mask, mlp=mlp,
-                 attn_backend=backend, tile=32, max_seq_len=128)
+    cfg = Config(
+        vocab_size=300,
+        d_model=96,
+        n_layers=2,
+        n_heads=6,
+        n_kv_heads=2,
+        mask=mask,
+        mlp=mlp,
+        attn_backend=backend,
+        tile=32,
+        max_seq_len=128,
+    )
     predicted = forward_flops(cfg, 100, mask=mask, counting=counting, tile=32, batch=2, prefix_len=prefix_len)
     assert predicted["total"] == _counted_flops(cfg, 100, batch=2, prefix_len=prefix_len)
 
@@ -60,8 +70,10 @@ def test_smollm2_preset_has_smollm2s_size():
     assert cost.param_counts(PRESETS["SmolLM2-135M"])["total"] == 134_515_008
 
 
-@pytest.mark.parametrize("mask,prefix_len", [("causal", None), ("prefix", 0), ("prefix", 70), ("prefix", 200),
-                                             ("bidirectional", None)])
+@pytest.mark.parametrize(
+    "mask,prefix_len",
+    [("causal", None), ("prefix", 0), ("prefix", 70), ("prefix", 200), ("bidirectional", None)],
+)
 @pytest.mark.parametrize("n,tile", [(200, 32), (256, 64), (97, 16), (50, 128)])
 def test_closed_forms_agree_with_the_tile_classifier(mask, prefix_len, n, tile):
     if prefix_len is not None and prefix_len > n:
@@ -147,9 +159,15 @@ def test_bad_arguments():
 
 def test_time_attention_and_forward_rows():
     threads = torch.get_num_threads()
-    rows = time_attention([64, 96], {"causal": dict(mask="causal", backend="tiled"),
-                                     "sdpa": dict(mask="causal", backend="sdpa")},
-                          heads=2, kv_heads=1, head_dim=16, tile=32, repeats=1)
+    rows = time_attention(
+        [64, 96],
+        {"causal": dict(mask="causal", backend="tiled"), "sdpa": dict(mask="causal", backend="sdpa")},
+        heads=2,
+        kv_heads=1,
+        head_dim=16,
+        tile=32,
+        repeats=1,
+    )
     assert [r["n"] for r in rows] == [64, 96] and all(r["causal"] > 0 and r["sdpa"] > 0 for r in rows)
     assert all(r["times"]["causal"] == [r["causal"]] for r in rows)  # one repeat: the median is the sample
     assert torch.get_num_threads() == threads  # restored

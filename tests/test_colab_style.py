@@ -56,8 +56,11 @@ def _chapters() -> list[Path]:
 def _cells(nb_path: Path) -> tuple[str, str]:
     """(first code cell, all other code) of a notebook."""
     nb = json.loads(nb_path.read_text(encoding="utf-8"))
-    code = ["".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-            for c in nb["cells"] if c["cell_type"] == "code"]
+    code = [
+        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+        for c in nb["cells"]
+        if c["cell_type"] == "code"
+    ]
     return (code[0] if code else ""), "\n".join(code[1:])
 
 
@@ -70,6 +73,7 @@ def test_setup_cell_installs_what_the_chapter_needs(nb_path):
     """
     setup, rest = _cells(nb_path)
     installs = " ".join(line for line in setup.splitlines() if "pip install" in line)
+
     def uses(model):
         return bool(re.search(rf"\bpretrained\.{model}\b|\b{model}\(|import {model}\b", rest))
 
@@ -97,9 +101,21 @@ def installed(tmp_path_factory):
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
     site = base / "site"
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--target", str(site), str(clone)],
-        capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(clone),
+        ],
+        capture_output=True,
+        text=True,
     )
     assert pip.returncode == 0, f"pip install of the repository failed:\n{pip.stderr[-3000:]}"
     assert (site / "anatomy" / "__init__.py").exists()
@@ -113,8 +129,9 @@ def test_the_installed_package_has_every_committed_file(installed):
     runs instead of this file (from an empty working directory, with the work tree's package) still get the
     packaging half of the Colab-style check."""
     clone, site = installed
-    committed = subprocess.run(["git", "ls-files", "anatomy"], cwd=clone, capture_output=True, text=True,
-                               check=True).stdout.split()
+    committed = subprocess.run(
+        ["git", "ls-files", "anatomy"], cwd=clone, capture_output=True, text=True, check=True
+    ).stdout.split()
     assert committed, "no committed files under anatomy/"
     missing = [f for f in committed if not (site / f).is_file()]
     assert not missing, f"committed package files that the installed package lacks: {missing}"
@@ -124,8 +141,9 @@ def _colab_chapters() -> list[str]:
     wanted = os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).strip()
     if wanted in ("all", "unrecorded"):
         text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-        files = [f"{f}.ipynb" for f in
-                 re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)]
+        files = [
+            f"{f}.ipynb" for f in re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
+        ]
         if wanted == "unrecorded":  # chapters a test before the build did not already execute a second time
             recorded = _book_module("book_report").second_runs(ROOT)
             files = [f for f in files if Path(f).stem not in recorded]
@@ -170,19 +188,34 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
         text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] == "code" and "explore_live(" in text:
             live += 1
-            cells.append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                          "id": f"drive{k}",
-                          "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())"})
+            cells.append(
+                {
+                    "cell_type": "code",
+                    "metadata": {},
+                    "execution_count": None,
+                    "outputs": [],
+                    "id": f"drive{k}",
+                    "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())",
+                }
+            )
     nb["cells"] = cells
     # one extra cell at the end reports where anatomy was imported from
-    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                        "source": "import anatomy\nprint('ANATOMY_FROM', anatomy.__file__)"})
+    nb["cells"].append(
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import anatomy\nprint('ANATOMY_FROM', anatomy.__file__)",
+        }
+    )
     nb_path.write_text(json.dumps(nb), encoding="utf-8")
     out = tmp_path / "executed.ipynb"
 
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ANATOMY_RESULTS")}
-    env.update(PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1",
-               ANATOMY_CACHE=str(weights_cache))
+    env.update(
+        PYTHONPATH=str(site), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", ANATOMY_CACHE=str(weights_cache)
+    )
     runner = (
         f"import sys\nsys.path.insert(0, {str(ROOT / '_ext')!r})\n"
         "import nbclient_poll\nnbclient_poll.apply()  # no stall after widget cells\n"
@@ -193,15 +226,23 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
         "NotebookClient(nb, timeout=900, kernel_name='python3', resources=resources).execute()\n"
         f"nbformat.write(nb, {str(out)!r})\n"
     )
-    proc = subprocess.run([sys.executable, "-c", runner], cwd=workdir, env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", runner], cwd=workdir, env=env, capture_output=True, text=True
+    )
     assert proc.returncode == 0, f"{chapter} failed Colab-style:\n{(proc.stderr or proc.stdout)[-4000:]}"
     executed = json.loads(out.read_text(encoding="utf-8"))
-    text = "".join(o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
-                   for o in executed["cells"][-1]["outputs"])
-    driven = sum("DRIVEN [{" in "".join(o.get("text", "") if isinstance(o.get("text", ""), str)
-                                         else "".join(o["text"]) for o in c.get("outputs", []))
-                 for c in executed["cells"])
+    text = "".join(
+        o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+        for o in executed["cells"][-1]["outputs"]
+    )
+    driven = sum(
+        "DRIVEN [{"
+        in "".join(
+            o.get("text", "") if isinstance(o.get("text", ""), str) else "".join(o["text"])
+            for o in c.get("outputs", [])
+        )
+        for c in executed["cells"]
+    )
     assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
     where = re.search(r"ANATOMY_FROM (\S+)", text)
     assert where, f"the last cell printed no import path: {text!r}"
@@ -256,9 +297,11 @@ def test_colab_buttons_open_the_editions():
         assert links == {want}, f"{page.name}: Colab links {links}, expected {want}"
         path = html_dir / edition.EDITION_DIR / "chapters" / f"{page.stem}.ipynb"
         assert path.exists(), f"{path} was not written by the build"
-        md = "\n".join("".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-                       for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
-                       if c["cell_type"] == "markdown")
+        md = "\n".join(
+            "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            for c in json.loads(path.read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "markdown"
+        )
         assert "{glue" not in md and "{cite" not in md and ":::" not in md, f"{path.name}: MyST left"
 
 

@@ -12,8 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from anatomy import Config, EncoderDecoder, Transformer, cost
 from anatomy.masks import dense_mask
 
-TINY = Config(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256,
-              attn_backend="reference")
+TINY = Config(
+    vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
+)
 
 
 def _counted(fn) -> int:
@@ -29,7 +30,7 @@ def _counted(fn) -> int:
 def test_visible_pairs_matches_dense_mask(mask):
     for n_q in range(1, 9):
         for n_k in range(n_q, 12):
-            for p in (sorted({0, 1, min(3, n_k), n_k}) if mask == "prefix" else [None]):
+            for p in sorted({0, 1, min(3, n_k), n_k}) if mask == "prefix" else [None]:
                 want = int(dense_mask(mask, n_q, n_k, prefix_len=p).sum())
                 assert cost.visible_pairs(mask, n_q, n_k, p) == want, (mask, n_q, n_k, p)
 
@@ -40,11 +41,14 @@ def test_visible_pairs_closed_form_at_scale():
     assert cost.visible_pairs("prefix", 8192, 8192, 8192) == 8192 * 8192
 
 
-@pytest.mark.parametrize("cfg", [
-    TINY,
-    replace(TINY, tie_embeddings=False, n_kv_heads=6),
-    replace(TINY, mlp="gelu", norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True, pos="learned"),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TINY,
+        replace(TINY, tie_embeddings=False, n_kv_heads=6),
+        replace(TINY, mlp="gelu", norm="layer", qkv_bias=True, out_bias=True, mlp_bias=True, pos="learned"),
+    ],
+)
 def test_param_counts_match_the_model(cfg):
     model = Transformer(cfg)
     counts = cost.param_counts(cfg)
@@ -98,8 +102,9 @@ def test_kv_bytes_formula_matches_a_real_cache():
 
 
 def test_published_configs_have_their_published_sizes():
-    billions = {name: cost.param_counts(cost.published_config(name))["total"] / 1e9
-                for name in cost.PUBLISHED}
+    billions = {
+        name: cost.param_counts(cost.published_config(name))["total"] / 1e9 for name in cost.PUBLISHED
+    }
     assert abs(billions["Llama-3-70B"] - 70.6) < 0.1
     assert abs(billions["Llama-3-8B"] - 8.03) < 0.01
     assert abs(billions["Llama-2-7B"] - 6.74) < 0.01

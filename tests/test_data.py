@@ -324,12 +324,7 @@ def test_markov_bad_method_arguments():
 
 
 @settings(max_examples=25, deadline=None)
-@given(
-    V=st.integers(2, 6),
-    order=st.integers(1, 3),
-    alpha=st.floats(0.05, 3.0),
-    seed=st.integers(0, 2**31),
-)
+@given(V=st.integers(2, 6), order=st.integers(1, 3), alpha=st.floats(0.05, 3.0), seed=st.integers(0, 2**31))
 def test_markov_properties(V, order, alpha, seed):
     m = MarkovSource(V, order, alpha, seed)
     assert _is_stationary(m) < 1e-12

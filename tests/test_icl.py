@@ -209,8 +209,16 @@ def test_fill_losses_on_oracles():
 
 
 def test_masked_induction_experiment_records_everything():
-    run = masked_induction_experiment(length=6, train_lengths=(4, 6), vocab_size=12, steps=20, batch_size=8,
-                                      eval_every=10, n_eval=8, curve_eval=2)
+    run = masked_induction_experiment(
+        length=6,
+        train_lengths=(4, 6),
+        vocab_size=12,
+        steps=20,
+        batch_size=8,
+        eval_every=10,
+        n_eval=8,
+        curve_eval=2,
+    )
     assert run.steps == [0, 10, 20] and len(run.slot_loss) == len(run.slot_accuracy) == 3
     assert run.targets[0] == 0 and run.targets[1] < run.targets[2]
     assert run.final_slots == 8 * 5 and 0.0 <= run.final_accuracy <= 1.0 and run.final_loss > 0
@@ -350,9 +358,22 @@ def _run(losses, pm, pt, vocab_size=64):
 def test_plateau_then_fall_is_told_apart_from_a_steady_decay():
     ln_v = math.log(64)
     # a phase change: flat near ln V for 6 evaluations, then a fall within 3
-    run = _run([ln_v, 0.98 * ln_v, 0.97 * ln_v, 0.95 * ln_v, 0.93 * ln_v, 0.92 * ln_v, 0.85 * ln_v,
-                0.6 * ln_v, 0.3 * ln_v, 0.1 * ln_v], pm=[0.04] * 6 + [0.3, 0.6, 0.7, 0.7],
-               pt=[0.07] * 7 + [0.3, 0.4, 0.4])
+    run = _run(
+        [
+            ln_v,
+            0.98 * ln_v,
+            0.97 * ln_v,
+            0.95 * ln_v,
+            0.93 * ln_v,
+            0.92 * ln_v,
+            0.85 * ln_v,
+            0.6 * ln_v,
+            0.3 * ln_v,
+            0.1 * ln_v,
+        ],
+        pm=[0.04] * 6 + [0.3, 0.6, 0.7, 0.7],
+        pt=[0.07] * 7 + [0.3, 0.4, 0.4],
+    )
     assert run.plateau_end() == 150 and run.phase_change_step() == 200
     assert run.phase_change_step() - run.plateau_end() < run.plateau_end()
     assert run.rise_step(1, 1) == 175 and run.rise_step(0, 0, "previous_token") == 175

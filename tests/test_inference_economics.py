@@ -11,8 +11,9 @@ import torch
 from anatomy import Config, cost
 from anatomy.experiments import inference_economics
 
-TINY = Config(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256,
-              attn_backend="reference")
+TINY = Config(
+    vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
+)
 
 
 def test_roofline_and_ridge():
@@ -104,14 +105,20 @@ def test_tables_and_figures_of_chapter_10():
     hw = inference_economics.Hardware("test", 1e11, 1e10)
     sweep = {"chunk": [1, 4], "intensity": [0.5, 2.0], "achieved": [1e9, 4e9]}
     batched = {"intensity": [1.0], "achieved": [2e9]}
-    runs = {("prompt lookup", "copy-heavy"): {"alpha": 0.8, "speedup": 1.5},
-            ("first 24 of 30 blocks", "copy-heavy"): {"alpha": 0.4, "speedup": 0.5}}
+    runs = {
+        ("prompt lookup", "copy-heavy"): {"alpha": 0.8, "speedup": 1.5},
+        ("first 24 of 30 blocks", "copy-heavy"): {"alpha": 0.4, "speedup": 0.5},
+    }
     exact = {(0, 1): 0.5, (1, 0): 0.5}
     dists = {"leviathan": exact, "argmax": {(0, 1): 1.0}}
-    figs = [inference_economics.plot_roofline(hw, sweep, batched), inference_economics.plot_classifiers(cls),
-            inference_economics.plot_speculative(runs, {4: 0.1, 24: 0.4}, {4: 0.3, 24: 0.84}, gamma_lookup=4,
-                                                 gamma_trunc=2, k_run=24, v_lookup=2.0),
-            inference_economics.plot_sampler_distributions(exact, dists)]
+    figs = [
+        inference_economics.plot_roofline(hw, sweep, batched),
+        inference_economics.plot_classifiers(cls),
+        inference_economics.plot_speculative(
+            runs, {4: 0.1, 24: 0.4}, {4: 0.3, 24: 0.84}, gamma_lookup=4, gamma_trunc=2, k_run=24, v_lookup=2.0
+        ),
+        inference_economics.plot_sampler_distributions(exact, dists),
+    ]
     for fig in figs:
         assert fig.axes and all(ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes)
         plt.close(fig)

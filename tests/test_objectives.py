@@ -408,8 +408,10 @@ def test_bayes_masked_batch_equals_row_by_row():
         x[0, 0] = sp.mask_id
         whole = bayes_loss("masked", src, (x, y), sp, rate=0.4, replace=replace)
         rows = np.concatenate(
-            [bayes_loss("masked", src, (x[i : i + 1], y[i : i + 1]), sp, rate=0.4, replace=replace)
-             for i in range(5)]
+            [
+                bayes_loss("masked", src, (x[i : i + 1], y[i : i + 1]), sp, rate=0.4, replace=replace)
+                for i in range(5)
+            ]
         )
         assert len(whole) == int((y != IGNORE).sum())
         np.testing.assert_allclose(whole, rows, rtol=1e-12)

@@ -18,8 +18,17 @@ matplotlib.use("Agg")
 
 def _model(mask, pos="none", seed=0, **kw):
     torch.manual_seed(seed)
-    config = dict(vocab_size=32, d_model=32, n_layers=2, n_heads=4, mask=mask, pos=pos, norm="layer",
-                  mlp="gelu", max_seq_len=64)
+    config = dict(
+        vocab_size=32,
+        d_model=32,
+        n_layers=2,
+        n_heads=4,
+        mask=mask,
+        pos=pos,
+        norm="layer",
+        mlp="gelu",
+        max_seq_len=64,
+    )
     config.update(kw)
     return Transformer(Config(**config)).eval()
 
@@ -95,8 +104,10 @@ def test_ridge_r2_validates_arguments():
 
 def test_variance_probe_finds_position_in_causal_but_not_bidirectional_model():
     ids = torch.randint(0, 32, (256, 32), generator=torch.Generator().manual_seed(2))
-    r2 = {mask: positions.position_probe(_model(mask), ids, kind="attn_logvar", target="log_position")["r2"]
-          for mask in ("causal", "bidirectional")}
+    r2 = {
+        mask: positions.position_probe(_model(mask), ids, kind="attn_logvar", target="log_position")["r2"]
+        for mask in ("causal", "bidirectional")
+    }
     assert r2["causal"] > 0.5
     assert r2["bidirectional"] < 0.05
 
@@ -169,8 +180,16 @@ def test_markov_masked_posterior_validates():
 
 def test_order_experiment_runs_and_records_excess():
     source = MarkovSource(4, order=2, alpha=0.5, seed=0)
-    runs = positions.order_experiment(source, runs=(("causal", "none"), ("masked", "rope")), steps=4,
-                                      batch_size=4, seq_len=8, d_model=16, n_heads=2, eval_every=2)
+    runs = positions.order_experiment(
+        source,
+        runs=(("causal", "none"), ("masked", "rope")),
+        steps=4,
+        batch_size=4,
+        seq_len=8,
+        d_model=16,
+        n_heads=2,
+        eval_every=2,
+    )
     assert [r.label for r in runs] == ["causal, no position encoding", "bidirectional, RoPE"]
     for r in runs:
         assert r.steps == [0, 2, 4] and len(r.excess) == 3
@@ -184,8 +203,9 @@ def test_order_experiment_runs_and_records_excess():
 def test_context_shuffle_changes_nothing_for_bidirectional_nope():
     source = MarkovSource(4, order=2, alpha=0.5, seed=1)
     kinds = (("masked", "none"), ("causal", "none"), ("masked", "rope"))
-    runs = positions.order_experiment(source, runs=kinds, steps=2, batch_size=4, seq_len=8, d_model=16,
-                                      n_heads=2, eval_every=2)
+    runs = positions.order_experiment(
+        source, runs=kinds, steps=2, batch_size=4, seq_len=8, d_model=16, n_heads=2, eval_every=2
+    )
     nope, causal, rope = (positions.context_shuffle_penalty(r, source, n=32, seq_len=8) for r in runs)
     assert abs(nope["penalty"]) < 1e-5 and nope["max_logit_change"] < 1e-4 and nope["se"] < 1e-5
     assert causal["se"] > 0
@@ -199,14 +219,24 @@ def test_plots_return_figures():
     import matplotlib.pyplot as plt
 
     source = MarkovSource(4, order=2, alpha=0.5, seed=0)
-    runs = positions.order_experiment(source, runs=(("causal", "none"), ("masked", "none")), steps=2,
-                                      batch_size=4, seq_len=8, d_model=16, n_heads=2, eval_every=1)
+    runs = positions.order_experiment(
+        source,
+        runs=(("causal", "none"), ("masked", "none")),
+        steps=2,
+        batch_size=4,
+        seq_len=8,
+        d_model=16,
+        n_heads=2,
+        eval_every=1,
+    )
     ids = torch.randint(0, 32, (8, 6))
     probe = positions.position_probe(_model("causal"), ids, kind="attn_logvar", target="log_position")
     var = {"causal": np.linspace(1, 0.1, 6), "bidirectional": np.full(6, 0.5)}
-    figs = [positions.plot_order_runs(runs, floors={"causal": 0.3}),
-            positions.plot_probe({"a": probe}),
-            positions.plot_position_signal(var, {"causal": probe})]
+    figs = [
+        positions.plot_order_runs(runs, floors={"causal": 0.3}),
+        positions.plot_probe({"a": probe}),
+        positions.plot_position_signal(var, {"causal": probe}),
+    ]
     for fig in figs:
         assert isinstance(fig, matplotlib.figure.Figure)
         plt.close(fig)

@@ -337,4 +337,3 @@ def test_model_nan_in_one_head_is_nan_out_for_every_backend(backend):
     with torch.no_grad():
         enc.layers[0].self_attn.q_proj.weight[:8] = float("nan")
         assert enc(ids).isnan().all()
-

@@ -57,11 +57,20 @@ def _project(root: Path = ROOT) -> dict:
 
 
 def test_pages_url_is_derived_from_the_repository():
-    assert address.pages_url("https://github.com/alice/why-decoder-only") == "https://alice.github.io/why-decoder-only/"
+    assert (
+        address.pages_url("https://github.com/alice/why-decoder-only")
+        == "https://alice.github.io/why-decoder-only/"
+    )
     assert address.pages_url("https://github.com/Alice/Book/") == "https://alice.github.io/Book/"
     assert address.pages_url("https://github.com/alice/alice.github.io") == "https://alice.github.io/"
-    for bad in ("http://github.com/a/b", "https://gitlab.com/a/b", "https://github.com/a", "https://github.com/a/b/c",
-                "https://github.com/-a/b", "a/b"):
+    for bad in (
+        "http://github.com/a/b",
+        "https://gitlab.com/a/b",
+        "https://github.com/a",
+        "https://github.com/a/b/c",
+        "https://github.com/-a/b",
+        "a/b",
+    ):
         with pytest.raises(ValueError):
             address.pages_url(bad)
 
@@ -74,8 +83,16 @@ def test_set_repository_accepts_owner_repo_or_url():
 
 
 def _copy_of_the_repository(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():
@@ -91,8 +108,13 @@ def moved(tmp_path_factory):
         pytest.skip("needs git to list the repository's files")
     copy = _copy_of_the_repository(tmp_path_factory.mktemp("moved"))
     old = set_repository.current_url(copy)
-    proc = subprocess.run([sys.executable, "scripts/set_repository.py", "someone-else/another-book"],
-                          cwd=copy, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "scripts/set_repository.py", "someone-else/another-book"],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return copy, old
 
@@ -126,8 +148,9 @@ def test_changing_the_address_changes_every_setup_cell(moved):
         assert "git+https://github.com/someone-else/another-book@" in setup, f"{nb_path.name}: {setup}"
     sync = copy / "scripts" / "sync_setup_cells.py"
     if sync.exists():  # the setup cells are exactly the template's, for the new address
-        proc = subprocess.run([sys.executable, str(sync), "--check"], cwd=copy, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [sys.executable, str(sync), "--check"], cwd=copy, capture_output=True, text=True
+        )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -137,8 +160,9 @@ def test_changing_the_address_changes_every_button_and_the_base_url(moved):
     from jupyter_book.config import get_final_config
 
     copy, _ = moved
-    config, *_ = get_final_config(user_yaml=copy / "_config.yml", sourcedir=copy,
-                                  cli_config={"latex_individualpages": False})
+    config, *_ = get_final_config(
+        user_yaml=copy / "_config.yml", sourcedir=copy, cli_config={"latex_individualpages": False}
+    )
     theme = config["html_theme_options"]
     assert theme["repository_url"] == "https://github.com/someone-else/another-book"
     assert theme["use_repository_button"] and theme["use_issues_button"]
@@ -189,8 +213,18 @@ def test_licences():
 def test_citation_file_is_valid_and_matches_the_package():
     pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (scripts/setup_env.sh does)")
     cff_path = ROOT / "CITATION.cff"
-    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-                           "vendor.citation-file-format", str(cff_path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.citation-file-format",
+            str(cff_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     cff = yaml.safe_load(cff_path.read_text(encoding="utf-8"))
     project = _project()
@@ -206,8 +240,18 @@ def test_the_citation_check_can_fail(tmp_path):
     broken = tmp_path / "CITATION.cff"
     text = (ROOT / "CITATION.cff").read_text(encoding="utf-8")
     broken.write_text(text.replace("cff-version: 1.2.0", "cff-version: 1.2.0\ndate-released: yesterday"))
-    proc = subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema",
-                           "vendor.citation-file-format", str(broken)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "check_jsonschema",
+            "--builtin-schema",
+            "vendor.citation-file-format",
+            str(broken),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0
 
 
@@ -239,32 +283,47 @@ def test_bibliography_labels_are_author_year(publish):
         e.key = key
         return e
 
-    entries = [entry("d", ["Devlin, Jacob", "Chang, Ming-Wei", "Lee, Kenton"], "2019"),
-               entry("k", ["Kaplan, Jared", "McCandlish, Sam"], "2020"),
-               entry("r", ["Radford, Alec"], "2018"),
-               entry("b1", ["Brown, Tom", "Mann, Ben", "Ryder, Nick"], "2020"),
-               entry("b2", ["Brown, Tom", "Other, Ann", "Third, Bo"], "2020"),
-               entry("v", ["von Platen, Patrick"], "2021")]
+    entries = [
+        entry("d", ["Devlin, Jacob", "Chang, Ming-Wei", "Lee, Kenton"], "2019"),
+        entry("k", ["Kaplan, Jared", "McCandlish, Sam"], "2020"),
+        entry("r", ["Radford, Alec"], "2018"),
+        entry("b1", ["Brown, Tom", "Mann, Ben", "Ryder, Nick"], "2020"),
+        entry("b2", ["Brown, Tom", "Other, Ann", "Third, Bo"], "2020"),
+        entry("v", ["von Platen, Patrick"], "2021"),
+    ]
     publish._register_bibliography_style()  # what the extension's setup() does
     style = find_plugin("pybtex.style.formatting", "authoryear")()
     labels = list(style.label_style.format_labels(entries))
-    assert labels == ["Devlin et al., 2019", "Kaplan and McCandlish, 2020", "Radford, 2018",
-                      "Brown et al., 2020a", "Brown et al., 2020b", "von Platen, 2021"]
+    assert labels == [
+        "Devlin et al., 2019",
+        "Kaplan and McCandlish, 2020",
+        "Radford, 2018",
+        "Brown et al., 2020a",
+        "Brown et al., 2020b",
+        "von Platen, 2021",
+    ]
     config = _config()["sphinx"]["config"]
     assert config["bibtex_default_style"] == "authoryear"
     assert config["bibtex_reference_style"] == "author_year"
 
 
 def test_chapter_references_pattern(publish):
-    found = [m.group(0) for m in publish._CHAPTER_REF.finditer(
-        "chapter 6 looks; Chapter 2 ended; chapters 6 and 7; chapters 8-10; the chapter's end; chapter 1's")]
+    found = [
+        m.group(0)
+        for m in publish._CHAPTER_REF.finditer(
+            "chapter 6 looks; Chapter 2 ended; chapters 6 and 7; chapters 8-10; "
+            "the chapter's end; chapter 1's"
+        )
+    ]
     assert found == ["chapter 6", "Chapter 2", "chapters 6 and 7", "chapters 8-10", "chapter 1"]
 
 
 def test_the_print_page_holds_every_article_with_root_relative_links(publish, tmp_path):
     (tmp_path / "chapters").mkdir()
-    page = ('<html><head><title>t</title><link href="{p}_static/x.css"></head><body>'
-            '<article class="bd-article"><h1>{h}</h1><img src="{p}_images/a.png"></article></body></html>')
+    page = (
+        '<html><head><title>t</title><link href="{p}_static/x.css"></head><body>'
+        '<article class="bd-article"><h1>{h}</h1><img src="{p}_images/a.png"></article></body></html>'
+    )
     (tmp_path / "intro.html").write_text(page.format(p="", h="Intro"))
     (tmp_path / "chapters" / "01_a.html").write_text(page.format(p="../", h="One"))
     out = publish.print_page(tmp_path, ["intro", "chapters/01_a"])
@@ -287,8 +346,12 @@ def dist(tmp_path_factory):
     clone = base / "repo"
     subprocess.run(["git", "clone", "-q", "--depth", "1", f"file://{ROOT}", str(clone)], check=True)
     out = base / "dist"
-    proc = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(clone)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out), str(clone)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     wheels, sdists = sorted(out.glob("*.whl")), sorted(out.glob("*.tar.gz"))
     assert len(wheels) == 1 and len(sdists) == 1, sorted(p.name for p in out.iterdir())
@@ -301,8 +364,12 @@ def test_wheel_and_sdist_pass_twine_check(dist):
     wheel, sdist, clone = dist
     version = tomllib.loads((clone / "pyproject.toml").read_text(encoding="utf-8"))["project"]["version"]
     assert wheel.name == f"why_decoder_only-{version}-py3-none-any.whl"
-    proc = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     import zipfile
 
@@ -322,9 +389,24 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     pytest.importorskip("nbclient")
     wheel, _, clone = dist
     site = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index",
-                           "--disable-pip-version-check", "--target", str(site), str(wheel)],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-index",
+            "--disable-pip-version-check",
+            "--target",
+            str(site),
+            str(wheel),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one of the quickest chapters, and one that loads both pretrained models through the package
     chapter = os.environ.get("PUBLISH_CHAPTER", "chapters/04_attention_rank.ipynb")
@@ -337,14 +419,28 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
         text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
         if cell["cell_type"] == "code" and "explore_live(" in text:
             live += 1
-            cells.append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                          "id": f"drive{k}",
-                          "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())"})
+            cells.append(
+                {
+                    "cell_type": "code",
+                    "metadata": {},
+                    "execution_count": None,
+                    "outputs": [],
+                    "id": f"drive{k}",
+                    "source": "from anatomy import book as _b\nprint('DRIVEN', _b.drive_live())",
+                }
+            )
     nb["cells"] = cells
-    nb["cells"].append({"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                        "source": "import anatomy, importlib.metadata as m\nfrom anatomy import claims\n"
-                                  "print('FROM', anatomy.__file__, m.version('why-decoder-only'))\n"
-                                  "print('CHAPTERS', len(claims.chapters()))"})
+    nb["cells"].append(
+        {
+            "cell_type": "code",
+            "metadata": {},
+            "execution_count": None,
+            "outputs": [],
+            "source": "import anatomy, importlib.metadata as m\nfrom anatomy import claims\n"
+            "print('FROM', anatomy.__file__, m.version('why-decoder-only'))\n"
+            "print('CHAPTERS', len(claims.chapters()))",
+        }
+    )
     work = tmp_path / "work"  # nothing in it but the notebook
     work.mkdir()
     (work / "chapter.ipynb").write_text(json.dumps(nb), encoding="utf-8")
@@ -360,8 +456,9 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
         "nbformat.write(nb, 'executed.ipynb')\n"
         "print(''.join(o.get('text', '') for o in nb.cells[-1].outputs))\n"
     )
-    run = subprocess.run([sys.executable, "-c", runner], cwd=work, env=env, capture_output=True, text=True,
-                         timeout=900)
+    run = subprocess.run(
+        [sys.executable, "-c", runner], cwd=work, env=env, capture_output=True, text=True, timeout=900
+    )
     log = (run.stderr or run.stdout)[-4000:]
     assert run.returncode == 0, f"{chapter} failed on the installed wheel:\n{log}"
     where = re.search(r"FROM (\S+) (\S+)", run.stdout)
@@ -373,22 +470,28 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     import nbformat
 
     executed = nbformat.read(work / "executed.ipynb", as_version=4)
-    driven = sum("DRIVEN [{" in "".join(o.get("text", "") for o in c.get("outputs", []))
-                 for c in executed.cells)
+    driven = sum(
+        "DRIVEN [{" in "".join(o.get("text", "") for o in c.get("outputs", [])) for c in executed.cells
+    )
     assert driven == live, f"{chapter}: {live} live explorers, {driven} driven"
     # with ANATOMY_SECOND_RUNS set (scripts/run_tests.sh), tests/test_determinism.py compares what this run
     # glued with the build's values after the build
     _module(ROOT / "scripts" / "book_report.py", "_book_report_for_publish").save_second_run(
-        executed, chapter, clone, by="tests/test_publish.py (the installed wheel)")
+        executed, chapter, clone, by="tests/test_publish.py (the installed wheel)"
+    )
 
 
 def test_figures_without_a_caption_paragraph_have_caption_metadata():
     """scripts/figure_captions.py has been run: the listed figure cells carry their caption and alt text."""
     figures = _module(ROOT / "scripts" / "figure_captions.py", "_figure_captions_for_tests")
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "figure_captions.py"), "--check"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "figure_captions.py"), "--check"],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, (
-        f"{proc.stdout}run `python3 scripts/figure_captions.py` (it only adds cell metadata)")
+        f"{proc.stdout}run `python3 scripts/figure_captions.py` (it only adds cell metadata)"
+    )
     for rel, cells in figures.FIGURES.items():
         for name, alt, caption in cells.values():
             assert name.startswith("fig-") and len(alt) > 40 and len(caption) > 60, (rel, name)
@@ -401,8 +504,9 @@ def test_chapter_numbers_follow_the_table_of_contents():
     NN_ prefix. Both must agree, or "chapter 12" in the text would name another chapter than the one headed
     "12." (rename the files, or reorder _toc.yml, and fix the prose)."""
     toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    numbered = [c["file"] for part in toc.get("parts", []) if part.get("numbered")
-                for c in part.get("chapters", [])]
+    numbered = [
+        c["file"] for part in toc.get("parts", []) if part.get("numbered") for c in part.get("chapters", [])
+    ]
     assert numbered, "no numbered part in _toc.yml"
     wrong = []
     for position, file in enumerate(numbered, start=1):
@@ -421,8 +525,10 @@ def test_check_site_wants_a_colab_edition_without_myst(tmp_path):
     (root / "chapters").mkdir(parents=True)
     shutil.copy(ROOT / "_config.yml", root / "_config.yml")
     (root / "_toc.yml").write_text("format: jb-book\nroot: intro\nchapters:\n  - file: chapters/01_x\n")
-    cells = [{"cell_type": "markdown", "metadata": {}, "source": "# X"},
-             {"cell_type": "code", "metadata": {}, "source": "1", "outputs": [], "execution_count": None}]
+    cells = [
+        {"cell_type": "markdown", "metadata": {}, "source": "# X"},
+        {"cell_type": "code", "metadata": {}, "source": "1", "outputs": [], "execution_count": None},
+    ]
     (root / "chapters" / "01_x.ipynb").write_text(json.dumps({"cells": cells}))
     (site / "chapters").mkdir(parents=True)
     (site / "_sources" / "chapters").mkdir(parents=True)

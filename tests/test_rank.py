@@ -102,9 +102,15 @@ def test_matrix_stats_keys_and_values():
         rank.matrix_stats(torch.eye(3).expand(2, 3, 3))
 
 
-@pytest.mark.parametrize("bad, err", [([1, 2], TypeError), (torch.zeros(3), ValueError),
-                                      (torch.zeros(3, 3, dtype=torch.long), TypeError),
-                                      (torch.full((2, 2), float("nan")), ValueError)])
+@pytest.mark.parametrize(
+    "bad, err",
+    [
+        ([1, 2], TypeError),
+        (torch.zeros(3), ValueError),
+        (torch.zeros(3, 3, dtype=torch.long), TypeError),
+        (torch.full((2, 2), float("nan")), ValueError),
+    ],
+)
 def test_rank_functions_validate_input(bad, err):
     with pytest.raises(err):
         rank.numerical_rank(bad)
@@ -213,8 +219,15 @@ def test_causal_first_token_is_untouched_by_later_tokens():
 
 
 def test_pure_attention_collapses_and_full_block_does_not():
-    curves = rank.collapse_curves(variants=("attention", "block"), depth=12, n=16, d_model=16, n_heads=2,
-                                  seeds=(0, 1), keep_states=(0, 12))
+    curves = rank.collapse_curves(
+        variants=("attention", "block"),
+        depth=12,
+        n=16,
+        d_model=16,
+        n_heads=2,
+        seeds=(0, 1),
+        keep_states=(0, 12),
+    )
     assert curves["residual"][("attention", "bidirectional")][:, -1].max() < 1e-10
     causal = curves["residual"][("attention", "causal")]
     assert causal[:, -1].max() < 1e-2 * causal[:, 0].min()
@@ -282,8 +295,9 @@ def test_plots_return_figures():
     rows = rank.single_matrix_sweep(n=16, d=4, logit_stds=(1.0, 2.0), seeds=(0,))
     cond = rank.triangular_condition(ns=(4, 8), seeds=(0,))
     prod = {m: rank.attention_product(n=8, d=4, depth=5, mask=m) for m in ("causal", "bidirectional")}
-    curves = rank.collapse_curves(variants=("attention",), depth=3, n=8, d_model=8, n_heads=2, seeds=(0,),
-                                  keep_states=(0, 3))
+    curves = rank.collapse_curves(
+        variants=("attention",), depth=3, n=8, d_model=8, n_heads=2, seeds=(0,), keep_states=(0, 3)
+    )
     torch.manual_seed(0)
     model = Transformer(Config(vocab_size=20, d_model=16, n_layers=2, n_heads=2, mask="causal"))
     insp = rank.inspect_model(model, torch.randint(0, 20, (1, 6)))

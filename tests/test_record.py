@@ -217,8 +217,11 @@ def test_sources_page_names_every_chapter_that_tests_each_seed():
 def test_answer_points_quote_the_chapters_recorded_numbers_when_the_build_has_them(monkeypatch):
     key, fields, lead, template = answer.ANSWER_POINTS[0][0]
     quick = claims.get(key).quick()
-    recorded = {**quick, **{f: (quick[f] * 2 if isinstance(quick[f], float) else quick[f]) for f in fields},
-                "passed": True}
+    recorded = {
+        **quick,
+        **{f: (quick[f] * 2 if isinstance(quick[f], float) else quick[f]) for f in fields},
+        "passed": True,
+    }
     monkeypatch.setattr(claims, "recorded", lambda: {key: recorded})
     point = answer.resolve_point(answer.ANSWER_POINTS[0])
     assert point["source"] == "recorded" and point["sentence"] == template.format(**recorded)

@@ -25,8 +25,18 @@ TOL = 1e-5  # relative to the largest score; float32 rounding gives ~1e-7, the b
 
 def _config(**kw) -> Config:
     # init_std 0.5: scores of order one, so that a position-dependent error is not hidden by tiny weights
-    base = dict(vocab_size=V, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=64, pos="rope",
-                norm="layer", init_std=0.5, rope_theta=100.0)
+    base = dict(
+        vocab_size=V,
+        d_model=32,
+        n_layers=2,
+        n_heads=2,
+        n_kv_heads=1,
+        max_seq_len=64,
+        pos="rope",
+        norm="layer",
+        init_std=0.5,
+        rope_theta=100.0,
+    )
     return Config(**{**base, **kw})
 
 
@@ -39,12 +49,21 @@ def _encdec(ids: torch.Tensor, model: EncoderDecoder):
 # on their own token only).
 MODELS = {
     "Transformer causal": (lambda: Transformer(_config()), lambda ids, m: m(ids), (0,)),
-    "Transformer bidirectional": (lambda: Transformer(_config(mask="bidirectional")), lambda ids, m: m(ids),
-                                  (0,)),
-    "Transformer prefix": (lambda: Transformer(_config(mask="prefix")), lambda ids, m: m(ids, prefix_len=3),
-                           (0,)),
-    "Transformer post-norm": (lambda: Transformer(_config(norm_position="post", norm="rms")),
-                              lambda ids, m: m(ids), (0,)),
+    "Transformer bidirectional": (
+        lambda: Transformer(_config(mask="bidirectional")),
+        lambda ids, m: m(ids),
+        (0,),
+    ),
+    "Transformer prefix": (
+        lambda: Transformer(_config(mask="prefix")),
+        lambda ids, m: m(ids, prefix_len=3),
+        (0,),
+    ),
+    "Transformer post-norm": (
+        lambda: Transformer(_config(norm_position="post", norm="rms")),
+        lambda ids, m: m(ids),
+        (0,),
+    ),
     # calls: encoder layers 0, 1, then decoder layer 0 self, layer 0 cross, layer 1 self, layer 1 cross
     "EncoderDecoder": (lambda: EncoderDecoder(_config()), _encdec, (0, 2)),
     "icl.AttentionOnly": (lambda: AttentionOnly(_config()), lambda ids, m: m(ids), (0,)),

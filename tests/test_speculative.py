@@ -85,8 +85,11 @@ def test_exact_rules_give_the_targets_distribution(seed):
     exact = sp.sequence_distribution(target, prompt, 2)
     got = {}
     for rule in sp.RULES:
-        got[rule] = sp.enumerate_distribution(lambda rng, rule=rule: sp.speculative_generate(
-            target, draft, prompt, 2, gamma=2, temperature=1.0, rng=rng, rule=rule).ids[0, -2:])
+        got[rule] = sp.enumerate_distribution(
+            lambda rng, rule=rule: sp.speculative_generate(
+                target, draft, prompt, 2, gamma=2, temperature=1.0, rng=rng, rule=rule
+            ).ids[0, -2:]
+        )
         assert math.isclose(sum(got[rule].values()), 1.0, abs_tol=1e-9)
     assert sp.total_variation(got["leviathan"], exact) < 1e-5
     assert sp.total_variation(got["match"], exact) < 1e-5
@@ -97,8 +100,11 @@ def test_exact_at_another_temperature_and_with_the_ngram_drafter():
     target, draft = _pair(3)
     prompt = torch.tensor([[0, 1, 0, 1, 0]])
     for drafter in (draft, sp.NgramDrafter(4, 2, 1)):
-        got = sp.enumerate_distribution(lambda rng, d=drafter: sp.speculative_generate(
-            target, d, prompt, 2, gamma=3, temperature=0.7, rng=rng).ids[0, -2:])
+        got = sp.enumerate_distribution(
+            lambda rng, d=drafter: sp.speculative_generate(
+                target, d, prompt, 2, gamma=3, temperature=0.7, rng=rng
+            ).ids[0, -2:]
+        )
         assert sp.total_variation(got, sp.sequence_distribution(target, prompt, 2, 0.7)) < 1e-5
 
 
@@ -130,8 +136,11 @@ def test_sampling_with_torch_randomness_matches_within_a_bound_that_cannot_flake
     assert sum(abs(draft_alone.get(k, 0) - v) for k, v in exact.items()) > 1.0
     n, counts = 1000, {}
     for _ in range(n):
-        seq = tuple(sp.speculative_generate(target, draft, prompt, 2, gamma=2, temperature=1.0,
-                                            generator=g).ids[0, -2:].tolist())
+        seq = tuple(
+            sp.speculative_generate(target, draft, prompt, 2, gamma=2, temperature=1.0, generator=g)
+            .ids[0, -2:]
+            .tolist()
+        )
         counts[seq] = counts.get(seq, 0) + 1
     l1 = sum(abs(counts.get(k, 0) / n - v) for k, v in exact.items())
     assert (2**9 - 2) * math.exp(-n * 0.35**2 / 2) < 1e-20
@@ -155,9 +164,9 @@ def test_acceptance_probability_and_residual():
 
 def test_ngram_lookup():
     d = sp.NgramDrafter(10, max_n=2, min_n=1)
-    assert d.lookup([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]       # bigram [1, 2] seen before
-    assert d.lookup([5, 6, 7], 2) == []                       # nothing repeats
-    assert d.lookup([1, 2, 3, 9, 3], 2) == [9, 3]             # falls back to the unigram [3]
+    assert d.lookup([1, 2, 3, 4, 1, 2], 3) == [3, 4, 1]  # bigram [1, 2] seen before
+    assert d.lookup([5, 6, 7], 2) == []  # nothing repeats
+    assert d.lookup([1, 2, 3, 9, 3], 2) == [9, 3]  # falls back to the unigram [3]
     with pytest.raises(ValueError, match="min_n"):
         sp.NgramDrafter(10, max_n=1, min_n=2)
 
@@ -232,11 +241,14 @@ def test_adaptive_gamma_gives_the_greedy_output(mid, gamma):
 
 def test_adaptive_gamma_grows_after_full_acceptance_and_halves_after_none(mid):
     prompt = torch.tensor([[3, 1, 4, 1, 5]])
-    perfect = sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 60, gamma=2, adaptive=True,
-                                      max_gamma=16)
+    perfect = sp.speculative_generate(
+        mid, sp.layer_draft(mid, 4), prompt, 60, gamma=2, adaptive=True, max_gamma=16
+    )
     assert perfect.drafted[:4] == [2, 4, 8, 16]  # doubled after every fully accepted round, then capped
-    assert perfect.target_calls < sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 60,
-                                                          gamma=2).target_calls
+    assert (
+        perfect.target_calls
+        < sp.speculative_generate(mid, sp.layer_draft(mid, 4), prompt, 60, gamma=2).target_calls
+    )
     assert torch.equal(perfect.ids, generate(mid, prompt, 60))
 
     class Wrong:  # never the target's next token: gamma halves to 1 and stays there
@@ -258,9 +270,20 @@ def test_adaptive_gamma_grows_after_full_acceptance_and_halves_after_none(mid):
 def _adaptive_dist(target, drafter, prompt, gamma, n_tok, rule="leviathan", schedules=None):
     """The exact output distribution of adaptive speculative sampling (max_gamma 2), and the first two
     rounds' draft lengths on every branch (added to ``schedules``)."""
+
     def sample(rng):
-        out = sp.speculative_generate(target, drafter, prompt, n_tok, gamma=gamma, adaptive=True, max_gamma=2,
-                                      temperature=1.0, rng=rng, rule=rule)
+        out = sp.speculative_generate(
+            target,
+            drafter,
+            prompt,
+            n_tok,
+            gamma=gamma,
+            adaptive=True,
+            max_gamma=2,
+            temperature=1.0,
+            rng=rng,
+            rule=rule,
+        )
         if schedules is not None:
             schedules.add(tuple(out.drafted[:2]))
         return out.ids[0, -n_tok:]
@@ -274,8 +297,10 @@ def test_adaptive_gamma_keeps_the_targets_distribution():
     # conditional law. gamma 1 over 5 tokens: a fully accepted first round makes the next one draft 2;
     # gamma 2 over 4 tokens: a rejected first draft makes the next round draft 1 (a fixed gamma drafts 2).
     prompt = torch.tensor([[0, 1, 1, 0]])
-    for vocab, gamma, n_tok, adapted, drafters in ((2, 1, 5, (1, 2), ["model", "lookup"]),
-                                                  (3, 2, 4, (2, 1), ["lookup"])):
+    for vocab, gamma, n_tok, adapted, drafters in (
+        (2, 1, 5, (1, 2), ["model", "lookup"]),
+        (3, 2, 4, (2, 1), ["lookup"]),
+    ):
         target, draft = _pair(2, vocab=vocab)
         exact = sp.sequence_distribution(target, prompt, n_tok)
         for name in drafters:
@@ -296,7 +321,7 @@ def test_greedy_fast_path_matches_the_general_rule(mid):
         calls = 0
 
         def propose(self, ids, k, temperature, rng):
-            toks = generate(mid, ids, k)[0, ids.shape[1]:].tolist()
+            toks = generate(mid, ids, k)[0, ids.shape[1] :].tolist()
             q = torch.full((k, 50), 0.5 / 49, dtype=torch.float64)
             q[torch.arange(k), torch.tensor(toks)] = 0.5
             return toks, q
@@ -311,8 +336,11 @@ def test_greedy_fast_path_matches_the_general_rule(mid):
     assert toks == sp.ModelDrafter(d, 32).propose(prompt, 5, 0.0, sp.TorchRandom())[0]
     assert toks == generate(d, prompt, 5)[0, 4:].tolist()
     ngram = sp.NgramDrafter(50, 2, 1)
-    assert ngram.greedy_tokens([1, 2, 3, 1, 2], 2) == ngram.propose(torch.tensor([[1, 2, 3, 1, 2]]), 2, 0.0,
-                                                                    None)[0] == [3, 1]
+    assert (
+        ngram.greedy_tokens([1, 2, 3, 1, 2], 2)
+        == ngram.propose(torch.tensor([[1, 2, 3, 1, 2]]), 2, 0.0, None)[0]
+        == [3, 1]
+    )
     assert ngram.greedy_tokens(torch.tensor([[1, 2, 3, 1, 2]]), 2) == [3, 1]
 
 

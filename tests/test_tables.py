@@ -12,8 +12,14 @@ def test_cells_are_escaped_unless_raw_and_rows_counted():
 
 
 def test_layout_options():
-    table = html_table(["n", "v"], [("a", 1)], widths=[30, 70], numeric=True, caption="c&d",
-                       styles=[[None, "background:#fff"]])
+    table = html_table(
+        ["n", "v"],
+        [("a", 1)],
+        widths=[30, 70],
+        numeric=True,
+        caption="c&d",
+        styles=[[None, "background:#fff"]],
+    )
     assert "<col style='width:30%'>" in table and "table-layout:fixed" in table
     assert "<caption>c&amp;d</caption>" in table
     assert "text-align:right;background:#fff" in table  # second column right-aligned, plus its style

@@ -10,8 +10,9 @@ from anatomy.timing import interleaved_medians, interleaved_times, one_thread, p
 
 def test_interleaved_medians_runs_every_variant_in_turn():
     calls = []
-    out = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
-                              warmup=1, threads=1)
+    out = interleaved_medians(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1, threads=1
+    )
     assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
     assert set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
     with pytest.raises(ValueError, match="fns"):
@@ -32,8 +33,9 @@ def test_interleaved_medians_runs_every_variant_in_turn():
 
 def test_interleaved_times_keep_every_repeat_and_paired_ratio():
     calls = []
-    times = interleaved_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3,
-                              warmup=0)
+    times = interleaved_times(
+        {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0
+    )
     assert calls == ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
     # each pair is compared with itself: a slowdown shared by both variants of a repeat cancels
     assert paired_ratio([2.0, 20.0, 4.0], [1.0, 10.0, 1.0]) == 2.0
@@ -49,6 +51,7 @@ def test_interleaved_times_keep_every_repeat_and_paired_ratio():
 def test_threads_are_pinned_while_timing_and_restored():
     before = torch.get_num_threads()
     seen = {}
+
     def record(key):
         return lambda: seen.setdefault(key, torch.get_num_threads())
 

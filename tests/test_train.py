@@ -178,8 +178,15 @@ def test_eval_fn_and_evaluate():
         make_model(), SOURCE.token_batches(8, 32), steps=5, eval_fn=lambda m: 1.5, progress=False
     )
     assert only_end.evals == [(5, {"loss": 1.5})]
-    no_start = train(make_model(), SOURCE.token_batches(8, 32), steps=25, eval_fn=lambda m: 1.5,
-                     eval_every=10, eval_at_start=False, progress=False)
+    no_start = train(
+        make_model(),
+        SOURCE.token_batches(8, 32),
+        steps=25,
+        eval_fn=lambda m: 1.5,
+        eval_every=10,
+        eval_at_start=False,
+        progress=False,
+    )
     assert [s for s, _ in no_start.evals] == [10, 20, 25]
     # evaluate = the target-weighted mean of the default loss; it restores the previous mode
     model.eval()

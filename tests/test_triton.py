@@ -124,8 +124,9 @@ def test_log_sum_exp_and_large_logits(mask):
     # Logits above 88.7 overflow exp() in float32 without the running maximum.
     q, k, v = make_qkv(1, 4, 2, 90, 130, 32, seed=7, scale=6.0)
     kw = _kw(mask, None, 50)
-    out, lse = tk.triton_attention(q, k, v, mask, q_offset=130 - 90, tile=32, return_lse=True,
-                                   prefix_len=kw["prefix_len"])
+    out, lse = tk.triton_attention(
+        q, k, v, mask, q_offset=130 - 90, tile=32, return_lse=True, prefix_len=kw["prefix_len"]
+    )
     assert lse.shape == (1, 4, 90) and lse.dtype == torch.float32
     assert lse.max() > 100  # exp() of such logits overflows float32: the running maximum is needed
     ref_lse = reference_lse64(q, k, mask, q_offset=40, prefix_len=kw["prefix_len"])
@@ -134,8 +135,9 @@ def test_log_sum_exp_and_large_logits(mask):
     # is held to the error of the dense float32 computation (the reference backend) rather than to 1e-5.
     ref = reference64(q, k, v, mask, **kw)
     dense_out = attention(q, k, v, mask, backend="reference", q_offset=40, prefix_len=kw["prefix_len"])
-    _, lse_tiled = tiled_attention(q, k, v, mask, q_offset=40, prefix_len=kw["prefix_len"], tile=32,
-                                   return_lse=True)
+    _, lse_tiled = tiled_attention(
+        q, k, v, mask, q_offset=40, prefix_len=kw["prefix_len"], tile=32, return_lse=True
+    )
     err, err_dense = ((o.double() - ref).abs().max().item() for o in (out, dense_out))
     assert torch.isfinite(out).all() and err <= max(1e-5, 2 * err_dense)
     assert (lse - lse_tiled).abs().max().item() <= 1e-4
@@ -173,12 +175,14 @@ def test_gradients_match_float64_reference(mask, case, with_lse):
     off = nk - nq if q_offset is None else q_offset
 
     def triton_fn(q, k, v):
-        return tk.triton_attention(q, k, v, mask, q_offset=off, prefix_len=kw["prefix_len"], tile=tile,
-                                   return_lse=True)
+        return tk.triton_attention(
+            q, k, v, mask, q_offset=off, prefix_len=kw["prefix_len"], tile=tile, return_lse=True
+        )
 
     def ref_fn(q, k, v):
-        return reference64(q, k, v, mask, **kw), reference_lse64(q, k, mask, q_offset=off,
-                                                                 prefix_len=kw["prefix_len"])
+        return reference64(q, k, v, mask, **kw), reference_lse64(
+            q, k, mask, q_offset=off, prefix_len=kw["prefix_len"]
+        )
 
     got = _grads(q, k, v, triton_fn, with_lse)
     want = _grads(q.double(), k.double(), v.double(), ref_fn, with_lse)
@@ -248,15 +252,24 @@ def test_key_padding_mask_falls_back_to_the_tiled_kernel():
     out = attention(q, k, v, "bidirectional", backend="triton", tile=16, key_padding_mask=pad)
     want = attention(q[:1], k[:1, :, :20], v[:1, :, :20], "bidirectional", backend="reference")
     assert (out[:1] - want).abs().max() < 1e-5
-    tiled = tiled_attention(q, k, v, "bidirectional", q_offset=20, prefix_len=None, tile=16,
-                            key_padding_mask=pad)
+    tiled = tiled_attention(
+        q, k, v, "bidirectional", q_offset=20, prefix_len=None, tile=16, key_padding_mask=pad
+    )
     assert torch.equal(out, tiled)
 
 
 @interpreted
 def test_block_size_maps_tiles_to_powers_of_two():
-    assert [tk.block_size(t, 64) for t in (1, 7, 16, 31, 32, 100, 128, 1000)] == [16, 16, 16, 16, 32, 64,
-                                                                                  128, 128]
+    assert [tk.block_size(t, 64) for t in (1, 7, 16, 31, 32, 100, 128, 1000)] == [
+        16,
+        16,
+        16,
+        16,
+        32,
+        64,
+        128,
+        128,
+    ]
     assert tk.block_size(128, 128) == 64 and tk.block_size(128, 256) == 32 and tk.block_size(128, 8) == 128
     for bad in (0, -3, 2.0, True):
         with pytest.raises(ValueError, match="tile"):
@@ -347,8 +360,9 @@ def test_kernels_compile_for_nvidia_gpus(tmp_path):
         pytest.skip("this triton build has no NVIDIA backend")
     env = _env_without_interpreter()
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True,
-                            env=env, timeout=600)
+    result = subprocess.run(
+        [sys.executable, "-c", _COMPILE_SCRIPT], capture_output=True, text=True, env=env, timeout=600
+    )
     assert result.returncode == 0 and "compiled" in result.stdout, result.stderr[-3000:]
 
 
@@ -381,8 +395,9 @@ _GPU_SCRIPT = textwrap.dedent(
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: the compiled kernel is not run")
 def test_compiled_kernel_on_the_gpu():
     env = _env_without_interpreter()
-    result = subprocess.run([sys.executable, "-c", _GPU_SCRIPT], capture_output=True, text=True, env=env,
-                            timeout=900)
+    result = subprocess.run(
+        [sys.executable, "-c", _GPU_SCRIPT], capture_output=True, text=True, env=env, timeout=900
+    )
     assert result.returncode == 0 and "gpu ok" in result.stdout, result.stderr[-3000:]
 
 
@@ -414,7 +429,8 @@ def _triton_venv(version: str) -> Path:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "colab_env", Path(__file__).resolve().parents[1] / "scripts" / "colab_env.py")
+        "colab_env", Path(__file__).resolve().parents[1] / "scripts" / "colab_env.py"
+    )
     colab_env = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(colab_env)
     here = Path(sys.prefix)
@@ -456,8 +472,12 @@ def test_kernel_under_colab_gpu_triton():
     env[_CHILD_FLAG] = "1"
     env.pop("PYTHONPATH", None)
     python = _triton_venv(version) / "bin" / "python"
-    seen = subprocess.run([str(python), "-c", "import triton; print(triton.__version__)"],
-                          capture_output=True, text=True, env=env)
+    seen = subprocess.run(
+        [str(python), "-c", "import triton; print(triton.__version__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert seen.stdout.strip() == version, seen.stdout + seen.stderr
     result = subprocess.run(
         [str(python), "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider", "-x"],

@@ -85,8 +85,9 @@ print(json.dumps({{"times": times, "out": out, "errors": errors, "ipywidgets": i
 def _run(python: str, env: dict) -> dict:
     cells = json.dumps(CELLS)
     code = RUNNER.format(ext=str(ROOT / "_ext"), cells=cells)
-    proc = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, timeout=900,
-                          cwd=ROOT)
+    proc = subprocess.run(
+        [python, "-c", code], capture_output=True, text=True, env=env, timeout=900, cwd=ROOT
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -140,7 +141,11 @@ def test_live_explorers_are_executed_by_the_build(chapter):
     The build runs them under ipywidgets 8, with _ext/nbclient_poll.py against the stall.
     """
     nb = json.loads(chapter.read_text(encoding="utf-8"))
-    skipped = [i for i, c in enumerate(nb["cells"]) if c["cell_type"] == "code"
-               and "explore_live(" in "".join(c["source"])
-               and "skip-execution" in c.get("metadata", {}).get("tags", [])]
+    skipped = [
+        i
+        for i, c in enumerate(nb["cells"])
+        if c["cell_type"] == "code"
+        and "explore_live(" in "".join(c["source"])
+        and "skip-execution" in c.get("metadata", {}).get("tags", [])
+    ]
     assert not skipped, f"{chapter.name}: explore_live cells {skipped} are tagged skip-execution"

@@ -30,7 +30,9 @@ def _check_jsonschema(schema: str, *files: Path) -> subprocess.CompletedProcess:
     pytest.importorskip("check_jsonschema", reason="pip install check-jsonschema (scripts/setup_env.sh does)")
     return subprocess.run(
         [sys.executable, "-m", "check_jsonschema", "--builtin-schema", schema, *map(str, files)],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -87,13 +87,12 @@ NO_DEPS_PACKAGES: dict[str, str] = {
 _SETUP_HEAD = """\
 # Setup for Colab: install the book's package and what this chapter needs. Elsewhere this does nothing.
 import sys
+
 if "google.colab" in sys.modules:
 """
 
 
-def setup_cell(
-    no_deps: Sequence[str] = (), url: str | None = None, branch: str | None = None
-) -> str:
+def setup_cell(no_deps: Sequence[str] = (), url: str | None = None, branch: str | None = None) -> str:
     """The text of a chapter's first code cell: one install line, made from one template.
 
     Args:
@@ -158,8 +157,16 @@ LABELS: dict[str, str] = {
     "encdec": "encoder-decoder",
 }
 
-_CYCLE = [COLORS["causal"], COLORS["bidirectional"], COLORS["prefix"], COLORS["encdec"],
-          "#E69F00", "#56B4E9", "#000000", "#F0E442"]
+_CYCLE = [
+    COLORS["causal"],
+    COLORS["bidirectional"],
+    COLORS["prefix"],
+    COLORS["encdec"],
+    "#E69F00",
+    "#56B4E9",
+    "#000000",
+    "#F0E442",
+]
 
 # White backgrounds everywhere, so figures stay readable when the page is shown in dark mode.
 STYLE: dict[str, Any] = {

@@ -18,13 +18,7 @@ from matplotlib.figure import Figure
 
 from anatomy.book import _in_kernel
 
-__all__ = [
-    "MAX_FRAMES",
-    "drive_live",
-    "explore",
-    "explore_html",
-    "explore_live",
-]
+__all__ = ["MAX_FRAMES", "drive_live", "explore", "explore_html", "explore_live"]
 
 
 # ------------------------------------------------------------------------------ interactive figures

@@ -21,7 +21,6 @@ TILE_COLORS = {EMPTY: "#ffffff", PARTIAL: "#f2c14e", FULL: "#7fb3d5"}
 TILE_NAMES = {EMPTY: "empty: skipped", PARTIAL: "partial: masked inside", FULL: "full: no mask needed"}
 
 
-
 def _as_image(name: str, value) -> np.ndarray:
     """A 2-D float array of ``value`` (a tensor or an array), refused naming ``name`` otherwise."""
     if not isinstance(value, (torch.Tensor, np.ndarray)):
@@ -30,6 +29,7 @@ def _as_image(name: str, value) -> np.ndarray:
     if image.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {image.shape}")
     return image
+
 
 def draw_visibility(
     ax: Axes,

@@ -29,9 +29,15 @@ def _cell(value) -> str:
     return str(value) if isinstance(value, raw) else html.escape(str(value))
 
 
-def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *,
-               widths: Sequence[float] | None = None, numeric: bool = False, caption: str | None = None,
-               styles: Sequence[Sequence[str | None]] | None = None) -> HTMLTable:
+def html_table(
+    header: Sequence[str],
+    rows: Sequence[Sequence[object]],
+    *,
+    widths: Sequence[float] | None = None,
+    numeric: bool = False,
+    caption: str | None = None,
+    styles: Sequence[Sequence[str | None]] | None = None,
+) -> HTMLTable:
     """An HTML table.
 
     Args:
@@ -83,11 +89,17 @@ def html_table(header: Sequence[str], rows: Sequence[Sequence[object]], *,
         parts.append(f"<caption>{html.escape(caption)}</caption>")
     if widths is not None:
         parts.append("<colgroup>" + "".join(f"<col style='width:{w}%'>" for w in widths) + "</colgroup>")
-    parts.append("<thead><tr>" + "".join(f"<th{style(i)}>{_cell(h)}</th>" for i, h in enumerate(header))
-                 + "</tr></thead><tbody>")
+    parts.append(
+        "<thead><tr>"
+        + "".join(f"<th{style(i)}>{_cell(h)}</th>" for i, h in enumerate(header))
+        + "</tr></thead><tbody>"
+    )
     for k, r in enumerate(rows):
         extra = styles[k] if styles is not None else [None] * len(r)
-        parts.append("<tr style='border-top:1px solid #ddd;vertical-align:top'>"
-                     + "".join(f"<td{style(i, extra[i])}>{_cell(c)}</td>" for i, c in enumerate(r)) + "</tr>")
+        parts.append(
+            "<tr style='border-top:1px solid #ddd;vertical-align:top'>"
+            + "".join(f"<td{style(i, extra[i])}>{_cell(c)}</td>" for i, c in enumerate(r))
+            + "</tr>"
+        )
     parts.append("</tbody></table>")
     return HTMLTable("".join(parts))

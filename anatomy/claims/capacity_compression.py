@@ -14,8 +14,12 @@ def _capacity() -> dict:
     table = MarkovSource(8, 3, alpha=0.3, seed=0)
     sources = [table, capacity.teacher_source(8, 3, width=3, seed=0, rate=table.entropy_rate())]
     fit = capacity.fit_population(sources, [8], steps=150, lr=0.05, seed=0, train_fraction=0.5)
-    return {"table_params": capacity.table_params(8, 3), "student_params": fit.params[0],
-            "kl_unseen_random_table": fit.kl_unseen[0], "kl_unseen_structured": fit.kl_unseen[1]}
+    return {
+        "table_params": capacity.table_params(8, 3),
+        "student_params": fit.params[0],
+        "kl_unseen_random_table": fit.kl_unseen[0],
+        "kl_unseen_structured": fit.kl_unseen[1],
+    }
 
 
 def _chinchilla() -> dict:
@@ -25,9 +29,14 @@ def _chinchilla() -> dict:
     flops = cost.training_flops(70e9, 1.4e12)
     n_opt, d_opt = capacity.compute_optimal(flops)
     a, b = capacity.chinchilla_exponents()
-    return {"flops": flops, "fit_exponent_a": a, "fit_exponent_b": b, "fit_n_opt": n_opt,
-            "fit_tokens_per_param": d_opt / n_opt,
-            "loss_gap": capacity.chinchilla_loss(70e9, 1.4e12) - capacity.chinchilla_loss(n_opt, d_opt)}
+    return {
+        "flops": flops,
+        "fit_exponent_a": a,
+        "fit_exponent_b": b,
+        "fit_n_opt": n_opt,
+        "fit_tokens_per_param": d_opt / n_opt,
+        "loss_gap": capacity.chinchilla_loss(70e9, 1.4e12) - capacity.chinchilla_loss(n_opt, d_opt),
+    }
 
 
 claim(

@@ -16,16 +16,21 @@ def _tile_fraction() -> dict:
     q, k, v = (torch.randn(1, 4, 256, 64, generator=g) for _ in range(3))
     exact = attention(q.double(), k.double(), v.double(), "causal", backend="reference")
     err = (attention(q, k, v, "causal", backend="tiled", tile=64).double() - exact).abs().max().item()
-    return {"computed_fraction_2048": c.computed_fraction, "tile_ideal_2048": causal_tile_ideal(16),
-            "tiled_max_err": err}
+    return {
+        "computed_fraction_2048": c.computed_fraction,
+        "tile_ideal_2048": causal_tile_ideal(16),
+        "tiled_max_err": err,
+    }
 
 
 def _whole_model_saving() -> dict:
     from anatomy.experiments.causal_kernel import PRESETS, causal_saving
 
-    return {"saving_smollm2_2k": causal_saving(PRESETS["SmolLM2-135M"], 2048),
-            "saving_llama3_70b_8k": causal_saving(PRESETS["Llama-3-70B"], 8192),
-            "saving_gpt3_2k": causal_saving(PRESETS["GPT-3 175B"], 2048)}
+    return {
+        "saving_smollm2_2k": causal_saving(PRESETS["SmolLM2-135M"], 2048),
+        "saving_llama3_70b_8k": causal_saving(PRESETS["Llama-3-70B"], 8192),
+        "saving_gpt3_2k": causal_saving(PRESETS["GPT-3 175B"], 2048),
+    }
 
 
 claim(

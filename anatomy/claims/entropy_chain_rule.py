@@ -19,8 +19,11 @@ def _chain_rule() -> dict:
     source = _source()
     joint = source.joint(6)
     H = source.joint_entropy(6)
-    orders = {"left_to_right": range(6), "right_to_left": range(5, -1, -1),
-              "random": np.random.default_rng(0).permutation(6)}
+    orders = {
+        "left_to_right": range(6),
+        "right_to_left": range(5, -1, -1),
+        "random": np.random.default_rng(0).permutation(6),
+    }
     out = {"joint_entropy": H}
     for name, order in orders.items():
         out[f"{name}_gap"] = abs(float(metrics.chain_rule_terms(joint, order).sum()) - H)
@@ -38,8 +41,12 @@ def _parrot() -> dict:
     test = source.sample(64, 256, torch.Generator().manual_seed(2))
     small = metrics.NGramModel(8, 3, alpha=0.1).fit(train)
     big = metrics.NGramModel(8, 2, alpha=0.1).fit(source.sample(1000, 200, torch.Generator().manual_seed(3)))
-    return {"entropy_rate": rate, "memorizer_train": small.loss(train), "memorizer_test": small.loss(test),
-            "generalizer_test": big.loss(test)}
+    return {
+        "entropy_rate": rate,
+        "memorizer_train": small.loss(train),
+        "memorizer_test": small.loss(test),
+        "generalizer_test": big.loss(test),
+    }
 
 
 def _entropy_plus_kl() -> dict:
@@ -68,8 +75,12 @@ def _likelihoods() -> dict:
     pll = metrics.pseudo_log_likelihood(joint)
     span = metrics.span_log_likelihood(joint, [2, 3])
     sums = np.exp(span).sum(axis=(2, 3))
-    return {"pll_partition": float(np.exp(pll).sum()), "pll_code_length": float(-(joint * pll).sum()),
-            "joint_entropy": source.joint_entropy(6), "span_sum_error": float(np.abs(sums - 1).max())}
+    return {
+        "pll_partition": float(np.exp(pll).sum()),
+        "pll_code_length": float(-(joint * pll).sum()),
+        "joint_entropy": source.joint_entropy(6),
+        "span_sum_error": float(np.abs(sums - 1).max()),
+    }
 
 
 def _masked_lm() -> dict:
@@ -165,7 +176,12 @@ claim(
     "25% of its TV to p) and its conditionals differ from the model's by > 1e-3 nats, so they belong to no "
     "joint; the pseudo-likelihood (exp sums to > 2, E[-PLL] below the joint entropy) scores but does not "
     "normalise",
-    papers=("devlin2019bert", "besag1974spatial", "goyal2022exposing", "torroba2023deriving",
-            "sahoo2024simple"),
+    papers=(
+        "devlin2019bert",
+        "besag1974spatial",
+        "goyal2022exposing",
+        "torroba2023deriving",
+        "sahoo2024simple",
+    ),
     quick=_masked_lm,
 )

@@ -26,9 +26,12 @@ def _params() -> dict:
     from anatomy.experiments.experts import deepseek_v3_params
 
     p = deepseek_v3_params()
-    return {"total_B": p["total"] / 1e9, "active_B": p["active"] / 1e9,
-            "active_without_embedding_B": (p["active"] - p["embedding"]) / 1e9,
-            "routed_share": p["routed_share"]}
+    return {
+        "total_B": p["total"] / 1e9,
+        "active_B": p["active"] / 1e9,
+        "active_without_embedding_B": (p["active"] - p["embedding"]) / 1e9,
+        "routed_share": p["routed_share"],
+    }
 
 
 def _mask_orthogonal() -> dict:

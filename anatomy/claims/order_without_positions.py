@@ -17,8 +17,18 @@ def _permutation() -> dict:
     out = {}
     for mask in ("bidirectional", "causal"):
         torch.manual_seed(0)
-        model = Transformer(Config(vocab_size=64, d_model=64, n_layers=2, n_heads=4, mask=mask, pos="none",
-                                   norm="layer", mlp="gelu")).eval()
+        model = Transformer(
+            Config(
+                vocab_size=64,
+                d_model=64,
+                n_layers=2,
+                n_heads=4,
+                mask=mask,
+                pos="none",
+                norm="layer",
+                mlp="gelu",
+            )
+        ).eval()
         out[f"permutation_gap_{mask}"] = max(positions.permutation_gap(model, x, perm)["relative"])
     return out
 
@@ -31,10 +41,21 @@ def _probe() -> dict:
     out = {}
     for mask in ("causal", "bidirectional"):
         torch.manual_seed(0)
-        model = Transformer(Config(vocab_size=64, d_model=64, n_layers=2, n_heads=4, mask=mask, pos="none",
-                                   norm="layer", mlp="gelu")).eval()
-        out[f"probe_r2_init_{mask}"] = positions.position_probe(model, ids, kind="attn_logvar",
-                                                                target="log_position")["r2"]
+        model = Transformer(
+            Config(
+                vocab_size=64,
+                d_model=64,
+                n_layers=2,
+                n_heads=4,
+                mask=mask,
+                pos="none",
+                norm="layer",
+                mlp="gelu",
+            )
+        ).eval()
+        out[f"probe_r2_init_{mask}"] = positions.position_probe(
+            model, ids, kind="attn_logvar", target="log_position"
+        )["r2"]
     return out
 
 

@@ -13,6 +13,12 @@ claim(
     measure="nothing: history cannot be re-run, and kernel parity or tile counts bear on cost, not on how "
     "the field chose; the chapter discusses the premises instead (FlashAttention's interface has a causal "
     "switch and no prefix-LM mask, so it served decoders and encoders alike and left out prefix LMs)",
-    papers=("radford2018improving", "kaplan2020scaling", "dao2022flashattention", "dao2023flashattention2",
-            "shoeybi2019megatron", "dong2024flex"),
+    papers=(
+        "radford2018improving",
+        "kaplan2020scaling",
+        "dao2022flashattention",
+        "dao2023flashattention2",
+        "shoeybi2019megatron",
+        "dong2024flex",
+    ),
 )

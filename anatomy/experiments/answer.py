@@ -201,10 +201,18 @@ def answer_html(points) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 # Background of a verdict's cell in the scoreboard table, and the colour of its bars in the figure.
-VERDICT_COLOURS = {"supported": "#d8f0d8", "supported with caveats": "#fff3c4", "contradicted": "#f8d4d4",
-                   "not testable here": "#e4e4e4"}
-VERDICT_BAR_COLOURS = {"supported": "#009E73", "supported with caveats": "#E69F00", "contradicted": "#D55E00",
-                       "not testable here": "#999999"}
+VERDICT_COLOURS = {
+    "supported": "#d8f0d8",
+    "supported with caveats": "#fff3c4",
+    "contradicted": "#f8d4d4",
+    "not testable here": "#e4e4e4",
+}
+VERDICT_BAR_COLOURS = {
+    "supported": "#009E73",
+    "supported with caveats": "#E69F00",
+    "contradicted": "#D55E00",
+    "not testable here": "#999999",
+}
 
 
 def format_number(value) -> str:
@@ -261,15 +269,24 @@ def scoreboard_table(rows: list[tuple]) -> str:
 
     def claim_cell(c):
         seeds = f"seed{'s' if len(c.seeds) > 1 else ''} {', '.join(c.seeds)}"
-        return raw(f"{html.escape(c.claim)} <i>({seeds})</i>"
-                   f"<br><small>Checked: {html.escape(c.measure)}</small>")
+        return raw(
+            f"{html.escape(c.claim)} <i>({seeds})</i><br><small>Checked: {html.escape(c.measure)}</small>"
+        )
 
-    cells = [[_chapter_label(c), claim_cell(c),
-              c.verdict, chapter_numbers, replication] for c, chapter_numbers, replication in rows]
-    styles = [[None, None, f"background:{VERDICT_COLOURS[c.verdict]};color:#1a1a1a", None, None]
-              for c, _, _ in rows]
-    header = ["ch.", "claim (seeds) and what is checked", "verdict", "numbers recorded by the chapter",
-              "independent small replication"]
+    cells = [
+        [_chapter_label(c), claim_cell(c), c.verdict, chapter_numbers, replication]
+        for c, chapter_numbers, replication in rows
+    ]
+    styles = [
+        [None, None, f"background:{VERDICT_COLOURS[c.verdict]};color:#1a1a1a", None, None] for c, _, _ in rows
+    ]
+    header = [
+        "ch.",
+        "claim (seeds) and what is checked",
+        "verdict",
+        "numbers recorded by the chapter",
+        "independent small replication",
+    ]
     return html_table(header, cells, widths=[4, 32, 10, 30, 24], styles=styles)
 
 

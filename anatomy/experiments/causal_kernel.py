@@ -67,8 +67,9 @@ def sdpa_cpu_tiles(n_queries: int) -> tuple[int, int]:
     return (256 if n_queries >= 768 else 64 if n_queries >= 192 else 32), 512
 
 
-def causal_saving(config: Config, n_ctx: int, *, counting: str = "ideal", tile: int = 128,
-                  lm_head: bool = True) -> float:
+def causal_saving(
+    config: Config, n_ctx: int, *, counting: str = "ideal", tile: int = 128, lm_head: bool = True
+) -> float:
     """Share of a whole bidirectional forward pass that a causal mask saves: 1 - F_causal / F_full
     (:func:`anatomy.cost.forward_flops`, attention pairs counted as ``counting`` says)."""
     check_positive_int("n_ctx", n_ctx)
@@ -78,16 +79,29 @@ def causal_saving(config: Config, n_ctx: int, *, counting: str = "ideal", tile: 
     return 1.0 - causal / full
 
 
-def attention_traffic(mask: str, n_ctx: int, head_dim: int, *, tile: int = 128, itemsize: int = 2,
-                      n_heads: int = 1, prefix_len: int | None = None) -> dict[str, float]:
+def attention_traffic(
+    mask: str,
+    n_ctx: int,
+    head_dim: int,
+    *,
+    tile: int = 128,
+    itemsize: int = 2,
+    n_heads: int = 1,
+    prefix_len: int | None = None,
+) -> dict[str, float]:
     """FLOPs and bytes a tiled (FlashAttention-style) forward kernel moves for one sequence.
 
     Each program keeps one query tile on chip, reads the key and value tiles it visits, writes its output
     tile and log-sum-exp. So HBM bytes = Q + O (once) + K and V once per visited tile. Returns
     ``{"flops", "bytes", "intensity"}`` (intensity in FLOP per byte).
     """
-    for name, value in (("n_ctx", n_ctx), ("head_dim", head_dim), ("tile", tile), ("itemsize", itemsize),
-                        ("n_heads", n_heads)):
+    for name, value in (
+        ("n_ctx", n_ctx),
+        ("head_dim", head_dim),
+        ("tile", tile),
+        ("itemsize", itemsize),
+        ("n_heads", n_heads),
+    ):
         check_positive_int(name, value)
     if mask not in MASKS:
         raise ValueError(f"mask must be one of {MASKS}, got {mask!r}")
@@ -106,8 +120,9 @@ def attention_traffic(mask: str, n_ctx: int, head_dim: int, *, tile: int = 128, 
 # ---------------------------------------------------------------------------------------------- figure
 
 
-def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | None = None,
-                  title: str | None = None):
+def draw_tile_map(
+    ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | None = None, title: str | None = None
+):
     """Draw the (query tile, key tile) grid of one mask: full, partial and empty tiles, and the mask's edge.
 
     Colours and names are those of :mod:`anatomy.book.plots` (chapter 1 draws small masks cell by cell; this
@@ -122,8 +137,14 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
 
     tmap = tile_map(mask, n_ctx, n_ctx, tile=tile, q_offset=0, prefix_len=prefix_len)
     cmap = ListedColormap([TILE_COLORS[EMPTY], TILE_COLORS[PARTIAL], TILE_COLORS[FULL]])
-    ax.imshow(tmap.numpy(), cmap=cmap, vmin=-0.5, vmax=2.5, interpolation="nearest",
-              extent=(0, tmap.shape[1] * tile, tmap.shape[0] * tile, 0))
+    ax.imshow(
+        tmap.numpy(),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=2.5,
+        interpolation="nearest",
+        extent=(0, tmap.shape[1] * tile, tmap.shape[0] * tile, 0),
+    )
     edges = [min(i * tile, n_ctx) for i in range(max(tmap.shape) + 1)]  # tile borders, one collection
     lines = [[(0, e), (n_ctx, e)] for e in edges] + [[(e, 0), (e, n_ctx)] for e in edges]
     ax.add_collection(LineCollection(lines, colors="#999999", linewidths=0.4))
@@ -143,12 +164,21 @@ def draw_tile_map(ax, mask: str, n_ctx: int, *, tile: int, prefix_len: int | Non
     return tmap
 
 
-
-
-def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads: int = 8, kv_heads: int = 8,
-                   head_dim: int = 64, tile: int = 128, repeats: int = 5, threads: int | None = 1,
-                   dtype: torch.dtype = torch.float32, device: str = "cpu", seed: int = 0,
-                   clock: str = "wall") -> list[dict]:
+def time_attention(
+    sizes: Sequence[int],
+    variants: Mapping[str, dict],
+    *,
+    heads: int = 8,
+    kv_heads: int = 8,
+    head_dim: int = 64,
+    tile: int = 128,
+    repeats: int = 5,
+    threads: int | None = 1,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+    seed: int = 0,
+    clock: str = "wall",
+) -> list[dict]:
     """Time ``anatomy.attention`` for each sequence length and variant (a dict of keyword arguments).
 
     ``variants`` maps a name to ``attention`` keywords, e.g. ``{"tiled causal": dict(mask="causal",
@@ -173,17 +203,29 @@ def time_attention(sizes: Sequence[int], variants: Mapping[str, dict], *, heads:
     for n in sizes:
         check_positive_int("size", n)
         q = torch.randn(1, heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
-        k, v = (torch.randn(1, kv_heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
-                for _ in range(2))
-        fns = {name: (lambda kw=kw, q=q, k=k, v=v: attention(q, k, v, tile=tile, **kw))
-               for name, kw in variants.items()}
+        k, v = (
+            torch.randn(1, kv_heads, n, head_dim, generator=g).to(device=device, dtype=dtype)
+            for _ in range(2)
+        )
+        fns = {
+            name: (lambda kw=kw, q=q, k=k, v=v: attention(q, k, v, tile=tile, **kw))
+            for name, kw in variants.items()
+        }
         times = interleaved_times(fns, repeats=repeats, threads=threads, clock=clock)
         rows.append({"n": n, **{name: statistics.median(ts) for name, ts in times.items()}, "times": times})
     return rows
 
 
-def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causal", "bidirectional"),
-                 repeats: int = 3, threads: int | None = 1, seed: int = 0, clock: str = "wall") -> list[dict]:
+def time_forward(
+    config,
+    sizes: Sequence[int],
+    *,
+    masks: Sequence[str] = ("causal", "bidirectional"),
+    repeats: int = 3,
+    threads: int | None = 1,
+    seed: int = 0,
+    clock: str = "wall",
+) -> list[dict]:
     """Time one forward pass of an anatomy ``Transformer`` per mask and sequence length (batch 1).
 
     The models for the different masks share one set of weights (the mask is the only difference). Each
@@ -219,7 +261,8 @@ def time_forward(config, sizes: Sequence[int], *, masks: Sequence[str] = ("causa
         times = interleaved_times(fns, repeats=repeats, threads=threads, clock=clock)
         row = {"n": n, **{m: statistics.median(ts) for m, ts in times.items()}, "times": times}
         for m in masks:
-            row["counted_" + m] = forward_flops(config, n, mask=m, counting=counting, tile=config.tile,
-                                                prefix_len=prefix[m].get("prefix_len"))["total"]
+            row["counted_" + m] = forward_flops(
+                config, n, mask=m, counting=counting, tile=config.tile, prefix_len=prefix[m].get("prefix_len")
+            )["total"]
         rows.append(row)
     return rows

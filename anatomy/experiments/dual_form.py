@@ -10,11 +10,7 @@ import numpy as np
 
 from anatomy._checks import check_float, check_int
 
-__all__ = [
-    "DualForm",
-    "dual_form",
-    "plot_dual_form",
-]
+__all__ = ["DualForm", "dual_form", "plot_dual_form"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -139,13 +135,7 @@ def plot_dual_form(result: DualForm):
     err = [result.rel_err_softmax[s] for s in scales]
     fig, ax = plt.subplots(figsize=(6.4, 4))
     ax.loglog(spread, err, "o-", color="#D55E00", label="softmax attention, rescaled to first order")
-    ax.axhline(
-        max(result.rel_err_linear, 1e-17),
-        color="#0072B2",
-        ls="--",
-        lw=1,
-        label="linear attention",
-    )
+    ax.axhline(max(result.rel_err_linear, 1e-17), color="#0072B2", ls="--", lw=1, label="linear attention")
     ax.set_xlabel("spread of the attention logits (standard deviation)")
     ax.set_ylabel("relative distance from one GD step")
     ax.set_title("One GD step = linear attention; softmax only approximately")

@@ -43,15 +43,26 @@ def plot_chain_rule(terms: dict[str, np.ndarray], joint_entropy: float, orders: 
     for row, name in enumerate(names):
         left = 0.0
         for i, (h, var) in enumerate(zip(terms[name], orders[name])):
-            ax.barh(row, h, left=left, color=cmap(0.25 + 0.6 * i / max(1, len(terms[name]) - 1)),
-                    edgecolor="white", height=0.6)
+            ax.barh(
+                row,
+                h,
+                left=left,
+                color=cmap(0.25 + 0.6 * i / max(1, len(terms[name]) - 1)),
+                edgecolor="white",
+                height=0.6,
+            )
             given = "" if i == 0 else "|" + ",".join(str(int(v) + 1) for v in orders[name][:i])
             if h > 0.45:
                 label = f"$X_{int(var) + 1}{given}$" if i < 2 else f"$X_{int(var) + 1}|\\ldots$"
                 ax.text(left + h / 2, row, label, ha="center", va="center", fontsize=8, color="black")
             left += h
-    ax.axvline(joint_entropy, color=COLORS["bidirectional"], lw=2, ls="--",
-               label=f"brute force $H(X_1..X_n)$ = {joint_entropy:.4f} nats")
+    ax.axvline(
+        joint_entropy,
+        color=COLORS["bidirectional"],
+        lw=2,
+        ls="--",
+        label=f"brute force $H(X_1..X_n)$ = {joint_entropy:.4f} nats",
+    )
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
     ax.set_xlabel("cumulative conditional entropy (nats)")
@@ -80,8 +91,13 @@ def plot_kl_training(steps, loss, kl, rate: float, excess=None):
     a.legend()
     b.semilogy(steps, kl, "o-", color=COLORS["causal"], label="exact KL to the source")
     if excess is not None:
-        b.semilogy(steps, np.maximum(np.asarray(excess), 1e-4), "x:", color="gray",
-                   label="loss minus Bayes loss (same tokens)")
+        b.semilogy(
+            steps,
+            np.maximum(np.asarray(excess), 1e-4),
+            "x:",
+            color="gray",
+            label="loss minus Bayes loss (same tokens)",
+        )
     b.set_xlabel("training steps")
     b.set_ylabel("KL (nats per token, log scale)")
     b.set_title("the gap, read as a KL")
@@ -102,14 +118,27 @@ def plot_kl_floor(floors: Sequence[float], ngram: Sequence[float], decoder: dict
 
     ks = np.arange(len(floors))
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    ax.bar(ks, floors, color="#dddddd", edgecolor="#777777",
-           label="exact floor  $H(X_t\\,|\\,k$ previous$) - H$")
-    ax.plot(ks[: len(ngram)], ngram, "s", ms=8, color=COLORS["prefix"],
-            label="count model with context $k$ (held out)")
+    ax.bar(
+        ks, floors, color="#dddddd", edgecolor="#777777", label="exact floor  $H(X_t\\,|\\,k$ previous$) - H$"
+    )
+    ax.plot(
+        ks[: len(ngram)],
+        ngram,
+        "s",
+        ms=8,
+        color=COLORS["prefix"],
+        label="count model with context $k$ (held out)",
+    )
     if decoder:
         kd = sorted(decoder)
-        ax.plot(kd, [decoder[k] for k in kd], "o", ms=7, color=COLORS["causal"],
-                label="trained decoder, positions with $k$ tokens of context")
+        ax.plot(
+            kd,
+            [decoder[k] for k in kd],
+            "o",
+            ms=7,
+            color=COLORS["causal"],
+            label="trained decoder, positions with $k$ tokens of context",
+        )
     ax.set_xlabel("context length $k$ (tokens)")
     ax.set_ylabel("excess loss over the entropy rate (nats)")
     ax.set_xticks(ks)
@@ -120,8 +149,9 @@ def plot_kl_floor(floors: Sequence[float], ngram: Sequence[float], decoder: dict
     return fig
 
 
-def plot_memorization(ngram_sizes, ngram_train, ngram_test, steps, dec_train, dec_held, rate: float,
-                      k: int = 3):
+def plot_memorization(
+    ngram_sizes, ngram_train, ngram_test, steps, dec_train, dec_held, rate: float, k: int = 3
+):
     """Fitting the sample instead of the source: a count model on little data, an over-trained decoder."""
     import matplotlib.pyplot as plt
 
@@ -157,8 +187,14 @@ def plot_pll(joint: np.ndarray, pll: np.ndarray, n_points: int = 4000, seed: int
     idx = rng.choice(flat_p.size, size=min(n_points, flat_p.size), replace=False, p=flat_p)
     logp = np.log(flat_p[idx])
     fig, ax = plt.subplots(figsize=(5.5, 4.4))
-    ax.scatter(logp, flat_pll[idx], s=6, alpha=0.35, color=COLORS["bidirectional"],
-               label="pseudo-log-likelihood  $\\sum_i \\log p(x_i|x_{-i})$")
+    ax.scatter(
+        logp,
+        flat_pll[idx],
+        s=6,
+        alpha=0.35,
+        color=COLORS["bidirectional"],
+        label="pseudo-log-likelihood  $\\sum_i \\log p(x_i|x_{-i})$",
+    )
     lo, hi = min(logp.min(), flat_pll[idx].min()), max(logp.max(), flat_pll[idx].max())
     ax.plot([lo, hi], [lo, hi], color="black", lw=1, label="$y = x$ (a true log-likelihood)")
     ax.set_xlabel("true $\\log p(x_1..x_n)$ (nats)")
@@ -181,8 +217,14 @@ def plot_gibbs(sweeps, tv: dict[str, Sequence[float]], floors: dict[str, float] 
     colors = [COLORS["causal"], COLORS["bidirectional"], COLORS["prefix"], COLORS["encdec"]]
     fig, ax = plt.subplots(figsize=(7, 3.8))
     for (label, values), color in zip(tv.items(), colors):
-        ax.semilogy(sweeps, np.maximum(np.asarray(values, dtype=np.float64), 1e-16), "o-", ms=3, color=color,
-                    label=label)
+        ax.semilogy(
+            sweeps,
+            np.maximum(np.asarray(values, dtype=np.float64), 1e-16),
+            "o-",
+            ms=3,
+            color=color,
+            label=label,
+        )
         if floors and label in floors:
             ax.axhline(max(floors[label], 1e-16), color=color, ls=":", lw=1.5)
     ax.set_xlabel("Gibbs sweeps (each position resampled once per sweep)")
@@ -206,8 +248,13 @@ def plot_context_curve(sizes, train, test, floor: float, rate: float, k: int, yl
     ax.semilogx(sizes, test, "s-", color=COLORS["causal"], label="held-out loss")
     ax.axhline(rate, color="black", ls="--", lw=1.5, label=f"entropy rate H = {rate:.3f}")
     if floor > rate + 1e-9:
-        ax.axhline(floor, color=COLORS["prefix"], ls=":", lw=2,
-                   label=f"floor of context {k}: H(X | {k} previous) = {floor:.3f}")
+        ax.axhline(
+            floor,
+            color=COLORS["prefix"],
+            ls=":",
+            lw=2,
+            label=f"floor of context {k}: H(X | {k} previous) = {floor:.3f}",
+        )
     ax.set_xlabel("training tokens (log scale)")
     ax.set_ylabel("nats per token")
     ax.set_title(f"count model with context k = {k}")
@@ -249,13 +296,20 @@ def plot_surprisal(bits: np.ndarray, labels: Sequence[str] | None = None, window
     if len(bits) >= window:
         running = np.convolve(bits, np.ones(window) / window, mode="valid")
         ax.plot(x[window - 1 :], running, color="black", lw=2, label=f"mean of the last {window} tokens")
-    ax.axhline(bits.mean(), color=COLORS["bidirectional"], ls="--", lw=1.5,
-               label=f"mean {bits.mean():.2f} bits")
+    ax.axhline(
+        bits.mean(), color=COLORS["bidirectional"], ls="--", lw=1.5, label=f"mean {bits.mean():.2f} bits"
+    )
     if labels is not None:
         top = np.argsort(bits)[-5:]
         for i in top:
-            ax.annotate(repr(labels[i]).strip("'"), (x[i], bits[i]), textcoords="offset points",
-                        xytext=(0, 3), ha="center", fontsize=8)
+            ax.annotate(
+                repr(labels[i]).strip("'"),
+                (x[i], bits[i]),
+                textcoords="offset points",
+                xytext=(0, 3),
+                ha="center",
+                fontsize=8,
+            )
     ax.set_xlabel("token position in the passage")
     ax.set_ylabel("bits")
     ax.legend(loc="upper right")

@@ -53,11 +53,7 @@ def _text_log_softmax(logits: torch.Tensor, n_text: int) -> torch.Tensor:
 
 @torch.no_grad()
 def predict_token(
-    model: nn.Module,
-    objective: str,
-    left: torch.Tensor,
-    right: torch.Tensor | None,
-    special: SpecialTokens,
+    model: nn.Module, objective: str, left: torch.Tensor, right: torch.Tensor | None, special: SpecialTokens
 ) -> torch.Tensor:
     """log P(x_t = v | left context, right context) over text tokens v, for a model trained on `objective`.
 
@@ -306,8 +302,9 @@ def compare_objectives(
             progress=progress,
             seed=seed,
         )
-        infill = token_cross_entropy(model, obj, eval_windows, infill_position, special, right=right,
-                                     per_example=True)
+        infill = token_cross_entropy(
+            model, obj, eval_windows, infill_position, special, right=right, per_example=True
+        )
         return ObjectiveRun(
             name=name,
             objective=obj,
@@ -414,13 +411,7 @@ def plot_comparison(results: dict[str, ObjectiveRun], baseline: float | None = N
     if baseline is not None:
         ax1.axhline(baseline, color="#777777", lw=0.8, ls="--")
         ax1.text(
-            ax1.get_xlim()[1],
-            baseline,
-            "ignores context ",
-            va="top",
-            ha="right",
-            fontsize=9,
-            color="#555555",
+            ax1.get_xlim()[1], baseline, "ignores context ", va="top", ha="right", fontsize=9, color="#555555"
         )
     ax1.set_xlabel("training compute (GFLOPs, counted)")
     ax1.set_ylabel("continuation loss (nats per character)")

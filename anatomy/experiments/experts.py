@@ -120,7 +120,6 @@ def expert_token_table(
     return table
 
 
-
 # ------------------------------------------------------------------------------------- experiments
 
 
@@ -181,10 +180,21 @@ def train_runs(
 # DeepSeek-V3's released configuration (inference/configs/config_671B.json of deepseek-ai/DeepSeek-V3):
 # multi-head latent attention, 3 dense layers, then 58 MoE layers of 1 shared + 256 routed experts, top 8.
 DEEPSEEK_V3 = {
-    "vocab_size": 129280, "dim": 7168, "inter_dim": 18432, "moe_inter_dim": 2048, "n_layers": 61,
-    "n_dense_layers": 3, "n_heads": 128, "n_routed_experts": 256, "n_shared_experts": 1,
-    "n_activated_experts": 8, "q_lora_rank": 1536, "kv_lora_rank": 512, "qk_nope_head_dim": 128,
-    "qk_rope_head_dim": 64, "v_head_dim": 128,
+    "vocab_size": 129280,
+    "dim": 7168,
+    "inter_dim": 18432,
+    "moe_inter_dim": 2048,
+    "n_layers": 61,
+    "n_dense_layers": 3,
+    "n_heads": 128,
+    "n_routed_experts": 256,
+    "n_shared_experts": 1,
+    "n_activated_experts": 8,
+    "q_lora_rank": 1536,
+    "kv_lora_rank": 512,
+    "qk_nope_head_dim": 128,
+    "qk_rope_head_dim": 64,
+    "v_head_dim": 128,
 }
 
 
@@ -208,9 +218,11 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
         raise ValueError(f"config['n_layers'] must be >= max(1, n_dense_layers), got {c['n_layers']}")
     d, H = c["dim"], c["n_heads"]
     attention = (
-        d * c["q_lora_rank"] + c["q_lora_rank"]  # W_DQ and its norm
+        d * c["q_lora_rank"]
+        + c["q_lora_rank"]  # W_DQ and its norm
         + c["q_lora_rank"] * H * (c["qk_nope_head_dim"] + c["qk_rope_head_dim"])  # W_UQ (and rope part)
-        + d * (c["kv_lora_rank"] + c["qk_rope_head_dim"]) + c["kv_lora_rank"]  # W_DKV, W_KR, norm
+        + d * (c["kv_lora_rank"] + c["qk_rope_head_dim"])
+        + c["kv_lora_rank"]  # W_DKV, W_KR, norm
         + c["kv_lora_rank"] * H * (c["qk_nope_head_dim"] + c["v_head_dim"])  # W_UK, W_UV
         + H * c["v_head_dim"] * d  # W_O
     )
@@ -219,12 +231,18 @@ def deepseek_v3_params(config: dict | None = None) -> dict[str, float]:
     router = c["n_routed_experts"] * (d + 1)
     n_moe = c["n_layers"] - c["n_dense_layers"]
     common = (
-        c["n_layers"] * per_layer + c["n_dense_layers"] * 3 * d * c["inter_dim"]
-        + 2 * c["vocab_size"] * d + d  # embeddings, output head, final norm
+        c["n_layers"] * per_layer
+        + c["n_dense_layers"] * 3 * d * c["inter_dim"]
+        + 2 * c["vocab_size"] * d
+        + d  # embeddings, output head, final norm
         + n_moe * (router + c["n_shared_experts"] * expert)
     )
     routed = n_moe * c["n_routed_experts"] * expert
     active_routed = n_moe * c["n_activated_experts"] * expert
     total = common + routed
-    return {"total": total, "active": common + active_routed, "embedding": c["vocab_size"] * d,
-            "routed_share": routed / total}
+    return {
+        "total": total,
+        "active": common + active_routed,
+        "embedding": c["vocab_size"] * d,
+        "routed_share": routed / total,
+    }

@@ -6,9 +6,7 @@ import torch
 
 from anatomy.model import Transformer
 
-__all__ = [
-    "prefix_state_change",
-]
+__all__ = ["prefix_state_change"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -11,10 +11,7 @@ from torch import nn
 
 from anatomy._checks import check_bool, check_instance, check_int
 
-__all__ = [
-    "FewShot",
-    "few_shot_accuracy",
-]
+__all__ = ["FewShot", "few_shot_accuracy"]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -46,7 +46,6 @@ __all__ = [
 ]
 
 
-
 # ---------------------------------------------------------------------------------------------------------
 # An attention-only decoder
 # ---------------------------------------------------------------------------------------------------------
@@ -116,12 +115,7 @@ def repeated_sequences(
 
 
 def induction_batches(
-    batch_size: int,
-    lengths: tuple[int, int],
-    vocab_size: int,
-    seed: int = 0,
-    *,
-    supervise: str = "second",
+    batch_size: int, lengths: tuple[int, int], vocab_size: int, seed: int = 0, *, supervise: str = "second"
 ):
     """``step -> (x, y)``: next-token batches of sequences shown twice, fixed by (seed, step).
 
@@ -267,8 +261,10 @@ class InductionRun:
         """First evaluated step at which a head's score is past half-way from its first value to its last."""
         if kind not in ("prefix_matching", "previous_token"):
             raise ValueError(f"kind must be 'prefix_matching' or 'previous_token', got {kind!r}")
-        scores = [float(s[layer, head]) for s in
-                  (self.prefix_matching if kind == "prefix_matching" else self.previous_token)]
+        scores = [
+            float(s[layer, head])
+            for s in (self.prefix_matching if kind == "prefix_matching" else self.previous_token)
+        ]
         half = 0.5 * (scores[0] + scores[-1])
         return next(step for step, s in zip(self.steps, scores) if s >= half)
 
@@ -575,8 +571,7 @@ def plot_induction_attention(run: InductionRun, index: int):
     maps = run.attention[index]
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 4.4))
     for ax, (lay, h, title) in zip(
-        axes,
-        ((prev_layer, prev_head, "previous-token head"), (layer, head, "induction head")),
+        axes, ((prev_layer, prev_head, "previous-token head"), (layer, head, "induction head"))
     ):
         ax.imshow(maps[lay, h].numpy(), cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
         n = maps.shape[-1]
@@ -617,13 +612,32 @@ def plot_decoder_vs_encoder(decoder: InductionRun, encoder: MaskedInductionRun):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.6, 4.2))
-    ax.plot(decoder.steps, decoder.second_copy, "o-", ms=3, color="#0072B2",  # book.COLORS["causal"]
-            label="decoder (next-token training)")
-    ax.plot(encoder.steps, encoder.slot_loss, "s-", ms=3, color="#D55E00",  # book.COLORS["bidirectional"]
-            label="encoder (masked-LM training)")
+    ax.plot(
+        decoder.steps,
+        decoder.second_copy,
+        "o-",
+        ms=3,
+        color="#0072B2",  # book.COLORS["causal"]
+        label="decoder (next-token training)",
+    )
+    ax.plot(
+        encoder.steps,
+        encoder.slot_loss,
+        "s-",
+        ms=3,
+        color="#D55E00",  # book.COLORS["bidirectional"]
+        label="encoder (masked-LM training)",
+    )
     ax.axhline(math.log(decoder.vocab_size), color="#777777", ls="--", lw=0.8)
-    ax.text(decoder.steps[-1], math.log(decoder.vocab_size), "ln V: no use of the first copy", ha="right",
-            va="bottom", fontsize=9, color="#555555")
+    ax.text(
+        decoder.steps[-1],
+        math.log(decoder.vocab_size),
+        "ln V: no use of the first copy",
+        ha="right",
+        va="bottom",
+        fontsize=9,
+        color="#555555",
+    )
     ax.set_xlabel("training step (same data, batch and schedule)")
     ax.set_ylabel("loss on the second copy (nats per token)")
     ax.set_title("The same in-context copying task, two objectives")

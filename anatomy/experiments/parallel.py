@@ -129,8 +129,9 @@ class Background:
         self._state = _rng_state()  # what a forked child starts from
         if workers(2) > 1:
             _PENDING = [job]
-            self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("fork"),
-                                             initializer=_one_thread)
+            self._pool = ProcessPoolExecutor(
+                1, mp_context=multiprocessing.get_context("fork"), initializer=_one_thread
+            )
             self._future = self._pool.submit(_call, 0)
             _PENDING = []  # the child has its copy
 

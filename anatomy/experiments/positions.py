@@ -56,12 +56,13 @@ def _check_model(model) -> Transformer:
 
 def _check_ids(ids, name: str = "input_ids") -> torch.Tensor:
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.dtype != torch.long:
-        raise ValueError(f"{name} must be a (B, N) LongTensor of token ids, got "
-                         f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}")
+        raise ValueError(
+            f"{name} must be a (B, N) LongTensor of token ids, got "
+            f"{getattr(ids, 'dtype', type(ids).__name__)} {tuple(getattr(ids, 'shape', ()))}"
+        )
     if ids.shape[0] < 1 or ids.shape[1] < 2:
         raise ValueError(f"{name} must have B >= 1 sequences of N >= 2 tokens, got {tuple(ids.shape)}")
     return ids
-
 
 
 # ------------------------------------------------------------------------------- permutations
@@ -131,8 +132,9 @@ def first_attention_output(model: Transformer, input_ids: torch.Tensor) -> torch
     return out
 
 
-def probe_features(model: Transformer, input_ids: torch.Tensor, kind: str = "hidden",
-                   layer: int = -1) -> torch.Tensor:
+def probe_features(
+    model: Transformer, input_ids: torch.Tensor, kind: str = "hidden", layer: int = -1
+) -> torch.Tensor:
     """Per-token features for a position probe, (B, N, F) float64.
 
     kind "hidden": the hidden state after `layer` (index into :func:`hidden_states`, -1 = the last);
@@ -199,8 +201,15 @@ def ridge_r2(features: torch.Tensor, targets: torch.Tensor, n_train: int, ridge:
 
 
 @one_thread()
-def position_probe(model: Transformer, input_ids: torch.Tensor, kind: str = "hidden", layer: int = -1,
-                   target: str = "position", ridge: float = 1e-3, n_train: int | None = None) -> dict:
+def position_probe(
+    model: Transformer,
+    input_ids: torch.Tensor,
+    kind: str = "hidden",
+    layer: int = -1,
+    target: str = "position",
+    ridge: float = 1e-3,
+    n_train: int | None = None,
+) -> dict:
     """Held-out R^2 of a linear probe that reads a token's position from `kind` features of `model`.
 
     input_ids (S, N): S sequences; the first half (or `n_train`) train the probe, the rest test it.
@@ -219,8 +228,9 @@ def position_probe(model: Transformer, input_ids: torch.Tensor, kind: str = "hid
 # --------------------------------------------------------------- masked LM on a Markov source
 
 
-def masked_batch(seqs: torch.Tensor, mask_id: int, rate: float,
-                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def masked_batch(
+    seqs: torch.Tensor, mask_id: int, rate: float, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Masked-LM inputs and labels: exactly round(rate * N) positions per sequence become ``mask_id``.
 
     Every selected position is replaced by the mask token (no BERT 80/10/10: the exact posterior below
@@ -340,8 +350,12 @@ def _loss(model: Transformer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @one_thread()
 def order_experiment(
     source: MarkovSource,
-    runs: Sequence[tuple[str, str]] = (("causal", "none"), ("causal", "learned"),
-                                       ("masked", "none"), ("masked", "learned")),
+    runs: Sequence[tuple[str, str]] = (
+        ("causal", "none"),
+        ("causal", "learned"),
+        ("masked", "none"),
+        ("masked", "learned"),
+    ),
     steps: int = 400,
     batch_size: int = 32,
     seq_len: int = 32,
@@ -373,16 +387,28 @@ def order_experiment(
     check_float("mask_rate", mask_rate, lo=0, hi=1, lo_open=True, hi_open=True)
     for objective, pos in runs:
         if objective not in ("causal", "masked") or pos not in ("none", "learned", "rope"):
-            raise ValueError(f"runs: each must be (objective in causal/masked, pos in none/learned/rope), "
-                             f"got {(objective, pos)!r}")
+            raise ValueError(
+                f"runs: each must be (objective in causal/masked, pos in none/learned/rope), "
+                f"got {(objective, pos)!r}"
+            )
     steps, eval_every = check_int("steps", steps, lo=1), check_int("eval_every", eval_every, lo=1)
     V = source.vocab_size
     out = []
     for objective, pos in runs:
         mask = "causal" if objective == "causal" else "bidirectional"
-        config = Config(vocab_size=V + 1, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
-                        mask=mask, pos=pos, max_seq_len=seq_len + 1, norm="layer", mlp="gelu",
-                        attn_backend="sdpa")
+        config = Config(
+            vocab_size=V + 1,
+            d_model=d_model,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            d_ff=d_ff,
+            mask=mask,
+            pos=pos,
+            max_seq_len=seq_len + 1,
+            norm="layer",
+            mlp="gelu",
+            attn_backend="sdpa",
+        )
         torch.manual_seed(seed)
         model = Transformer(config)
         x_ev, y_ev, bayes = _eval_batch(source, objective, 256, seq_len, mask_rate, seed + 7919)
@@ -398,8 +424,16 @@ def order_experiment(
         def eval_fn(m, x_ev=x_ev, y_ev=y_ev, bayes=bayes):
             return {"excess": float(_loss(m, x_ev, y_ev)) - bayes}
 
-        history = train(model, batches, steps=steps, lr=lr, eval_fn=eval_fn, eval_every=eval_every,
-                        progress=progress, seed=seed)
+        history = train(
+            model,
+            batches,
+            steps=steps,
+            lr=lr,
+            eval_fn=eval_fn,
+            eval_every=eval_every,
+            progress=progress,
+            seed=seed,
+        )
         for step, result in history.evals:
             run.steps.append(step)
             run.excess.append(result["excess"])
@@ -410,8 +444,14 @@ def order_experiment(
 
 @one_thread()
 @torch.no_grad()
-def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, seq_len: int = 16,
-                            mask_rate: float = 0.3, seed: int = 0) -> dict[str, float]:
+def context_shuffle_penalty(
+    run: OrderRun,
+    source: MarkovSource,
+    n: int = 256,
+    seq_len: int = 16,
+    mask_rate: float = 0.3,
+    seed: int = 0,
+) -> dict[str, float]:
     """How much a trained model loses when the order of its context is shuffled but its content is kept.
 
     Causal (next-token) runs: for every target position j >= order, the tokens before position j are
@@ -441,8 +481,11 @@ def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, s
             losses.append((out.gather(1, target) - base[:, j].gather(1, target)).neg()[:, 0])  # (n,)
             changes.append((out - base[:, j]).abs().max())
         per_seq = torch.stack(losses, 1).double().mean(1)  # (n,): one sequence's mean increase
-        return {"penalty": float(per_seq.mean()), "se": float(per_seq.std() / n**0.5),
-                "max_logit_change": float(torch.stack(changes).max())}
+        return {
+            "penalty": float(per_seq.mean()),
+            "se": float(per_seq.std() / n**0.5),
+            "max_logit_change": float(torch.stack(changes).max()),
+        }
     seqs = source.sample(n, seq_len, generator=g)
     x, y = masked_batch(seqs, source.vocab_size, mask_rate, g)
     visible = y == -100
@@ -456,8 +499,11 @@ def context_shuffle_penalty(run: OrderRun, source: MarkovSource, n: int = 256, s
     increase = torch.zeros(seqs.shape, dtype=torch.float64)
     increase[sel] = (out[sel].gather(1, target) - base[sel].gather(1, target)).neg()[:, 0].double()
     per_seq = increase.sum(1) / sel.sum(1)  # (n,): one sequence's mean increase over its masked tokens
-    return {"penalty": float(per_seq.mean()), "se": float(per_seq.std() / n**0.5),
-            "max_logit_change": float((out[sel] - base[sel]).abs().max())}
+    return {
+        "penalty": float(per_seq.mean()),
+        "se": float(per_seq.std() / n**0.5),
+        "max_logit_change": float((out[sel] - base[sel]).abs().max()),
+    }
 
 
 @one_thread()
@@ -483,8 +529,9 @@ def offset_attention(model: Transformer, input_ids: torch.Tensor, offsets: Seque
     finally:
         model.train(was_training)
     q = torch.arange(max(offsets), N)
-    mass = torch.stack([torch.stack([a[:, :, q, q - o].float().mean((0, 2)) for o in offsets], -1)
-                        for a in out.attentions])
+    mass = torch.stack(
+        [torch.stack([a[:, :, q, q - o].float().mean((0, 2)) for o in offsets], -1) for a in out.attentions]
+    )
     visible = (q + 1).double() if model.config.mask == "causal" else torch.full((len(q),), float(N))
     uniform = np.full(len(offsets), float((1.0 / visible).mean()))
     return {"mass": mass.numpy(), "uniform": uniform}
@@ -504,19 +551,34 @@ def plot_order_runs(runs: Sequence[OrderRun], floors: dict[str, float] | None = 
     from anatomy.book import COLORS
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=False)
-    for ax, objective, title in ((axes[0], "causal", "next-token prediction (causal)"),
-                                 (axes[1], "masked", "masked LM (bidirectional)")):
+    for ax, objective, title in (
+        (axes[0], "causal", "next-token prediction (causal)"),
+        (axes[1], "masked", "masked LM (bidirectional)"),
+    ):
         color = COLORS["causal" if objective == "causal" else "bidirectional"]
         for run in runs:
             if run.objective != objective:
                 continue
-            ax.plot(run.steps, run.excess, "-" if run.pos == "none" else "--", color=color,
-                    alpha=1.0 if run.pos == "none" else 0.6, label=run.label)
+            ax.plot(
+                run.steps,
+                run.excess,
+                "-" if run.pos == "none" else "--",
+                color=color,
+                alpha=1.0 if run.pos == "none" else 0.6,
+                label=run.label,
+            )
         if floors and objective in floors:
             ax.axhline(floors[objective], color="gray", ls=":", lw=1.2)
             last = max((r.steps[-1] for r in runs if r.objective == objective and r.steps), default=1)
-            ax.text(last, floors[objective] * 1.02, floors.get(f"{objective}_label", "order-blind floor"),
-                    color="gray", fontsize=8, va="bottom", ha="right")
+            ax.text(
+                last,
+                floors[objective] * 1.02,
+                floors.get(f"{objective}_label", "order-blind floor"),
+                color="gray",
+                fontsize=8,
+                va="bottom",
+                ha="right",
+            )
         ax.set(xlabel="training step", ylabel="excess loss over the Bayes optimum (nats)", title=title)
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=8)
@@ -535,8 +597,11 @@ def plot_probe(results: dict[str, dict], title: str = ""):
         lo, hi = float(true.min()), float(true.max())
         ax.plot([lo, hi], [lo, hi], color="gray", lw=1, ls=":")
         r2 = f"{res['r2']:.2f}".replace("-0.00", "0.00")
-        ax.set(title=f"{name}\nheld-out $R^2$ = {r2}", xlabel=res.get("xlabel", "true"),
-               ylabel="probe's prediction")
+        ax.set(
+            title=f"{name}\nheld-out $R^2$ = {r2}",
+            xlabel=res.get("xlabel", "true"),
+            ylabel="probe's prediction",
+        )
         ax.title.set_fontsize(9)
     if title:
         fig.suptitle(title, fontsize=10)
@@ -561,8 +626,11 @@ def plot_position_signal(variance: dict[str, np.ndarray], probes: dict[str, dict
     ref = variance.get("causal", next(iter(variance.values())))
     t = np.arange(1, len(ref) + 1)
     axes[0].loglog(t, ref[0] / t, ":", color="gray", label=r"$\propto 1/t$")
-    axes[0].set(xlabel="position t", ylabel="variance of the first attention output",
-                title="random model, no position encoding")
+    axes[0].set(
+        xlabel="position t",
+        ylabel="variance of the first attention output",
+        title="random model, no position encoding",
+    )
     axes[0].legend()
     top = 0.0
     for mask, res in probes.items():
@@ -571,8 +639,9 @@ def plot_position_signal(variance: dict[str, np.ndarray], probes: dict[str, dict
         r2 = f"{res['r2']:.2f}".replace("-0.00", "0.00")
         axes[1].scatter(true, pred, s=2, alpha=0.15, color=COLORS[mask], label=f"{mask}: $R^2$ = {r2}")
     axes[1].plot([0, top], [0, top], ":", color="gray")
-    axes[1].set(xlabel="true log position", ylabel="probe's prediction",
-                title="one-feature probe: log variance")
+    axes[1].set(
+        xlabel="true log position", ylabel="probe's prediction", title="one-feature probe: log variance"
+    )
     axes[1].legend(markerscale=5)
     fig.tight_layout()
     return fig

@@ -80,8 +80,6 @@ def _check_matrix(A, name: str = "A", square: bool = False) -> torch.Tensor:
     return A
 
 
-
-
 def _check_mask(mask: str) -> str:
     if mask not in _MASKS:
         raise ValueError(f"mask must be one of {_MASKS}, got {mask!r}")
@@ -317,12 +315,7 @@ def residual_to_rank_one(X: torch.Tensor, skip: int = 0) -> torch.Tensor:
 
 @one_thread()
 def attention_product(
-    n: int = 64,
-    d: int = 8,
-    depth: int = 64,
-    mask: str = "causal",
-    logit_std: float = 1.0,
-    seed: int = 0,
+    n: int = 64, d: int = 8, depth: int = 64, mask: str = "causal", logit_std: float = 1.0, seed: int = 0
 ) -> dict[str, np.ndarray]:
     """P_l = A_l ... A_1 for independent random attention matrices A_l; how P_l approaches rank one.
 
@@ -335,8 +328,9 @@ def attention_product(
     _check_mask(mask)
     g = torch.Generator().manual_seed(check_int("seed", seed, lo=0))
     P = torch.eye(n, dtype=torch.float64)
-    rows: dict[str, list] = {k: [] for k in ("sigma_ratio", "residual", "log10_det", "layer_rank",
-                                             "layer_log10_sigma_min")}
+    rows: dict[str, list] = {
+        k: [] for k in ("sigma_ratio", "residual", "log10_det", "layer_rank", "layer_log10_sigma_min")
+    }
     det = 0.0
     for _ in range(depth):
         A, _ = random_attention(n, d, logit_std, mask, g)
@@ -420,8 +414,19 @@ def collapse_stack(
         raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
     if weight_std is not None:
         weight_std = check_float("weight_std", weight_std, lo=0, lo_open=True)
-    config = Config(vocab_size=2, d_model=d_model, n_layers=depth, n_heads=n_heads, mask=mask, norm="layer",
-                    norm_bias=False, pos="none", mlp="gelu", attn_backend="sdpa", max_seq_len=4096)
+    config = Config(
+        vocab_size=2,
+        d_model=d_model,
+        n_layers=depth,
+        n_heads=n_heads,
+        mask=mask,
+        norm="layer",
+        norm_bias=False,
+        pos="none",
+        mlp="gelu",
+        attn_backend="sdpa",
+        max_seq_len=4096,
+    )
     torch.manual_seed(check_int("seed", seed, lo=0))
     scale = 1.0 / math.sqrt(depth) if variant == "block/sqrt(L)" else 1.0
     layers = nn.ModuleList()
@@ -429,7 +434,7 @@ def collapse_stack(
         layer = _Layer(config, variant)
         for module in layer.modules():
             if isinstance(module, nn.Linear):
-                std = weight_std if weight_std is not None else module.in_features ** -0.5
+                std = weight_std if weight_std is not None else module.in_features**-0.5
                 nn.init.normal_(module.weight, std=std)
         if scale != 1.0:
             with torch.no_grad():  # scaling the projections that write into the stream scales the branch
@@ -498,8 +503,12 @@ def collapse_curves(
                 if i == 0 and keep_states:
                     states[(variant, mask)] = [xs[k][0] for k in keep_states]
             residual[(variant, mask)] = table
-    return {"depth": np.arange(depth + 1), "residual": residual, "states": states,
-            "keep_states": list(keep_states)}
+    return {
+        "depth": np.arange(depth + 1),
+        "residual": residual,
+        "states": states,
+        "keep_states": list(keep_states),
+    }
 
 
 # ------------------------------------------------------------------------------------ real models
@@ -574,5 +583,10 @@ def inspect_model(model: Transformer, input_ids: torch.Tensor, **model_kwargs) -
     finally:
         model.train(was_training)
     ratio = np.array([float(h[0, 0].norm() / h[0, 1:].norm(dim=-1).mean()) for h in hidden])
-    return {"maps": maps, "heads": head_stats(maps), "residual": layer_residuals(hidden),
-            "residual_skip_first": layer_residuals(hidden, skip=1), "norm_ratio": ratio}
+    return {
+        "maps": maps,
+        "heads": head_stats(maps),
+        "residual": layer_residuals(hidden),
+        "residual_skip_first": layer_residuals(hidden, skip=1),
+        "norm_ratio": ratio,
+    }

@@ -55,8 +55,9 @@ def plot_single_matrix(rows: list[dict], cond: dict[str, np.ndarray]):
 
     for mask in _MASKS:
         ax_rank.plot(stds, med(mask, "numerical_rank"), "o-", color=colors[mask], label=f"{mask}, float64")
-        ax_rank.plot(stds, med(mask, "rank_float32"), "s--", color=colors[mask], alpha=0.7,
-                     label=f"{mask}, float32")
+        ax_rank.plot(
+            stds, med(mask, "rank_float32"), "s--", color=colors[mask], alpha=0.7, label=f"{mask}, float32"
+        )
         ax_erank.plot(stds, med(mask, "effective_rank"), "o-", color=colors[mask], label=mask)
         ax_smin.plot(stds, med(mask, "log10_sigma_min"), "o-", color=colors[mask], label=mask)
     ax_rank.axhline(n, color="gray", ls=":", lw=1)
@@ -75,13 +76,16 @@ def plot_single_matrix(rows: list[dict], cond: dict[str, np.ndarray]):
         ax.set_xticks(stds, [f"{s:g}" for s in stds])
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ns = cond["n"]
-    for kind, color, label in (("gaussian", "black", "random triangular, N(0,1)"),
-                               ("causal", colors["causal"], "causal attention"),
-                               ("bidirectional", colors["bidirectional"], "bidirectional attention")):
+    for kind, color, label in (
+        ("gaussian", "black", "random triangular, N(0,1)"),
+        ("causal", colors["causal"], "causal attention"),
+        ("bidirectional", colors["bidirectional"], "bidirectional attention"),
+    ):
         ax_cond.plot(ns, np.median(cond[kind], axis=1), "o-", color=color, label=label)
     ax_cond.plot(ns, ns * math.log10(2.0), ls="--", color="gray", lw=1, label=r"$2^n$")
-    ax_cond.set(xlabel="n (tokens)", ylabel=r"log$_{10}$ condition number",
-                title="conditioning against length")
+    ax_cond.set(
+        xlabel="n (tokens)", ylabel=r"log$_{10}$ condition number", title="conditioning against length"
+    )
     ax_cond.legend(fontsize=8)
     fig.tight_layout()
     return fig
@@ -93,15 +97,22 @@ def plot_product(prod: dict[str, dict[str, np.ndarray]]):
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for mask, res in prod.items():
         axes[0].semilogy(res["depth"], res["residual"], "-", color=colors[mask], label=f"{mask}: residual")
-        axes[0].semilogy(res["depth"], res["sigma_ratio"], "--", color=colors[mask],
-                         label=rf"{mask}: $\sigma_2/\sigma_1$")
+        axes[0].semilogy(
+            res["depth"], res["sigma_ratio"], "--", color=colors[mask], label=rf"{mask}: $\sigma_2/\sigma_1$"
+        )
         axes[1].plot(res["depth"], res["log10_det"], "-", color=colors[mask], label=mask)
     axes[0].axhline(1e-16, color="gray", ls=":", lw=1)
-    axes[0].set(xlabel="number of attention matrices multiplied, l", ylabel="distance to rank one",
-                title=r"$P_l = A_l \cdots A_1$ becomes rank one")
+    axes[0].set(
+        xlabel="number of attention matrices multiplied, l",
+        ylabel="distance to rank one",
+        title=r"$P_l = A_l \cdots A_1$ becomes rank one",
+    )
     axes[0].legend(fontsize=8)
-    axes[1].set(xlabel="number of attention matrices multiplied, l", ylabel=r"log$_{10}$ det $P_l$",
-                title="yet every factor is invertible")
+    axes[1].set(
+        xlabel="number of attention matrices multiplied, l",
+        ylabel=r"log$_{10}$ det $P_l$",
+        title="yet every factor is invertible",
+    )
     axes[1].legend()
     fig.tight_layout()
     return fig
@@ -123,14 +134,24 @@ def plot_collapse(curves: dict, variants: Sequence[str] = VARIANTS, upto: int | 
         for mask, ls in (("causal", "-"), ("bidirectional", "--")):
             table = np.maximum(curves["residual"][(variant, mask)][:, keep], floor)
             mean = 10 ** np.log10(table).mean(0)
-            ax.semilogy(depth[keep], mean, ls, color=palette[i % len(palette)],
-                        label=VARIANT_LABELS[variant] if mask == "causal" else None)
-            ax.fill_between(depth[keep], table.min(0), table.max(0), color=palette[i % len(palette)],
-                            alpha=0.08, lw=0)
+            ax.semilogy(
+                depth[keep],
+                mean,
+                ls,
+                color=palette[i % len(palette)],
+                label=VARIANT_LABELS[variant] if mask == "causal" else None,
+            )
+            ax.fill_between(
+                depth[keep], table.min(0), table.max(0), color=palette[i % len(palette)], alpha=0.08, lw=0
+            )
     ax.plot([], [], "-", color="gray", label="causal (solid)")
     ax.plot([], [], "--", color="gray", label="bidirectional (dashed)")
-    ax.set(xlabel="depth (layers)", ylabel=r"$\|X - \mathbf{1}\bar{x}^T\|_F \,/\, \|X\|_F$",
-           ylim=(floor, 3), title="token representations: distance to rank one")
+    ax.set(
+        xlabel="depth (layers)",
+        ylabel=r"$\|X - \mathbf{1}\bar{x}^T\|_F \,/\, \|X\|_F$",
+        ylim=(floor, 3),
+        title="token representations: distance to rank one",
+    )
     ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 0.07), ncol=2)
     if fig is not None:
         fig.tight_layout()
@@ -158,15 +179,17 @@ def plot_gram(states: dict, variant: str, depth_index: int, depth_label: int, re
     return fig
 
 
-def plot_heads(maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.ndarray] | None = None,
-               ncols: int = 6):
+def plot_heads(
+    maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.ndarray] | None = None, ncols: int = 6
+):
     """Every head of one layer as a heatmap (query rows, key columns), with its effective rank."""
     plt = _pyplot()
     H = maps.shape[1]
     nrows = math.ceil(H / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(1.7 * ncols, 2.05 * nrows + 0.5), squeeze=False)
-    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=1 - 0.42 / (2.05 * nrows + 0.5),
-                        wspace=0.08, hspace=0.32)
+    fig.subplots_adjust(
+        left=0.02, right=0.98, bottom=0.02, top=1 - 0.42 / (2.05 * nrows + 0.5), wspace=0.08, hspace=0.32
+    )
     for h, ax in enumerate(axes.flat):
         ax.grid(False)
         ax.set_xticks([])
@@ -175,7 +198,7 @@ def plot_heads(maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.n
             ax.axis("off")
             continue
         A = maps[layer, h].float().numpy()
-        ax.imshow(A ** 0.5, cmap="magma", vmin=0, vmax=1, interpolation="nearest")  # sqrt: small weights show
+        ax.imshow(A**0.5, cmap="magma", vmin=0, vmax=1, interpolation="nearest")  # sqrt: small weights show
         label = f"head {h}"
         if stats is not None:
             label += f"\nerank {stats['effective_rank'][layer, h]:.1f}, sink {stats['sink'][layer, h]:.2f}"
@@ -184,13 +207,20 @@ def plot_heads(maps: torch.Tensor, layer: int, title: str, stats: dict[str, np.n
     return fig
 
 
-
 def sweep_table(rows: list[dict]) -> str:
     """An HTML table of :func:`single_matrix_sweep` rows: medians over seeds per (mask, logit_std)."""
     if not rows:
         raise ValueError("rows must not be empty")
-    head = ("mask", "logit std", "rank of QK\u1d40", "numerical rank (float64)", "numerical rank (float32)",
-            "effective rank", "log\u2081\u2080 \u03c3_min", "log\u2081\u2080 det")
+    head = (
+        "mask",
+        "logit std",
+        "rank of QK\u1d40",
+        "numerical rank (float64)",
+        "numerical rank (float32)",
+        "effective rank",
+        "log\u2081\u2080 \u03c3_min",
+        "log\u2081\u2080 det",
+    )
     pad = ' style="padding:0.15em 0.7em"'
     header = "<thead><tr>" + "".join(f"<th{pad}>{h}</th>" for h in head) + "</tr></thead>"
     lines = ["<table>", header, "<tbody>"]
@@ -203,10 +233,16 @@ def sweep_table(rows: list[dict]) -> str:
             def med(key, group=group):
                 return float(np.median([r[key] for r in group]))
 
-            cells = (mask, f"{std:g}", f"{med('logits_rank'):.0f}",
-                     f"{med('numerical_rank'):.0f} of {group[0]['n']}", f"{med('rank_float32'):.0f}",
-                     f"{med('effective_rank'):.1f}", f"{med('log10_sigma_min'):.1f}",
-                     f"{med('log10_det'):.0f}")
+            cells = (
+                mask,
+                f"{std:g}",
+                f"{med('logits_rank'):.0f}",
+                f"{med('numerical_rank'):.0f} of {group[0]['n']}",
+                f"{med('rank_float32'):.0f}",
+                f"{med('effective_rank'):.1f}",
+                f"{med('log10_sigma_min'):.1f}",
+                f"{med('log10_det'):.0f}",
+            )
             lines.append("<tr>" + "".join(f"<td{pad}>{c}</td>" for c in cells) + "</tr>")
     return "\n".join([*lines, "</tbody>", "</table>"])
 
@@ -256,8 +292,10 @@ def sweep_summary(rows: list[dict], cond: dict[str, np.ndarray]) -> dict[str, fl
 def collapse_at(curves: dict, variant: str, mask: str, depth: int) -> float:
     """Geometric mean over the random draws of :func:`collapse_curves`' residual at one depth."""
     if (variant, mask) not in curves["residual"]:
-        raise ValueError(f"variant and mask must be a pair these curves hold, got ({variant!r}, {mask!r}); "
-                         f"they hold {sorted(curves['residual'])}")
+        raise ValueError(
+            f"variant and mask must be a pair these curves hold, got ({variant!r}, {mask!r}); "
+            f"they hold {sorted(curves['residual'])}"
+        )
     check_int("depth", depth, lo=0, hi=curves["residual"][(variant, mask)].shape[1] - 1)
     table = np.maximum(curves["residual"][(variant, mask)][:, depth], 1e-300)
     return float(np.exp(np.log(table).mean()))
@@ -306,12 +344,14 @@ def plot_real_models(inspections: dict[str, dict], masks: dict[str, str]):
     for i, name in enumerate(names):
         st, color = inspections[name]["heads"], colors[masks[name]]
         er = st["effective_rank"].ravel()
-        axes[0].scatter(i + 0.25 * rng.standard_normal(er.size).clip(-1.2, 1.2), er, s=6, alpha=0.45,
-                        color=color)
+        axes[0].scatter(
+            i + 0.25 * rng.standard_normal(er.size).clip(-1.2, 1.2), er, s=6, alpha=0.45, color=color
+        )
         axes[0].hlines(n_tokens[name], i - 0.35, i + 0.35, color=color, ls=":", lw=1.5)
         sm = np.log10(np.maximum(st["sigma_min"].ravel(), 1e-300))
-        axes[1].scatter(i + 0.25 * rng.standard_normal(sm.size).clip(-1.2, 1.2), sm, s=6, alpha=0.45,
-                        color=color)
+        axes[1].scatter(
+            i + 0.25 * rng.standard_normal(sm.size).clip(-1.2, 1.2), sm, s=6, alpha=0.45, color=color
+        )
         layers = np.arange(st["sink"].shape[0])
         depth = layers / max(1, layers[-1])
         axes[2].plot(depth, st["sink"].mean(1), "o-", color=color, ms=3, label=name)
@@ -321,17 +361,26 @@ def plot_real_models(inspections: dict[str, dict], masks: dict[str, str]):
         axes[3].plot(d, res["residual_skip_first"], "--", color=color, label=f"{name}, without token 0")
     floor = math.log10(max(n_tokens.values()) * _eps(torch.float32))
     axes[1].axhline(floor, color="gray", ls=":", lw=1)
-    axes[1].text(len(names) - 0.45, floor - 2, "float32 resolution", color="gray", fontsize=8, ha="right",
-                 va="top")
+    axes[1].text(
+        len(names) - 0.45, floor - 2, "float32 resolution", color="gray", fontsize=8, ha="right", va="top"
+    )
     for ax in axes[:2]:
         ax.set_xticks(range(len(names)), names)
         ax.set_xlim(-0.6, len(names) - 0.4)
     axes[0].set(ylabel="effective rank (dotted: N, full rank)", title="effective rank, one dot per head")
     axes[1].set(ylabel=r"log$_{10}\,\sigma_{\min}$ of the attention map", title="smallest singular value")
-    axes[2].set(xlabel="relative depth (layer / last layer)", ylabel="mean attention on token 0",
-                title="the attention sink", ylim=(0, 1))
-    axes[3].set(xlabel="relative depth (0 = embeddings)", ylabel=r"$\|X-\mathbf{1}\bar x^T\|_F/\|X\|_F$",
-                title="hidden states: distance to rank one", ylim=(0, 1.05))
+    axes[2].set(
+        xlabel="relative depth (layer / last layer)",
+        ylabel="mean attention on token 0",
+        title="the attention sink",
+        ylim=(0, 1),
+    )
+    axes[3].set(
+        xlabel="relative depth (0 = embeddings)",
+        ylabel=r"$\|X-\mathbf{1}\bar x^T\|_F/\|X\|_F$",
+        title="hidden states: distance to rank one",
+        ylim=(0, 1.05),
+    )
     axes[2].legend(fontsize=8)
     axes[3].legend(fontsize=7, loc="lower left")
     fig.tight_layout()

@@ -168,8 +168,12 @@ def record_html(entries=SEED002_TABLES, cite=None) -> str:
             raise ValueError(f"unknown status {e.status!r}")
     rows = [[e.topic, e.seed_says, e.record, e.status, cite(e.keys)] for e in entries]
     styles = [[None, None, None, f"background:{colour[e.status]};color:#1a1a1a", None] for e in entries]
-    return html_table(["what", "seed 002 says", "the primary source", "status", "source"], rows,
-                      widths=[17, 22, 37, 11, 13], styles=styles)
+    return html_table(
+        ["what", "seed 002 says", "the primary source", "status", "source"],
+        rows,
+        widths=[17, 22, 37, 11, 13],
+        styles=styles,
+    )
 
 
 # Instruction-tuned and adapted encoder-decoders against "T5 needed fine-tuning" (seeds 000, 004).

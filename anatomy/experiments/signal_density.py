@@ -27,13 +27,7 @@ from anatomy.objectives import (
 )
 from anatomy.train import next_token_loss
 
-__all__ = [
-    "DensityRun",
-    "label_density_experiment",
-    "bayes_loss",
-    "plot_density",
-    "show_example",
-]
+__all__ = ["DensityRun", "label_density_experiment", "bayes_loss", "plot_density", "show_example"]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -43,8 +37,10 @@ __all__ = [
 
 def _markov(source) -> tuple[np.ndarray, np.ndarray]:
     if getattr(source, "order", None) != 1 or not hasattr(source, "P"):
-        raise ValueError(f"source must be a first-order anatomy.data.MarkovSource (exact Bayes losses need "
-                         f"order=1), got {type(source).__name__}")
+        raise ValueError(
+            f"source must be a first-order anatomy.data.MarkovSource (exact Bayes losses need "
+            f"order=1), got {type(source).__name__}"
+        )
     return np.asarray(source.P, dtype=np.float64), np.asarray(source.pi, dtype=np.float64)
 
 
@@ -269,8 +265,12 @@ class DensityRun:
         if step not in self.steps:
             raise ValueError(f"step must be one of the evaluation points {self.steps}, got {step!r}")
         n = self.steps.index(step) + 1
-        return replace(self, steps=self.steps[:n], excess={f: e[:n] for f, e in self.excess.items()},
-                       labels={f: v[:n] for f, v in self.labels.items()})
+        return replace(
+            self,
+            steps=self.steps[:n],
+            excess={f: e[:n] for f, e in self.excess.items()},
+            labels={f: v[:n] for f, v in self.labels.items()},
+        )
 
     def compute_multiplier(self, fraction: float, reference: float = 1.0) -> float:
         """How many times more steps (= compute) `fraction` needs than `reference` for the same excess.

@@ -84,7 +84,8 @@ def html_table(
     table_css = "border-collapse:collapse;font-size:0.9em;margin:0.5em 0"
     if widths is not None:
         table_css += ";width:100%;table-layout:fixed;overflow-wrap:anywhere"
-    parts = [f"<table class='anatomy-table' style='{table_css}'>"]
+    # The wrapper scrolls a wide table sideways by itself on a narrow screen (a phone), instead of the page.
+    parts = [f"<div style='overflow-x:auto;max-width:100%'><table class='anatomy-table' style='{table_css}'>"]
     if caption:
         parts.append(f"<caption>{html.escape(caption)}</caption>")
     if widths is not None:
@@ -101,5 +102,5 @@ def html_table(
             + "".join(f"<td{style(i, extra[i])}>{_cell(c)}</td>" for i, c in enumerate(r))
             + "</tr>"
         )
-    parts.append("</tbody></table>")
+    parts.append("</tbody></table></div>")
     return HTMLTable("".join(parts))

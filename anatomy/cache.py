@@ -15,6 +15,8 @@ import torch
 
 from anatomy._checks import check_device, check_dtype, check_int, check_positive_int, check_tensor
 
+__all__ = ["KVCache", "kv_cache_bytes"]
+
 
 class KVCache:
     """Per-layer keys and values, each (B, n_kv_heads, len, head_dim), grown in place up to ``max_len``."""

@@ -7,6 +7,8 @@ import torch
 from anatomy._checks import check_float, check_generator, check_int, check_positive_int, check_tensor
 from anatomy.cache import KVCache
 
+__all__ = ["generate", "next_token"]
+
 _NAN_LOGITS = "logits contain NaN: no token can be picked (the model's output is not a number)"
 
 

@@ -269,6 +269,21 @@ class InductionRun:
         return next(step for step, s in zip(self.steps, scores) if s >= half)
 
 
+def _default_config(vocab_size: int, length: int, train_lengths: tuple[int, int], mask: str) -> Config:
+    """The induction experiments' model: d_model 64, 2 layers of 2 heads, RoPE, LayerNorm (no MLP: see
+    `AttentionOnly`), long enough for a sequence shown twice."""
+    return Config(
+        vocab_size=vocab_size,
+        d_model=64,
+        n_layers=2,
+        n_heads=2,
+        max_seq_len=2 * max(length, train_lengths[1]),
+        pos="rope",
+        norm="layer",
+        mask=mask,
+    )
+
+
 def induction_experiment(
     *,
     length: int = 24,
@@ -294,15 +309,7 @@ def induction_experiment(
     from anatomy.train import train
 
     check_int("length", length, lo=2)
-    config = config or Config(
-        vocab_size=vocab_size,
-        d_model=64,
-        n_layers=2,
-        n_heads=2,
-        max_seq_len=2 * max(length, train_lengths[1]),
-        pos="rope",
-        norm="layer",
-    )
+    config = config or _default_config(vocab_size, length, train_lengths, "causal")
     if config.vocab_size != vocab_size:
         raise ValueError(f"config.vocab_size ({config.vocab_size}) must equal vocab_size ({vocab_size})")
     torch.manual_seed(seed)
@@ -463,16 +470,7 @@ def masked_induction_experiment(
 
     check_int("length", length, lo=2)
     special = _special(vocab_size)
-    config = config or Config(
-        vocab_size=special.vocab_size,
-        d_model=64,
-        n_layers=2,
-        n_heads=2,
-        max_seq_len=2 * max(length, train_lengths[1]),
-        pos="rope",
-        norm="layer",
-        mask="bidirectional",
-    )
+    config = config or _default_config(special.vocab_size, length, train_lengths, "bidirectional")
     if config.vocab_size < special.vocab_size:
         raise ValueError(f"config.vocab_size must be at least vocab_size + 3 = {special.vocab_size}")
     torch.manual_seed(seed)

@@ -47,7 +47,8 @@ def interleaved_times(
     threads: int | None = 1,
     clock: str = "wall",
 ) -> dict[str, list[float]]:
-    """Seconds of each function in every repeat; within each repeat every variant runs once, in turn.
+    """Seconds of each function in every repeat; within each repeat every variant runs once, in turn
+    (in the given order in even repeats, in reverse in odd ones).
 
     Args:
         fns: name -> function of no arguments (run under ``torch.inference_mode``).
@@ -86,8 +87,11 @@ def interleaved_times(
                 for fn in fns.values():
                     fn()
             times: dict[str, list[float]] = {name: [] for name in fns}
-            for _ in range(repeats):
-                for name, fn in fns.items():
+            order = list(fns.items())
+            for i in range(repeats):
+                # ABBA: odd repeats run the variants in reverse, so that no variant always runs right
+                # after the same other one (whose caches, allocations or clock boost it would inherit)
+                for name, fn in order if i % 2 == 0 else order[::-1]:
                     sync()
                     t0 = now()
                     fn()

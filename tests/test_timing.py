@@ -13,7 +13,8 @@ def test_interleaved_medians_runs_every_variant_in_turn():
     out = interleaved_medians(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=1, threads=1
     )
-    assert calls == ["a", "b"] * 4  # one warm-up round, then three interleaved repeats
+    # one warm-up round, then three interleaved repeats, every other one in reverse (ABBA)
+    assert calls == ["a", "b"] + ["a", "b"] + ["b", "a"] + ["a", "b"]
     assert set(out) == {"a", "b"} and all(t >= 0 for t in out.values())
     with pytest.raises(ValueError, match="fns"):
         interleaved_medians({})
@@ -36,7 +37,7 @@ def test_interleaved_times_keep_every_repeat_and_paired_ratio():
     times = interleaved_times(
         {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, repeats=3, warmup=0
     )
-    assert calls == ["a", "b"] * 3 and all(len(v) == 3 for v in times.values())
+    assert calls == ["a", "b", "b", "a", "a", "b"] and all(len(v) == 3 for v in times.values())
     # each pair is compared with itself: a slowdown shared by both variants of a repeat cancels
     assert paired_ratio([2.0, 20.0, 4.0], [1.0, 10.0, 1.0]) == 2.0
     assert paired_ratio([3.0], [2.0]) == 1.5

@@ -1,5 +1,7 @@
 """anatomy.experiments.parallel: forked runs give the loop's results, in the loop's order."""
 
+import gc
+
 import pytest
 import torch
 
@@ -36,6 +38,13 @@ def test_start_returns_the_result(monkeypatch):
     monkeypatch.setenv("ANATOMY_WORKERS", "2")
     pending = parallel.start(lambda: _train(5))
     assert torch.equal(pending.result(), _train(5))
+    # a result never collected: dropping the object shuts its process pool down
+    pending = parallel.start(lambda: 1)
+    pool = pending._pool
+    assert pool is not None and not pool._shutdown_thread
+    del pending
+    gc.collect()
+    assert pool._shutdown_thread
 
 
 def _seeded_draw(seed: int) -> float:

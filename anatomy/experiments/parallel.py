@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import random
 import sys
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -134,6 +135,8 @@ class Background:
             )
             self._future = self._pool.submit(_call, 0)
             _PENDING = []  # the child has its copy
+            # a result never asked for: the pool still shuts down when this object goes away
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
 
     def result(self) -> Any:
         """The job's result: from the process that ran it, or computed now if none was started."""

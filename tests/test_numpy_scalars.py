@@ -8,12 +8,12 @@ import torch
 
 from anatomy import Config, Transformer, metrics
 from anatomy import speculative as sp
-from anatomy.experiments import capacity, experts, positions
+from anatomy.experiments import capacity, experts, positions, scaling_laws
 from anatomy.model import RopeTable
 
 CALLS = {
-    "capacity.compute_optimal": lambda: capacity.compute_optimal(np.float32(1e21)),
-    "capacity.rule_of_thumb": lambda: capacity.rule_of_thumb(np.float32(1e21), np.int64(20)),
+    "scaling_laws.compute_optimal": lambda: scaling_laws.compute_optimal(np.float32(1e21)),
+    "scaling_laws.rule_of_thumb": lambda: scaling_laws.rule_of_thumb(np.float32(1e21), np.int64(20)),
     "capacity.teacher_source": lambda: capacity.teacher_source(5, 2, scale=np.float32(3.0)),
     "metrics.NGramModel": lambda: metrics.NGramModel(np.int64(5), np.int64(2), alpha=np.float32(0.1)),
     "positions.ridge_r2": lambda: positions.ridge_r2(
@@ -30,8 +30,8 @@ def test_numpy_scalars_are_accepted(name):
 
 
 def test_numpy_scalars_compute_what_python_numbers_do():
-    assert capacity.compute_optimal(np.float64(1e21)) == capacity.compute_optimal(1e21)
-    assert capacity.rule_of_thumb(1e21, np.int64(20)) == capacity.rule_of_thumb(1e21, 20)
+    assert scaling_laws.compute_optimal(np.float64(1e21)) == scaling_laws.compute_optimal(1e21)
+    assert scaling_laws.rule_of_thumb(1e21, np.int64(20)) == scaling_laws.rule_of_thumb(1e21, 20)
     params = experts.deepseek_v3_params
     assert params({"n_layers": np.int64(61)}) == params({"n_layers": 61})
 
@@ -50,7 +50,7 @@ def test_speculative_generate_takes_numpy_ints():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: capacity.compute_optimal(True),
+        lambda: scaling_laws.compute_optimal(True),
         lambda: metrics.NGramModel(True, 2),
         lambda: sp.expected_speedup(0.5, True, 0.1),
     ],

@@ -7,7 +7,9 @@ module                 chapter      argument
 =====================  ===========  =================================================================
 ``families``           1            three families, one mask: what a prefix's states see of a suffix
 ``entropy``            2            entropy and the chain rule: the chapter's figures, a text's surprisal
-``capacity``           3            capacity and compression: population-loss students, scaling laws
+``capacity``           3            capacity and compression: population-loss students, the scaling family
+``scaling_laws``       3            power laws in parameters, the Chinchilla arithmetic
+``capacity_plots``     3            its figures
 ``rank``               4            the low-rank argument: rank of attention maps, collapse with depth
 ``rank_plots``         4            its figures and tables
 ``positions``          5            order without positions: probes, shuffles, NoPE vs RoPE runs
@@ -18,7 +20,9 @@ module                 chapter      argument
 ``few_shot``           7            few-shot prompting of a pretrained decoder
 ``causal_kernel``      8            what a causal mask saves: attention pairs, tiles, timed kernels
 ``kv_cache``           9            the KV cache: sizes, multi-turn reuse, staleness of a bidirectional cache
+``kv_cache_plots``     9            its figures and tables
 ``inference_economics`` 10          the roofline, latency models, classifiers' cost
+``inference_economics_plots`` 10    its figures and tables
 ``experts``            11           mixture of experts: routing statistics, matched dense vs MoE runs
 ``record``             12           the published record: tables, shapes, cache bytes by family
 ``record_runs``        12           the record's measurements: exposure bias, budgets, embeddings

@@ -299,6 +299,8 @@ _COMPILE_SCRIPT = textwrap.dedent(
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource, make_backend
     import anatomy.kernels.triton_kernel as tk
+    from anatomy.kernels.triton_backward import _attn_bwd_dkdv, _attn_bwd_dq
+    from anatomy.kernels.triton_forward import _attn_fwd
 
     POINTERS = {"COUNTS": "*i32", "LSE": "*fp32", "DELTA": "*fp32"}
     INTS = {"Hq", "Hkv", "G", "Nq", "Nk", "q_offset", "prefix_len"}
@@ -325,7 +327,7 @@ _COMPILE_SCRIPT = textwrap.dedent(
         options = backend.parse_options({"num_warps": 4 if block <= 64 else 8, "num_stages": 2})
         base = dict(HEAD_DIM=head_dim, BLOCK_D=max(16, triton.next_power_of_2(head_dim)), BLOCK_M=block,
                     BLOCK_N=block, MASK_KIND=mask_kind, PRECISION="ieee" if dtype == "fp32" else "tf32")
-        for fn, extra in ((tk._attn_fwd, {"COUNT": True}), (tk._attn_bwd_dq, {}), (tk._attn_bwd_dkdv, {})):
+        for fn, extra in ((_attn_fwd, {"COUNT": True}), (_attn_bwd_dq, {}), (_attn_bwd_dkdv, {})):
             # Triton turns int arguments equal to 1 into constants (G = 1 for multi-head attention, Nq = 1
             # when decoding): compile that specialisation too.
             for constexprs in (dict(base, **extra), dict(base, **extra, G=1, Nq=1)):

@@ -11,6 +11,12 @@ Variants alternate within each repeat (and which goes first alternates too), so 
 the machine hits both alike; the table reports medians and their ratio next to the
 targets (generation >= 1.5x, prefill >= 1.0x, at each thread count given). ``--clock cpu`` times the CPU
 work of the timing thread in 1-thread rows (robust on a shared machine; 2-thread rows stay wall-clock).
+
+The floor (printed under each table, and in the JSON row): a decoded token streams every weight matrix once,
+so no implementation of the same fp32 weights decodes faster than (a) one row vector times each of the
+model's matrices (MKL's matrix-vector product, in anatomy's input-major layout and in transformers' layout)
+or (b) one pass that only reads the same bytes (a sum: the memory bandwidth). Dividing transformers' time per
+token by a floor gives the best ratio any fp32 implementation could reach with that matrix-vector speed.
 """
 
 from __future__ import annotations
@@ -93,6 +99,8 @@ def main() -> None:
     for threads in args.threads:
         torch.set_num_threads(threads)
         row = _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill)
+        hf_s_per_token = 1.0 / row["transformers tokens/s"]
+        row |= _floor(args, threads, _weights(model), _weights(hf, fused=False), hf_s_per_token)
         rows.append(row)
         ok &= (
             row["generation ratio"] >= TARGETS["generation tokens/s"]
@@ -162,6 +170,68 @@ def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, 
         "prefill ratio": round(pre_ratio, 4),
         "same tokens": same,
         "prefill max diff": prefill_diff,
+    }
+
+
+def _weights(module: torch.nn.Module, fused: bool = True) -> list[torch.Tensor]:
+    """Every weight matrix a decoded token multiplies, once each, as the module stores it ((out, in) views).
+
+    anatomy's q/k/v and gate/up are one matrix each (``fused_weight``; ``fused=False`` for transformers,
+    whose Linears run one by one); a tied LM head counts once.
+    """
+    from anatomy.weight_layout import FUSED_GROUPS, fused_weight
+
+    mats, seen = [], set()
+    with torch.inference_mode():
+        if not fused:
+            return [m.weight.detach() for m in _unique_linears(module)]
+        for m in module.modules():
+            for attr, names in FUSED_GROUPS:
+                owner = m._modules.get(attr)
+                if owner is not None and all(n in owner._modules for n in names):
+                    w, _ = fused_weight(owner, names)
+                    mats.append(w)
+                    seen.update(id(owner._modules[n].weight) for n in names)
+    return mats + [m.weight.detach() for m in _unique_linears(module, seen)]
+
+
+def _unique_linears(module: torch.nn.Module, seen: set | None = None) -> list[torch.nn.Linear]:
+    seen, out = set() if seen is None else seen, []
+    for m in module.modules():
+        if isinstance(m, torch.nn.Linear) and id(m.weight) not in seen:
+            out.append(m)
+            seen.add(id(m.weight))
+    return out
+
+
+def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float) -> dict:
+    """Time one pass of x @ W.T over each weight list, and a sum over as many bytes: ms per token."""
+    nbytes = sum(w.numel() * w.element_size() for w in ours)
+    flat = torch.empty(nbytes // 4).normal_()
+    xs = {id(w): torch.randn(1, w.shape[1]) for w in ours + theirs}
+    linear = torch.nn.functional.linear
+    fns = {
+        "anatomy layout": lambda: [linear(xs[id(w)], w) for w in ours],
+        "transformers layout": lambda: [linear(xs[id(w)], w) for w in theirs],
+        "read only (sum)": flat.sum,
+    }
+    times = {k: [] for k in fns}
+    with torch.inference_mode():
+        for r in range(max(args.repeats, 5)):
+            for name, fn in fns.items() if r % 2 == 0 else list(fns.items())[::-1]:
+                times[name].append(_time(fn))
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    hf_ms = 1e3 * hf_s_per_token
+    print(
+        f"floor ({nbytes / 1e6:.0f} MB of fp32 weights per token, threads={threads}): "
+        + "; ".join(f"{k} {v:.1f} ms ({nbytes / v / 1e6:.1f} GB/s)" for k, v in ms.items())
+        + f"; transformers {hf_ms:.1f} ms/token, so the best possible ratio is "
+        + " / ".join(f"{hf_ms / v:.2f}x" for v in ms.values())
+    )
+    return {
+        "weight MB per token": round(nbytes / 1e6, 1),
+        **{f"floor ms, {k}": round(v, 2) for k, v in ms.items()},
+        **{f"best ratio, {k}": round(hf_ms / v, 3) for k, v in ms.items()},
     }
 
 

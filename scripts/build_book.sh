@@ -44,13 +44,45 @@ rm -rf "$ANATOMY_RESULTS"
 
 start=$SECONDS
 jupyter-book clean --html . >/dev/null
-# --all re-reads every page, so warnings from unchanged pages are reported again; with
-# execute_notebooks: force every chapter is executed. -W turns warnings into errors, --keep-going
-# reports all of them before failing, -n (nitpick) warns about every unresolved reference.
+# The chapters keep about one core busy each, so scripts/execute_chapters.py executes them two at a time
+# (ANATOMY_BUILD_JOBS; those that glue wall-clock times alone, the scoreboard and the answer page left to the
+# build) into a fresh jupyter-cache, and the build reads them from it: a copy of _config.yml whose
+# execute_notebooks is `cache` instead of `force`. Every chapter is still executed at every build.
+# ANATOMY_BUILD_JOBS=0: the build executes every chapter itself, one after the other (_config.yml as it is).
+jobs="${ANATOMY_BUILD_JOBS:-2}"
+config=()
+executed=0
+if [[ "$jobs" != "0" ]]; then
+    cache="$ROOT/_build/.jupyter_cache"
+    derived="$ROOT/_build/_config.cached-execution.yml"
+    python scripts/execute_chapters.py --cache "$cache" --jobs "$jobs" || executed=$?
+    python - "$derived" "$cache" <<'PY'
+import sys
+from pathlib import Path
+
+import yaml
+
+config = yaml.safe_load(Path("_config.yml").read_text(encoding="utf-8"))
+config["execute"].update(execute_notebooks="cache", cache=sys.argv[2])
+# jupyter-book finds local extensions relative to the config file, which is now in _build/
+local = config["sphinx"].get("local_extensions") or {}
+config["sphinx"]["local_extensions"] = {name: str(Path(path).resolve()) for name, path in local.items()}
+Path(sys.argv[1]).write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
+PY
+    config=(--config "$derived")
+fi
+# --all re-reads every page, so warnings from unchanged pages are reported again; every chapter not in the
+# cache is executed. -W turns warnings into errors, --keep-going reports all of them before failing, -n
+# (nitpick) warns about every unresolved reference.
 status=0
-jupyter-book build . --all --warningiserror --nitpick --keep-going || status=$?
+jupyter-book build . "${config[@]}" --all --warningiserror --nitpick --keep-going || status=$?
 if [[ "$status" != "0" ]]; then
     echo "build_book.sh: the book build FAILED (exit $status) after $((SECONDS - start)) s; see the errors above" >&2
     exit "$status"
+fi
+if [[ "$executed" != "0" ]]; then
+    echo "build_book.sh: a chapter FAILED when executed before the build (see execute_chapters above), even though" \
+        "the build's own execution of it passed: a flaky chapter" >&2
+    exit 1
 fi
 echo "build_book.sh: book built in $((SECONDS - start)) s: $ROOT/_build/html/index.html"

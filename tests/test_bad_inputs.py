@@ -10,6 +10,21 @@ that names it, and the row says so). Functions of the first table are named bare
 "plots.draw_mask"). ``test_every_public_function_has_rows`` walks every module of anatomy (core,
 experiments, book; not the claim registry) and fails when a public function or class has neither rows nor a
 place in NOT_ENTRY_POINTS, so a new function gets its rows when it is added.
+
+A chapter's experiment module may instead declare its rows in its own test file, ``tests/test_<argument>.py``
+(so that adding a chapter edits no shared table): module-level ``BAD_INPUTS`` maps "<module>.<name>" to
+(valid call, rows), the call taking keyword overrides and each row (argument, bad value, expected exception
+[, what the message must name]); ``BAD_INPUTS_EXEMPT`` names functions that need no rows (figures of
+computed results) and ``BAD_INPUTS_SLOW`` those whose valid call trains, times or loads weights. They are
+collected below (:func:`declared_rows`) into the same CALLS, ROWS, SLOW_OR_EXTERNAL and exemptions:
+
+    BAD_INPUTS = {
+        "toy_pairs.causal_pairs": (
+            lambda **kw: toy_pairs.causal_pairs(**{"n": 8, **kw}),
+            [("n", 0, ValueError), ("n", 1.5, TypeError)],
+        ),
+    }
+    BAD_INPUTS_EXEMPT = {"toy_pairs.plot_pairs"}
 """
 
 from __future__ import annotations
@@ -18,6 +33,8 @@ import importlib
 import inspect
 import pkgutil
 import re
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -1470,6 +1487,60 @@ ROWS += [
 ]  # fmt: skip
 
 
+# ---------------------------------------------------------------------------------------------------------
+# Rows declared by the experiments' own test files (BAD_INPUTS, BAD_INPUTS_EXEMPT, BAD_INPUTS_SLOW)
+# ---------------------------------------------------------------------------------------------------------
+
+TESTS = Path(__file__).resolve().parent
+
+
+def declared_rows(module) -> tuple[dict, list, set, set]:
+    """(calls, rows, slow, exempt) that a test module declares, in this table's forms."""
+    calls, rows = {}, []
+    for target, (call, module_rows) in getattr(module, "BAD_INPUTS", {}).items():
+        calls[target] = call
+        for row in module_rows:
+            arg, value, exc, *name = row
+            rows.append((target, arg, value, exc, name[0] if name else arg))
+    slow, exempt = set(getattr(module, "BAD_INPUTS_SLOW", ())), set(getattr(module, "BAD_INPUTS_EXEMPT", ()))
+    return calls, rows, slow, exempt
+
+
+def _collect_declared():
+    if str(TESTS) not in sys.path:
+        sys.path.insert(0, str(TESTS))
+    exempt = set()
+    for path in sorted(TESTS.glob("test_*.py")):
+        if path.name == Path(__file__).name or "BAD_INPUTS" not in path.read_text(encoding="utf-8"):
+            continue
+        calls, rows, slow, skip = declared_rows(importlib.import_module(path.stem))
+        twice = set(calls) & set(CALLS)
+        assert not twice, f"{path.name} declares rows this file already has: {sorted(twice)}"
+        CALLS.update(calls)
+        ROWS.extend(rows)
+        SLOW_OR_EXTERNAL.update(slow)
+        exempt |= skip
+    return exempt
+
+
+DECLARED_EXEMPT = _collect_declared()
+
+
+def test_declared_rows_take_this_tables_form():
+    def causal_pairs(n):
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+
+    module = type(sys)("test_toy")
+    module.BAD_INPUTS = {"toy.causal_pairs": (lambda **kw: causal_pairs(**{"n": 8, **kw}), [("n", 0, V)])}
+    module.BAD_INPUTS_EXEMPT = {"toy.plot_pairs"}
+    calls, rows, slow, exempt = declared_rows(module)
+    assert rows == [("toy.causal_pairs", "n", 0, V, "n")] and exempt == {"toy.plot_pairs"} and not slow
+    calls["toy.causal_pairs"]()  # the valid call
+    with pytest.raises(ValueError, match="n"):
+        calls["toy.causal_pairs"](n=0)
+
+
 def _row_id(row):
     target, arg, value, exc, _ = row
     text = repr(value) if not isinstance(value, torch.Tensor) else f"tensor{tuple(value.shape)}:{value.dtype}"
@@ -1621,7 +1692,11 @@ def test_every_public_function_has_rows():
     def covered(key, bare):
         names = [key] + ([bare] if bare else [])
         return any(
-            n in NOT_ENTRY_POINTS or n in heads or any(h.startswith(n + ".") for h in heads) for n in names
+            n in NOT_ENTRY_POINTS
+            or n in DECLARED_EXEMPT
+            or n in heads
+            or any(h.startswith(n + ".") for h in heads)
+            for n in names
         )
 
     functions = _public_functions()

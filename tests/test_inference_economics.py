@@ -1,5 +1,6 @@
-"""Chapter 10's experiment (anatomy.experiments.inference_economics): roofline, seed 002's cost model,
-latency estimates, measurements of this machine, the classifiers."""
+"""Chapter 10's experiment (anatomy.experiments.inference_economics, its figures and tables in
+inference_economics_plots): roofline, seed 002's cost model, latency estimates, measurements of this machine,
+the classifiers."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from anatomy import Config, cost
-from anatomy.experiments import inference_economics
+from anatomy.experiments import inference_economics, inference_economics_plots
 
 TINY = Config(
     vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
@@ -96,12 +97,14 @@ def test_tables_and_figures_of_chapter_10():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    html = inference_economics.decode_bytes_table(["Llama-3-70B"])
+    html = inference_economics_plots.decode_bytes_table(["Llama-3-70B"])
     assert "KV cache read at 8,192 tokens (GB)" in html and "Llama-3-70B" in html
     cls = {"labels": ["A", "B", "C", "D"], "n_test": 32}
     for i, k in enumerate(inference_economics.CLASSIFIERS):
         cls[k] = {"tokens": 10.0 + i, "flops": 1e9 * (i + 1), "seconds": 0.01 * (i + 1), "accuracy": 0.5}
-    assert inference_economics.classifier_table(cls).count("<tr") == 1 + len(inference_economics.CLASSIFIERS)
+    assert inference_economics_plots.classifier_table(cls).count("<tr") == 1 + len(
+        inference_economics.CLASSIFIERS
+    )
     hw = inference_economics.Hardware("test", 1e11, 1e10)
     sweep = {"chunk": [1, 4], "intensity": [0.5, 2.0], "achieved": [1e9, 4e9]}
     batched = {"intensity": [1.0], "achieved": [2e9]}
@@ -112,18 +115,18 @@ def test_tables_and_figures_of_chapter_10():
     exact = {(0, 1): 0.5, (1, 0): 0.5}
     dists = {"leviathan": exact, "argmax": {(0, 1): 1.0}}
     figs = [
-        inference_economics.plot_roofline(hw, sweep, batched),
-        inference_economics.plot_classifiers(cls),
-        inference_economics.plot_speculative(
+        inference_economics_plots.plot_roofline(hw, sweep, batched),
+        inference_economics_plots.plot_classifiers(cls),
+        inference_economics_plots.plot_speculative(
             runs, {4: 0.1, 24: 0.4}, {4: 0.3, 24: 0.84}, gamma_lookup=4, gamma_trunc=2, k_run=24, v_lookup=2.0
         ),
-        inference_economics.plot_sampler_distributions(exact, dists),
+        inference_economics_plots.plot_sampler_distributions(exact, dists),
     ]
     for fig in figs:
         assert fig.axes and all(ax.get_ylabel() or ax.get_xlabel() for ax in fig.axes)
         plt.close(fig)
     with pytest.raises(TypeError, match="hardware"):
-        inference_economics.plot_roofline((1e11, 1e10), sweep, batched)
+        inference_economics_plots.plot_roofline((1e11, 1e10), sweep, batched)
 
 
 def test_seed002_latency_rows_and_table():
@@ -131,7 +134,7 @@ def test_seed002_latency_rows_and_table():
     rows = inference_economics.seed002_latency_rows(real)
     assert len(rows) == len(inference_economics.SEED002_LATENCY_TABLE)
     assert all(r["own"]["n_layers"] == 0 and r["est"]["decode_ms"] > r["table_decode_ms"] for r in rows)
-    assert inference_economics.latency_table(rows).count("<tr") == 1 + len(rows)
+    assert inference_economics_plots.latency_table(rows).count("<tr") == 1 + len(rows)
     with pytest.raises(TypeError, match="real"):
         inference_economics.seed002_latency_rows({"7B": real["7B"]})
 

@@ -1,5 +1,6 @@
-"""Chapter 9's experiment (anatomy.experiments.kv_cache): the KV-size formula against transformers' cache
-and seed 002's, the multi-turn helpers, stale caches of bidirectional models."""
+"""Chapter 9's experiment (anatomy.experiments.kv_cache, its figures and tables in kv_cache_plots): the KV
+size formula against transformers' cache and seed 002's, the multi-turn helpers, stale caches of bidirectional
+models."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from anatomy import Config, Transformer, cost
-from anatomy.experiments import kv_cache
+from anatomy.experiments import kv_cache, kv_cache_plots
 
 TINY = Config(
     vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
@@ -180,13 +181,15 @@ def test_tables_and_figures_of_chapter_9():
     model = Transformer(TINY).eval()
     ids = torch.randint(0, TINY.vocab_size, (1, 40))
     sweep = kv_cache.chunk_sweep(model, ids[:, :20], ids[:, 20:], chunks=(1, 4, 16), repeats=1)
-    html = kv_cache.chunk_sweep_table(sweep)
+    html = kv_cache_plots.chunk_sweep_table(sweep)
     assert html.count("<tr") == 4 and "achieved GFLOP/s" in html
     rows = kv_cache.kv_table(["Llama-3-70B"])
-    assert "Llama-3-70B" in kv_cache.kv_sizes_table(rows) and "x</td>" in kv_cache.kv_sizes_table(rows)
+    assert "Llama-3-70B" in kv_cache_plots.kv_sizes_table(rows) and "x</td>" in kv_cache_plots.kv_sizes_table(
+        rows
+    )
     ttft = {"history": [0, 10], "new": [5, 4], "ttft": {"reuse": [0.1, 0.1], "recompute": [0.1, 0.3]}}
     flops = {"reuse": [1e9, 1e9], "recompute": [1e9, 3e9]}
-    table = kv_cache.dialogue_table(ttft, flops)
+    table = kv_cache_plots.dialogue_table(ttft, flops)
     assert kv_cache.STRATEGIES["reuse"] in table and kv_cache.STRATEGIES["prefix"] not in table
     assert "0.30 s / 3" in table
     stale = {
@@ -201,14 +204,14 @@ def test_tables_and_figures_of_chapter_9():
         }
         for name in ("a", "b", "c")
     }
-    assert kv_cache.stale_table(stale).count("<tr") == 4
+    assert kv_cache_plots.stale_table(stale).count("<tr") == 4
     for fig in (
-        kv_cache.plot_chunk_sweep(sweep),
-        kv_cache.plot_kv_variants("Llama-3-70B", 8192),
-        kv_cache.plot_dialogue(ttft, flops),
-        kv_cache.plot_stale(stale),
+        kv_cache_plots.plot_chunk_sweep(sweep),
+        kv_cache_plots.plot_kv_variants("Llama-3-70B", 8192),
+        kv_cache_plots.plot_dialogue(ttft, flops),
+        kv_cache_plots.plot_stale(stale),
     ):
         assert fig.axes and all(ax.get_xlabel() for ax in fig.axes)
         plt.close(fig)
     with pytest.raises(ValueError, match="names"):
-        kv_cache.plot_stale(stale, ["a", "z"])
+        kv_cache_plots.plot_stale(stale, ["a", "z"])

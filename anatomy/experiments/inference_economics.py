@@ -1,5 +1,7 @@
-"""Inference economics: FLOPs and bytes per token, arithmetic intensity, the roofline, KV-cache sizes,
-seed 002's cost model next to a corrected one, and time-to-first-token measurements for multi-turn chat.
+"""Chapter 10, inference economics: arithmetic intensity and the roofline, this machine's peak FLOP rate and
+bandwidth, seed 002's cost model next to a corrected one, and the encoder's niche (classifying sentences
+with an encoder or by prompting a decoder). The chapter's figures and tables are in
+:mod:`anatomy.experiments.inference_economics_plots`.
 
 Everything here is counted from a :class:`~anatomy.model.Config` (no weights needed), so the same functions
 describe SmolLM2 running on this machine and Llama-3-70B on a datacenter GPU. Conventions:
@@ -30,24 +32,17 @@ __all__ = [
     "A100",
     "CLASSIFIERS",
     "SEED002_LATENCY_TABLE",
-    "Hardware",
-    "compare_classifiers",
-    "decode_bytes_table",
     "TOPICS",
+    "Hardware",
     "batch_decode_sweep",
-    "classifier_table",
+    "compare_classifiers",
     "fewshot_classify",
-    "latency_estimate",
     "label_prompts",
-    "latency_table",
-    "nearest_prototype",
-    "prompt_classify",
+    "latency_estimate",
     "measure_bandwidth",
     "measure_matmul_flops",
-    "plot_classifiers",
-    "plot_roofline",
-    "plot_sampler_distributions",
-    "plot_speculative",
+    "nearest_prototype",
+    "prompt_classify",
     "ridge_point",
     "roofline",
     "seed002_costs",
@@ -55,7 +50,6 @@ __all__ = [
     "sentence_embeddings",
     "topic_dataset",
 ]
-
 
 
 def roofline(intensity, peak_flops: float, bandwidth: float):
@@ -130,13 +124,26 @@ def seed002_costs(params_billion: float, seq_len: int, gen_len: int) -> dict[str
     prefill_ms = 2 * P * seq_len / A100.peak_flops * 1e3
     kv_per_token = 2 * n_layers * 2 * d_model * 2
     decode_step_ms = kv_per_token * (seq_len + gen_len) / A100.bandwidth * 1e3
-    return {"d_model": d_model, "n_layers": n_layers, "prefill_ms": prefill_ms,
-            "decode_step_ms": decode_step_ms, "decode_ms": decode_step_ms * gen_len,
-            "total_ms": prefill_ms + decode_step_ms * gen_len}
+    return {
+        "d_model": d_model,
+        "n_layers": n_layers,
+        "prefill_ms": prefill_ms,
+        "decode_step_ms": decode_step_ms,
+        "decode_ms": decode_step_ms * gen_len,
+        "total_ms": prefill_ms + decode_step_ms * gen_len,
+    }
 
 
-def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardware = A100, *,
-                     weight_bytes: int = 2, kv_bytes: int = 2, batch: int = 1) -> dict[str, float]:
+def latency_estimate(
+    config: Config,
+    seq_len: int,
+    gen_len: int,
+    hardware: Hardware = A100,
+    *,
+    weight_bytes: int = 2,
+    kv_bytes: int = 2,
+    batch: int = 1,
+) -> dict[str, float]:
     """Roofline latency of prefill (seq_len tokens) and of gen_len decode steps at 100 % of the hardware.
 
     Each call takes max(FLOPs / peak, bytes / bandwidth): a lower bound that a real system approaches but
@@ -157,9 +164,13 @@ def latency_estimate(config: Config, seq_len: int, gen_len: int, hardware: Hardw
         by = step_bytes(c, 1, ctx, batch=batch, weight_bytes=weight_bytes, kv_bytes=kv_bytes)
         decode += max(f / hardware.peak_flops, by["total"] / hardware.bandwidth)
         weights_only += by["weights"] / hardware.bandwidth
-    return {"prefill_ms": prefill * 1e3, "decode_ms": decode * 1e3, "total_ms": (prefill + decode) * 1e3,
-            "decode_weights_ms": weights_only * 1e3,
-            "weights_gb": (c.n_layers * linear_params(c) + c.vocab_size * c.d_model) * weight_bytes / 1e9}
+    return {
+        "prefill_ms": prefill * 1e3,
+        "decode_ms": decode * 1e3,
+        "total_ms": (prefill + decode) * 1e3,
+        "decode_weights_ms": weights_only * 1e3,
+        "weights_gb": (c.n_layers * linear_params(c) + c.vocab_size * c.d_model) * weight_bytes / 1e9,
+    }
 
 
 def seed002_latency_rows(real: dict[str, Config], hardware: Hardware = A100) -> list[dict]:
@@ -174,40 +185,25 @@ def seed002_latency_rows(real: dict[str, Config], hardware: Hardware = A100) -> 
     for name, params, n_in, n_out, s_pre, s_dec, _ in SEED002_LATENCY_TABLE:
         c = check_instance(f"real[{name!r}]", real.get(name), Config, "an anatomy Config")
         kv_decode = sum(seed002_kv_bytes_per_token(c.n_layers, c.d_model) * (n_in + t) for t in range(n_out))
-        rows.append({"name": name, "n_in": n_in, "n_out": n_out, "table_prefill_ms": s_pre,
-                     "table_decode_ms": s_dec, "own": seed002_costs(params, n_in, n_out),
-                     "kv_decode_ms": kv_decode / 2e12 * 1e3,
-                     "est": latency_estimate(c, n_in, n_out, hardware)})
+        rows.append(
+            {
+                "name": name,
+                "n_in": n_in,
+                "n_out": n_out,
+                "table_prefill_ms": s_pre,
+                "table_decode_ms": s_dec,
+                "own": seed002_costs(params, n_in, n_out),
+                "kv_decode_ms": kv_decode / 2e12 * 1e3,
+                "est": latency_estimate(c, n_in, n_out, hardware),
+            }
+        )
     return rows
-
-
-def latency_table(rows: Sequence[dict]) -> str:
-    """An HTML table of :func:`seed002_latency_rows`: the seed's table, its function, its KV formula with a
-    real configuration, and the roofline estimate with weight reads."""
-    from anatomy.book.tables import html_table
-
-    cells = []
-    for r in rows:
-        own, est = r["own"], r["est"]
-        cells.append((
-            f"{r['name']}, {r['n_in']} in, {r['n_out']} out",
-            f"{r['table_prefill_ms']:g} / {r['table_decode_ms']:g}",
-            f"{own['prefill_ms']:.1f} / {own['decode_ms']:.0f} ({own['n_layers']} layers)",
-            f"{own['prefill_ms'] / r['table_prefill_ms']:.2f}",
-            f"{r['kv_decode_ms']:.0f}",
-            f"{est['prefill_ms']:.1f} / {est['decode_ms']:,.0f}",
-            f"{est['weights_gb']:.0f}",
-        ))
-    return html_table(
-        ["row", "seed 002's table: prefill / decode (ms)", "seed 002's function as written (ms)",
-         "prefill: function / table", "decode with the seed's KV formula, real config (ms)",
-         "roofline with weight reads: prefill / decode (ms)", "fp16 weights (GB)"],
-        cells)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Measuring this machine
 # ---------------------------------------------------------------------------------------------------------
+
 
 def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> dict:
     """Achievable FLOP/s: time an (n x n) @ (n x n) matmul (2 n^3 FLOPs). Returns median, best, samples."""
@@ -221,8 +217,12 @@ def measure_matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = t
     matmul = {"matmul": lambda: torch.matmul(a, b, out=out)}
     times = interleaved_times(matmul, repeats, threads=None)["matmul"]
     flops = 2 * n**3
-    return {"flops": flops, "seconds": times, "median": flops / statistics.median(times),
-            "best": flops / min(times)}
+    return {
+        "flops": flops,
+        "seconds": times,
+        "median": flops / statistics.median(times),
+        "best": flops / min(times),
+    }
 
 
 def measure_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> dict:
@@ -234,13 +234,18 @@ def measure_bandwidth(nbytes: int = 256 * 2**20, repeats: int = 5) -> dict:
     dst = torch.empty_like(src)
     times = interleaved_times({"copy": lambda: dst.copy_(src)}, repeats, threads=None)["copy"]
     moved = 2 * src.numel() * 4
-    return {"bytes": moved, "seconds": times, "median": moved / statistics.median(times),
-            "best": moved / min(times)}
+    return {
+        "bytes": moved,
+        "seconds": times,
+        "median": moved / statistics.median(times),
+        "best": moved / min(times),
+    }
 
 
 @torch.inference_mode()
-def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: Sequence[int] = (1, 4, 16),
-                       repeats: int = 3) -> dict:
+def batch_decode_sweep(
+    model: Transformer, context_ids: torch.Tensor, batches: Sequence[int] = (1, 4, 16), repeats: int = 3
+) -> dict:
     """Time one decode step for B sequences at once (each with the context ``context_ids`` (1, P + 1) cached
     up to its last token, which is the token decoded), for each B in ``batches``. The weights are read once
     per step whatever B is, so the arithmetic intensity grows with B. Returns per B: ``seconds`` (median),
@@ -259,8 +264,9 @@ def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: S
         cache = model.new_cache(batch_size=B, max_len=P + 1)
         cache.claim(model.layers)
         for layer in range(model.config.n_layers):
-            cache.update(layer, shared.keys(layer).expand(B, -1, -1, -1),
-                         shared.values(layer).expand(B, -1, -1, -1))
+            cache.update(
+                layer, shared.keys(layer).expand(B, -1, -1, -1), shared.values(layer).expand(B, -1, -1, -1)
+            )
         cache.commit(context_ids[:, :P].expand(B, P))
         last = context_ids[:, P:].expand(B, 1)
 
@@ -270,14 +276,25 @@ def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: S
 
         fns[B] = step
     times = interleaved_times(fns, repeats=repeats, threads=None)
-    out: dict = {"batch": list(batches), "seconds": [], "flops": [], "bytes": [], "intensity": [],
-                 "achieved": []}
+    out: dict = {
+        "batch": list(batches),
+        "seconds": [],
+        "flops": [],
+        "bytes": [],
+        "intensity": [],
+        "achieved": [],
+    }
     for B in batches:
         sec = statistics.median(times[B])
         f = forward_flops(model.config, 1, P, batch=B)["total"]
         b = step_bytes(model.config, 1, P, batch=B)["total"]
-        for key, value in (("seconds", sec), ("flops", f), ("bytes", b), ("intensity", f / b),
-                           ("achieved", f / sec)):
+        for key, value in (
+            ("seconds", sec),
+            ("flops", f),
+            ("bytes", b),
+            ("intensity", f / b),
+            ("achieved", f / sec),
+        ):
             out[key].append(value)
     return out
 
@@ -290,52 +307,68 @@ def batch_decode_sweep(model: Transformer, context_ids: torch.Tensor, batches: S
 # eight test sentences each. Small on purpose: one test sentence is 1/32 of the accuracy.
 TOPICS: dict[str, dict[str, tuple[str, ...]]] = {
     "Sports": {
-        "examples": ("The team scored twice in the second half to win the championship.",
-                     "She won the gold medal in the hundred-metre sprint."),
-        "test": ("The striker curled the ball into the top corner in the last minute of extra time.",
-                 "She finished the marathon in under three hours despite the heat.",
-                 "The home team lost the final after a controversial penalty.",
-                 "He has been training six days a week to qualify for the national swimming championship.",
-                 "Our coach switched to a zone defence in the second half and we won by twelve points.",
-                 "The tennis match went to a fifth set and lasted almost five hours.",
-                 "After the injury, the goalkeeper missed the rest of the season.",
-                 "The cyclists climbed the mountain pass in thick fog during the third stage of the race."),
+        "examples": (
+            "The team scored twice in the second half to win the championship.",
+            "She won the gold medal in the hundred-metre sprint.",
+        ),
+        "test": (
+            "The striker curled the ball into the top corner in the last minute of extra time.",
+            "She finished the marathon in under three hours despite the heat.",
+            "The home team lost the final after a controversial penalty.",
+            "He has been training six days a week to qualify for the national swimming championship.",
+            "Our coach switched to a zone defence in the second half and we won by twelve points.",
+            "The tennis match went to a fifth set and lasted almost five hours.",
+            "After the injury, the goalkeeper missed the rest of the season.",
+            "The cyclists climbed the mountain pass in thick fog during the third stage of the race.",
+        ),
     },
     "Food": {
-        "examples": ("Mix the flour, butter and sugar, then bake the cake for forty minutes.",
-                     "The soup was seasoned with fresh herbs and black pepper."),
-        "test": ("Let the dough rest for an hour before you roll it out and cut the noodles.",
-                 "This curry gets its warmth from ginger, cumin and a little chili.",
-                 "The bakery on the corner sells the best sourdough bread in town.",
-                 "Roast the vegetables with olive oil and garlic until the edges turn brown.",
-                 "For dessert we had a lemon tart with fresh raspberries.",
-                 "Simmer the soup slowly so the beans become soft and creamy.",
-                 "He always adds too much salt to the pasta water.",
-                 "The restaurant's tasting menu had seven small courses, each paired with a wine."),
+        "examples": (
+            "Mix the flour, butter and sugar, then bake the cake for forty minutes.",
+            "The soup was seasoned with fresh herbs and black pepper.",
+        ),
+        "test": (
+            "Let the dough rest for an hour before you roll it out and cut the noodles.",
+            "This curry gets its warmth from ginger, cumin and a little chili.",
+            "The bakery on the corner sells the best sourdough bread in town.",
+            "Roast the vegetables with olive oil and garlic until the edges turn brown.",
+            "For dessert we had a lemon tart with fresh raspberries.",
+            "Simmer the soup slowly so the beans become soft and creamy.",
+            "He always adds too much salt to the pasta water.",
+            "The restaurant's tasting menu had seven small courses, each paired with a wine.",
+        ),
     },
     "Weather": {
-        "examples": ("Tomorrow will be cloudy with a chance of showers in the afternoon.",
-                     "Strong winds and freezing temperatures are forecast for the coast."),
-        "test": ("Heavy rain is expected tonight, with winds of up to eighty kilometres per hour.",
-                 "The morning fog should lift by noon, leaving clear skies for the afternoon.",
-                 "A heat wave will push temperatures above thirty-five degrees this weekend.",
-                 "Snow is likely in the mountains, so drivers should carry chains.",
-                 "After weeks of drought, the first thunderstorm finally brought some relief.",
-                 "Forecasters warn that the hurricane could make landfall on Thursday.",
-                 "It was so humid that the windows were covered in condensation all day.",
-                 "Frost overnight may damage early blossoms in the orchards."),
+        "examples": (
+            "Tomorrow will be cloudy with a chance of showers in the afternoon.",
+            "Strong winds and freezing temperatures are forecast for the coast.",
+        ),
+        "test": (
+            "Heavy rain is expected tonight, with winds of up to eighty kilometres per hour.",
+            "The morning fog should lift by noon, leaving clear skies for the afternoon.",
+            "A heat wave will push temperatures above thirty-five degrees this weekend.",
+            "Snow is likely in the mountains, so drivers should carry chains.",
+            "After weeks of drought, the first thunderstorm finally brought some relief.",
+            "Forecasters warn that the hurricane could make landfall on Thursday.",
+            "It was so humid that the windows were covered in condensation all day.",
+            "Frost overnight may damage early blossoms in the orchards.",
+        ),
     },
     "Technology": {
-        "examples": ("The software update fixes several security bugs in the browser.",
-                     "This computer has sixteen gigabytes of memory and a fast graphics card."),
-        "test": ("The new phone has a faster processor and a battery that lasts two days.",
-                 "Remember to back up your files before you install the operating system update.",
-                 "The company released an open-source library for training neural networks.",
-                 "My laptop keeps disconnecting from the wireless network after it wakes from sleep.",
-                 "Engineers cut the chip's power consumption by moving to a smaller manufacturing process.",
-                 "The website crashed because the database could not handle so many requests.",
-                 "She wrote a script that renames thousands of photos automatically.",
-                 "The satellite internet service now offers lower latency for rural users."),
+        "examples": (
+            "The software update fixes several security bugs in the browser.",
+            "This computer has sixteen gigabytes of memory and a fast graphics card.",
+        ),
+        "test": (
+            "The new phone has a faster processor and a battery that lasts two days.",
+            "Remember to back up your files before you install the operating system update.",
+            "The company released an open-source library for training neural networks.",
+            "My laptop keeps disconnecting from the wireless network after it wakes from sleep.",
+            "Engineers cut the chip's power consumption by moving to a smaller manufacturing process.",
+            "The website crashed because the database could not handle so many requests.",
+            "She wrote a script that renames thousands of photos automatically.",
+            "The satellite internet service now offers lower latency for rural users.",
+        ),
     },
 }
 
@@ -370,17 +403,24 @@ def nearest_prototype(embeddings: torch.Tensor, prototypes: torch.Tensor) -> tor
     """Index of the most cosine-similar prototype (C, d) for each embedding (N, d). -> (N,)"""
     check_tensor("embeddings", embeddings, kind="float")
     check_tensor("prototypes", prototypes, kind="float")
-    if (embeddings.dim() != 2 or prototypes.dim() != 2 or embeddings.shape[1] != prototypes.shape[1]
-            or not prototypes.numel()):
-        raise ValueError(f"need (N, d) embeddings and (C, d) prototypes, got {tuple(embeddings.shape)} and "
-                         f"{tuple(prototypes.shape)}")
+    if (
+        embeddings.dim() != 2
+        or prototypes.dim() != 2
+        or embeddings.shape[1] != prototypes.shape[1]
+        or not prototypes.numel()
+    ):
+        raise ValueError(
+            f"need (N, d) embeddings and (C, d) prototypes, got {tuple(embeddings.shape)} and "
+            f"{tuple(prototypes.shape)}"
+        )
     e = torch.nn.functional.normalize(embeddings, dim=-1)
     p = torch.nn.functional.normalize(prototypes, dim=-1)
     return (e @ p.T).argmax(-1)
 
 
-def label_prompts(tokenizer, sentences: Sequence[str], labels: Sequence[str],
-                  style: str = "chat") -> list[list[int]]:
+def label_prompts(
+    tokenizer, sentences: Sequence[str], labels: Sequence[str], style: str = "chat"
+) -> list[list[int]]:
     """Prompts asking a decoder for the topic of each sentence, ending where its answer would start.
 
     style "chat": one user message in the tokenizer's chat template, then the assistant header.
@@ -394,8 +434,13 @@ def label_prompts(tokenizer, sentences: Sequence[str], labels: Sequence[str],
     out = []
     for s in sentences:
         if style == "chat":
-            msg = [{"role": "user", "content": f"Which topic is this sentence about: {options}? Answer with "
-                                               f"one word.\n\nSentence: {s}"}]
+            msg = [
+                {
+                    "role": "user",
+                    "content": f"Which topic is this sentence about: {options}? Answer with "
+                    f"one word.\n\nSentence: {s}",
+                }
+            ]
             text = tokenizer.apply_chat_template(msg, tokenize=False, add_generation_prompt=True)
         else:
             text = f"Sentence: {s}\nTopic ({options}):"
@@ -412,8 +457,9 @@ def _label_ids(tokenizer, labels: Sequence[str], space: bool) -> list[int]:
 
 
 @torch.inference_mode()
-def prompt_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], labels: Sequence[str],
-                    style: str = "chat") -> dict:
+def prompt_classify(
+    decoder: Transformer, tokenizer, sentences: Sequence[str], labels: Sequence[str], style: str = "chat"
+) -> dict:
     """Zero-shot classification by prompting: the label whose first token the decoder finds most likely
     where its answer starts. One right-padded batch: with a causal mask the padding after a prompt cannot
     affect it, and the LM head runs only at each prompt's last token (as a classifier would).
@@ -426,23 +472,30 @@ def prompt_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], l
     lengths = torch.tensor([len(p) for p in prompts])
     ids = torch.zeros(len(prompts), int(lengths.max()), dtype=torch.long)
     for i, p in enumerate(prompts):
-        ids[i, :len(p)] = torch.tensor(p)
+        ids[i, : len(p)] = torch.tensor(p)
     body = with_mask(decoder, decoder.config.mask, lm_head=False).eval()
     hidden = body(ids)[torch.arange(len(prompts)), lengths - 1]  # (N, d), final-normed
     scores = decoder.lm_head(hidden)[:, label_ids]
     return {"pred": scores.argmax(-1), "scores": scores, "lengths": lengths.tolist()}
 
 
-def _fewshot_prefix(tokenizer, labels: Sequence[str], examples: Sequence[str],
-                    example_labels: Sequence[int]) -> list[int]:
+def _fewshot_prefix(
+    tokenizer, labels: Sequence[str], examples: Sequence[str], example_labels: Sequence[int]
+) -> list[int]:
     """Token ids of the few-shot prompt's labelled examples (the prefix :func:`fewshot_classify` caches)."""
     shots = "".join(f"Sentence: {e}\nTopic: {labels[k]}\n\n" for e, k in zip(examples, example_labels))
     return tokenizer(shots, add_special_tokens=False)["input_ids"]
 
 
 @torch.inference_mode()
-def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], labels: Sequence[str],
-                     examples: Sequence[str], example_labels: Sequence[int]) -> dict:
+def fewshot_classify(
+    decoder: Transformer,
+    tokenizer,
+    sentences: Sequence[str],
+    labels: Sequence[str],
+    examples: Sequence[str],
+    example_labels: Sequence[int],
+) -> dict:
     """Few-shot classification by prompting, with the shared prefix cached once (chapter 9's trick).
 
     The prompt is the labelled examples as ``Sentence: ...`` / ``Topic: <label>`` pairs, then the sentence
@@ -466,8 +519,12 @@ def fewshot_classify(decoder: Transformer, tokenizer, sentences: Sequence[str], 
         hidden = body(torch.tensor([suffix]), cache=cache)[0, -1]
         scores.append(decoder.lm_head(hidden)[label_ids])
     scores = torch.stack(scores)
-    return {"pred": scores.argmax(-1), "scores": scores, "prefix_len": prefix.shape[1],
-            "lengths": [len(x) for x in suffixes]}
+    return {
+        "pred": scores.argmax(-1),
+        "scores": scores,
+        "prefix_len": prefix.shape[1],
+        "lengths": [len(x) for x in suffixes],
+    }
 
 
 CLASSIFIERS = (
@@ -481,8 +538,15 @@ CLASSIFIERS = (
 
 
 @torch.inference_mode()
-def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transformer,
-                        decoder_tokenizer, *, encoder_repeats: int = 5, clock: str = "cpu") -> dict:
+def compare_classifiers(
+    encoder: Transformer,
+    encoder_tokenizer,
+    decoder: Transformer,
+    decoder_tokenizer,
+    *,
+    encoder_repeats: int = 5,
+    clock: str = "cpu",
+) -> dict:
     """Classify :data:`TOPICS`'s test sentences six ways (``CLASSIFIERS``) with an encoder (MiniLM) and a
     decoder (SmolLM2); time each way once, interleaved, after an untimed warm-up call of each model. The
     encoder's ways take milliseconds, so a single descheduling by another job could multiply their time:
@@ -519,8 +583,9 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
         CLASSIFIERS[1]: by_names,
         CLASSIFIERS[2]: lambda: prompt_classify(decoder, decoder_tokenizer, test, labels, "chat")["pred"],
         CLASSIFIERS[3]: lambda: prompt_classify(decoder, decoder_tokenizer, test, labels, "plain")["pred"],
-        CLASSIFIERS[4]: lambda: fewshot_classify(decoder, decoder_tokenizer, test, labels, examples,
-                                                 ey)["pred"],
+        CLASSIFIERS[4]: lambda: fewshot_classify(decoder, decoder_tokenizer, test, labels, examples, ey)[
+            "pred"
+        ],
         CLASSIFIERS[5]: lambda: by_examples(body, decoder_tokenizer),
     }
     sentence_embeddings(encoder, encoder_tokenizer, examples[:2])  # first calls build fused weights: untimed
@@ -530,14 +595,16 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
     def timed(name):
         def run():
             preds[name] = ways[name]()
+
         return run
 
     check_int("encoder_repeats", encoder_repeats, lo=1)
     timing = dict(threads=1, clock="cpu") if clock == "cpu" else dict(threads=None)
     times = interleaved_times({k: timed(k) for k in ways}, repeats=1, warmup=0, **timing)
     if encoder_repeats > 1:
-        again = interleaved_times({k: timed(k) for k in CLASSIFIERS[:2]}, repeats=encoder_repeats - 1,
-                                  warmup=0, **timing)
+        again = interleaved_times(
+            {k: timed(k) for k in CLASSIFIERS[:2]}, repeats=encoder_repeats - 1, warmup=0, **timing
+        )
         for k, extra in again.items():
             times[k] = [statistics.median(times[k] + extra)]
     enc_cfg, dec_cfg = encoder.config, decoder.config
@@ -546,8 +613,9 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
     chat = [len(p) for p in label_prompts(decoder_tokenizer, test, labels, "chat")]
     plain = [len(p) for p in label_prompts(decoder_tokenizer, test, labels, "plain")]
     shots = len(_fewshot_prefix(decoder_tokenizer, labels, examples, ey))
-    few_lens = [len(decoder_tokenizer(f"Sentence: {t}\nTopic:", add_special_tokens=False)["input_ids"])
-                for t in test]
+    few_lens = [
+        len(decoder_tokenizer(f"Sentence: {t}\nTopic:", add_special_tokens=False)["input_ids"]) for t in test
+    ]
 
     def mean_flops(cfg, lengths, past=0, logits="last"):
         return statistics.mean(forward_flops(cfg, n, past, logits=logits)["total"] for n in lengths)
@@ -563,188 +631,11 @@ def compare_classifiers(encoder: Transformer, encoder_tokenizer, decoder: Transf
     out: dict = {"labels": labels, "n_test": len(test)}
     for name in ways:
         lengths, flops = counted[name]
-        out[name] = {"pred": preds[name], "accuracy": float((preds[name] == y_t).double().mean()),
-                     "seconds": times[name][0] / len(test), "flops": flops,
-                     "tokens": statistics.mean(lengths)}
+        out[name] = {
+            "pred": preds[name],
+            "accuracy": float((preds[name] == y_t).double().mean()),
+            "seconds": times[name][0] / len(test),
+            "flops": flops,
+            "tokens": statistics.mean(lengths),
+        }
     return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Chapter 10's tables and figures
-# ---------------------------------------------------------------------------------------------------------
-
-def plot_roofline(hardware: Hardware, prefills: dict, batched: dict):
-    """SmolLM2's calls on the roofline of ``hardware``: the one-sequence calls of a
-    :func:`~anatomy.experiments.kv_cache.chunk_sweep` (``prefills``, labelled by their new tokens) and the
-    batched decode steps of :func:`batch_decode_sweep` (``batched``), with the ridge point. Log axes with
-    plain tick labels. Returns the figure."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-    from matplotlib.ticker import LogLocator
-
-    from anatomy.book import COLORS
-
-    check_instance("hardware", hardware, Hardware, "a Hardware")
-    fig, ax = plt.subplots(figsize=(8, 4.6))
-    x = np.logspace(-1, 3, 200)
-    ax.loglog(x, roofline(x, hardware.peak_flops, hardware.bandwidth) / 1e9, color="#444444", linewidth=1.5,
-              label="roofline (best FLOP rate and bandwidth measured here)")
-    ax.loglog(prefills["intensity"], [a / 1e9 for a in prefills["achieved"]], "o-", color=COLORS["causal"],
-              label="SmolLM2, one sequence: 1, 4, 16, 64, 256 new tokens per call")
-    ax.loglog(batched["intensity"], [a / 1e9 for a in batched["achieved"]], "s", color="#E69F00",
-              markersize=7, label="SmolLM2, one decode step for a batch of 4 and 16")
-    for n, i, a in zip(prefills["chunk"], prefills["intensity"], prefills["achieved"]):
-        ax.annotate(f"{n}", (i, a / 1e9), textcoords="offset points", xytext=(4, -12), fontsize=9)
-    ax.axvline(hardware.ridge, color="#999999", linestyle=":", linewidth=1)
-    ax.text(hardware.ridge * 1.1, hardware.peak_flops / 1e9 * 0.05, "ridge point", color="#666666",
-            fontsize=9)
-    ax.set_xlabel("arithmetic intensity (FLOPs per byte moved, counted)")
-    ax.set_ylabel("GFLOP/s (counted FLOPs / measured time)")
-    ax.set_title("SmolLM2 on the roofline of this CPU")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    for axis in (ax.xaxis, ax.yaxis):  # plain numbers (0.5, 2, 30) instead of powers of ten
-        axis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-        axis.set_minor_formatter(plt.NullFormatter())
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9)
-    return fig
-
-
-def classifier_table(results: dict) -> str:
-    """An HTML table of :func:`compare_classifiers`: per way, tokens, counted GFLOP and measured ms per
-    sentence, and accuracy."""
-    from anatomy.book.tables import html_table
-
-    return html_table(
-        ["method", "tokens run per sentence", "GFLOP per sentence (counted)", "ms per sentence (measured)",
-         f"accuracy on {results['n_test']} sentences"],
-        [(k, f"{results[k]['tokens']:.0f}", f"{results[k]['flops'] / 1e9:.2f}",
-          f"{1e3 * results[k]['seconds']:.0f}", f"{results[k]['accuracy']:.0%}") for k in CLASSIFIERS])
-
-
-def plot_classifiers(results: dict):
-    """Left: measured milliseconds per sentence of each way of :func:`compare_classifiers` (log scale);
-    right: its accuracy, with chance marked. MiniLM's ways in the encoder's colour. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from anatomy.book import COLORS
-
-    labels, n_test = results["labels"], results["n_test"]
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 3.6), sharey=True, gridspec_kw={"width_ratios": [1.3, 1]})
-    names = list(CLASSIFIERS)[::-1]
-    colors = [COLORS["bidirectional"] if k.startswith("MiniLM") else COLORS["causal"] for k in names]
-    axes[0].barh(names, [1e3 * results[k]["seconds"] for k in names], color=colors)
-    axes[0].set_xscale("log")
-    axes[0].xaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    axes[0].xaxis.set_minor_formatter(plt.NullFormatter())
-    axes[0].set_xlabel("milliseconds per sentence on this CPU (log scale)")
-    axes[1].barh(names, [results[k]["accuracy"] for k in names], color=colors)
-    axes[1].axvline(1 / len(labels), color="#777777", linestyle=":", linewidth=1.2)
-    axes[1].text(1 / len(labels) + 0.01, len(names) - 0.6, "chance", color="#555555", fontsize=9)
-    axes[1].set_xlim(0, 1)
-    axes[1].set_xlabel(f"accuracy on {n_test} test sentences")
-    fig.suptitle("Classifying sentences: MiniLM (vermillion) and SmolLM2 (blue)", y=1.0)
-    fig.tight_layout()
-    return fig
-
-
-def decode_bytes_table(names: Sequence[str], context: int = 8192, prompt: int = 2048, batch: int = 64) -> str:
-    """An HTML table, per published model (fp16 weights and cache): the weights and the KV cache of a
-    ``context``-token sequence that one decode step reads, how many such sequences it takes before the cache
-    outweighs the weights, and the FLOP per byte of a ``prompt``-token prefill and of decode steps at batch
-    1 and ``batch`` (``prompt`` tokens of context)."""
-    from anatomy.book.tables import html_table
-    from anatomy.cost import kv_bytes_per_token, published_config, step_intensity
-
-    if isinstance(names, str) or not names:
-        raise ValueError(f"names must be a non-empty sequence of published model names, got {names!r}")
-    for name, value in (("context", context), ("prompt", prompt), ("batch", batch)):
-        check_int(name, value, lo=1)
-    rows = []
-    for name in names:
-        c = published_config(name)
-        b1 = step_bytes(c, 1, context, weight_bytes=2, kv_bytes=2)
-        rows.append((
-            name,
-            f"{b1['weights'] / 1e9:.1f}",
-            f"{b1['kv_read'] / 1e9:.2f}",
-            f"{b1['weights'] / kv_bytes_per_token(c, 2) / context:.0f}",
-            f"{step_intensity(c, prompt, 0, weight_bytes=2, kv_bytes=2, logits='last'):,.0f}",
-            f"{step_intensity(c, 1, prompt, weight_bytes=2, kv_bytes=2):.2f}",
-            f"{step_intensity(c, 1, prompt, batch=batch, weight_bytes=2, kv_bytes=2):.1f}",
-        ))
-    return html_table(
-        ["model (fp16)", "weights read per decode step (GB)", f"KV cache read at {context:,} tokens (GB)",
-         f"sequences of {context:,} tokens before the cache outweighs the weights",
-         f"prefill {prompt:,} tokens: FLOP/byte", "decode, batch 1: FLOP/byte",
-         f"decode, batch {batch}: FLOP/byte"],
-        rows)
-
-
-def plot_speculative(runs: dict, alpha_k: dict, c_k: dict, *, gamma_lookup: int, gamma_trunc: int, k_run: int,
-                     v_lookup: float):
-    """When speculative decoding pays: the expected speedup against the acceptance rate
-    (:func:`anatomy.speculative.expected_speedup`) for prompt lookup (c = 0) with v = 1 and with the measured
-    verification cost ``v_lookup``, and for the ``k_run``-block draft (c from bytes, ``c_k[k_run]``); the
-    expected speedup of every truncated draft depth (``alpha_k``, ``c_k``: depth -> acceptance, byte ratio);
-    and the measured runs (``runs``: (draft, prompt) -> dict with ``alpha`` and ``speedup``). Returns the
-    figure."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from anatomy.book import COLORS
-    from anatomy.speculative import expected_speedup
-
-    fig, ax = plt.subplots(figsize=(8.5, 4.4))
-    a = np.linspace(0, 0.99, 100)
-    curves = [
-        (gamma_lookup, 0.0, 1.0, "prompt lookup (c = 0), v = 1", "#56B4E9", "--"),
-        (gamma_lookup, 0.0, v_lookup, "prompt lookup (c = 0), measured v", COLORS["causal"], "-"),
-        (gamma_trunc, c_k[k_run], 1.0, f"{k_run}-block draft, c from bytes, v = 1", COLORS["prefix"], "-"),
-    ]
-    for g, c, v, label, color, style in curves:
-        ax.plot(a, [expected_speedup(x, g, c, v=v) for x in a], style, color=color,
-                label=f"expected: {label}")
-    ax.plot(
-        [alpha_k[k] for k in alpha_k],
-        [expected_speedup(alpha_k[k], gamma_trunc, c_k[k], v=1.0) for k in alpha_k],
-        "^",
-        color=COLORS["prefix"],
-        alpha=0.5,
-        label=f"expected for drafts of {', '.join(str(k) for k in alpha_k)} blocks (c from bytes, v = 1)",
-    )
-    for ((draft, prompt), r), marker in zip(runs.items(), ["*", "P", "X"]):
-        color = COLORS["causal"] if draft == "prompt lookup" else COLORS["prefix"]
-        ax.plot(r["alpha"], r["speedup"], marker, color=color, markersize=13, markeredgecolor="black",
-                label=f"measured: {draft}, {prompt} prompt")
-    ax.axhline(1, color="#999999", linestyle=":", linewidth=1)
-    ax.set_xlabel(r"acceptance rate $\alpha$")
-    ax.set_ylabel("speedup over plain decoding")
-    ax.set_title("When does speculative decoding pay? (large markers: measured on SmolLM2)")
-    ax.legend(fontsize=8, loc="upper left")
-    return fig
-
-
-def plot_sampler_distributions(exact: dict, dists: dict):
-    """Bars over every two-token outcome: the target's exact distribution (``exact``: outcome -> probability)
-    and the enumerated distributions of the speculative sampler under the min(1, p/q) rule and the greedy
-    matching rule (``dists["leviathan"]``, ``dists["argmax"]``). Returns the figure."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from anatomy.book import COLORS
-
-    outcomes = sorted(exact)
-    fig, ax = plt.subplots(figsize=(9, 3.4))
-    w = 0.27
-    xs = np.arange(len(outcomes))
-    ax.bar(xs - w, [exact[o] for o in outcomes], w, color="#444444", label="target, sampled directly (exact)")
-    ax.bar(xs, [dists["leviathan"].get(o, 0) for o in outcomes], w, color=COLORS["causal"],
-           label="speculative, min(1, p/q) rule (exact enumeration)")
-    ax.bar(xs + w, [dists["argmax"].get(o, 0) for o in outcomes], w, color=COLORS["bidirectional"],
-           label="speculative, greedy matching rule (exact enumeration)")
-    ax.set_xticks(xs, [f"{a}{b}" for a, b in outcomes])
-    ax.set_xlabel("the two generated tokens")
-    ax.set_ylabel("probability")
-    ax.set_title("Output distribution of three samplers over a 4-token vocabulary")
-    ax.legend(fontsize=8.5)
-    return fig

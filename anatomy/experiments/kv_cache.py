@@ -1,5 +1,6 @@
 """Chapter 9, the KV cache: its size per token (and seed 002's formula), multi-turn time to first token
-with and without reuse, why a bidirectional model's cache goes stale, and the FLOPs of a dialogue."""
+with and without reuse, why a bidirectional model's cache goes stale, and the FLOPs of a dialogue. The
+chapter's figures and tables are in :mod:`anatomy.experiments.kv_cache_plots`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import torch
 import torch.nn as nn
 
 from anatomy._checks import check_bool, check_instance, check_int, check_tensor, is_int
-from anatomy.cache import kv_cache_bytes
 from anatomy.cost import (
     PUBLISHED,
     attention_kind,
@@ -31,22 +31,14 @@ __all__ = [
     "STRATEGIES",
     "chat_segments",
     "chunk_sweep",
-    "chunk_sweep_table",
-    "dialogue_table",
     "dialogue_flops",
     "dialogue_ttft",
-    "turn_ttft",
-    "transformers_kv_cache",
     "encoder_decoder_like",
-    "kv_sizes_table",
     "kv_table",
-    "plot_chunk_sweep",
-    "plot_dialogue",
-    "plot_kv_variants",
-    "plot_stale",
     "seed002_kv_bytes_per_token",
     "stale_cache_error",
-    "stale_table",
+    "transformers_kv_cache",
+    "turn_ttft",
     "with_mask",
 ]
 
@@ -67,8 +59,13 @@ def seed002_kv_bytes_per_token(n_layers: int, d_model: int, bytes_per_elem: int 
 SEED002_LLAMA70B_KV_PER_TOKEN = 5.24e6
 
 
-def transformers_kv_cache(config: Config, input_ids: torch.Tensor, *, n_kv_heads: int | None = None,
-                          dtype: torch.dtype = torch.float32) -> dict:
+def transformers_kv_cache(
+    config: Config,
+    input_ids: torch.Tensor,
+    *,
+    n_kv_heads: int | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> dict:
     """The KV cache that transformers itself builds for ``input_ids`` (1, N) with a decoder of ``config``'s
     shape: an independent measurement of what a cache holds, for :func:`kv_bytes_per_token` to be checked
     against.
@@ -102,9 +99,13 @@ def transformers_kv_cache(config: Config, input_ids: torch.Tensor, *, n_kv_heads
         out = hf(input_ids=input_ids.to("meta"), use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-    return {"nbytes": sum(t.nbytes for t in tensors), "n_tensors": len(tensors),
-            "shape": tuple(tensors[0].shape), "cache_len": int(cache.get_seq_length()),
-            "cache_class": type(cache).__name__}
+    return {
+        "nbytes": sum(t.nbytes for t in tensors),
+        "n_tensors": len(tensors),
+        "shape": tuple(tensors[0].shape),
+        "cache_len": int(cache.get_seq_length()),
+        "cache_class": type(cache).__name__,
+    }
 
 
 def kv_table(names: Sequence[str] = PUBLISHED, n_tokens: int = 8192, bytes_per_elem: int = 2) -> list[dict]:
@@ -119,16 +120,32 @@ def kv_table(names: Sequence[str] = PUBLISHED, n_tokens: int = 8192, bytes_per_e
         per = kv_bytes_per_token(c, bytes_per_elem)
         mha = kv_bytes_per_token(replace(c, n_kv_heads=c.n_heads), bytes_per_elem)
         seed = seed002_kv_bytes_per_token(c.n_layers, c.d_model, bytes_per_elem)
-        rows.append({"model": name, "kind": attention_kind(c), "layers": c.n_layers, "q_heads": c.n_heads,
-                     "kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "per_token": per,
-                     "total": per * n_tokens, "mha_per_token": mha, "seed002_per_token": seed,
-                     "seed002_over_ours": seed / per})
+        rows.append(
+            {
+                "model": name,
+                "kind": attention_kind(c),
+                "layers": c.n_layers,
+                "q_heads": c.n_heads,
+                "kv_heads": c.n_kv_heads,
+                "head_dim": c.head_dim,
+                "per_token": per,
+                "total": per * n_tokens,
+                "mha_per_token": mha,
+                "seed002_per_token": seed,
+                "seed002_over_ours": seed / per,
+            }
+        )
     return rows
 
 
 @torch.inference_mode()
-def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Tensor,
-                chunks: Sequence[int] = (1, 4, 16, 64, 256), repeats: int = 3) -> dict:
+def chunk_sweep(
+    model: Transformer,
+    context_ids: torch.Tensor,
+    new_ids: torch.Tensor,
+    chunks: Sequence[int] = (1, 4, 16, 64, 256),
+    repeats: int = 3,
+) -> dict:
     """Time one forward call that runs n new tokens on a cache of ``context_ids`` (1, P), for each n in
     ``chunks`` (interleaved, median of ``repeats``). n = 1 is a decode step; large n is a prefill. As in
     generation, only the last position goes through the LM head (``logits_to_keep=1``).
@@ -152,18 +169,34 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
         def fn():
             cache.truncate(P)
             model(new_ids[:, :n], cache=cache, logits_to_keep=1)
+
         return fn
 
     times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, threads=None)
     cache.truncate(P)
-    out: dict = {"chunk": list(chunks), "seconds": [], "per_token": [], "flops": [], "bytes": [],
-                 "intensity": [], "achieved": [], "cache_len": len(cache), "cache_nbytes": cache.nbytes}
+    out: dict = {
+        "chunk": list(chunks),
+        "seconds": [],
+        "per_token": [],
+        "flops": [],
+        "bytes": [],
+        "intensity": [],
+        "achieved": [],
+        "cache_len": len(cache),
+        "cache_nbytes": cache.nbytes,
+    }
     for n in chunks:
         sec = statistics.median(times[n])
         f = forward_flops(model.config, n, P, logits="last")["total"]
         b = step_bytes(model.config, n, P)["total"]
-        for key, value in (("seconds", sec), ("per_token", sec / n), ("flops", f), ("bytes", b),
-                           ("intensity", f / b), ("achieved", f / sec)):
+        for key, value in (
+            ("seconds", sec),
+            ("per_token", sec / n),
+            ("flops", f),
+            ("bytes", b),
+            ("intensity", f / b),
+            ("achieved", f / sec),
+        ):
             out[key].append(value)
     return out
 
@@ -175,36 +208,46 @@ def chunk_sweep(model: Transformer, context_ids: torch.Tensor, new_ids: torch.Te
 # A five-turn conversation (user message, assistant reply), written for this book. The replies are fixed
 # text, fed to the model as if it had generated them, so every run processes the same tokens.
 DIALOGUE: tuple[tuple[str, str], ...] = (
-    ("I want to start a small vegetable garden on my balcony. It gets about five hours of direct sun in "
-     "the afternoon. Which vegetables would you suggest for a beginner, and how big should the pots be?",
-     "Five hours of afternoon sun is enough for many easy crops. Good choices for a beginner are cherry "
-     "tomatoes, lettuce, radishes, spinach, bush beans and herbs such as basil, parsley and chives. "
-     "Tomatoes need the largest pots, at least twenty litres each; beans and spinach are happy in ten "
-     "litres, and herbs or radishes in pots of three to five litres."),
-    ("That sounds good. What kind of soil should I buy? The garden centre near me sells bags of potting "
-     "mix, compost and something called topsoil, and I am not sure which of these is meant for pots.",
-     "Use potting mix for containers. It is light, holds water without becoming soggy and lets air reach "
-     "the roots. Topsoil is meant for garden beds: in a pot it packs down, drains badly and gets heavy. "
-     "You can mix in some compost, about one part compost to four parts potting mix, to add nutrients, "
-     "but do not fill the pots with compost alone."),
-    ("How often will I need to water everything? I travel for work about two days a week, so I am "
-     "worried that the plants will dry out while I am away, especially in the middle of summer.",
-     "Containers dry out much faster than beds, so in summer most plants need water every day, and "
-     "tomatoes in hot weather sometimes twice. For your trips, water deeply the evening before you leave, "
-     "group the pots together in partial shade, and consider self-watering pots or simple drip spikes "
-     "connected to a bottle. A layer of mulch on the soil also slows evaporation noticeably."),
-    ("My neighbour says I should add fertiliser every week, but another website says fertiliser burns "
-     "the roots. Who is right, and what would you recommend for tomatoes and herbs in particular?",
-     "Both have a point. Potting mix runs out of nutrients after a few weeks, so regular feeding helps, "
-     "but too much fertiliser, or a strong dose on dry soil, can damage roots. For tomatoes, use a liquid "
-     "tomato feed at half strength every week once the first flowers appear. Herbs need very little: a "
-     "light feed once a month keeps the flavour stronger than frequent feeding does."),
-    ("Last question for today: some leaves on my basil have small holes and there are tiny green insects "
-     "under the leaves. Is that dangerous for the other plants, and how can I get rid of them safely?",
-     "Tiny green insects under the leaves are most likely aphids, and the holes may come from slugs or "
-     "caterpillars. Aphids spread easily to nearby plants, so act early: spray them off with a strong jet "
-     "of water, wipe the leaves, or use a mild soap spray every few days. Check the undersides of the "
-     "leaves regularly, and pick off any caterpillars by hand in the evening."),
+    (
+        "I want to start a small vegetable garden on my balcony. It gets about five hours of direct sun in "
+        "the afternoon. Which vegetables would you suggest for a beginner, and how big should the pots be?",
+        "Five hours of afternoon sun is enough for many easy crops. Good choices for a beginner are cherry "
+        "tomatoes, lettuce, radishes, spinach, bush beans and herbs such as basil, parsley and chives. "
+        "Tomatoes need the largest pots, at least twenty litres each; beans and spinach are happy in ten "
+        "litres, and herbs or radishes in pots of three to five litres.",
+    ),
+    (
+        "That sounds good. What kind of soil should I buy? The garden centre near me sells bags of potting "
+        "mix, compost and something called topsoil, and I am not sure which of these is meant for pots.",
+        "Use potting mix for containers. It is light, holds water without becoming soggy and lets air reach "
+        "the roots. Topsoil is meant for garden beds: in a pot it packs down, drains badly and gets heavy. "
+        "You can mix in some compost, about one part compost to four parts potting mix, to add nutrients, "
+        "but do not fill the pots with compost alone.",
+    ),
+    (
+        "How often will I need to water everything? I travel for work about two days a week, so I am "
+        "worried that the plants will dry out while I am away, especially in the middle of summer.",
+        "Containers dry out much faster than beds, so in summer most plants need water every day, and "
+        "tomatoes in hot weather sometimes twice. For your trips, water deeply the evening before you leave, "
+        "group the pots together in partial shade, and consider self-watering pots or simple drip spikes "
+        "connected to a bottle. A layer of mulch on the soil also slows evaporation noticeably.",
+    ),
+    (
+        "My neighbour says I should add fertiliser every week, but another website says fertiliser burns "
+        "the roots. Who is right, and what would you recommend for tomatoes and herbs in particular?",
+        "Both have a point. Potting mix runs out of nutrients after a few weeks, so regular feeding helps, "
+        "but too much fertiliser, or a strong dose on dry soil, can damage roots. For tomatoes, use a liquid "
+        "tomato feed at half strength every week once the first flowers appear. Herbs need very little: a "
+        "light feed once a month keeps the flavour stronger than frequent feeding does.",
+    ),
+    (
+        "Last question for today: some leaves on my basil have small holes and there are tiny green insects "
+        "under the leaves. Is that dangerous for the other plants, and how can I get rid of them safely?",
+        "Tiny green insects under the leaves are most likely aphids, and the holes may come from slugs or "
+        "caterpillars. Aphids spread easily to nearby plants, so act early: spray them off with a strong jet "
+        "of water, wipe the leaves, or use a mild soap spray every few days. Check the undersides of the "
+        "leaves regularly, and pick off any caterpillars by hand in the evening.",
+    ),
 )
 
 
@@ -233,8 +276,12 @@ def chat_segments(tokenizer, dialogue: Sequence[tuple[str, str]] = DIALOGUE) -> 
         full_ids = ids_of(messages, False)
         if prompt_ids[: len(done)] != done or full_ids[: len(prompt_ids)] != prompt_ids:
             raise ValueError("the chat template does not render the turns as a growing prefix")
-        segments.append({"prompt": torch.tensor([prompt_ids[len(done):]]),
-                         "reply": torch.tensor([full_ids[len(prompt_ids):]])})
+        segments.append(
+            {
+                "prompt": torch.tensor([prompt_ids[len(done) :]]),
+                "reply": torch.tensor([full_ids[len(prompt_ids) :]]),
+            }
+        )
         done = full_ids
     return segments
 
@@ -285,8 +332,12 @@ def encoder_decoder_like(model: Transformer, seed: int = 0) -> EncoderDecoder:
         block.cross_attn_layernorm = _fresh_norm(src.input_layernorm)
         block.cross_attn.to_empty(device=device)
         block.cross_attn.to(dtype)
-        for lin in (block.cross_attn.q_proj, block.cross_attn.k_proj, block.cross_attn.v_proj,
-                    block.cross_attn.o_proj):
+        for lin in (
+            block.cross_attn.q_proj,
+            block.cross_attn.k_proj,
+            block.cross_attn.v_proj,
+            block.cross_attn.o_proj,
+        ):
             with torch.no_grad():
                 lin.weight.normal_(0.0, c.init_std, generator=g)
                 if lin.bias is not None:
@@ -317,9 +368,16 @@ def _check_segments(segments) -> None:
 
 
 @torch.inference_mode()
-def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Transformer, *,
-                  prefix_lm: Transformer | None = None, encdec: EncoderDecoder | None = None,
-                  start_id: int = 0, repeats: int = 1, final_repeats: int = 5) -> dict:
+def dialogue_ttft(
+    segments: Sequence[Mapping[str, torch.Tensor]],
+    decoder: Transformer,
+    *,
+    prefix_lm: Transformer | None = None,
+    encdec: EncoderDecoder | None = None,
+    start_id: int = 0,
+    repeats: int = 1,
+    final_repeats: int = 5,
+) -> dict:
     """Time to first token at every turn of a chat, for up to four ways of serving it.
 
     * ``reuse``: the decoder keeps its KV cache across turns and runs only the new prompt tokens.
@@ -341,16 +399,24 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
     check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
     check_int("repeats", repeats, lo=1)
     check_int("final_repeats", final_repeats, lo=1)
-    strategies = ["reuse", "recompute"] + (["prefix"] if prefix_lm is not None else []) + (
-        ["encdec"] if encdec is not None else [])
+    strategies = (
+        ["reuse", "recompute"]
+        + (["prefix"] if prefix_lm is not None else [])
+        + (["encdec"] if encdec is not None else [])
+    )
     for model in (decoder, prefix_lm, encdec):
         if model is not None:
             model.eval()
     total = sum(s["prompt"].shape[1] + s["reply"].shape[1] for s in segments)
     cache = decoder.new_cache(max_len=total)
     history = torch.empty(1, 0, dtype=torch.long)
-    out = {"history": [], "new": [], "times": {k: [] for k in strategies},
-           "ttft": {k: [] for k in strategies}, "logit_err": []}
+    out = {
+        "history": [],
+        "new": [],
+        "times": {k: [] for k in strategies},
+        "ttft": {k: [] for k in strategies},
+        "logit_err": [],
+    }
     start = torch.tensor([[start_id]])
     warm = segments[0]["prompt"][:, :8]  # one untimed call each: first calls build weight buffers and tables
     decoder(warm)
@@ -381,8 +447,10 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
 
         fns = {"reuse": reuse, "recompute": recompute, "prefix": prefix, "encdec": encoder_decoder}
         last = turn == len(segments) - 1
-        n_rep = {k: (max(repeats, final_repeats) if last and k in ("reuse", "recompute") else repeats)
-                 for k in strategies}
+        n_rep = {
+            k: (max(repeats, final_repeats) if last and k in ("reuse", "recompute") else repeats)
+            for k in strategies
+        }
         samples = {k: [] for k in strategies}
         for r in range(max(n_rep.values())):
             for k in strategies:
@@ -403,8 +471,9 @@ def dialogue_ttft(segments: Sequence[Mapping[str, torch.Tensor]], decoder: Trans
 
 
 @torch.inference_mode()
-def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor]], turn: int,
-              repeats: int = 7) -> dict:
+def turn_ttft(
+    decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor]], turn: int, repeats: int = 7
+) -> dict:
     """Time to first token at one turn (1-based), reuse vs recompute, interleaved ``repeats`` times.
 
     The cache for the earlier turns is filled untimed. Returns ``history``, ``new``, ``reuse`` and
@@ -415,8 +484,11 @@ def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor
         raise ValueError(f"turn must be an int in [1, {len(segments)}], got {turn!r}")
     check_int("repeats", repeats, lo=1)
     decoder.eval()
-    history = torch.cat([torch.cat([s["prompt"], s["reply"]], dim=1) for s in segments[:turn - 1]]
-                        or [torch.empty(1, 0, dtype=torch.long)], dim=1)
+    history = torch.cat(
+        [torch.cat([s["prompt"], s["reply"]], dim=1) for s in segments[: turn - 1]]
+        or [torch.empty(1, 0, dtype=torch.long)],
+        dim=1,
+    )
     new = segments[turn - 1]["prompt"]
     convo = torch.cat([history, new], dim=1)
     cache = decoder.new_cache(max_len=convo.shape[1])
@@ -435,14 +507,21 @@ def turn_ttft(decoder: Transformer, segments: Sequence[Mapping[str, torch.Tensor
 
     times = interleaved_times({"reuse": reuse, "recompute": recompute}, repeats=repeats, threads=None)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"history": H, "new": new.shape[1], **times, "reuse_median": med["reuse"],
-            "recompute_median": med["recompute"], "ratio": med["recompute"] / med["reuse"],
-            "logit_err": float((got["reuse"] - got["recompute"]).abs().max())}
+    return {
+        "history": H,
+        "new": new.shape[1],
+        **times,
+        "reuse_median": med["reuse"],
+        "recompute_median": med["recompute"],
+        "ratio": med["recompute"] / med["reuse"],
+        "logit_err": float((got["reuse"] - got["recompute"]).abs().max()),
+    }
 
 
 @torch.inference_mode()
-def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, new_len: int,
-                      reply_len: int) -> dict:
+def stale_cache_error(
+    model: Transformer, ids: torch.Tensor, history_len: int, new_len: int, reply_len: int
+) -> dict:
     """What goes wrong when a cache is reused after the context it encoded has grown.
 
     ids (B, N) with N >= history_len + new_len + reply_len. The cache is filled with the history (for a
@@ -458,8 +537,10 @@ def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, n
 
     if not isinstance(model, Transformer):
         raise TypeError(f"model must be an anatomy Transformer, got {type(model).__name__}")
-    H, M, R = (check_int(n, v, lo=1) for n, v in
-               (("history_len", history_len), ("new_len", new_len), ("reply_len", reply_len)))
+    H, M, R = (
+        check_int(n, v, lo=1)
+        for n, v in (("history_len", history_len), ("new_len", new_len), ("reply_len", reply_len))
+    )
     if ids.dim() != 2 or ids.shape[1] < H + M + R:
         raise ValueError(f"ids must be (B, N >= {H + M + R}), got {tuple(ids.shape)}")
     model.eval()
@@ -467,19 +548,23 @@ def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, n
     kw = (lambda p: {"prefix_len": p}) if prefix else (lambda p: {})
     B = ids.shape[0]
     fresh_cache = model.new_cache(batch_size=B, max_len=H + M + R)
-    fresh = model(ids[:, :H + M + R], cache=fresh_cache, **kw(H + M))[:, H + M - 1:H + M + R - 1]
+    fresh = model(ids[:, : H + M + R], cache=fresh_cache, **kw(H + M))[:, H + M - 1 : H + M + R - 1]
     stale_cache = model.new_cache(batch_size=B, max_len=H + M + R)
     model(ids[:, :H], cache=stale_cache, **kw(H))
-    stale = model(ids[:, H:H + M + R], cache=stale_cache, **kw(H + M))[:, M - 1:M + R - 1]
+    stale = model(ids[:, H : H + M + R], cache=stale_cache, **kw(H + M))[:, M - 1 : M + R - 1]
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).double().norm() / b.double().norm())
 
-    key_change = [rel(stale_cache.keys(i)[:, :, :H], fresh_cache.keys(i)[:, :, :H])
-                  for i in range(model.config.n_layers)]
-    value_change = [rel(stale_cache.values(i)[:, :, :H], fresh_cache.values(i)[:, :, :H])
-                    for i in range(model.config.n_layers)]
-    target = ids[:, H + M:H + M + R]
+    key_change = [
+        rel(stale_cache.keys(i)[:, :, :H], fresh_cache.keys(i)[:, :, :H])
+        for i in range(model.config.n_layers)
+    ]
+    value_change = [
+        rel(stale_cache.values(i)[:, :, :H], fresh_cache.values(i)[:, :, :H])
+        for i in range(model.config.n_layers)
+    ]
+    target = ids[:, H + M : H + M + R]
     lf, ls = F.log_softmax(fresh.double(), -1), F.log_softmax(stale.double(), -1)
     return {
         "key_change": key_change,
@@ -492,8 +577,9 @@ def stale_cache_error(model: Transformer, ids: torch.Tensor, history_len: int, n
     }
 
 
-def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],
-                   n_decoder_layers: int | None = None) -> dict[str, list[int]]:
+def dialogue_flops(
+    config: Config, history: Sequence[int], new: Sequence[int], n_decoder_layers: int | None = None
+) -> dict[str, list[int]]:
     """FLOPs to the first token per turn for the four strategies of :func:`dialogue_ttft`."""
     if len(history) != len(new):
         raise ValueError(f"history and new must have one entry per turn, got {len(history)} and {len(new)}")
@@ -505,15 +591,12 @@ def dialogue_flops(config: Config, history: Sequence[int], new: Sequence[int],
     for H, m in zip(history, new):
         out["reuse"].append(forward_flops(config, m, H, mask="causal", logits="last")["total"])
         out["recompute"].append(forward_flops(config, H + m, 0, mask="causal", logits="last")["total"])
-        out["prefix"].append(forward_flops(config, H + m, 0, mask="prefix", prefix_len=H + m,
-                                           logits="last")["total"])
+        out["prefix"].append(
+            forward_flops(config, H + m, 0, mask="prefix", prefix_len=H + m, logits="last")["total"]
+        )
         out["encdec"].append(encdec_first_token_flops(config, H + m, n_decoder_layers)["total"])
     return out
 
-
-# ---------------------------------------------------------------------------------------------------------
-# Chapter 9's tables and figures
-# ---------------------------------------------------------------------------------------------------------
 
 # The four ways of serving a conversation that :func:`dialogue_ttft` times, as the chapter names them.
 STRATEGIES: dict[str, str] = {
@@ -522,170 +605,3 @@ STRATEGIES: dict[str, str] = {
     "prefix": "(c) prefix LM",
     "encdec": "(d) encoder-decoder",
 }
-_STRATEGY_STYLES = {"reuse": "o-", "recompute": "s--", "prefix": "^-", "encdec": "D-"}
-
-
-def _plain_log_ticks(axis) -> None:
-    """Log-scale ticks at 1, 2, 5 x 10^k labelled as plain numbers (0.5, 2, 30), no minor labels."""
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import LogLocator
-
-    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
-    axis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
-    axis.set_minor_formatter(plt.NullFormatter())
-
-
-def chunk_sweep_table(sweep: Mapping) -> str:
-    """An HTML table of a :func:`chunk_sweep` result: per chunk size, time per call and per token, counted
-    GFLOP and MB, FLOP per byte and the achieved GFLOP/s."""
-    from anatomy.book.tables import html_table
-
-    rows = [(n, f"{1e3 * s:.1f}", f"{1e3 * t:.2f}", f"{f / 1e9:.2f}", f"{b / 1e6:.0f}", f"{i:.1f}",
-             f"{a / 1e9:.1f}")
-            for n, s, t, f, b, i, a in zip(sweep["chunk"], sweep["seconds"], sweep["per_token"],
-                                           sweep["flops"], sweep["bytes"], sweep["intensity"],
-                                           sweep["achieved"])]
-    return html_table(["new tokens per call", "ms per call", "ms per token", "GFLOP per call",
-                       "MB moved per call", "FLOP per byte", "achieved GFLOP/s"], rows)
-
-
-def plot_chunk_sweep(sweep: Mapping):
-    """Left: the measured time per token of a :func:`chunk_sweep` against the tokens per call; right: the
-    counted arithmetic intensity. Log axes with plain tick labels. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from anatomy.book import COLORS
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    axes[0].loglog(sweep["chunk"], [1e3 * t for t in sweep["per_token"]], "o-", color=COLORS["causal"])
-    axes[0].set_xlabel("new tokens per forward call (1 = one decode step)")
-    axes[0].set_ylabel("milliseconds per token")
-    axes[0].set_title("Time per token: measured")
-    axes[1].loglog(sweep["chunk"], sweep["intensity"], "s-", color=COLORS["causal"], label="counted")
-    axes[1].set_xlabel("new tokens per forward call")
-    axes[1].set_ylabel("FLOPs per byte moved")
-    axes[1].set_title("Arithmetic intensity: counted")
-    for ax in axes:
-        ax.set_xticks(sweep["chunk"], [str(n) for n in sweep["chunk"]])
-        _plain_log_ticks(ax.yaxis)
-    fig.tight_layout()
-    return fig
-
-
-def kv_sizes_table(rows: Sequence[Mapping]) -> str:
-    """An HTML table of :func:`kv_table` rows (fp16 sizes in MB per token and GB in all)."""
-    from anatomy.book.tables import html_table
-
-    return html_table(
-        ["model", "attention", "layers", "query / KV heads", "head dim", "KV per token", "at 8,192 tokens",
-         "if it were MHA", "seed 002's formula", "seed 002 / ours"],
-        [(r["model"], r["kind"], r["layers"], f"{r['q_heads']} / {r['kv_heads']}", r["head_dim"],
-          f"{r['per_token'] / 1e6:.3f} MB", f"{r['total'] / 1e9:.2f} GB",
-          f"{r['mha_per_token'] / 1e6:.3f} MB",
-          f"{r['seed002_per_token'] / 1e6:.3f} MB", f"{r['seed002_over_ours']:.0f}x") for r in rows])
-
-
-def plot_kv_variants(model_name: str, context: int):
-    """Horizontal bars: the fp16 KV cache of one sequence of ``context`` tokens for the published model
-    ``model_name`` had it used MHA, GQA (its own KV heads, else 8) or MQA, its own kind in the book's blue,
-    and what seed 002's formula gives. The render function of chapter 9's explorer. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from anatomy.book import COLORS
-
-    c = published_config(model_name)
-    kind = attention_kind(c)
-    gqa_heads = c.n_kv_heads if kind == "GQA" else 8
-    variants = {"MHA": c.n_heads, f"GQA ({gqa_heads} KV heads)": gqa_heads, "MQA": 1}
-    actual = {"MHA": "MHA", "MQA": "MQA"}.get(kind, f"GQA ({gqa_heads} KV heads)")
-    names = list(variants) + ["seed 002's formula"]
-    gb = [kv_cache_bytes(c.n_layers, h, c.head_dim, context, 2) / 1e9 for h in variants.values()]
-    gb.append(seed002_kv_bytes_per_token(c.n_layers, c.d_model, 2) * context / 1e9)
-    fig, ax = plt.subplots(figsize=(7, 3.0))
-    colors = [COLORS["causal"] if n == actual else "#bcd3e6" for n in variants] + ["#bbbbbb"]
-    bars = ax.barh(names[::-1], gb[::-1], color=colors[::-1], edgecolor="#333333", linewidth=0.6)
-    for bar, g in zip(bars, gb[::-1]):
-        ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {g:,.2f} GB", va="center", fontsize=9)
-    ax.set_xlim(0, max(gb) * 1.35)
-    ax.set_xlabel(f"KV cache for one sequence of {context:,} tokens (GB, fp16)")
-    ax.set_title(f"{model_name}: {c.n_layers} layers, {c.n_heads} query heads of size {c.head_dim}")
-    fig.tight_layout()
-    return fig
-
-
-def dialogue_table(ttft: Mapping, flops: Mapping) -> str:
-    """An HTML table of :func:`dialogue_ttft` and :func:`dialogue_flops`: per turn, the tokens so far, the
-    new tokens, and each strategy's time to first token and GFLOP."""
-    from anatomy.book.tables import html_table
-
-    keys = [k for k in STRATEGIES if k in ttft["ttft"]]
-    rows = [(t + 1, ttft["history"][t], ttft["new"][t],
-             *(f"{ttft['ttft'][k][t]:.2f} s / {flops[k][t] / 1e9:.0f}" for k in keys))
-            for t in range(len(ttft["history"]))]
-    header = ["turn", "tokens so far", "new tokens", *(f"{STRATEGIES[k]}: TTFT / GFLOP" for k in keys)]
-    return html_table(header, rows)
-
-
-def plot_dialogue(ttft: Mapping, flops: Mapping):
-    """Left: the measured time to first token per turn of each strategy (:func:`dialogue_ttft`); right: the
-    counted GFLOP behind each point (:func:`dialogue_flops`). Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from anatomy.book import COLORS
-
-    colors = {"reuse": COLORS["causal"], "recompute": "#56B4E9", "prefix": COLORS["prefix"],
-              "encdec": COLORS["encdec"]}
-    turns = range(1, len(ttft["history"]) + 1)
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4))
-    for k, label in STRATEGIES.items():
-        if k not in ttft["ttft"]:
-            continue
-        axes[0].plot(turns, ttft["ttft"][k], _STRATEGY_STYLES[k], color=colors[k], label=label)
-        axes[1].plot(turns, [f / 1e9 for f in flops[k]], _STRATEGY_STYLES[k], color=colors[k], label=label)
-    axes[0].set_ylabel("time to first token (s, this CPU)")
-    axes[1].set_ylabel("GFLOP to the first token (counted)")
-    for ax in axes:
-        ax.set_xlabel("turn")
-        ax.set_xticks(list(turns))
-        ax.set_ylim(bottom=0)
-    axes[0].legend()
-    fig.tight_layout()
-    return fig
-
-
-def stale_table(stale: Mapping[str, Mapping]) -> str:
-    """An HTML table of :func:`stale_cache_error` results, one row per model name."""
-    from anatomy.book.tables import html_table
-
-    return html_table(
-        ["model", "history keys changed (max over layers)", "values changed", "largest logit error",
-         "KL(fresh || stale), nats", "argmax changed", "loss fresh / stale"],
-        [(name, f"{max(r['key_change']):.1%}", f"{max(r['value_change']):.1%}", f"{r['max_logit_err']:.2g}",
-          f"{r['kl']:.1e}", f"{r['flips']:.1%}", f"{r['loss_fresh']:.3f} / {r['loss_stale']:.3f}")
-         for name, r in stale.items()])
-
-
-def plot_stale(stale: Mapping[str, Mapping], names: Sequence[str] | None = None):
-    """The relative change of the cached keys and values per layer (:func:`stale_cache_error`) of two
-    models (``names``, default the first two of ``stale``): the first in the decoder's colour, the second in
-    the prefix LM's; values paler than keys. Returns the figure."""
-    import matplotlib.pyplot as plt
-
-    from anatomy.book import COLORS
-
-    names = list(stale)[:2] if names is None else list(names)
-    if len(names) != 2 or any(n not in stale for n in names):
-        raise ValueError(f"names must be two keys of stale, got {names!r}")
-    fig, ax = plt.subplots(figsize=(7.5, 3.6))
-    for name, color, style in zip(names, [COLORS["causal"], COLORS["prefix"]], ["o-", "^-"]):
-        r = stale[name]
-        ax.plot(range(1, len(r["key_change"]) + 1), r["key_change"], style, color=color,
-                label=f"{name}: keys")
-        ax.plot(range(1, len(r["value_change"]) + 1), r["value_change"], style, color=color, alpha=0.45,
-                label=f"{name}: values")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("relative change of the cached history")
-    ax.set_title("When the context grows, which cached keys and values go stale?")
-    ax.legend(fontsize=9)
-    fig.tight_layout()
-    return fig

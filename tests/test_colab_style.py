@@ -26,7 +26,7 @@ all before the build; their glued values were saved (``ANATOMY_SECOND_RUNS``) an
 tests/test_determinism.py compares them with the build's. The packaging half of this check covers those
 chapters through ``test_the_installed_package_has_every_committed_file``. The converted SmolLM2 weights
 are cached once for the whole run, as the package's cache would be on a reader's machine after the first
-chapter.
+chapter. The selected chapters run ``COLAB_JOBS`` at a time (default 2), each in its own kernel and folder.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -169,13 +170,13 @@ def weights_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("anatomy_cache")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("chapter", _colab_chapters())
-def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cache, tmp_path):
-    clone, site = installed
+def _run_colab_style(
+    chapter: str, clone: Path, site: Path, weights_cache: Path, tmp_path: Path
+) -> dict | None:
+    """Execute `chapter` of the clone Colab-style (see the module docstring); None if HEAD lacks it."""
     source = clone / chapter
     if not source.exists():
-        pytest.skip(f"{chapter} is not in the committed HEAD yet")
+        return None
     workdir = tmp_path / "colab_content"  # nothing in it but the notebook
     workdir.mkdir()
     nb_path = workdir / source.name
@@ -229,6 +230,42 @@ def test_chapter_runs_from_an_installed_package(chapter, installed, weights_cach
     proc = subprocess.run(
         [sys.executable, "-c", runner], cwd=workdir, env=env, capture_output=True, text=True
     )
+    return {"proc": proc, "out": out, "live": live}
+
+
+@pytest.fixture(scope="module")
+def colab_runs(installed, weights_cache, tmp_path_factory, request):
+    """The Colab-style runs of the selected chapters, started at once and executed ``COLAB_JOBS`` at a time
+    (default 2): a chapter keeps about one core busy, so on a 2-core machine two side by side take about
+    half the time of one after the other. chapter -> Future of `_run_colab_style`'s result."""
+    clone, site = installed
+    jobs = max(1, int(os.environ.get("COLAB_JOBS", "2")))
+    selected = [
+        item.callspec.params["chapter"]
+        for item in request.session.items
+        if item.originalname == "test_chapter_runs_from_an_installed_package" and hasattr(item, "callspec")
+    ]
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    futures = {
+        chapter: pool.submit(
+            _run_colab_style, chapter, clone, site, weights_cache, tmp_path_factory.mktemp(Path(chapter).stem)
+        )
+        for chapter in dict.fromkeys(selected)
+    }
+    try:
+        yield futures
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("chapter", _colab_chapters())
+def test_chapter_runs_from_an_installed_package(chapter, installed, colab_runs):
+    clone, site = installed
+    run = colab_runs[chapter].result()
+    if run is None:
+        pytest.skip(f"{chapter} is not in the committed HEAD yet")
+    proc, out, live = run["proc"], run["out"], run["live"]
     assert proc.returncode == 0, f"{chapter} failed Colab-style:\n{(proc.stderr or proc.stdout)[-4000:]}"
     executed = json.loads(out.read_text(encoding="utf-8"))
     text = "".join(

@@ -45,6 +45,7 @@ __all__ = [
     "SpeculativeOutput",
     "TorchRandom",
     "acceptance_probability",
+    "dict_total_variation",
     "enumerate_distribution",
     "expected_speedup",
     "expected_tokens_per_call",
@@ -53,7 +54,6 @@ __all__ = [
     "sequence_distribution",
     "speculative_generate",
     "step_costs",
-    "total_variation",
     "verify",
 ]
 
@@ -636,8 +636,10 @@ def sequence_distribution(
     return {tuple(c.tolist()): float(v) for c, v in zip(conts, steps.exp())}
 
 
-def total_variation(a: dict, b: dict) -> float:
-    """Total variation distance between two distributions given as dicts outcome -> probability."""
+def dict_total_variation(a: dict, b: dict) -> float:
+    """Total variation distance between two distributions given as dicts outcome -> probability (as
+    :func:`sequence_distribution` and :func:`enumerate_distribution` return them; an outcome missing from
+    one dict has probability 0 there). For arrays: :func:`anatomy.metrics.total_variation`."""
     for name, d in (("a", a), ("b", b)):
         if not isinstance(d, dict):
             raise TypeError(f"{name} must be a dict outcome -> probability, got {type(d).__name__}")

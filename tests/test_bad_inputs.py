@@ -655,7 +655,7 @@ CALLS.update({
     "speculative.step_costs": _call(speculative.step_costs, lambda: dict(target=tiny(), draft=tiny(), context_ids=IDS, gamma=1, repeats=1)),
     "speculative.enumerate_distribution": _call(speculative.enumerate_distribution, lambda: dict(sample=lambda rng: [rng.categorical(torch.tensor([0.5, 0.5]))])),
     "speculative.sequence_distribution": _call(speculative.sequence_distribution, lambda: dict(model=tiny(), input_ids=IDS, n_tokens=1)),
-    "speculative.total_variation": _call(speculative.total_variation, lambda: dict(a={(0,): 1.0}, b={(1,): 1.0})),
+    "speculative.dict_total_variation": _call(speculative.dict_total_variation, lambda: dict(a={(0,): 1.0}, b={(1,): 1.0})),
     # kernels (helper K's) and weight layout (helper C's)
     "triton_kernel.block_size": _call(triton_kernel.block_size, lambda: dict(tile=64, head_dim=32)),
     "weight_layout.fused_weight": _call(weight_layout.fused_weight, lambda: dict(owner=tiny().layers[0].mlp, names=("gate_proj", "up_proj"))),
@@ -887,8 +887,8 @@ ROWS += [
     *family("speculative.sequence_distribution", "n_tokens", POSITIVE_INT[:4]),
     *family("speculative.sequence_distribution", "temperature", [(0.0, V), (-1.0, V), (NAN, V), (INF, V)]),
     *family("speculative.sequence_distribution", "input_ids", [(IDS.float(), T), (None, T), (IDS[0], V)]),
-    *family("speculative.total_variation", "a", [(None, T), ([1.0], T), ({(0,): -1.0}, V)]),
-    *family("speculative.total_variation", "b", [({(1,): NAN}, V), ({(1,): "1"}, V)]),
+    *family("speculative.dict_total_variation", "a", [(None, T), ([1.0], T), ({(0,): -1.0}, V)]),
+    *family("speculative.dict_total_variation", "b", [({(1,): NAN}, V), ({(1,): "1"}, V)]),
     *family("speculative.sequence_distribution", "model", [(None, T), ("m", T)]),
     # ---- kernels (helper K's) and the weight layout (helper C's)
     *family("triton_kernel.block_size", "tile", [(0, V), (-1, V)]),

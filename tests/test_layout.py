@@ -74,7 +74,6 @@ def test_no_two_public_names_mean_different_things():
                 where[node.name].append(str(path.relative_to(PACKAGE)))
     # anatomy/__init__ defines from_hf/to_hf as lazy wrappers of anatomy.convert's (the same functions);
     # kernels/__init__ wraps the Triton kernel to load it on first use.
-    # total_variation: the same distance in metrics (arrays) and speculative (dicts of outcomes).
-    allowed = {"from_hf", "to_hf", "triton_attention", "total_variation"}
+    allowed = {"from_hf", "to_hf", "triton_attention"}
     twice = {name: files for name, files in where.items() if len(files) > 1 and name not in allowed}
     assert not twice, twice

@@ -91,9 +91,9 @@ def test_exact_rules_give_the_targets_distribution(seed):
             ).ids[0, -2:]
         )
         assert math.isclose(sum(got[rule].values()), 1.0, abs_tol=1e-9)
-    assert sp.total_variation(got["leviathan"], exact) < 1e-5
-    assert sp.total_variation(got["match"], exact) < 1e-5
-    assert sp.total_variation(got["argmax"], exact) > 0.01  # the greedy rule is wrong for sampling
+    assert sp.dict_total_variation(got["leviathan"], exact) < 1e-5
+    assert sp.dict_total_variation(got["match"], exact) < 1e-5
+    assert sp.dict_total_variation(got["argmax"], exact) > 0.01  # the greedy rule is wrong for sampling
 
 
 def test_exact_at_another_temperature_and_with_the_ngram_drafter():
@@ -105,7 +105,7 @@ def test_exact_at_another_temperature_and_with_the_ngram_drafter():
                 target, d, prompt, 2, gamma=3, temperature=0.7, rng=rng
             ).ids[0, -2:]
         )
-        assert sp.total_variation(got, sp.sequence_distribution(target, prompt, 2, 0.7)) < 1e-5
+        assert sp.dict_total_variation(got, sp.sequence_distribution(target, prompt, 2, 0.7)) < 1e-5
 
 
 def test_one_step_rule_is_exact_for_arbitrary_distributions():
@@ -308,11 +308,11 @@ def test_adaptive_gamma_keeps_the_targets_distribution():
             drafter = draft if name == "model" else sp.NgramDrafter(vocab, 2, 1)
             got = _adaptive_dist(target, drafter, prompt, gamma, n_tok, schedules=schedules)
             assert math.isclose(sum(got.values()), 1.0, abs_tol=1e-9)
-            assert sp.total_variation(got, exact) < 1e-5
+            assert sp.dict_total_variation(got, exact) < 1e-5
             assert adapted in schedules  # the adaptive path was taken
     target, draft = _pair(2, vocab=2)
     argmax = _adaptive_dist(target, draft, prompt, 1, 5, rule="argmax")
-    assert sp.total_variation(argmax, sp.sequence_distribution(target, prompt, 5)) > 0.01  # it can fail
+    assert sp.dict_total_variation(argmax, sp.sequence_distribution(target, prompt, 5)) > 0.01  # it can fail
 
 
 def test_greedy_fast_path_matches_the_general_rule(mid):

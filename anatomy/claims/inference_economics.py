@@ -75,7 +75,7 @@ def _speculative() -> dict:
                 target, draft, prompt, 2, gamma=2, temperature=1.0, rng=rng, rule=rule
             ).ids[0, -2:]
         )
-        out[f"tv_{rule}"] = sp.total_variation(got, exact)
+        out[f"tv_{rule}"] = sp.dict_total_variation(got, exact)
     return out
 
 

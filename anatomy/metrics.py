@@ -264,7 +264,8 @@ def span_log_likelihood(joint, span: Sequence[int]) -> np.ndarray:
 
 
 def total_variation(p, q) -> float:
-    """TV(p, q) = 1/2 sum |p - q| over all outcomes (any shape, the same for both): in [0, 1]."""
+    """TV(p, q) = 1/2 sum |p - q| over all outcomes (any shape, the same for both): in [0, 1]. For
+    distributions given as dicts outcome -> probability: :func:`anatomy.speculative.dict_total_variation`."""
     p, q = _as_array(p, "p"), _as_array(q, "q")
     for name, x in (("p", p), ("q", q)):
         if not np.isfinite(x).all() or (x < 0).any():

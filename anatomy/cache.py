@@ -111,8 +111,9 @@ class KVCache:
             # Normal tensors even when allocated inside generate()'s inference mode, so that the cache can
             # be extended later outside it (a tensor made in inference mode cannot be updated in place there).
             with torch.inference_mode(False):
-                k = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                # empty, not zeros: only positions < len are ever read, each written before
+                k = torch.empty(shape, dtype=self.dtype, device=self.device)
+                v = torch.empty(shape, dtype=self.dtype, device=self.device)
             if self._capacity:
                 k[:, :, : self._len] = self._k[layer][:, :, : self._len]
                 v[:, :, : self._len] = self._v[layer][:, :, : self._len]
@@ -147,12 +148,19 @@ class KVCache:
                 f"keys of shape {tuple(k.shape)} do not fit a cache of "
                 f"(B={self.batch_size}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim})"
             )
-        end = self._len + n
-        if end > self.max_len:
+        if self._len + n > self.max_len:
             raise ValueError(
                 f"cache overflow: {self._len} cached + {n} new positions > max_len={self.max_len}"
             )
-        self._reserve(end)
+        return self._append(layer, k, v)
+
+    def _append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`update` without its checks, for a model that has checked this cache and its input
+        (``anatomy.model._check_cache``: layers, heads, head_dim, batch size, room for the new positions)."""
+        n = k.shape[2]
+        end = self._len + n
+        if end > self._capacity:
+            self._reserve(end)
         # narrow + copy_ rather than slice assignment: the same write with a third of the Python work, and
         # decoding runs this once per layer per token. copy_ also casts to the cache's dtype.
         k_all, v_all = self._k[layer], self._v[layer]

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from anatomy._checks import check_bool, check_float, check_int, check_positive_int, check_tensor, is_int
-from anatomy.attention import BACKENDS, attention, attention_probs
+from anatomy.attention import BACKENDS, _self_attention, attention, attention_probs
 from anatomy.cache import KVCache
 from anatomy.masks import MASKS
 from anatomy.weight_layout import FUSED_GROUPS, fused_weight, to_input_major
@@ -151,7 +151,7 @@ class RMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32:
             if not torch.is_grad_enabled():  # inference: PyTorch's rms_norm, the same numbers in one call
-                return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+                return torch.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
             # The same numbers bit for bit (mean = sum / d) in fewer kernels than the formula below, which
             # pays for two no-op casts and a scalar-to-tensor mean.
             inv_rms = (x * x).sum(-1, keepdim=True).div_(x.shape[-1]).add_(self.eps).rsqrt_()
@@ -284,7 +284,15 @@ class Attention(nn.Module):
                 qk = _rotate(qk, rope)  # queries and keys rotated together
             q, k = qk.split_with_sizes((Hq, Hkv), dim=1)  # (B, Hq, N, hd), (B, Hkv, N, hd)
             if cache is not None:
-                k, v = cache.update(layer, k, v)  # now all positions so far: (B, Hkv, len + N, hd)
+                # now all positions so far: (B, Hkv, len + N, hd); the model checked the cache (_check_cache)
+                k, v = cache._append(layer, k, v)
+            if (
+                key_padding_mask is None
+                and prefix_len is None
+                and (mask == "causal" or mask == "bidirectional")
+            ):
+                out = _self_attention(q, k, v, mask, c.attn_backend, c.tile)  # our own q, k, v: no checks
+                return self._out(out, q, k, mask, prefix_len, key_padding_mask, return_attn)
         else:
             q = self.q_proj(x).view(B, N, Hq, c.head_dim).transpose(1, 2)  # (B, Hq, N, hd)
             k, v = kv
@@ -298,7 +306,13 @@ class Attention(nn.Module):
             tile=c.tile,
             key_padding_mask=key_padding_mask,
         )
-        y = self.o_proj(out.transpose(1, 2).reshape(B, N, c.n_heads * c.head_dim))
+        return self._out(out, q, k, mask, prefix_len, key_padding_mask, return_attn)
+
+    def _out(self, out, q, k, mask, prefix_len, key_padding_mask, return_attn):
+        """The output projection of the heads' outputs (B, Hq, N, hd) [, and the attention probabilities]."""
+        B, _, N, hd = out.shape
+        c = self.config
+        y = self.o_proj(out.transpose(1, 2).reshape(B, N, c.n_heads * hd))
         if not return_attn:
             return y, None
         probs = attention_probs(

@@ -36,18 +36,20 @@ def fused_weight(owner: nn.Module, names: tuple[str, ...]):
         biases = [lin._parameters["bias"] for lin in linears] if linears[0].bias is not None else []
         tensors = weights + biases
         grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-        ptrs = None if grad else [t.data_ptr() for t in tensors]
+        if not grad:
+            ptrs = [t.data_ptr() for t in tensors]
+            fused = owner.__dict__.get("_fused")
+            if fused is not None and fused[0] == ptrs:
+                return fused[1], fused[2]  # the usual case at inference: the buffer is still the weights'
     except (AttributeError, IndexError, KeyError, TypeError) as error:
         raise _refuse(owner, names) from error
     if grad:
         _check_linears(owner, names, linears)
         return torch.cat(weights), (torch.cat(biases) if biases else None)
-    fused = owner.__dict__.get("_fused")
-    if fused is None or fused[0] != ptrs:
+    with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
         _check_linears(owner, names, linears)
-        with torch.no_grad(), torch.inference_mode(False):  # the parameters must stay normal tensors
-            w_all, b_all = _packed(weights), _packed(biases) if biases else None
-        fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
+        w_all, b_all = _packed(weights), _packed(biases) if biases else None
+    fused = owner.__dict__["_fused"] = ([t.data_ptr() for t in weights + biases], w_all, b_all)
     return fused[1], fused[2]
 
 

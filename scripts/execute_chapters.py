@@ -14,7 +14,8 @@ emptied before every build: every chapter is still executed at every build.
 Which notebook runs where (the table of contents' order otherwise):
 
 * a notebook that glues wall-clock values (``timed=True``) runs alone, with no other notebook beside it, so
-  the times the book prints are measured as a one-by-one build would measure them;
+  the times the book prints are measured as a one-by-one build would measure them (scripts/run_tests.sh
+  runs its Colab-style chapter runs beside the build at nice 19: they get only the CPU time left idle);
 * a notebook that reads what the other chapters recorded (``claims.recorded(``, or the answer module: the
   scoreboard and the answer page) is left to the build, which executes it after every other page;
 * the others run ``--jobs`` at a time, the longest first (by the seconds each took the last time, kept in

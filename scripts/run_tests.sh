@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Command 2: set up .venv/, then lint, run the test suite, build the whole book strictly (every
-# chapter executed, Sphinx warnings as errors), and check the rendered pages in headless Chromium. Runs every step even after a failure, prints a summary,
-# and exits non-zero if any step failed.
+# chapter executed, Sphinx warnings as errors), and check the rendered pages in headless Chromium. Runs every
+# step even after a failure, prints a summary, and exits non-zero if any step failed. Work that keeps about
+# one core busy runs beside other such work (this is a 2-core machine); what measures time runs alone.
 #
 #   bash scripts/run_tests.sh
 #   PYTEST_ARGS="-k book -x" bash scripts/run_tests.sh    # extra arguments for pytest
@@ -46,31 +47,85 @@ ruff format --check "${lint_paths[@]}" chapters the_answer.ipynb
 record "ruff format --check" $? $((SECONDS - t))
 
 # 2. tests -----------------------------------------------------------------------------------------------
-# One process: tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete
-# (measured: -n 2 was no faster). Exit code 5 means no tests were collected, which counts as a failure.
+# Tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete (measured: -n 2 was
+# no faster). Exit code 5 means no tests were collected, which counts as a failure.
 # The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) and the Colab-style
-# runs (tests/test_colab_style.py, which compare their glued values with the build's) need the build of
-# step 3, so they run after it, in step 4.
+# runs (tests/test_colab_style.py, whose glued values are compared with the build's) need the build of
+# step 3: the Colab-style runs run beside it, the rest after it, in step 4.
 # Every chapter is executed a second time once and its glued values compared with the build's: the
 # chapters that tests/test_busy_cpu.py (8-10), tests/test_colab_env.py (1, 5, 13) and tests/test_publish.py
-# (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, and step 4
-# compares those records (tests/test_determinism.py) and runs only the other chapters Colab-style
-# (COLAB_CHAPTERS=unrecorded).
+# (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
+# chapters run Colab-style beside the build (COLAB_CHAPTERS=unrecorded) and save theirs there too, and
+# step 4 compares every record with the build's values (tests/test_determinism.py).
+# Three pytest processes: first the busy-CPU chapters alone (the machine must hold only them and their CPU
+# hog); then the rest of the tests beside the files that run chapters in environments of their own (the
+# Colab-pinned one, the built wheel): each of the two keeps about one core busy, so side by side they take
+# about the time of the longer one.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
+BUSY=(tests/test_busy_cpu.py)
+BESIDE=(tests/test_colab_env.py tests/test_publish.py)
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
+LOGS="$(mktemp -d)"
+trap 'rm -rf "$LOGS"' EXIT
+
+# pytest_parts NAME STATUS...: the status of a step run as several pytest processes. Exit code 5 (no tests
+# collected) fails the step when every part collected nothing, or when any part did without PYTEST_ARGS
+# (with PYTEST_ARGS, e.g. -k, a part may legitimately select nothing).
+pytest_parts() {
+    local name="$1" all5=1 worst=0 code
+    shift
+    for code in "$@"; do
+        [[ "$code" != "5" ]] && all5=0
+        if [[ "$code" == "5" && -z "${PYTEST_ARGS:-}" ]] || [[ "$code" != "0" && "$code" != "5" ]]; then
+            worst="$code"
+        fi
+    done
+    if [[ "$all5" == "1" ]]; then
+        worst=5
+    fi
+    if [[ "$worst" == "5" ]]; then
+        echo "run_tests.sh: $name collected no tests; that counts as a failure" >&2
+    fi
+    return "$worst"
+}
+
 echo "== pytest tests"
 t=$SECONDS
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
+echo "== pytest ${BUSY[*]} (alone: the busy-CPU chapters)"
 # shellcheck disable=SC2086
-python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" --durations=30 ${PYTEST_ARGS:-}
-status=$?
-if [[ "$status" == "5" ]]; then
-    echo "run_tests.sh: pytest collected no tests; that counts as a failure" >&2
-fi
-record "pytest tests" "$status" $((SECONDS - t))
+python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
+busy_status=$?
+echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
+# shellcheck disable=SC2086
+python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
+beside_pid=$!
+# shellcheck disable=SC2086
+python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" "${BUSY[@]/#/--ignore=}" "${BESIDE[@]/#/--ignore=}" \
+    --durations=30 ${PYTEST_ARGS:-}
+unit_status=$?
+wait "$beside_pid"
+beside_status=$?
+echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
+cat "$LOGS/beside.log"
+pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status"
+record "pytest tests" $? $((SECONDS - t))
 
-# 3. strict book build -----------------------------------------------------------------------------------
+# 3. strict book build, and the Colab-style chapter runs beside it ---------------------------------------
+# Every chapter step 2 did not execute a second time is executed the way Colab runs it (tests/
+# test_colab_style.py: the package installed from the committed HEAD, an empty working directory). Those runs
+# need the build only to compare their glued values with it, so they run while the book builds, at nice 19:
+# they get the CPU the build leaves idle (while a chapter that glues wall-clock times executes alone, in the
+# Sphinx phase) and almost nothing while the build keeps both cores busy. They save their values
+# (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as they go.
+echo "== Colab-style chapter runs (tests/test_colab_style.py, at nice 19 beside the build; output in step 4)"
+tc=$SECONDS
+ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unrecorded COLAB_SAVE_ONLY=1 nice -n 19 \
+    python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
+    --durations=30 >"$LOGS/colab.log" 2>&1 &
+colab_pid=$!
+
 echo "== strict book build (every chapter executed, warnings are errors)"
 t=$SECONDS
 bash scripts/build_book.sh --no-setup
@@ -78,14 +133,28 @@ record "book build" $? $((SECONDS - t))
 
 # 4. the rendered book, as a reader sees it ----------------------------------------------------------------
 # Every page in headless Chromium (math, images, JS errors, links, static explorers; screenshots in
-# _build/screenshots/); the glued values of step 2's chapter runs compared with the build's; then every
-# other chapter executed a second time the way Colab runs it (the package installed from the committed
-# HEAD, an empty working directory), its glued values compared with the build's (determinism). With
-# ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails instead of skipping.
+# _build/screenshots/) while the Colab-style runs finish; then the glued values of every chapter's second
+# run (step 2's, and the Colab-style runs') compared with the build's (determinism), and the rest of
+# tests/test_colab_style.py (a chapter whose Colab-style run saved nothing, e.g. because it failed, runs
+# again there, compared at once). With ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails
+# instead of skipping.
 echo "== rendered book checks (${AFTER_BUILD[*]})"
 t=$SECONDS
-ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=unrecorded \
-    python -m pytest "${AFTER_BUILD[@]}" --durations=30
+export ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=unrecorded
+python -m pytest tests/test_browser.py tests/test_colab_edition.py --durations=30
+pages_status=$?
+wait "$colab_pid"
+colab_status=$?
+echo "== Colab-style chapter runs (ran beside the build and the browser checks)"
+cat "$LOGS/colab.log"
+if [[ "$colab_status" == "5" ]]; then
+    colab_status=0  # no chapter was left for them: step 2 executed every chapter a second time
+fi
+record "Colab-style chapter runs (beside the build)" "$colab_status" $((SECONDS - tc))
+python -m pytest tests/test_determinism.py tests/test_colab_style.py --durations=30
+checks_status=$?
+unset ANATOMY_REQUIRE_BOOK DETERMINISM_CHAPTERS COLAB_CHAPTERS
+PYTEST_ARGS="" pytest_parts "rendered book checks" "$pages_status" "$checks_status"
 record "rendered book checks" $? $((SECONDS - t))
 
 # summary ------------------------------------------------------------------------------------------------
@@ -99,7 +168,7 @@ for i in "${!names[@]}"; do
         word="FAIL (exit ${results[$i]})"
         failed=1
     fi
-    printf '  %-40s %-14s %5ss\n' "${names[$i]}" "$word" "${times[$i]}"
+    printf '  %-44s %-14s %5ss\n' "${names[$i]}" "$word" "${times[$i]}"
 done
 if [[ "$failed" == "0" ]]; then
     echo "all steps passed"

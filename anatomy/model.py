@@ -277,8 +277,12 @@ class Attention(nn.Module):
         Hq, Hkv = c.n_heads, c.n_kv_heads
         if kv is None:
             # q, k and v in one matmul (nanoGPT's c_attn), from the three Llama-named Linears.
-            w, b = fused_weight(self, ("q_proj", "k_proj", "v_proj"))
-            qkv = F.linear(x, w, b).view(B, N, Hq + 2 * Hkv, c.head_dim).transpose(1, 2)  # (B, H+2Hkv, N, hd)
+            packed = self._modules.get("qkv_proj")  # packed GGUF weights (anatomy.packed), opt-in
+            if packed is not None:
+                qkv = packed(x)
+            else:
+                qkv = F.linear(x, *fused_weight(self, ("q_proj", "k_proj", "v_proj")))
+            qkv = qkv.view(B, N, Hq + 2 * Hkv, c.head_dim).transpose(1, 2)  # (B, H+2Hkv, N, hd)
             qk, v = qkv.split_with_sizes((Hq + Hkv, Hkv), dim=1)
             if rope is not None:
                 qk = _rotate(qk, rope)  # queries and keys rotated together
@@ -340,8 +344,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
-            w, b = fused_weight(self, ("gate_proj", "up_proj"))  # gate and up in one matmul
-            gate, up = F.linear(x, w, b).chunk(2, dim=-1)
+            packed = self._modules.get("gate_up_proj")  # packed GGUF weights (anatomy.packed), opt-in
+            if packed is not None:
+                gate, up = packed(x).chunk(2, dim=-1)
+            else:  # gate and up in one matmul
+                gate, up = F.linear(x, *fused_weight(self, ("gate_proj", "up_proj"))).chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         approximate = "tanh" if self.kind == "gelu_tanh" else "none"
         return self.down_proj(F.gelu(self.up_proj(x), approximate=approximate))

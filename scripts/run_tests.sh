@@ -51,12 +51,12 @@ record "ruff format --check" $? $((SECONDS - t))
 # no faster). Exit code 5 means no tests were collected, which counts as a failure.
 # The checks of the rendered book (tests/test_browser.py, tests/test_determinism.py) and the Colab-style
 # runs (tests/test_colab_style.py, whose glued values are compared with the build's) need the build of
-# step 3: the Colab-style runs run beside it, the rest after it, in step 4.
+# step 3: the Colab-style runs save their values until then, the rest runs after it, in step 4.
 # Every chapter is executed a second time once and its glued values compared with the build's: the
 # chapters that tests/test_busy_cpu.py (8-10), tests/test_colab_env.py (1, 5, 13) and tests/test_publish.py
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
-# chapters run Colab-style beside the build (COLAB_CHAPTERS=unrecorded) and save theirs there too, and
-# step 4 compares every record with the build's values (tests/test_determinism.py).
+# chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
+# too, and step 4 compares every record with the build's values (tests/test_determinism.py).
 # Three pytest processes: first the busy-CPU chapters alone (the machine must hold only them and their CPU
 # hog); then the rest of the tests beside the files that run chapters in environments of their own (the
 # Colab-pinned one, the built wheel): each of the two keeps about one core busy, so side by side they take
@@ -97,6 +97,19 @@ echo "== pytest ${BUSY[*]} (alone: the busy-CPU chapters)"
 # shellcheck disable=SC2086
 python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
 busy_status=$?
+# From here on, every chapter that no test of this step executes a second time is executed the way Colab
+# runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
+# HEAD, an empty working directory), at nice 19: these runs take only the CPU the rest leaves idle (here,
+# while one of the two pytest processes below has finished; in step 3 while a chapter that glues wall-clock
+# times executes alone, and in the Sphinx phase) and almost nothing while both cores are busy. They need the
+# build only to compare their glued values with it, so they save them (COLAB_SAVE_ONLY) for
+# tests/test_determinism.py to compare in step 4; their other checks run as they go.
+echo "== Colab-style chapter runs (tests/test_colab_style.py, nice 19, until step 4; output there)"
+tc=$SECONDS
+ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
+    python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
+    --durations=30 >"$LOGS/colab.log" 2>&1 &
+colab_pid=$!
 echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
 # shellcheck disable=SC2086
 python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
@@ -112,20 +125,7 @@ cat "$LOGS/beside.log"
 pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status"
 record "pytest tests" $? $((SECONDS - t))
 
-# 3. strict book build, and the Colab-style chapter runs beside it ---------------------------------------
-# Every chapter step 2 did not execute a second time is executed the way Colab runs it (tests/
-# test_colab_style.py: the package installed from the committed HEAD, an empty working directory). Those runs
-# need the build only to compare their glued values with it, so they run while the book builds, at nice 19:
-# they get the CPU the build leaves idle (while a chapter that glues wall-clock times executes alone, in the
-# Sphinx phase) and almost nothing while the build keeps both cores busy. They save their values
-# (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as they go.
-echo "== Colab-style chapter runs (tests/test_colab_style.py, at nice 19 beside the build; output in step 4)"
-tc=$SECONDS
-ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unrecorded COLAB_SAVE_ONLY=1 nice -n 19 \
-    python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
-    --durations=30 >"$LOGS/colab.log" 2>&1 &
-colab_pid=$!
-
+# 3. strict book build -----------------------------------------------------------------------------------
 echo "== strict book build (every chapter executed, warnings are errors)"
 t=$SECONDS
 bash scripts/build_book.sh --no-setup
@@ -145,12 +145,12 @@ python -m pytest tests/test_browser.py tests/test_colab_edition.py --durations=3
 pages_status=$?
 wait "$colab_pid"
 colab_status=$?
-echo "== Colab-style chapter runs (ran beside the build and the browser checks)"
+echo "== Colab-style chapter runs (ran at nice 19 from step 2 on)"
 cat "$LOGS/colab.log"
 if [[ "$colab_status" == "5" ]]; then
-    colab_status=0  # no chapter was left for them: step 2 executed every chapter a second time
+    colab_status=0  # no chapter was left for them: the other tests execute every chapter a second time
 fi
-record "Colab-style chapter runs (beside the build)" "$colab_status" $((SECONDS - tc))
+record "Colab-style chapter runs (nice 19)" "$colab_status" $((SECONDS - tc))
 python -m pytest tests/test_determinism.py tests/test_colab_style.py --durations=30
 checks_status=$?
 unset ANATOMY_REQUIRE_BOOK DETERMINISM_CHAPTERS COLAB_CHAPTERS

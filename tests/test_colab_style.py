@@ -16,23 +16,25 @@ Two checks:
   run must equal the build's (values glued with ``timed=True`` excepted): a second, independent
   execution of the chapter, so this is also the book's determinism check.
 
-Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths, ``all`` for every chapter in _toc.yml, or
-``unrecorded``: every chapter that no earlier test executed a second time, see below); by default chapter 13
-(the scoreboard) (~15-45 s), which imports every chapter's claims and runs their quick recomputations.
-``scripts/run_tests.sh`` runs ``unrecorded`` after the build: chapters 1, 5 and 13 already ran from an
-installed HEAD in an empty folder in tests/test_colab_env.py, chapter 4 from the installed wheel in an
-empty folder in tests/test_publish.py, and chapters 8, 9 and 10 in an empty folder in tests/test_busy_cpu.py,
-all before the build; their glued values were saved (``ANATOMY_SECOND_RUNS``) and
-tests/test_determinism.py compares them with the build's. The packaging half of this check covers those
-chapters through ``test_the_installed_package_has_every_committed_file``. The converted SmolLM2 weights
-are cached once for the whole run, as the package's cache would be on a reader's machine after the first
-chapter. The selected chapters run ``COLAB_JOBS`` at a time (default 2), each in its own kernel and folder.
+Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths; ``all`` for every chapter in _toc.yml;
+``unrecorded``: every chapter that no earlier test executed a second time, see below; ``unclaimed``: every
+chapter that tests/test_busy_cpu.py, test_colab_env.py and test_publish.py do not execute); by default
+chapter 13 (the scoreboard) (~15-45 s), which imports every chapter's claims and runs their quick
+recomputations. Chapters 1, 5 and 13 run from an installed HEAD in an empty folder in
+tests/test_colab_env.py, chapter 4 from the installed wheel in an empty folder in tests/test_publish.py, and
+chapters 8, 9 and 10 in an empty folder in tests/test_busy_cpu.py; their glued values are saved
+(``ANATOMY_SECOND_RUNS``) and tests/test_determinism.py compares them with the build's. The packaging half of
+this check covers those chapters through ``test_the_installed_package_has_every_committed_file``. The
+converted SmolLM2 weights are cached once for the whole run, as the package's cache would be on a reader's
+machine after the first chapter. The selected chapters run ``COLAB_JOBS`` at a time (default 2), each in
+its own kernel and folder.
 
 ``COLAB_SAVE_ONLY=1`` (with ``ANATOMY_SECOND_RUNS``): the glued values are saved as a second-run record
 instead of being compared at once, and tests/test_determinism.py compares them with the build's.
-``scripts/run_tests.sh`` runs the chapters that way at nice 19 while the book builds, on the CPU the build
-leaves idle (the chapters that glue timed values run alone, the Sphinx phase uses one core), and after
-the build this file finds them recorded (``unrecorded`` selects none of them) and runs its other checks.
+``scripts/run_tests.sh`` runs the ``unclaimed`` chapters that way at nice 19 from the end of the busy-CPU
+tests on, through the build, on the CPU the rest leaves idle (the chapters that glue timed values run
+alone, the Sphinx phase uses one core); after the build it runs this file with ``unrecorded``, which
+selects only a chapter whose record is missing (e.g. its run failed) and runs it again, compared at once.
 """
 
 from __future__ import annotations
@@ -144,9 +146,16 @@ def test_the_installed_package_has_every_committed_file(installed):
     assert not missing, f"committed package files that the installed package lacks: {missing}"
 
 
+def _book_module_from(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _colab_chapters() -> list[str]:
     wanted = os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).strip()
-    if wanted in ("all", "unrecorded"):
+    if wanted in ("all", "unrecorded", "unclaimed"):
         text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
         files = [
             f"{f}.ipynb" for f in re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
@@ -154,8 +163,19 @@ def _colab_chapters() -> list[str]:
         if wanted == "unrecorded":  # chapters a test before the build did not already execute a second time
             recorded = _book_module("book_report").second_runs(ROOT)
             files = [f for f in files if Path(f).stem not in recorded]
+        elif wanted == "unclaimed":  # chapters none of the other tests that record second runs executes
+            files = [f for f in files if f not in _claimed()]
         return files
     return [c for c in wanted.split(",") if c]
+
+
+def _claimed() -> set[str]:
+    """The chapters that tests/test_busy_cpu.py, tests/test_colab_env.py and tests/test_publish.py execute a
+    second time and record (with their settings: BUSY_CHAPTERS, COLAB_ENV_CHAPTERS, PUBLISH_CHAPTER)."""
+    here = Path(__file__).resolve().parent
+    busy = _book_module_from(here / "test_busy_cpu.py")._chapters()
+    env = _book_module_from(here / "test_colab_env.py")._chapters()
+    return {*busy, *env, _book_module_from(here / "test_publish.py").wheel_chapter()}
 
 
 def _book_module(name: str):
@@ -358,10 +378,3 @@ def test_colab_buttons_open_the_editions():
             if c["cell_type"] == "markdown"
         )
         assert "{glue" not in md and "{cite" not in md and ":::" not in md, f"{path.name}: MyST left"
-
-
-def _book_module_from(path: Path):
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module

@@ -383,6 +383,11 @@ def test_wheel_and_sdist_pass_twine_check(dist):
     assert index["pages"] == numbered
 
 
+def wheel_chapter() -> str:
+    """The chapter run on the installed wheel (``PUBLISH_CHAPTER``; tests/test_colab_style.py asks too)."""
+    return os.environ.get("PUBLISH_CHAPTER", "chapters/04_attention_rank.ipynb")
+
+
 @pytest.mark.slow
 def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     """The wheel installed (no editable link, no work tree) in a fresh folder; one chapter run on it."""
@@ -409,7 +414,7 @@ def test_the_installed_wheel_runs_a_chapter(dist, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # one of the quickest chapters, and one that loads both pretrained models through the package
-    chapter = os.environ.get("PUBLISH_CHAPTER", "chapters/04_attention_rank.ipynb")
+    chapter = wheel_chapter()
     nb = json.loads((clone / chapter).read_text(encoding="utf-8"))
     # after each live explorer a cell moves its controls, as tests/test_colab_style.py does: this run is the
     # chapter's second execution for the determinism check (saved below), so that file skips the chapter

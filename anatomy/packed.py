@@ -40,54 +40,101 @@ _MAX_ROWS = 8  # more rows than this (a prompt): dequantize to float32 and use o
 
 _SOURCE = r"""
 #include <stdint.h>
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 /* y (M, N) = x (M, K) @ W.T for W (N, K) in blocks of 32 along K; weights dequantized as they stream.
-   Q4_1: w = d * q + m, q = low nibbles of qs[0..15] then high nibbles; Q8_0: w = d * q.
-   32 independent accumulators per row (vectorised without reassociating any sum), added at the end. */
+   Q4_1: w = d * q + m, q = low nibbles of qs[0..15] then high nibbles; Q8_0: w = d * q. Each weight is
+   formed exactly (d * q is exact in fp32, so fma(d, q, m) and d * q + m round alike), then multiplied
+   and summed into 32 lane accumulators (vector registers, or an array the compiler vectorises), added at
+   the end. */
 static inline float finish(const float *acc) {
     float s = 0.0f;
     for (int j = 0; j < 32; j++) s += acc[j];
     return s;
 }
+static float q4_1_dot(const float *x, int64_t nb, const uint8_t *q, const float *d, const float *m) {
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    const __m128i low = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < nb; b++) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
+        const __m512 vd = _mm512_set1_ps(d[b]), vm = _mm512_set1_ps(m[b]);
+        const __m128i l8 = _mm_and_si128(raw, low), h8 = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(l8));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(h8));
+        a0 = _mm512_fmadd_ps(_mm512_fmadd_ps(vd, lo, vm), _mm512_loadu_ps(x + b * 32), a0);
+        a1 = _mm512_fmadd_ps(_mm512_fmadd_ps(vd, hi, vm), _mm512_loadu_ps(x + b * 32 + 16), a1);
+    }
+    float acc[32];
+    _mm512_storeu_ps(acc, a0);
+    _mm512_storeu_ps(acc + 16, a1);
+    return finish(acc);
+#elif defined(__AVX2__)
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const __m128i low = _mm_set1_epi8(15);
+    for (int64_t b = 0; b < nb; b++) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(q + b * 16));
+        const __m128i l8 = _mm_and_si128(raw, low), h8 = _mm_and_si128(_mm_srli_epi16(raw, 4), low);
+        const __m256 vd = _mm256_set1_ps(d[b]), vm = _mm256_set1_ps(m[b]);
+        const __m128i parts[4] = {l8, _mm_srli_si128(l8, 8), h8, _mm_srli_si128(h8, 8)};
+        for (int i = 0; i < 4; i++) {
+            const __m256 qf = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(parts[i]));
+            a[i] = _mm256_fmadd_ps(_mm256_fmadd_ps(vd, qf, vm), _mm256_loadu_ps(x + b * 32 + 8 * i), a[i]);
+        }
+    }
+    float acc[32];
+    for (int i = 0; i < 4; i++) _mm256_storeu_ps(acc + 8 * i, a[i]);
+    return finish(acc);
+#else
+    float acc[32] = {0};
+    for (int64_t b = 0; b < nb; b++) {
+        const float db = d[b], mb = m[b];
+        for (int j = 0; j < 16; j++) {
+            acc[j] += (db * (float)(q[b * 16 + j] & 15) + mb) * x[b * 32 + j];
+            acc[16 + j] += (db * (float)(q[b * 16 + j] >> 4) + mb) * x[b * 32 + 16 + j];
+        }
+    }
+    return finish(acc);
+#endif
+}
+static float q8_0_dot(const float *x, int64_t nb, const int8_t *q, const float *d) {
+#if defined(__AVX512F__)
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    for (int64_t b = 0; b < nb; b++) {
+        const __m512 vd = _mm512_set1_ps(d[b]);
+        const __m128i r0 = _mm_loadu_si128((const __m128i *)(q + b * 32));
+        const __m128i r1 = _mm_loadu_si128((const __m128i *)(q + b * 32 + 16));
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(r0));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(r1));
+        a0 = _mm512_fmadd_ps(_mm512_mul_ps(vd, q0), _mm512_loadu_ps(x + b * 32), a0);
+        a1 = _mm512_fmadd_ps(_mm512_mul_ps(vd, q1), _mm512_loadu_ps(x + b * 32 + 16), a1);
+    }
+    float acc[32];
+    _mm512_storeu_ps(acc, a0);
+    _mm512_storeu_ps(acc + 16, a1);
+    return finish(acc);
+#else
+    float acc[32] = {0};
+    for (int64_t b = 0; b < nb; b++)
+        for (int j = 0; j < 32; j++) acc[j] += (d[b] * (float)q[b * 32 + j]) * x[b * 32 + j];
+    return finish(acc);
+#endif
+}
 void q4_1_mm(const float *x, int64_t M, int64_t K, int64_t N, const uint8_t *qs, const float *d,
              const float *m, float *y, int nt) {
     const int64_t nb = K / 32;
     #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const uint8_t *q = qs + n * nb * 16;
-        const float *dn = d + n * nb, *mn = m + n * nb;
-        for (int64_t r = 0; r < M; r++) {
-            const float *xr = x + r * K;
-            float acc[32] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const float db = dn[b], mb = mn[b];
-                const uint8_t *qb = q + b * 16;
-                const float *xb = xr + b * 32;
-                for (int j = 0; j < 16; j++) {
-                    acc[j] += (db * (float)(qb[j] & 15) + mb) * xb[j];
-                    acc[16 + j] += (db * (float)(qb[j] >> 4) + mb) * xb[16 + j];
-                }
-            }
-            y[r * N + n] = finish(acc);
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t r = 0; r < M; r++)
+            y[r * N + n] = q4_1_dot(x + r * K, nb, qs + n * nb * 16, d + n * nb, m + n * nb);
 }
 void q8_0_mm(const float *x, int64_t M, int64_t K, int64_t N, const int8_t *qs, const float *d,
              float *y, int nt) {
     const int64_t nb = K / 32;
     #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int64_t n = 0; n < N; n++) {
-        const int8_t *q = qs + n * K;
-        const float *dn = d + n * nb;
-        for (int64_t r = 0; r < M; r++) {
-            const float *xr = x + r * K;
-            float acc[32] = {0};
-            for (int64_t b = 0; b < nb; b++) {
-                const float db = dn[b];
-                for (int j = 0; j < 32; j++) acc[j] += (db * (float)q[b * 32 + j]) * xr[b * 32 + j];
-            }
-            y[r * N + n] = finish(acc);
-        }
-    }
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t r = 0; r < M; r++) y[r * N + n] = q8_0_dot(x + r * K, nb, qs + n * K, d + n * nb);
 }
 void q4_1_dequant(int64_t K, int64_t N, const uint8_t *qs, const float *d, const float *m, float *w, int nt) {
     const int64_t nb = K / 32;

@@ -37,6 +37,7 @@ from anatomy.convert import to_hf  # noqa: E402
 from anatomy.pretrained import smollm2  # noqa: E402
 
 TARGETS = {"generation tokens/s": 1.5, "prefill": 1.0}
+PACKED = "anatomy, Q4_1 weights kept packed (same dequantized values)"
 PROMPT = "Explain in a few paragraphs why the sky is blue, and why sunsets are red."
 PREFILL_TEXT = (
     "It was the best of times, it was the worst of times, it was the age of wisdom, it was the age "
@@ -57,12 +58,16 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument(
+        "--no-packed", dest="packed", action="store_false", help="skip the row of the packed Q4_1 weights"
+    )
     record.add_json_argument(ap)
     args = ap.parse_args()
 
     machine = record.header(threads=None)
 
     model, tok = smollm2()
+    packed = smollm2(packed=True)[0] if args.packed else None
     hf = to_hf(model)
     hf.generation_config.eos_token_id = None  # generate exactly --new-tokens tokens, like anatomy.generate
     hf.generation_config.pad_token_id = tok.eos_token_id
@@ -95,12 +100,20 @@ def main() -> None:
         with torch.inference_mode():
             return hf(long_ids, use_cache=True, logits_to_keep=1).logits
 
+    variants = {"anatomy": (ours_generate, ours_prefill), "transformers": (hf_generate, hf_prefill)}
+    if packed is not None:
+
+        def packed_prefill():
+            with torch.inference_mode():
+                return packed(long_ids, cache=packed.new_cache(), logits_to_keep=1)
+
+        variants[PACKED] = (lambda: anatomy.generate(packed, ids, n_new), packed_prefill)
     rows, ok = [], True
     for threads in args.threads:
         torch.set_num_threads(threads)
-        row = _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill)
+        row = _table(args, threads, n_new, ids, variants)
         hf_s_per_token = 1.0 / row["transformers tokens/s"]
-        row |= _floor(args, threads, _weights(model), _weights(hf, fused=False), hf_s_per_token)
+        row |= _floor(args, threads, _weights(model), _weights(hf, fused=False), hf_s_per_token, packed)
         rows.append(row)
         ok &= (
             row["generation ratio"] >= TARGETS["generation tokens/s"]
@@ -114,16 +127,20 @@ def main() -> None:
         raise SystemExit("the greedy tokens differ")
 
 
-def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, hf_prefill) -> dict:
-    a, b = ours_generate(), hf_generate()  # warm-up, and the equality check
-    same = torch.equal(a, b)
-    prefill_diff = float((ours_prefill() - hf_prefill()).abs().max())
+def _table(args, threads, n_new, ids, variants: dict) -> dict:
+    tokens = {name: g() for name, (g, _) in variants.items()}  # warm-up, and the equality check
+    logits = {name: p() for name, (_, p) in variants.items()}
+    same = torch.equal(tokens["anatomy"], tokens["transformers"])
+    prefill_diff = float((logits["anatomy"] - logits["transformers"]).abs().max())
     clock = time.thread_time if args.clock == "cpu" and threads == 1 else time.perf_counter
-    gen = {"anatomy": [], "transformers": []}
-    pre = {"anatomy": [], "transformers": []}
-    for r in range(args.repeats):
-        order = [("anatomy", ours_generate, ours_prefill), ("transformers", hf_generate, hf_prefill)]
-        for name, g, p in order if r % 2 == 0 else order[::-1]:
+    gen = {name: [] for name in variants}
+    pre = {name: [] for name in variants}
+    order = list(variants.items())
+    for r in range(
+        args.repeats
+    ):  # each variant in turn, the order rotated and reversed from repeat to repeat
+        turn = order[r % len(order) :] + order[: r % len(order)]
+        for name, (g, p) in turn if r % 2 == 0 else turn[::-1]:
             gen[name].append(n_new / _time(g, clock))
             pre[name].append(_time(p, clock))
     med = {k: statistics.median(v) for k, v in gen.items()}
@@ -155,11 +172,7 @@ def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, 
         f"same {n_new} greedy tokens: {'yes' if same else 'NO'}; prefill last-position logits max |diff| "
         f"{prefill_diff:.1e}"
     )
-    print(
-        "per-repeat tokens/s: "
-        + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
-    )
-    return {
+    row = {
         "threads": threads,
         "clock": "cpu" if clock is time.thread_time else "wall",
         "anatomy tokens/s": round(med["anatomy"], 3),
@@ -171,6 +184,37 @@ def _table(args, threads, n_new, ids, ours_generate, hf_generate, ours_prefill, 
         "same tokens": same,
         "prefill max diff": prefill_diff,
     }
+    if PACKED in variants:  # a separate row: not the fp32-vs-fp32 comparison the targets are about
+        p_gen, p_pre = med[PACKED] / med["transformers"], med_pre["transformers"] / med_pre[PACKED]
+        p_same = torch.equal(tokens[PACKED], tokens["transformers"])
+        p_diff = float((logits[PACKED] - logits["transformers"]).abs().max())
+        print(f"{PACKED}, vs transformers fp32:")
+        print(
+            f"{'generation tokens/s':<22} {med[PACKED]:>10.1f} {med['transformers']:>13.1f} {p_gen:>6.2f}x"
+            f"{'(reported)':>11}"
+        )
+        print(
+            f"{'prefill ' + str(args.prefill) + ' tokens (ms)':<22} {1e3 * med_pre[PACKED]:>10.1f} "
+            f"{1e3 * med_pre['transformers']:>13.1f} {p_pre:>6.2f}x{'(reported)':>11}"
+        )
+        print(
+            f"same {n_new} greedy tokens: {'yes' if p_same else 'NO'}; prefill last-position logits max "
+            f"|diff| {p_diff:.1e}"
+        )
+        row |= {
+            "packed tokens/s": round(med[PACKED], 3),
+            "packed generation ratio": round(p_gen, 4),
+            "packed prefill ms": round(1e3 * med_pre[PACKED], 3),
+            "packed prefill ratio": round(p_pre, 4),
+            "packed same tokens": p_same,
+            "packed prefill max diff": p_diff,
+        }
+        row["same tokens"] = same and p_same
+    print(
+        "per-repeat tokens/s: "
+        + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
+    )
+    return row
 
 
 def _weights(module: torch.nn.Module, fused: bool = True) -> list[torch.Tensor]:
@@ -204,7 +248,7 @@ def _unique_linears(module: torch.nn.Module, seen: set | None = None) -> list[to
     return out
 
 
-def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float) -> dict:
+def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float, packed=None) -> dict:
     """Time one pass of x @ W.T over each weight list, and a sum over as many bytes: ms per token."""
     nbytes = sum(w.numel() * w.element_size() for w in ours)
     flat = torch.empty(nbytes // 4).normal_()
@@ -215,6 +259,12 @@ def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float) -> di
         "transformers layout": lambda: [linear(xs[id(w)], w) for w in theirs],
         "read only (sum)": flat.sum,
     }
+    if packed is not None:  # the packed kernels over every PackedLinear (not a floor of fp32 decoding)
+        from anatomy.packed import PackedLinear
+
+        mods = [m for m in packed.modules() if isinstance(m, PackedLinear)]
+        px = [torch.randn(1, m.in_features) for m in mods]
+        fns["packed Q4_1/Q8_0 kernels"] = lambda: [m(x) for m, x in zip(mods, px)]
     times = {k: [] for k in fns}
     with torch.inference_mode():
         for r in range(max(args.repeats, 5)):
@@ -224,7 +274,10 @@ def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float) -> di
     hf_ms = 1e3 * hf_s_per_token
     print(
         f"floor ({nbytes / 1e6:.0f} MB of fp32 weights per token, threads={threads}): "
-        + "; ".join(f"{k} {v:.1f} ms ({nbytes / v / 1e6:.1f} GB/s)" for k, v in ms.items())
+        + "; ".join(
+            f"{k} {v:.1f} ms" + ("" if k.startswith("packed") else f" ({nbytes / v / 1e6:.1f} GB/s)")
+            for k, v in ms.items()
+        )
         + f"; transformers {hf_ms:.1f} ms/token, so the best possible ratio is "
         + " / ".join(f"{hf_ms / v:.2f}x" for v in ms.values())
     )

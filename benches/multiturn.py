@@ -1,6 +1,6 @@
 """Multi-turn chat: time to first token at one turn, KV-cache reuse vs recomputing the conversation.
 
-    python benches/multiturn.py [--threads 1 2] [--repeats 9] [--turn 5] [--clock wall|cpu]
+    python benches/multiturn.py [--threads 1 2] [--repeats 9] [--turn 5] [--clock wall|cpu] [--packed]
 
 SmolLM2-135M-Instruct through anatomy, the five-turn conversation of chapter 9
 (anatomy.experiments.kv_cache.DIALOGUE), under ``torch.inference_mode`` as in ``anatomy.generate``. The
@@ -15,6 +15,11 @@ new tokens with an empty cache (the reuse call minus its attention over the hist
 single token with an empty cache (what any call costs however few tokens it computes: every weight is
 streamed from memory once, and each layer's kernels are launched). reuse - new alone = attention over the
 cache; 1 token / reuse = the share of the reuse call that is the per-call floor.
+
+``--packed`` runs the same with ``smollm2(packed=True)`` (the GGUF's Q4_1 blocks kept packed,
+``anatomy.packed``): both ways of answering use it, so the ratio stays like for like. Its kernel serves calls
+of up to 8 positions; the turn's 50 new tokens (and the recomputed conversation) go through one fp32 matrix
+product with the weights dequantized for the call, so only the 1-token floor can get faster.
 """
 
 from __future__ import annotations
@@ -47,10 +52,11 @@ def main() -> None:
         default="wall",
         help="cpu: CPU time of the timing thread (1-thread rows only; 2-thread rows stay wall)",
     )
+    ap.add_argument("--packed", action="store_true", help="SmolLM2 with its Q4_1 weights kept packed")
     record.add_json_argument(ap)
     args = ap.parse_args()
     machine = record.header(threads=None)
-    model, tokenizer = pretrained.smollm2(verbose=False)
+    model, tokenizer = pretrained.smollm2(verbose=False, packed=args.packed)
     model.eval()
     segments = kv_cache.chat_segments(tokenizer)
     rows = [_run(args, model, segments, threads) for threads in args.threads]
@@ -112,7 +118,8 @@ def _run(args, model, segments, threads: int) -> dict:
     err = float((got["reuse"] - got["recompute"]).abs().max())
     ok = ratio >= TARGET and share >= TARGET_OF_FLOP_RATIO
     print(
-        f"threads={threads} repeats={args.repeats} clock={'cpu' if cpu else 'wall'} (SmolLM2-135M fp32, "
+        f"threads={threads} repeats={args.repeats} clock={'cpu' if cpu else 'wall'} (SmolLM2-135M "
+        f"{'Q4_1 weights kept packed' if args.packed else 'fp32'}, "
         f"anatomy, inference mode, interleaved medians); load average {os.getloadavg()[0]:.1f}"
     )
     header = (
@@ -139,6 +146,7 @@ def _run(args, model, segments, threads: int) -> dict:
     return {
         "turn": turn,
         "threads": threads,
+        "weights": "Q4_1 kept packed" if args.packed else "fp32",
         "clock": "cpu" if cpu else "wall",
         "history": H,
         "new": new.shape[1],

@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import base64
 import os
+import queue
 import re
 import shutil
 import sys
 import tempfile
+import threading
 import urllib.parse
+from concurrent.futures import Future
 from pathlib import Path
 
 import pytest
@@ -211,35 +214,100 @@ def server():
         yield base
 
 
-@pytest.fixture(scope="module")
-def browser():
-    exe = find_chromium()
-    if exe is None:
-        _missing("chromium is not installed (apt-get install chromium; scripts/setup_env.sh does it)")
-    with tempfile.TemporaryDirectory(prefix="anatomy-cdp-") as tmp:
-        b = Chromium(exe, Path(tmp) / "profile")
-        try:
-            b.send("Browser.getVersion", session=False, timeout=60)
-            yield b
-        finally:
-            b.close()
-
-
-PAGES = _pages()
-
-
-@pytest.mark.parametrize("page", PAGES or ["(book not built)"])
-def test_page_renders_for_a_reader(page, server, browser):
-    base = server
-    path = SITE / page
-    if not path.exists():
-        _missing(f"{page}: not in the built book")
+def _reader_view(browser: Chromium, base: str, page: str) -> dict:
+    """What test_page_renders_for_a_reader checks: the page at 1280 px, its explorers moved, a screenshot."""
     browser.open(base + urllib.parse.quote(page))
     seen = browser.evaluate(INSPECT)
     explorers = browser.evaluate(EXPLORE) if seen["explorers"] else []
     SHOTS.mkdir(parents=True, exist_ok=True)
     browser.screenshot(SHOTS / (page.removesuffix(".html").replace("/", "__") + ".png"))
     errors, external = _errors(browser.events, base)
+    return {"seen": seen, "explorers": explorers, "errors": errors, "external": external}
+
+
+def _phone_view(browser: Chromium, base: str, page: str) -> dict:
+    """What test_page_on_a_phone_in_dark_mode checks: the page 400 px wide in dark mode, a screenshot."""
+    browser.open(base + urllib.parse.quote(page), width=400, height=800, mobile=True, dark=True)
+    seen = browser.evaluate(NARROW_DARK)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    data = browser.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
+    (SHOTS / (page.removesuffix(".html").replace("/", "__") + ".phone-dark.png")).write_bytes(
+        base64.b64decode(data)
+    )
+    errors, _ = _errors(browser.events, base)
+    return {"seen": seen, "errors": errors}
+
+
+VIEWS = {"test_page_renders_for_a_reader": _reader_view, "test_page_on_a_phone_in_dark_mode": _phone_view}
+
+
+@pytest.fixture(scope="module")
+def views(server, request):
+    """The views of every selected page test, taken ``ANATOMY_BROWSER_JOBS`` pages at a time (default 3),
+    each by a headless Chromium of its own (one tab at a time, as before): a page spends most of its time
+    waiting (MathJax, timers, the screenshot), so one browser keeps a core only about half busy.
+    (test name, page) -> Future of the view; each test checks its own."""
+    exe = find_chromium()
+    if exe is None:
+        _missing("chromium is not installed (apt-get install chromium; scripts/setup_env.sh does it)")
+    wanted = [
+        (item.originalname, item.callspec.params["page"])
+        for item in request.session.items
+        if item.module is sys.modules[__name__] and item.originalname in VIEWS and hasattr(item, "callspec")
+    ]
+    futures = {key: Future() for key in dict.fromkeys(wanted)}
+    work: queue.Queue = queue.Queue()
+    for key, future in futures.items():
+        work.put((key, future))
+
+    def worker() -> None:
+        with tempfile.TemporaryDirectory(prefix="anatomy-cdp-") as tmp:
+            try:
+                browser = Chromium(exe, Path(tmp) / "profile")
+                browser.send("Browser.getVersion", session=False, timeout=60)
+            except Exception as exc:  # noqa: BLE001 - every page this worker takes reports it
+                browser, failed = None, exc
+            try:
+                while True:
+                    try:
+                        (test, page), future = work.get_nowait()
+                    except queue.Empty:
+                        return
+                    if not future.set_running_or_notify_cancel():
+                        continue
+                    try:
+                        if browser is None:
+                            raise RuntimeError(f"chromium did not start: {failed}")
+                        future.set_result(VIEWS[test](browser, server, page))
+                    except BaseException as exc:  # noqa: BLE001 - the test re-raises it
+                        future.set_exception(exc)
+            finally:
+                if browser is not None:
+                    browser.close()
+
+    jobs = max(1, int(os.environ.get("ANATOMY_BROWSER_JOBS", "3")))
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(jobs, len(futures)))]
+    for thread in threads:
+        thread.start()
+    try:
+        yield futures
+    finally:
+        for future in futures.values():
+            future.cancel()
+        for thread in threads:
+            thread.join(timeout=300)
+
+
+PAGES = _pages()
+
+
+@pytest.mark.parametrize("page", PAGES or ["(book not built)"])
+def test_page_renders_for_a_reader(page, views):
+    path = SITE / page
+    if not path.exists():
+        _missing(f"{page}: not in the built book")
+    view = views["test_page_renders_for_a_reader", page].result()
+    seen, explorers, errors, external = view["seen"], view["explorers"], view["errors"], view["external"]
 
     problems = []
     if seen["broken"]:
@@ -347,19 +415,13 @@ NARROW_DARK = r"""
 
 
 @pytest.mark.parametrize("page", PAGES or ["(book not built)"])
-def test_page_on_a_phone_in_dark_mode(page, server, browser):
+def test_page_on_a_phone_in_dark_mode(page, views):
     """400 px wide, dark mode: no sideways scrolling, and readable text everywhere."""
     path = SITE / page
     if not path.exists():
         _missing(f"{page}: not in the built book")
-    browser.open(server + urllib.parse.quote(page), width=400, height=800, mobile=True, dark=True)
-    seen = browser.evaluate(NARROW_DARK)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    data = browser.send("Page.captureScreenshot", {"format": "png"}, timeout=120)["data"]
-    (SHOTS / (page.removesuffix(".html").replace("/", "__") + ".phone-dark.png")).write_bytes(
-        base64.b64decode(data)
-    )
-    errors, _ = _errors(browser.events, server)
+    view = views["test_page_on_a_phone_in_dark_mode", page].result()
+    seen, errors = view["seen"], view["errors"]
 
     problems = []
     if seen["theme"] != "dark":

@@ -27,11 +27,18 @@ Two details make it fast on a CPU; neither changes the result beyond float32 rou
   a maximum pass over most later tiles (measured 1.5-2.6% of the time at N = 1024-4096, 1 thread, random
   scores; same output bit for bit; at worst, every sum large, ~3% slower than one maximum pass per tile).
 
+Without autograd, every tile's scores and row sums are written into two buffers that the next tile reuses
+(``out=``), and a diagonal tile's mask is added to its scores in place, after the product relative to
+``m``, instead of being combined with ``-m`` into a new tensor first: no tile allocates memory. Same output
+bit for bit; measured 2-6% less time for causal attention at N = 1024-4096, 1 thread (CPU clock, the old
+and the new kernel side by side in one process, paired medians of 15 repeats: 0.940 / 0.974 / 0.967).
+
 The matrix products take most of the time: at N = 4096, causal, 1 thread, the two products per tile alone
 take 0.94-0.97x SDPA's whole time. Tried here and not kept, because they did not measure faster: key
 chunks of 2 or 4 full tiles per matrix product (0-5% slower; likely because the 8 heads' 128 x 512 score
-blocks, 2 MB, exceed the core's 1 MB L2 cache), tile-major copies of K and V (within the noise), a column
-of ones in V to get the row sums from the second product (a 65-wide product costs more than the sum).
+blocks, 2 MB, exceed the core's 1 MB L2 cache), tile-major copies of K and V, and contiguous copies of
+the transposed key tiles (both within the noise), a column of ones in V to get the row sums from the second
+product (a 65-wide product costs more than the sum).
 """
 
 from __future__ import annotations
@@ -84,31 +91,55 @@ def _tiled_attention(
     """:func:`tiled_attention` on arguments already checked."""
     if stats is not None and not isinstance(stats, dict):
         raise TypeError(f"stats must be a dict (or None), got {type(stats).__name__}")
-    n_tiles = n_later = n_rescaled = 0
     B, Hq, Nq, D = q.shape
     Hkv, Nk = k.shape[1], k.shape[2]
     G = Hq // Hkv
     # A tile longer than the sequence is the whole sequence: the same single tile, no tile^2 allocation.
     tile = min(tile, max(Nq, Nk))
     tmap = tile_map(mask, Nq, Nk, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
-    padded = key_padding_mask is not None
-    if padded:
-        # Padding can hide keys inside any tile, so every visited tile is masked.
-        tmap = torch.where(tmap == EMPTY, tmap, torch.full_like(tmap, PARTIAL))
-        pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
     # Without autograd the running state is updated in place (no temporaries); with it, out of place.
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     qs = (q * (LOG2E * D**-0.5)).reshape(B * Hkv, G, Nq, D)  # scores in base 2
     kt = k.reshape(B * Hkv, Nk, D).transpose(1, 2)  # (B*Hkv, D, Nk)
     vs = v.reshape(B * Hkv, Nk, D)
-    k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
     out = q.new_empty(B * Hkv, G, Nq, D)
     lse = q.new_empty(B * Hkv, G, Nq) if return_lse else None
+    pad_hidden = None
+    if key_padding_mask is not None:
+        # Padding can hide keys inside any tile, so every visited tile is masked.
+        tmap = torch.where(tmap == EMPTY, tmap, torch.full_like(tmap, PARTIAL))
+        pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
+    counts = [0, 0, 0]
+    _row_blocks(
+        qs, kt, vs, out, lse, tmap.tolist(), mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
+    )
+    if stats is not None:
+        stats.update(tiles=counts[0], later_tiles=counts[1], rescaled=counts[2])
+    out = out.view(B, Hq, Nq, D)
+    return (out, lse.view(B, Hq, Nq)) if return_lse else out
+
+
+def _row_blocks(qs, kt, vs, out, lse, tmap, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts):
+    """The kernel proper: every row block of queries against its visible key tiles, left to right.
+
+    qs (BH, G, Nq, D) scaled to base 2, kt (BH, D, Nk), vs (BH, Nk, D); writes out (BH, G, Nq, D) and lse
+    (tmap: the tile map as lists of ints). counts receives [tiles computed, tiles after the first of their
+    row block, tiles rescaled].
+    """
+    BH, G, Nq, D = qs.shape
+    Nk = vs.shape[1]
+    padded = pad_hidden is not None
+    n_tiles = n_later = n_rescaled = 0
+    k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
     masks: dict[tuple[int, int, int], tuple] = {}  # diagonal tiles often share one mask
-    for i, row in enumerate(tmap.tolist()):  # plain Python ints: no tensor ops in the tile bookkeeping
+    # Without autograd, every tile's scores and row sums go into the same two buffers (no allocation per
+    # tile); a ragged last tile gets its own.
+    s_buf = None if grad else qs.new_empty(BH, G * tile, tile)
+    sum_buf = None if grad else qs.new_empty(BH, G * tile, 1)
+    for i, row in enumerate(tmap):
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
-        q_i = qs[:, :, q0:q1].reshape(B * Hkv, G * rows, D)  # the G heads of a group stacked as rows
+        q_i = qs[:, :, q0:q1].reshape(BH, G * rows, D)  # the G heads of a group stacked as rows
         m = neg_m = row_sum = acc = None
         for j, kind in enumerate(row):
             if kind == EMPTY:
@@ -118,15 +149,19 @@ def _tiled_attention(
             partial = kind == PARTIAL
             n_tiles += 1
             n_later += m is not None
+            whole = s_buf is not None and rows == tile and k1 - k0 == tile
+            s_out, sum_out = (s_buf, sum_buf) if whole else (None, None)
             if partial:
                 key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
                 if key not in masks:
-                    masks[key] = _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, q)
+                    masks[key] = _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, qs)
                 hidden, bias = masks[key]
             if m is not None and not padded:
-                # Scores relative to the running maximum, the subtraction done inside the matmul.
-                p = torch.baddbmm(bias - m if partial else neg_m, q_i, k_j).exp2_()
-                p_sum = p.sum(-1, keepdim=True)
+                # Scores relative to the running maximum, the subtraction done inside the matmul; on a
+                # diagonal tile the mask is then added as a 0 / -inf term.
+                s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
+                p = (s.add_(bias) if partial else s).exp2_()
+                p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                 # The check for a rise reads the row sums, which the kernel needs anyway, instead of taking
                 # a maximum over the tile: no exponential exceeds its row's sum, so if no sum exceeds
                 # 2 ** RESCALE_THRESHOLD, no score rose past the threshold (measured: 1.5-2.6% less time).
@@ -138,7 +173,9 @@ def _tiled_attention(
                 if not top <= 2.0**RESCALE_THRESHOLD and bool(
                     ((p.detach() if grad else p).amax(-1) >= 2.0**RESCALE_THRESHOLD).any()
                 ):
-                    s = torch.baddbmm(bias - m if partial else neg_m, q_i, k_j)
+                    s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
+                    if partial:
+                        s = s.add_(bias)
                     # The maximum only keeps exp2() in range; the result does not depend on it: no gradient.
                     rise = (s.detach() if grad else s).amax(-1, keepdim=True)
                     big = rise > RESCALE_THRESHOLD
@@ -154,42 +191,39 @@ def _tiled_attention(
                         m = m + rise
                         neg_m = -m
                     p = s.exp2_()
-                    p_sum = p.sum(-1, keepdim=True)
+                    p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
             else:
                 # The first tile of a row block (or any tile under a padding mask): maximum of its own.
                 if partial and not padded:
-                    s = torch.baddbmm(bias, q_i, k_j)  # the mask as a 0 / -inf term of the matmul
+                    s = torch.baddbmm(bias, q_i, k_j, out=s_out)  # the mask as a 0 / -inf term of the matmul
                 else:
-                    s = torch.bmm(q_i, k_j)  # (B*Hkv, G*rows, cols) scores of this tile
+                    s = torch.bmm(q_i, k_j, out=s_out)  # (BH, G*rows, cols) scores of this tile
                     if partial:
                         hidden = hidden | pad_hidden[..., k0:k1]
-                        s.view(B * Hkv, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
+                        s.view(BH, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
                 m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
                 m_new = m_tile if m is None else torch.maximum(m, m_tile)
                 if padded:
                     # Only padding can leave a row without any visible key so far (key 0 is always visible
                     # otherwise, and tiles are visited left to right); keep exp2() finite for such rows.
                     m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
-                p = s.sub_(m_new).exp2_()  # (B*Hkv, G*rows, cols); exp2(-inf) = 0 for hidden keys
-                p_sum = p.sum(-1, keepdim=True)
+                p = s.sub_(m_new).exp2_()  # (BH, G*rows, cols); exp2(-inf) = 0 for hidden keys
+                p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                 if m is not None:
                     n_rescaled += 1
                     row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
                 m, neg_m = m_new, -m_new
             row_sum, acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad)
-        out[:, :, q0:q1] = (acc / row_sum).view(B * Hkv, G, rows, D)
-        if return_lse:
-            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(B * Hkv, G, rows)
-    if stats is not None:
-        stats.update(tiles=n_tiles, later_tiles=n_later, rescaled=n_rescaled)
-    out = out.view(B, Hq, Nq, D)
-    return (out, lse.view(B, Hq, Nq)) if return_lse else out
+        out[:, :, q0:q1] = (acc / row_sum).view(BH, G, rows, D)
+        if lse is not None:
+            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(BH, G, rows)
+    counts[:] = n_tiles, n_later, n_rescaled
 
 
 def _accumulate(row_sum, acc, p, p_sum, v_j, grad):
     """Add one tile's row sums p_sum (rows, 1) and p @ v to the running sums (started by the first tile)."""
-    if row_sum is None:
-        return p_sum, torch.bmm(p, v_j)
+    if row_sum is None:  # p_sum may be the reused buffer: copied
+        return p_sum.clone() if not grad else p_sum, torch.bmm(p, v_j)
     if grad:
         return row_sum + p_sum, torch.baddbmm(acc, p, v_j)
     row_sum.add_(p_sum)

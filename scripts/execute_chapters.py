@@ -133,34 +133,39 @@ def execute_one(path: Path, out: Path, seconds: int) -> int:
 
 
 class Run:
+    """One notebook executed by a child process of this script (``--one``). Its output, and that of the
+    kernel and of the processes a chapter forks (which write to the kernel's own streams), goes to a file,
+    never to a pipe that nobody reads while the chapter runs."""
+
     def __init__(self, path: Path, tmp: Path, seconds: int):
         self.path = path
         self.out = tmp / f"{path.stem}.ipynb"
         self.log = tmp / f"{path.stem}.log"
         self.start = time.perf_counter()
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            str(path),
+            "--out",
+            str(self.out),
+            "--timeout",
+            str(seconds),
+        ]
         with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    __file__,
-                    "--one",
-                    str(path),
-                    "--out",
-                    str(self.out),
-                    "--timeout",
-                    str(seconds),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-            )
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def wait(self) -> tuple[dict | None, float]:
         """({"seconds", "cpu"} or None if it failed, wall time)."""
-        stdout, _ = self.proc.communicate()
+        self.proc.wait()
         wall = time.perf_counter() - self.start
-        lines = [line for line in stdout.splitlines() if line.startswith("{")]
-        return (json.loads(lines[-1]) if self.proc.returncode == 0 and lines else None), wall
+        lines = [
+            ln
+            for ln in self.log.read_text(encoding="utf-8", errors="replace").splitlines()
+            if ln.startswith("{")
+        ]
+        ok = self.proc.returncode == 0 and lines and '"seconds"' in lines[-1]
+        return (json.loads(lines[-1]) if ok else None), wall
 
 
 def _store(cache, run: Run, seconds: float) -> str:

@@ -168,3 +168,36 @@ def test_only_pushes_to_main_write_anything():
             assert job.get("needs") == "build", f"{name} must wait for the build and its tests"
     colab = _workflow()["jobs"]["colab-editions"]
     assert "gh-pages" in _runs(colab) and "pub/colab" in _runs(colab)
+
+
+def test_the_build_executes_chapters_side_by_side_but_timed_ones_alone():
+    """scripts/execute_chapters.py (run by build_book.sh before the build) puts every notebook of the table of
+    contents in one group: a notebook that glues wall-clock values runs alone, one that reads the other
+    chapters' records (the scoreboard, the answer page) is left to the build, after them; and the build
+    reads the cache it fills through a copy of _config.yml, whose own mode stays `force`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "_execute_chapters", ROOT / "scripts" / "execute_chapters.py"
+    )
+    ex = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ex)
+    groups = ex.plan()
+    every = [p for paths in groups.values() for p in paths]
+    assert sorted(every) == sorted(ex.toc_notebooks()) and len(every) == len(set(every))
+    for path in every:
+        timed = "timed=True" in ex._code(path).replace(" ", "")
+        if path in groups["alone"]:
+            assert timed, f"{path.name} runs alone but glues no wall-clock value"
+        elif path in groups["together"]:
+            assert not timed, f"{path.name} glues wall-clock values but runs beside another chapter"
+            assert not ex.READS_RECORDS.search(ex._code(path)), (
+                f"{path.name} reads the other chapters' records"
+            )
+    names = {p.stem for p in groups["build"]}
+    assert {"13_scoreboard", "the_answer"} <= names or not (
+        ROOT / "chapters" / "13_scoreboard.ipynb"
+    ).exists()
+    script = (ROOT / "scripts" / "build_book.sh").read_text(encoding="utf-8")
+    assert "scripts/execute_chapters.py" in script and 'execute_notebooks="cache"' in script
+    assert "--config" in script

@@ -13,10 +13,10 @@ default chapter 11, a training run with several models, the kind of computation 
 once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, beside a CPU hog),
 tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) and tests/test_publish.py
 (chapter 4, from the built wheel) run before the build and save their glued values in
-``$ANATOMY_SECOND_RUNS``; ``test_earlier_run_gives_the_same_glued_values``
-compares each saved record whose code (chapter and package) equals the work tree's with the build's values,
-and tests/test_colab_style.py (``COLAB_CHAPTERS=unrecorded``) executes every other chapter Colab-style and
-compares its values there.
+``$ANATOMY_SECOND_RUNS``, and so does tests/test_colab_style.py for every other chapter, executed
+Colab-style beside them and the build (``COLAB_CHAPTERS=unclaimed``, ``COLAB_SAVE_ONLY=1``);
+``test_earlier_run_gives_the_same_glued_values`` compares each saved record whose code (chapter and package)
+equals the work tree's with the build's values.
 Every chapter gets the cheap half of the check: its build stored glued values, and none of them is an
 object's repr with a memory address (which would differ from run to run).
 

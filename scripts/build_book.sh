@@ -81,8 +81,8 @@ if [[ "$status" != "0" ]]; then
     exit "$status"
 fi
 if [[ "$executed" != "0" ]]; then
-    echo "build_book.sh: a chapter FAILED when executed before the build (see execute_chapters above), even though" \
-        "the build's own execution of it passed: a flaky chapter" >&2
+    echo "build_book.sh: scripts/execute_chapters.py FAILED before the build (see above; a chapter that failed" \
+        "there and passed when the build executed it again is flaky)" >&2
     exit 1
 fi
 echo "build_book.sh: book built in $((SECONDS - start)) s: $ROOT/_build/html/index.html"

@@ -7,6 +7,8 @@ masked LM, span corruption or a prefix LM.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import os
 import sys
@@ -22,7 +24,7 @@ from torch import nn
 
 from anatomy._checks import check_bool, check_choice, check_float, check_int, check_positive_int, is_int
 
-__all__ = ["History", "evaluate", "learning_rate", "next_token_loss", "train"]
+__all__ = ["History", "eager_optimizer", "evaluate", "learning_rate", "next_token_loss", "train"]
 
 SCHEDULES = ("cosine", "wsd", "constant")
 
@@ -192,6 +194,33 @@ def _check_args(
     return budget_name, budget
 
 
+@functools.cache
+def eager_optimizer(optimizer_class: type) -> type:
+    """`optimizer_class` (a ``torch.optim`` optimizer) with the same update, minus its torch.compile hooks.
+
+    torch wraps an optimizer's ``step``, ``zero_grad`` and ``add_param_group`` in decorators that import
+    ``torch._dynamo`` on their first call (about a second of CPU, in every process that trains, forked
+    workers included) to keep torch.compile from tracing them. Eager code never needs them: this subclass
+    calls the undecorated methods, ``step`` under ``torch.no_grad()`` as the decorator would, so the
+    parameters it computes are bitwise the same. Not for use under torch.compile.
+    """
+    if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
+        raise TypeError(f"optimizer_class must be a torch.optim.Optimizer class, got {optimizer_class!r}")
+    step = inspect.unwrap(optimizer_class.step)
+
+    @torch.no_grad()
+    def eager_step(self, closure=None):
+        return step(self, closure)
+
+    namespace = {
+        "step": eager_step,
+        "zero_grad": inspect.unwrap(optimizer_class.zero_grad),
+        "add_param_group": inspect.unwrap(optimizer_class.add_param_group),
+        "__doc__": f"{optimizer_class.__name__} without torch.compile hooks (anatomy.train.eager_optimizer).",
+    }
+    return type(optimizer_class.__name__, (optimizer_class,), namespace)
+
+
 def train(
     model: nn.Module,
     batches: Callable[[int], Batch] | Iterable[Batch],
@@ -251,7 +280,7 @@ def train(
     loss_fn = loss_fn or next_token_loss
     get_batch = _batch_source(batches)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
+    optimizer = eager_optimizer(torch.optim.AdamW)(
         [
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},

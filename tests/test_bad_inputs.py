@@ -210,6 +210,7 @@ CALLS = {
         train_module.evaluate, lambda: dict(model=tiny(), batches=lambda i: (IDS[:, :-1], IDS[:, 1:]), n_batches=1)
     ),
     "next_token_loss": _call(train_module.next_token_loss, lambda: dict(model=tiny(), batch=(IDS, IDS))),
+    "eager_optimizer": _call(train_module.eager_optimizer, lambda: dict(optimizer_class=torch.optim.AdamW)),
     # data
     "CharTokenizer": _call(data.CharTokenizer, lambda: dict(text="abc")),
     "CharTokenizer.encode": _method(lambda: CHARS, "encode", lambda: dict(text="hello")),
@@ -462,6 +463,7 @@ ROWS = [
     *family("learning_rate", "schedule", [("step", V)]),
     *family("learning_rate", "min_lr_ratio", [(2.0, V), (-1.0, V)]),
     *family("evaluate", "n_batches", POSITIVE_INT[:5]),
+    *family("eager_optimizer", "optimizer_class", [(None, T), ("AdamW", T), (torch.nn.Linear, T), (torch.optim.AdamW([torch.zeros(1)]), T)]),
     *family("evaluate", "model", [(None, T)]),
     *family("evaluate", "loss_fn", [(1, T)]),
     *one("evaluate", "batches", lambda i: (IDS[:, :-1], torch.full((1, 3), -100)), V),

@@ -29,6 +29,7 @@ from torch import nn
 
 from anatomy._checks import check_float, check_int, check_tensor, is_number
 from anatomy.experiments.parallel import run_all
+from anatomy.train import eager_optimizer
 
 __all__ = [
     "MLPStudents",
@@ -316,7 +317,8 @@ def fit_population(
         out = (w * kl_c).sum(-1) / total.clamp_min(1e-300)
         return [float(v) if t > 0 else math.nan for v, t in zip(out, total)]
 
-    optimizer = torch.optim.Adam(students.parameters(), lr=lr, foreach=True)  # one kernel per op, all tensors
+    # foreach: one kernel per op over all tensors; eager: the same Adam, without importing torch._dynamo
+    optimizer = eager_optimizer(torch.optim.Adam)(students.parameters(), lr=lr, foreach=True)
     history: list[list[float]] = []
     for step in range(steps):
         logits = students()

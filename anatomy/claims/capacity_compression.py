@@ -24,18 +24,18 @@ def _capacity() -> dict:
 
 def _chinchilla() -> dict:
     from anatomy import cost
-    from anatomy.experiments import capacity
+    from anatomy.experiments import scaling_laws
 
     flops = cost.training_flops(70e9, 1.4e12)
-    n_opt, d_opt = capacity.compute_optimal(flops)
-    a, b = capacity.chinchilla_exponents()
+    n_opt, d_opt = scaling_laws.compute_optimal(flops)
+    a, b = scaling_laws.chinchilla_exponents()
     return {
         "flops": flops,
         "fit_exponent_a": a,
         "fit_exponent_b": b,
         "fit_n_opt": n_opt,
         "fit_tokens_per_param": d_opt / n_opt,
-        "loss_gap": capacity.chinchilla_loss(70e9, 1.4e12) - capacity.chinchilla_loss(n_opt, d_opt),
+        "loss_gap": scaling_laws.chinchilla_loss(70e9, 1.4e12) - scaling_laws.chinchilla_loss(n_opt, d_opt),
     }
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from anatomy._checks import check_bool, check_instance, check_int
+from anatomy.model import Transformer
 
 __all__ = ["FewShot", "few_shot_accuracy"]
 
@@ -44,23 +45,28 @@ def _batched_queries(model: nn.Module, context: list[int], queries: list[list[in
     of batch size n (``KVCache.update``/``commit``), and the queries, right-padded with their own last
     token (harmless: a causal model's logits at a position never depend on later ones), run together.
     A decoder's cost here is dominated by reading its weights, so one call for n queries is ~n times
-    cheaper than n calls.
+    cheaper than n calls. An anatomy ``Transformer`` runs its LM head only where a logit is read (the
+    context's positions need none, each query only its last): the same numbers, bitwise, without most
+    of the head's work (for SmolLM2, about a fifth of its arithmetic per token).
     """
     n = len(queries)
     width = max(map(len, queries))
     batch = torch.tensor([q + [q[-1]] * (width - len(q)) for q in queries])
     cache = model.new_cache(batch_size=n, max_len=len(context) + width)
+    ours = isinstance(model, Transformer) and model.config.lm_head
     if context:
         single = model.new_cache(batch_size=1, max_len=len(context))
-        model(torch.tensor([context]), cache=single)
+        model(torch.tensor([context]), cache=single, **({"logits_to_keep": 1} if ours else {}))
         for layer in range(single.n_layers):
             k, v = single.keys(layer), single.values(layer)
             cache.update(layer, k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1))
         cache.commit(single.tokens.expand(n, -1))
         cache._owner = single._owner  # the same model's keys and values: it may continue this cache
-    logits = model(batch, cache=cache)  # (n, width, vocab)
-    last = torch.tensor([len(q) - 1 for q in queries])
-    return logits[torch.arange(n), last]
+    rows, last = torch.arange(n), torch.tensor([len(q) - 1 for q in queries])
+    if ours:  # the LM head's input at each query's last token, then the head on those n rows only
+        hidden = model(batch, cache=cache, return_hidden=True, logits_to_keep=1).hidden_states[-1]
+        return model.lm_head(hidden[rows, last])
+    return model(batch, cache=cache)[rows, last]  # (n, width, vocab) -> (n, vocab)
 
 
 @torch.no_grad()

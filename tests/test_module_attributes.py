@@ -72,7 +72,7 @@ def _uses(path: str, text: str) -> list[tuple[str, str, str, int]]:
     tree = ast.parse(text)
     package = ".".join(Path(path).with_suffix("").parts[:-1]) if path.startswith("anatomy") else ""
     bound = _module_names(tree, package)
-    return [
+    uses = [
         (node.value.id, bound[node.value.id], node.attr, node.lineno)
         for node in ast.walk(tree)
         if isinstance(node, ast.Attribute)
@@ -80,6 +80,15 @@ def _uses(path: str, text: str) -> list[tuple[str, str, str, int]]:
         and node.value.id in bound
         and isinstance(node.ctx, ast.Load)
     ]
+    # `from anatomy.x import name` (lazy ones in function bodies too) where name is not a module itself
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("anatomy"):
+            uses += [
+                (a.name, node.module, a.name, node.lineno)
+                for a in node.names
+                if a.name != "*" and not _is_module(f"{node.module}.{a.name}")
+            ]
+    return uses
 
 
 SOURCES = _sources()
@@ -99,6 +108,10 @@ def test_the_check_sees_a_moved_name():
     text = "from anatomy.experiments import capacity\n\ncapacity.compute_optimal(1e21)\n"
     (use,) = _uses("anatomy/claims/x.py", text)
     assert use == ("capacity", "anatomy.experiments.capacity", "compute_optimal", 3)
+    assert not hasattr(importlib.import_module(use[1]), use[2])
+    lazy = "def f():\n    from anatomy.experiments.capacity import chinchilla_loss\n"
+    (use,) = _uses("anatomy/claims/x.py", lazy)
+    assert use[1:] == ("anatomy.experiments.capacity", "chinchilla_loss", 2)
     assert not hasattr(importlib.import_module(use[1]), use[2])
     # relative imports inside the package resolve too
     (use,) = _uses("anatomy/experiments/x.py", "from . import capacity\ncapacity.table_params(2, 1)\n")

@@ -33,6 +33,15 @@ Without autograd, every tile's scores and row sums are written into two buffers 
 bit for bit; measured 2-6% less time for causal attention at N = 1024-4096, 1 thread (CPU clock, the old
 and the new kernel side by side in one process, paired medians of 15 repeats: 0.940 / 0.974 / 0.967).
 
+With two or more torch threads (and no autograd), the row blocks are shared out between two Python
+threads, in two shares of equal work (tiles to compute), each thread with one torch thread: one tile's
+products are too small for PyTorch to split over two cores with any gain (SDPA instead parallelises over
+heads and query blocks), but row blocks are independent and torch releases the GIL inside every
+operation. Same output bit for bit as one thread. Measured at N = 1024 / 2048 / 4096, causal, on a busy
+2-core machine (load ~8): the two threads together use 1.11 / 1.02 / 1.03x the CPU time of the one-thread
+kernel, the busier of them 0.49 / 0.49 / 0.51x, so on an idle machine the call takes about half the time;
+with no core idle, wall-clock time paired against the one-thread path was 0.84-1.04x.
+
 The matrix products take most of the time: at N = 4096, causal, 1 thread, the two products per tile alone
 take 0.94-0.97x SDPA's whole time. Tried here and not kept, because they did not measure faster: key
 chunks of 2 or 4 full tiles per matrix product (0-5% slower; likely because the 8 heads' 128 x 512 score
@@ -44,6 +53,7 @@ product (a 65-wide product costs more than the sum).
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 
@@ -109,22 +119,33 @@ def _tiled_attention(
         # Padding can hide keys inside any tile, so every visited tile is masked.
         tmap = torch.where(tmap == EMPTY, tmap, torch.full_like(tmap, PARTIAL))
         pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
-    counts = [0, 0, 0]
-    _row_blocks(
-        qs, kt, vs, out, lse, tmap.tolist(), mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
-    )
+    rows = tmap.tolist()  # plain Python ints: no tensor ops in the tile bookkeeping
+    blocks = _two_shares(rows) if not grad and _worth_two_threads(rows, B * Hq, tile, D) else None
+    counts = [[0, 0, 0], [0, 0, 0]]
+
+    def run(share):  # the kernel on some of the row blocks (each writes its own rows of out and lse)
+        _row_blocks(qs, kt, vs, out, lse, rows, blocks[share] if blocks else range(len(rows)), mask, q_offset,
+                    prefix_len, tile, grad, pad_hidden, counts[share])  # fmt: skip
+
+    if blocks:
+        _in_two_threads(run)
+    else:
+        run(0)
     if stats is not None:
-        stats.update(tiles=counts[0], later_tiles=counts[1], rescaled=counts[2])
+        n_tiles, n_later, n_rescaled = (a + b for a, b in zip(*counts))
+        stats.update(tiles=n_tiles, later_tiles=n_later, rescaled=n_rescaled)
     out = out.view(B, Hq, Nq, D)
     return (out, lse.view(B, Hq, Nq)) if return_lse else out
 
 
-def _row_blocks(qs, kt, vs, out, lse, tmap, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts):
-    """The kernel proper: every row block of queries against its visible key tiles, left to right.
+def _row_blocks(
+    qs, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
+):
+    """The kernel proper: row blocks ``blocks`` of queries, each against its visible key tiles, left to right.
 
-    qs (BH, G, Nq, D) scaled to base 2, kt (BH, D, Nk), vs (BH, Nk, D); writes out (BH, G, Nq, D) and lse
-    (tmap: the tile map as lists of ints). counts receives [tiles computed, tiles after the first of their
-    row block, tiles rescaled].
+    qs (BH, G, Nq, D) scaled to base 2, kt (BH, D, Nk), vs (BH, Nk, D); writes those rows of out
+    (BH, G, Nq, D) and lse. counts receives [tiles computed, tiles after the first of their row block,
+    tiles rescaled].
     """
     BH, G, Nq, D = qs.shape
     Nk = vs.shape[1]
@@ -136,7 +157,8 @@ def _row_blocks(qs, kt, vs, out, lse, tmap, mask, q_offset, prefix_len, tile, gr
     # tile); a ragged last tile gets its own.
     s_buf = None if grad else qs.new_empty(BH, G * tile, tile)
     sum_buf = None if grad else qs.new_empty(BH, G * tile, 1)
-    for i, row in enumerate(tmap):
+    for i in blocks:
+        row = tmap[i]
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
         q_i = qs[:, :, q0:q1].reshape(BH, G * rows, D)  # the G heads of a group stacked as rows
@@ -218,6 +240,57 @@ def _row_blocks(qs, kt, vs, out, lse, tmap, mask, q_offset, prefix_len, tile, gr
         if lse is not None:
             lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(BH, G, rows)
     counts[:] = n_tiles, n_later, n_rescaled
+
+
+def _worth_two_threads(tmap: list, heads: int, tile: int, head_dim: int) -> bool:
+    """Split the row blocks over two Python threads? Only with two torch threads, two row blocks, and
+    work enough (at least 4 tiles of 8 heads) for the threads' start-up (about 0.1 ms) to be noise."""
+    if torch.get_num_threads() < 2 or len(tmap) < 2:
+        return False
+    n_tiles = sum(kind != EMPTY for row in tmap for kind in row)
+    return heads * n_tiles * tile * tile * head_dim >= 2**25
+
+
+def _two_shares(tmap: list) -> tuple[list, list]:
+    """The row blocks in two shares of about equal work (tiles to compute), the largest placed first."""
+    shares, work = ([], []), [0, 0]
+    for i in sorted(range(len(tmap)), key=lambda i: -sum(kind != EMPTY for kind in tmap[i])):
+        lighter = work.index(min(work))
+        shares[lighter].append(i)
+        work[lighter] += sum(kind != EMPTY for kind in tmap[i])
+    return shares
+
+
+def _in_two_threads(run) -> None:
+    """run(0) and run(1) on two Python threads, each with one torch thread.
+
+    torch's thread setting is process-wide: it is 1 during the call (other Python threads using torch at
+    the same time see that too) and restored afterwards. The new threads take it when they first run a
+    parallel operation, so the two do not each start a team of two. Grad mode and inference mode are per
+    thread: both are passed on.
+    """
+    modes = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+    errors = []
+
+    def work(share):
+        try:
+            with torch.inference_mode(modes[1]), torch.set_grad_enabled(modes[0]):
+                run(share)
+        except BaseException as e:  # re-raised in the caller's thread
+            errors.append(e)
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        workers = [threading.Thread(target=work, args=(share,)) for share in (0, 1)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    finally:
+        torch.set_num_threads(threads)
+    if errors:
+        raise errors[0]
 
 
 def _accumulate(row_sum, acc, p, p_sum, v_j, grad):

@@ -1,0 +1,97 @@
+"""The tiled kernel's two-thread path: with two torch threads and no autograd, the row blocks of queries
+are shared out between two Python threads, each with one torch thread. It must give exactly the one-thread
+result (and the same tile counts), leave torch's thread setting as it found it, and pass on grad and
+inference mode."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from anatomy import attention
+from anatomy.kernels import tiled
+from anatomy.masks import tile_map
+from anatomy.timing import one_thread
+
+
+def _qkv(b, hq, hkv, n, d=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (
+        torch.randn(b, hq, n, d, generator=g) * 2,
+        torch.randn(b, hkv, n, d, generator=g),
+        torch.randn(b, hkv, n, d, generator=g),
+    )
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def split_calls(monkeypatch):
+    calls = []
+    real = tiled._in_two_threads
+
+    def spy(run):
+        calls.append(run)
+        return real(run)
+
+    monkeypatch.setattr(tiled, "_in_two_threads", spy)
+    return calls
+
+
+@pytest.mark.parametrize("mask", ["causal", "bidirectional", "prefix"])
+@pytest.mark.parametrize("shape", [(1, 8, 8, 640), (2, 6, 3, 520), (1, 4, 1, 700)], ids=str)
+def test_two_threads_give_the_one_thread_result_bit_for_bit(two_threads, split_calls, mask, shape):
+    b, hq, hkv, n = shape
+    q, k, v = _qkv(b, hq, hkv, n)
+    kw = dict(q_offset=0, prefix_len=n // 3 if mask == "prefix" else None, tile=128, return_lse=True)
+    stats, stats1 = {}, {}
+    with torch.no_grad():
+        out, lse = tiled.tiled_attention(q, k, v, mask, stats=stats, **kw)
+    assert len(split_calls) == 1, "the two-thread path was not taken"
+    assert torch.get_num_threads() == 2
+    with one_thread(), torch.no_grad():
+        out1, lse1 = tiled.tiled_attention(q, k, v, mask, stats=stats1, **kw)
+    assert torch.equal(out, out1) and torch.equal(lse, lse1)
+    assert stats == stats1 and stats["tiles"] > 0
+
+
+def test_the_shares_balance_the_work():
+    rows = tile_map("causal", 1024, 1024, tile=128, q_offset=0, prefix_len=None).tolist()
+    a, b = tiled._two_shares(rows)
+    assert sorted(a + b) == list(range(8))
+    assert sum(i + 1 for i in a) == sum(i + 1 for i in b) == 18  # 36 tiles, 18 each
+
+
+def test_small_inputs_and_autograd_stay_on_one_thread(two_threads, split_calls):
+    q, k, v = _qkv(1, 8, 8, 640)
+    attention(q[:, :, :64], k[:, :, :64], v[:, :, :64], backend="tiled")  # too little work to split
+    attention(q[:, :1, :256], k[:, :1, :256], v[:, :1, :256], backend="tiled")  # 3 tiles of 1 head
+    q.requires_grad_(True)
+    attention(q, k, v, backend="tiled").sum().backward()
+    assert q.grad is not None and split_calls == []
+
+
+def test_inference_mode_passes_to_the_threads(two_threads, split_calls):
+    q, k, v = _qkv(1, 8, 8, 640)
+    with torch.inference_mode():
+        out = attention(q, k, v, backend="tiled")
+    assert out.is_inference() and len(split_calls) == 1
+    with torch.no_grad():
+        assert torch.equal(attention(q, k, v, backend="tiled"), out)
+
+
+def test_an_error_in_a_thread_is_raised_and_the_thread_setting_restored(two_threads, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("boom in a worker")
+
+    monkeypatch.setattr(tiled, "_row_blocks", boom)
+    q, k, v = _qkv(1, 8, 8, 640)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="boom in a worker"):
+        attention(q, k, v, backend="tiled")
+    assert torch.get_num_threads() == 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from anatomy import Config, cost
-from anatomy.experiments import inference_economics, inference_economics_plots
+from anatomy.experiments import encoder_niche, inference_economics, inference_economics_plots
 
 TINY = Config(
     vocab_size=97, d_model=48, n_layers=2, n_heads=6, n_kv_heads=2, max_seq_len=256, attn_backend="reference"
@@ -65,16 +65,16 @@ def test_compare_classifiers_on_the_real_models():
         decoder, dec_tok = pretrained.smollm2(verbose=False)
     except (ModuleNotFoundError, FileNotFoundError) as exc:
         pytest.skip(f"pretrained models not installed: {exc}")
-    out = inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=2)
+    out = encoder_niche.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=2)
     with pytest.raises(ValueError, match="encoder_repeats"):
-        inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=0)
+        encoder_niche.compare_classifiers(encoder, enc_tok, decoder, dec_tok, encoder_repeats=0)
     with pytest.raises(ValueError, match="clock"):
-        inference_economics.compare_classifiers(encoder, enc_tok, decoder, dec_tok, clock="elapsed")
-    assert out["n_test"] == 32 and out["labels"] == list(inference_economics.TOPICS)
-    for name in inference_economics.CLASSIFIERS:
+        encoder_niche.compare_classifiers(encoder, enc_tok, decoder, dec_tok, clock="elapsed")
+    assert out["n_test"] == 32 and out["labels"] == list(encoder_niche.TOPICS)
+    for name in encoder_niche.CLASSIFIERS:
         r = out[name]
         assert r["pred"].shape == (32,) and 0 <= r["accuracy"] <= 1 and r["seconds"] > 0 and r["flops"] > 0
-    mini, chat = out[inference_economics.CLASSIFIERS[0]], out[inference_economics.CLASSIFIERS[2]]
+    mini, chat = out[encoder_niche.CLASSIFIERS[0]], out[encoder_niche.CLASSIFIERS[2]]
     assert chat["flops"] > 5 * mini["flops"] and chat["tokens"] > mini["tokens"]
     assert mini["accuracy"] >= 0.75  # the encoder with prototypes works on this easy set
 
@@ -100,11 +100,9 @@ def test_tables_and_figures_of_chapter_10():
     html = inference_economics_plots.decode_bytes_table(["Llama-3-70B"])
     assert "KV cache read at 8,192 tokens (GB)" in html and "Llama-3-70B" in html
     cls = {"labels": ["A", "B", "C", "D"], "n_test": 32}
-    for i, k in enumerate(inference_economics.CLASSIFIERS):
+    for i, k in enumerate(encoder_niche.CLASSIFIERS):
         cls[k] = {"tokens": 10.0 + i, "flops": 1e9 * (i + 1), "seconds": 0.01 * (i + 1), "accuracy": 0.5}
-    assert inference_economics_plots.classifier_table(cls).count("<tr") == 1 + len(
-        inference_economics.CLASSIFIERS
-    )
+    assert inference_economics_plots.classifier_table(cls).count("<tr") == 1 + len(encoder_niche.CLASSIFIERS)
     hw = inference_economics.Hardware("test", 1e11, 1e10)
     sweep = {"chunk": [1, 4], "intensity": [0.5, 2.0], "achieved": [1e9, 4e9]}
     batched = {"intensity": [1.0], "achieved": [2e9]}
@@ -149,3 +147,69 @@ def test_expected_speedup_with_a_verification_cost():
     assert sp.expected_speedup(0.88, 4, 0.0, v=2.6) == pytest.approx(lookup / 2.6)
     with pytest.raises(ValueError, match="v must be"):
         sp.expected_speedup(0.5, 2, 0.1, v=0)
+
+
+def test_truncated_drafts_agree_with_layer_draft():
+    """One pass with every block's hidden state gives exactly what layer_draft(model, k) computes for each
+    depth; the agreement is a share of positions, and it is 1 for a model whose later blocks do nothing."""
+    from dataclasses import replace
+
+    from anatomy import Transformer
+    from anatomy import speculative as sp
+
+    torch.manual_seed(0)
+    cfg = replace(TINY, n_layers=4)
+    model = Transformer(cfg).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, 30))
+    start = 18
+    got = inference_economics.truncated_drafts(model, ids, start, depths=(1, 2, 3))
+    with torch.inference_mode():
+        target = model(ids)[0, start - 1 : -1].argmax(-1)
+        for k in (1, 2, 3):
+            draft = sp.layer_draft(model, k)(ids)[0, start - 1 : -1].argmax(-1)
+            assert got["alpha"][k] == (draft == target).double().mean().item()
+            assert got["bytes_ratio"][k] == (
+                cost.step_bytes(sp.layer_draft(model, k).config, 1)["weights"]
+                / cost.step_bytes(cfg, 1)["weights"]
+            )
+    assert 0 < got["bytes_ratio"][1] < got["bytes_ratio"][2] < got["bytes_ratio"][3] < 1
+    # the check can fail: with blocks 2..4 writing nothing into the residual stream, every depth agrees
+    with torch.no_grad():
+        for block in model.layers[1:]:
+            block.self_attn.o_proj.weight.zero_()
+            block.mlp.down_proj.weight.zero_()
+    assert inference_economics.truncated_drafts(model, ids, start, depths=(1, 3))["alpha"] == {1: 1.0, 3: 1.0}
+
+
+def _tiny_decoder():
+    from anatomy import Transformer
+
+    torch.manual_seed(0)
+    return Transformer(TINY).eval()
+
+
+_IDS = torch.randint(0, TINY.vocab_size, (1, 12), generator=torch.Generator().manual_seed(0))
+
+# Bad inputs of truncated_drafts, collected by tests/test_bad_inputs.py
+BAD_INPUTS = {
+    "inference_economics.truncated_drafts": (
+        lambda **kw: inference_economics.truncated_drafts(
+            **{"model": _tiny_decoder(), "input_ids": _IDS, "start": 6, "depths": (1,), **kw}
+        ),
+        [
+            ("model", None, TypeError),
+            ("model", "gpt2", TypeError),
+            ("input_ids", _IDS.float(), TypeError),
+            ("input_ids", _IDS[0], ValueError),
+            ("input_ids", _IDS.expand(2, -1), ValueError),
+            ("start", 0, ValueError),
+            ("start", 12, ValueError),
+            ("start", 1.5, TypeError),
+            ("depths", (), ValueError),
+            ("depths", (2,), ValueError),
+            ("depths", (0,), ValueError),
+            ("depths", (1.5,), TypeError),
+            ("depths", 1, ValueError),
+        ],
+    ),
+}

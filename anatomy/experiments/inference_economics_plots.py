@@ -1,6 +1,7 @@
 """Chapter 10's figures and tables: the roofline, seed 002's latency table, decode bytes per model, the
 classifiers, when speculative decoding pays, and the speculative sampler's output distribution. The results
-they draw come from :mod:`anatomy.experiments.inference_economics` (and :mod:`anatomy.speculative`)."""
+they draw come from :mod:`anatomy.experiments.inference_economics`, :mod:`anatomy.experiments.encoder_niche`
+and :mod:`anatomy.speculative`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections.abc import Sequence
 
 from anatomy._checks import check_instance, check_int
 from anatomy.cost import step_bytes
-from anatomy.experiments.inference_economics import CLASSIFIERS, Hardware, roofline
+from anatomy.experiments.encoder_niche import CLASSIFIERS
+from anatomy.experiments.inference_economics import Hardware, roofline
 
 __all__ = [
     "classifier_table",

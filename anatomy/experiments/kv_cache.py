@@ -147,8 +147,9 @@ def chunk_sweep(
     repeats: int = 3,
 ) -> dict:
     """Time one forward call that runs n new tokens on a cache of ``context_ids`` (1, P), for each n in
-    ``chunks`` (interleaved, median of ``repeats``). n = 1 is a decode step; large n is a prefill. As in
-    generation, only the last position goes through the LM head (``logits_to_keep=1``).
+    ``chunks`` (interleaved, median of ``repeats``; the context's untimed prefill is the warm-up). n = 1 is a
+    decode step; large n is a prefill. As in generation, only the last position goes through the LM head
+    (``logits_to_keep=1``).
 
     new_ids (1, >= max(chunks)) supplies the tokens. Returns per chunk: ``seconds`` (median per call),
     ``per_token`` (seconds per token), ``flops`` and ``bytes`` (counted, fp32 weights and cache) and
@@ -172,7 +173,9 @@ def chunk_sweep(
 
         return fn
 
-    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, threads=None)
+    # No warm-up round: the context's prefill above already built what a first call builds (the fused
+    # weights, the position table), and the median of the repeats absorbs a slower first call of a size.
+    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, warmup=0, threads=None)
     cache.truncate(P)
     out: dict = {
         "chunk": list(chunks),

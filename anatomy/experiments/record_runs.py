@@ -363,7 +363,7 @@ def embedding_comparison(decoder, decoder_tokenizer, encoder, encoder_tokenizer)
     """Retrieval scores on :func:`embedding_set` for the encoder (mean pooling, as trained) and for the
     decoder pooled four ways: mean or last position, without and with the PromptEOL prompt. Each entry also
     has ``flops``: counted forward FLOPs per sentence (mean over the set), without the LM head."""
-    from anatomy.experiments.inference_economics import sentence_embeddings
+    from anatomy.experiments.encoder_niche import sentence_embeddings
 
     check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
     check_instance("encoder", encoder, Transformer, "an anatomy Transformer")

@@ -249,7 +249,11 @@ def _unique_linears(module: torch.nn.Module, seen: set | None = None) -> list[to
 
 
 def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float, packed=None) -> dict:
-    """Time one pass of x @ W.T over each weight list, and a sum over as many bytes: ms per token."""
+    """Time one pass of x @ W.T over each weight list, and a sum over as many bytes: ms per token.
+
+    The clock is the table's (CPU time with ``--clock cpu`` at 1 thread): the ratios compare like with like.
+    """
+    clock = time.thread_time if args.clock == "cpu" and threads == 1 else time.perf_counter
     nbytes = sum(w.numel() * w.element_size() for w in ours)
     flat = torch.empty(nbytes // 4).normal_()
     xs = {id(w): torch.randn(1, w.shape[1]) for w in ours + theirs}
@@ -269,7 +273,7 @@ def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float, packe
     with torch.inference_mode():
         for r in range(max(args.repeats, 5)):
             for name, fn in fns.items() if r % 2 == 0 else list(fns.items())[::-1]:
-                times[name].append(_time(fn))
+                times[name].append(_time(fn, clock))
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     hf_ms = 1e3 * hf_s_per_token
     print(

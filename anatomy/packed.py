@@ -194,6 +194,22 @@ def _library() -> ctypes.CDLL:
         return lib
 
 
+_local = threading.local()
+
+
+def _scratch(numel: int) -> torch.Tensor:
+    """A float32 buffer of ``numel`` reused by this thread's prompt-sized calls (no fresh pages each call).
+
+    Every Linear of a prompt dequantizes its weight into it just before its one matrix product, so one
+    buffer of the largest size serves them all.
+    """
+    buf = getattr(_local, "buf", None)
+    if buf is None or buf.numel() < numel:
+        with torch.inference_mode(False):
+            buf = _local.buf = torch.empty(numel)
+    return buf[:numel]
+
+
 class PackedLinear(nn.Module):
     """``y = x @ W.T`` (no bias) with W (out, in) kept in GGUF blocks of 32 along ``in``.
 
@@ -269,7 +285,7 @@ class PackedLinear(nn.Module):
             )
         rows = x.reshape(-1, self.in_features)
         if rows.shape[0] > _MAX_ROWS:
-            return F.linear(x, self.dequantize())
+            return F.linear(x, self._dequantize(_scratch(self.out_features * self.in_features)))
         rows = rows.contiguous()
         y = torch.empty(rows.shape[0], self.out_features)
         fn = _library().q4_1_mm if self.kind == "q4_1" else _library().q8_0_mm
@@ -286,7 +302,10 @@ class PackedLinear(nn.Module):
 
     def dequantize(self) -> torch.Tensor:
         """The float32 weight (out, in) the kernel multiplies by: d * q + m (Q4_1) or d * q (Q8_0)."""
-        w = torch.empty(self.out_features, self.in_features)
+        return self._dequantize(torch.empty(self.out_features * self.in_features))
+
+    def _dequantize(self, buffer: torch.Tensor) -> torch.Tensor:
+        w = buffer.view(self.out_features, self.in_features)
         fn = _library().q4_1_dequant if self.kind == "q4_1" else _library().q8_0_dequant
         fn(self.in_features, self.out_features, *self._ptrs(), w.data_ptr(), torch.get_num_threads())
         return w

@@ -266,11 +266,13 @@ class Attention(nn.Module):
         kv: tuple[torch.Tensor, torch.Tensor] | None = None,
         key_padding_mask: torch.Tensor | None = None,
         return_attn: bool = False,
+        _checked: bool = False,
     ):
         """x (B, N, d) -> (B, N, d) [, attention probabilities (B, n_heads, N, N_keys)].
 
         Self-attention computes k, v from x (appending them to ``cache`` if given); cross-attention gets
-        precomputed ``kv`` from the encoder.
+        precomputed ``kv`` from the encoder. ``_checked``: the calling model has validated ``cache`` for
+        this call (``_check_cache``), so its keys and values are appended without the checks again.
         """
         B, N, _ = x.shape
         c = self.config
@@ -288,10 +290,12 @@ class Attention(nn.Module):
                 qk = _rotate(qk, rope)  # queries and keys rotated together
             q, k = qk.split_with_sizes((Hq, Hkv), dim=1)  # (B, Hq, N, hd), (B, Hkv, N, hd)
             if cache is not None:
-                # now all positions so far: (B, Hkv, len + N, hd); the model checked the cache (_check_cache)
-                k, v = cache._append(layer, k, v)
+                # now all positions so far: (B, Hkv, len + N, hd); unchecked only if the model checked the
+                # cache (_check_cache): a direct call with a cache of another batch size would broadcast
+                k, v = cache._append(layer, k, v) if _checked else cache.update(layer, k, v)
             if (
-                key_padding_mask is None
+                (cache is None or _checked)  # a direct call's cache may hold another dtype: checked below
+                and key_padding_mask is None
                 and prefix_len is None
                 and (mask == "causal" or mask == "bidirectional")
             ):
@@ -536,7 +540,7 @@ class Transformer(_Model):
         if cache is not None:
             if attention_mask is not None:
                 raise ValueError("attention_mask (padding) is not supported together with a cache")
-            start = _check_cache(cache, c, self.layers, input_ids)
+            start = _check_cache(cache, c, self.layers, input_ids, self.embed_tokens.weight.dtype)
         if c.mask == "prefix" and prefix_len is None:
             if cache is not None and start > 0:
                 raise ValueError("a prefix LM continuing from a cache needs prefix_len (absolute positions)")
@@ -564,6 +568,7 @@ class Transformer(_Model):
                 layer=i,
                 key_padding_mask=key_padding_mask,
                 return_attn=return_attn,
+                _checked=cache is not None,
             )
             hidden.append(x)
             attns.append(probs)
@@ -648,7 +653,7 @@ class EncoderDecoder(_Model):
             )
         start = 0
         if cache is not None:
-            start = _check_cache(cache, c, self.layers, input_ids)
+            start = _check_cache(cache, c, self.layers, input_ids, self.embed_tokens.weight.dtype)
             if cache.source is not None and not torch.equal(cache.source, encoder_input_ids):
                 raise ValueError(
                     "the source differs from the one this cache encoded; an encoder-decoder must "
@@ -669,7 +674,14 @@ class EncoderDecoder(_Model):
             rope = self.rope(start, N, x.device, x.dtype)
         for i, layer in enumerate(self.layers):
             x, _ = layer(
-                x, mask="causal", rope=rope, cache=cache, layer=i, cross_kv=cross[i], cross_padding_mask=pad
+                x,
+                mask="causal",
+                rope=rope,
+                cache=cache,
+                layer=i,
+                cross_kv=cross[i],
+                cross_padding_mask=pad,
+                _checked=cache is not None,
             )
         if c.final_norm:
             x = self.norm(x)
@@ -720,8 +732,9 @@ def _check_config(config) -> Config:
     return config
 
 
-def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor) -> int:
-    """Validate a KV cache for this model and these new ids, claim it for ``layers``; -> tokens cached."""
+def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor, dtype) -> int:
+    """Validate a KV cache for this model (computing in ``dtype``) and these new ids, claim it for
+    ``layers``; -> tokens cached."""
     if not isinstance(cache, KVCache):
         raise TypeError(
             f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"
@@ -732,6 +745,8 @@ def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tens
             "cache was made for a model of another shape "
             f"(layers, kv heads, head_dim = {cache.n_layers}, {cache.n_kv_heads}, {cache.head_dim})"
         )
+    if cache.dtype != dtype:  # the model's attention no longer checks that q, k, v share a dtype
+        raise TypeError(f"cache holds {cache.dtype} keys and values, the model computes {dtype}")
     cache.check_append(input_ids)
     cache.claim(layers)  # refuses a cache another model filled
     return len(cache)

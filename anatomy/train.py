@@ -201,16 +201,17 @@ def eager_optimizer(optimizer_class: type) -> type:
     torch wraps an optimizer's ``step``, ``zero_grad`` and ``add_param_group`` in decorators that import
     ``torch._dynamo`` on their first call (about a second of CPU, in every process that trains, forked
     workers included) to keep torch.compile from tracing them. Eager code never needs them: this subclass
-    calls the undecorated methods, ``step`` under ``torch.no_grad()`` as the decorator would, so the
-    parameters it computes are bitwise the same. Not for use under torch.compile.
+    calls the undecorated methods, ``step`` with gradients off (on with ``differentiable=True``) as the
+    decorator would, so the parameters it computes are bitwise the same. Not for use under torch.compile.
     """
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
         raise TypeError(f"optimizer_class must be a torch.optim.Optimizer class, got {optimizer_class!r}")
     step = inspect.unwrap(optimizer_class.step)
 
-    @torch.no_grad()
     def eager_step(self, closure=None):
-        return step(self, closure)
+        # torch's decorator: grad mode = the optimizer's `differentiable` (False for those without it)
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            return step(self, closure)
 
     namespace = {
         "step": eager_step,

@@ -70,3 +70,27 @@ def test_training_imports_no_dynamo():
         """
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_grad_mode_of_step_is_torchs(differentiable):
+    """torch's step runs with gradients on exactly when the optimizer is ``differentiable`` (a step that
+    can be differentiated through, e.g. for meta-learning); the eager step must too, or it would silently
+    record no graph."""
+
+    def step(optimizer_class):
+        w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+        p = w.clone() if differentiable else w.detach().clone().requires_grad_()
+        p.grad = (2 * w).detach() if not differentiable else 2 * w
+        optimizer_class([p], lr=0.1, differentiable=differentiable).step()
+        if differentiable:
+            p.sum().backward()
+            return p.detach(), w.grad
+        return p.detach(), p.grad_fn
+
+    eager, plain = step(eager_optimizer(torch.optim.SGD)), step(torch.optim.SGD)
+    assert torch.equal(eager[0], plain[0])
+    if differentiable:
+        assert torch.equal(eager[1], plain[1]) and not torch.equal(plain[1], torch.ones(3))
+    else:
+        assert eager[1] is None and plain[1] is None

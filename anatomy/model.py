@@ -271,8 +271,7 @@ class Attention(nn.Module):
         """x (B, N, d) -> (B, N, d) [, attention probabilities (B, n_heads, N, N_keys)].
 
         Self-attention computes k, v from x (appending them to ``cache`` if given); cross-attention gets
-        precomputed ``kv`` from the encoder. ``_checked``: the calling model has validated ``cache`` for
-        this call (``_check_cache``), so its keys and values are appended without the checks again.
+        precomputed ``kv`` from the encoder. ``_checked``: the calling model validated ``cache`` already.
         """
         B, N, _ = x.shape
         c = self.config
@@ -290,8 +289,7 @@ class Attention(nn.Module):
                 qk = _rotate(qk, rope)  # queries and keys rotated together
             q, k = qk.split_with_sizes((Hq, Hkv), dim=1)  # (B, Hq, N, hd), (B, Hkv, N, hd)
             if cache is not None:
-                # now all positions so far: (B, Hkv, len + N, hd); unchecked only if the model checked the
-                # cache (_check_cache): a direct call with a cache of another batch size would broadcast
+                # now all positions so far: (B, Hkv, len + N, hd); unchecked only after _check_cache
                 k, v = cache._append(layer, k, v) if _checked else cache.update(layer, k, v)
             if (
                 (cache is None or _checked)  # a direct call's cache may hold another dtype: checked below
@@ -568,7 +566,7 @@ class Transformer(_Model):
                 layer=i,
                 key_padding_mask=key_padding_mask,
                 return_attn=return_attn,
-                _checked=cache is not None,
+                _checked=True,
             )
             hidden.append(x)
             attns.append(probs)
@@ -672,17 +670,9 @@ class EncoderDecoder(_Model):
             x = x + self.embed_positions(torch.arange(start, start + N, device=x.device))
         elif c.pos == "rope":
             rope = self.rope(start, N, x.device, x.dtype)
+        own = dict(mask="causal", rope=rope, cache=cache, _checked=True)  # self-attention's arguments
         for i, layer in enumerate(self.layers):
-            x, _ = layer(
-                x,
-                mask="causal",
-                rope=rope,
-                cache=cache,
-                layer=i,
-                cross_kv=cross[i],
-                cross_padding_mask=pad,
-                _checked=cache is not None,
-            )
+            x, _ = layer(x, layer=i, cross_kv=cross[i], cross_padding_mask=pad, **own)
         if c.final_norm:
             x = self.norm(x)
         if cache is not None:
@@ -733,8 +723,7 @@ def _check_config(config) -> Config:
 
 
 def _check_cache(cache, config: Config, layers: nn.Module, input_ids: torch.Tensor, dtype) -> int:
-    """Validate a KV cache for this model (computing in ``dtype``) and these new ids, claim it for
-    ``layers``; -> tokens cached."""
+    """Validate a KV cache for this model (computing in dtype), these new ids; claim it; -> tokens cached."""
     if not isinstance(cache, KVCache):
         raise TypeError(
             f"cache must be an anatomy.KVCache (from model.new_cache()), got {type(cache).__name__}"

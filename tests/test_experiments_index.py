@@ -2,6 +2,7 @@
 imports and the modules' docstrings instead of a hand-kept table (so a new chapter edits no list)."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,3 +74,13 @@ def test_python_dash_m_prints_the_table():
     assert out.splitlines()[0].split()[:2] == ["module", "chapters"]
     assert len(out.splitlines()) == len(MODULES) + 1
     json.dumps(experiments.index())  # plain data
+
+
+def test_a_summary_that_names_a_chapter_names_one_it_serves():
+    """A module's summary may say which chapter it serves; the number must then be one of its pages
+    (inserting a chapter renumbers the pages, and a summary that kept the old number would be wrong)."""
+    for row in experiments.index():
+        named = set(re.findall(r"\b[Cc]hapters? (\d+)", row["summary"] or ""))
+        assert named <= set(row["pages"]), (
+            f"{row['module']}: its summary names chapter {sorted(named)}, its pages are {row['pages']}"
+        )

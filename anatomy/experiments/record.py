@@ -1,4 +1,4 @@
-"""Chapter 13, "The record": the sources' claims about published results and use, checked.
+"""The record: the sources' claims about published results and use, checked.
 
 Three kinds of evidence live here. The *record*: what the primary papers report, transcribed with the
 BibTeX key of each source, next to what seed 002 says they report. *Counts* made with the book's own

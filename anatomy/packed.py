@@ -20,6 +20,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -162,6 +163,14 @@ _lib = None
 _lock = threading.Lock()
 
 
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith(("flags", "Features"))), os.uname().machine)
+    except OSError:
+        return os.uname().machine + platform.processor()
+
+
 def _library() -> ctypes.CDLL:
     """The compiled kernels (built once per machine and source, cached as a shared library)."""
     global _lib
@@ -171,7 +180,9 @@ def _library() -> ctypes.CDLL:
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
         if compiler is None:
             raise RuntimeError("packed weights need a C compiler (cc or gcc) to build their kernel once")
-        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler + os.uname().machine).encode())
+        # -march=native: a library built on another CPU (a cache folder copied over) could hold
+        # instructions this one lacks, so the CPU's feature flags are part of the file's name.
+        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler + _cpu_flags()).encode())
         path = cache_dir() / f"packed-kernels-{key.hexdigest()[:16]}.so"
         if not path.exists():
             with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:

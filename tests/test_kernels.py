@@ -95,3 +95,21 @@ def test_an_error_in_a_thread_is_raised_and_the_thread_setting_restored(two_thre
     with torch.no_grad(), pytest.raises(RuntimeError, match="boom in a worker"):
         attention(q, k, v, backend="tiled")
     assert torch.get_num_threads() == 2
+
+
+def test_a_second_thread_in_a_split_call_runs_its_shares_itself(two_threads, split_calls, monkeypatch):
+    """torch's thread setting is process-wide: while one Python thread is in a two-thread call (setting 1),
+    another must not start its own (it would restore the 1 it read), so it runs both shares in turn."""
+    q, k, v = _qkv(1, 8, 8, 640)
+    with torch.no_grad():
+        want = attention(q, k, v, backend="tiled")
+        settings = []
+        monkeypatch.setattr(torch, "set_num_threads", settings.append)
+        assert tiled._SPLIT.acquire(blocking=False)  # as if another thread were in a split call
+        try:
+            got = attention(q, k, v, backend="tiled")
+        finally:
+            tiled._SPLIT.release()
+            monkeypatch.undo()
+    assert len(split_calls) == 2 and torch.equal(got, want) and settings == []
+    assert torch.get_num_threads() == 2

@@ -261,14 +261,30 @@ def _two_shares(tmap: list) -> tuple[list, list]:
     return shares
 
 
+_SPLIT = threading.Lock()  # one two-thread call at a time: the thread setting it changes is process-wide
+
+
 def _in_two_threads(run) -> None:
     """run(0) and run(1) on two Python threads, each with one torch thread.
 
     torch's thread setting is process-wide: it is 1 during the call (other Python threads using torch at
     the same time see that too) and restored afterwards. The new threads take it when they first run a
     parallel operation, so the two do not each start a team of two. Grad mode and inference mode are per
-    thread: both are passed on.
+    thread: both are passed on. While another Python thread is in such a call, both shares run here, one
+    after the other (its setting of 1 would otherwise be read as this call's to restore, leaving torch on
+    one thread for good).
     """
+    if not _SPLIT.acquire(blocking=False):
+        run(0)
+        run(1)
+        return
+    try:
+        _split(run)
+    finally:
+        _SPLIT.release()
+
+
+def _split(run) -> None:
     modes = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
     errors = []
 

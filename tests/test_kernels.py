@@ -113,3 +113,16 @@ def test_a_second_thread_in_a_split_call_runs_its_shares_itself(two_threads, spl
             monkeypatch.undo()
     assert len(split_calls) == 2 and torch.equal(got, want) and settings == []
     assert torch.get_num_threads() == 2
+
+
+def test_a_dispatch_mode_keeps_the_kernel_on_one_thread(two_threads, split_calls):
+    """Dispatch modes are per thread: under FlopCounterMode the two threads' products would not be counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    q, k, v = _qkv(1, 8, 8, 640)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        attention(q, k, v, backend="tiled")
+    assert split_calls == [] and counter.get_total_flops() > 0
+    with torch.no_grad(), one_thread(), FlopCounterMode(display=False) as one:
+        attention(q, k, v, backend="tiled")
+    assert counter.get_total_flops() == one.get_total_flops()

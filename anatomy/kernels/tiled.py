@@ -244,8 +244,14 @@ def _row_blocks(
 
 def _worth_two_threads(tmap: list, heads: int, tile: int, head_dim: int) -> bool:
     """Split the row blocks over two Python threads? Only with two torch threads, two row blocks, and
-    work enough (at least 4 tiles of 8 heads) for the threads' start-up (about 0.1 ms) to be noise."""
+    work enough (at least 4 tiles of 8 heads) for the threads' start-up (about 0.1 ms) to be noise. Never
+    under a dispatch or function mode (e.g. FlopCounterMode): modes are per thread, so the new threads'
+    operations would escape it (a FLOP counter would count 0)."""
     if torch.get_num_threads() < 2 or len(tmap) < 2:
+        return False
+    from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+
+    if _get_current_dispatch_mode_stack() or torch._C._len_torch_function_stack():
         return False
     n_tiles = sum(kind != EMPTY for row in tmap for kind in row)
     return heads * n_tiles * tile * tile * head_dim >= 2**25

@@ -378,6 +378,34 @@ def write_sitemap(outdir: Path, base: str, pages: list[str], suffix: str = ".htm
     return path
 
 
+def _has_outputs(path: Path) -> bool:
+    import nbformat
+
+    return any(c.get("outputs") for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+
+
+def _from_cache(app, path: Path) -> bool:
+    """Put the outputs of the jupyter-cache's record of this notebook into ``path``; False if none matches.
+
+    myst-nb writes the notebook it parsed to ``jupyter_execute/``. When it executes the notebook itself
+    that object holds the outputs; when it takes them from the cache (``execute_notebooks: cache``, as
+    ``scripts/build_book.sh`` builds after executing the chapters beforehand) it merges them into a copy,
+    and the file it writes has none.
+    """
+    import nbformat
+    from jupyter_cache import get_cache
+
+    folder = app.config.nb_execution_cache_path or str(Path(app.outdir).parent / ".jupyter_cache")
+    if not Path(folder).exists():
+        return False
+    try:
+        _, merged = get_cache(folder).merge_match_into_notebook(nbformat.read(path, as_version=4))
+    except KeyError:  # no cached record matches this notebook's code
+        return False
+    nbformat.write(merged, path)
+    return True
+
+
 def _executed_notebooks(app, outdir: Path) -> int:
     """Replace the stripped notebooks behind the download button by the executed ones."""
     executed = outdir.parent / "jupyter_execute"
@@ -388,6 +416,8 @@ def _executed_notebooks(app, outdir: Path) -> int:
         src = executed / f"{docname}.ipynb"
         dest = outdir / "_sources" / f"{docname}.ipynb"
         if src.exists() and dest.parent.exists():
+            if app.config.nb_execution_mode == "cache" and not _has_outputs(src):
+                _from_cache(app, src)
             shutil.copyfile(src, dest)
             copied += 1
     return copied

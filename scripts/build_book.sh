@@ -75,7 +75,7 @@ fi
 # cache is executed. -W turns warnings into errors, --keep-going reports all of them before failing, -n
 # (nitpick) warns about every unresolved reference.
 status=0
-jupyter-book build . "${config[@]}" --all --warningiserror --nitpick --keep-going || status=$?
+jupyter-book build . ${config[@]+"${config[@]}"} --all --warningiserror --nitpick --keep-going || status=$?
 if [[ "$status" != "0" ]]; then
     echo "build_book.sh: the book build FAILED (exit $status) after $((SECONDS - start)) s; see the errors above" >&2
     exit "$status"

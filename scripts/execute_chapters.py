@@ -15,7 +15,9 @@ Which notebook runs where (the table of contents' order otherwise):
 
 * a notebook that glues wall-clock values (``timed=True``) runs alone, with no other notebook beside it, so
   the times the book prints are measured as a one-by-one build would measure them (scripts/run_tests.sh
-  runs its Colab-style chapter runs beside the build at nice 19: they get only the CPU time left idle);
+  runs its Colab-style chapter runs beside the build at nice 19, and names them in
+  ``ANATOMY_PAUSE_BESIDE_TIMED``: they are stopped from the first timed notebook until the last is done,
+  so they share neither a core nor the memory bandwidth with it);
 * a notebook that reads what the other chapters recorded (``claims.recorded(``, or the answer module: the
   scoreboard and the answer page) is left to the build, which executes it after every other page;
 * the others run ``--jobs`` at a time, the longest first (by the seconds each took the last time, kept in
@@ -168,6 +170,52 @@ class Run:
         return (json.loads(lines[-1]) if ok else None), wall
 
 
+class Paused:
+    """The side jobs of scripts/run_tests.sh (process ids in ``ANATOMY_PAUSE_BESIDE_TIMED``), and all their
+    descendants, stopped (SIGSTOP) while a chapter that glues wall-clock times executes, and continued after.
+
+    Those jobs run at nice 19, which keeps them off a busy core, but a timed chapter that uses one thread
+    leaves the other core idle, and a job there would still share the memory bandwidth and the last-level
+    cache that chapter measures. Stopped, a job only waits, as it would if starved of CPU.
+    """
+
+    def __init__(self) -> None:
+        self.pids = [int(p) for p in os.environ.get("ANATOMY_PAUSE_BESIDE_TIMED", "").split() if p.strip()]
+        self.stopped: list = []
+
+    def stop(self) -> None:
+        if self.stopped or not self.pids:
+            return
+        import psutil
+
+        for pid in self.pids:
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *root.children(recursive=True)]
+            except psutil.Error:  # finished already
+                continue
+            for proc in procs:
+                try:
+                    proc.suspend()
+                    self.stopped.append(proc)
+                except psutil.Error:
+                    pass
+        if self.stopped:
+            print(
+                f"execute_chapters: {len(self.stopped)} side processes stopped while the timed chapters run"
+            )
+
+    def resume(self) -> None:
+        import psutil
+
+        for proc in self.stopped:
+            try:
+                proc.resume()
+            except psutil.Error:
+                pass
+        self.stopped = []
+
+
 def _store(cache, run: Run, seconds: float) -> str:
     """Put an executed notebook into the cache; return how the build will find it."""
     import nbformat
@@ -220,31 +268,39 @@ def main(argv: list[str] | None = None) -> int:
     t_all = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="anatomy-execute-") as tmp:
         queue = [(p, args.jobs) for p in together] + [(p, 1) for p in groups["alone"]]
+        alone = set(groups["alone"])
         running: list[Run] = []
-        while queue or running:
-            # start what may start: a notebook of the "alone" group only when nothing else runs
-            while queue and len(running) < queue[0][1]:
-                running.append(Run(queue.pop(0)[0], Path(tmp), seconds))
-            time.sleep(0.2)
-            for run in [r for r in running if r.proc.poll() is not None]:
-                running.remove(run)
-                result, wall = run.wait()
-                name = str(run.path.relative_to(ROOT))
-                if result:
-                    took[run.path.stem] = round(wall, 1)
-                    cpu += result["cpu"]
-                    print(
-                        f"execute_chapters: {name} executed in {wall:.1f} s (CPU {result['cpu']:.1f} s), "
-                        + _store(cache, run, result["seconds"])
-                    )
-                else:
-                    failed.append(name)
-                    print(
-                        f"execute_chapters: {name} FAILED after {wall:.1f} s (the build executes it again):"
-                    )
-                    print(run.log.read_text(encoding="utf-8")[-4000:])
-                sys.stdout.flush()
+        paused = Paused()
+        try:
+            while queue or running:
+                # start what may start: a notebook of the "alone" group only when nothing else runs,
+                # and with the processes named in ANATOMY_PAUSE_BESIDE_TIMED stopped meanwhile
+                while queue and len(running) < queue[0][1]:
+                    if queue[0][0] in alone:
+                        paused.stop()
+                    running.append(Run(queue.pop(0)[0], Path(tmp), seconds))
+                time.sleep(0.2)
+                for run in [r for r in running if r.proc.poll() is not None]:
+                    running.remove(run)
+                    result, wall = run.wait()
+                    name = str(run.path.relative_to(ROOT))
+                    if result:
+                        took[run.path.stem] = round(wall, 1)
+                        cpu += result["cpu"]
+                        print(
+                            f"execute_chapters: {name} executed in {wall:.1f} s (CPU {result['cpu']:.1f} s), "
+                            + _store(cache, run, result["seconds"])
+                        )
+                    else:
+                        failed.append(name)
+                        again = "the build executes it again"
+                        print(f"execute_chapters: {name} FAILED after {wall:.1f} s ({again}):")
+                        print(run.log.read_text(encoding="utf-8")[-4000:])
+                    sys.stdout.flush()
+        finally:
+            paused.resume()
     history.update(took)
+    history_path.parent.mkdir(parents=True, exist_ok=True)
     history_path.write_text(json.dumps(history, indent=1, sort_keys=True) + "\n")
     left = " ".join(str(p.relative_to(ROOT)) for p in groups["build"])
     print(

@@ -100,10 +100,11 @@ busy_status=$?
 # From here on, every chapter that no test of this step executes a second time is executed the way Colab
 # runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
 # HEAD, an empty working directory), at nice 19: these runs take only the CPU the rest leaves idle (here,
-# while one of the two pytest processes below has finished; in step 3 while a chapter that glues wall-clock
-# times executes alone, and in the Sphinx phase) and almost nothing while both cores are busy. They need the
-# build only to compare their glued values with it, so they save them (COLAB_SAVE_ONLY) for
-# tests/test_determinism.py to compare in step 4; their other checks run as they go.
+# while one of the two pytest processes below has finished, and in step 3's Sphinx phase) and almost nothing
+# while both cores are busy; while step 3 executes the chapters that glue wall-clock times they are stopped
+# (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
+# save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as
+# they go.
 echo "== Colab-style chapter runs (tests/test_colab_style.py, nice 19, until step 4; output there)"
 tc=$SECONDS
 ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
@@ -128,7 +129,9 @@ record "pytest tests" $? $((SECONDS - t))
 # 3. strict book build -----------------------------------------------------------------------------------
 echo "== strict book build (every chapter executed, warnings are errors)"
 t=$SECONDS
-bash scripts/build_book.sh --no-setup
+# the Colab-style runs are stopped while the chapters that glue wall-clock times execute (see
+# scripts/execute_chapters.py), so that those times are measured with nothing beside them
+ANATOMY_PAUSE_BESIDE_TIMED="${colab_pid:-}" bash scripts/build_book.sh --no-setup
 record "book build" $? $((SECONDS - t))
 
 # 4. the rendered book, as a reader sees it ----------------------------------------------------------------

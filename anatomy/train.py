@@ -203,6 +203,8 @@ def eager_optimizer(optimizer_class: type) -> type:
     workers included) to keep torch.compile from tracing them. Eager code never needs them: this subclass
     calls the undecorated methods, ``step`` with gradients off (on with ``differentiable=True``) as the
     decorator would, so the parameters it computes are bitwise the same. Not for use under torch.compile.
+    Save its ``state_dict()`` (which loads into either class), not the optimizer object: the subclass is
+    made here, so pickle cannot find it by name.
     """
     if not (isinstance(optimizer_class, type) and issubclass(optimizer_class, torch.optim.Optimizer)):
         raise TypeError(f"optimizer_class must be a torch.optim.Optimizer class, got {optimizer_class!r}")

@@ -179,6 +179,10 @@ def test_truncated_drafts_agree_with_layer_draft():
             block.self_attn.o_proj.weight.zero_()
             block.mlp.down_proj.weight.zero_()
     assert inference_economics.truncated_drafts(model, ids, start, depths=(1, 3))["alpha"] == {1: 1.0, 3: 1.0}
+    # the caller's model keeps its mode, and nothing is recorded for autograd
+    model.train()
+    inference_economics.truncated_drafts(model, ids, start, depths=(1,))
+    assert model.training and all(p.grad is None for p in model.parameters())
 
 
 def _tiny_decoder():

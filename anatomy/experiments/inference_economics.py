@@ -323,13 +323,18 @@ def truncated_drafts(model: Transformer, input_ids: torch.Tensor, start: int, de
         raise ValueError(f"depths must be a non-empty sequence of block counts, got {depths!r}")
     for k in depths:
         check_int("depths", k, lo=1, hi=c.n_layers - 1)
-    out = model.eval()(input_ids, return_hidden=True)
-    target = out.logits[0, start - 1 : -1].argmax(-1)
-    target_bytes = step_bytes(c, 1)["weights"]
-    alpha, bytes_ratio = {}, {}
-    for k in depths:
-        hidden = out.hidden_states[k][:, start - 1 : -1]  # after block k (not normed: only the last one is)
-        draft = model.lm_head(model.norm(hidden))[0].argmax(-1)
-        alpha[k] = (draft == target).double().mean().item()
-        bytes_ratio[k] = step_bytes(replace(c, n_layers=k), 1)["weights"] / target_bytes
+    was_training = model.training
+    try:  # in eval mode and without autograd; the caller's model is left as it was
+        with torch.inference_mode():
+            out = model.eval()(input_ids, return_hidden=True)
+            target = out.logits[0, start - 1 : -1].argmax(-1)
+            target_bytes = step_bytes(c, 1)["weights"]
+            alpha, bytes_ratio = {}, {}
+            for k in depths:
+                hidden = out.hidden_states[k][:, start - 1 : -1]  # after block k (only the last is normed)
+                draft = model.lm_head(model.norm(hidden))[0].argmax(-1)
+                alpha[k] = (draft == target).double().mean().item()
+                bytes_ratio[k] = step_bytes(replace(c, n_layers=k), 1)["weights"] / target_bytes
+    finally:
+        model.train(was_training)
     return {"alpha": alpha, "bytes_ratio": bytes_ratio}

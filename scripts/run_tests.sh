@@ -64,9 +64,6 @@ record "ruff format --check" $? $((SECONDS - t))
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
 BESIDE=(tests/test_colab_env.py tests/test_publish.py)
-# and one test that is a single-threaded child process of its own (the Triton interpreter's run of
-# tests/test_triton.py, ~55 s): it moves to the side process, which is the shorter of the two
-TRITON_CHILD=tests/test_triton.py::test_interpreter_tests_in_a_child_process
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
 LOGS="$(mktemp -d)"
@@ -114,18 +111,17 @@ ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
     python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
     --durations=30 >"$LOGS/colab.log" 2>&1 &
 colab_pid=$!
-echo "== pytest ${BESIDE[*]} $TRITON_CHILD (output below, after the other tests), beside pytest tests"
+echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
 # shellcheck disable=SC2086
-python -m pytest "${BESIDE[@]}" "$TRITON_CHILD" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
+python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
 beside_pid=$!
 # shellcheck disable=SC2086
 python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" "${BUSY[@]/#/--ignore=}" "${BESIDE[@]/#/--ignore=}" \
-    --deselect "$TRITON_CHILD" \
     --durations=30 ${PYTEST_ARGS:-}
 unit_status=$?
 wait "$beside_pid"
 beside_status=$?
-echo "== pytest ${BESIDE[*]} $TRITON_CHILD (ran beside the other tests)"
+echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
 cat "$LOGS/beside.log"
 pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status"
 record "pytest tests" $? $((SECONDS - t))

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from anatomy._checks import check_choice, check_tensor
 from anatomy.data import cache_dir
+from anatomy.weight_layout import _forget_fused
 
 __all__ = ["KINDS", "PackedLinear", "pack_llama_gguf"]
 
@@ -394,7 +395,7 @@ def pack_llama_gguf(model: nn.Module, gguf_path: str | os.PathLike) -> nn.Module
         for owner, names in ((attn, ("q_proj", "k_proj", "v_proj")), (mlp, ("gate_proj", "up_proj"))):
             for name in names:
                 delattr(owner, name)
-            owner.__dict__.pop("_fused", None)
+            _forget_fused(owner)
         attn.qkv_proj, mlp.gate_up_proj = PackedLinear.cat(qkv), PackedLinear.cat(gate_up)
     head = "output.weight" if "output.weight" in tensors else "token_embd.weight"  # tied: the embedding
     model.lm_head = packed(head, model.lm_head)

@@ -116,6 +116,11 @@ def _adjacent(tensors: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 @torch.no_grad()
+def _forget_fused(owner: nn.Module) -> None:
+    """Drop ``owner``'s cached fused buffer (:func:`fused_weight` builds it again on its next call)."""
+    owner.__dict__.pop("_fused", None)
+
+
 def to_input_major(model: nn.Module) -> nn.Module:
     """Store every Linear weight (out, in) input-major: the memory is (in, out), the Parameter its transpose.
 
@@ -146,7 +151,7 @@ def to_input_major(model: nn.Module) -> nn.Module:
             for w in weights:
                 w.data = buffer[:, start : start + w.shape[0]].t()
                 start += w.shape[0]
-            owner.__dict__.pop("_fused", None)
+            _forget_fused(owner)
     for module in model.modules():
         if isinstance(module, nn.Linear) and id(module) not in grouped:
             w = module.weight

@@ -120,7 +120,8 @@ def _tiled_attention(
         tmap = torch.where(tmap == EMPTY, tmap, torch.full_like(tmap, PARTIAL))
         pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
     rows = tmap.tolist()  # plain Python ints: no tensor ops in the tile bookkeeping
-    blocks = _two_shares(rows) if not grad and _worth_two_threads(rows, B * Hq, tile, D) else None
+    work = [sum(kind != EMPTY for kind in row) for row in rows]  # tiles to compute, per row block
+    blocks = _two_shares(work) if not grad and _worth_two_threads(work, B * Hq, tile, D) else None
     counts = [[0, 0, 0], [0, 0, 0]]
 
     def run(share):  # the kernel on some of the row blocks (each writes its own rows of out and lse)
@@ -242,28 +243,28 @@ def _row_blocks(
     counts[:] = n_tiles, n_later, n_rescaled
 
 
-def _worth_two_threads(tmap: list, heads: int, tile: int, head_dim: int) -> bool:
+def _worth_two_threads(work: list[int], heads: int, tile: int, head_dim: int) -> bool:
     """Split the row blocks over two Python threads? Only with two torch threads, two row blocks, and
     work enough (at least 4 tiles of 8 heads) for the threads' start-up (about 0.1 ms) to be noise. Never
     under a dispatch or function mode (e.g. FlopCounterMode): modes are per thread, so the new threads'
     operations would escape it (a FLOP counter would count 0)."""
-    if torch.get_num_threads() < 2 or len(tmap) < 2:
+    if torch.get_num_threads() < 2 or len(work) < 2:
         return False
     from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
 
     if _get_current_dispatch_mode_stack() or torch._C._len_torch_function_stack():
         return False
-    n_tiles = sum(kind != EMPTY for row in tmap for kind in row)
-    return heads * n_tiles * tile * tile * head_dim >= 2**25
+    return heads * sum(work) * tile * tile * head_dim >= 2**25
 
 
-def _two_shares(tmap: list) -> tuple[list, list]:
-    """The row blocks in two shares of about equal work (tiles to compute), the largest placed first."""
-    shares, work = ([], []), [0, 0]
-    for i in sorted(range(len(tmap)), key=lambda i: -sum(kind != EMPTY for kind in tmap[i])):
-        lighter = work.index(min(work))
+def _two_shares(work: list[int]) -> tuple[list, list]:
+    """The row blocks (``work``: tiles to compute in each) in two shares of about equal work, the largest
+    placed first."""
+    shares, totals = ([], []), [0, 0]
+    for i in sorted(range(len(work)), key=lambda i: -work[i]):
+        lighter = totals.index(min(totals))
         shares[lighter].append(i)
-        work[lighter] += sum(kind != EMPTY for kind in tmap[i])
+        totals[lighter] += work[i]
     return shares
 
 

@@ -16,6 +16,14 @@ UPPER_TIERS = ("anatomy.experiments", "anatomy.book", "anatomy.claims")
 MAX_LINES = 750  # "about 700": a module longer than this holds more than one idea
 
 
+def from_module(node: ast.ImportFrom, package: str) -> str:
+    """The absolute name of the module a ``from ... import`` statement in ``package`` imports from
+    (``from .experiments import x`` in ``anatomy`` -> ``anatomy.experiments``; ``from .. import book`` in
+    ``anatomy.kernels`` -> ``anatomy``)."""
+    base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def _imported_modules(path: Path) -> set[str]:
     """Every module an ``import`` or ``from ... import`` names, at any depth (lazy imports included);
     relative imports (``from .experiments import x``, ``from .. import book``) as absolute names."""
@@ -25,8 +33,7 @@ def _imported_modules(path: Path) -> set[str]:
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
-            module = ".".join(base + ([node.module] if node.module else []))
+            module = from_module(node, package)
             names.add(module)
             names |= {f"{module}.{a.name}" for a in node.names}
     return names

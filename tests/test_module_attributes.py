@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_layout import from_module
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,11 +54,7 @@ def _module_names(tree: ast.AST, package: str) -> dict[str, str]:
                 if a.name.startswith("anatomy") and a.asname:
                     bound[a.asname] = a.name
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:  # relative import inside the package
-                parts = package.split(".")
-                parts = parts[: len(parts) - node.level + 1]
-                base = ".".join(parts + ([base] if base else []))
+            base = from_module(node, package)  # relative imports inside the package as absolute names
             if not base.startswith("anatomy"):
                 continue
             for a in node.names:
@@ -80,13 +77,14 @@ def _uses(path: str, text: str) -> list[tuple[str, str, str, int]]:
         and node.value.id in bound
         and isinstance(node.ctx, ast.Load)
     ]
-    # `from anatomy.x import name` (lazy ones in function bodies too) where name is not a module itself
+    # `from anatomy.x import name` (lazy ones in function bodies and relative ones too) where name is not a
+    # module itself
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").startswith("anatomy"):
+        if isinstance(node, ast.ImportFrom) and (module := from_module(node, package)).startswith("anatomy"):
             uses += [
-                (a.name, node.module, a.name, node.lineno)
+                (a.name, module, a.name, node.lineno)
                 for a in node.names
-                if a.name != "*" and not _is_module(f"{node.module}.{a.name}")
+                if a.name != "*" and not _is_module(f"{module}.{a.name}")
             ]
     return uses
 
@@ -116,3 +114,5 @@ def test_the_check_sees_a_moved_name():
     # relative imports inside the package resolve too
     (use,) = _uses("anatomy/experiments/x.py", "from . import capacity\ncapacity.table_params(2, 1)\n")
     assert use[1] == "anatomy.experiments.capacity"
+    (use,) = _uses("anatomy/claims/x.py", "from ..experiments.capacity import compute_optimal\n")
+    assert use[1:3] == ("anatomy.experiments.capacity", "compute_optimal")

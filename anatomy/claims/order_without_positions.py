@@ -7,8 +7,18 @@ import torch
 from anatomy.claims import claim
 
 
-def _permutation() -> dict:
+def _untrained(mask: str):
+    """The small NoPE transformer both checks use, freshly initialised from seed 0."""
     from anatomy import Config, Transformer
+
+    torch.manual_seed(0)
+    config = Config(
+        vocab_size=64, d_model=64, n_layers=2, n_heads=4, mask=mask, pos="none", norm="layer", mlp="gelu"
+    )
+    return Transformer(config).eval()
+
+
+def _permutation() -> dict:
     from anatomy.experiments import positions
 
     g = torch.Generator().manual_seed(0)
@@ -16,43 +26,18 @@ def _permutation() -> dict:
     perm = torch.randperm(32, generator=g)
     out = {}
     for mask in ("bidirectional", "causal"):
-        torch.manual_seed(0)
-        model = Transformer(
-            Config(
-                vocab_size=64,
-                d_model=64,
-                n_layers=2,
-                n_heads=4,
-                mask=mask,
-                pos="none",
-                norm="layer",
-                mlp="gelu",
-            )
-        ).eval()
+        model = _untrained(mask)
         out[f"permutation_gap_{mask}"] = max(positions.permutation_gap(model, x, perm)["relative"])
     return out
 
 
 def _probe() -> dict:
-    from anatomy import Config, Transformer
     from anatomy.experiments import positions
 
     ids = torch.randint(0, 64, (512, 64), generator=torch.Generator().manual_seed(1))
     out = {}
     for mask in ("causal", "bidirectional"):
-        torch.manual_seed(0)
-        model = Transformer(
-            Config(
-                vocab_size=64,
-                d_model=64,
-                n_layers=2,
-                n_heads=4,
-                mask=mask,
-                pos="none",
-                norm="layer",
-                mlp="gelu",
-            )
-        ).eval()
+        model = _untrained(mask)
         out[f"probe_r2_init_{mask}"] = positions.position_probe(
             model, ids, kind="attn_logvar", target="log_position"
         )["r2"]

@@ -15,9 +15,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from anatomy.attention import BACKENDS, attention, attention_probs
 from anatomy.cache import KVCache, kv_cache_bytes
+from anatomy.encoder_decoder import EncoderDecoder
 from anatomy.generate import generate, next_token
 from anatomy.masks import MASKS, count_tiles, dense_mask, tile_map
-from anatomy.model import Config, EncoderDecoder, ModelOutput, Transformer, to_input_major
+from anatomy.model import Config, ModelOutput, Transformer, to_input_major
 from anatomy.speculative import speculative_generate
 
 __version__ = "0.1.0"

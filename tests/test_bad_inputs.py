@@ -1614,7 +1614,7 @@ EXCLUDED_PACKAGES = ("anatomy.claims",)
 # Modules whose functions the table's first rows name without a module prefix ("attention", "KVCache.keys").
 BARE_NAME_MODULES = {
     "anatomy", "anatomy.attention", "anatomy.masks", "anatomy.cache", "anatomy.generate", "anatomy.model",
-    "anatomy.train", "anatomy.data", "anatomy.pretrained", "anatomy.convert", "anatomy.weight_layout",
+    "anatomy.encoder_decoder", "anatomy.train", "anatomy.data", "anatomy.pretrained", "anatomy.convert", "anatomy.weight_layout",
     "anatomy.kernels.tiled", "anatomy.experiments.families", "anatomy.speculative",
 }  # fmt: skip
 NOT_ENTRY_POINTS = {

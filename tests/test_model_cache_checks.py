@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from anatomy.cache import KVCache
-from anatomy.model import Attention, Config, EncoderDecoder, Transformer
+from anatomy.encoder_decoder import EncoderDecoder
+from anatomy.model import Attention, Config, Transformer
 
 CONFIG = Config(vocab_size=50, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, max_seq_len=64)
 

@@ -15,8 +15,9 @@ import torch
 
 import anatomy.model
 from anatomy import Config, Transformer
+from anatomy.encoder_decoder import EncoderDecoder
 from anatomy.experiments.icl import AttentionOnly
-from anatomy.model import EncoderDecoder, Rope, RopeTable, _rotate
+from anatomy.model import Rope, RopeTable, _rotate
 from anatomy.moe import moe_decoder
 
 V, N, SHIFTS = 32, 12, (1, 5, 17)

@@ -217,7 +217,8 @@ DEFAULT_RUNS: dict[str, tuple[str, dict]] = {
 
 def build_model(objective: str, config) -> nn.Module:
     """The family that trains with `objective`: decoder, encoder, prefix LM or encoder-decoder."""
-    from anatomy.model import Config, EncoderDecoder, Transformer
+    from anatomy.encoder_decoder import EncoderDecoder
+    from anatomy.model import Config, Transformer
 
     _check_objective(objective)
     check_instance("config", config, Config, "an anatomy Config")

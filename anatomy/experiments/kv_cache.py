@@ -22,7 +22,8 @@ from anatomy.cost import (
     published_config,
     step_bytes,
 )
-from anatomy.model import Config, EncoderDecoder, Transformer
+from anatomy.encoder_decoder import EncoderDecoder
+from anatomy.model import Config, Transformer
 from anatomy.timing import interleaved_times
 
 __all__ = [

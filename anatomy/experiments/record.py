@@ -19,7 +19,8 @@ from anatomy._checks import check_instance, check_positive_int, is_int
 from anatomy.book.tables import html_table
 from anatomy.cache import kv_cache_bytes
 from anatomy.cost import forward_flops
-from anatomy.model import Config, EncoderDecoder, Transformer
+from anatomy.encoder_decoder import EncoderDecoder
+from anatomy.model import Config, Transformer
 
 # ---------------------------------------------------------------------------------------------------------
 # The record: seed 002's benchmark statements against the primary sources

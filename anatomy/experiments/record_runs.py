@@ -11,10 +11,11 @@ import torch
 from anatomy._checks import check_float, check_instance, check_int, is_int
 from anatomy.cost import forward_flops
 from anatomy.data import MarkovSource
+from anatomy.encoder_decoder import EncoderDecoder
 from anatomy.experiments.parallel import run_all
 from anatomy.generate import generate
 from anatomy.metrics import score_on_source
-from anatomy.model import Config, EncoderDecoder, Transformer
+from anatomy.model import Config, Transformer
 from anatomy.objectives import train_step_flops
 from anatomy.train import train
 

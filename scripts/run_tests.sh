@@ -63,17 +63,23 @@ record "ruff format --check" $? $((SECONDS - t))
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
-# Three pytest processes: first the busy-CPU chapters alone (the machine must hold only them and their CPU
-# hog); then the rest of the tests beside the files that run chapters in environments of their own (the
-# Colab-pinned one, the built wheel): each of the two keeps about one core busy, so side by side they take
-# about the time of the longer one.
+# Three pytest processes side by side, each keeping about one core busy: the busy-CPU chapters
+# (tests/test_busy_cpu.py: they must run while other work competes with them for every core; the other two
+# processes are that work, and its LoadKeeper adds a busy loop only for a competing thread they do not
+# run, so the loops burn little CPU), the files that run chapters in environments of their own (the
+# Colab-pinned one, the built wheel) together with the Triton interpreter tests, and the rest of the tests.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
-BESIDE=(tests/test_colab_env.py tests/test_publish.py)
+OWN_ENVS=(tests/test_colab_env.py tests/test_publish.py)
+BESIDE=("${OWN_ENVS[@]}" tests/test_triton.py)
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
 LOGS="$(mktemp -d)"
 trap 'rm -rf "$LOGS"' EXIT
+# The Triton interpreter tests (~60 s on one core) run in the BESIDE process, the rest of tests/test_triton.py
+# in the main one (tests/conftest.py: ANATOMY_TRITON_INTERPRETER_TESTS); every process that selects them
+# records how many ran, and this step fails if none did.
+export ANATOMY_TRITON_RECORD="$LOGS/triton-interpreter.txt"
 
 # pytest_parts NAME STATUS...: the status of a step run as several pytest processes. Exit code 5 (no tests
 # collected) fails the step when every part collected nothing, or when any part did without PYTEST_ARGS
@@ -99,15 +105,11 @@ pytest_parts() {
 echo "== pytest tests"
 t=$SECONDS
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
-echo "== pytest ${BUSY[*]} (alone: the busy-CPU chapters)"
-# shellcheck disable=SC2086
-python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
-busy_status=$?
 # From here on, every chapter that no test of this step executes a second time is executed the way Colab
 # runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
 # HEAD, an empty working directory), at nice 19: these runs take only the CPU the rest leaves idle (here,
-# while one of the two pytest processes below has finished, and in step 3's Sphinx phase) and almost nothing
-# while both cores are busy; while step 3 executes the chapters that glue wall-clock times they are stopped
+# once the pytest processes below have fewer than two cores' work, and in step 3's Sphinx phase) and almost
+# nothing while both cores are busy (they do not count as competitors for the busy-CPU chapters); while step 3 executes the chapters that glue wall-clock times they are stopped
 # (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
 # save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as
 # they go.
@@ -117,19 +119,38 @@ ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
     python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
     --durations=30 >"$LOGS/colab.log" 2>&1 &
 colab_pid=$!
-echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
+echo "== pytest ${BUSY[*]} (the busy-CPU chapters; output below, after the other tests), beside pytest tests"
 # shellcheck disable=SC2086
-python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
+python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/busy.log" 2>&1 &
+busy_pid=$!
+echo "== pytest ${BESIDE[*]} (the Triton interpreter tests only; output below), beside pytest tests"
+# shellcheck disable=SC2086
+ANATOMY_TRITON_INTERPRETER_TESTS=only python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} \
+    >"$LOGS/beside.log" 2>&1 &
 beside_pid=$!
+# tests/test_triton.py stays in this process (without its interpreter tests)
+main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${OWN_ENVS[@]}")
 # shellcheck disable=SC2086
-python -m pytest tests "${AFTER_BUILD[@]/#/--ignore=}" "${BUSY[@]/#/--ignore=}" "${BESIDE[@]/#/--ignore=}" \
+ANATOMY_TRITON_INTERPRETER_TESTS=elsewhere python -m pytest tests "${main_ignore[@]/#/--ignore=}" \
     --durations=30 ${PYTEST_ARGS:-}
 unit_status=$?
 wait "$beside_pid"
 beside_status=$?
 echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
 cat "$LOGS/beside.log"
-pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status"
+wait "$busy_pid"
+busy_status=$?
+echo "== pytest ${BUSY[*]} (ran beside the other tests)"
+cat "$LOGS/busy.log"
+triton_status=0
+if [[ -z "${PYTEST_ARGS:-}" ]] && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('triton') is None)"; then
+    echo "== Triton interpreter tests: $(cat "$ANATOMY_TRITON_RECORD" 2>/dev/null | tr '\n' ';')"
+    if ! grep -q "^[1-9]" "$ANATOMY_TRITON_RECORD" 2>/dev/null; then
+        echo "run_tests.sh: no pytest process ran the Triton interpreter tests (tests/conftest.py)" >&2
+        triton_status=1
+    fi
+fi
+pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status" "$triton_status"
 record "pytest tests" $? $((SECONDS - t))
 
 # 3. strict book build -----------------------------------------------------------------------------------

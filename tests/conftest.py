@@ -87,7 +87,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 # least one must really run (a call that passed or failed), or the session fails.
 #
 # scripts/run_tests.sh runs them in another pytest process than the rest of the suite, with
-#   ANATOMY_TRITON_INTERPRETER_TESTS=elsewhere  this process deselects them (another one runs them);
+#   ANATOMY_TRITON_INTERPRETER_TESTS=elsewhere  this process deselects them (another one runs them); its
+#                                               child processes get neither variable;
 #   ANATOMY_TRITON_INTERPRETER_TESTS=only       this process runs them and deselects the module's other
 #                                               tests; triton is imported here first, so the module takes
 #                                               its child-process path (the interpreter's flag stays out of
@@ -95,8 +96,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 #   ANATOMY_TRITON_RECORD=FILE                  a process that selected them appends how many ran, so that
 #                                               run_tests.sh can check that some process ran them.
 TRITON_SPLIT = os.environ.get("ANATOMY_TRITON_INTERPRETER_TESTS", "")
+TRITON_RECORD = os.environ.get("ANATOMY_TRITON_RECORD", "")
 if TRITON_SPLIT not in ("", "elsewhere", "only"):
     raise ValueError(f"ANATOMY_TRITON_INTERPRETER_TESTS={TRITON_SPLIT!r}: expected 'elsewhere' or 'only'")
+if TRITON_SPLIT == "elsewhere":
+    # not for the child processes of this one: test_kernel_under_colab_gpu_triton's child runs the whole
+    # module under Colab's Triton, interpreter tests included (and is no record of this run's own)
+    os.environ.pop("ANATOMY_TRITON_INTERPRETER_TESTS")
+    os.environ.pop("ANATOMY_TRITON_RECORD", None)
 if TRITON_SPLIT == "only":
     try:
         import triton  # noqa: F401
@@ -149,7 +156,7 @@ def pytest_runtest_logreport(report):
 def pytest_sessionfinish(session, exitstatus):
     if not _triton_group:
         return
-    record = os.environ.get("ANATOMY_TRITON_RECORD")
+    record = TRITON_RECORD
     if record:
         ran = f"{len(_triton_ran)} of {len(_triton_group)}"
         with open(record, "a", encoding="utf-8") as f:

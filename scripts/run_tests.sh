@@ -17,7 +17,36 @@ cd "$ROOT"
 # usual modules takes 13 s of CPU each time without the bytecode, 6 s with it).
 unset PYTHONDONTWRITEBYTECODE
 
-if ! bash scripts/setup_env.sh; then
+names=()
+results=()
+times=()
+cpus=()
+# cpu_now: the seconds all cores together have been busy and idle since boot (/proc/stat; "" elsewhere)
+cpu_now() {
+    [[ -r /proc/stat ]] && awk -v hz="$(getconf CLK_TCK)" \
+        '/^cpu /{ printf "%d %d", ($2 + $3 + $4 + $7 + $8 + $9) / hz, ($5 + $6) / hz }' /proc/stat
+}
+step_start() {  # the wall clock and the CPU counters at the start of a step
+    t=$SECONDS
+    cpu0="$(cpu_now)"
+}
+record() {  # record NAME STATUS SECONDS [CPU0]: the machine's busy and idle CPU seconds since CPU0
+    names+=("$1")
+    results+=("$2")
+    times+=("$3")
+    local b0 i0 b1 i1
+    if [[ -n "${4:-}" ]] && read -r b0 i0 <<<"$4" && read -r b1 i1 <<<"$(cpu_now)"; then
+        cpus+=("CPU busy $((b1 - b0)) s, idle $((i1 - i0)) s")
+    else
+        cpus+=("")
+    fi
+}
+
+step_start
+bash scripts/setup_env.sh
+setup_status=$?
+record "environment set-up" "$setup_status" $((SECONDS - t)) "$cpu0"
+if [[ "$setup_status" != "0" ]]; then
     echo "run_tests.sh: environment set-up failed; nothing was tested" >&2
     exit 1
 fi
@@ -27,15 +56,6 @@ export PATH="$VIRTUAL_ENV/bin:$PATH"
 export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
-names=()
-results=()
-times=()
-record() {  # record NAME STATUS SECONDS
-    names+=("$1")
-    results+=("$2")
-    times+=("$3")
-}
-
 # 1. lint and format --------------------------------------------------------------------------------------
 # ruff check (lint) on the Python code, and ruff format --check on the code and the chapters' code cells:
 # a file that `ruff format` would change fails this step (run `ruff format` on it).
@@ -44,13 +64,13 @@ for p in anatomy tests benches scripts _ext setup.py; do
     [[ -e "$p" ]] && lint_paths+=("$p")
 done
 echo "== ruff check ${lint_paths[*]}"
-t=$SECONDS
+step_start
 ruff check "${lint_paths[@]}"
-record "ruff check" $? $((SECONDS - t))
+record "ruff check" $? $((SECONDS - t)) "$cpu0"
 echo "== ruff format --check ${lint_paths[*]} chapters the_answer.ipynb"
-t=$SECONDS
+step_start
 ruff format --check "${lint_paths[@]}" chapters the_answer.ipynb
-record "ruff format --check" $? $((SECONDS - t))
+record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 
 # 2. tests -----------------------------------------------------------------------------------------------
 # Tests set torch to 2 threads, so two xdist workers on this 2-core machine only compete (measured: -n 2 was
@@ -103,7 +123,7 @@ pytest_parts() {
 }
 
 echo "== pytest tests"
-t=$SECONDS
+step_start
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
 # From here on, every chapter that no test of this step executes a second time is executed the way Colab
 # runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
@@ -151,15 +171,15 @@ if [[ -z "${PYTEST_ARGS:-}" ]] && python -c "import importlib.util as u, sys; sy
     fi
 fi
 pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status" "$triton_status"
-record "pytest tests" $? $((SECONDS - t))
+record "pytest tests" $? $((SECONDS - t)) "$cpu0"
 
 # 3. strict book build -----------------------------------------------------------------------------------
 echo "== strict book build (every chapter executed, warnings are errors)"
-t=$SECONDS
+step_start
 # the Colab-style runs are stopped while the chapters that glue wall-clock times execute (see
 # scripts/execute_chapters.py), so that those times are measured with nothing beside them
 ANATOMY_PAUSE_BESIDE_TIMED="${colab_pid:-}" bash scripts/build_book.sh --no-setup
-record "book build" $? $((SECONDS - t))
+record "book build" $? $((SECONDS - t)) "$cpu0"
 
 # 4. the rendered book, as a reader sees it ----------------------------------------------------------------
 # Every page in headless Chromium (math, images, JS errors, links, static explorers; screenshots in
@@ -169,7 +189,7 @@ record "book build" $? $((SECONDS - t))
 # again there, compared at once). With ANATOMY_REQUIRE_BOOK=1 a missing build or a missing chromium fails
 # instead of skipping.
 echo "== rendered book checks (${AFTER_BUILD[*]})"
-t=$SECONDS
+step_start
 export ANATOMY_REQUIRE_BOOK=1 DETERMINISM_CHAPTERS=none COLAB_CHAPTERS=unrecorded
 python -m pytest tests/test_browser.py tests/test_colab_edition.py --durations=30
 pages_status=$?
@@ -185,7 +205,7 @@ python -m pytest tests/test_determinism.py tests/test_colab_style.py --durations
 checks_status=$?
 unset ANATOMY_REQUIRE_BOOK DETERMINISM_CHAPTERS COLAB_CHAPTERS
 PYTEST_ARGS="" pytest_parts "rendered book checks" "$pages_status" "$checks_status"
-record "rendered book checks" $? $((SECONDS - t))
+record "rendered book checks" $? $((SECONDS - t)) "$cpu0"
 
 # summary ------------------------------------------------------------------------------------------------
 echo
@@ -198,7 +218,7 @@ for i in "${!names[@]}"; do
         word="FAIL (exit ${results[$i]})"
         failed=1
     fi
-    printf '  %-44s %-14s %5ss\n' "${names[$i]}" "$word" "${times[$i]}"
+    printf '  %-44s %-14s %5ss  %s\n' "${names[$i]}" "$word" "${times[$i]}" "${cpus[$i]}"
 done
 if [[ "$failed" == "0" ]]; then
     echo "all steps passed"

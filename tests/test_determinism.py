@@ -10,7 +10,7 @@ claim's condition without a noise margin.
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by
 default chapter 11, a training run with several models, the kind of computation most likely to drift
 (about a minute). ``scripts/run_tests.sh`` sets ``none``: there, every chapter is executed a second time
-once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, beside a CPU hog),
+once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters 8-10, on a busy CPU),
 tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) and tests/test_publish.py
 (chapter 4, from the built wheel) run before the build and save their glued values in
 ``$ANATOMY_SECOND_RUNS``, and so does tests/test_colab_style.py for every other chapter, executed
@@ -115,7 +115,7 @@ def _compare(stem: str, build: dict, timed: set, again: dict, again_timed: set, 
 
 @pytest.mark.parametrize("stem", sorted(_records()))
 def test_earlier_run_gives_the_same_glued_values(stem):
-    """A chapter's run before the build (beside a CPU hog, or in the Colab-pinned environment) glued what
+    """A chapter's run before the build (on a busy CPU, or in the Colab-pinned environment) glued what
     the build glued. Only records whose code equals the work tree's are collected (second_runs)."""
     record = _records().get(stem)
     assert record is not None, f"{stem}: the record of its earlier run went stale during this session"

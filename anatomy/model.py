@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from anatomy import decode
 from anatomy._checks import check_bool, check_float, check_int, check_positive_int, check_tensor, is_int
 from anatomy.attention import BACKENDS, _self_attention, attention, attention_probs
 from anatomy.cache import KVCache
@@ -550,6 +551,10 @@ class Transformer(_Model):
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = _check_0_1_mask("attention_mask", attention_mask, input_ids, "input_ids")
+        if cache is not None and not (return_hidden or return_attn or token_type_ids is not None):
+            logits = decode.step(self, input_ids, cache)  # one new token: one C call, or None (textbook path)
+            if logits is not None:
+                return logits
         N = input_ids.shape[1]
         rope = None
         if c.pos == "rope":

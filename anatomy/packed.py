@@ -172,29 +172,41 @@ def _cpu_flags() -> str:
         return os.uname().machine + platform.processor()
 
 
+def compiled(source: str, stem: str) -> ctypes.CDLL:
+    """``source`` (C) built once per machine with the system's ``cc`` into a cached shared library, loaded.
+
+    The file lives under :func:`anatomy.data.cache_dir`, named ``stem`` plus a hash of the source, the flags,
+    the compiler and the CPU's feature flags (``-march=native``: a library built on another CPU, in a cache
+    folder copied over, could hold instructions this one lacks). RuntimeError when there is no compiler or
+    the build fails. Callers keep the library they get (one load per process).
+    """
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise RuntimeError(f"{stem} needs a C compiler (cc or gcc) to build its kernel once")
+    key = hashlib.sha256((source + " ".join(_FLAGS) + compiler + _cpu_flags()).encode())
+    path = cache_dir() / f"{stem}-{key.hexdigest()[:16]}.so"
+    if not path.exists():
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            src, out = os.path.join(tmp, "kernels.c"), os.path.join(tmp, "kernels.so")
+            with open(src, "w") as f:
+                f.write(source)
+            try:
+                done = subprocess.run([compiler, *_FLAGS, src, "-o", out], capture_output=True, text=True)
+            except OSError as error:  # CC names no program
+                raise RuntimeError(f"building {stem} failed: {error}") from error
+            if done.returncode:
+                raise RuntimeError(f"building {stem} failed:\n{done.stderr[-2000:]}")
+            os.replace(out, path)  # atomic: another process may be building the same file
+    return ctypes.CDLL(str(path))
+
+
 def _library() -> ctypes.CDLL:
     """The compiled kernels (built once per machine and source, cached as a shared library)."""
     global _lib
     with _lock:
         if _lib is not None:
             return _lib
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if compiler is None:
-            raise RuntimeError("packed weights need a C compiler (cc or gcc) to build their kernel once")
-        # -march=native: a library built on another CPU (a cache folder copied over) could hold
-        # instructions this one lacks, so the CPU's feature flags are part of the file's name.
-        key = hashlib.sha256((_SOURCE + " ".join(_FLAGS) + compiler + _cpu_flags()).encode())
-        path = cache_dir() / f"packed-kernels-{key.hexdigest()[:16]}.so"
-        if not path.exists():
-            with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
-                src, out = os.path.join(tmp, "kernels.c"), os.path.join(tmp, "kernels.so")
-                with open(src, "w") as f:
-                    f.write(_SOURCE)
-                done = subprocess.run([compiler, *_FLAGS, src, "-o", out], capture_output=True, text=True)
-                if done.returncode:
-                    raise RuntimeError(f"building the packed-weight kernel failed:\n{done.stderr[-2000:]}")
-                os.replace(out, path)  # atomic: another process may be building the same file
-        lib = ctypes.CDLL(str(path))
+        lib = compiled(_SOURCE, "packed-kernels")
         i64, ptr, i32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
         lib.q4_1_mm.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, ptr, i32]
         lib.q8_0_mm.argtypes = [ptr, i64, i64, i64, ptr, ptr, ptr, i32]

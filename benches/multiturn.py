@@ -14,7 +14,9 @@ Where the rest of the FLOP ratio goes, measured in the same interleaved loop: ``
 new tokens with an empty cache (the reuse call minus its attention over the history), ``1 token`` runs a
 single token with an empty cache (what any call costs however few tokens it computes: every weight is
 streamed from memory once, and each layer's kernels are launched). reuse - new alone = attention over the
-cache; 1 token / reuse = the share of the reuse call that is the per-call floor.
+cache; 1 token / reuse = the share of the reuse call that is the per-call floor. All of these calls, the
+1-token one included, run the model's textbook forward pass (``anatomy.decode.disabled()``: a one-token call
+would otherwise take the C decoding step, which a call of the turn's 50 new tokens never does).
 
 ``--packed`` runs the same with ``smollm2(packed=True)`` (the GGUF's Q4_1 blocks kept packed,
 ``anatomy.packed``): both ways of answering use it, so the ratio stays like for like. Its kernel serves calls
@@ -34,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch starts its t
 import record  # noqa: E402  (benches/record.py: machine line and JSON record)
 import torch  # noqa: E402
 
-from anatomy import pretrained  # noqa: E402
+from anatomy import decode, pretrained  # noqa: E402
 from anatomy.experiments import kv_cache  # noqa: E402
 
 TARGET = 4.0
@@ -96,7 +98,8 @@ def _run(args, model, segments, threads: int) -> dict:
         model(new, cache=model.new_cache(max_len=new.shape[1]), logits_to_keep=1)
 
     def one_token():
-        model(new[:, :1], cache=model.new_cache(max_len=1), logits_to_keep=1)
+        with decode.disabled():  # the floor of the path the reuse call takes
+            model(new[:, :1], cache=model.new_cache(max_len=1), logits_to_keep=1)
 
     fns = {"reuse": reuse, "recompute": recompute, "new alone": new_alone, "1 token": one_token}
     cpu = args.clock == "cpu" and threads == 1

@@ -1,0 +1,226 @@
+"""The one-token decoding step in C (anatomy.decode): its matrix-vector product against float64, the whole
+step against the model's textbook path (the same model with the step switched off), and every way out of it
+(no compiler, autograd, hooks, other architectures, weights moved or replaced).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+import torch
+import torch.nn as nn
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import anatomy  # noqa: E402
+from anatomy import decode  # noqa: E402
+from anatomy.model import Config, Transformer, to_input_major  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(
+        shutil.which("cc") is None and shutil.which("gcc") is None, reason="needs a C compiler"
+    ),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+
+def _bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The float32 rounding bound of a length-K sum of products, K * 2^-24 * sum_k |x_k w_nk| (per output)."""
+    return w.shape[1] * 2.0**-24 * (x.double().abs() @ w.double().abs().T)
+
+
+@pytest.mark.parametrize(
+    "n_in, n_out",
+    [(576, 960), (576, 3072), (1536, 576), (576, 4096), (7, 5), (37, 33), (4, 16), (1, 1), (9, 130)],
+)
+def test_matvec_is_the_product_to_rounding(n_in, n_out):
+    """SmolLM2's shapes and shapes that exercise the tails (K not a multiple of 4, N not a multiple of 16):
+    within the rounding bound of a float32 sum, and much closer than a wrong product could be."""
+    g = torch.Generator().manual_seed(n_in * 1000 + n_out)
+    w = torch.randn(n_in, n_out, generator=g).t()  # input-major: memory (in, out)
+    x = torch.randn(n_in, generator=g)
+    got = decode.matvec(x, w)
+    exact = x.double() @ w.double().T
+    assert got.shape == (n_out,) and got.dtype == torch.float32
+    assert bool(((got.double() - exact).abs() <= _bound(x, w)).all())
+    # a product with one weight row dropped is far outside that bound (the check can fail)
+    w2 = w.clone()
+    w2[:, 0] = 0
+    if n_in > 1:
+        assert not bool(((decode.matvec(x, w2).double() - exact).abs() <= _bound(x, w)).all())
+
+
+def test_matvec_nan_stays_in_its_own_output():
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(37, 21, generator=g).t()
+    x = torch.randn(37, generator=g)
+    w_nan = w.clone()
+    w_nan[4, 9] = float("nan")  # one weight of output 4
+    got = decode.matvec(x, w_nan)
+    assert torch.equal(got.isnan(), torch.nn.functional.linear(x, w_nan).isnan())
+    assert got.isnan().nonzero().flatten().tolist() == [4]
+    x_nan = x.clone()
+    x_nan[3] = float("nan")
+    assert bool(decode.matvec(x_nan, w).isnan().all())  # every output reads x[3], as in torch
+    x_inf = x.clone()
+    x_inf[0] = float("inf")
+    assert torch.equal(decode.matvec(x_inf, w).isinf(), torch.nn.functional.linear(x_inf, w).isinf())
+
+
+@pytest.mark.parametrize(
+    "x, w, error, name",
+    [
+        (torch.ones(4).double(), torch.ones(4, 3).t(), TypeError, "x and weight"),
+        (torch.ones(4), torch.ones(3, 4), ValueError, "weight must be input-major"),
+        (torch.ones(5), torch.ones(4, 3).t(), ValueError, "x must have"),
+        (torch.ones(1, 4), torch.ones(4, 3).t(), ValueError, "x"),
+        ([1.0] * 4, torch.ones(4, 3).t(), TypeError, "x"),
+        (torch.ones(4), torch.ones(4), ValueError, "weight"),
+        (torch.ones(4, dtype=torch.long), torch.ones(4, 3).t(), TypeError, "x"),
+    ],
+)
+def test_matvec_refuses_bad_input_naming_it(x, w, error, name):
+    with pytest.raises(error, match=name):
+        decode.matvec(x, w)
+
+
+def _model(seed: int = 0, **kw) -> Transformer:
+    torch.manual_seed(seed)
+    c = dict(vocab_size=97, d_model=64, n_layers=3, n_heads=4, n_kv_heads=2, max_seq_len=128) | kw
+    return to_input_major(Transformer(Config(**c))).eval()
+
+
+def _textbook(monkeypatch):
+    monkeypatch.setattr(decode, "step", lambda *args: None)
+
+
+def _steps(model, ids, n_prompt: int):
+    """Logits of each one-token call after a prompt, and the cache."""
+    out = []
+    with torch.inference_mode():
+        cache = model.new_cache(max_len=70)
+        model(ids[:, :n_prompt], cache=cache)
+        for t in range(n_prompt, ids.shape[1]):
+            out.append(model(ids[:, t : t + 1], cache=cache))
+    return torch.cat(out, dim=1), cache
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 7])
+def test_step_equals_the_textbook_path(monkeypatch, seed):
+    """Logits of 60 one-token calls (past the cache's first capacity of 64) and the cached keys and values
+    agree with the model's own path to float32 rounding; the step actually ran (its counter moved)."""
+    model = _model(seed)
+    ids = torch.randint(0, 97, (1, 66), generator=torch.Generator().manual_seed(seed))
+    calls = []
+    real = decode.step
+    monkeypatch.setattr(decode, "step", lambda *a: calls.append(real(*a)) or calls[-1])
+    fast, cache_fast = _steps(model, ids, 6)
+    assert sum(out is not None for out in calls) == 60 and decode._plan(model) is not None
+    _textbook(monkeypatch)
+    slow, cache_slow = _steps(model, ids, 6)
+    assert fast.shape == slow.shape == (1, 60, 97)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(fast, torch.zeros_like(fast))
+    assert len(cache_fast) == len(cache_slow) == 66 and torch.equal(cache_fast.tokens, cache_slow.tokens)
+    for layer in range(3):
+        assert torch.allclose(cache_fast.keys(layer), cache_slow.keys(layer), atol=1e-5)
+        assert torch.allclose(cache_fast.values(layer), cache_slow.values(layer), atol=1e-5)
+
+
+def test_generate_greedy_tokens_equal_the_textbook_path(monkeypatch):
+    model = _model(3, vocab_size=50)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    fast = anatomy.generate(model, ids, 40)
+    _textbook(monkeypatch)
+    assert torch.equal(fast, anatomy.generate(model, ids, 40))
+
+
+def test_nan_in_the_model_stays_nan():
+    model = _model(0)
+    with torch.no_grad():
+        model.layers[1].mlp.down_proj.weight[5, 7] = float("nan")
+    logits, _ = _steps(model, torch.tensor([[1, 2, 3, 4]]), 3)
+    assert bool(logits.isnan().all())  # the residual stream carries it into every logit, as in torch
+
+
+def test_step_is_skipped_where_it_does_not_apply(monkeypatch):
+    ids = torch.tensor([[3]])
+    base = _model(0)
+    with torch.inference_mode():
+        assert decode.step(base, ids, base.new_cache()) is not None
+        for kw in (
+            dict(mlp="gelu"),
+            dict(norm="layer"),
+            dict(norm_position="post"),
+            dict(pos="learned"),
+            dict(qkv_bias=True),
+            dict(mask="bidirectional"),
+            dict(attn_backend="tiled"),  # applies: one query over the cache is the same for every backend
+        ):
+            m = _model(0, **kw)
+            applies = decode.step(m, ids, m.new_cache()) is not None
+            assert applies == ("attn_backend" in kw), kw
+        m = Transformer(Config(vocab_size=97, d_model=64, n_layers=2, n_heads=4)).eval()  # (out, in) layout
+        assert decode.step(m, ids, m.new_cache()) is None
+        assert decode.step(base, torch.tensor([[3, 4]]), base.new_cache()) is None  # two tokens
+        assert decode.step(base, torch.tensor([[3], [4]]), base.new_cache(batch_size=2)) is None
+        assert decode.step(base.double(), ids, base.new_cache()) is None
+    base = _model(0)
+    with torch.enable_grad():
+        assert decode.step(base, ids, base.new_cache()) is None  # autograd: the textbook path
+
+
+def test_a_forward_hook_still_runs(monkeypatch):
+    model = _model(0)
+    seen = []
+    handle = model.layers[1].mlp.register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+    fast = anatomy.generate(model, torch.tensor([[1, 2, 3]]), 5)
+    assert len(seen) == 5  # the prompt and four one-token calls, all through the textbook path
+    handle.remove()
+    assert decode._plan(model) is not None
+    _textbook(monkeypatch)
+    assert torch.equal(fast, anatomy.generate(model, torch.tensor([[1, 2, 3]]), 5))
+
+
+def test_replaced_or_moved_weights_are_used(monkeypatch):
+    """A plan built for the old weights must not survive a new Linear, a reloaded weight or a bias."""
+    model = _model(0)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    _steps(model, ids, 3)  # builds the plan
+    model.layers[2].mlp.down_proj = to_input_major(nn.Linear(model.config.d_ff, 64, bias=False))
+    o_proj = model.layers[0].self_attn.o_proj
+    o_proj.weight.data = (2 * o_proj.weight.detach().t()).contiguous().t()  # new memory, input-major
+    fast, _ = _steps(model, ids, 3)
+    _textbook(monkeypatch)
+    slow, _ = _steps(model, ids, 3)
+    assert torch.allclose(fast, slow, atol=1e-5)
+    monkeypatch.undo()
+    model.layers[1].mlp.down_proj.bias = nn.Parameter(torch.ones(64))
+    with torch.inference_mode():
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+
+
+def test_disabled_runs_the_textbook_path():
+    model = _model(0)
+    with torch.inference_mode():
+        with decode.disabled():
+            assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is not None
+
+
+def test_no_compiler_falls_back(monkeypatch, tmp_path):
+    """Without a compiler the library is None and the model runs its textbook path, with the same tokens."""
+    model = _model(0)
+    ids = torch.tensor([[1, 2, 3]])
+    fast = anatomy.generate(model, ids, 6)
+    monkeypatch.setattr(decode, "_lib", None)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path))  # no cached library to find either
+    with torch.inference_mode():
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+    assert decode._lib is False
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        decode.matvec(torch.ones(4), torch.ones(4, 3).t())
+    assert torch.equal(fast, anatomy.generate(model, ids, 6))

@@ -153,10 +153,9 @@ class RMSNorm(nn.Module):
         if x.dtype == torch.float32:
             if not torch.is_grad_enabled():  # inference: PyTorch's rms_norm, the same numbers in one call
                 return torch.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-            # The same numbers bit for bit (mean = sum / d) in fewer kernels than the formula below, which
-            # pays for two no-op casts and a scalar-to-tensor mean.
-            inv_rms = (x * x).sum(-1, keepdim=True).div_(x.shape[-1]).add_(self.eps).rsqrt_()
-            return x * inv_rms * self.weight
+            from anatomy.fused import _rms_norm  # noqa: PLC0415 (training: one kernel, hand-written backward)
+
+            return _rms_norm(x, self.weight, self.eps)
         x32 = x.float()
         return (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
 
@@ -349,9 +348,14 @@ class MLP(nn.Module):
         if self.kind == "swiglu":
             packed = self._modules.get("gate_up_proj")  # packed GGUF weights (anatomy.packed), opt-in
             if packed is not None:
-                gate, up = packed(x).chunk(2, dim=-1)
+                gate_up = packed(x)
             else:  # gate and up in one matmul
-                gate, up = F.linear(x, *fused_weight(self, ("gate_proj", "up_proj"))).chunk(2, dim=-1)
+                gate_up = F.linear(x, *fused_weight(self, ("gate_proj", "up_proj")))
+            if torch.is_grad_enabled():  # training: one backward writes both halves' gradients
+                from anatomy.fused import _swiglu  # noqa: PLC0415
+
+                return self.down_proj(_swiglu(gate_up))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(F.silu(gate) * up)
         approximate = "tanh" if self.kind == "gelu_tanh" else "none"
         return self.down_proj(F.gelu(self.up_proj(x), approximate=approximate))

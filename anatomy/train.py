@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anatomy._checks import check_bool, check_choice, check_float, check_int, check_positive_int, is_int
+from anatomy.fused import linear_cross_entropy
 
 __all__ = ["History", "eager_optimizer", "evaluate", "learning_rate", "next_token_loss", "train"]
 
@@ -43,9 +44,46 @@ def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
     x, y = batch
     if not isinstance(y, torch.Tensor) or not isinstance(x, torch.Tensor) or y.shape != x.shape:
         raise ValueError(f"batch must be a pair (x, y) of id tensors of one shape, got {type(y).__name__}")
-    logits = model(x)  # (B, N, V)
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+    head = _fusable_head(model) if torch.is_grad_enabled() else None
+    if head is not None:  # training an anatomy Transformer: the LM head fused with the loss, same math
+        model._modules["lm_head"] = _HIDDEN  # the model returns its final hidden states (B, N, d)
+        try:
+            hidden = model(x)
+        finally:
+            model._modules["lm_head"] = head
+        loss = linear_cross_entropy(hidden, head.weight, y, ignore_index=-100)
+    else:
+        logits = model(x)  # (B, N, V)
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
     return loss, int((y != -100).sum())
+
+
+_HIDDEN = nn.Identity()
+
+
+def _fusable_head(model: nn.Module) -> nn.Linear | None:
+    """The LM head of an anatomy Transformer whose head and loss can run as one fused op, else None.
+
+    Only a plain ``Transformer`` (not a subclass with its own forward) whose ``lm_head`` is a float32
+    ``nn.Linear`` without bias and without hooks: its logits are then exactly ``hidden @ lm_head.weight.T``,
+    and :func:`anatomy.fused.linear_cross_entropy` computes their cross-entropy and gradients chunk by chunk
+    (the same matmul FLOPs, see ``objectives.train_step_flops``) without materialising the (B, N, vocab)
+    logits. Gradients only: evaluation (no grad) keeps the plain path and its numbers.
+    """
+    from anatomy.model import Transformer  # noqa: PLC0415 (anatomy.model imports nothing from here)
+
+    if type(model).forward is not Transformer.forward or not isinstance(model, Transformer):
+        return None
+    head = model._modules.get("lm_head")
+    if (
+        type(head) is not nn.Linear
+        or head.bias is not None
+        or head.weight.dtype != torch.float32
+        or head._forward_hooks
+        or head._forward_pre_hooks
+    ):
+        return None
+    return head
 
 
 @dataclass
@@ -290,6 +328,8 @@ def train(
         ],
         lr=lr,
         betas=betas,
+        # one fused kernel per parameter (torch's fused AdamW; the same update up to float32 rounding)
+        fused=all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params),
     )
     history = History()
 

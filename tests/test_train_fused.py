@@ -1,0 +1,228 @@
+"""anatomy.fused: each fused training op against the plain formula, and the training path that uses them."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from anatomy import Config, Transformer
+from anatomy.fused import _rms_norm, _swiglu, linear_cross_entropy
+from anatomy.objectives import train_step_flops
+from anatomy.train import next_token_loss, train
+
+# float32 rounding: the fused loss sums per-chunk sums and takes log(softmax) where F.cross_entropy takes
+# log_softmax, so values agree to a few ulps of the loss (1e-6 relative) and gradients to 1e-5 of their
+# largest entry; a wrong formula (a missing 1/n, a gradient of the wrong row, a lost chunk) is off by O(1).
+LOSS_RTOL, GRAD_RTOL = 1e-6, 1e-5
+
+
+def _reference(hidden, weight, labels, ignore_index=-100):
+    logits = hidden @ weight.T
+    return F.cross_entropy(logits.flatten(0, -2).float(), labels.flatten(), ignore_index=ignore_index)
+
+
+def _close(a, b, rtol):
+    return float((a - b).abs().max()) <= rtol * max(float(b.abs().max()), 1e-30)
+
+
+def _problem(seed=0, shape=(3, 7), d=16, vocab=50, ignore=(0, 6)):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(*shape, d, generator=g).requires_grad_()
+    weight = torch.randn(vocab, d, generator=g).requires_grad_()
+    labels = torch.randint(0, vocab, shape, generator=g)
+    labels[ignore] = -100
+    return hidden, weight, labels
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 4, 5, 21, 1000])
+def test_linear_cross_entropy_equals_cross_entropy_and_its_gradients(chunk_rows):
+    hidden, weight, labels = _problem()
+    ref = _reference(hidden, weight, labels)
+    ref_grads = torch.autograd.grad(ref, (hidden, weight))
+    loss = linear_cross_entropy(hidden, weight, labels, chunk_rows=chunk_rows)
+    grads = torch.autograd.grad(loss, (hidden, weight))
+    assert math.isclose(loss.item(), ref.item(), rel_tol=LOSS_RTOL)
+    for got, want in zip(grads, ref_grads):
+        assert _close(got, want, GRAD_RTOL)
+    assert float(grads[0][0, 6].abs().max()) == 0.0  # an ignored row gets no gradient
+
+
+def test_linear_cross_entropy_gradcheck_float64():
+    hidden, weight, labels = _problem(shape=(2, 3), d=4, vocab=7, ignore=(1, 1))
+    hidden = hidden.detach().double().requires_grad_()
+    weight = weight.detach().double().requires_grad_()
+    fn = lambda h, w: linear_cross_entropy(h, w, labels, chunk_rows=2)  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (hidden, weight))
+
+
+def test_linear_cross_entropy_scales_by_the_incoming_gradient():
+    hidden, weight, labels = _problem()
+    ref = torch.autograd.grad(3.5 * _reference(hidden, weight, labels), (hidden, weight))
+    got = torch.autograd.grad(3.5 * linear_cross_entropy(hidden, weight, labels), (hidden, weight))
+    for a, b in zip(got, ref):
+        assert _close(a, b, GRAD_RTOL)
+
+
+def test_linear_cross_entropy_a_target_far_below_the_rest_keeps_its_exact_loss():
+    # p(target) = exp(-200) underflows float32: the loss must still be ~200 nats, as F.cross_entropy says
+    hidden = torch.zeros(2, 3)
+    hidden[:, 0] = 1.0
+    weight = torch.zeros(4, 3)
+    weight[0, 0], weight[1, 0] = 200.0, -0.0
+    labels = torch.tensor([1, 0])
+    got, want = linear_cross_entropy(hidden, weight, labels), _reference(hidden, weight, labels)
+    assert math.isfinite(float(got)) and math.isclose(float(got), float(want), rel_tol=LOSS_RTOL)
+    assert float(got) > 90
+
+
+def test_linear_cross_entropy_nan_stays_nan_and_no_target_is_nan():
+    hidden, weight, labels = _problem()
+    bad = hidden.detach().clone()
+    bad[1, 2, 0] = float("nan")  # a row with a target
+    assert math.isnan(float(linear_cross_entropy(bad, weight, labels)))
+    assert math.isnan(float(_reference(bad, weight, labels)))
+    none = torch.full_like(labels, -100)
+    assert math.isnan(float(linear_cross_entropy(hidden, weight, none)))
+    assert math.isnan(float(_reference(hidden, weight, none)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, name",
+    [
+        (dict(labels=torch.tensor([[0, 1, 2, 3, 4, 5, 50]] * 3)), ValueError, "labels"),
+        (dict(labels=torch.tensor([[0, 1, 2, 3, 4, 5, -1]] * 3)), ValueError, "labels"),
+        (dict(labels=torch.zeros(3, 6, dtype=torch.long)), ValueError, "labels"),
+        (dict(labels=torch.zeros(3, 7)), TypeError, "labels"),
+        (dict(hidden=torch.randn(3, 7, 15)), ValueError, "hidden"),
+        (dict(hidden=torch.zeros(3, 7, 16, dtype=torch.long)), TypeError, "hidden"),
+        (dict(weight=torch.randn(50, 16, 1)), ValueError, "weight"),
+        (dict(chunk_rows=0), ValueError, "chunk_rows"),
+        (dict(chunk_rows=2.0), TypeError, "chunk_rows"),
+        (dict(ignore_index=None), TypeError, "ignore_index"),
+    ],
+)
+def test_linear_cross_entropy_bad_input_names_the_argument(kwargs, exc, name):
+    hidden, weight, labels = _problem()
+    args = {**dict(hidden=hidden, weight=weight, labels=labels), **kwargs}
+    with pytest.raises(exc, match=name):
+        linear_cross_entropy(**args)
+
+
+def _rms_plain(x, w, eps=1e-5):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def test_rms_norm_function_gradcheck_float64_and_matches_the_formula():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _rms_norm(a, b, 1e-5), (x, w))
+    x32, w32 = x.detach().float().requires_grad_(), w.detach().float().requires_grad_()
+    up = torch.randn(2, 3, 8, generator=g)
+    want = torch.autograd.grad(_rms_plain(x32, w32), (x32, w32), up)
+    got = torch.autograd.grad(_rms_norm(x32, w32, 1e-5), (x32, w32), up)
+    assert torch.allclose(_rms_norm(x32, w32, 1e-5), _rms_plain(x32, w32), rtol=1e-6, atol=1e-6)
+    for a, b in zip(got, want):
+        assert _close(a, b, GRAD_RTOL)
+
+
+def test_rms_norm_function_nan_stays_nan():
+    x = torch.randn(2, 8, requires_grad=True)
+    y = _rms_norm(x.detach().clone().index_fill_(1, torch.tensor([3]), float("nan")), torch.ones(8), 1e-5)
+    assert bool(y.isnan().all())
+
+
+def test_swiglu_function_gradcheck_float64_and_is_autograd_of_the_formula_bit_for_bit():
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 10, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(_swiglu, (x,))
+    x32 = x.detach().float().requires_grad_()
+    up = torch.randn(2, 3, 5, generator=g)
+    gate, lin = x32.chunk(2, dim=-1)
+    plain = F.silu(gate) * lin
+    assert torch.equal(_swiglu(x32), plain)
+    assert torch.equal(torch.autograd.grad(_swiglu(x32), x32, up)[0], torch.autograd.grad(plain, x32, up)[0])
+    nan = x32.detach().clone()
+    nan[0, 0, 0] = float("nan")
+    assert bool(_swiglu(nan)[0, 0, 0].isnan())
+
+
+def _tiny(seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_seq_len=16, tie_embeddings=True)
+    return Transformer(Config(**{**cfg, **kw}))
+
+
+def _plain_loss(model, batch):
+    x, y = batch
+    return F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(tie_embeddings=False), dict(mask="bidirectional")])
+def test_next_token_loss_fused_path_equals_the_plain_loss_and_gradients(kw):
+    model = _tiny(**kw)
+    x = torch.randint(0, 40, (3, 12))
+    y = torch.cat([x[:, 1:], torch.full((3, 1), -100)], dim=1)
+    y[0, 3] = -100
+    want = _plain_loss(model, (x, y))
+    want_grads = torch.autograd.grad(want, list(model.parameters()))
+    head = model.lm_head
+    loss, n = next_token_loss(model, (x, y))
+    assert model.lm_head is head and n == int((y != -100).sum())
+    got_grads = torch.autograd.grad(loss, list(model.parameters()))
+    assert math.isclose(float(loss), float(want), rel_tol=LOSS_RTOL)
+    for a, b in zip(got_grads, want_grads):
+        assert _close(a, b, GRAD_RTOL)
+    with torch.no_grad():  # evaluation keeps the plain path: the same value bit for bit
+        assert float(next_token_loss(model, (x, y))[0]) == float(_plain_loss(model, (x, y)))
+
+
+def test_next_token_loss_restores_the_head_when_the_model_raises():
+    model = _tiny()
+    head = model.lm_head
+    x = torch.full((1, 4), 99)  # out of the vocabulary: the model raises
+    with pytest.raises(ValueError):
+        next_token_loss(model, (x, x))
+    assert model.lm_head is head
+
+
+def test_train_step_flops_are_the_plain_paths():
+    model = _tiny()
+    x = torch.randint(0, 40, (2, 12))
+    batch = (x, torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1))
+    plain = train_step_flops(model, lambda m, b: (_plain_loss(m, b), 1), batch)
+    assert train_step_flops(model, next_token_loss, batch) == plain
+
+
+def test_train_with_the_fused_path_is_deterministic_and_learns():
+    data = torch.randint(0, 40, (4, 12))
+    batches = [(data, torch.cat([data[:, 1:], torch.full((4, 1), -100)], dim=1))] * 30
+    runs = [train(_tiny(seed=3), batches, steps=30, lr=1e-2, progress=False).loss for _ in range(2)]
+    assert runs[0] == runs[1]
+    assert runs[0][-1] < 0.8 * runs[0][0]
+
+
+def _lce_call(**override):
+    hidden, weight, labels = _problem()
+    return linear_cross_entropy(**{**dict(hidden=hidden, weight=weight, labels=labels), **override})
+
+
+# Rows for tests/test_bad_inputs.py (its coverage test needs every public function of anatomy.fused).
+BAD_INPUTS = {
+    "fused.linear_cross_entropy": (
+        _lce_call,
+        [
+            ("hidden", None, TypeError),
+            ("hidden", torch.randn(3, 7, 15), ValueError),
+            ("weight", "w", TypeError),
+            ("weight", torch.randn(50, 16, 1), ValueError),
+            ("labels", torch.zeros(3, 7), TypeError),
+            ("labels", torch.full((3, 7), 50), ValueError),
+            ("labels", torch.zeros(3, 6, dtype=torch.long), ValueError),
+            ("ignore_index", 1.5, TypeError),
+            ("chunk_rows", 0, ValueError),
+            ("chunk_rows", 2.0, TypeError),
+        ],
+    ),
+}

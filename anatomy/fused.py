@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from anatomy._checks import check_int, check_positive_int, check_tensor
 
@@ -71,6 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return total * scale  # float32 at least, as F.cross_entropy of the logits .float()
 
     @staticmethod
+    @once_differentiable  # the gradients were computed in the forward pass: no graph to differentiate again
     def backward(ctx, grad_out):
         grad_h, grad_w = ctx.saved_tensors
         grads = []

@@ -64,15 +64,21 @@ _HIDDEN = nn.Identity()
 def _fusable_head(model: nn.Module) -> nn.Linear | None:
     """The LM head of an anatomy Transformer whose head and loss can run as one fused op, else None.
 
-    Only a plain ``Transformer`` (not a subclass with its own forward) whose ``lm_head`` is a float32
-    ``nn.Linear`` without bias and without hooks: its logits are then exactly ``hidden @ lm_head.weight.T``,
-    and :func:`anatomy.fused.linear_cross_entropy` computes their cross-entropy and gradients chunk by chunk
-    (the same matmul FLOPs, see ``objectives.train_step_flops``) without materialising the (B, N, vocab)
-    logits. Gradients only: evaluation (no grad) keeps the plain path and its numbers.
+    Only a plain ``Transformer`` (not a subclass with its own forward, no forward hook) whose ``lm_head``
+    is a float32 ``nn.Linear`` without bias and without hooks: its logits are then exactly
+    ``hidden @ lm_head.weight.T``, and :func:`anatomy.fused.linear_cross_entropy` computes their
+    cross-entropy and gradients chunk by chunk (the same matmul FLOPs, see ``objectives.train_step_flops``)
+    without materialising the (B, N, vocab) logits. Gradients only: evaluation (no grad) keeps the plain
+    path and its numbers.
     """
     from anatomy.model import Transformer  # noqa: PLC0415 (anatomy.model imports nothing from here)
 
-    if type(model).forward is not Transformer.forward or not isinstance(model, Transformer):
+    if (
+        type(model).forward is not Transformer.forward
+        or not isinstance(model, Transformer)
+        or model._forward_hooks  # a hook on the model would see hidden states instead of logits
+        or nn.modules.module._global_forward_hooks
+    ):
         return None
     head = model._modules.get("lm_head")
     if (

@@ -117,7 +117,7 @@ def _check_same_math(ours, hf, ids) -> dict:
     loss_ours.backward()
     loss_hf = hf(ids, labels=ids).loss
     loss_hf.backward()
-    a, b = float(loss_ours), float(loss_hf)
+    a, b = loss_ours.item(), loss_hf.item()
     if not abs(a - b) <= LOSS_RTOL * abs(b):
         raise SystemExit(f"not the same loss: anatomy {a!r}, transformers {b!r}")
     hf_grads = {name.removeprefix("model."): p.grad for name, p in hf.named_parameters()}

@@ -226,3 +226,19 @@ BAD_INPUTS = {
         ],
     ),
 }
+
+
+def test_next_token_loss_a_hooked_model_keeps_the_plain_path():
+    model = _tiny()
+    x = torch.randint(0, 40, (2, 8))
+    seen = []
+    model.register_forward_hook(lambda m, args, out: seen.append(out.shape[-1]))
+    next_token_loss(model, (x, x))
+    assert seen == [40]  # the hook saw logits (vocab 40), not hidden states (d_model 16)
+
+
+def test_linear_cross_entropy_refuses_a_second_derivative():
+    hidden, weight, labels = _problem()
+    (g,) = torch.autograd.grad(linear_cross_entropy(hidden, weight, labels), hidden, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), weight)

@@ -1,4 +1,4 @@
-"""The one-token decoding step of a Llama-style decoder, as one C call per token.
+"""The decoding step of a Llama-style decoder (one to 16 new tokens with a KV cache) as one C call.
 
 Decoding runs the model on one new token at a time. Its arithmetic is a row vector times every weight
 matrix (~538 MB of float32 weights for SmolLM2-135M, streamed from memory once per token) plus a few hundred
@@ -6,20 +6,22 @@ small operations (norms, rotary positions, the cache append, attention over the 
 adds). Through PyTorch, each small operation costs a few microseconds of dispatch (~7 ms per token in all),
 and MKL's matrix-vector product streams the weights at about half of what the memory can deliver.
 :func:`step` computes the same step in one call of a small C kernel (built once with the system's ``cc``
-through :func:`anatomy.packed.compiled`): the matrix-vector products stream the input-major weights
+through :func:`anatomy.packed.compiled`): the products stream the input-major weights
 (:func:`anatomy.weight_layout.to_input_major`) row by row, and the small operations run in between
-without leaving C. It runs on one thread whatever ``torch.get_num_threads()`` says: one core already streams
-the weights near the memory's speed here (a second adds ~15% to a plain read), and keeping two threads in
-step costs ~180 waits per token, each a stall of milliseconds whenever the other thread is descheduled (on
-this shared 2-core machine a 2-thread step was slower than a 1-thread one).
+without leaving C. A call of a few tokens (speculative decoding checks its drafts that way) streams the
+weights once for all of them; each token's numbers are bit for bit those of feeding it alone. It runs on
+one thread whatever ``torch.get_num_threads()`` says: one core already streams the weights near the
+memory's speed here (a second adds ~15% to a plain read), and keeping two threads in step costs ~180 waits
+per token, each a stall of milliseconds whenever the other thread is descheduled (on this shared 2-core
+machine a 2-thread step was slower than a 1-thread one).
 
-:class:`anatomy.model.Transformer` calls :func:`step` for a one-token call with a cache (what
-:func:`anatomy.generate` does after the prompt) and uses its result when it is not None. It is None, and the
-model runs its textbook path, unless everything below holds: float32 weights on the CPU in the input-major
-layout, a causal pre-norm decoder with RMSNorm, RoPE, SwiGLU and no biases (SmolLM2, Llama), batch 1,
-no autograd (inference), no forward hooks, and a C compiler was found. The numbers are the model's up to
-the order of the sums (``tests/test_decode.py`` compares logits and greedy tokens with the textbook path).
-"""
+:class:`anatomy.model.Transformer` calls :func:`step` for a call of at most :data:`MAX_TOKENS` tokens with a
+cache (what :func:`anatomy.generate` does after the prompt) and uses its result when it is not None. It is
+None, and the model runs its textbook path, unless everything below holds: float32 weights on the CPU in
+the input-major layout, a causal pre-norm decoder with RMSNorm, RoPE, SwiGLU and no biases (SmolLM2,
+Llama), batch 1, no autograd (inference), no forward hooks, and a C compiler was found. The numbers are the
+model's up to the order of the sums (``tests/test_decode.py`` compares logits, caches and greedy tokens with
+the textbook path); :func:`disabled` switches the step off."""
 
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ import torch.nn as nn
 
 from anatomy.cache import KVCache
 
-__all__ = ["disabled", "matvec", "step"]
+__all__ = ["MAX_TOKENS", "disabled", "matmul", "step"]
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -42,50 +44,65 @@ _SOURCE = r"""
 #include <immintrin.h>
 #endif
 
-/* y[n0:n1] = x (K) @ W (K, N) for W row-major (the input-major layout): W streamed in memory order, 4 rows
-   at a time, summed into y. Every y[n] is summed in the same order whatever n0 and n1: y = x[0] w[0] + ...
-   + x[3] w[3], then y += x[4] w[4] + ... + x[7] w[7], and so on (fused multiply-adds where the CPU has
-   them). */
+/* y (M, N) = x (M, K) @ W (K, N) for W row-major (the input-major layout): W streamed in memory order,
+   4 rows at a time, each 16 columns used for all M rows while in registers. Every y[m, n] is summed in the
+   same order whatever M and the blocking: y = x[0] w[0] + ... + x[3] w[3], then y += x[4] w[4] + ... +
+   x[7] w[7], and so on (fused multiply-adds where the CPU has them): a row's result does not depend on the
+   other rows. One row streams whole rows of W; several go 256 columns at a time (y's block stays cached). */
 #if defined(__AVX512F__)
-#define MV16(LOAD, STORE)                                                                                    \
+#define MM16(LOAD, STORE)                                                                                    \
     {                                                                                                        \
-        __m512 s = _mm512_mul_ps(xs[0], LOAD(w + n));                                                        \
-        s = _mm512_fmadd_ps(xs[1], LOAD(w + N + n), s);                                                      \
-        s = _mm512_fmadd_ps(xs[2], LOAD(w + 2 * N + n), s);                                                  \
-        s = _mm512_fmadd_ps(xs[3], LOAD(w + 3 * N + n), s);                                                  \
-        STORE(y + n, k ? _mm512_add_ps(LOAD(y + n), s) : s);                                                 \
+        const __m512 w0 = LOAD(w + n), w1 = LOAD(w + N + n), w2 = LOAD(w + 2 * N + n);                       \
+        const __m512 w3 = LOAD(w + 3 * N + n);                                                               \
+        for (int64_t r = 0; r < M; r++) {                                                                    \
+            const float *xr = x + r * K + k;                                                                 \
+            float *yr = y + r * N + n;                                                                       \
+            __m512 s = _mm512_mul_ps(_mm512_set1_ps(xr[0]), w0);                                             \
+            s = _mm512_fmadd_ps(_mm512_set1_ps(xr[1]), w1, s);                                               \
+            s = _mm512_fmadd_ps(_mm512_set1_ps(xr[2]), w2, s);                                               \
+            s = _mm512_fmadd_ps(_mm512_set1_ps(xr[3]), w3, s);                                               \
+            STORE(yr, k ? _mm512_add_ps(LOAD(yr), s) : s);                                                   \
+        }                                                                                                    \
     }
 #define LOAD_ALL(p) _mm512_loadu_ps(p)
 #define STORE_ALL(p, v) _mm512_storeu_ps(p, v)
 #define LOAD_SOME(p) _mm512_maskz_loadu_ps(m, p)
 #define STORE_SOME(p, v) _mm512_mask_storeu_ps(p, m, v)
 #endif
-static void mv(const float *restrict x, int64_t K, int64_t N, const float *restrict W, float *restrict y,
-               int64_t n0, int64_t n1) {
-    int64_t k = 0;
-    for (; k + 4 <= K; k += 4) {
-        const float *w = W + k * N;
+static void mm(const float *restrict x, int64_t M, int64_t K, int64_t N, const float *restrict W,
+               float *restrict y) {
+    const int64_t block = M == 1 ? N : 256;
+    for (int64_t c0 = 0; c0 < N; c0 += block) {
+        const int64_t c1 = c0 + block < N ? c0 + block : N;
+        int64_t k = 0;
+        for (; k + 4 <= K; k += 4) {
+            const float *w = W + k * N;
 #if defined(__AVX512F__)
-        const __m512 xs[4] = {_mm512_set1_ps(x[k]), _mm512_set1_ps(x[k + 1]), _mm512_set1_ps(x[k + 2]),
-                              _mm512_set1_ps(x[k + 3])};
-        int64_t n = n0;
-        for (; n + 16 <= n1; n += 16) MV16(LOAD_ALL, STORE_ALL)
-        if (n < n1) {
-            const __mmask16 m = (__mmask16)((1u << (n1 - n)) - 1);
-            MV16(LOAD_SOME, STORE_SOME)
-        }
+            int64_t n = c0;
+            for (; n + 16 <= c1; n += 16) MM16(LOAD_ALL, STORE_ALL)
+            if (n < c1) {
+                const __mmask16 m = (__mmask16)((1u << (c1 - n)) - 1);
+                MM16(LOAD_SOME, STORE_SOME)
+            }
 #else
-        for (int64_t n = n0; n < n1; n++) {
-            float s = x[k] * w[n];
-            s += x[k + 1] * w[N + n];
-            s += x[k + 2] * w[2 * N + n];
-            s += x[k + 3] * w[3 * N + n];
-            y[n] = k ? y[n] + s : s;
-        }
+            for (int64_t n = c0; n < c1; n++)
+                for (int64_t r = 0; r < M; r++) {
+                    const float *xr = x + r * K + k;
+                    float s = xr[0] * w[n];
+                    s += xr[1] * w[N + n];
+                    s += xr[2] * w[2 * N + n];
+                    s += xr[3] * w[3 * N + n];
+                    y[r * N + n] = k ? y[r * N + n] + s : s;
+                }
 #endif
+        }
+        for (; k < K; k++)
+            for (int64_t r = 0; r < M; r++)
+                for (int64_t n = c0; n < c1; n++) {
+                    const float p = x[r * K + k] * W[k * N + n];
+                    y[r * N + n] = k ? y[r * N + n] + p : p;
+                }
     }
-    for (; k < K; k++)
-        for (int64_t n = n0; n < n1; n++) y[n] = k ? y[n] + x[k] * W[k * N + n] : x[k] * W[k * N + n];
 }
 
 static void rms_norm(const float *x, const float *w, float eps, int64_t d, float *out) {
@@ -93,6 +110,18 @@ static void rms_norm(const float *x, const float *w, float eps, int64_t d, float
     for (int64_t i = 0; i < d; i++) ss += (double)x[i] * x[i];
     const float inv = (float)(1.0 / sqrt(ss / d + eps));
     for (int64_t i = 0; i < d; i++) out[i] = (x[i] * inv) * w[i];
+}
+
+/* sum a[i] b[i] in 16 lanes (one vector register where there are 16 floats), then the lanes pairwise. */
+static inline float dot(const float *a, const float *b, int64_t n) {
+    float lane[16] = {0};
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int u = 0; u < 16; u++) lane[u] += a[i + u] * b[i + u];
+    for (; i < n; i++) lane[i % 16] += a[i] * b[i];
+    for (int w = 8; w > 0; w /= 2)
+        for (int u = 0; u < w; u++) lane[u] += lane[u + w];
+    return lane[0];
 }
 
 /* x * cos + roll(x, hd / 2) * sin_signed, in place on one head (the model's _rotate). */
@@ -103,74 +132,87 @@ static void rope(float *x, const float *cs, const float *sn, int64_t hd) {
     for (int64_t i = 0; i < hd; i++) x[i] = tmp[i];
 }
 
-/* One decoding step: token `tok` at position `pos`, every layer, the final norm and the LM head.
+/* M new tokens `toks` at positions pos.., every layer, the final norm and the LM head of the last nlog.
    dims: d, n_heads, n_kv_heads, head_dim, d_ff, n_layers, vocab; cap: the cache's capacity.
    wp: per layer 6 pointers: input norm, qkv (d, (Hq + 2 Hkv) hd), o (Hq hd, d), post norm,
    gate_up (d, 2 dff), down (dff, d); then the final norm and the LM head (d, vocab). emb: the embedding
    table, element (t, i) at emb[t * es0 + i * es1]. kv: per layer the key and value cache (Hkv, cap, hd).
-   cs, sn: the rotation of pos (hd each). buf: scratch of 3 d + (Hq + 2 Hkv) hd + Hq hd + 3 dff floats. */
-void decode_step(const int64_t *dims, int64_t cap, float eps, int64_t tok, int64_t pos,
-                 const float *const *wp, const float *emb, int64_t es0, int64_t es1, float *const *kv,
-                 const float *cs, const float *sn, float *buf, float *logits) {
+   cs, sn: the rotation of each new position (M, hd). buf: scratch of M (3 d + (2 Hq + 2 Hkv) hd + 3 dff)
+   floats. logits: (nlog, vocab). Returns 0, or 1 when out of memory. */
+int decode_step(const int64_t *dims, int64_t cap, float eps, const int64_t *toks, int64_t M, int64_t pos,
+                const float *const *wp, const float *emb, int64_t es0, int64_t es1, float *const *kv,
+                const float *cs, const float *sn, float *buf, int64_t nlog, float *logits) {
     const int64_t d = dims[0], hq = dims[1], hkv = dims[2], hd = dims[3], dff = dims[4];
     const int64_t L = dims[5], vocab = dims[6];
-    const int64_t nqkv = (hq + 2 * hkv) * hd, group = hq / hkv, len = pos + 1;
-    float *x = buf, *h = x + d, *qkv = h + d, *att = qkv + nqkv, *gu = att + hq * hd;
-    float *act = gu + 2 * dff, *tmp = act + dff;
+    const int64_t nqkv = (hq + 2 * hkv) * hd, group = hq / hkv;
+    float *x = buf, *h = x + M * d, *qkv = h + M * d, *att = qkv + M * nqkv, *gu = att + M * hq * hd;
+    float *act = gu + M * 2 * dff, *tmp = act + M * dff;
     const float scale = 1.0f / sqrtf((float)hd);
-    float *s = malloc(sizeof(float) * len);
-    if (s == NULL) return;
-    for (int64_t i = 0; i < d; i++) x[i] = emb[tok * es0 + i * es1];
+    float *s = malloc(sizeof(float) * (pos + M));
+    if (s == NULL) return 1;
+    for (int64_t r = 0; r < M; r++)
+        for (int64_t i = 0; i < d; i++) x[r * d + i] = emb[toks[r] * es0 + i * es1];
     for (int64_t l = 0; l < L; l++) {
         const float *const *w = wp + 6 * l;
         float *kc = kv[2 * l], *vc = kv[2 * l + 1];
-        rms_norm(x, w[0], eps, d, h);
-        mv(h, d, nqkv, w[1], qkv, 0, nqkv);
-        for (int64_t i = 0; i < hq + hkv; i++) rope(qkv + i * hd, cs, sn, hd);  /* q and k heads */
-        for (int64_t g = 0; g < hkv; g++)  /* append k and v to the cache */
-            for (int64_t i = 0; i < hd; i++) {
-                kc[(g * cap + pos) * hd + i] = qkv[(hq + g) * hd + i];
-                vc[(g * cap + pos) * hd + i] = qkv[(hq + hkv + g) * hd + i];
-            }
-        for (int64_t head = 0; head < hq; head++) {  /* softmax(q k / sqrt(hd)) v over the cache */
-            const float *q = qkv + head * hd, *K = kc + (head / group) * cap * hd;
-            const float *V = vc + (head / group) * cap * hd;
-            float *o = att + head * hd, m = -INFINITY, z = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                float dot = 0.0f;
-                for (int64_t i = 0; i < hd; i++) dot += q[i] * K[j * hd + i];
-                s[j] = dot * scale;
-                m = s[j] > m ? s[j] : m;
-            }
-            for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
-            for (int64_t j = 0; j < len; j++) {
-                const float p = expf(s[j] - m);
-                z += p;
-                for (int64_t i = 0; i < hd; i++) o[i] += p * V[j * hd + i];
-            }
-            for (int64_t i = 0; i < hd; i++) o[i] /= z;
+        for (int64_t r = 0; r < M; r++) rms_norm(x + r * d, w[0], eps, d, h + r * d);
+        mm(h, M, d, nqkv, w[1], qkv);
+        for (int64_t r = 0; r < M; r++) {
+            float *row = qkv + r * nqkv;
+            for (int64_t i = 0; i < hq + hkv; i++) rope(row + i * hd, cs + r * hd, sn + r * hd, hd);
+            for (int64_t g = 0; g < hkv; g++)  /* append k and v to the cache */
+                for (int64_t i = 0; i < hd; i++) {
+                    kc[(g * cap + pos + r) * hd + i] = row[(hq + g) * hd + i];
+                    vc[(g * cap + pos + r) * hd + i] = row[(hq + hkv + g) * hd + i];
+                }
         }
-        mv(att, hq * hd, d, w[2], tmp, 0, d);  /* x += o_proj(attention) */
-        for (int64_t n = 0; n < d; n++) x[n] += tmp[n];
-        rms_norm(x, w[3], eps, d, h);
-        mv(h, d, 2 * dff, w[4], gu, 0, 2 * dff);  /* gate and up, then silu(gate) * up */
-        for (int64_t n = 0; n < dff; n++) act[n] = gu[n] / (1.0f + expf(-gu[n])) * gu[dff + n];
-        mv(act, dff, d, w[5], tmp, 0, d);  /* x += down(act) */
-        for (int64_t n = 0; n < d; n++) x[n] += tmp[n];
+        for (int64_t r = 0; r < M; r++)  /* softmax(q k / sqrt(hd)) v over the keys up to its position */
+            for (int64_t head = 0; head < hq; head++) {
+                const float *q = qkv + r * nqkv + head * hd, *K = kc + (head / group) * cap * hd;
+                const float *V = vc + (head / group) * cap * hd;
+                const int64_t len = pos + r + 1;
+                float *o = att + (r * hq + head) * hd, m = -INFINITY, z = 0.0f;
+                for (int64_t j = 0; j < len; j++) {
+                    s[j] = dot(q, K + j * hd, hd) * scale;
+                    m = s[j] > m ? s[j] : m;
+                }
+                for (int64_t i = 0; i < hd; i++) o[i] = 0.0f;
+                for (int64_t j = 0; j < len; j++) {
+                    const float p = expf(s[j] - m);
+                    z += p;
+                    for (int64_t i = 0; i < hd; i++) o[i] += p * V[j * hd + i];
+                }
+                for (int64_t i = 0; i < hd; i++) o[i] /= z;
+            }
+        mm(att, M, hq * hd, d, w[2], tmp);  /* x += o_proj(attention) */
+        for (int64_t i = 0; i < M * d; i++) x[i] += tmp[i];
+        for (int64_t r = 0; r < M; r++) rms_norm(x + r * d, w[3], eps, d, h + r * d);
+        mm(h, M, d, 2 * dff, w[4], gu);  /* gate and up, then silu(gate) * up */
+        for (int64_t r = 0; r < M; r++)
+            for (int64_t n = 0; n < dff; n++) {
+                const float g = gu[r * 2 * dff + n];
+                act[r * dff + n] = g / (1.0f + expf(-g)) * gu[r * 2 * dff + dff + n];
+            }
+        mm(act, M, dff, d, w[5], tmp);  /* x += down(act) */
+        for (int64_t i = 0; i < M * d; i++) x[i] += tmp[i];
     }
-    rms_norm(x, wp[6 * L], eps, d, h);
-    mv(h, d, vocab, wp[6 * L + 1], logits, 0, vocab);
+    for (int64_t r = M - nlog; r < M; r++) rms_norm(x + r * d, wp[6 * L], eps, d, h + r * d);
+    mm(h + (M - nlog) * d, nlog, d, vocab, wp[6 * L + 1], logits);
     free(s);
+    return 0;
 }
 
-/* y (N) = x (K) @ W (K, N), W row-major: the step's matrix-vector product alone. */
-void matvec(const float *x, int64_t K, int64_t N, const float *W, float *y) { mv(x, K, N, W, y, 0, N); }
+/* y (M, N) = x (M, K) @ W (K, N), W row-major: the step's matrix product alone. */
+void matmul(const float *x, int64_t M, int64_t K, int64_t N, const float *W, float *y) {
+    mm(x, M, K, N, W, y);
+}
 """
 
 _lib = None
 _lock = threading.Lock()
 _off = 0  # > 0 inside disabled()
 _MAX_HEAD_DIM = 1024  # the kernel's rotation uses a buffer of this size
+MAX_TOKENS = 16  # calls of up to this many new tokens take the step (decoding; speculative verification)
 
 
 def _library() -> ctypes.CDLL | None:
@@ -186,10 +228,11 @@ def _library() -> ctypes.CDLL | None:
                 _lib = False
                 return None
             ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-            lib.decode_step.argtypes = [ptr, i64, ctypes.c_float, i64, i64, ptr, ptr, i64, i64, ptr, ptr, ptr]
-            lib.decode_step.argtypes += [ptr, ptr]
-            lib.matvec.argtypes = [ptr, i64, i64, ptr, ptr]
-            lib.decode_step.restype = lib.matvec.restype = None
+            lib.decode_step.argtypes = [ptr, i64, ctypes.c_float, ptr, i64, i64, ptr, ptr, i64, i64, ptr]
+            lib.decode_step.argtypes += [ptr, ptr, ptr, i64, ptr]
+            lib.decode_step.restype = ctypes.c_int
+            lib.matmul.argtypes = [ptr, i64, i64, i64, ptr, ptr]
+            lib.matmul.restype = None
             _lib = lib
         return _lib or None
 
@@ -206,29 +249,32 @@ def disabled():
         _off -= 1
 
 
-def matvec(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` for one row ``x`` (in,) and an input-major ``weight`` (out, in) (memory (in, out)),
-    with the step's kernel: what :func:`step` uses for every weight matrix. float32 CPU tensors only."""
+def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``x @ weight.T`` for rows ``x`` (in,) or (M, in) and an input-major ``weight`` (out, in) (memory
+    (in, out)), with the step's kernel: what :func:`step` uses for every weight matrix. float32 CPU only."""
     from anatomy._checks import check_tensor
 
-    check_tensor("x", x, kind="float", dim=1)
+    check_tensor("x", x, kind="float")
     check_tensor("weight", weight, kind="float", dim=2)
+    if x.dim() not in (1, 2):
+        raise ValueError(f"x must have shape (in,) or (M, in), got {tuple(x.shape)}")
     if x.dtype != torch.float32 or weight.dtype != torch.float32:
         raise TypeError(f"x and weight must be float32, got {x.dtype} and {weight.dtype}")
     if x.device.type != "cpu" or weight.device.type != "cpu":
         raise ValueError(f"x and weight must be CPU tensors, got {x.device} and {weight.device}")
     out, n_in = weight.shape
-    if x.shape[0] != n_in:
-        raise ValueError(f"x must have weight's in_features {n_in} elements, got {x.shape[0]}")
+    if x.shape[-1] != n_in:
+        raise ValueError(f"x must have weight's in_features {n_in} in its last dim, got {tuple(x.shape)}")
     if weight.stride() != (1, out):
         raise ValueError(f"weight must be input-major (stride (1, {out})), got stride {weight.stride()}")
     lib = _library()
     if lib is None:
         raise RuntimeError("the decoding kernel could not be built (no C compiler)")
-    x = x.contiguous()
-    y = torch.empty(out)
-    lib.matvec(x.data_ptr(), n_in, out, weight.data_ptr(), y.data_ptr())
-    return y
+    rows = x.reshape(-1, n_in).contiguous()
+    y = torch.empty(rows.shape[0], out)
+    if rows.shape[0]:
+        lib.matmul(rows.data_ptr(), rows.shape[0], n_in, out, weight.data_ptr(), y.data_ptr())
+    return y.view(*x.shape[:-1], out)
 
 
 _QKV, _GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
@@ -362,14 +408,18 @@ def _plan(model: nn.Module) -> _Plan | None:
     return plan
 
 
-def step(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Tensor | None:
-    """Logits (1, 1, vocab) of the one token ``input_ids`` (1, 1) after the ``cache``'s tokens, which it
-    appends to the cache (keys, values and the token); None if this path does not apply (see the module's
-    docstring), and then nothing has changed. For :class:`anatomy.model.Transformer`, after it has checked
-    ``input_ids`` and ``cache``."""
+def step(
+    model: nn.Module, input_ids: torch.Tensor, cache: KVCache, logits_to_keep: int = 0
+) -> torch.Tensor | None:
+    """Logits (1, n, vocab) of the new tokens ``input_ids`` (1, N), N <= :data:`MAX_TOKENS`, after the
+    ``cache``'s tokens, which it appends to the cache (keys, values and the tokens); n = ``logits_to_keep``
+    (the last n positions) or N if 0. None if this path does not apply (see the module's docstring), and then
+    nothing has changed. For :class:`anatomy.model.Transformer`, after it has checked its arguments."""
     if (
         _off
-        or input_ids.shape != (1, 1)
+        or input_ids.dim() != 2
+        or input_ids.shape[0] != 1
+        or not 1 <= input_ids.shape[1] <= MAX_TOKENS
         or torch.is_grad_enabled()
         or input_ids.device.type != "cpu"
         or cache.dtype != torch.float32
@@ -386,21 +436,24 @@ def step(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Ten
     if plan is None:
         return None
     c = model.config
-    pos = len(cache)
-    cache._reserve(pos + 1)
+    n, pos = input_ids.shape[1], len(cache)
+    keep = logits_to_keep or n
+    cache._reserve(pos + n)
     kv = cache.__dict__.get("_decode_kv")
     if kv is None or kv[0] is not cache._k:
         ptrs = [t.data_ptr() for pair in zip(cache._k, cache._v) for t in pair]
         kv = cache.__dict__["_decode_kv"] = (cache._k, torch.tensor(ptrs, dtype=torch.int64))
-    rope = model.rope(pos, 1, "cpu", torch.float32)
+    rope = model.rope(pos, n, "cpu", torch.float32)
     emb = model.embed_tokens.weight
-    buf = torch.empty(3 * c.d_model + (2 * c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 3 * c.d_ff)
-    logits = torch.empty(1, 1, c.vocab_size)
-    lib.decode_step(
+    toks = input_ids.to(torch.int64).contiguous()
+    buf = torch.empty(n * (3 * c.d_model + (2 * c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 3 * c.d_ff))
+    logits = torch.empty(1, keep, c.vocab_size)
+    failed = lib.decode_step(
         plan.dims.data_ptr(),
         cache._capacity,
         plan.eps,
-        int(input_ids[0, 0]),
+        toks.data_ptr(),
+        n,
         pos,
         plan.table.data_ptr(),
         emb.data_ptr(),
@@ -410,7 +463,10 @@ def step(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> torch.Ten
         rope.cos.data_ptr(),
         rope.sin_signed.data_ptr(),
         buf.data_ptr(),
+        keep,
         logits.data_ptr(),
     )
+    if failed:
+        raise MemoryError("the decoding step could not allocate its attention scores")
     cache.commit(input_ids)
     return logits

@@ -556,7 +556,7 @@ class Transformer(_Model):
         if attention_mask is not None:
             key_padding_mask = _check_0_1_mask("attention_mask", attention_mask, input_ids, "input_ids")
         if cache is not None and not (return_hidden or return_attn or token_type_ids is not None):
-            logits = decode.step(self, input_ids, cache)  # one new token: one C call, or None (textbook path)
+            logits = decode.step(self, input_ids, cache, logits_to_keep)  # a few new tokens: one C call
             if logits is not None:
                 return logits
         N = input_ids.shape[1]

@@ -180,6 +180,12 @@ def compiled(source: str, stem: str) -> ctypes.CDLL:
     folder copied over, could hold instructions this one lacks). RuntimeError when there is no compiler or
     the build fails. Callers keep the library they get (one load per process).
     """
+    if not isinstance(source, str):
+        raise TypeError(f"source must be C source code (a str), got {type(source).__name__}")
+    if not isinstance(stem, str):
+        raise TypeError(f"stem must be a str, got {type(stem).__name__}")
+    if not stem or not all(ch.isalnum() or ch in "-_" for ch in stem):
+        raise ValueError(f"stem must be a file name of letters, digits, '-' and '_', got {stem!r}")
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError(f"{stem} needs a C compiler (cc or gcc) to build its kernel once")

@@ -6,11 +6,11 @@ Both sides run the same float32 weights: anatomy's model from ``anatomy.pretrain
 ``LlamaForCausalLM`` that ``anatomy.convert.to_hf`` builds from it (the same numbers transformers gets
 from the GGUF). Generation: the same chat prompt, greedy (``do_sample=False``), the same number of new
 tokens, no early stop at EOS; the tokens must be identical. What is timed on anatomy's side is the public
-call ``anatomy.generate(model, ids, 64)`` on ``smollm2()`` as a reader gets it: the prompt runs through the
-model's textbook forward pass (matrix products by MKL), and every later token through ``anatomy.decode``'s
-one-token step, one C call per token, which the model takes by itself for a float32 Llama-style decoder in
-inference on the CPU when a C compiler is found (it runs on one thread at either thread count; see
-``anatomy/decode.py``). Prefill: one forward pass over a 512-token
+call ``anatomy.generate(model, ids, 64)`` on ``smollm2()`` as a reader gets it: the prompt (more than 16
+tokens) runs through the model's textbook forward pass (matrix products by MKL), and every later token
+through ``anatomy.decode``'s step, one C call per token, which the model takes by itself for a float32
+Llama-style decoder in inference on the CPU when a C compiler is found (it runs on one thread at either
+thread count; see ``anatomy/decode.py``). Prefill: one forward pass over a 512-token
 prompt that fills a KV cache and returns the last position's logits (what generation does first).
 Variants alternate within each repeat (and which goes first alternates too), so load from other jobs on
 the machine hits both alike; the table reports medians and their ratio next to the
@@ -20,7 +20,7 @@ work of the timing thread in 1-thread rows (robust on a shared machine; 2-thread
 The floor (printed under each table, and in the JSON row): a decoded token streams every weight matrix once,
 so no implementation of the same fp32 weights decodes faster than (a) one row vector times each of the
 model's matrices (MKL's matrix-vector product, in anatomy's input-major layout and in transformers' layout;
-and the decoding step's own C product, ``anatomy.decode.matvec``, in the input-major layout) or (b) one pass
+and the decoding step's own C product, ``anatomy.decode.matmul``, in the input-major layout) or (b) one pass
 that only reads the same bytes (a sum: the memory bandwidth). Dividing transformers' time per
 token by a floor gives the best ratio any fp32 implementation could reach with that matrix-vector speed.
 """
@@ -272,12 +272,13 @@ def _floor(args, threads, ours: list, theirs: list, hf_s_per_token: float, packe
     from anatomy.decode import _library
 
     lib = _library()
-    if lib is not None:  # the decoding step's own product (the C call alone, without matvec's checks)
+    if lib is not None:  # the decoding step's own product (the C call alone, without matmul's checks)
         ys = {id(w): torch.empty(w.shape[0]) for w in ours}
         calls = [
-            (xs[id(w)].data_ptr(), w.shape[1], w.shape[0], w.data_ptr(), ys[id(w)].data_ptr()) for w in ours
+            (xs[id(w)].data_ptr(), 1, w.shape[1], w.shape[0], w.data_ptr(), ys[id(w)].data_ptr())
+            for w in ours
         ]
-        fns["anatomy decode kernel"] = lambda: [lib.matvec(*call) for call in calls]
+        fns["anatomy decode kernel"] = lambda: [lib.matmul(*call) for call in calls]
     if packed is not None:  # the packed kernels over every PackedLinear (not a floor of fp32 decoding)
         from anatomy.packed import PackedLinear
 

@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import anatomy  # noqa: E402
 from anatomy import decode  # noqa: E402
 from anatomy.model import Config, Transformer, to_input_major  # noqa: E402
+from anatomy.packed import compiled  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(
@@ -35,13 +36,13 @@ def _bound(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     "n_in, n_out",
     [(576, 960), (576, 3072), (1536, 576), (576, 4096), (7, 5), (37, 33), (4, 16), (1, 1), (9, 130)],
 )
-def test_matvec_is_the_product_to_rounding(n_in, n_out):
+def test_matmul_is_the_product_to_rounding(n_in, n_out):
     """SmolLM2's shapes and shapes that exercise the tails (K not a multiple of 4, N not a multiple of 16):
     within the rounding bound of a float32 sum, and much closer than a wrong product could be."""
     g = torch.Generator().manual_seed(n_in * 1000 + n_out)
     w = torch.randn(n_in, n_out, generator=g).t()  # input-major: memory (in, out)
     x = torch.randn(n_in, generator=g)
-    got = decode.matvec(x, w)
+    got = decode.matmul(x, w)
     exact = x.double() @ w.double().T
     assert got.shape == (n_out,) and got.dtype == torch.float32
     assert bool(((got.double() - exact).abs() <= _bound(x, w)).all())
@@ -49,24 +50,46 @@ def test_matvec_is_the_product_to_rounding(n_in, n_out):
     w2 = w.clone()
     w2[:, 0] = 0
     if n_in > 1:
-        assert not bool(((decode.matvec(x, w2).double() - exact).abs() <= _bound(x, w)).all())
+        assert not bool(((decode.matmul(x, w2).double() - exact).abs() <= _bound(x, w)).all())
 
 
-def test_matvec_nan_stays_in_its_own_output():
+def test_matmul_nan_stays_in_its_own_output():
     g = torch.Generator().manual_seed(0)
     w = torch.randn(37, 21, generator=g).t()
     x = torch.randn(37, generator=g)
     w_nan = w.clone()
     w_nan[4, 9] = float("nan")  # one weight of output 4
-    got = decode.matvec(x, w_nan)
+    got = decode.matmul(x, w_nan)
     assert torch.equal(got.isnan(), torch.nn.functional.linear(x, w_nan).isnan())
     assert got.isnan().nonzero().flatten().tolist() == [4]
     x_nan = x.clone()
     x_nan[3] = float("nan")
-    assert bool(decode.matvec(x_nan, w).isnan().all())  # every output reads x[3], as in torch
+    assert bool(decode.matmul(x_nan, w).isnan().all())  # every output reads x[3], as in torch
     x_inf = x.clone()
     x_inf[0] = float("inf")
-    assert torch.equal(decode.matvec(x_inf, w).isinf(), torch.nn.functional.linear(x_inf, w).isinf())
+    assert torch.equal(decode.matmul(x_inf, w).isinf(), torch.nn.functional.linear(x_inf, w).isinf())
+
+
+@pytest.mark.parametrize("rows", [2, 5, 16])
+def test_matmul_rows_are_independent(rows):
+    """Each row of a several-row product is bit for bit the one-row product (the order of the sums depends on
+    neither the other rows nor the column blocking), and NaN in one row stays in that row."""
+    g = torch.Generator().manual_seed(rows)
+    w = torch.randn(100, 600, generator=g).t()  # 600 columns: two 256-column blocks and a tail
+    x = torch.randn(rows, 100, generator=g)
+    x[1, 7] = float("nan")
+    got = decode.matmul(x, w)
+    assert got.shape == (rows, 600)
+    for r in range(rows):
+        assert (
+            torch.equal(
+                got[r],
+                decode.matmul(x[r], w),
+            )
+            if r != 1
+            else bool(got[r].isnan().all())
+        )
+    assert not bool(got[[r for r in range(rows) if r != 1]].isnan().any())
 
 
 @pytest.mark.parametrize(
@@ -75,15 +98,15 @@ def test_matvec_nan_stays_in_its_own_output():
         (torch.ones(4).double(), torch.ones(4, 3).t(), TypeError, "x and weight"),
         (torch.ones(4), torch.ones(3, 4), ValueError, "weight must be input-major"),
         (torch.ones(5), torch.ones(4, 3).t(), ValueError, "x must have"),
-        (torch.ones(1, 4), torch.ones(4, 3).t(), ValueError, "x"),
+        (torch.ones(2, 1, 4), torch.ones(4, 3).t(), ValueError, "x must have shape"),
         ([1.0] * 4, torch.ones(4, 3).t(), TypeError, "x"),
         (torch.ones(4), torch.ones(4), ValueError, "weight"),
         (torch.ones(4, dtype=torch.long), torch.ones(4, 3).t(), TypeError, "x"),
     ],
 )
-def test_matvec_refuses_bad_input_naming_it(x, w, error, name):
+def test_matmul_refuses_bad_input_naming_it(x, w, error, name):
     with pytest.raises(error, match=name):
-        decode.matvec(x, w)
+        decode.matmul(x, w)
 
 
 def _model(seed: int = 0, **kw) -> Transformer:
@@ -109,24 +132,50 @@ def _steps(model, ids, n_prompt: int):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 7])
 def test_step_equals_the_textbook_path(monkeypatch, seed):
-    """Logits of 60 one-token calls (past the cache's first capacity of 64) and the cached keys and values
-    agree with the model's own path to float32 rounding; the step actually ran (its counter moved)."""
+    """Logits of 46 one-token calls after a 20-token prompt (which takes the textbook path: more than
+    MAX_TOKENS), past the cache's first capacity of 64, and the cached keys and values agree with the model's
+    own path to float32 rounding; the step actually ran for every one-token call."""
     model = _model(seed)
     ids = torch.randint(0, 97, (1, 66), generator=torch.Generator().manual_seed(seed))
     calls = []
     real = decode.step
     monkeypatch.setattr(decode, "step", lambda *a: calls.append(real(*a)) or calls[-1])
-    fast, cache_fast = _steps(model, ids, 6)
-    assert sum(out is not None for out in calls) == 60 and decode._plan(model) is not None
+    fast, cache_fast = _steps(model, ids, 20)
+    assert [out is None for out in calls] == [True] + [False] * 46 and decode._plan(model) is not None
     _textbook(monkeypatch)
-    slow, cache_slow = _steps(model, ids, 6)
-    assert fast.shape == slow.shape == (1, 60, 97)
+    slow, cache_slow = _steps(model, ids, 20)
+    assert fast.shape == slow.shape == (1, 46, 97)
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
     assert not torch.equal(fast, torch.zeros_like(fast))
     assert len(cache_fast) == len(cache_slow) == 66 and torch.equal(cache_fast.tokens, cache_slow.tokens)
     for layer in range(3):
         assert torch.allclose(cache_fast.keys(layer), cache_slow.keys(layer), atol=1e-5)
         assert torch.allclose(cache_fast.values(layer), cache_slow.values(layer), atol=1e-5)
+
+
+def test_several_tokens_at_once_equal_one_at_a_time(monkeypatch):
+    """Chunks of 1..MAX_TOKENS new tokens (speculative decoding's verification calls) give bit for bit the
+    logits and cache of feeding the tokens one by one, and agree with the textbook path to rounding."""
+    model = _model(5)
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(5))
+    one, cache_one = _steps(model, ids, 1)
+    with torch.inference_mode():
+        cache = model.new_cache(max_len=70)
+        model(ids[:, :1], cache=cache)
+        parts, start = [], 1
+        for n, keep in ((3, 0), (decode.MAX_TOKENS, 0), (1, 1), (5, 2), (14, 14)):
+            parts.append(model(ids[:, start : start + n], cache=cache, logits_to_keep=keep))
+            assert parts[-1].shape == (1, keep or n, 97)
+            start += n
+    assert start == 40 and torch.equal(cache.tokens, cache_one.tokens)
+    assert torch.equal(parts[0], one[:, 0:3]) and torch.equal(parts[1], one[:, 3:19])
+    assert torch.equal(parts[2], one[:, 19:20]) and torch.equal(parts[3], one[:, 23:25])
+    assert torch.equal(parts[4], one[:, 25:39])
+    for layer in range(3):
+        assert torch.equal(cache.keys(layer), cache_one.keys(layer))
+    _textbook(monkeypatch)
+    slow, _ = _steps(model, ids, 1)
+    assert torch.allclose(one, slow, atol=1e-5, rtol=1e-5)
 
 
 def test_generate_greedy_tokens_equal_the_textbook_path(monkeypatch):
@@ -164,7 +213,8 @@ def test_step_is_skipped_where_it_does_not_apply(monkeypatch):
             assert applies == ("attn_backend" in kw), kw
         m = Transformer(Config(vocab_size=97, d_model=64, n_layers=2, n_heads=4)).eval()  # (out, in) layout
         assert decode.step(m, ids, m.new_cache()) is None
-        assert decode.step(base, torch.tensor([[3, 4]]), base.new_cache()) is None  # two tokens
+        more = torch.zeros(1, decode.MAX_TOKENS + 1, dtype=torch.long)
+        assert decode.step(base, more, base.new_cache()) is None  # a prompt: the textbook path
         assert decode.step(base, torch.tensor([[3], [4]]), base.new_cache(batch_size=2)) is None
         assert decode.step(base.double(), ids, base.new_cache()) is None
     base = _model(0)
@@ -222,5 +272,35 @@ def test_no_compiler_falls_back(monkeypatch, tmp_path):
         assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
     assert decode._lib is False
     with pytest.raises(RuntimeError, match="no C compiler"):
-        decode.matvec(torch.ones(4), torch.ones(4, 3).t())
+        decode.matmul(torch.ones(4), torch.ones(4, 3).t())
     assert torch.equal(fast, anatomy.generate(model, ids, 6))
+
+
+BAD_INPUTS = {
+    "decode.matmul": (
+        lambda **kw: decode.matmul(**{"x": torch.ones(4), "weight": torch.ones(4, 3).t(), **kw}),
+        [
+            ("x", None, TypeError),
+            ("x", torch.ones(5), ValueError),
+            ("x", torch.ones(4).double(), TypeError),
+            ("x", torch.ones(2, 1, 4), ValueError),
+            ("weight", None, TypeError),
+            ("weight", torch.ones(3, 4), ValueError),
+            ("weight", torch.ones(4), ValueError),
+        ],
+    ),
+    "packed.compiled": (
+        lambda **kw: compiled(
+            **{"source": "int anatomy_ok(void) { return 1; }", "stem": "bad-input-check", **kw}
+        ),
+        [
+            ("source", None, TypeError),
+            ("source", 3, TypeError),
+            ("stem", None, TypeError),
+            ("stem", "", ValueError),
+            ("stem", "a/b", ValueError),
+        ],
+    ),
+}
+# Called by Transformer.forward after its own checks of input_ids and the cache; readers call the model.
+BAD_INPUTS_EXEMPT = {"decode.step"}

@@ -7,6 +7,7 @@ everything is read from installed packages (HF_HUB_OFFLINE=1).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
@@ -18,7 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # effective only if torch i
 transformers = pytest.importorskip("transformers", reason="conversion tests need transformers")
 
 import anatomy  # noqa: E402
-from anatomy import convert  # noqa: E402
+from anatomy import convert, decode  # noqa: E402
 from anatomy import pretrained as P  # noqa: E402
 from anatomy.experiments import families  # noqa: E402
 from anatomy.model import Config, Transformer  # noqa: E402
@@ -433,6 +434,38 @@ def test_smollm2_greedy_continuation_matches_transformers(smol, smol_hf):
     assert ours.shape == (3, ids.shape[1] + 32)
     for a, b in zip(ours, ref):
         assert torch.equal(a, b), (tok.decode(a), tok.decode(b))
+
+
+@pytest.mark.pretrained
+@needs_smollm2
+def test_smollm2_decoding_step_matches_transformers(smol, smol_hf):
+    """Batch 1: every token after the prompt comes from anatomy.decode's C step (checked: it returns
+    logits); the 40 greedy tokens equal transformers', and each step's logits are within 2e-4 of the
+    model's textbook path (decode.disabled()) on the same tokens."""
+    model, tok = smol
+    ids = tok(PROMPTS[0], return_tensors="pt").input_ids
+    ours = anatomy.generate(model, ids, 40)
+    ref = smol_hf.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=40,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tok.eos_token_id,
+    )
+    assert torch.equal(ours, ref), (tok.decode(ours[0]), tok.decode(ref[0]))
+    with torch.inference_mode():
+        logits = []
+        for switch in (contextlib.nullcontext, decode.disabled):
+            cache, steps = model.new_cache(), []
+            with switch():
+                model(ids, cache=cache)
+                for t in range(ids.shape[1], ours.shape[1]):
+                    steps.append(model(ours[:, t : t + 1], cache=cache))
+            logits.append(torch.cat(steps, dim=1))
+        assert decode.step(model, ours[:, -1:], cache) is not None  # the step applies to SmolLM2
+    torch.testing.assert_close(logits[0], logits[1], atol=2e-4, rtol=1e-5)
+    assert torch.equal(logits[0].argmax(-1), logits[1].argmax(-1))
 
 
 @pytest.mark.pretrained

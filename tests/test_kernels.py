@@ -10,7 +10,7 @@ import torch
 
 from anatomy import attention
 from anatomy.kernels import tiled
-from anatomy.masks import tile_map
+from anatomy.masks import count_tiles, tile_map
 from anatomy.timing import one_thread
 
 
@@ -126,3 +126,53 @@ def test_a_dispatch_mode_keeps_the_kernel_on_one_thread(two_threads, split_calls
     with torch.no_grad(), one_thread(), FlopCounterMode(display=False) as one:
         attention(q, k, v, backend="tiled")
     assert counter.get_total_flops() == one.get_total_flops()
+
+
+@pytest.mark.parametrize("mask", ["causal", "bidirectional", "prefix"])
+@pytest.mark.parametrize("shape", [(1, 4, 4, 300), (2, 6, 3, 260)], ids=str)
+def test_without_autograd_the_result_is_the_autograd_paths_bit_for_bit(mask, shape):
+    """Without autograd the kernel works in buffers reused across tiles and row blocks, adds a diagonal
+    tile's mask to -m before the product instead of to the scores after it, and divides straight into the
+    output; with autograd each step is out of place. The arithmetic is the same, so must be the bits (with
+    ragged last tiles and grouped heads; one thread)."""
+    b, hq, hkv, n = shape
+    q, k, v = _qkv(b, hq, hkv, n)
+    kw = dict(q_offset=0, prefix_len=n // 3 if mask == "prefix" else None, tile=64, return_lse=True)
+    with one_thread():
+        with torch.no_grad():
+            out, lse = tiled.tiled_attention(q, k, v, mask, **kw)
+        out_g, lse_g = tiled.tiled_attention(q.requires_grad_(True), k, v, mask, **kw)
+    assert torch.equal(out, out_g.detach()) and torch.equal(lse, lse_g.detach())
+
+
+def test_diagonal_tile_masks_are_shared_across_calls_and_never_written():
+    tiled._tile_mask.cache_clear()
+    q, k, v = _qkv(1, 2, 1, 512)
+    with one_thread(), torch.no_grad():
+        for _ in range(2):
+            tiled.tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=128)
+    info = tiled._tile_mask.cache_info()
+    assert (info.misses, info.hits) == (1, 7)  # the 4 diagonal tiles of both calls: one mask
+    hidden, bias = tiled._tile_mask("causal", 0, 0, 128, 128, None, 2, torch.float32, torch.device("cpu"))
+    above = torch.ones(128, 128, dtype=torch.bool).triu(1)
+    assert torch.equal(hidden, above)
+    assert torch.equal(bias, torch.zeros(256, 128).masked_fill_(above.repeat(2, 1), float("-inf")))
+    # Queries at other positions (a block after a cache; prefixes) get masks of their own.
+    with one_thread(), torch.no_grad():
+        for mask, nq, p in (("causal", 200, None), ("prefix", 512, 200), ("prefix", 512, 300)):
+            got = attention(q[:, :, -nq:], k, v, mask, prefix_len=p, backend="tiled", tile=128)
+            want = attention(q[:, :, -nq:], k, v, mask, prefix_len=p, backend="reference")
+            torch.testing.assert_close(got, want)
+
+
+def test_causal_tiles_computed_are_the_classifiers():
+    """The tiles below and on the diagonal, and only those, at the benchmark's shape; the first of each
+    row block sets its maximum, the others follow it."""
+    q, k, v = _qkv(1, 8, 8, 1024)
+    stats = {}
+    with one_thread(), torch.no_grad():
+        out = tiled.tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=128, stats=stats)
+    c = count_tiles("causal", 1024, 1024, 64, tile=128)
+    assert stats["tiles"] == c.tiles_full + c.tiles_partial == 36
+    assert stats["later_tiles"] == 36 - 8
+    torch.testing.assert_close(out, attention(q, k, v, "causal", backend="reference"))

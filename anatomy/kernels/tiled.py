@@ -52,6 +52,7 @@ product (a 65-wide product costs more than the sum).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -109,7 +110,6 @@ def _tiled_attention(
     tmap = tile_map(mask, Nq, Nk, tile=tile, q_offset=q_offset, prefix_len=prefix_len)
     # Without autograd the running state is updated in place (no temporaries); with it, out of place.
     grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
-    qs = (q * (LOG2E * D**-0.5)).reshape(B * Hkv, G, Nq, D)  # scores in base 2
     kt = k.reshape(B * Hkv, Nk, D).transpose(1, 2)  # (B*Hkv, D, Nk)
     vs = v.reshape(B * Hkv, Nk, D)
     out = q.new_empty(B * Hkv, G, Nq, D)
@@ -125,7 +125,7 @@ def _tiled_attention(
     counts = [[0, 0, 0], [0, 0, 0]]
 
     def run(share):  # the kernel on some of the row blocks (each writes its own rows of out and lse)
-        _row_blocks(qs, kt, vs, out, lse, rows, blocks[share] if blocks else range(len(rows)), mask, q_offset,
+        _row_blocks(q, kt, vs, out, lse, rows, blocks[share] if blocks else range(len(rows)), mask, q_offset,
                     prefix_len, tile, grad, pad_hidden, counts[share])  # fmt: skip
 
     if blocks:
@@ -140,29 +140,31 @@ def _tiled_attention(
 
 
 def _row_blocks(
-    qs, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
+    q, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
 ):
     """The kernel proper: row blocks ``blocks`` of queries, each against its visible key tiles, left to right.
 
-    qs (BH, G, Nq, D) scaled to base 2, kt (BH, D, Nk), vs (BH, Nk, D); writes those rows of out
-    (BH, G, Nq, D) and lse. counts receives [tiles computed, tiles after the first of their row block,
-    tiles rescaled].
+    q (B, Hq, Nq, D) as given, kt (BH, D, Nk), vs (BH, Nk, D); writes those rows of out (BH, G, Nq, D) and
+    lse. counts receives [tiles computed, tiles after the first of their row block, tiles rescaled].
     """
-    BH, G, Nq, D = qs.shape
-    Nk = vs.shape[1]
+    B, Hq, Nq, D = q.shape
+    BH, Nk = vs.shape[0], vs.shape[1]
+    G = Hq * B // BH
+    scale = LOG2E * D**-0.5  # scores in base 2
     padded = pad_hidden is not None
     n_tiles = n_later = n_rescaled = 0
     k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
-    masks: dict[tuple[int, int, int], tuple] = {}  # diagonal tiles often share one mask
-    # Without autograd, every tile's scores and row sums go into the same two buffers (no allocation per
-    # tile); a ragged last tile gets its own.
-    s_buf = None if grad else qs.new_empty(BH, G * tile, tile)
-    sum_buf = None if grad else qs.new_empty(BH, G * tile, 1)
+    # Without autograd, each row block's scaled queries, running sums and output, and every tile's scores
+    # and row sums, go into buffers allocated once per call (a ragged last tile gets its own): no memory is
+    # allocated per tile, and the few buffers stay in the cache.
+    bufs = None if grad else _Buffers(q, BH, G, tile, D)
     for i in blocks:
         row = tmap[i]
         q0, q1 = i * tile, min((i + 1) * tile, Nq)
         rows = q1 - q0
-        q_i = qs[:, :, q0:q1].reshape(BH, G * rows, D)  # the G heads of a group stacked as rows
+        full_rows = bufs is not None and rows == tile
+        # The block's queries, scaled, with the G heads of a group stacked as rows: (BH, G * rows, D).
+        q_i = torch.mul(q[:, :, q0:q1], scale, out=bufs.q if full_rows else None).reshape(BH, G * rows, D)
         m = neg_m = row_sum = acc = None
         for j, kind in enumerate(row):
             if kind == EMPTY:
@@ -172,18 +174,25 @@ def _row_blocks(
             partial = kind == PARTIAL
             n_tiles += 1
             n_later += m is not None
-            whole = s_buf is not None and rows == tile and k1 - k0 == tile
-            s_out, sum_out = (s_buf, sum_buf) if whole else (None, None)
+            whole = full_rows and k1 - k0 == tile
+            s_out, sum_out = (bufs.s, bufs.sum) if whole else (None, None)
             if partial:
-                key = (q0 + q_offset - k0, rows, k1 - k0) if prefix_len is None else (q0, k0, k1)
-                if key not in masks:
-                    masks[key] = _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, qs)
-                hidden, bias = masks[key]
+                # The mask depends on the positions relative to the diagonal only (causal), or also on the
+                # prefix: cached across calls, as most partial tiles share one.
+                start = q0 + q_offset
+                at = (start, k0) if mask == "prefix" else (start - k0, 0)
+                hidden, bias = _tile_mask(mask, *at, rows, k1 - k0, prefix_len, G, q.dtype, q.device)
             if m is not None and not padded:
-                # Scores relative to the running maximum, the subtraction done inside the matmul; on a
-                # diagonal tile the mask is then added as a 0 / -inf term.
-                s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
-                p = (s.add_(bias) if partial else s).exp2_()
+                # Scores relative to the running maximum, the subtraction done inside the matmul. On a
+                # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
+                # first, in the score buffer, and the product accumulates onto that (one pass over the tile
+                # fewer, same result bit for bit); with autograd it is added to the scores.
+                if partial and not grad:
+                    s = torch.add(neg_m, bias, out=s_out).baddbmm_(q_i, k_j)
+                else:
+                    s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
+                    s = s.add_(bias) if partial else s
+                p = s.exp2_()
                 p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                 # The check for a rise reads the row sums, which the kernel needs anyway, instead of taking
                 # a maximum over the tile: no exponential exceeds its row's sum, so if no sum exceeds
@@ -236,8 +245,11 @@ def _row_blocks(
                     n_rescaled += 1
                     row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
                 m, neg_m = m_new, -m_new
-            row_sum, acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad)
-        out[:, :, q0:q1] = (acc / row_sum).view(BH, G, rows, D)
+            row_sum, acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs if full_rows else None)
+        if grad:
+            out[:, :, q0:q1] = (acc / row_sum).view(BH, G, rows, D)
+        else:  # straight into the output's rows
+            torch.div(acc.view(BH, G, rows, D), row_sum.view(BH, G, rows, 1), out=out[:, :, q0:q1])
         if lse is not None:
             lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(BH, G, rows)
     counts[:] = n_tiles, n_later, n_rescaled
@@ -272,12 +284,12 @@ _SPLIT = threading.Lock()  # one two-thread call at a time: the thread setting i
 
 
 def _in_two_threads(run) -> None:
-    """run(0) and run(1) on two Python threads, each with one torch thread.
+    """run(1) on a new Python thread while this one runs run(0), each with one torch thread.
 
     torch's thread setting is process-wide: it is 1 during the call (other Python threads using torch at
-    the same time see that too) and restored afterwards. The new threads take it when they first run a
-    parallel operation, so the two do not each start a team of two. Grad mode and inference mode are per
-    thread: both are passed on. While another Python thread is in such a call, both shares run here, one
+    the same time see that too) and restored afterwards. The new thread takes it when it first runs a
+    parallel operation, so it does not start a team of two. Grad mode and inference mode are per thread:
+    both are passed on. While another Python thread is in such a call, both shares run here, one
     after the other (its setting of 1 would otherwise be read as this call's to restore, leaving torch on
     one thread for good).
     """
@@ -305,20 +317,36 @@ def _split(run) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        workers = [threading.Thread(target=work, args=(share,)) for share in (0, 1)]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
+        worker = threading.Thread(target=work, args=(1,))
+        worker.start()
+        try:
+            run(0)  # this thread takes the other share: one thread started per call, not two
+        finally:
+            worker.join()
     finally:
         torch.set_num_threads(threads)
     if errors:
         raise errors[0]
 
 
-def _accumulate(row_sum, acc, p, p_sum, v_j, grad):
-    """Add one tile's row sums p_sum (rows, 1) and p @ v to the running sums (started by the first tile)."""
+class _Buffers:
+    """One call's (or one thread's) working memory for whole tiles, without autograd."""
+
+    def __init__(self, q, BH, G, tile, D):
+        B, Hq = q.shape[:2]
+        self.q = q.new_empty(B, Hq, tile, D)  # a row block's scaled queries
+        self.s = q.new_empty(BH, G * tile, tile)  # a tile's scores, then its exponentials
+        self.sum = q.new_empty(BH, G * tile, 1)  # their row sums
+        self.row_sum = q.new_empty(BH, G * tile, 1)  # the running sums of a row block
+        self.acc = q.new_empty(BH, G * tile, D)
+
+
+def _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs=None):
+    """Add one tile's row sums p_sum (rows, 1) and p @ v to the running sums (started by the first tile,
+    in ``bufs`` if given)."""
     if row_sum is None:  # p_sum may be the reused buffer: copied
+        if bufs is not None:
+            return bufs.row_sum.copy_(p_sum), torch.bmm(p, v_j, out=bufs.acc)
         return p_sum.clone() if not grad else p_sum, torch.bmm(p, v_j)
     if grad:
         return row_sum + p_sum, torch.baddbmm(acc, p, v_j)
@@ -333,11 +361,14 @@ def _rescale(row_sum, acc, alpha, grad):
     return row_sum.mul_(alpha), acc.mul_(alpha)
 
 
-def _tile_mask(mask, q0, q1, k0, k1, q_offset, prefix_len, G, like):
+@functools.lru_cache(maxsize=64)
+def _tile_mask(mask, q_start, k_start, rows, cols, prefix_len, G, dtype, device):
     """One partial tile's mask two ways: hidden (rows, cols) bool, and for the G stacked heads of a group
-    an additive 0 / -inf term (G * rows, cols) in q's dtype."""
-    q_pos = torch.arange(q0, q1, device=like.device)[:, None] + q_offset
-    k_pos = torch.arange(k0, k1, device=like.device)[None, :]
-    hidden = ~visible(mask, q_pos, k_pos, prefix_len)
-    bias = torch.zeros(hidden.shape, dtype=like.dtype, device=like.device).masked_fill_(hidden, float("-inf"))
-    return hidden, bias.repeat(G, 1)
+    an additive 0 / -inf term (G * rows, cols) in ``dtype``; rows at positions q_start..., columns at
+    k_start.... Cached, so never written to; made outside inference mode, so usable with autograd."""
+    with torch.inference_mode(False), torch.no_grad():
+        q_pos = torch.arange(q_start, q_start + rows, device=device)[:, None]
+        k_pos = torch.arange(k_start, k_start + cols, device=device)[None, :]
+        hidden = ~visible(mask, q_pos, k_pos, prefix_len)
+        bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
+        return hidden, bias.repeat(G, 1)

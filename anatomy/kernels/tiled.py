@@ -28,10 +28,14 @@ Two details make it fast on a CPU; neither changes the result beyond float32 rou
   scores; same output bit for bit; at worst, every sum large, ~3% slower than one maximum pass per tile).
 
 Without autograd, every tile's scores and row sums are written into two buffers that the next tile reuses
-(``out=``), and a diagonal tile's mask is added to its scores in place, after the product relative to
-``m``, instead of being combined with ``-m`` into a new tensor first: no tile allocates memory. Same output
-bit for bit; measured 2-6% less time for causal attention at N = 1024-4096, 1 thread (CPU clock, the old
-and the new kernel side by side in one process, paired medians of 15 repeats: 0.940 / 0.974 / 0.967).
+(``out=``): no tile allocates memory (measured 2-6% less time for causal attention at N = 1024-4096, 1
+thread). A later diagonal tile's mask is added to ``-m`` in the score buffer, and the product accumulates
+onto it (``baddbmm_``): one pass over the tile fewer than adding the mask to the scores afterwards. Each
+row block's scaled queries, running sums and output also live in buffers allocated once per call, and the
+result is divided straight into the output's rows. These per-row-block and per-call costs are paid by
+causal and full attention alike, so they pull causal/full above the count of tiles, the more so the fewer
+tiles there are per row block (small N). All of this gives the autograd path's output bit for bit
+(``tests/test_kernels.py``).
 
 With two or more torch threads (and no autograd), the row blocks are shared out between two Python
 threads, in two shares of equal work (tiles to compute), each thread with one torch thread: one tile's

@@ -67,7 +67,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 if need_h:
                     torch.mm(g, weight, out=grad_h[s : s + c])
                 if need_w:
-                    torch.mm(g.t(), h, out=grad_w) if s == 0 else grad_w.addmm_(g.t(), h)
+                    # out= rather than addmm_: the same kernel and bits, and FlopCounterMode counts it
+                    # (it does not count the in-place addmm_, so train_step_flops would miss them)
+                    torch.mm(g.t(), h, out=grad_w) if s == 0 else torch.addmm(grad_w, g.t(), h, out=grad_w)
         ctx.save_for_backward(grad_h, grad_w)
         return total * scale  # float32 at least, as F.cross_entropy of the logits .float()
 
@@ -88,7 +90,7 @@ def linear_cross_entropy(
     labels: torch.Tensor,
     *,
     ignore_index: int = -100,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the logits ``hidden @ weight.T`` against ``labels``, without materialising them.
 
@@ -97,7 +99,7 @@ def linear_cross_entropy(
     ignore_index=ignore_index)`` up to float32 rounding, and so do its gradients (with respect to hidden and
     weight). Rows whose label is ``ignore_index`` carry no loss and get a zero gradient (F.cross_entropy's
     log-softmax backward would give NaN for a NaN row; a NaN in a row with a target gives a NaN loss in
-    both). Logits and their gradient exist only ``chunk_rows`` rows at a time.
+    both). Logits and their gradient exist only ``chunk_rows`` rows at a time (default ``CHUNK_ROWS``).
     """
     check_tensor("hidden", hidden, kind="float")
     check_tensor("weight", weight, kind="float", dim=2)
@@ -118,7 +120,7 @@ def linear_cross_entropy(
             f"{hidden.device}, {weight.dtype} on {weight.device}, labels on {labels.device}"
         )
     check_int("ignore_index", ignore_index)
-    check_positive_int("chunk_rows", chunk_rows)
+    chunk_rows = CHUNK_ROWS if chunk_rows is None else check_positive_int("chunk_rows", chunk_rows)
     flat = labels.reshape(-1).long()
     bad = (flat != ignore_index) & ((flat < 0) | (flat >= weight.shape[0]))
     if bool(bad.any()):

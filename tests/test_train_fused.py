@@ -187,6 +187,19 @@ def test_next_token_loss_restores_the_head_when_the_model_raises():
     assert model.lm_head is head
 
 
+@pytest.mark.parametrize("chunk_rows", [4, 21, None])
+def test_linear_cross_entropy_counts_the_plain_paths_flops(chunk_rows):
+    # three products (logits, grad of hidden, grad of weight) over every row, however it is chunked
+    from torch.utils.flop_counter import FlopCounterMode
+
+    hidden, weight, labels = _problem()
+    with FlopCounterMode(display=False) as plain:
+        _reference(hidden, weight, labels).backward()
+    with FlopCounterMode(display=False) as fused:
+        linear_cross_entropy(hidden, weight, labels, chunk_rows=chunk_rows).backward()
+    assert fused.get_total_flops() == plain.get_total_flops() > 0
+
+
 def test_train_step_flops_are_the_plain_paths():
     model = _tiny()
     x = torch.randint(0, 40, (2, 12))

@@ -79,8 +79,8 @@ def build_glue(path: Path) -> tuple[dict[str, str], set[str]]:
 
 # --------------------------------------------------------------------------- second runs, for determinism
 # Every chapter is executed a second time somewhere in scripts/run_tests.sh and its glued values compared
-# with the build's. Runs that happen anyway before the build (tests/test_busy_cpu.py: chapters on a CPU
-# busy with other work; tests/test_colab_env.py: chapters in the Colab-pinned environment) save what they
+# with the build's. Runs that happen anyway before the build (tests/test_busy_cpu.py: chapters on a busy
+# CPU; tests/test_colab_env.py: chapters in the Colab-pinned environment) save what they
 # glued into the folder named by ``ANATOMY_SECOND_RUNS``; after the build, tests/test_determinism.py
 # compares those records with the build's values, and tests/test_colab_style.py executes only the chapters
 # without a record.

@@ -83,11 +83,17 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
-# Three pytest processes side by side, each keeping about one core busy: the busy-CPU chapters
-# (tests/test_busy_cpu.py: they must run while other work competes with them for every core; the other two
-# processes are that work, and its LoadKeeper adds a busy loop only for a competing thread they do not
-# run, so the loops burn little CPU), the files that run chapters in environments of their own (the
-# Colab-pinned one, the built wheel) together with the Triton interpreter tests, and the rest of the tests.
+# Three pytest processes: first the busy-CPU chapters alone (tests/test_busy_cpu.py: nothing else of this
+# run beside them, so the competition they get is its busy loops', as in every run; see the note below);
+# then the rest of the tests beside the files that run chapters in environments of their own (the
+# Colab-pinned one, the built wheel) and the Triton interpreter tests: each of the two keeps about one core
+# busy, so side by side they take about the time of the longer one.
+# Why not the busy-CPU chapters beside the other tests, as the load that competes with them (aca0bed):
+# Jupyter starts each kernel in a session of its own, and with the Linux scheduler's autogroups (on here) CPU
+# time is shared between sessions before processes, so a chapter competes with every other kernel as with a
+# whole session, the Colab-style runs' kernels included (their nice 19 counts only inside their own
+# session): far more competition than the busy loops give. In a clean-clone run on the shared machine
+# chapter 10 ran 5x slower than alone that way and its timed claim (speculative decoding) failed.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
 OWN_ENVS=(tests/test_colab_env.py tests/test_publish.py)
@@ -125,11 +131,15 @@ pytest_parts() {
 echo "== pytest tests"
 step_start
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
+echo "== pytest ${BUSY[*]} (alone: the busy-CPU chapters)"
+# shellcheck disable=SC2086
+python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
+busy_status=$?
 # From here on, every chapter that no test of this step executes a second time is executed the way Colab
 # runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
 # HEAD, an empty working directory), at nice 19: these runs take only the CPU the rest leaves idle (here,
-# once the pytest processes below have fewer than two cores' work, and in step 3's Sphinx phase) and almost
-# nothing while both cores are busy (they do not count as competitors for the busy-CPU chapters); while step 3 executes the chapters that glue wall-clock times they are stopped
+# while one of the two pytest processes below has finished, and in step 3's Sphinx phase) and little while
+# both cores are busy; while step 3 executes the chapters that glue wall-clock times they are stopped
 # (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
 # save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as
 # they go.
@@ -139,11 +149,7 @@ ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
     python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
     --durations=30 >"$LOGS/colab.log" 2>&1 &
 colab_pid=$!
-echo "== pytest ${BUSY[*]} (the busy-CPU chapters; output below, after the other tests), beside pytest tests"
-# shellcheck disable=SC2086
-python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/busy.log" 2>&1 &
-busy_pid=$!
-echo "== pytest ${BESIDE[*]} (the Triton interpreter tests only; output below), beside pytest tests"
+echo "== pytest ${BESIDE[*]} (of test_triton.py the interpreter tests; output below), beside pytest tests"
 # shellcheck disable=SC2086
 ANATOMY_TRITON_INTERPRETER_TESTS=only python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} \
     >"$LOGS/beside.log" 2>&1 &
@@ -158,12 +164,9 @@ wait "$beside_pid"
 beside_status=$?
 echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
 cat "$LOGS/beside.log"
-wait "$busy_pid"
-busy_status=$?
-echo "== pytest ${BUSY[*]} (ran beside the other tests)"
-cat "$LOGS/busy.log"
 triton_status=0
-if [[ -z "${PYTEST_ARGS:-}" ]] && python -c "import importlib.util as u, sys; sys.exit(u.find_spec('triton') is None)"; then
+has_triton() { python -c "import importlib.util as u, sys; sys.exit(u.find_spec('triton') is None)"; }
+if [[ -z "${PYTEST_ARGS:-}" ]] && has_triton; then
     echo "== Triton interpreter tests: $(cat "$ANATOMY_TRITON_RECORD" 2>/dev/null | tr '\n' ';')"
     if ! grep -q "^[1-9]" "$ANATOMY_TRITON_RECORD" 2>/dev/null; then
         echo "run_tests.sh: no pytest process ran the Triton interpreter tests (tests/conftest.py)" >&2

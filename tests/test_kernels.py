@@ -153,16 +153,25 @@ def test_diagonal_tile_masks_are_shared_across_calls_and_never_written():
             tiled.tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=128)
     info = tiled._tile_mask.cache_info()
     assert (info.misses, info.hits) == (1, 7)  # the 4 diagonal tiles of both calls: one mask
-    hidden, bias = tiled._tile_mask("causal", 0, 0, 128, 128, None, 2, torch.float32, torch.device("cpu"))
+    hidden, bias = tiled._tile_mask("causal", 0, 128, 128, None, 2, torch.float32, torch.device("cpu"))
     above = torch.ones(128, 128, dtype=torch.bool).triu(1)
     assert torch.equal(hidden, above)
     assert torch.equal(bias, torch.zeros(256, 128).masked_fill_(above.repeat(2, 1), float("-inf")))
     # Queries at other positions (a block after a cache; prefixes) get masks of their own.
     with one_thread(), torch.no_grad():
-        for mask, nq, p in (("causal", 200, None), ("prefix", 512, 200), ("prefix", 512, 300)):
-            got = attention(q[:, :, -nq:], k, v, mask, prefix_len=p, backend="tiled", tile=128)
+        for mask, nq, p, tile in (
+            ("causal", 200, None, 128),
+            ("prefix", 512, 200, 128),
+            ("prefix", 512, 300, 96),
+        ):
+            got = attention(q[:, :, -nq:], k, v, mask, prefix_len=p, backend="tiled", tile=tile)
             want = attention(q[:, :, -nq:], k, v, mask, prefix_len=p, backend="reference")
             torch.testing.assert_close(got, want)
+        # A mask larger than MASK_CACHE_MAX (here one tile of the whole sequence) is built, not kept.
+        kept = tiled._tile_mask.cache_info().currsize
+        got = attention(q, k, v, "causal", backend="tiled", tile=512)
+        assert 2 * 512 * 512 > tiled.MASK_CACHE_MAX and tiled._tile_mask.cache_info().currsize == kept
+        torch.testing.assert_close(got, attention(q, k, v, "causal", backend="reference"))
 
 
 def test_causal_tiles_computed_are_the_classifiers():

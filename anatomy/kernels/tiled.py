@@ -67,6 +67,7 @@ from anatomy.masks import EMPTY, PARTIAL, tile_map, visible
 LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
+MASK_CACHE_MAX = 2**17  # masks of at most this many scores (G heads x 128 x 128 for G <= 8) are kept
 
 
 def tiled_attention(
@@ -181,11 +182,12 @@ def _row_blocks(
             whole = full_rows and k1 - k0 == tile
             s_out, sum_out = (bufs.s, bufs.sum) if whole else (None, None)
             if partial:
-                # The mask depends on the positions relative to the diagonal only (causal), or also on the
-                # prefix: cached across calls, as most partial tiles share one.
-                start = q0 + q_offset
-                at = (start, k0) if mask == "prefix" else (start - k0, 0)
-                hidden, bias = _tile_mask(mask, *at, rows, k1 - k0, prefix_len, G, q.dtype, q.device)
+                # A tile's mask depends on where its rows sit relative to its columns (and to the prefix):
+                # the tiles on the diagonal share one, kept across calls unless it is large.
+                cols, rel = k1 - k0, q0 + q_offset - k0
+                pre = None if prefix_len is None else min(max(prefix_len - k0, 0), cols)
+                build = _tile_mask if G * rows * cols <= MASK_CACHE_MAX else _tile_mask.__wrapped__
+                hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
             if m is not None and not padded:
                 # Scores relative to the running maximum, the subtraction done inside the matmul. On a
                 # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
@@ -365,14 +367,15 @@ def _rescale(row_sum, acc, alpha, grad):
     return row_sum.mul_(alpha), acc.mul_(alpha)
 
 
-@functools.lru_cache(maxsize=64)
-def _tile_mask(mask, q_start, k_start, rows, cols, prefix_len, G, dtype, device):
+@functools.lru_cache(maxsize=32)
+def _tile_mask(mask, rel, rows, cols, prefix_len, G, dtype, device):
     """One partial tile's mask two ways: hidden (rows, cols) bool, and for the G stacked heads of a group
-    an additive 0 / -inf term (G * rows, cols) in ``dtype``; rows at positions q_start..., columns at
-    k_start.... Cached, so never written to; made outside inference mode, so usable with autograd."""
+    an additive 0 / -inf term (G * rows, cols) in ``dtype``. Positions are the tile's own: columns 0...,
+    rows rel..., the prefix ``prefix_len`` columns. Cached, so never written to; made outside inference
+    mode, so usable with autograd."""
     with torch.inference_mode(False), torch.no_grad():
-        q_pos = torch.arange(q_start, q_start + rows, device=device)[:, None]
-        k_pos = torch.arange(k_start, k_start + cols, device=device)[None, :]
+        q_pos = torch.arange(rows, device=device)[:, None] + rel
+        k_pos = torch.arange(cols, device=device)[None, :]
         hidden = ~visible(mask, q_pos, k_pos, prefix_len)
         bias = torch.zeros(hidden.shape, dtype=dtype, device=device).masked_fill_(hidden, float("-inf"))
         return hidden, bias.repeat(G, 1)

@@ -83,28 +83,28 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
-# Three pytest processes: first the busy-CPU chapters alone (tests/test_busy_cpu.py: nothing else of this
-# run beside them, so the competition they get is its busy loops', as in every run; see the note below);
-# then the rest of the tests beside the files that run chapters in environments of their own (the
-# Colab-pinned one, the built wheel) and the Triton interpreter tests: each of the two keeps about one core
-# busy, so side by side they take about the time of the longer one.
-# Why not the busy-CPU chapters beside the other tests, as the load that competes with them (aca0bed):
-# Jupyter starts each kernel in a session of its own, and with the Linux scheduler's autogroups (on here) CPU
-# time is shared between sessions before processes, so a chapter competes with every other kernel as with a
-# whole session, the Colab-style runs' kernels included (their nice 19 counts only inside their own
-# session): far more competition than the busy loops give. In a clean-clone run on the shared machine
-# chapter 10 ran 5x slower than alone that way and its timed claim (speculative decoding) failed.
+# Four pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
+# LIGHT, a process of tests that start no kernel and use small tensors (the Triton interpreter tests among
+# them), whose threads its LoadKeeper counts as competition, topping up with busy loops in the same session
+# (see tests/test_busy_cpu.py: Jupyter kernels run in sessions of their own, and the scheduler's autogroups
+# share CPU between sessions first, so the chapter competes with one session, as it did with the busy loops
+# alone; beside the other tests and the Colab-style runs it would compete with each of their kernels, far
+# more: tried in aca0bed, chapter 10's timed claim failed). Then the rest of the tests beside the files that
+# run chapters in environments of their own (the Colab-pinned one, the built wheel): each of the two keeps
+# about one core busy, so side by side they take about the time of the longer one.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
-OWN_ENVS=(tests/test_colab_env.py tests/test_publish.py)
-BESIDE=("${OWN_ENVS[@]}" tests/test_triton.py)
+BESIDE=(tests/test_colab_env.py tests/test_publish.py)
+LIGHT_FILES=(tests/test_data.py tests/test_properties.py tests/test_layout.py tests/test_module_attributes.py
+    tests/test_doc_references.py)
+LIGHT=(tests/test_triton.py "${LIGHT_FILES[@]}")
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
 LOGS="$(mktemp -d)"
 trap 'rm -rf "$LOGS"' EXIT
-# The Triton interpreter tests (~60 s on one core) run in the BESIDE process, the rest of tests/test_triton.py
-# in the main one (tests/conftest.py: ANATOMY_TRITON_INTERPRETER_TESTS); every process that selects them
-# records how many ran, and this step fails if none did.
+# Of tests/test_triton.py, the LIGHT process runs the interpreter tests (~50 s on one core), the main one
+# the rest (tests/conftest.py: ANATOMY_TRITON_INTERPRETER_TESTS); every process that selects them records
+# how many ran, and this step fails if none did.
 export ANATOMY_TRITON_RECORD="$LOGS/triton-interpreter.txt"
 
 # pytest_parts NAME STATUS...: the status of a step run as several pytest processes. Exit code 5 (no tests
@@ -131,7 +131,12 @@ pytest_parts() {
 echo "== pytest tests"
 step_start
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
-echo "== pytest ${BUSY[*]} (alone: the busy-CPU chapters)"
+echo "== pytest ${LIGHT[*]} (of test_triton.py its interpreter tests; output below)"
+# shellcheck disable=SC2086
+ANATOMY_TRITON_INTERPRETER_TESTS=only python -m pytest "${LIGHT[@]}" --durations=30 ${PYTEST_ARGS:-} \
+    >"$LOGS/light.log" 2>&1 &
+light_pid=$!
+echo "== pytest ${BUSY[*]} (the busy-CPU chapters, beside ${LIGHT[*]} only)"
 # shellcheck disable=SC2086
 python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
 busy_status=$?
@@ -149,13 +154,12 @@ ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
     python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
     --durations=30 >"$LOGS/colab.log" 2>&1 &
 colab_pid=$!
-echo "== pytest ${BESIDE[*]} (of test_triton.py the interpreter tests; output below), beside pytest tests"
+echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
 # shellcheck disable=SC2086
-ANATOMY_TRITON_INTERPRETER_TESTS=only python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} \
-    >"$LOGS/beside.log" 2>&1 &
+python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
 beside_pid=$!
-# tests/test_triton.py stays in this process (without its interpreter tests)
-main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${OWN_ENVS[@]}")
+# tests/test_triton.py stays in this process too (without its interpreter tests)
+main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${BESIDE[@]}" "${LIGHT_FILES[@]}")
 # shellcheck disable=SC2086
 ANATOMY_TRITON_INTERPRETER_TESTS=elsewhere python -m pytest tests "${main_ignore[@]/#/--ignore=}" \
     --durations=30 ${PYTEST_ARGS:-}
@@ -164,6 +168,10 @@ wait "$beside_pid"
 beside_status=$?
 echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
 cat "$LOGS/beside.log"
+wait "$light_pid"
+light_status=$?
+echo "== pytest ${LIGHT[*]} (ran beside the busy-CPU chapters)"
+cat "$LOGS/light.log"
 triton_status=0
 has_triton() { python -c "import importlib.util as u, sys; sys.exit(u.find_spec('triton') is None)"; }
 if [[ -z "${PYTEST_ARGS:-}" ]] && has_triton; then
@@ -173,7 +181,7 @@ if [[ -z "${PYTEST_ARGS:-}" ]] && has_triton; then
         triton_status=1
     fi
 fi
-pytest_parts "pytest tests" "$busy_status" "$unit_status" "$beside_status" "$triton_status"
+pytest_parts "pytest tests" "$busy_status" "$light_status" "$unit_status" "$beside_status" "$triton_status"
 record "pytest tests" $? $((SECONDS - t)) "$cpu0"
 
 # 3. strict book build -----------------------------------------------------------------------------------

@@ -9,12 +9,18 @@ The chapter gets about half of the machine, as it would beside one busy loop per
 A keeper (``LoadKeeper``) counts, every quarter of a second, the runnable threads of every other process at
 the chapter's priority (from /proc; niced work does not count), and resumes one busy loop per thread
 missing below one per core (stopped again when the others run enough), so the chapter never has an idle
-core to itself, whatever else the machine runs. scripts/run_tests.sh runs this file alone, so there the
-loops are the competition, as they always were; beside the other tests it would not be equivalent (see
-the note in run_tests.sh: Jupyter kernels run in sessions of their own, which the scheduler's autogroups
-weigh as a whole). Each chapter's run then asserts what the CPU saw: busy at least 90% of the time, at
-least 0.9 runnable competing threads per core on average, and those others using at least a quarter of
-the cores' time.
+core to itself, whatever else the machine runs.
+
+What competes matters, not only how much: Jupyter starts each kernel in a session of its own, and with the
+scheduler's autogroups (Linux, on by default) CPU time is shared between sessions before threads, so the
+chapter's kernel gets its session's share. scripts/run_tests.sh runs this file with nothing beside it but
+one more pytest process of light tests (no kernels, small tensors) in its own session, and the loops are
+started in that session too: the chapter competes with one session running at least one thread per core,
+as it did with the loops alone, and that session's CPU goes partly to useful tests instead of loops.
+(Beside the other tests, their kernels and the Colab-style runs' kernels each compete as a session: far
+more than the loops; tried in aca0bed, chapter 10's timed claim failed.) Each chapter's run asserts what
+the CPU saw: busy at least 90% of the time, at least 0.9 runnable competing threads per core on average,
+and those others using at least a quarter of the cores' time.
 
 Chapters 8, 9 and 10 are the ones whose claim checks use measured times (causal/full kernel time and
 whole-model saving; decode vs prefill per token and cache reuse vs recompute; roofline, encoder vs
@@ -49,7 +55,10 @@ DEFAULT = [
 pytestmark = [pytest.mark.book, pytest.mark.slow]
 
 # One busy loop per core: the first process forks the others, so they share one process group that the
-# fixture ends with a single killpg. Each writes its pid to the file named by argv[2].
+# fixture ends with a single killpg. Each writes its pid to the file named by argv[2]. The group stays in
+# this process's session: with the scheduler's autogroups, the loops then add to the share of the work that
+# runs beside the chapter (scripts/run_tests.sh runs light tests there) instead of competing as a session of
+# their own.
 HOG = """
 import os, sys
 n, pidfile = int(sys.argv[1]), sys.argv[2]
@@ -222,13 +231,13 @@ def competition_failures(m: dict, cores: int) -> list[str]:
 
 @pytest.fixture
 def hogs(tmp_path):
-    """One busy loop per core, each stopped (SIGSTOP) until a LoadKeeper resumes it; one process group,
-    ended with a single killpg."""
+    """One busy loop per core, each stopped (SIGSTOP) until a LoadKeeper resumes it; one process group in
+    this session, ended with a single killpg."""
     if not Path("/proc/self/stat").exists():
         pytest.skip("needs /proc to count the competing threads")
     cores = os.cpu_count() or 2
     pidfile = tmp_path / "hog.pids"
-    proc = subprocess.Popen([sys.executable, "-c", HOG, str(cores), str(pidfile)], start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOG, str(cores), str(pidfile)], process_group=0)
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -256,24 +265,31 @@ def _state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _until(condition, seconds: float = 20.0) -> bool:
+    """Whether `condition()` became true within `seconds` (a loaded machine slows the keeper's scans)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def test_the_keeper_runs_a_loop_for_each_missing_thread(hogs):
     """The guarantee does not rest on the other processes: when they run nothing, every loop runs (and the
     chapter's checks below would see the cores busy); when they run enough, the loops are stopped."""
     others = [0]
     keeper = LoadKeeper(hogs, len(hogs), count=lambda: others[0]).start()
     try:
-        time.sleep(1.5)
+        assert _until(lambda: keeper.running == len(hogs) and all(_state(p) != "T" for p in hogs))
         keeper.mark()
         time.sleep(2)
         m = keeper.measure()
-        assert keeper.running == len(hogs) and all(_state(p) != "T" for p in hogs)
         assert m["competing"] >= len(hogs) and m["others_cores"] > 0.5, m
         others[0] = len(hogs) - 1  # one thread missing: one loop
-        time.sleep(1.5)
-        assert keeper.running == 1 and sum(_state(p) == "T" for p in hogs) == len(hogs) - 1
+        assert _until(lambda: keeper.running == 1 and sum(_state(p) == "T" for p in hogs) == len(hogs) - 1)
         others[0] = len(hogs)  # enough: no loop
-        time.sleep(1.5)
-        assert keeper.running == 0 and all(_state(p) == "T" for p in hogs)
+        assert _until(lambda: keeper.running == 0 and all(_state(p) == "T" for p in hogs))
     finally:
         keeper.stop()
 

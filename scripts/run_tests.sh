@@ -89,7 +89,8 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # (see tests/test_busy_cpu.py: Jupyter kernels run in sessions of their own, and the scheduler's autogroups
 # share CPU between sessions first, so the chapter competes with one session, as it did with the busy loops
 # alone; beside the other tests and the Colab-style runs it would compete with each of their kernels, far
-# more: tried in aca0bed, chapter 10's timed claim failed). Then the rest of the tests beside the files that
+# more: tried in aca0bed on the loaded shared machine, chapter 10 took 229 s instead of ~46 s). Then the
+# rest of the tests beside the files that
 # run chapters in environments of their own (the Colab-pinned one, the built wheel): each of the two keeps
 # about one core busy, so side by side they take about the time of the longer one.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
@@ -142,10 +143,11 @@ python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
 busy_status=$?
 # From here on, every chapter that no test of this step executes a second time is executed the way Colab
 # runs it (tests/test_colab_style.py, COLAB_CHAPTERS=unclaimed: the package installed from the committed
-# HEAD, an empty working directory), at nice 19: these runs take only the CPU the rest leaves idle (here,
-# while one of the two pytest processes below has finished, and in step 3's Sphinx phase) and little while
-# both cores are busy; while step 3 executes the chapters that glue wall-clock times they are stopped
-# (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
+# HEAD, an empty working directory), at nice 19 (which, with autogroups, binds only their pytest process:
+# each kernel runs in a session of its own and competes as an equal with the other sessions); they use the
+# CPU the rest leaves idle (while one of the two pytest processes below has finished, and in step 3's
+# Sphinx phase) and a share of the rest; while step 3 executes the chapters that glue wall-clock times
+# they are stopped (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
 # save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as
 # they go.
 echo "== Colab-style chapter runs (tests/test_colab_style.py, nice 19, until step 4; output there)"

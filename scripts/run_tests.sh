@@ -147,9 +147,9 @@ busy_status=$?
 # each kernel runs in a session of its own and competes as an equal with the other sessions); they use the
 # CPU the rest leaves idle (while one of the two pytest processes below has finished, and in step 3's
 # Sphinx phase) and a share of the rest; while step 3 executes the chapters that glue wall-clock times
-# they are stopped (scripts/execute_chapters.py). They need the build only to compare their glued values with it, so they
-# save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their other checks run as
-# they go.
+# they are stopped (scripts/execute_chapters.py). They need the build only to compare their glued values
+# with it, so they save them (COLAB_SAVE_ONLY) for tests/test_determinism.py to compare in step 4; their
+# other checks run as they go.
 echo "== Colab-style chapter runs (tests/test_colab_style.py, nice 19, until step 4; output there)"
 tc=$SECONDS
 ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \

@@ -195,7 +195,7 @@ def _library() -> ctypes.CDLL | None:
             from anatomy.packed import compiled
 
             try:
-                lib = compiled(_SOURCE, "decode-step")
+                lib = compiled(_SOURCE, "decode-step", openmp=False)
             except (RuntimeError, OSError):
                 _lib = False
                 return None

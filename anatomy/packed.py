@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anatomy._checks import check_choice, check_tensor
+from anatomy._checks import check_bool, check_choice, check_tensor
 from anatomy.data import cache_dir
 from anatomy.weight_layout import _forget_fused
 
@@ -172,13 +172,15 @@ def _cpu_flags() -> str:
         return os.uname().machine + platform.processor()
 
 
-def compiled(source: str, stem: str) -> ctypes.CDLL:
+def compiled(source: str, stem: str, openmp: bool = True) -> ctypes.CDLL:
     """``source`` (C) built once per machine with the system's ``cc`` into a cached shared library, loaded.
 
     The file lives under :func:`anatomy.data.cache_dir`, named ``stem`` plus a hash of the source, the flags,
     the compiler and the CPU's feature flags (``-march=native``: a library built on another CPU, in a cache
     folder copied over, could hold instructions this one lacks). RuntimeError when there is no compiler or
-    the build fails. Callers keep the library they get (one load per process).
+    the build fails. Callers keep the library they get (one load per process). ``openmp=False`` builds
+    without OpenMP (a library that never starts threads does not load a second OpenMP runtime beside
+    PyTorch's).
     """
     if not isinstance(source, str):
         raise TypeError(f"source must be C source code (a str), got {type(source).__name__}")
@@ -186,10 +188,12 @@ def compiled(source: str, stem: str) -> ctypes.CDLL:
         raise TypeError(f"stem must be a str, got {type(stem).__name__}")
     if not stem or not all(ch.isalnum() or ch in "-_" for ch in stem):
         raise ValueError(f"stem must be a file name of letters, digits, '-' and '_', got {stem!r}")
+    check_bool("openmp", openmp)
+    flags = _FLAGS if openmp else [f for f in _FLAGS if f != "-fopenmp"]
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise RuntimeError(f"{stem} needs a C compiler (cc or gcc) to build its kernel once")
-    key = hashlib.sha256((source + " ".join(_FLAGS) + compiler + _cpu_flags()).encode())
+    key = hashlib.sha256((source + " ".join(flags) + compiler + _cpu_flags()).encode())
     path = cache_dir() / f"{stem}-{key.hexdigest()[:16]}.so"
     if not path.exists():
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
@@ -197,7 +201,7 @@ def compiled(source: str, stem: str) -> ctypes.CDLL:
             with open(src, "w") as f:
                 f.write(source)
             try:
-                done = subprocess.run([compiler, *_FLAGS, src, "-o", out], capture_output=True, text=True)
+                done = subprocess.run([compiler, *flags, src, "-o", out], capture_output=True, text=True)
             except OSError as error:  # CC names no program
                 raise RuntimeError(f"building {stem} failed: {error}") from error
             if done.returncode:

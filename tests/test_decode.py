@@ -299,6 +299,7 @@ BAD_INPUTS = {
             ("stem", None, TypeError),
             ("stem", "", ValueError),
             ("stem", "a/b", ValueError),
+            ("openmp", 1, TypeError),
         ],
     ),
 }

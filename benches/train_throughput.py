@@ -12,7 +12,8 @@ embeddings), fp32; both models start from the same initial weights (the transfor
   :mod:`anatomy.fused`; torch AdamW; gradient clipping at 1.0; a constant learning rate) on batches
   (ids, ids shifted left with -100 at the end). transformers: ``model(ids, labels=ids).loss`` (which shifts
   the labels itself), backward, ``clip_grad_norm_(1.0)`` and ``torch.optim.AdamW`` with the Trainer's
-  defaults (lr 5e-5, betas (0.9, 0.999), no weight decay). Each repeat makes a fresh optimizer on both
+  defaults (``optim="adamw_torch_fused"``, its default with torch >= 2.8: ``fused=True``; lr 5e-5, betas
+  (0.9, 0.999), no weight decay). Each repeat makes a fresh optimizer on both
   sides (``anatomy.train`` does) and runs ``--steps`` steps. Same math: before timing, the bench checks that
   the two first-step losses agree to 1e-5 relative and every parameter's gradient to 1e-4 of that
   gradient's largest entry, and stops if not.
@@ -93,7 +94,8 @@ def _public_steps(ours, hf, args):
 
     def hf_steps(batches):
         params = [p for p in hf.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+        # the Trainer's default optimizer with torch >= 2.8 ("adamw_torch_fused"), as anatomy.train's
+        opt = torch.optim.AdamW(params, lr=5e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, fused=True)
         for ids in batches:
             loss = hf(ids, labels=ids).loss
             loss.backward()

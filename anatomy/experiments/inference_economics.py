@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from anatomy import decode
 from anatomy._checks import check_dtype, check_float, check_instance, check_int, check_tensor, check_values
 from anatomy.cost import forward_flops, linear_params, step_bytes
 from anatomy.experiments.kv_cache import seed002_kv_bytes_per_token
@@ -241,8 +242,10 @@ def batch_decode_sweep(
 ) -> dict:
     """Time one decode step for B sequences at once (each with the context ``context_ids`` (1, P + 1) cached
     up to its last token, which is the token decoded), for each B in ``batches``. The weights are read once
-    per step whatever B is, so the arithmetic intensity grows with B. Returns per B: ``seconds`` (median),
-    ``flops``, ``bytes`` (fp32, counted), ``intensity`` and ``achieved`` FLOP/s."""
+    per step whatever B is, so the arithmetic intensity grows with B. Every B runs the model's textbook path
+    (:func:`anatomy.decode.disabled`: B = 1 would otherwise take the one-call C step), so the sweep compares
+    one implementation across batch sizes. Returns per B: ``seconds`` (median), ``flops``, ``bytes`` (fp32,
+    counted), ``intensity`` and ``achieved`` FLOP/s."""
     check_instance("model", model, Transformer, "an anatomy Transformer")
     if not batches or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
         raise ValueError(f"batches must be positive ints, got {batches!r}")
@@ -268,7 +271,8 @@ def batch_decode_sweep(
             model(last, cache=cache)
 
         fns[B] = step
-    times = interleaved_times(fns, repeats=repeats, threads=None)
+    with decode.disabled():
+        times = interleaved_times(fns, repeats=repeats, threads=None)
     out: dict = {
         "batch": list(batches),
         "seconds": [],

@@ -12,6 +12,7 @@ from dataclasses import replace
 import torch
 import torch.nn as nn
 
+from anatomy import decode
 from anatomy._checks import check_bool, check_instance, check_int, check_tensor, is_int
 from anatomy.cost import (
     PUBLISHED,
@@ -150,7 +151,9 @@ def chunk_sweep(
     """Time one forward call that runs n new tokens on a cache of ``context_ids`` (1, P), for each n in
     ``chunks`` (interleaved, median of ``repeats``; the context's untimed prefill is the warm-up). n = 1 is a
     decode step; large n is a prefill. As in generation, only the last position goes through the LM head
-    (``logits_to_keep=1``).
+    (``logits_to_keep=1``). Every n runs the model's textbook path (:func:`anatomy.decode.disabled`: calls of
+    up to 16 tokens would otherwise take the one-call C step), so the sweep compares one implementation
+    across sizes, not two.
 
     new_ids (1, >= max(chunks)) supplies the tokens. Returns per chunk: ``seconds`` (median per call),
     ``per_token`` (seconds per token), ``flops`` and ``bytes`` (counted, fp32 weights and cache) and
@@ -176,7 +179,8 @@ def chunk_sweep(
 
     # No warm-up round: the context's prefill above already built what a first call builds (the fused
     # weights, the position table), and the median of the repeats absorbs a slower first call of a size.
-    times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, warmup=0, threads=None)
+    with decode.disabled():
+        times = interleaved_times({n: run(n) for n in chunks}, repeats=repeats, warmup=0, threads=None)
     cache.truncate(P)
     out: dict = {
         "chunk": list(chunks),

@@ -437,21 +437,31 @@ def _triton_venv(version: str) -> Path:
     spec.loader.exec_module(colab_env)
     here = Path(sys.prefix)
     import hashlib
+    import shutil
 
     numpy = _colab_pin("numpy")
-    key = hashlib.sha256(f"{here}\n{sys.version}\n{numpy}".encode()).hexdigest()[:10]
-    where = colab_env.cache_root().parent / f"triton-{version}-{key}"
+    root = colab_env.cache_root().parent
+    # The packages, installed once per (Python, Triton, NumPy) and shared by every checkout: a clean clone
+    # (a new sys.prefix) then only builds the small overlay below, not a ~40 s pip install of Triton.
+    tag = hashlib.sha256(f"{sys.version}\n{version}\n{numpy}".encode()).hexdigest()[:10]
+    pkgs = root / f"triton-{version}-packages-{tag}"
+    if not (pkgs / ".complete").exists():
+        shutil.rmtree(pkgs, ignore_errors=True)
+        pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(pkgs)]
+        pip += [f"triton=={version}"] + ([f"numpy=={numpy}"] if numpy else [])
+        subprocess.run(pip, check=True, capture_output=True, text=True, timeout=900)
+        (pkgs / ".complete").write_text(version + "\n")
+    key = hashlib.sha256(f"{here}\n{tag}".encode()).hexdigest()[:10]
+    where = root / f"triton-{version}-{key}"
     if (where / ".complete").exists():
         return where
     if where.exists():
-        import shutil
-
         shutil.rmtree(where)
     colab_env.overlay_env(here, where)
-    pip = [str(where / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", f"triton=={version}"]
-    if numpy:
-        pip.append(f"numpy=={numpy}")
-    subprocess.run(pip, check=True, capture_output=True, text=True, timeout=900)
+    # first on sys.path, so that this Triton and NumPy shadow this environment's
+    (colab_env._site(where) / "_colab_triton.pth").write_text(
+        f"import sys; sys.path.insert(0, {str(pkgs)!r})\n", encoding="utf-8"
+    )
     (where / ".complete").write_text(version + "\n")
     return where
 

@@ -18,10 +18,11 @@ machine a 2-thread step was slower than a 1-thread one).
 :class:`anatomy.model.Transformer` calls :func:`step` for a call of at most :data:`MAX_TOKENS` tokens with a
 cache (what :func:`anatomy.generate` does after the prompt) and uses its result when it is not None. It is
 None, and the model runs its textbook path, unless everything below holds: float32 weights on the CPU in
-the input-major layout, a causal pre-norm decoder with RMSNorm, RoPE, SwiGLU and no biases (SmolLM2,
-Llama), batch 1, no autograd (inference), no forward hooks, and a C compiler was found. The numbers are the
-model's up to the order of the sums (``tests/test_decode.py`` compares logits, caches and greedy tokens with
-the textbook path); :func:`disabled` switches the step off."""
+the input-major layout, of the shapes the config gives, a causal pre-norm decoder with RMSNorm, RoPE, SwiGLU
+and no biases (SmolLM2, Llama), batch 1, no autograd (inference), no forward hooks, no dispatch or function
+mode (an op counter or tracer sees the textbook path's operations), and a C compiler was found. The
+numbers are the model's up to the order of the sums (``tests/test_decode.py`` compares logits, caches and
+greedy tokens with the textbook path); :func:`disabled` switches the step off."""
 
 from __future__ import annotations
 
@@ -242,8 +243,11 @@ def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     lib = _library()
     if lib is None:
         raise RuntimeError("the decoding kernel could not be built (no C compiler)")
+    f32 = dict(dtype=torch.float32, device="cpu")  # whatever torch's default dtype and device
+    if n_in == 0:  # a sum of no products is 0
+        return torch.zeros(*x.shape[:-1], out, **f32)
     rows = x.reshape(-1, n_in).contiguous()
-    y = torch.empty(rows.shape[0], out)
+    y = torch.empty(rows.shape[0], out, **f32)
     if rows.shape[0]:
         lib.matmul(rows.data_ptr(), rows.shape[0], n_in, out, weight.data_ptr(), y.data_ptr())
     return y.view(*x.shape[:-1], out)
@@ -280,9 +284,16 @@ def _plain_llama(model: nn.Module, kinds) -> bool:
                 m = owner._modules[lin]
                 if type(m) is not nn.Linear or m._parameters["bias"] is not None or not _unhooked(m):
                     return False
-    return all(
-        model._modules.get(name) is not None and _unhooked(model._modules[name])
-        for name in ("norm", "lm_head", "embed_tokens")
+    # the final norm, the head and the embedding are what the kernel computes too (a LayerNorm, a head with
+    # a bias, an Identity put in their place, or an Embedding that renormalises its rows, would not be)
+    final = [model._modules.get(name) for name in ("norm", "lm_head", "embed_tokens")]
+    return (
+        all(m is not None and _unhooked(m) for m in final)
+        and type(final[0]) is norm_t
+        and type(final[1]) is nn.Linear
+        and final[1]._parameters.get("bias") is None
+        and type(final[2]) is nn.Embedding
+        and final[2].max_norm is None
     )
 
 
@@ -301,10 +312,18 @@ def _eligible_config(c) -> bool:
     )
 
 
-def _input_major(w: torch.Tensor) -> bool:
+def _input_major(w: torch.Tensor, shape: tuple[int, int]) -> bool:
+    """A float32 CPU weight of ``shape`` (out, in) stored input-major (memory (in, out))."""
     return (
-        w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2 and w.stride() == (1, w.shape[0])
+        w.dtype == torch.float32
+        and w.device.type == "cpu"
+        and tuple(w.shape) == shape
+        and w.stride() == (1, shape[0])
     )
+
+
+def _norms(model: nn.Module) -> list:
+    return [n for b in model.layers for n in (b.input_layernorm, b.post_attention_layernorm)] + [model.norm]
 
 
 class _Plan:
@@ -322,12 +341,18 @@ class _Plan:
         self.children = [tuple(p._modules.values()) for p in self.parents]
         self.modules = [m for p in self.parents[2:] for m in p._modules.values()] + self.parents[2:]
         self.weighted = [m for m in self.modules if "weight" in m._parameters] + [model.norm, model.lm_head]
+        self.norms = _norms(model)
         self.ptrs = self._ptrs()
 
     def _ptrs(self) -> list:
-        return [m._parameters["weight"].data_ptr() for m in self.weighted] + [
-            m._parameters.get("bias") is None for m in self.weighted
-        ]
+        """Where every weight is (address, shape, strides: a view of the same memory may start at the same
+        address), whether each Linear still has no bias, and every norm's eps."""
+        weights = [m._parameters["weight"] for m in self.weighted]
+        return (
+            [(w.data_ptr(), w.shape, w.stride()) for w in weights]
+            + [m._parameters.get("bias") is None for m in self.weighted]
+            + [n.eps for n in self.norms]
+        )
 
     def valid(self, model: nn.Module) -> bool:
         """The same modules in the same places, no forward hooks on them, every weight where it was."""
@@ -350,7 +375,8 @@ def _plan(model: nn.Module) -> _Plan | None:
     from anatomy.weight_layout import fused_weight
 
     model.__dict__.pop("_decode_plan", None)
-    if not _plain_llama(model, (Block, Attention, MLP, RMSNorm)):
+    c = model.config
+    if len(model.layers) != c.n_layers or not _plain_llama(model, (Block, Attention, MLP, RMSNorm)):
         return None
     keep = []
     with torch.no_grad():  # fused_weight's inference buffer (under autograd it would concatenate)
@@ -363,21 +389,38 @@ def _plan(model: nn.Module) -> _Plan | None:
                 mlp.down_proj.weight,
             ]
     keep += [model.norm.weight, model.lm_head.weight]
-    norms = keep[0::6][:-1] + keep[3::6] + [model.norm.weight]
-    if not all(_input_major(w) for w in keep if w.dim() == 2) or not all(
-        n.dtype == torch.float32 and n.device.type == "cpu" and n.is_contiguous() for n in norms
+    # Every matrix must have the shape the config gives the kernel (a Linear swapped for a narrower one, e.g.
+    # pruned neurons, would make it read past the weight's memory) and lie input-major.
+    d, hd, dff = c.d_model, c.head_dim, c.d_ff
+    shapes = [((c.n_heads + 2 * c.n_kv_heads) * hd, d), (d, c.n_heads * hd), (2 * dff, d), (d, dff)]
+    mats = [w for i, w in enumerate(keep[:-2]) if i % 6 not in (0, 3)] + [keep[-1]]
+    expected = shapes * c.n_layers + [(c.vocab_size, d)]
+    norms = [n.weight for n in _norms(model)]
+    if not all(_input_major(w, shape) for w, shape in zip(mats, expected)) or not all(
+        n.dtype == torch.float32 and n.device.type == "cpu" and n.shape == (d,) and n.is_contiguous()
+        for n in norms
     ):
         return None
-    emb = model.embed_tokens.weight
-    if emb.dtype != torch.float32 or emb.device.type != "cpu":
+    if not _embedding_ok(model.embed_tokens.weight, c):
         return None
-    eps = {float(b.input_layernorm.eps) for b in model.layers} | {
-        float(b.post_attention_layernorm.eps) for b in model.layers
-    }
-    if len(eps | {float(model.norm.eps)}) != 1:
+    eps = {float(n.eps) for n in _norms(model)}
+    if len(eps) != 1:
         return None
     plan = model.__dict__["_decode_plan"] = _Plan(model, keep, eps.pop())
     return plan
+
+
+def _head_input_major(model: nn.Module) -> bool:
+    """Whether the LM head's weight is stored input-major: what every model the step can take has, checked
+    first because it is cheap (a model in the usual layout costs this step ~2 us per call, not ~70 us)."""
+    head = model._modules.get("lm_head")
+    w = head._parameters.get("weight") if isinstance(head, nn.Linear) else None
+    return w is not None and w.dim() == 2 and w.stride() == (1, w.shape[0])
+
+
+def _embedding_ok(emb: torch.Tensor, c) -> bool:
+    """The embedding table the kernel reads rows of: float32 on the CPU, (vocab, d) (any strides)."""
+    return emb.dtype == torch.float32 and emb.device.type == "cpu" and emb.shape == (c.vocab_size, c.d_model)
 
 
 def step(
@@ -398,7 +441,12 @@ def step(
         or cache.device.type != "cpu"
         or nn.modules.module._global_forward_hooks
         or nn.modules.module._global_forward_pre_hooks
+        # a dispatch or function mode (an op counter, a fake-tensor trace, torch.device(...) as a context)
+        # would not see the C call's work: the textbook path's operations run under it instead
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._len_torch_function_stack()
         or not _eligible_config(model.config)
+        or not _head_input_major(model)  # most models are not: refused here, before the walk of _plan
     ):
         return None
     lib = _library()
@@ -408,18 +456,25 @@ def step(
     if plan is None:
         return None
     c = model.config
+    emb = model.embed_tokens.weight  # read live: checked on every call
+    if not _embedding_ok(emb, c):
+        return None
     n, pos = input_ids.shape[1], len(cache)
     keep = logits_to_keep or n
     cache._reserve(pos + n)
+    # The table of the cache's buffers, kept while they stay where they are. Keyed by the addresses, not by
+    # the list: a copy of the cache (copy.deepcopy, pickling) shares a copied table with its own buffers.
+    ptrs = [t.data_ptr() for pair in zip(cache._k, cache._v) for t in pair]
     kv = cache.__dict__.get("_decode_kv")
-    if kv is None or kv[0] is not cache._k:
-        ptrs = [t.data_ptr() for pair in zip(cache._k, cache._v) for t in pair]
-        kv = cache.__dict__["_decode_kv"] = (cache._k, torch.tensor(ptrs, dtype=torch.int64))
+    if kv is None or kv[0] != ptrs:
+        kv = cache.__dict__["_decode_kv"] = (ptrs, torch.tensor(ptrs, dtype=torch.int64))
     rope = model.rope(pos, n, "cpu", torch.float32)
-    emb = model.embed_tokens.weight
     toks = input_ids.to(torch.int64).contiguous()
-    buf = torch.empty(n * (3 * c.d_model + (2 * c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 3 * c.d_ff))
-    logits = torch.empty(1, keep, c.vocab_size)
+    f32 = dict(dtype=torch.float32, device="cpu")  # what the kernel writes, whatever torch's defaults say
+    buf = torch.empty(
+        n * (3 * c.d_model + (2 * c.n_heads + 2 * c.n_kv_heads) * c.head_dim + 3 * c.d_ff), **f32
+    )
+    logits = torch.empty(1, keep, c.vocab_size, **f32)
     failed = lib.decode_step(
         plan.dims.data_ptr(),
         cache._capacity,

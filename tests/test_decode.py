@@ -305,3 +305,171 @@ BAD_INPUTS = {
 }
 # Called by Transformer.forward after its own checks of input_ids and the cache; readers call the model.
 BAD_INPUTS_EXEMPT = {"decode.step"}
+
+
+def _same_as_textbook(monkeypatch, model, ids, n_prompt=3):
+    """The step's logits (or the textbook path's, where the step declines) equal the textbook path's."""
+    fast, _ = _steps(model, ids, n_prompt)
+    with monkeypatch.context() as m:
+        _textbook(m)
+        slow, _ = _steps(model, ids, n_prompt)
+    return torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_a_replaced_final_norm_head_or_embedding_is_computed_as_replaced(monkeypatch):
+    """The kernel computes RMSNorm, a bias-free head and a plain embedding lookup: a model whose final norm,
+    head or embedding was swapped for another kind takes the textbook path (an Identity norm made the plan
+    fail with AttributeError; a LayerNorm or a head with a bias was computed as the kernel's own)."""
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    for swap in (
+        lambda m: setattr(m, "norm", nn.Identity()),
+        lambda m: setattr(m, "norm", nn.LayerNorm(64)),
+        lambda m: setattr(m, "lm_head", to_input_major(nn.Linear(64, 97))),
+        lambda m: setattr(m, "embed_tokens", nn.Embedding(97, 64, max_norm=0.1)),
+    ):
+        model = _model(0)
+        _steps(model, ids, 3)  # builds the plan for the plain model
+        swap(model)
+        with torch.no_grad():
+            for p in model.parameters():  # a LayerNorm's bias or a head's bias that is not zero
+                if p.dim() == 1:
+                    p.add_(0.5)
+        with torch.inference_mode():
+            assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+        assert _same_as_textbook(monkeypatch, model, ids)
+
+
+def test_weights_of_another_shape_than_the_config_take_the_textbook_path(monkeypatch):
+    """Linears swapped for narrower ones (pruned MLP neurons) while the config keeps d_ff: the kernel would
+    read past their memory with the config's sizes, so the step must decline."""
+    model = _model(0)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    _steps(model, ids, 3)
+    for block in model.layers:
+        mlp, f = block.mlp, model.config.d_ff // 2
+        mlp.gate_proj, mlp.up_proj = nn.Linear(64, f, bias=False), nn.Linear(64, f, bias=False)
+        mlp.down_proj = nn.Linear(f, 64, bias=False)
+    to_input_major(model)
+    with torch.inference_mode():
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+    assert _same_as_textbook(monkeypatch, model, ids)
+    model = _model(0, tie_embeddings=False)
+    _steps(model, ids, 3)  # the plan; the embedding is read on every call, not kept in it
+    model.embed_tokens.weight.data = model.embed_tokens.weight.data[:50].clone()  # fewer rows than the vocab
+    with torch.inference_mode():
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is None
+
+
+def test_a_changed_norm_eps_is_used(monkeypatch):
+    model = _model(0)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    _steps(model, ids, 3)
+    for block in model.layers:
+        block.input_layernorm.eps = block.post_attention_layernorm.eps = 10.0
+    model.norm.eps = 10.0
+    with torch.inference_mode():
+        assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is not None  # still the step
+    assert _same_as_textbook(monkeypatch, model, ids)
+
+
+def test_a_copied_cache_writes_only_its_own_buffers():
+    """copy.deepcopy of a cache the step has used: the copy's step must write the copy's buffers (its table of
+    buffer addresses was copied along with the list it was keyed on, and pointed into the original)."""
+    import copy
+
+    model = _model(0)
+    with torch.inference_mode():
+        cache = model.new_cache(max_len=70)
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        model(torch.tensor([[4]]), cache=cache)  # the step builds the cache's table
+        twin = copy.deepcopy(cache)
+        before = [t.clone() for t in cache._k + cache._v]
+        out = model(torch.tensor([[5]]), cache=twin)
+    assert all(torch.equal(a, b) for a, b in zip(before, cache._k + cache._v))  # the original is untouched
+    assert len(cache) == 4 and len(twin) == 5
+    with torch.inference_mode():
+        again = model(torch.tensor([[5]]), cache=cache)  # the same token after the same 4: the same logits
+    assert torch.equal(out, again)
+    for layer in range(3):
+        assert torch.equal(twin.keys(layer), cache.keys(layer))
+
+
+def test_a_dispatch_or_function_mode_sees_the_textbook_path():
+    """An op-level mode (a counter, a tracer) would see nothing of the C call: the model takes its textbook
+    path under it, and the mode sees the products."""
+    from torch.overrides import TorchFunctionMode
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.__name__)
+            return func(*args, **(kwargs or {}))
+
+    class Calls(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    model = _model(0)
+    with torch.inference_mode():
+        cache = model.new_cache()
+        model(torch.tensor([[1, 2]]), cache=cache)
+        with Ops() as ops:
+            model(torch.tensor([[3]]), cache=cache)
+        with Calls() as calls:
+            model(torch.tensor([[4]]), cache=cache)
+        assert decode.step(model, torch.tensor([[5]]), cache) is not None  # outside the modes: the step
+    assert any(name.startswith(("linear", "mm", "addmm")) for name in ops.names), ops.names[:20]
+    assert "linear" in calls.names, calls.names[:20]
+
+
+def test_matmul_of_an_empty_sum_is_zero():
+    assert torch.equal(decode.matmul(torch.ones(2, 0), torch.ones(0, 3).t()), torch.zeros(2, 3))
+
+
+def test_truncated_cache_continues_at_its_length(monkeypatch):
+    """After truncate (a rejected draft), the step writes and reads positions from the new length on: the
+    logits and cache equal the textbook path's doing the same."""
+    model = _model(4)
+
+    def run():
+        with torch.inference_mode():
+            cache = model.new_cache(max_len=40)
+            model(torch.tensor([[1, 2, 3]]), cache=cache)
+            model(torch.tensor([[4, 5, 6, 7]]), cache=cache)
+            cache.truncate(4)
+            out = model(torch.tensor([[8, 9]]), cache=cache)
+            return out, model(torch.tensor([[10]]), cache=cache), cache
+
+    fast = run()
+    _textbook(monkeypatch)
+    slow = run()
+    assert torch.allclose(fast[0], slow[0], atol=1e-5) and torch.allclose(fast[1], slow[1], atol=1e-5)
+    assert torch.equal(fast[2].tokens, torch.tensor([[1, 2, 3, 4, 8, 9, 10]]))
+    for layer in range(3):
+        assert torch.allclose(fast[2].keys(layer), slow[2].keys(layer), atol=1e-5)
+
+
+def test_float64_default_dtype_changes_nothing():
+    """torch.set_default_dtype(float64) must not give the kernel float64 buffers to write float32 into."""
+    model = _model(0)
+    ids = torch.tensor([[1, 2, 3, 4, 5, 6]])
+    want, _ = _steps(model, ids, 3)
+    x, w = torch.randn(3, 37), torch.randn(37, 21).t()
+    product = decode.matmul(x, w)
+    torch.set_default_dtype(torch.float64)
+    try:
+        got, _ = _steps(model, ids, 3)
+        product64 = decode.matmul(x, w)
+    finally:
+        torch.set_default_dtype(torch.float32)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
+    assert product64.dtype == torch.float32 and torch.equal(product64, product)

@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -190,10 +191,14 @@ def compiled(source: str, stem: str, openmp: bool = True) -> ctypes.CDLL:
         raise ValueError(f"stem must be a file name of letters, digits, '-' and '_', got {stem!r}")
     check_bool("openmp", openmp)
     flags = _FLAGS if openmp else [f for f in _FLAGS if f != "-fopenmp"]
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
+    # CC may carry words of its own ("ccache gcc", "gcc -m64"), as make and setuptools allow
+    try:
+        compiler = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc")]
+    except ValueError as error:  # e.g. an unclosed quote
+        raise RuntimeError(f"the environment variable CC is not a command: {error}") from error
+    if compiler[0] is None:
         raise RuntimeError(f"{stem} needs a C compiler (cc or gcc) to build its kernel once")
-    key = hashlib.sha256((source + " ".join(flags) + compiler + _cpu_flags()).encode())
+    key = hashlib.sha256((source + " ".join(flags) + " ".join(compiler) + _cpu_flags()).encode())
     path = cache_dir() / f"{stem}-{key.hexdigest()[:16]}.so"
     if not path.exists():
         with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
@@ -201,7 +206,7 @@ def compiled(source: str, stem: str, openmp: bool = True) -> ctypes.CDLL:
             with open(src, "w") as f:
                 f.write(source)
             try:
-                done = subprocess.run([compiler, *flags, src, "-o", out], capture_output=True, text=True)
+                done = subprocess.run([*compiler, *flags, src, "-o", out], capture_output=True, text=True)
             except OSError as error:  # CC names no program
                 raise RuntimeError(f"building {stem} failed: {error}") from error
             if done.returncode:

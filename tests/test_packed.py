@@ -227,3 +227,16 @@ BAD_INPUTS["smollm2 (packed)"] = (
     [("packed", 1, TypeError), ("packed", "yes", TypeError), ("dtype", torch.float16, ValueError)],
 )
 BAD_INPUTS_SLOW = {"packed.pack_llama_gguf", "smollm2 (packed)"}  # their valid calls read the GGUF
+
+
+def test_compiled_takes_a_cc_with_words_of_its_own(monkeypatch, tmp_path):
+    """CC="gcc -O0" (or "ccache gcc") is a command with arguments, as make reads it; an unusable CC is a
+    RuntimeError, which the decoding step turns into its textbook path."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path))
+    monkeypatch.setenv("CC", f"{cc} -O0")
+    lib = P.compiled("int anatomy_ok(void) { return 7; }", "cc-words", openmp=False)
+    assert lib.anatomy_ok() == 7
+    monkeypatch.setenv("CC", "gcc 'unclosed")
+    with pytest.raises(RuntimeError, match="CC"):
+        P.compiled("int anatomy_ok(void) { return 7; }", "cc-words-bad", openmp=False)

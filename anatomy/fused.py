@@ -37,7 +37,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
         n = int(valid.sum())
         scale = 1.0 / n if n else float("nan")  # F.cross_entropy's mean over no target is NaN too
         safe = labels.masked_fill(~valid, 0).unsqueeze(1)
-        row_scale = (valid * scale).unsqueeze(1)  # mean over targets; ignored rows get no loss, no gradient
+        # mean over targets; ignored rows get no loss, no gradient (with no target at all, the loss is NaN and
+        # every gradient 0, as F.cross_entropy's: valid * NaN would make them NaN)
+        row_scale = (valid * (scale if n else 0.0)).unsqueeze(1)
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None  # the first chunk's product fills it
@@ -143,11 +145,12 @@ class _RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, eps):
-        y, rstd = torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        y, rstd = _fused_rms_norm(x, weight, eps)
         ctx.save_for_backward(x, weight, rstd)
         return y
 
     @staticmethod
+    @once_differentiable  # rstd is saved, not differentiated again: a second derivative would be wrong
     def backward(ctx, grad_y):
         x, weight, rstd = ctx.saved_tensors
         x_hat = x * rstd
@@ -160,6 +163,21 @@ class _RMSNormFunction(torch.autograd.Function):
             dot = (g * x_hat).sum(-1, keepdim=True).div_(x.shape[-1])
             grad_x = g.sub_(x_hat.mul_(dot)).mul_(rstd)
         return grad_x, grad_w, None
+
+
+_HAS_FUSED_RMS = hasattr(torch.ops.aten, "_fused_rms_norm")  # PyTorch >= 2.8 (requirements allow 2.5)
+
+
+def _fused_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
+    """(y, rstd): PyTorch's one-kernel RMSNorm where it has one, else the formula (the same numbers)."""
+    global _HAS_FUSED_RMS
+    if _HAS_FUSED_RMS:
+        try:
+            return torch.ops.aten._fused_rms_norm(x, [x.shape[-1]], weight, eps)
+        except NotImplementedError:  # an op without a kernel for this device in this PyTorch
+            _HAS_FUSED_RMS = False
+    rstd = (x * x).mean(-1, keepdim=True).add_(eps).rsqrt_()
+    return x * rstd * weight, rstd
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -182,6 +200,7 @@ class _SwiGLUFunction(torch.autograd.Function):
         return act * up
 
     @staticmethod
+    @once_differentiable  # its out= kernels are not differentiable: a clear error for a second derivative
     def backward(ctx, grad):
         gate, up, act = ctx.saved_tensors
         out = grad.new_empty(gate.shape[:-1] + (2 * gate.shape[-1],))

@@ -170,6 +170,7 @@ def test_next_token_loss_fused_path_equals_the_plain_loss_and_gradients(kw):
     head = model.lm_head
     loss, n = next_token_loss(model, (x, y))
     assert model.lm_head is head and n == int((y != -100).sum())
+    assert "LinearCrossEntropy" in type(loss.grad_fn).__name__  # the fused path ran (else this tests nothing)
     got_grads = torch.autograd.grad(loss, list(model.parameters()))
     assert math.isclose(float(loss), float(want), rel_tol=LOSS_RTOL)
     for a, b in zip(got_grads, want_grads):
@@ -255,3 +256,27 @@ def test_linear_cross_entropy_refuses_a_second_derivative():
     (g,) = torch.autograd.grad(linear_cross_entropy(hidden, weight, labels), hidden, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), weight)
+
+
+def test_linear_cross_entropy_with_no_target_has_the_zero_gradients_of_cross_entropy():
+    """A batch whose every label is ignore_index: NaN loss and zero gradients, as F.cross_entropy gives (the
+    fused op gave NaN gradients, which an optimizer step would write into every weight)."""
+    hidden, weight, labels = _problem()
+    none = torch.full_like(labels, -100)
+    want = torch.autograd.grad(_reference(hidden, weight, none), (hidden, weight))
+    got = torch.autograd.grad(linear_cross_entropy(hidden, weight, none, chunk_rows=5), (hidden, weight))
+    for a, b in zip(got, want):
+        assert torch.equal(a, b) and float(b.abs().max()) == 0.0
+
+
+def test_rms_norm_and_swiglu_refuse_a_second_derivative():
+    """Their backward passes are not differentiable (RMSNorm's saved rsqrt is a constant there): a second
+    derivative must raise, not come out wrong."""
+    x = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(8, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(_rms_norm(x, w, 1e-5).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
+    (g,) = torch.autograd.grad(_swiglu(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)

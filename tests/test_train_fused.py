@@ -280,3 +280,19 @@ def test_rms_norm_and_swiglu_refuse_a_second_derivative():
     (g,) = torch.autograd.grad(_swiglu(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), x)
+
+
+def test_rms_norm_without_pytorchs_fused_kernel_is_the_same(monkeypatch):
+    """Where PyTorch lacks aten._fused_rms_norm (older than the op), the formula gives the same values and
+    gradients to float32 rounding."""
+    from anatomy import fused
+
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 5, 16, generator=g, requires_grad=True)
+    w = torch.randn(16, generator=g, requires_grad=True)
+    up = torch.randn(3, 5, 16, generator=g)
+    want = (_rms_norm(x, w, 1e-5), *torch.autograd.grad(_rms_norm(x, w, 1e-5), (x, w), up))
+    monkeypatch.setattr(fused, "_HAS_FUSED_RMS", False)
+    got = (_rms_norm(x, w, 1e-5), *torch.autograd.grad(_rms_norm(x, w, 1e-5), (x, w), up))
+    for a, b in zip(got, want):
+        assert _close(a, b, GRAD_RTOL)

@@ -114,10 +114,21 @@ def main() -> None:
                 return packed(long_ids, cache=packed.new_cache(), logits_to_keep=1)
 
         variants[PACKED] = (lambda: anatomy.generate(packed, ids, n_new), packed_prefill)
+    # Which path anatomy's new tokens take: the C step if a compiler was found and the model qualifies
+    # (else the textbook forward pass, e.g. on a machine without cc), printed with each table and recorded.
+    from anatomy import decode
+
+    decode_path = (
+        "C decoding step (anatomy.decode, 1 thread)"
+        if decode._library() is not None and decode._plan(model) is not None
+        else "textbook forward pass (the C step did not apply)"
+    )
     rows, ok = [], True
     for threads in args.threads:
         torch.set_num_threads(threads)
+        print(f"anatomy's new tokens: {decode_path}; its prompt and prefill: the textbook forward pass")
         row = _table(args, threads, n_new, ids, variants)
+        row["anatomy decode path"] = decode_path
         hf_s_per_token = 1.0 / row["transformers tokens/s"]
         row |= _floor(args, threads, _weights(model), _weights(hf, fused=False), hf_s_per_token, packed)
         rows.append(row)

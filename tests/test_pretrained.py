@@ -417,20 +417,25 @@ def test_smollm2_logits_match_transformers(smol, smol_hf):
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
 
 
+def _hf_greedy(hf_model, tok, ids, n: int) -> torch.Tensor:
+    """transformers' greedy continuation of ids by n tokens (no early stop at the end-of-text token)."""
+    return hf_model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        do_sample=False,
+        eos_token_id=None,
+        pad_token_id=tok.eos_token_id,
+    )
+
+
 @pytest.mark.pretrained
 @needs_smollm2
 def test_smollm2_greedy_continuation_matches_transformers(smol, smol_hf):
     model, tok = smol
     ids = _prompt_batch(tok)
     ours = anatomy.generate(model, ids, 32)
-    ref = smol_hf.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=32,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=tok.eos_token_id,
-    )
+    ref = _hf_greedy(smol_hf, tok, ids, 32)
     assert ours.shape == (3, ids.shape[1] + 32)
     for a, b in zip(ours, ref):
         assert torch.equal(a, b), (tok.decode(a), tok.decode(b))
@@ -445,14 +450,7 @@ def test_smollm2_decoding_step_matches_transformers(smol, smol_hf):
     model, tok = smol
     ids = tok(PROMPTS[0], return_tensors="pt").input_ids
     ours = anatomy.generate(model, ids, 40)
-    ref = smol_hf.generate(
-        ids,
-        attention_mask=torch.ones_like(ids),
-        max_new_tokens=40,
-        do_sample=False,
-        eos_token_id=None,
-        pad_token_id=tok.eos_token_id,
-    )
+    ref = _hf_greedy(smol_hf, tok, ids, 40)
     assert torch.equal(ours, ref), (tok.decode(ours[0]), tok.decode(ref[0]))
     with torch.inference_mode():
         logits = []

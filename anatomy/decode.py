@@ -240,6 +240,11 @@ def matmul(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"x must have weight's in_features {n_in} in its last dim, got {tuple(x.shape)}")
     if weight.stride() != (1, out):
         raise ValueError(f"weight must be input-major (stride (1, {out})), got stride {weight.stride()}")
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        raise ValueError(
+            "x and weight must not require grad (decode.matmul has no backward): call it under "
+            "torch.no_grad() or pass detached tensors"
+        )
     lib = _library()
     if lib is None:
         raise RuntimeError("the decoding kernel could not be built (no C compiler)")

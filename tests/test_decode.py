@@ -102,6 +102,8 @@ def test_matmul_rows_are_independent(rows):
         ([1.0] * 4, torch.ones(4, 3).t(), TypeError, "x"),
         (torch.ones(4), torch.ones(4), ValueError, "weight"),
         (torch.ones(4, dtype=torch.long), torch.ones(4, 3).t(), TypeError, "x"),
+        (torch.ones(4, requires_grad=True), torch.ones(4, 3).t(), ValueError, "must not require grad"),
+        (torch.ones(4), torch.ones(4, 3, requires_grad=True).t(), ValueError, "must not require grad"),
     ],
 )
 def test_matmul_refuses_bad_input_naming_it(x, w, error, name):
@@ -429,6 +431,14 @@ def test_a_dispatch_or_function_mode_sees_the_textbook_path():
         assert decode.step(model, torch.tensor([[5]]), cache) is not None  # outside the modes: the step
     assert any(name.startswith(("linear", "mm", "addmm")) for name in ops.names), ops.names[:20]
     assert "linear" in calls.names, calls.names[:20]
+
+
+def test_matmul_of_tensors_requiring_grad_runs_without_autograd():
+    """What requires grad is refused only where autograd records (a silent result without a gradient
+    would be a wrong answer); under no_grad the product is the same as for detached tensors."""
+    x, w = torch.randn(4, requires_grad=True), torch.randn(4, 3).t()
+    with torch.no_grad():
+        assert torch.equal(decode.matmul(x, w), decode.matmul(x.detach(), w))
 
 
 def test_matmul_of_an_empty_sum_is_zero():

@@ -139,7 +139,10 @@ def tile_map(
     check_mask(mask, prefix_len, n_keys)
     q_offset = check_int("q_offset", q_offset, none=True)
     q_offset = default_q_offset(n_queries, n_keys) if q_offset is None else q_offset
-    return _tile_map(mask, n_queries, n_keys, tile_q, tile_k, q_offset, prefix_len).clone()
+    args = (mask, n_queries, n_keys, tile_q, tile_k, q_offset, prefix_len)
+    if torch._C._len_torch_dispatch_stack():  # e.g. a fake-tensor trace: its tensors must not be cached
+        return _tile_map.__wrapped__(*args)
+    return _tile_map(*args).clone()
 
 
 def _tile_pair(tile, n_queries: int, n_keys: int) -> tuple[int, int]:

@@ -185,3 +185,31 @@ def test_causal_tiles_computed_are_the_classifiers():
     assert stats["tiles"] == c.tiles_full + c.tiles_partial == 36
     assert stats["later_tiles"] == 36 - 8
     torch.testing.assert_close(out, attention(q, k, v, "causal", backend="reference"))
+
+
+def test_a_fake_tensor_trace_leaves_no_fake_tensor_in_the_caches():
+    """Tracing the kernel under FakeTensorMode (as torch.compile / export do) must not cache its fake tile
+    map or masks: a real call of the same shape afterwards would then fail (it did, before the caches
+    were skipped under a dispatch mode)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from anatomy import attention
+    from anatomy.kernels import tiled
+    from anatomy.masks import _tile_map
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 200, 16) for _ in range(3))  # a shape no other test uses
+    _tile_map.cache_clear()
+    tiled._tile_mask.cache_clear()
+    with torch.no_grad(), FakeTensorMode() as mode:
+        fq, fk, fv = (mode.from_tensor(t) for t in (q, k, v))
+        try:  # the kernel reads tile counts as Python ints, which a fake trace may refuse; either way...
+            tiled.tiled_attention(fq, fk, fv, "causal", q_offset=0, prefix_len=None, tile=128)
+        except Exception:
+            pass
+    # ...nothing it made is kept, and the real call is right
+    assert _tile_map.cache_info().currsize == 0 and tiled._tile_mask.cache_info().currsize == 0
+    with torch.no_grad():
+        out = attention(q, k, v, "causal", backend="tiled", tile=128)
+        ref = attention(q, k, v, "causal", backend="reference")
+    assert float((out - ref).abs().max()) < 1e-5

@@ -186,7 +186,8 @@ def _row_blocks(
                 # the tiles on the diagonal share one, kept across calls unless it is large.
                 cols, rel = k1 - k0, q0 + q_offset - k0
                 pre = None if prefix_len is None else min(max(prefix_len - k0, 0), cols)
-                build = _tile_mask if G * rows * cols <= MASK_CACHE_MAX else _tile_mask.__wrapped__
+                keep = G * rows * cols <= MASK_CACHE_MAX and not torch._C._len_torch_dispatch_stack()
+                build = _tile_mask if keep else _tile_mask.__wrapped__  # a fake-tensor trace keeps none
                 hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
             if m is not None and not padded:
                 # Scores relative to the running maximum, the subtraction done inside the matmul. On a

@@ -524,6 +524,7 @@ class Transformer(_Model):
         return_hidden: bool = False,
         return_attn: bool = False,
         logits_to_keep: int = 0,
+        _head: bool = True,
     ):
         """input_ids (B, N) -> logits (B, N, vocab), or a ModelOutput with hidden states / attention maps.
 
@@ -555,7 +556,7 @@ class Transformer(_Model):
         key_padding_mask = None
         if attention_mask is not None:
             key_padding_mask = _check_0_1_mask("attention_mask", attention_mask, input_ids, "input_ids")
-        if cache is not None and not (return_hidden or return_attn or token_type_ids is not None):
+        if cache is not None and _head and not (return_hidden or return_attn or token_type_ids is not None):
             logits = decode.step(self, input_ids, cache, logits_to_keep)  # a few new tokens: one C call
             if logits is not None:
                 return logits
@@ -584,7 +585,7 @@ class Transformer(_Model):
             hidden[-1] = x
         if cache is not None:
             cache.commit(input_ids)
-        if c.lm_head:
+        if c.lm_head and _head:  # _head=False: the final hidden states (anatomy.train fuses head and loss)
             out = self.lm_head(x[:, -logits_to_keep:] if logits_to_keep else x)
         else:
             out = x[:, -logits_to_keep:] if logits_to_keep else x

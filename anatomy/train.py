@@ -46,19 +46,12 @@ def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         raise ValueError(f"batch must be a pair (x, y) of id tensors of one shape, got {type(y).__name__}")
     head = _fusable_head(model) if torch.is_grad_enabled() else None
     if head is not None:  # training an anatomy Transformer: the LM head fused with the loss, same math
-        model._modules["lm_head"] = _HIDDEN  # the model returns its final hidden states (B, N, d)
-        try:
-            hidden = model(x)
-        finally:
-            model._modules["lm_head"] = head
+        hidden = model(x, _head=False)  # the final hidden states (B, N, d), without the head
         loss = linear_cross_entropy(hidden, head.weight, y, ignore_index=-100)
     else:
         logits = model(x)  # (B, N, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
     return loss, int((y != -100).sum())
-
-
-_HIDDEN = nn.Identity()
 
 
 def _fusable_head(model: nn.Module) -> nn.Linear | None:

@@ -262,6 +262,22 @@ def test_disabled_runs_the_textbook_path():
         assert decode.step(model, torch.tensor([[1]]), model.new_cache()) is not None
 
 
+def test_a_call_without_the_head_gets_hidden_states_not_the_step():
+    """model(..., _head=False) (what anatomy.train's fused loss asks for) returns the final hidden states,
+    with a cache too: the step, which always ends with the head, does not take such a call."""
+    model = _model(0)
+    ids = torch.tensor([[5, 6, 7]])
+    with torch.inference_mode():
+        caches = [model.new_cache(), model.new_cache()]
+        with decode.disabled():  # the same cache contents for both calls below
+            for cache in caches:
+                model(ids[:, :2], cache=cache)
+            ref = model(ids[:, 2:], cache=caches[1], _head=False)
+        hidden = model(ids[:, 2:], cache=caches[0], _head=False)
+    assert hidden.shape == (1, 1, model.config.d_model)
+    assert torch.equal(hidden, ref)
+
+
 def test_no_compiler_falls_back(monkeypatch, tmp_path):
     """Without a compiler the library is None and the model runs its textbook path, with the same tokens."""
     model = _model(0)

@@ -331,12 +331,16 @@ def _norms(model: nn.Module) -> list:
     return [n for b in model.layers for n in (b.input_layernorm, b.post_attention_layernorm)] + [model.norm]
 
 
+def _dims(c) -> tuple:
+    """The sizes the kernel is built around, in the order of its dims argument."""
+    return (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.n_layers, c.vocab_size)
+
+
 class _Plan:
     """The kernel's table of weight pointers for one model, and what must hold for it to stay valid."""
 
     def __init__(self, model: nn.Module, keep: list, eps: float) -> None:
-        c = model.config
-        self.shape = (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.n_layers, c.vocab_size)
+        self.shape = _dims(model.config)
         self.dims = torch.tensor(self.shape, dtype=torch.int64)
         self.keep = keep  # the tensors whose memory the table points into
         self.table = torch.tensor([w.data_ptr() for w in keep], dtype=torch.int64)
@@ -361,9 +365,8 @@ class _Plan:
 
     def valid(self, model: nn.Module) -> bool:
         """The same modules in the same places, no forward hooks on them, every weight where it was."""
-        c = model.config
         return (
-            (c.d_model, c.n_heads, c.n_kv_heads, c.head_dim, c.d_ff, c.n_layers, c.vocab_size) == self.shape
+            _dims(model.config) == self.shape
             and self.parents[0] is model
             and [tuple(p._modules.values()) for p in self.parents] == self.children
             and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)

@@ -96,17 +96,14 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
 BESIDE=(tests/test_colab_env.py tests/test_publish.py)
-LIGHT_FILES=(tests/test_data.py tests/test_properties.py tests/test_layout.py tests/test_module_attributes.py
-    tests/test_doc_references.py)
-LIGHT=(tests/test_triton.py "${LIGHT_FILES[@]}")
+# tests/test_triton.py runs its Triton interpreter tests in a child process (TRITON_INTERPRET=1), and fails
+# unless that child ran them all; none of these files starts a Jupyter kernel.
+LIGHT=(tests/test_triton.py tests/test_data.py tests/test_properties.py tests/test_layout.py
+    tests/test_module_attributes.py tests/test_doc_references.py)
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
 LOGS="$(mktemp -d)"
 trap 'rm -rf "$LOGS"' EXIT
-# Of tests/test_triton.py, the LIGHT process runs the interpreter tests (~50 s on one core), the main one
-# the rest (tests/conftest.py: ANATOMY_TRITON_INTERPRETER_TESTS); every process that selects them records
-# how many ran, and this step fails if none did.
-export ANATOMY_TRITON_RECORD="$LOGS/triton-interpreter.txt"
 
 # pytest_parts NAME STATUS...: the status of a step run as several pytest processes. Exit code 5 (no tests
 # collected) fails the step when every part collected nothing, or when any part did without PYTEST_ARGS
@@ -132,9 +129,9 @@ pytest_parts() {
 echo "== pytest tests"
 step_start
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
-echo "== pytest ${LIGHT[*]} (of test_triton.py its interpreter tests; output below)"
+echo "== pytest ${LIGHT[*]} (output below)"
 # shellcheck disable=SC2086
-ANATOMY_TRITON_INTERPRETER_TESTS=only python -m pytest "${LIGHT[@]}" --durations=30 ${PYTEST_ARGS:-} \
+python -m pytest "${LIGHT[@]}" --durations=30 ${PYTEST_ARGS:-} \
     >"$LOGS/light.log" 2>&1 &
 light_pid=$!
 echo "== pytest ${BUSY[*]} (the busy-CPU chapters, beside ${LIGHT[*]} only)"
@@ -160,10 +157,9 @@ echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytes
 # shellcheck disable=SC2086
 python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
 beside_pid=$!
-# tests/test_triton.py stays in this process too (without its interpreter tests)
-main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${BESIDE[@]}" "${LIGHT_FILES[@]}")
+main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${BESIDE[@]}" "${LIGHT[@]}")
 # shellcheck disable=SC2086
-ANATOMY_TRITON_INTERPRETER_TESTS=elsewhere python -m pytest tests "${main_ignore[@]/#/--ignore=}" \
+python -m pytest tests "${main_ignore[@]/#/--ignore=}" \
     --durations=30 ${PYTEST_ARGS:-}
 unit_status=$?
 wait "$beside_pid"
@@ -174,16 +170,7 @@ wait "$light_pid"
 light_status=$?
 echo "== pytest ${LIGHT[*]} (ran beside the busy-CPU chapters)"
 cat "$LOGS/light.log"
-triton_status=0
-has_triton() { python -c "import importlib.util as u, sys; sys.exit(u.find_spec('triton') is None)"; }
-if [[ -z "${PYTEST_ARGS:-}" ]] && has_triton; then
-    echo "== Triton interpreter tests: $(cat "$ANATOMY_TRITON_RECORD" 2>/dev/null | tr '\n' ';')"
-    if ! grep -q "^[1-9]" "$ANATOMY_TRITON_RECORD" 2>/dev/null; then
-        echo "run_tests.sh: no pytest process ran the Triton interpreter tests (tests/conftest.py)" >&2
-        triton_status=1
-    fi
-fi
-pytest_parts "pytest tests" "$busy_status" "$light_status" "$unit_status" "$beside_status" "$triton_status"
+pytest_parts "pytest tests" "$busy_status" "$light_status" "$unit_status" "$beside_status"
 record "pytest tests" $? $((SECONDS - t)) "$cpu0"
 
 # 3. strict book build -----------------------------------------------------------------------------------

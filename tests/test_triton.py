@@ -2,22 +2,22 @@
 
 ``TRITON_INTERPRET=1`` has to be in the environment when triton itself is imported: triton decorates its
 own standard library (``tl.max``, ``tl.cdiv`` ...) at import time, and imports more of itself lazily at the
-first launch, so the flag has to stay on for the rest of the process. Two ways to get there:
-
-* the usual case (no CUDA, triton not imported yet): this module sets the flag before importing triton and
-  runs the interpreter tests in-process. Nothing else can run Triton on a machine without a GPU, so other
-  test modules are unaffected; subprocesses started here drop the flag explicitly;
-* with a GPU, or when something imported triton earlier without the flag: the flag is not touched here
-  (it would turn every Triton kernel of the process into Python), and one test re-runs this module in a
-  child pytest process with the flag set. The GPU test then runs the compiled kernel in another child.
+first launch, so the flag has to stay on for the rest of the process, where it would turn every Triton
+kernel into Python. So the interpreter tests (marked ``interpreter``) always run in a child pytest process
+started with the flag, by test_interpreter_tests_in_a_child_process, whatever the collecting process
+imported before; in that child (or wherever ``TRITON_INTERPRET=1`` was set from the start) they run
+in-process, and everywhere else they skip. The child-process test fails unless the child ran at least as
+many of them as this process collected, all passing, none skipped: a selection cannot skip them silently.
 
 Without a GPU, one more child process lowers every kernel for NVIDIA targets (TTIR and TTGIR, the passes
-that type-check and lay out the kernel), which catches what the lenient interpreter lets through.
+that type-check and lay out the kernel), which catches what the lenient interpreter lets through; with a
+GPU, another runs the compiled kernel.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -26,41 +26,81 @@ from pathlib import Path
 import pytest
 import torch
 
-IN_PROCESS = os.environ.get("TRITON_INTERPRET") == "1" or (
-    "triton" not in sys.modules and not torch.cuda.is_available()
-)
-if IN_PROCESS:
-    os.environ["TRITON_INTERPRET"] = "1"
+INTERPRETER = os.environ.get("TRITON_INTERPRET") == "1"
 
 triton = pytest.importorskip("triton", reason="triton is not installed (pip install 'why-decoder-only[gpu]')")
 
 from anatomy import attention, count_tiles  # noqa: E402
 from anatomy.kernels.tiled import tiled_attention  # noqa: E402
 
-if IN_PROCESS:
+if INTERPRETER:
     import anatomy.kernels.triton_kernel as tk
 
     assert tk.INTERPRET, "anatomy.kernels.triton_kernel was imported before TRITON_INTERPRET was set"
 else:
     tk = None
 
-interpreted = pytest.mark.skipif(
-    not IN_PROCESS, reason="runs in a child process (test_interpreter_tests_in_a_child_process)"
-)
+_IN_CHILD = "run by test_interpreter_tests_in_a_child_process, with TRITON_INTERPRET=1"
+
+
+def interpreted(test):
+    """Marks an interpreter test: selected in the child by ``-m interpreter``, skipped outside it."""
+    return pytest.mark.interpreter(pytest.mark.skipif(not INTERPRETER, reason=_IN_CHILD)(test))
 
 
 def _env_without_interpreter() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the interpreter tests run in this process")
-def test_interpreter_tests_in_a_child_process():
+def _outcomes(stdout: str) -> dict[str, int]:
+    """The counts of pytest's final summary line (``45 passed, 5 deselected in 20.1s``): {outcome: count}."""
+    lines = [line for line in stdout.splitlines() if re.search(r"\bin [0-9.]+s\b", line)]
+    if not lines:
+        return {}
+    found = re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed|xpassed)", lines[-1])
+    return {("error" if what.startswith("error") else what): int(n) for n, what in found}
+
+
+def check_all_ran(stdout: str, expected: int) -> int:
+    """Raises AssertionError unless the run whose output is ``stdout`` passed at least ``expected`` (and at
+    least one) tests and skipped, failed or errored none; returns how many passed."""
+    counts = _outcomes(stdout)
+    bad = {k: counts.get(k, 0) for k in ("failed", "error", "skipped", "xfailed", "xpassed")}
+    passed = counts.get("passed", 0)
+    assert passed >= max(1, expected) and not any(bad.values()), (
+        f"expected at least {max(1, expected)} interpreter tests to pass and none to skip or fail; the "
+        f"child's summary says {counts or 'nothing'}:\n" + stdout[-3000:]
+    )
+    return passed
+
+
+def test_the_run_check_fails_when_tests_skip_or_none_ran():
+    ok = "....\n45 passed, 5 deselected in 20.12s\n"
+    assert check_all_ran(ok, 45) == 45
+    for bad, expected in (
+        ("50 deselected in 0.50s", 0),  # none selected
+        ("45 skipped, 5 deselected in 1.00s", 45),  # every one skipped (the flag missing)
+        ("44 passed, 1 skipped in 9.00s", 45),
+        ("44 passed, 1 failed in 9.00s", 45),
+        ("40 passed in 9.00s", 45),  # fewer than this process collected
+        ("no tests ran in 0.01s", 0),
+        ("", 0),
+    ):
+        with pytest.raises(AssertionError):
+            check_all_ran(bad, expected)
+
+
+@pytest.mark.skipif(INTERPRETER, reason="TRITON_INTERPRET=1: the interpreter tests run in this process")
+def test_interpreter_tests_in_a_child_process(request):
+    here = [it for it in request.session.items if it.get_closest_marker("interpreter") is not None]
     env = dict(os.environ, TRITON_INTERPRET="1")
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", str(Path(__file__)), "-q", "-p", "no:cacheprovider",
+         "-m", "interpreter"],
         capture_output=True, text=True, env=env, timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    check_all_ran(result.stdout, len(here))
 
 
 MASKS = ["causal", "bidirectional", "prefix"]
@@ -468,7 +508,7 @@ def _triton_venv(version: str) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.skipif(os.environ.get(_CHILD_FLAG) == "1", reason="already the other Triton version")
-def test_kernel_under_colab_gpu_triton():
+def test_kernel_under_colab_gpu_triton(request):
     """The interpreter tests and the NVIDIA lowering again, under the Triton of Colab's GPU runtime.
 
     Colab's GPU runtime pins triton 3.6.0 (tests/colab/colab-gpu.txt) next to its torch 2.11.0+cu128; this
@@ -496,3 +536,6 @@ def test_kernel_under_colab_gpu_triton():
         capture_output=True, text=True, env=env, timeout=1800,
     )  # fmt: skip
     assert result.returncode == 0, f"triton {version}:\n" + result.stdout[-6000:] + result.stderr[-2000:]
+    # the interpreter tests ran there (in-process, the flag set), as many as this process collects
+    here = [it for it in request.session.items if it.get_closest_marker("interpreter") is not None]
+    assert _outcomes(result.stdout).get("passed", 0) >= max(1, len(here)), result.stdout[-3000:]

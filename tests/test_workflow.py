@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -202,34 +201,3 @@ def test_the_build_executes_chapters_side_by_side_but_timed_ones_alone():
     script = (ROOT / "scripts" / "build_book.sh").read_text(encoding="utf-8")
     assert "scripts/execute_chapters.py" in script and 'execute_notebooks="cache"' in script
     assert "--config" in script
-
-
-def test_the_triton_interpreter_tests_cannot_be_skipped_everywhere():
-    """tests/conftest.py fails a pytest session that selected the Triton interpreter tests and ran none of
-    them: the child-process test alone where triton was not imported first (it skips: "the interpreter tests
-    run in this process"), and the in-process copies without the child test where triton was imported first
-    (they skip: "runs in a child process"), the two halves of a split that once ran them nowhere."""
-    pytest.importorskip("triton", reason="triton is not installed")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANATOMY_TRITON")}
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    child = "tests/test_triton.py::test_interpreter_tests_in_a_child_process"
-    runs = {
-        "the child test alone": [child],
-        "the copies without it": [
-            "-p",
-            "triton",
-            "tests/test_triton.py",
-            "--deselect",
-            child,
-            "-k",
-            "block_size",
-        ],
-    }
-    for what, args in runs.items():
-        result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-            cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert result.returncode == 1 and "none ran" in result.stdout, (
-            f"{what}: exit {result.returncode}\n" + (result.stdout[-2000:])
-        )

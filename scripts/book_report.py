@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -30,6 +29,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "_ext") not in sys.path:  # book_toc, nbclient_poll (standard library / nbclient only)
+    sys.path.insert(0, str(ROOT / "_ext"))
+import book_toc  # noqa: E402  (the one reader of _toc.yml)
+
 # Output metadata flag of a glued value measured on the wall clock (``book.glue(..., timed=True)``; the
 # same string as anatomy.book.TIMED_KEY). Such values may differ between two runs (ARCHITECTURE.md,
 # the chapter contract); the determinism checks skip them and compare every other glued value as text.
@@ -41,11 +44,9 @@ TARGET_SECONDS = 60.0
 TARGET_TOTAL_SECONDS = 300.0
 
 
-def toc_chapters(toc: Path = ROOT / "_toc.yml") -> list[Path]:
-    """The chapter notebooks listed in _toc.yml, in order."""
-    text = toc.read_text(encoding="utf-8")
-    files = re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
-    return [ROOT / f"{f}.ipynb" for f in files]
+def toc_chapters(root: Path = ROOT) -> list[Path]:
+    """The chapter notebooks listed in ``root/_toc.yml``, in order."""
+    return [Path(root) / f"{page}.ipynb" for page in book_toc.chapters(root)]
 
 
 def glued_values(nb) -> dict[str, str]:
@@ -169,12 +170,10 @@ def second_runs(root: Path = ROOT) -> dict[str, dict]:
 
 def execute(notebook: Path, out: Path | None = None, timeout: int = 900, cwd: Path | None = None) -> dict:
     """Execute `notebook` in a fresh kernel (in this process); return seconds, error and glued values."""
+    import nbclient_poll  # no whole-timeout stall after a missed wake-up
     import nbformat
     from nbclient import NotebookClient
     from nbclient.exceptions import CellExecutionError
-
-    sys.path.insert(0, str(ROOT / "_ext"))
-    import nbclient_poll  # no whole-timeout stall after a missed wake-up
 
     nbclient_poll.apply()
 

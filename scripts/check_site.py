@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(ROOT / "_ext"))
 import book_address  # noqa: E402  (standard library only: repository_url, pages_url)
+import book_toc  # noqa: E402  (standard library only: the pages of _toc.yml)
 
 
 def problems(site: Path, root: Path = ROOT) -> list[str]:
@@ -33,9 +34,7 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
     if url is None:  # without the address there is no base URL to check the sitemap and canonical links by
         return [f"{root / '_config.yml'}: no repository: url: line (the book's one address)"]
     base = book_address.pages_url(url)
-    toc = (root / "_toc.yml").read_text(encoding="utf-8")
-    files = re.findall(r"^\s*-?\s*(?:file|root):\s*(\S+)", toc, flags=re.M)
-    pages = [re.sub(r"\.(ipynb|md)$", "", f) for f in files]
+    pages = book_toc.pages(root)
     out += [f"no page for {p} (from _toc.yml)" for p in pages if not (site / f"{p}.html").exists()]
     sitemap = site / "sitemap.xml"
     if not sitemap.exists():

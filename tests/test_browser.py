@@ -38,6 +38,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
+import book_toc  # noqa: E402  (_ext/ is on sys.path: tests/conftest.py)
 from chromium_cdp import Chromium, broken_internal_links, find_chromium, serve, site_pages  # noqa: E402
 
 SITE = Path(os.environ.get("ANATOMY_BOOK_HTML", ROOT / "_build" / "html"))
@@ -364,9 +365,7 @@ def test_every_chapter_page_was_built():
         _missing(f"no built book in {SITE}")
     if SITE != ROOT / "_build" / "html":
         pytest.skip(f"{SITE} is not this repository's build, so its pages need not match _toc.yml")
-    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-    files = re.findall(r"^\s*-?\s*file:\s*(\S+)", toc, flags=re.M)
-    missing = [f for f in files if not (SITE / f"{re.sub(r'[.](ipynb|md)$', '', f)}.html").exists()]
+    missing = [p for p in book_toc.pages(ROOT) if not (SITE / f"{p}.html").exists()]
     assert not missing, f"pages missing from the built book: {missing}"
 
 

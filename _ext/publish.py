@@ -43,6 +43,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import headless_chromium  # the executable and the flags, shared with scripts/chromium_cdp.py
 from book_address import pages_url, repository_parts  # noqa: F401 - _ext/ is on sys.path (local_extensions)
 from docutils import nodes
 from sphinx.util import logging
@@ -435,13 +436,6 @@ body { background: white; }
 </style>"""
 
 
-def _chromium() -> str | None:
-    for name in (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser", "google-chrome"):
-        if name and shutil.which(name):
-            return shutil.which(name)
-    return None
-
-
 def _toc_order(env, root: str) -> list[str]:
     order: list[str] = []
 
@@ -490,17 +484,7 @@ def build_pdf(
             subprocess.run(
                 [
                     chromium,
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-quic",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    "--mute-audio",
-                    "--disable-extensions",
-                    f"--user-data-dir={profile}",
+                    *headless_chromium.flags(profile),
                     "--no-pdf-header-footer",
                     "--virtual-time-budget=120000",
                     f"--print-to-pdf={target}",
@@ -522,7 +506,7 @@ def _pdf(app, outdir: Path) -> None:
     if os.environ.get("ANATOMY_PDF", "1") == "0":
         logger.info("publish: ANATOMY_PDF=0, no PDF")
         return
-    chromium = _chromium()
+    chromium = headless_chromium.find_chromium()
     if chromium is None:
         logger.info(f"publish: no chromium, so no {PDF_NAME} (apt-get install chromium)")
         return

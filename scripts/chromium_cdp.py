@@ -22,21 +22,19 @@ import io
 import json
 import os
 import queue
-import shutil
 import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "_ext"))
+import headless_chromium  # noqa: E402  (standard library only: the executable and the shared flags)
+from headless_chromium import find_chromium  # noqa: E402, F401  (for screenshots.py and tests/test_browser.py)
+
 MAX_SHOT_HEIGHT = 40000  # px; longer pages are cut there (the screenshot is an artifact, not a check)
 SKIP_PAGES = {"genindex.html", "search.html", "index.html"}  # index.html only redirects
-
-
-def find_chromium() -> str | None:
-    """The Chromium executable: ``$ANATOMY_CHROMIUM``, else chromium, chromium-browser or google-chrome."""
-    names = (os.environ.get("ANATOMY_CHROMIUM"), "chromium", "chromium-browser", "google-chrome")
-    return next((shutil.which(n) for n in names if n and shutil.which(n)), None)
 
 
 def site_pages(site: Path) -> list[str]:
@@ -103,19 +101,9 @@ class Chromium:
         # because dash only redirects single-digit fds.
         to_browser_r, from_browser_w = (_high_fd(to_browser_r), _high_fd(from_browser_w))
         flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
+            *headless_chromium.flags(profile),
             "--hide-scrollbars",
-            "--mute-audio",
-            "--disable-extensions",
             "--remote-debugging-pipe",
-            f"--user-data-dir={profile}",
             "about:blank",
         ]
         # the protocol pipe must be fds 3 (browser reads) and 4 (browser writes)

@@ -166,7 +166,7 @@ def failed_reasons() -> list[dict]:
 
 
 def chapter_page(slug: str) -> str | None:
-    """The page of the chapter ``slug`` ("signal_density" -> "chapters/06_signal_density"), from
+    """The page of the chapter ``slug`` ("signal_density" -> "chapters/NN_signal_density"), from
     ``_toc.yml`` (:func:`anatomy.claims.chapters`), or None if the book has no such chapter."""
     from anatomy import claims
 
@@ -197,7 +197,7 @@ def answer_html(points) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The scoreboard (chapter 13): every registered claim, its verdict and the numbers behind it
+# The scoreboard (the last chapter): every registered claim, its verdict and the numbers behind it
 # ---------------------------------------------------------------------------------------------------------
 
 # Background of a verdict's cell in the scoreboard table, and the colour of its bars in the figure.

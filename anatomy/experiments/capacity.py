@@ -1,4 +1,4 @@
-"""Capacity and compression: the experiments behind chapter 3.
+"""Capacity and compression: the experiments of the capacity and compression chapter.
 
 Two tools:
 

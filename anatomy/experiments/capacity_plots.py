@@ -1,4 +1,4 @@
-"""The figures of chapter 3 (capacity and compression): students' KLs, held-out contexts, the scaling
+"""The figures of the capacity and compression chapter: students' KLs, held-out contexts, the scaling
 family's losses, Hoffmann et al.'s iso-FLOP lines."""
 
 from __future__ import annotations

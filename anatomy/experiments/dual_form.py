@@ -1,4 +1,4 @@
-"""Chapter 7, in-context learning as gradient descent: the dual form of linear self-attention."""
+"""In-context learning as gradient descent: the dual form of linear self-attention."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Chapter 10, the encoder's niche: classifying sentences with an encoder (MiniLM's mean-pooled embeddings
+"""The encoder's niche: classifying sentences with an encoder (MiniLM's mean-pooled embeddings
 and prototypes) or by prompting a decoder (SmolLM2 zero-shot, few-shot with a cached prefix, or used as an
 encoder), each way timed and its FLOPs counted."""
 
@@ -220,7 +220,7 @@ def fewshot_classify(
     examples: Sequence[str],
     example_labels: Sequence[int],
 ) -> dict:
-    """Few-shot classification by prompting, with the shared prefix cached once (chapter 9's trick).
+    """Few-shot classification by prompting, with the shared prefix cached once (the KV cache's trick).
 
     The prompt is the labelled examples as ``Sentence: ...`` / ``Topic: <label>`` pairs, then the sentence
     and ``Topic:``. The examples' KV cache is computed once; each sentence runs only its own tokens on it.

@@ -1,4 +1,4 @@
-"""Chapter 2, entropy and the chain rule: the chapter's figures and the surprisal of a text."""
+"""Entropy and the chain rule: the chapter's figures and the surprisal of a text."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------
-# Figures for chapter 2
+# Figures of the entropy and chain rule chapter
 # ---------------------------------------------------------------------------------------------
 
 

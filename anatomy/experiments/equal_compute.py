@@ -1,4 +1,4 @@
-"""Chapter 6, the objectives at equal compute: one question for every family (`predict_token`:
+"""The objectives at equal compute: one question for every family (`predict_token`:
 the distribution of one text token given the same visible context), the runs at a matched FLOP budget,
 and the masking-rate trade-off."""
 
@@ -177,7 +177,7 @@ def token_cross_entropy(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Chapter 6's comparison across objectives at equal compute
+# The signal density chapter's comparison across objectives at equal compute
 # ---------------------------------------------------------------------------------------------------------
 
 

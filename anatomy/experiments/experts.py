@@ -1,4 +1,4 @@
-"""Chapter 11, mixture of experts: parameter counts, routing statistics, DeepSeek-V3's published sizes,
+"""Mixture of experts: parameter counts, routing statistics, DeepSeek-V3's published sizes,
 and dense-versus-MoE training runs at matched active parameters."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Chapter 1, three families: probes of a pretrained model that show what each mask lets a token see."""
+"""Three families: probes of a pretrained model that show what each mask lets a token see."""
 
 from __future__ import annotations
 

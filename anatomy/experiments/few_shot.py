@@ -1,4 +1,4 @@
-"""Chapter 7, few-shot prompting of a pretrained decoder: accuracy against the number of examples."""
+"""Few-shot prompting of a pretrained decoder: accuracy against the number of examples."""
 
 from __future__ import annotations
 

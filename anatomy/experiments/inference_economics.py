@@ -1,4 +1,4 @@
-"""Chapter 10, inference economics: arithmetic intensity and the roofline, this machine's peak FLOP rate and
+"""Inference economics: arithmetic intensity and the roofline, this machine's peak FLOP rate and
 bandwidth, seed 002's cost model next to a corrected one, and drafts for speculative decoding made of
 the target's own blocks. The encoder's niche (classifying sentences with an encoder or by prompting a
 decoder) is in :mod:`anatomy.experiments.encoder_niche`, the chapter's figures and tables in

@@ -1,7 +1,7 @@
-"""Chapter 10's figures and tables: the roofline, seed 002's latency table, decode bytes per model, the
-classifiers, when speculative decoding pays, and the speculative sampler's output distribution. The results
-they draw come from :mod:`anatomy.experiments.inference_economics`, :mod:`anatomy.experiments.encoder_niche`
-and :mod:`anatomy.speculative`."""
+"""The inference economics chapter's figures and tables: the roofline, seed 002's latency table, decode
+bytes per model, the classifiers, when speculative decoding pays, and the speculative sampler's output
+distribution. The results they draw come from :mod:`anatomy.experiments.inference_economics`,
+:mod:`anatomy.experiments.encoder_niche` and :mod:`anatomy.speculative`."""
 
 from __future__ import annotations
 

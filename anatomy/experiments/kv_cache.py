@@ -1,4 +1,4 @@
-"""Chapter 9, the KV cache: its size per token (and seed 002's formula), multi-turn time to first token
+"""The KV cache: its size per token (and seed 002's formula), multi-turn time to first token
 with and without reuse, why a bidirectional model's cache goes stale, and the FLOPs of a dialogue. The
 chapter's figures and tables are in :mod:`anatomy.experiments.kv_cache_plots`."""
 

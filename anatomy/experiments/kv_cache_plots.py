@@ -1,5 +1,5 @@
-"""Chapter 9's figures and tables: KV sizes, the chunk sweep, the multi-turn dialogue, the stale cache. The
-results they draw come from :mod:`anatomy.experiments.kv_cache`."""
+"""The KV cache chapter's figures and tables: KV sizes, the chunk sweep, the multi-turn dialogue, the stale
+cache. The results they draw come from :mod:`anatomy.experiments.kv_cache`."""
 
 from __future__ import annotations
 
@@ -133,7 +133,8 @@ def kv_sizes_table(rows: Sequence[Mapping]) -> str:
 def plot_kv_variants(model_name: str, context: int):
     """Horizontal bars: the fp16 KV cache of one sequence of ``context`` tokens for the published model
     ``model_name`` had it used MHA, GQA (its own KV heads, else 8) or MQA, its own kind in the book's blue,
-    and what seed 002's formula gives. The render function of chapter 9's explorer. Returns the figure."""
+    and what seed 002's formula gives. The render function of the KV cache chapter's explorer. Returns the
+    figure."""
     import matplotlib.pyplot as plt
 
     from anatomy.book import COLORS

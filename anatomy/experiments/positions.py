@@ -1,4 +1,4 @@
-"""Order without positions (chapter 5): what a transformer with no position encoding can know about order.
+"""Order without positions: what a transformer with no position encoding can know about order.
 
 * :func:`permutation_gap`: how much permuting the input tokens changes the hidden states beyond permuting
   them. A bidirectional model with no position encoding is permutation-equivariant, so the gap is rounding

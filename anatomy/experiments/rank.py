@@ -1,4 +1,4 @@
-"""Rank of attention matrices and of token representations (chapter 4).
+"""Rank of attention matrices and of token representations.
 
 Three questions, three groups of functions:
 
@@ -568,7 +568,7 @@ def layer_residuals(hidden_states: Sequence[torch.Tensor], skip: int = 0) -> np.
 @one_thread()
 @torch.no_grad()
 def inspect_model(model: Transformer, input_ids: torch.Tensor, **model_kwargs) -> dict:
-    """Everything chapter 4 measures on a real model, for one sequence input_ids (1, N).
+    """Everything the attention rank chapter measures on a real model, for one sequence input_ids (1, N).
 
     Returns {"maps": (layers, heads, N, N) from :func:`attention_maps`, "heads": :func:`head_stats` of them,
     "residual": :func:`layer_residuals` of the hidden states (embeddings, then each layer),

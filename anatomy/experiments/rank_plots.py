@@ -1,4 +1,5 @@
-"""Chapter 4's figures and tables: single matrices, products, the collapse with depth, real models."""
+"""The attention rank chapter's figures and tables: single matrices, products, the collapse with depth,
+real models."""
 
 from __future__ import annotations
 
@@ -248,7 +249,7 @@ def sweep_table(rows: list[dict]) -> str:
 
 
 def sweep_summary(rows: list[dict], cond: dict[str, np.ndarray]) -> dict[str, float]:
-    """The numbers chapter 4 quotes from :func:`single_matrix_sweep` and :func:`triangular_condition`.
+    """The numbers the chapter quotes from :func:`single_matrix_sweep` and :func:`triangular_condition`.
 
     Ranks are minima over all draws and scales, effective ranks medians at the smallest ("lo") and largest
     ("hi") logit scale, log10 sigma_min medians over all scales (and the worst causal one), log10 det the
@@ -302,7 +303,7 @@ def collapse_at(curves: dict, variant: str, mask: str, depth: int) -> float:
 
 
 def inspection_summary(insp: dict) -> dict[str, float]:
-    """The numbers chapter 4 quotes from one :func:`inspect_model` result.
+    """The numbers the chapter quotes from one :func:`inspect_model` result.
 
     N, heads, rank_deficient (heads with numerical rank < N), full_rank_share (the fraction of heads with
     numerical rank N), rank_min / rank_med, erank_med, smin_med

@@ -1,4 +1,4 @@
-"""Chapter 12, the record's measurements: exposure bias, equal-budget runs, sentence embeddings."""
+"""The record's measurements: exposure bias, equal-budget runs, sentence embeddings."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scaling laws: the power laws of chapter 3 and the Chinchilla arithmetic.
+"""Scaling laws: the power laws of the capacity and compression chapter and the Chinchilla arithmetic.
 
 * **Power laws in parameters** (:func:`fit_power_law`, :func:`fit_power_law_floor`): Kaplan et al.'s
   L = (N_c / N)^alpha, and the same law above an irreducible loss, fitted to measured losses.

@@ -1,4 +1,4 @@
-"""Chapter 6, signal density: the exact Bayes-optimal loss of each objective on a Markov source, and how
+"""Signal density: the exact Bayes-optimal loss of each objective on a Markov source, and how
 much of the training signal each objective's labels carry (the label-density experiment)."""
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def bayes_loss(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Chapter 6's controlled experiment: the same task, only the share of supervised positions changes
+# The controlled experiment: the same task, only the share of supervised positions changes
 # ---------------------------------------------------------------------------------------------------------
 
 

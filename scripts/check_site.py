@@ -49,9 +49,10 @@ def problems(site: Path, root: Path = ROOT) -> list[str]:
     pdf = site / "why-decoder-only.pdf"
     if not pdf.exists() or pdf.read_bytes()[:5] != b"%PDF-":
         out.append("no why-decoder-only.pdf (the whole-book PDF; needs chromium)")
-    intro = (site / "intro.html").read_text(encoding="utf-8") if (site / "intro.html").exists() else ""
-    if f'<link rel="canonical" href="{base}intro.html"' not in intro:
-        out.append(f"intro.html has no canonical link under {base}")
+    home = f"{pages[0]}.html"  # the root page of _toc.yml: the introduction
+    intro = (site / home).read_text(encoding="utf-8") if (site / home).exists() else ""
+    if f'<link rel="canonical" href="{base}{home}"' not in intro:
+        out.append(f"{home} has no canonical link under {base}")
     image = re.search(r'<meta property="og:image" content="([^"]+)"', intro)
     if image and not (site / image.group(1).removeprefix(base)).exists():
         out.append(f"the social preview picture {image.group(1)} is not in the site")

@@ -42,6 +42,7 @@ from chromium_cdp import Chromium, broken_internal_links, find_chromium, serve, 
 
 SITE = Path(os.environ.get("ANATOMY_BOOK_HTML", ROOT / "_build" / "html"))
 SHOTS = ROOT / "_build" / "screenshots"
+HOME = f"{book_toc.pages(ROOT)[0]}.html"  # the root page of _toc.yml (the introduction)
 REQUIRED = os.environ.get("ANATOMY_REQUIRE_BOOK") == "1"
 
 pytestmark = pytest.mark.book
@@ -205,7 +206,7 @@ def _errors(events: list[dict], local_prefix: str) -> tuple[list[str], list[str]
 
 @pytest.fixture(scope="module")
 def server():
-    if not (SITE / "intro.html").exists():
+    if not (SITE / HOME).exists():
         _missing(
             f"no built book in {SITE}: run `bash scripts/build_book.sh` first "
             "(scripts/run_tests.sh runs this test after the build)"
@@ -360,7 +361,7 @@ def test_page_renders_for_a_reader(page, views):
 
 def test_every_chapter_page_was_built():
     """Every chapter in _toc.yml has a page (a chapter that failed to build would be missing)."""
-    if not (SITE / "intro.html").exists():
+    if not (SITE / HOME).exists():
         _missing(f"no built book in {SITE}")
     if SITE != ROOT / "_build" / "html":
         pytest.skip(f"{SITE} is not this repository's build, so its pages need not match _toc.yml")
@@ -442,7 +443,7 @@ def test_the_built_site_is_complete():
     """What the workflow publishes: every page, sitemap.xml and robots.txt under the base URL derived from
     _config.yml, the whole-book PDF, and executed notebooks behind the download buttons
     (scripts/check_site.py, which scripts/deploy_build.sh runs too)."""
-    if not (SITE / "intro.html").exists():
+    if not (SITE / HOME).exists():
         _missing(f"no built book in {SITE}")
     if SITE != ROOT / "_build" / "html":
         pytest.skip(f"{SITE} is not this repository's build")

@@ -25,7 +25,7 @@ def _sources() -> list[tuple[str, str]]:
     for folder in ("anatomy", "benches", "scripts"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             out.append((str(path.relative_to(ROOT)), path.read_text(encoding="utf-8")))
-    for path in [*sorted((ROOT / "chapters").glob("*.ipynb")), ROOT / "the_answer.ipynb"]:
+    for path in [*sorted((ROOT / "chapters").glob("*.ipynb")), *sorted(ROOT.glob("*.ipynb"))]:
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         code = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
         # IPython magics and shell lines are not Python: each becomes `pass` at its own indentation

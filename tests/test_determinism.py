@@ -10,9 +10,9 @@ claim's condition without a noise margin.
 Which chapters run again: ``DETERMINISM_CHAPTERS`` (comma-separated stems, ``all``, or ``none``); by default
 the mixture-of-experts chapter (found by its slug), a training run with several models, the kind of
 computation most likely to drift (about a minute). ``scripts/run_tests.sh`` sets ``none``: there, every
-chapter is executed a second time once, by whichever test runs it anyway. tests/test_busy_cpu.py (chapters
-8-10, on a busy CPU), tests/test_colab_env.py (chapters 1, 5 and 13, in the Colab-pinned environment) and
-tests/test_publish.py (chapter 4, from the built wheel) run before the build and save their glued values in
+chapter is executed a second time once, by whichever test runs it anyway. tests/test_busy_cpu.py (its
+chapters, on a busy CPU), tests/test_colab_env.py (its chapters, in the Colab-pinned environment) and
+tests/test_publish.py (its chapter, from the built wheel) run before the build and save their glued values in
 ``$ANATOMY_SECOND_RUNS``, and so does tests/test_colab_style.py for every other chapter, executed Colab-style
 beside them and the build (``COLAB_CHAPTERS=unclaimed``, ``COLAB_SAVE_ONLY=1``);
 ``test_earlier_run_gives_the_same_glued_values`` compares each saved record whose code (chapter and package)

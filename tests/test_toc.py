@@ -1,9 +1,11 @@
 """_ext/book_toc.py, the scripts' and tests' one reader of _toc.yml: what a YAML parser reads, and the
 chapters that the package numbers (anatomy.claims.toc_pages, the reader an installed wheel uses)."""
 
+import re
 from pathlib import Path
 
 import book_toc  # _ext/ is on sys.path (tests/conftest.py)
+import pytest
 import yaml
 
 from anatomy import claims
@@ -60,3 +62,36 @@ def test_nested_quoted_and_commented_entries(tmp_path):
     expected = ["intro", "chapters/01_a", "chapters/01_b", "chapters/02_c", "references"]
     assert book_toc.pages(tmp_path) == expected == _yaml_pages(text)
     assert book_toc.chapters(tmp_path) == ["chapters/01_a", "chapters/01_b", "chapters/02_c"]
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "- {file: chapters/02_d}",  # flow mapping
+        "- {title: D, file: chapters/02_d}",
+        "- glob: chapters/*",  # a pattern, not a page
+        "- file: chapters/02 d",  # a space in the path
+        "- file:chapters/02_d",  # no space after the colon: YAML reads one string, not a mapping
+        "- file: chapters/02_d#x",  # YAML reads the '#' as part of the name
+        '- "file": chapters/02_d',  # a quoted key
+    ],
+)
+def test_a_page_in_a_form_it_does_not_read_raises(tmp_path, entry):
+    """A page the line reader would not see is an error naming the line, not a page left out of every check
+    that reads this list (check_site, the determinism and browser tests)."""
+    (tmp_path / "_toc.yml").write_text(f"root: intro\nchapters:\n  - file: chapters/01_a\n  {entry}\n")
+    with pytest.raises(ValueError, match=rf"_toc.yml:4: .*{re.escape(entry)}"):
+        book_toc.pages(tmp_path)
+
+
+def test_a_title_or_comment_that_mentions_a_key_is_no_entry(tmp_path):
+    text = 'root: intro\nchapters:\n  - file: chapters/01_a\n    title: "The file: format"  # root: no\n'
+    (tmp_path / "_toc.yml").write_text(text)
+    assert book_toc.pages(tmp_path) == ["intro", "chapters/01_a"] == _yaml_pages(text)
+
+
+@pytest.mark.parametrize("text", ["chapters:\n  - file: chapters/01_a\n", "root: intro\nroot: index\n"])
+def test_no_or_two_root_entries_raise(tmp_path, text):
+    (tmp_path / "_toc.yml").write_text(text)
+    with pytest.raises(ValueError, match="root: entries"):
+        book_toc.pages(tmp_path)

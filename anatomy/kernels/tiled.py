@@ -68,6 +68,7 @@ LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
 MASK_CACHE_MAX = 2**17  # masks of at most this many scores (G heads x 128 x 128 for G <= 8) are kept
+ROW_GROUP = 2  # row blocks walked together, key tile by key tile (each K/V tile read once for both)
 
 
 def tiled_attention(
@@ -151,6 +152,11 @@ def _row_blocks(
 
     q (B, Hq, Nq, D) as given, kt (BH, D, Nk), vs (BH, Nk, D); writes those rows of out (BH, G, Nq, D) and
     lse. counts receives [tiles computed, tiles after the first of their row block, tiles rescaled].
+
+    The row blocks are taken :data:`ROW_GROUP` at a time, and within a group the key tiles are the outer
+    loop: each key/value tile is read from memory once for the group's row blocks that see it and is still
+    in the cache for the second. Every row block's own sequence of operations is unchanged (its tiles left
+    to right, its own running state), so this only reorders independent work: same output bit for bit.
     """
     B, Hq, Nq, D = q.shape
     BH, Nk = vs.shape[0], vs.shape[1]
@@ -159,107 +165,133 @@ def _row_blocks(
     padded = pad_hidden is not None
     n_tiles = n_later = n_rescaled = 0
     k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
-    # Without autograd, each row block's scaled queries, running sums and output, and every tile's scores
-    # and row sums, go into buffers allocated once per call (a ragged last tile gets its own): no memory is
-    # allocated per tile, and the few buffers stay in the cache.
-    bufs = None if grad else _Buffers(q, BH, G, tile, D)
-    for i in blocks:
-        row = tmap[i]
-        q0, q1 = i * tile, min((i + 1) * tile, Nq)
-        rows = q1 - q0
-        full_rows = bufs is not None and rows == tile
-        # The block's queries, scaled, with the G heads of a group stacked as rows: (BH, G * rows, D).
-        q_i = torch.mul(q[:, :, q0:q1], scale, out=bufs.q if full_rows else None).reshape(BH, G * rows, D)
-        m = neg_m = row_sum = acc = None
-        for j, kind in enumerate(row):
-            if kind == EMPTY:
-                continue  # above the diagonal: never touched
-            k0, k1 = j * tile, min((j + 1) * tile, Nk)
-            k_j, v_j = k_tiles[j], v_tiles[j]
-            partial = kind == PARTIAL
-            n_tiles += 1
-            n_later += m is not None
-            whole = full_rows and k1 - k0 == tile
-            s_out, sum_out = (bufs.s, bufs.sum) if whole else (None, None)
-            if partial:
-                # A tile's mask depends on where its rows sit relative to its columns (and to the prefix):
-                # the tiles on the diagonal share one, kept across calls unless it is large.
-                cols, rel = k1 - k0, q0 + q_offset - k0
-                pre = None if prefix_len is None else min(max(prefix_len - k0, 0), cols)
-                keep = G * rows * cols <= MASK_CACHE_MAX and not torch._C._len_torch_dispatch_stack()
-                build = _tile_mask if keep else _tile_mask.__wrapped__  # a fake-tensor trace keeps none
-                hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
-            if m is not None and not padded:
-                # Scores relative to the running maximum, the subtraction done inside the matmul. On a
-                # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
-                # first, in the score buffer, and the product accumulates onto that (one pass over the tile
-                # fewer, same result bit for bit); with autograd it is added to the scores.
-                if partial and not grad:
-                    s = torch.add(neg_m, bias, out=s_out).baddbmm_(q_i, k_j)
-                else:
-                    s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
-                    s = s.add_(bias) if partial else s
-                p = s.exp2_()
-                p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
-                # The check for a rise reads the row sums, which the kernel needs anyway, instead of taking
-                # a maximum over the tile: no exponential exceeds its row's sum, so if no sum exceeds
-                # 2 ** RESCALE_THRESHOLD, no score rose past the threshold (measured: 1.5-2.6% less time).
-                top = (p_sum.detach() if grad else p_sum).max().item()  # NaN if some row holds NaN
-                # A large sum alone is not a rise (many keys can each score a little above the maximum):
-                # then the largest exponential decides, and only a tile where some row's reaches the
-                # threshold is redone with the exact row-by-row test below (2.0 ** 8 is exact and exp2() is
-                # monotone, so no row that rose past the threshold is missed).
-                if not top <= 2.0**RESCALE_THRESHOLD and bool(
-                    ((p.detach() if grad else p).amax(-1) >= 2.0**RESCALE_THRESHOLD).any()
-                ):
-                    s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
-                    if partial:
-                        s = s.add_(bias)
-                    # The maximum only keeps exp2() in range; the result does not depend on it: no gradient.
-                    rise = (s.detach() if grad else s).amax(-1, keepdim=True)
-                    big = rise > RESCALE_THRESHOLD
-                    if bool(big.any()):
-                        # Only the rows that rose past the threshold are raised (a NaN row never is); the
-                        # others keep their maximum exactly (a shift by +0), so every row's result depends on
-                        # that row's inputs only, whatever the other rows, batch items and heads hold.
-                        n_rescaled += 1
-                        rise = torch.where(big, rise, 0.0)
-                        s = s.sub_(rise)
-                        # rescales what was accumulated under the old maximum
-                        row_sum, acc = _rescale(row_sum, acc, torch.exp2(-rise), grad)
-                        m = m + rise
-                        neg_m = -m
+    # Without autograd, each row block's scaled queries, running sums and output (one set per row block of
+    # a group), and every tile's scores and row sums, go into buffers allocated once per call (a ragged last
+    # tile gets its own): no memory is allocated per tile, and the few buffers stay in the cache.
+    bufs = None if grad else _Buffers(q, BH, G, tile, D, ROW_GROUP)
+    blocks = list(blocks)
+    for g0 in range(0, len(blocks), ROW_GROUP):
+        group = []
+        for slot, i in enumerate(blocks[g0 : g0 + ROW_GROUP]):
+            b = _Block(i, tile, Nq, bufs is not None)
+            # The block's queries, scaled, with the G heads of a group stacked as rows: (BH, G * rows, D).
+            qbuf = bufs.q[slot] if b.full_rows else None
+            b.q_i = torch.mul(q[:, :, b.q0 : b.q1], scale, out=qbuf).reshape(BH, G * b.rows, D)
+            b.bufs = bufs.slot(slot) if b.full_rows else None
+            group.append(b)
+        for j in range(len(k_tiles)):
+            for b in group:
+                kind = tmap[b.i][j]
+                if kind == EMPTY:
+                    continue  # above the diagonal: never touched
+                q0, rows, q_i, m, neg_m = b.q0, b.rows, b.q_i, b.m, b.neg_m
+                row_sum, acc = b.row_sum, b.acc
+                k0, k1 = j * tile, min((j + 1) * tile, Nk)
+                k_j, v_j = k_tiles[j], v_tiles[j]
+                partial = kind == PARTIAL
+                n_tiles += 1
+                n_later += m is not None
+                whole = b.full_rows and k1 - k0 == tile
+                s_out, sum_out = (bufs.s, bufs.sum) if whole else (None, None)
+                if partial:
+                    # A tile's mask depends on where its rows sit relative to its columns (and to the
+                    # prefix): the tiles on the diagonal share one, kept across calls unless it is large.
+                    cols, rel = k1 - k0, q0 + q_offset - k0
+                    pre = None if prefix_len is None else min(max(prefix_len - k0, 0), cols)
+                    keep = G * rows * cols <= MASK_CACHE_MAX and not torch._C._len_torch_dispatch_stack()
+                    build = _tile_mask if keep else _tile_mask.__wrapped__  # a fake-tensor trace keeps none
+                    hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
+                if m is not None and not padded:
+                    # Scores relative to the running maximum, the subtraction done inside the matmul. On a
+                    # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
+                    # first, in the score buffer, and the product accumulates onto that (one pass over the
+                    # tile fewer, same result bit for bit); with autograd it is added to the scores.
+                    if partial and not grad:
+                        s = torch.add(neg_m, bias, out=s_out).baddbmm_(q_i, k_j)
+                    else:
+                        s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
+                        s = s.add_(bias) if partial else s
                     p = s.exp2_()
                     p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
-            else:
-                # The first tile of a row block (or any tile under a padding mask): maximum of its own.
-                if partial and not padded:
-                    s = torch.baddbmm(bias, q_i, k_j, out=s_out)  # the mask as a 0 / -inf term of the matmul
+                    # The check for a rise reads the row sums, which the kernel needs anyway, instead of
+                    # taking a maximum over the tile: no exponential exceeds its row's sum, so if no sum
+                    # exceeds 2 ** RESCALE_THRESHOLD, no score rose past the threshold (measured: 1.5-2.6%
+                    # less time).
+                    top = (p_sum.detach() if grad else p_sum).max().item()  # NaN if some row holds NaN
+                    # A large sum alone is not a rise (many keys can each score a little above the
+                    # maximum): then the largest exponential decides, and only a tile where some row's
+                    # reaches the threshold is redone with the exact row-by-row test below (2.0 ** 8 is
+                    # exact and exp2() is monotone, so no row that rose past the threshold is missed).
+                    if not top <= 2.0**RESCALE_THRESHOLD and bool(
+                        ((p.detach() if grad else p).amax(-1) >= 2.0**RESCALE_THRESHOLD).any()
+                    ):
+                        s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
+                        if partial:
+                            s = s.add_(bias)
+                        # The maximum only keeps exp2() in range; the result does not depend on it: no
+                        # gradient.
+                        rise = (s.detach() if grad else s).amax(-1, keepdim=True)
+                        big = rise > RESCALE_THRESHOLD
+                        if bool(big.any()):
+                            # Only the rows that rose past the threshold are raised (a NaN row never is);
+                            # the others keep their maximum exactly (a shift by +0), so every row's result
+                            # depends on that row's inputs only, whatever the other rows, batch items and
+                            # heads hold.
+                            n_rescaled += 1
+                            rise = torch.where(big, rise, 0.0)
+                            s = s.sub_(rise)
+                            # rescales what was accumulated under the old maximum
+                            row_sum, acc = _rescale(row_sum, acc, torch.exp2(-rise), grad)
+                            m = m + rise
+                            neg_m = -m
+                        p = s.exp2_()
+                        p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                 else:
-                    s = torch.bmm(q_i, k_j, out=s_out)  # (BH, G*rows, cols) scores of this tile
-                    if partial:
-                        hidden = hidden | pad_hidden[..., k0:k1]
-                        s.view(BH, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
-                m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
-                m_new = m_tile if m is None else torch.maximum(m, m_tile)
-                if padded:
-                    # Only padding can leave a row without any visible key so far (key 0 is always visible
-                    # otherwise, and tiles are visited left to right); keep exp2() finite for such rows.
-                    m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
-                p = s.sub_(m_new).exp2_()  # (BH, G*rows, cols); exp2(-inf) = 0 for hidden keys
-                p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
-                if m is not None:
-                    n_rescaled += 1
-                    row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
-                m, neg_m = m_new, -m_new
-            row_sum, acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs if full_rows else None)
-        if grad:
-            out[:, :, q0:q1] = (acc / row_sum).view(BH, G, rows, D)
-        else:  # straight into the output's rows
-            torch.div(acc.view(BH, G, rows, D), row_sum.view(BH, G, rows, 1), out=out[:, :, q0:q1])
-        if lse is not None:
-            lse[:, :, q0:q1] = ((m + torch.log2(row_sum)) * LN2).view(BH, G, rows)
+                    # The first tile of a row block (or any tile under a padding mask): maximum of its own.
+                    if partial and not padded:
+                        # the mask as a 0 / -inf term of the matmul
+                        s = torch.baddbmm(bias, q_i, k_j, out=s_out)
+                    else:
+                        s = torch.bmm(q_i, k_j, out=s_out)  # (BH, G*rows, cols) scores of this tile
+                        if partial:
+                            hidden = hidden | pad_hidden[..., k0:k1]
+                            s.view(BH, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
+                    m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
+                    m_new = m_tile if m is None else torch.maximum(m, m_tile)
+                    if padded:
+                        # Only padding can leave a row without any visible key so far (key 0 is always
+                        # visible otherwise, and tiles are visited left to right); keep exp2() finite for
+                        # such rows.
+                        m_new = m_new.masked_fill(m_new == float("-inf"), 0.0)
+                    p = s.sub_(m_new).exp2_()  # (BH, G*rows, cols); exp2(-inf) = 0 for hidden keys
+                    p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
+                    if m is not None:
+                        n_rescaled += 1
+                        row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
+                    m, neg_m = m_new, -m_new
+                b.row_sum, b.acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad, b.bufs)
+                b.m, b.neg_m = m, neg_m
+        for b in group:
+            q0, q1, rows = b.q0, b.q1, b.rows
+            if grad:
+                out[:, :, q0:q1] = (b.acc / b.row_sum).view(BH, G, rows, D)
+            else:  # straight into the output's rows
+                torch.div(b.acc.view(BH, G, rows, D), b.row_sum.view(BH, G, rows, 1), out=out[:, :, q0:q1])
+            if lse is not None:
+                lse[:, :, q0:q1] = ((b.m + torch.log2(b.row_sum)) * LN2).view(BH, G, rows)
     counts[:] = n_tiles, n_later, n_rescaled
+
+
+class _Block:
+    """One row block's place and running state (maximum, sums, output) while its group is walked."""
+
+    __slots__ = ("i", "q0", "q1", "rows", "full_rows", "q_i", "bufs", "m", "neg_m", "row_sum", "acc")
+
+    def __init__(self, i, tile, Nq, buffered):
+        self.i, self.q0, self.q1 = i, i * tile, min((i + 1) * tile, Nq)
+        self.rows = self.q1 - self.q0
+        self.full_rows = buffered and self.rows == tile
+        self.m = self.neg_m = self.row_sum = self.acc = None
 
 
 def _worth_two_threads(work: list[int], heads: int, tile: int, head_dim: int) -> bool:
@@ -337,15 +369,28 @@ def _split(run) -> None:
 
 
 class _Buffers:
-    """One call's (or one thread's) working memory for whole tiles, without autograd."""
+    """One call's (or one thread's) working memory for whole tiles, without autograd: a tile's scores and
+    row sums, and for each of ``slots`` row blocks walked together its scaled queries, running sums and
+    output."""
 
-    def __init__(self, q, BH, G, tile, D):
+    def __init__(self, q, BH, G, tile, D, slots=1):
         B, Hq = q.shape[:2]
-        self.q = q.new_empty(B, Hq, tile, D)  # a row block's scaled queries
+        self.q = [q.new_empty(B, Hq, tile, D) for _ in range(slots)]  # a row block's scaled queries
         self.s = q.new_empty(BH, G * tile, tile)  # a tile's scores, then its exponentials
         self.sum = q.new_empty(BH, G * tile, 1)  # their row sums
-        self.row_sum = q.new_empty(BH, G * tile, 1)  # the running sums of a row block
-        self.acc = q.new_empty(BH, G * tile, D)
+        self.row_sums = [q.new_empty(BH, G * tile, 1) for _ in range(slots)]  # a row block's running sums
+        self.accs = [q.new_empty(BH, G * tile, D) for _ in range(slots)]
+
+    def slot(self, k):
+        """The running sums and output of the k-th row block of a group (what :func:`_accumulate` fills)."""
+        return _Slot(self.row_sums[k], self.accs[k])
+
+
+class _Slot:
+    __slots__ = ("row_sum", "acc")
+
+    def __init__(self, row_sum, acc):
+        self.row_sum, self.acc = row_sum, acc
 
 
 def _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs=None):

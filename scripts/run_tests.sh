@@ -83,23 +83,31 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
-# Four pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
-# LIGHT, a process of tests that start no kernel and use small tensors (the Triton interpreter tests among
-# them), whose threads its LoadKeeper counts as competition, topping up with busy loops in the same session
+# Five pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
+# LIGHT, two processes of tests that start no kernel and use small tensors (the Triton interpreter tests
+# among them), whose threads its LoadKeeper counts as competition, topping up with busy loops in the same session
 # (see tests/test_busy_cpu.py: Jupyter kernels run in sessions of their own, and the scheduler's autogroups
 # share CPU between sessions first, so the chapter competes with one session, as it did with the busy loops
 # alone; beside the other tests and the Colab-style runs it would compete with each of their kernels, far
-# more: tried in aca0bed on the loaded shared machine, chapter 10 took 229 s instead of ~46 s). Then the
-# rest of the tests beside the files that
+# more: tried in aca0bed on the loaded shared machine, chapter 10 took 229 s instead of ~46 s). Two
+# processes, because the keeper wants one competing thread per core: one process of mostly single-threaded
+# tests left a core to a busy loop (~50 CPU-seconds of a run), two leave it to tests; they carry about the
+# busy-CPU chapters' own time of work (~110 s of CPU on one core's share) and go on beside the next
+# processes if they need longer. Then the rest of the tests beside the files that
 # run chapters in environments of their own (the Colab-pinned one, the built wheel): each of the two keeps
 # about one core busy, so side by side they take about the time of the longer one.
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
 BESIDE=(tests/test_colab_env.py tests/test_publish.py)
 # tests/test_triton.py runs its Triton interpreter tests in a child process (TRITON_INTERPRET=1), and fails
-# unless that child ran them all; none of these files starts a Jupyter kernel.
-LIGHT=(tests/test_triton.py tests/test_data.py tests/test_properties.py tests/test_layout.py
-    tests/test_module_attributes.py tests/test_doc_references.py)
+# unless that child ran them all; none of these files starts a Jupyter kernel. CPU-seconds alone (measured
+# 2026-12-03): triton 38 (in child processes), layout 4, doc_references 4, speculative 10, objectives 8;
+# data 20, properties 13, module_attributes 5, bad_inputs 12, model 7.
+LIGHT_A=(tests/test_triton.py tests/test_layout.py tests/test_doc_references.py tests/test_speculative.py
+    tests/test_objectives.py)
+LIGHT_B=(tests/test_data.py tests/test_properties.py tests/test_module_attributes.py tests/test_bad_inputs.py
+    tests/test_model.py)
+LIGHT=("${LIGHT_A[@]}" "${LIGHT_B[@]}")
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"
 LOGS="$(mktemp -d)"
@@ -129,11 +137,13 @@ pytest_parts() {
 echo "== pytest tests"
 step_start
 # --durations: the slowest tests are listed, so the cost of each is visible in every run's log
-echo "== pytest ${LIGHT[*]} (output below)"
+echo "== pytest ${LIGHT_A[*]} and, in another process, ${LIGHT_B[*]} (output below)"
 # shellcheck disable=SC2086
-python -m pytest "${LIGHT[@]}" --durations=30 ${PYTEST_ARGS:-} \
-    >"$LOGS/light.log" 2>&1 &
-light_pid=$!
+python -m pytest "${LIGHT_A[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/light_a.log" 2>&1 &
+light_a_pid=$!
+# shellcheck disable=SC2086
+python -m pytest "${LIGHT_B[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/light_b.log" 2>&1 &
+light_b_pid=$!
 echo "== pytest ${BUSY[*]} (the busy-CPU chapters, beside ${LIGHT[*]} only)"
 # shellcheck disable=SC2086
 python -m pytest "${BUSY[@]}" --durations=30 ${PYTEST_ARGS:-}
@@ -166,11 +176,15 @@ wait "$beside_pid"
 beside_status=$?
 echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
 cat "$LOGS/beside.log"
-wait "$light_pid"
-light_status=$?
-echo "== pytest ${LIGHT[*]} (ran beside the busy-CPU chapters)"
-cat "$LOGS/light.log"
-pytest_parts "pytest tests" "$busy_status" "$light_status" "$unit_status" "$beside_status"
+wait "$light_a_pid"
+light_a_status=$?
+wait "$light_b_pid"
+light_b_status=$?
+echo "== pytest ${LIGHT_A[*]} (ran beside the busy-CPU chapters)"
+cat "$LOGS/light_a.log"
+echo "== pytest ${LIGHT_B[*]} (ran beside the busy-CPU chapters)"
+cat "$LOGS/light_b.log"
+pytest_parts "pytest tests" "$busy_status" "$light_a_status" "$light_b_status" "$unit_status" "$beside_status"
 record "pytest tests" $? $((SECONDS - t)) "$cpu0"
 
 # 3. strict book build -----------------------------------------------------------------------------------

@@ -431,6 +431,27 @@ def _embedding_ok(emb: torch.Tensor, c) -> bool:
     return emb.dtype == torch.float32 and emb.device.type == "cpu" and emb.shape == (c.vocab_size, c.d_model)
 
 
+def _may_run(model: nn.Module, input_ids: torch.Tensor, cache: KVCache) -> bool:
+    """What the C step and :mod:`anatomy.prefill`'s path both need, apart from the number of new tokens:
+    switched on, inference, CPU float32, no global hook, no dispatch or function mode, and a model whose
+    config and LM head they compute (cheap checks only: the walk of :func:`_plan` comes after)."""
+    return not (
+        _off
+        or torch.is_grad_enabled()
+        or input_ids.device.type != "cpu"
+        or cache.dtype != torch.float32
+        or cache.device.type != "cpu"
+        or nn.modules.module._global_forward_hooks
+        or nn.modules.module._global_forward_pre_hooks
+        # a dispatch or function mode (an op counter, a fake-tensor trace, torch.device(...) as a context)
+        # would not see the fast paths' work: the textbook path's operations run under it instead
+        or torch._C._len_torch_dispatch_stack()
+        or torch._C._len_torch_function_stack()
+        or not _eligible_config(model.config)
+        or not _head_input_major(model)  # most models are not: refused here, before the walk of _plan
+    )
+
+
 def step(
     model: nn.Module, input_ids: torch.Tensor, cache: KVCache, logits_to_keep: int = 0
 ) -> torch.Tensor | None:
@@ -439,22 +460,10 @@ def step(
     (the last n positions) or N if 0. None if this path does not apply (see the module's docstring), and then
     nothing has changed. For :class:`anatomy.model.Transformer`, after it has checked its arguments."""
     if (
-        _off
-        or input_ids.dim() != 2
+        input_ids.dim() != 2
         or input_ids.shape[0] != 1
         or not 1 <= input_ids.shape[1] <= MAX_TOKENS
-        or torch.is_grad_enabled()
-        or input_ids.device.type != "cpu"
-        or cache.dtype != torch.float32
-        or cache.device.type != "cpu"
-        or nn.modules.module._global_forward_hooks
-        or nn.modules.module._global_forward_pre_hooks
-        # a dispatch or function mode (an op counter, a fake-tensor trace, torch.device(...) as a context)
-        # would not see the C call's work: the textbook path's operations run under it instead
-        or torch._C._len_torch_dispatch_stack()
-        or torch._C._len_torch_function_stack()
-        or not _eligible_config(model.config)
-        or not _head_input_major(model)  # most models are not: refused here, before the walk of _plan
+        or not _may_run(model, input_ids, cache)
     ):
         return None
     lib = _library()

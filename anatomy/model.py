@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from anatomy import decode
+from anatomy import decode, prefill
 from anatomy._checks import check_bool, check_float, check_int, check_positive_int, check_tensor, is_int
 from anatomy.attention import BACKENDS, _self_attention, attention, attention_probs
 from anatomy.cache import KVCache
@@ -558,6 +558,8 @@ class Transformer(_Model):
             key_padding_mask = _check_0_1_mask("attention_mask", attention_mask, input_ids, "input_ids")
         if cache is not None and _head and not (return_hidden or return_attn or token_type_ids is not None):
             logits = decode.step(self, input_ids, cache, logits_to_keep)  # a few new tokens: one C call
+            if logits is None:  # many (a prompt): the same operations, matrix products by oneDNN
+                logits = prefill.forward(self, input_ids, cache, logits_to_keep)
             if logits is not None:
                 return logits
         N = input_ids.shape[1]

@@ -7,11 +7,17 @@ Both sides run the same float32 weights: anatomy's model from ``anatomy.pretrain
 from the GGUF). Generation: the same chat prompt, greedy (``do_sample=False``), the same number of new
 tokens, no early stop at EOS; the tokens must be identical. What is timed on anatomy's side is the public
 call ``anatomy.generate(model, ids, 64)`` on ``smollm2()`` as a reader gets it: the prompt (more than 16
-tokens) runs through the model's textbook forward pass (matrix products by MKL), and every later token
-through ``anatomy.decode``'s step, one C call per token, which the model takes by itself for a float32
-Llama-style decoder in inference on the CPU when a C compiler is found (it runs on one thread at either
-thread count; see ``anatomy/decode.py``). Prefill: one forward pass over a 512-token
+tokens) runs through ``anatomy.prefill`` (the model's forward pass with its matrix products by oneDNN, which
+runs them ~2x faster than MKL on this AMD CPU), and every later token through ``anatomy.decode``'s step,
+one C call per token (it runs on one thread at either thread count). The model takes both by itself for a
+float32 Llama-style decoder in inference on the CPU (the step when a C compiler is found, the prefill when
+PyTorch has oneDNN); the table names the paths it timed. Prefill: one forward pass over a 512-token
 prompt that fills a KV cache and returns the last position's logits (what generation does first).
+transformers' side runs its own forward pass (matrix products by MKL, through ``F.linear``).
+
+The GPU column: with a CUDA device, the same generation and prefill with both models moved to it (a row of
+its own, wall clock, same tokens checked, no target); without one, a printed line says why it is skipped,
+and the JSON record says the same under ``machine["gpu column"]``.
 Variants alternate within each repeat (and which goes first alternates too), so load from other jobs on
 the machine hits both alike; the table reports medians and their ratio next to the
 targets (generation >= 1.5x, prefill >= 1.0x, at each thread count given). ``--clock cpu`` times the CPU
@@ -116,19 +122,24 @@ def main() -> None:
         variants[PACKED] = (lambda: anatomy.generate(packed, ids, n_new), packed_prefill)
     # Which path anatomy's new tokens take: the C step if a compiler was found and the model qualifies
     # (else the textbook forward pass, e.g. on a machine without cc), printed with each table and recorded.
-    from anatomy import decode
+    from anatomy import decode, prefill
 
     decode_path = (
         "C decoding step (anatomy.decode, 1 thread)"
         if decode._library() is not None and decode._plan(model) is not None
         else "textbook forward pass (the C step did not apply)"
     )
+    prefill_path = (
+        "anatomy.prefill (oneDNN products)"
+        if prefill._op() is not None and decode._plan(model) is not None
+        else "textbook forward pass (anatomy.prefill did not apply)"
+    )
     rows, ok = [], True
     for threads in args.threads:
         torch.set_num_threads(threads)
-        print(f"anatomy's new tokens: {decode_path}; its prompt and prefill: the textbook forward pass")
+        print(f"anatomy's new tokens: {decode_path}; its prompt and prefill: {prefill_path}")
         row = _table(args, threads, n_new, ids, variants)
-        row["anatomy decode path"] = decode_path
+        row["anatomy decode path"], row["anatomy prefill path"] = decode_path, prefill_path
         hf_s_per_token = 1.0 / row["transformers tokens/s"]
         row |= _floor(args, threads, _weights(model), _weights(hf, fused=False), hf_s_per_token, packed)
         rows.append(row)
@@ -138,7 +149,11 @@ def main() -> None:
             and row["same tokens"]
         )
         print()
+    gpu = gpu_row(args, model, hf, ids, long_ids, n_new)  # a row of its own; the targets are the CPU rows'
+    if gpu is not None:
+        rows.append(gpu)
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
+    machine["gpu column"] = gpu_status(gpu)
     record.save("generate", machine, rows, TARGETS, ok, args.json)
     if not all(r["same tokens"] for r in rows):
         raise SystemExit("the greedy tokens differ")
@@ -230,6 +245,85 @@ def _table(args, threads, n_new, ids, variants: dict) -> dict:
     print(
         "per-repeat tokens/s: "
         + "; ".join(f"{k} " + ", ".join(f"{x:.1f}" for x in v) for k, v in gen.items())
+    )
+    return row
+
+
+def gpu_status(row: dict | None) -> str:
+    """What the record says about the GPU column: where it is, or the one-line reason it was skipped."""
+    if row is not None:
+        return f"the row with variant 'GPU (cuda)' ({row['gpu']})"
+    return "skipped: no CUDA device (torch.cuda.is_available() is False)"
+
+
+def gpu_row(args, model, hf, ids, long_ids, n_new) -> dict | None:
+    """The GPU column: the same generation and prefill with both models on the CUDA device, or None (with
+    the reason printed in one line) where there is none. Wall clock with a synchronize after each call; the
+    same greedy tokens are checked, and no target applies (the targets are about the CPU)."""
+    if not torch.cuda.is_available():
+        print(f"GPU column: {gpu_status(None)}")
+        return None
+    import copy
+
+    dev = torch.device("cuda")
+    ours, theirs = copy.deepcopy(model).to(dev), copy.deepcopy(hf).to(dev)
+    ids, long_ids = ids.to(dev), long_ids.to(dev)
+    mask = torch.ones_like(ids)
+
+    def synced(fn):
+        def run():
+            out = fn()
+            torch.cuda.synchronize()
+            return out
+
+        return run
+
+    def ours_prefill():
+        with torch.inference_mode():
+            return ours(long_ids, cache=ours.new_cache(), logits_to_keep=1)
+
+    def hf_prefill():
+        with torch.inference_mode():
+            return theirs(long_ids, use_cache=True, logits_to_keep=1).logits
+
+    variants = {
+        "anatomy": (
+            synced(lambda: anatomy.generate(ours, ids, n_new)),
+            synced(ours_prefill),
+        ),
+        "transformers": (
+            synced(lambda: theirs.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)),
+            synced(hf_prefill),
+        ),
+    }
+    tokens = {name: g().cpu() for name, (g, _) in variants.items()}  # warm-up, and the equality check
+    for _, p in variants.values():
+        p()
+    gen, pre = {name: [] for name in variants}, {name: [] for name in variants}
+    for r in range(args.repeats):
+        for name, (g, p) in list(variants.items())[:: 1 if r % 2 == 0 else -1]:
+            gen[name].append(n_new / _time(g))
+            pre[name].append(_time(p))
+    med = {k: statistics.median(v) for k, v in gen.items()}
+    med_pre = {k: statistics.median(v) for k, v in pre.items()}
+    same = torch.equal(tokens["anatomy"], tokens["transformers"])
+    row = {
+        "variant": "GPU (cuda)",
+        "gpu": torch.cuda.get_device_name(),
+        "anatomy tokens/s": round(med["anatomy"], 3),
+        "transformers tokens/s": round(med["transformers"], 3),
+        "generation ratio": round(med["anatomy"] / med["transformers"], 4),
+        "anatomy prefill ms": round(1e3 * med_pre["anatomy"], 3),
+        "transformers prefill ms": round(1e3 * med_pre["transformers"], 3),
+        "prefill ratio": round(med_pre["transformers"] / med_pre["anatomy"], 4),
+        "same tokens": same,
+    }
+    print(
+        f"GPU column ({row['gpu']}, wall clock, repeats={args.repeats}): generation "
+        f"{row['anatomy tokens/s']:.1f} vs {row['transformers tokens/s']:.1f} tokens/s "
+        f"({row['generation ratio']:.2f}x); prefill {row['anatomy prefill ms']:.1f} vs "
+        f"{row['transformers prefill ms']:.1f} ms ({row['prefill ratio']:.2f}x); same {n_new} greedy tokens: "
+        f"{'yes' if same else 'NO'} (reported, no target)"
     )
     return row
 

@@ -45,3 +45,14 @@ def test_compare_matches_rows_on_their_keys(tmp_path):
 def test_compare_refuses_records_of_different_benchmarks(tmp_path):
     with pytest.raises(ValueError, match="different benchmarks"):
         compare.compare(_record(tmp_path, "a", []), _record(tmp_path, "b", []))
+
+
+def test_generate_bench_skips_its_gpu_column_in_one_line_without_cuda(monkeypatch, capsys):
+    import generate  # benches/generate.py
+
+    monkeypatch.setattr(generate.torch.cuda, "is_available", lambda: False)
+    assert generate.gpu_row(None, None, None, None, None, 64) is None  # nothing is touched
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == ["GPU column: skipped: no CUDA device (torch.cuda.is_available() is False)"]
+    assert generate.gpu_status(None).startswith("skipped: no CUDA device")
+    assert generate.gpu_status({"gpu": "H100"}) == "the row with variant 'GPU (cuda)' (H100)"

@@ -15,7 +15,7 @@ import torch.nn as nn
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import anatomy  # noqa: E402
-from anatomy import decode  # noqa: E402
+from anatomy import decode, prefill  # noqa: E402
 from anatomy.model import Config, Transformer, to_input_major  # noqa: E402
 from anatomy.packed import compiled  # noqa: E402
 
@@ -119,6 +119,7 @@ def _model(seed: int = 0, **kw) -> Transformer:
 
 def _textbook(monkeypatch):
     monkeypatch.setattr(decode, "step", lambda *args: None)
+    monkeypatch.setattr(prefill, "forward", lambda *args: None)  # nor the oneDNN path (anatomy.prefill)
 
 
 def _steps(model, ids, n_prompt: int):

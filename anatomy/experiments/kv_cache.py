@@ -152,8 +152,8 @@ def chunk_sweep(
     ``chunks`` (interleaved, median of ``repeats``; the context's untimed prefill is the warm-up). n = 1 is a
     decode step; large n is a prefill. As in generation, only the last position goes through the LM head
     (``logits_to_keep=1``). Every n runs the model's textbook path (:func:`anatomy.decode.disabled`: calls of
-    up to 16 tokens would otherwise take the one-call C step), so the sweep compares one implementation
-    across sizes, not two.
+    up to 16 tokens would otherwise take the one-call C step, longer ones :mod:`anatomy.prefill`'s oneDNN
+    products), so the sweep compares one implementation across sizes, not two.
 
     new_ids (1, >= max(chunks)) supplies the tokens. Returns per chunk: ``seconds`` (median per call),
     ``per_token`` (seconds per token), ``flops`` and ``bytes`` (counted, fp32 weights and cache) and
@@ -402,6 +402,10 @@ def dialogue_ttft(
     Returns ``history`` (tokens before each turn's prompt), ``new`` (prompt tokens), ``times`` (strategy ->
     per turn list of seconds), ``ttft`` (strategy -> per turn median), ``logit_err`` (per turn max |reuse -
     recompute| over the first-token logits) and ``cache_nbytes``, ``cache_len`` (the reuse cache at the end).
+    The timed calls take whatever path the model takes (for SmolLM2: :mod:`anatomy.prefill`'s oneDNN
+    products); ``logit_err`` compares reuse and recompute on the model's textbook path
+    (:func:`anatomy.decode.disabled`, with a cache of its own filled the same way, untimed), so that this
+    rounding-sized number is the same on every machine, whichever fast paths it has.
     """
     _check_segments(segments)
     check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
@@ -417,6 +421,7 @@ def dialogue_ttft(
             model.eval()
     total = sum(s["prompt"].shape[1] + s["reply"].shape[1] for s in segments)
     cache = decoder.new_cache(max_len=total)
+    textbook_cache = decoder.new_cache(max_len=total)  # the same turns on the textbook path, for logit_err
     history = torch.empty(1, 0, dtype=torch.long)
     out = {
         "history": [],
@@ -468,7 +473,11 @@ def dialogue_ttft(
         for k in strategies:
             out["times"][k].append(samples[k])
             out["ttft"][k].append(statistics.median(samples[k]))
-        out["logit_err"].append(float((logits["reuse"] - logits["recompute"]).abs().max()))
+        with decode.disabled():
+            textbook_cache.truncate(H)
+            exact = decoder(new, cache=textbook_cache, logits_to_keep=1)[:, -1]
+            out["logit_err"].append(float((exact - recompute()).abs().max()))
+            decoder(seg["reply"], cache=textbook_cache, logits_to_keep=1)
         out["history"].append(H)
         out["new"].append(new.shape[1])
         cache.truncate(H + new.shape[1])
@@ -539,7 +548,9 @@ def stale_cache_error(
     history's keys (``key_change``) and values (``value_change``), and on the reply positions the largest
     logit difference (``max_logit_err``), the mean KL(fresh || stale) in nats (``kl``), the next-token loss
     of each (``loss_fresh``, ``loss_stale``) and the share of positions whose argmax differs (``flips``).
-    A causal decoder gives zeros (up to float rounding); a prefix LM does not.
+    A causal decoder gives zeros (up to float rounding); a prefix LM does not. Every call runs the model's
+    textbook path (:func:`anatomy.decode.disabled`), so the rounding-sized numbers are the same on every
+    machine, whichever fast paths it has.
     """
     import torch.nn.functional as F
 
@@ -556,10 +567,11 @@ def stale_cache_error(
     kw = (lambda p: {"prefix_len": p}) if prefix else (lambda p: {})
     B = ids.shape[0]
     fresh_cache = model.new_cache(batch_size=B, max_len=H + M + R)
-    fresh = model(ids[:, : H + M + R], cache=fresh_cache, **kw(H + M))[:, H + M - 1 : H + M + R - 1]
     stale_cache = model.new_cache(batch_size=B, max_len=H + M + R)
-    model(ids[:, :H], cache=stale_cache, **kw(H))
-    stale = model(ids[:, H : H + M + R], cache=stale_cache, **kw(H + M))[:, M - 1 : M + R - 1]
+    with decode.disabled():
+        fresh = model(ids[:, : H + M + R], cache=fresh_cache, **kw(H + M))[:, H + M - 1 : H + M + R - 1]
+        model(ids[:, :H], cache=stale_cache, **kw(H))
+        stale = model(ids[:, H : H + M + R], cache=stale_cache, **kw(H + M))[:, M - 1 : M + R - 1]
 
     def rel(a: torch.Tensor, b: torch.Tensor) -> float:
         return float((a - b).double().norm() / b.double().norm())

@@ -83,7 +83,7 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # (4, from the built wheel) execute here anyway save what they glued in ANATOMY_SECOND_RUNS, the other
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
-# Five pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
+# Six pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
 # LIGHT, two processes of tests that start no kernel and use small tensors (the Triton interpreter tests
 # among them), whose threads its LoadKeeper counts as competition, topping up with busy loops in the same session
 # (see tests/test_busy_cpu.py: Jupyter kernels run in sessions of their own, and the scheduler's autogroups
@@ -94,8 +94,8 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # tests left a core to a busy loop (~50 CPU-seconds of a run), two leave it to tests; they carry about the
 # busy-CPU chapters' own time of work (~110 s of CPU on one core's share) and go on beside the next
 # processes if they need longer. Then the rest of the tests beside the files that
-# run chapters in environments of their own (the Colab-pinned one, the built wheel): each of the two keeps
-# about one core busy, so side by side they take about the time of the longer one.
+# run chapters in environments of their own (the Colab-pinned one, the built wheel), each in a process of
+# its own (one after the other they were the step's longest pole: ~180 s and ~40 s of mostly one core).
 AFTER_BUILD=(tests/test_browser.py tests/test_determinism.py tests/test_colab_style.py tests/test_colab_edition.py)
 BUSY=(tests/test_busy_cpu.py)
 BESIDE=(tests/test_colab_env.py tests/test_publish.py)
@@ -163,19 +163,25 @@ ANATOMY_REQUIRE_BOOK=1 COLAB_CHAPTERS=unclaimed COLAB_SAVE_ONLY=1 nice -n 19 \
     python -m pytest tests/test_colab_style.py -k test_chapter_runs_from_an_installed_package \
     --durations=30 >"$LOGS/colab.log" 2>&1 &
 colab_pid=$!
-echo "== pytest ${BESIDE[*]} (output below, after the other tests), beside pytest tests"
-# shellcheck disable=SC2086
-python -m pytest "${BESIDE[@]}" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside.log" 2>&1 &
-beside_pid=$!
+echo "== pytest ${BESIDE[*]} (each in a process of its own; output below, after the other tests)"
+beside_pids=()
+for f in "${BESIDE[@]}"; do
+    # shellcheck disable=SC2086
+    python -m pytest "$f" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside-$(basename "$f" .py).log" 2>&1 &
+    beside_pids+=($!)
+done
 main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${BESIDE[@]}" "${LIGHT[@]}")
 # shellcheck disable=SC2086
 python -m pytest tests "${main_ignore[@]/#/--ignore=}" \
     --durations=30 ${PYTEST_ARGS:-}
 unit_status=$?
-wait "$beside_pid"
-beside_status=$?
-echo "== pytest ${BESIDE[*]} (ran beside the other tests)"
-cat "$LOGS/beside.log"
+beside_statuses=()
+for i in "${!BESIDE[@]}"; do
+    wait "${beside_pids[$i]}"
+    beside_statuses+=($?)
+    echo "== pytest ${BESIDE[$i]} (ran beside the other tests)"
+    cat "$LOGS/beside-$(basename "${BESIDE[$i]}" .py).log"
+done
 wait "$light_a_pid"
 light_a_status=$?
 wait "$light_b_pid"
@@ -184,7 +190,7 @@ echo "== pytest ${LIGHT_A[*]} (ran beside the busy-CPU chapters)"
 cat "$LOGS/light_a.log"
 echo "== pytest ${LIGHT_B[*]} (ran beside the busy-CPU chapters)"
 cat "$LOGS/light_b.log"
-pytest_parts "pytest tests" "$busy_status" "$light_a_status" "$light_b_status" "$unit_status" "$beside_status"
+pytest_parts "pytest tests" "$busy_status" "$light_a_status" "$light_b_status" "$unit_status" "${beside_statuses[@]}"
 record "pytest tests" $? $((SECONDS - t)) "$cpu0"
 
 # 3. strict book build -----------------------------------------------------------------------------------

@@ -14,9 +14,10 @@ core to itself, whatever else the machine runs.
 What competes matters, not only how much: Jupyter starts each kernel in a session of its own, and with the
 scheduler's autogroups (Linux, on by default) CPU time is shared between sessions before threads, so the
 chapter's kernel gets its session's share. scripts/run_tests.sh runs this file with nothing beside it but
-one more pytest process of light tests (no kernels, small tensors) in its own session, and the loops are
+two more pytest processes of light tests (no kernels, small tensors) in its own session, and the loops are
 started in that session too: the chapter competes with one session running at least one thread per core,
-as it did with the loops alone, and that session's CPU goes partly to useful tests instead of loops.
+as it did with the loops alone, and that session's CPU goes to useful tests instead of loops (a loop
+only tops up while fewer than one of their threads per core is runnable).
 (Beside the other tests, their kernels and the Colab-style runs' kernels each compete as a session: far
 more than the loops; tried in aca0bed on the loaded shared machine, chapter 10 took 229 s instead of ~46 s.)
 Each chapter's run asserts what the CPU saw: busy at least 90% of the time, at least 0.9 runnable competing

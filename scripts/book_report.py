@@ -88,6 +88,17 @@ def build_glue(path: Path) -> tuple[dict[str, str], set[str]]:
 SECOND_RUNS_ENV = "ANATOMY_SECOND_RUNS"
 
 
+def code_files(root: Path, chapter: str) -> list[Path]:
+    """The files whose bytes :func:`code_fingerprint` hashes: the notebook ``root/chapter``, then every file
+    of ``root/anatomy`` (compiled files excepted, untracked ones included)."""
+    root = Path(root)
+    return [root / chapter] + sorted(
+        p
+        for p in (root / "anatomy").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
+    )
+
+
 def code_fingerprint(root: Path, chapter: str) -> str:
     """A hash of the code a chapter's run executes: the notebook ``root/chapter`` and every file of
     ``root/anatomy`` (compiled files excepted). Equal fingerprints: a run and the build ran the same code."""
@@ -95,12 +106,7 @@ def code_fingerprint(root: Path, chapter: str) -> str:
 
     h = hashlib.sha256()
     root = Path(root)
-    files = [root / chapter] + sorted(
-        p
-        for p in (root / "anatomy").rglob("*")
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"
-    )
-    for path in files:
+    for path in code_files(root, chapter):
         h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 

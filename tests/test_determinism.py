@@ -19,8 +19,9 @@ beside them and the build (``COLAB_CHAPTERS=unclaimed``, ``COLAB_SAVE_ONLY=1``);
 equals the work tree's with the build's values, and fails for a chapter of the table of contents that has no
 such record, unless a test collected in the same session executes it again and compares at once (this file's
 ``DETERMINISM_CHAPTERS``; tests/test_colab_style.py, which run_tests.sh runs after this file with
-``COLAB_CHAPTERS=unrecorded``) or its record ran the committed HEAD while the work tree's code differs
-(nothing comparable: skipped, saying so). Without ``ANATOMY_SECOND_RUNS`` (pytest run alone) it skips.
+``COLAB_CHAPTERS=unrecorded``) or the work tree's code differs from the committed HEAD, untracked files
+included, which the Colab-style runs execute (nothing comparable: skipped, saying so). Without
+``ANATOMY_SECOND_RUNS`` (pytest run alone) it skips.
 Every chapter gets the cheap half of the check: its build stored glued values, and none of them is an
 object's repr with a memory address (which would differ from run to run).
 
@@ -31,6 +32,7 @@ turns a missing build into a failure instead of a skip).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import subprocess
@@ -79,7 +81,7 @@ def _chosen() -> list[str]:
     wanted = os.environ.get("DETERMINISM_CHAPTERS", ",".join(default)).strip()
     if wanted == "none":
         return []
-    return stems if wanted == "all" else [s for s in wanted.split(",") if s]
+    return stems if wanted == "all" else [s.strip() for s in wanted.split(",") if s.strip()]
 
 
 @pytest.mark.parametrize("stem", _toc_stems())
@@ -137,17 +139,28 @@ def _compared_here(stem: str, items) -> str | None:
     return None
 
 
-def _code_differs_from_head(stem: str) -> bool:
-    """True when the work tree's package or chapter `stem` differs from the committed HEAD."""
-    diff = ["git", "diff", "--quiet", "HEAD", "--", "anatomy", f"chapters/{stem}.ipynb"]
-    return subprocess.run(diff, cwd=ROOT, capture_output=True).returncode != 0
+def _code_differs_from_head(stem: str, root: Path = ROOT) -> bool:
+    """True when the code a run of chapter `stem` hashes (book_report.code_files: the chapter and every file
+    of anatomy/, untracked ones too) differs from the committed HEAD's, or git cannot tell."""
+    chapter = f"chapters/{stem}.ipynb"
+    diff = subprocess.run(
+        ["git", "diff", "--quiet", "HEAD", "--", "anatomy", chapter], cwd=root, capture_output=True
+    )
+    tracked = subprocess.run(
+        ["git", "ls-files", "-z", "--", "anatomy", chapter], cwd=root, capture_output=True
+    )
+    if diff.returncode != 0 or tracked.returncode != 0:
+        return True
+    hashed = {p.relative_to(root).as_posix() for p in _report().code_files(root, chapter)}
+    return hashed != {f for f in tracked.stdout.decode().split("\0") if f}
 
 
 def _earlier_run(stem: str, items) -> dict:
     """The saved record of chapter `stem`'s second run, made of the work tree's code. Without one, the test
     fails, or skips (saying why) when nothing could be compared: no build, no ANATOMY_SECOND_RUNS (a skip,
     or a failure with ANATOMY_REQUIRE_BOOK=1), a test of this session that compares the chapter itself, or
-    a record of the committed HEAD while the work tree differs from it."""
+    a record of other code while the work tree's code differs from the committed HEAD (the Colab-style, the
+    Colab-pinned and the wheel's runs execute a clone of HEAD, so no run of this code can be saved)."""
     build = EXECUTED / f"{stem}.glue.json"
     if not build.exists():
         _missing(f"no glued values for {stem} in {EXECUTED}: build the book (bash scripts/build_book.sh)")
@@ -162,11 +175,20 @@ def _earlier_run(stem: str, items) -> dict:
         _missing(f"{stem}: no second runs saved (no ANATOMY_SECOND_RUNS; scripts/run_tests.sh sets it)")
     saved = Path(where) / f"{stem}.json"
     if saved.exists() and _code_differs_from_head(stem):
-        pytest.skip(f"{stem}: its saved run ran the committed HEAD, and the work tree's code differs from it")
+        by = json.loads(saved.read_text(encoding="utf-8")).get("by", "a test")
+        pytest.skip(
+            f"{stem}: its saved run ({by}) ran other code than the work tree's, which differs from the"
+            " committed HEAD (uncommitted or untracked files in anatomy/ or the chapter): nothing comparable"
+        )
     pytest.fail(
         f"{stem}: no second run of this code in {where} "
-        + ("(its record is of other code)" if saved.exists() else "(no record)")
-        + ", so its determinism was not checked: a chapter of _toc.yml that no test executed a second time"
+        + (
+            "(its record is of other code: the code changed after that run)"
+            if saved.exists()
+            else "(no record)"
+        )
+        + ", so its determinism was not checked: a chapter of _toc.yml that no test executed a second time "
+        + f"(run it again here: DETERMINISM_CHAPTERS={stem} pytest tests/test_determinism.py)"
     )
 
 
@@ -225,8 +247,34 @@ def test_a_chapter_without_a_second_run_fails(tmp_path, monkeypatch):
     with pytest.raises(pytest.fail.Exception, match="its record is of other code"):
         _earlier_run("01_x", [])
     monkeypatch.setitem(globals(), "_code_differs_from_head", lambda stem: True)  # uncommitted changes
-    with pytest.raises(pytest.skip.Exception, match="ran the committed HEAD"):
+    with pytest.raises(pytest.skip.Exception, match="differs from the committed HEAD"):
         _earlier_run("01_x", [])
     monkeypatch.delenv("ANATOMY_SECOND_RUNS")
     with pytest.raises(pytest.skip.Exception, match="no ANATOMY_SECOND_RUNS"):
         _earlier_run("01_x", [])
+
+
+def test_untracked_code_differs_from_head(tmp_path):
+    """An untracked file in anatomy/ changes the fingerprint of every run from the work tree, and git diff
+    does not show it: the work tree then differs from HEAD (a skip for a record of HEAD, not 'other code')."""
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "anatomy").mkdir()
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "anatomy" / "a.py").write_text("a = 1\n")
+    (tmp_path / "chapters" / "01_x.ipynb").write_text("{}")
+    git("init", "-q")
+    git("add", "anatomy", "chapters")
+    git("commit", "-q", "-m", "x")
+    assert not _code_differs_from_head("01_x", tmp_path)
+    (tmp_path / "anatomy" / "__pycache__").mkdir()  # compiled files are not hashed
+    (tmp_path / "anatomy" / "__pycache__" / "a.cpython.pyc").write_bytes(b"\0")
+    assert not _code_differs_from_head("01_x", tmp_path)
+    (tmp_path / "anatomy" / "b.py").write_text("b = 2\n")  # untracked
+    assert _code_differs_from_head("01_x", tmp_path)
+    (tmp_path / "anatomy" / "b.py").unlink()
+    (tmp_path / "anatomy" / "a.py").write_text("a = 2\n")  # changed
+    assert _code_differs_from_head("01_x", tmp_path)
+    assert _code_differs_from_head("02_new", tmp_path)  # a chapter that HEAD lacks (git ls-files omits it)

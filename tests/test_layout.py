@@ -90,8 +90,9 @@ def test_no_two_public_names_mean_different_things():
     assert not twice, twice
 
 
-# "chapter 9", "Chapters 8-10", "ch. 4": a chapter named by its number, which moves when a chapter is inserted
-CHAPTER_NUMBER = re.compile(r"\b(?:[Cc]hapters?|[Cc]h\.) ?\d+")
+# "chapter 9", "Chapters 8-10", "ch. 4", "CHAPTER 9", "chapter" and "9" on two lines of a docstring: a
+# chapter named by its number, which moves when a chapter is inserted
+CHAPTER_NUMBER = re.compile(r"\b(?:chapters?|ch\.)\s*\d+", re.IGNORECASE)
 EXPERIMENTS = sorted((PACKAGE / "experiments").glob("*.py"))
 NOT_YET_REWORDED = {"causal_kernel.py"}
 
@@ -114,12 +115,12 @@ def test_the_chapter_number_scan_sees_docstrings_and_comments():
     text = (
         '"""Chapter 3, capacity."""\n'
         "def f():\n"
-        '    """As ch. 4 shows."""\n'
+        '    """As ch. 4 shows, and CHAPTER\n    6 after it."""\n'
         "    return 'chapter 5'  # chapters 8-10 time it\n"
         "class C:\n"
         '    """The capacity chapter\'s helper (no number)."""\n'
     )
-    assert _chapter_numbers(text) == ["Chapter 3", "ch. 4", "chapters 8"]
+    assert _chapter_numbers(text) == ["Chapter 3", "ch. 4", "CHAPTER\n6", "chapters 8"]
 
 
 @pytest.mark.parametrize(

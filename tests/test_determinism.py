@@ -221,7 +221,8 @@ def test_printed_values_are_compared_like_glued_ones():
 
 def test_a_chapter_without_a_second_run_fails(tmp_path, monkeypatch):
     """The completeness half can fail: a built chapter with no saved second run fails, and is let off only
-    when this session compares it otherwise or nothing was saved at all."""
+    when this session compares it otherwise, its record is of other code while the work tree differs from
+    HEAD (nothing comparable), or nothing was saved at all."""
     monkeypatch.setitem(globals(), "EXECUTED", tmp_path / "build")
     (tmp_path / "build").mkdir()
     (tmp_path / "build" / "01_x.glue.json").write_text('{"n": {"data": {"text/plain": "1"}}}')
@@ -259,7 +260,8 @@ def test_untracked_code_differs_from_head(tmp_path):
     does not show it: the work tree then differs from HEAD (a skip for a record of HEAD, not 'other code')."""
 
     def git(*args):
-        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+        identity = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+        subprocess.run(["git", *identity, *args], cwd=tmp_path, check=True)
 
     (tmp_path / "anatomy").mkdir()
     (tmp_path / "chapters").mkdir()

@@ -157,3 +157,21 @@ def test_nan_in_the_model_stays_nan():
 
 # Called by Transformer.forward after its own checks of input_ids and the cache; readers call the model.
 BAD_INPUTS_EXEMPT = {"prefill.forward"}
+
+
+def test_the_head_of_a_few_rows_takes_the_c_product_and_equals_onednn(monkeypatch):
+    """logits_to_keep <= MAX_TOKENS: the head runs decode.matmul (when a compiler was found); without a
+    compiler, oneDNN's product; both agree with the textbook path."""
+    model = _model(6)
+    ids = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(6))
+    used, real = [], decode.matmul
+    monkeypatch.setattr(decode, "matmul", lambda *a: used.append(1) or real(*a))
+    fast, _ = _prefill(model, ids, keep=2)
+    assert used == ([1] if decode._library() is not None else [])
+    monkeypatch.setattr(decode, "_library", lambda: None)
+    no_cc, _ = _prefill(model, ids, keep=2)
+    with decode.disabled():
+        slow, _ = _prefill(model, ids, keep=2)
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5) and torch.allclose(
+        no_cc, slow, atol=1e-5, rtol=1e-5
+    )

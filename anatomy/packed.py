@@ -17,15 +17,18 @@ Opt-in only (``smollm2(packed=True)``): the teaching model and every chapter use
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -212,7 +215,29 @@ def compiled(source: str, stem: str, openmp: bool = True) -> ctypes.CDLL:
             if done.returncode:
                 raise RuntimeError(f"building {stem} failed:\n{done.stderr[-2000:]}")
             os.replace(out, path)  # atomic: another process may be building the same file
+        _prune(stem, path)
+    else:
+        with contextlib.suppress(OSError):  # the age _prune goes by is the last use, not the build
+            os.utime(path)
     return ctypes.CDLL(str(path))
+
+
+KEEP_BUILDS = 4  # libraries kept per stem: a changed source (or compiler, or CPU) builds a new one
+
+
+def _prune(stem: str, built: Path) -> None:
+    """Delete all but the :data:`KEEP_BUILDS` most recently used libraries of ``stem`` (the one just
+    ``built`` always stays): each change of a kernel's source leaves its old build behind, and nothing
+    else removes them. A process that has an old one loaded keeps it (deleting a loaded file is safe)."""
+    pattern = re.compile(re.escape(stem) + r"-[0-9a-f]{16}\.so")
+    try:
+        old = [p for p in built.parent.iterdir() if pattern.fullmatch(p.name) and p != built]
+        old.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+    except OSError:  # another process pruned a file meanwhile: leave the rest for a later build
+        return
+    for p in old[KEEP_BUILDS - 1 :]:
+        with contextlib.suppress(OSError):
+            p.unlink()
 
 
 def _library() -> ctypes.CDLL:

@@ -240,3 +240,30 @@ def test_compiled_takes_a_cc_with_words_of_its_own(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", "gcc 'unclosed")
     with pytest.raises(RuntimeError, match="CC"):
         P.compiled("int anatomy_ok(void) { return 7; }", "cc-words-bad", openmp=False)
+
+
+def test_compiled_keeps_only_the_latest_builds_of_a_stem(monkeypatch, tmp_path):
+    """Old builds of a changed source are pruned to KEEP_BUILDS per stem (the newest by last use); other
+    stems' libraries and other files stay."""
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("needs a C compiler")
+    monkeypatch.setenv("ANATOMY_CACHE", str(tmp_path))
+    monkeypatch.delenv("CC", raising=False)
+    old = [tmp_path / f"prune-me-{i:016x}.so" for i in range(6)]
+    for age, p in enumerate(old):
+        p.write_bytes(b"")
+        os.utime(p, (1000 + age, 1000 + age))  # old[5] is the most recently used
+    others = [tmp_path / "prune-me-other-0123456789abcdef.so", tmp_path / "notes.txt"]
+    for p in others:
+        p.write_bytes(b"")
+    lib = P.compiled("int anatomy_ok(void) { return 5; }", "prune-me", openmp=False)
+    assert lib.anatomy_ok() == 5
+    kept = sorted(p.name for p in tmp_path.glob("prune-me-*.so") if p not in others)
+    assert len(kept) == P.KEEP_BUILDS and {p.name for p in old[-(P.KEEP_BUILDS - 1) :]} < set(kept)
+    assert all(p.exists() for p in others)
+    # using an existing build makes it the newest: the next builds of other sources keep it
+    (built,) = set(kept) - {p.name for p in old}
+    for value in (5, 6, 7, 8):
+        P.compiled(f"int anatomy_ok(void) {{ return {value}; }}", "prune-me", openmp=False)
+    assert (tmp_path / built).exists()
+    assert len([p for p in tmp_path.glob("prune-me-*.so") if p not in others]) == P.KEEP_BUILDS

@@ -213,3 +213,92 @@ def test_a_fake_tensor_trace_leaves_no_fake_tensor_in_the_caches():
         out = attention(q, k, v, "causal", backend="tiled", tile=128)
         ref = attention(q, k, v, "causal", backend="reference")
     assert float((out - ref).abs().max()) < 1e-5
+
+
+# ------------------------------------------------------------------------------------------------------
+# The unshifted path (float32/float64 inference): no running maximum, rows it cannot vouch for redone
+# ------------------------------------------------------------------------------------------------------
+
+
+def _exact(q, k, v, mask, **kw):
+    return attention(q.double(), k.double(), v.double(), mask, backend="reference", **kw)
+
+
+@pytest.mark.parametrize("mask", ["causal", "bidirectional", "prefix"])
+@pytest.mark.parametrize("shape", [(1, 4, 4, 300), (2, 6, 3, 260), (1, 8, 8, 1024)], ids=str)
+def test_the_unshifted_path_matches_the_running_maximum_and_the_definition(mask, shape, monkeypatch):
+    b, hq, hkv, n = shape
+    q, k, v = _qkv(b, hq, hkv, n)
+    kw = dict(q_offset=0, prefix_len=n // 3 if mask == "prefix" else None, tile=128)
+    with one_thread(), torch.no_grad():
+        stats = {}
+        fast = tiled.tiled_attention(q, k, v, mask, stats=stats, **kw)
+        monkeypatch.setattr(tiled, "UNSHIFTED_DTYPES", ())  # the running-maximum path, for comparison
+        shifted = tiled.tiled_attention(q, k, v, mask, **kw)
+    assert stats["rescaled"] == 0  # no row needed the running maximum: the unshifted path ran
+    assert not torch.equal(fast, shifted)  # a different rounding (so the test can tell the paths apart)
+    exact = _exact(q, k, v, mask, prefix_len=kw["prefix_len"])
+    err, err_shifted = ((x.double() - exact).abs().max().item() for x in (fast, shifted))
+    assert err <= max(2 * err_shifted, 1e-6), (err, err_shifted)
+
+
+def test_rows_out_of_the_unshifted_range_are_redone_and_only_those(monkeypatch):
+    """Rows whose scores are all far above 0 (2 ** s would overflow) or far below (it would underflow) in
+    base 2, or a row with NaN, are redone with the running maximum; every other row keeps the bits of a
+    run without them."""
+    q, k, v = _qkv(2, 4, 2, 520)
+    kw = dict(q_offset=0, prefix_len=None, tile=128)
+    dirty = q.clone()
+    dirty[0, 1, 5] = k[0, 0, 0] * 60  # this row's largest score ~ +60 x |k|^2 / 8 in base 2: overflows
+    dirty[0, 1, 300] = -k[0, 0, :301].sum(0) * 8  # scores far below 0 for the keys this row sees
+    dirty[1, 3, 400, 7] = float("nan")
+    redone = torch.zeros(2, 4, 520, dtype=torch.bool)
+    redone[0, 1, 5] = redone[0, 1, 300] = redone[1, 3, 400] = True
+    redos, real = [], tiled._row_blocks
+
+    def spy(*args, fast=True):
+        redos.extend([] if fast else args[6])  # the row blocks redone with the running maximum
+        return real(*args, fast=fast)
+
+    monkeypatch.setattr(tiled, "_row_blocks", spy)
+    with one_thread(), torch.no_grad():
+        clean = tiled.tiled_attention(q, k, v, "causal", **kw)
+        assert redos == []
+        out = tiled.tiled_attention(dirty, k, v, "causal", **kw)
+    assert sorted(redos) == [0, 2, 3]  # the row blocks of rows 5, 300 and 400
+    assert torch.equal(out[~redone], clean[~redone])
+    assert out[1, 3, 400].isnan().all()
+    exact = _exact(dirty, k, v, "causal")
+    for b, h, i in ((0, 1, 5), (0, 1, 300)):
+        torch.testing.assert_close(out[b, h, i].double(), exact[b, h, i], rtol=1e-5, atol=1e-5)
+    assert tiled._unvouched(torch.tensor([[1.0], [2.0**65], [2.0**-65], [float("nan")]]), torch.ones(4, 3)) \
+        .tolist() == [False, True, True, True]  # fmt: skip
+    assert tiled._unvouched(torch.ones(2, 1), torch.tensor([[1.0, float("inf")], [1.0, 2.0]])).tolist() == [
+        True,
+        False,
+    ]
+
+
+def test_the_unshifted_path_is_taken_only_where_it_applies(monkeypatch):
+    """float32/float64 without autograd, log-sum-exp or padding: yes; otherwise the running maximum."""
+    taken = []
+    real = tiled._unvouched
+
+    def spy(row_sum, acc):
+        taken.append(row_sum.dtype)
+        return real(row_sum, acc)
+
+    monkeypatch.setattr(tiled, "_unvouched", spy)
+    q, k, v = _qkv(1, 2, 2, 200)
+    kw = dict(q_offset=0, prefix_len=None, tile=64)
+    with one_thread(), torch.no_grad():
+        for dtype in (torch.float32, torch.float64):
+            tiled.tiled_attention(q.to(dtype), k.to(dtype), v.to(dtype), "causal", **kw)
+        assert taken == [torch.float32] * 4 + [torch.float64] * 4  # one check per row block
+        taken.clear()
+        tiled.tiled_attention(q.half(), k.half(), v.half(), "causal", **kw)
+        tiled.tiled_attention(q, k, v, "causal", return_lse=True, **kw)
+        pad = torch.ones(1, 200, dtype=torch.bool)
+        tiled.tiled_attention(q, k, v, "causal", key_padding_mask=pad, **kw)
+    tiled.tiled_attention(q.requires_grad_(True), k, v, "causal", **kw)
+    assert taken == []

@@ -27,6 +27,27 @@ Two details make it fast on a CPU; neither changes the result beyond float32 rou
   a maximum pass over most later tiles (measured 1.5-2.6% of the time at N = 1024-4096, 1 thread, random
   scores; same output bit for bit; at worst, every sum large, ~3% slower than one maximum pass per tile).
 
+In float32 (or float64) inference, without the log-sum-exp and without a padding mask, the kernel goes
+further and keeps no running maximum at all. The maximum only keeps the exponentials in range, and the
+output ``acc / l`` does not depend on it; floating point is relative, so ``2 ** s`` is as exact near
+``2 ** 40`` as near 1, and float32 holds ``2 ** s`` for -126 <= s < 128. So the scores are exponentiated
+as they are: a tile costs its product, ``exp2``, a row sum, the sum's accumulation and the second product,
+with no maximum, no subtraction and no host sync (``.item()``). Each row block is then checked row by row
+(:func:`_unvouched`): a row whose sum ``l`` lies in [2 ** -64, 2 ** 64] had no exponential above
+``2 ** 64`` (none exceeds ``l``), so none overflowed, and its largest is at least ``l / N``, so every key
+within ``2 ** -60`` of it was a normal float; its output must be finite too (huge values can overflow where
+the weights do not). The rows that fail (all scores far above or below 0 in base 2, or a NaN or infinite
+input) are redone with the running maximum, and only those rows replaced, so every row's result still
+depends on that row's inputs only. It changes the output within float32 rounding (no ``s - m`` is rounded);
+measured at N = 4096, causal, 1 thread, CPU clock, under load 6: 5% less time than with the lazy maximum.
+The autograd path, the log-sum-exp (``attention_probs``), half precision and padding masks keep the
+running maximum.
+
+Row blocks are walked two at a time (:data:`ROW_GROUP`), with the key tiles as the outer loop, so that each
+key/value tile is read from memory once for both and is still in the cache for the second; each row
+block's own operations and their order are unchanged (same output bit for bit; measured 1-2% less time at
+N = 4096, more under load).
+
 Without autograd, every tile's scores and row sums are written into two buffers that the next tile reuses
 (``out=``): no tile allocates memory (measured 2-6% less time for causal attention at N = 1024-4096, 1
 thread). A later diagonal tile's mask is added to ``-m`` in the score buffer, and the product accumulates
@@ -68,6 +89,8 @@ LN2 = math.log(2.0)
 LOG2E = 1.0 / LN2
 RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
 MASK_CACHE_MAX = 2**17  # masks of at most this many scores (G heads x 128 x 128 for G <= 8) are kept
+UNSHIFTED_DTYPES = (torch.float32, torch.float64)  # dtypes whose range lets 2 ** score go unshifted
+UNSHIFTED_RANGE = 2.0**64  # a row's sum of 2 ** score within [1 / this, this] is vouched for
 ROW_GROUP = 2  # row blocks walked together, key tile by key tile (each K/V tile read once for both)
 
 
@@ -146,7 +169,7 @@ def _tiled_attention(
 
 
 def _row_blocks(
-    q, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts
+    q, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts, fast=True
 ):
     """The kernel proper: row blocks ``blocks`` of queries, each against its visible key tiles, left to right.
 
@@ -157,12 +180,17 @@ def _row_blocks(
     loop: each key/value tile is read from memory once for the group's row blocks that see it and is still
     in the cache for the second. Every row block's own sequence of operations is unchanged (its tiles left
     to right, its own running state), so this only reorders independent work: same output bit for bit.
+
+    In float32/float64 inference without the log-sum-exp or a padding mask (and ``fast``), the row blocks
+    take the unshifted arithmetic of the module docstring: no running maximum; the rows it cannot vouch for
+    (:func:`_unvouched`) are redone with one, and only those rows replaced.
     """
     B, Hq, Nq, D = q.shape
     BH, Nk = vs.shape[0], vs.shape[1]
     G = Hq * B // BH
     scale = LOG2E * D**-0.5  # scores in base 2
     padded = pad_hidden is not None
+    unshifted = fast and not grad and not padded and lse is None and q.dtype in UNSHIFTED_DTYPES
     n_tiles = n_later = n_rescaled = 0
     k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
     # Without autograd, each row block's scaled queries, running sums and output (one set per row block of
@@ -190,7 +218,7 @@ def _row_blocks(
                 k_j, v_j = k_tiles[j], v_tiles[j]
                 partial = kind == PARTIAL
                 n_tiles += 1
-                n_later += m is not None
+                n_later += acc is not None
                 whole = b.full_rows and k1 - k0 == tile
                 s_out, sum_out = (bufs.s, bufs.sum) if whole else (None, None)
                 if partial:
@@ -201,6 +229,22 @@ def _row_blocks(
                     keep = G * rows * cols <= MASK_CACHE_MAX and not torch._C._len_torch_dispatch_stack()
                     build = _tile_mask if keep else _tile_mask.__wrapped__  # a fake-tensor trace keeps none
                     hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
+                if unshifted:
+                    # 2 ** score itself, no maximum subtracted: four operations per tile, no sync.
+                    s = (
+                        torch.baddbmm(bias, q_i, k_j, out=s_out)
+                        if partial
+                        else torch.bmm(q_i, k_j, out=s_out)
+                    )
+                    p = s.exp2_()
+                    if acc is None:
+                        bb = b.bufs
+                        b.row_sum = torch.sum(p, -1, keepdim=True, out=bb.row_sum if bb else None)
+                        b.acc = torch.bmm(p, v_j, out=bb.acc if bb else None)
+                    else:
+                        row_sum.add_(torch.sum(p, -1, keepdim=True, out=sum_out))
+                        acc.baddbmm_(p, v_j)
+                    continue
                 if m is not None and not padded:
                     # Scores relative to the running maximum, the subtraction done inside the matmul. On a
                     # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
@@ -273,6 +317,17 @@ def _row_blocks(
                 b.m, b.neg_m = m, neg_m
         for b in group:
             q0, q1, rows = b.q0, b.q1, b.rows
+            if unshifted:
+                torch.div(b.acc.view(BH, G, rows, D), b.row_sum.view(BH, G, rows, 1), out=out[:, :, q0:q1])
+                bad = _unvouched(b.row_sum, b.acc)
+                if bad is not None:  # those rows (and only those) again, with the running maximum
+                    redo, redo_counts = torch.empty_like(out), [0, 0, 0]
+                    _row_blocks(q, kt, vs, redo, None, tmap, [b.i], mask, q_offset, prefix_len, tile, grad,
+                                pad_hidden, redo_counts, fast=False)  # fmt: skip
+                    bad = bad.view(BH, G, rows)
+                    out[:, :, q0:q1][bad] = redo[:, :, q0:q1][bad]
+                    n_rescaled += redo_counts[2]
+                continue
             if grad:
                 out[:, :, q0:q1] = (b.acc / b.row_sum).view(BH, G, rows, D)
             else:  # straight into the output's rows
@@ -280,6 +335,16 @@ def _row_blocks(
             if lse is not None:
                 lse[:, :, q0:q1] = ((b.m + torch.log2(b.row_sum)) * LN2).view(BH, G, rows)
     counts[:] = n_tiles, n_later, n_rescaled
+
+
+def _unvouched(row_sum, acc):
+    """The rows (BH, G * rows) of a row block whose unshifted sums or outputs cannot be vouched for, or None:
+    a sum outside [1 / UNSHIFTED_RANGE, UNSHIFTED_RANGE] (or NaN), or an output row that is not finite."""
+    ok = (row_sum >= 1 / UNSHIFTED_RANGE) & (row_sum <= UNSHIFTED_RANGE)  # False for NaN
+    ok &= torch.sum(acc, -1, keepdim=True).isfinite()  # inf or NaN anywhere in the row's output
+    if bool(ok.all()):
+        return None
+    return ~ok.squeeze(-1)
 
 
 class _Block:

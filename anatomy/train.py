@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anatomy._checks import check_bool, check_choice, check_float, check_int, check_positive_int, is_int
-from anatomy.fused import linear_cross_entropy
+from anatomy.fused import _OneDNNLinears, linear_cross_entropy
 
 __all__ = ["History", "eager_optimizer", "evaluate", "learning_rate", "next_token_loss", "train"]
 
@@ -46,7 +46,8 @@ def next_token_loss(model: nn.Module, batch: Batch) -> tuple[torch.Tensor, int]:
         raise ValueError(f"batch must be a pair (x, y) of id tensors of one shape, got {type(y).__name__}")
     head = _fusable_head(model) if torch.is_grad_enabled() else None
     if head is not None:  # training an anatomy Transformer: the LM head fused with the loss, same math
-        hidden = model(x, _head=False)  # the final hidden states (B, N, d), without the head
+        with _OneDNNLinears():  # the model's products by oneDNN where it can (anatomy.fused)
+            hidden = model(x, _head=False)  # the final hidden states (B, N, d), without the head
         loss = linear_cross_entropy(hidden, head.weight, y, ignore_index=-100)
     else:
         logits = model(x)  # (B, N, V)

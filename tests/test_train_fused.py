@@ -6,8 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from anatomy import Config, Transformer
-from anatomy.fused import _rms_norm, _swiglu, linear_cross_entropy
+from anatomy import Config, Transformer, fused
+from anatomy.fused import (
+    _GateUpSwiGLUFunction,
+    _LinearFunction,
+    _OneDNNLinears,
+    _rms_norm,
+    _swiglu,
+    _swiglu_mlp,
+    linear_cross_entropy,
+)
+from anatomy.model import MLP
 from anatomy.objectives import train_step_flops
 from anatomy.train import next_token_loss, train
 
@@ -148,6 +157,46 @@ def test_swiglu_function_gradcheck_float64_and_is_autograd_of_the_formula_bit_fo
     assert bool(_swiglu(nan)[0, 0, 0].isnan())
 
 
+def test_gate_up_swiglu_gradcheck_float64_and_matches_the_fused_matmul_path():
+    """Gate and up as two products: the numbers of the one product with the concatenated weight followed by
+    _swiglu, for the output and the gradients of x and both weights, to float32 rounding (bit for bit where
+    MKL and the vector loops split the work alike, as for the bench's sizes), and gradcheck in float64."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 8, dtype=torch.float64, generator=g, requires_grad=True)
+    wg, wu = (torch.randn(6, 8, dtype=torch.float64, generator=g, requires_grad=True) for _ in range(2))
+    assert torch.autograd.gradcheck(_GateUpSwiGLUFunction.apply, (x, wg, wu))
+    x32, wg32, wu32 = (torch.randn(*t.shape, generator=g, requires_grad=True) for t in (x, wg, wu))
+    up = torch.randn(2, 3, 6, generator=g)
+    got = _GateUpSwiGLUFunction.apply(x32, wg32, wu32)
+    want = _swiglu(F.linear(x32, torch.cat([wg32, wu32])))
+    assert _close(got, want, 1e-6)
+    for a, b in zip(
+        torch.autograd.grad(got, (x32, wg32, wu32), up), torch.autograd.grad(want, (x32, wg32, wu32), up)
+    ):
+        assert _close(a, b, 1e-6)
+
+
+@pytest.mark.parametrize("mlp_bias", [False, True])
+def test_mlp_under_autograd_takes_the_gate_up_op_without_biases(mlp_bias):
+    """Llama's bias-free MLP takes _GateUpSwiGLUFunction (else this file tests nothing of it); with biases the
+    fused matmul and _SwiGLUFunction. Both give the plain formula's numbers."""
+    cfg = Config(vocab_size=40, d_model=16, n_layers=1, n_heads=2, d_ff=24, mlp_bias=mlp_bias)
+    torch.manual_seed(6)
+    mlp = MLP(cfg)
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    act = _swiglu_mlp(mlp, x)
+    assert type(act.grad_fn).__name__ == (
+        "_SwiGLUFunctionBackward" if mlp_bias else "_GateUpSwiGLUFunctionBackward"
+    )
+    plain = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
+    assert _close(act, plain, 1e-6)
+    params = [x, *mlp.parameters()]
+    got = torch.autograd.grad(mlp(x).sum(), params, allow_unused=True)
+    want = torch.autograd.grad(mlp.down_proj(plain).sum(), params, allow_unused=True)
+    for a, b in zip(got, want):
+        assert (a is None) == (b is None) and (a is None or _close(a, b, GRAD_RTOL))
+
+
 def _tiny(seed=0, **kw):
     torch.manual_seed(seed)
     cfg = dict(vocab_size=40, d_model=16, n_layers=2, n_heads=2, d_ff=24, max_seq_len=16, tie_embeddings=True)
@@ -280,6 +329,10 @@ def test_rms_norm_and_swiglu_refuse_a_second_derivative():
     (g,) = torch.autograd.grad(_swiglu(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.sum(), x)
+    wg, wu = torch.randn(2, 8, 8, dtype=torch.float64, requires_grad=True)
+    (g,) = torch.autograd.grad(_GateUpSwiGLUFunction.apply(x, wg, wu).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.sum(), x)
 
 
 def test_rms_norm_without_pytorchs_fused_kernel_is_the_same(monkeypatch):
@@ -296,3 +349,81 @@ def test_rms_norm_without_pytorchs_fused_kernel_is_the_same(monkeypatch):
     got = (_rms_norm(x, w, 1e-5), *torch.autograd.grad(_rms_norm(x, w, 1e-5), (x, w), up))
     for a, b in zip(got, want):
         assert _close(a, b, GRAD_RTOL)
+
+
+def _grad_fns(tensor):
+    """The names of every autograd node behind ``tensor``."""
+    seen, todo, names = set(), [tensor.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(n for n, _ in node.next_functions)
+    return names
+
+
+def test_onednn_is_there_and_its_products_are_the_plain_ones():
+    """This machine's PyTorch has oneDNN's linear op (else the training path silently is MKL's, and the
+    tests below test nothing), and its products, plain and with an added operand, equal MKL's to float32
+    rounding for the shapes and strides training uses."""
+    assert fused._onednn() is not None
+    g = torch.Generator().manual_seed(7)
+    a, b, c = (
+        torch.randn(64, 48, generator=g),
+        torch.randn(40, 48, generator=g),
+        torch.randn(64, 40, generator=g),
+    )
+    for x, w in ((a, b), (a.t(), torch.randn(40, 64, generator=g)), (c.t(), a.t())):
+        assert fused._dnn(x, w)
+        assert _close(fused._mm_t(x, w, True), x @ w.T, 1e-6)
+    assert _close(fused._mm_t_add(a, b, c), c + a @ b.T, 1e-6)
+    assert not fused._dnn(a.double(), b.double())
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_linear_function_equals_f_linear_and_its_gradients(bias):
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(2, 5, 12, generator=g, requires_grad=True)
+    w = torch.randn(7, 12, generator=g, requires_grad=True)
+    b = torch.randn(7, generator=g, requires_grad=True) if bias else None
+    up = torch.randn(2, 5, 7, generator=g)
+    params = (x, w, b) if bias else (x, w)
+    got = _LinearFunction.apply(x, w, b)
+    want = F.linear(x, w, b)
+    assert _close(got, want, 1e-6)
+    for a, c in zip(torch.autograd.grad(got, params, up), torch.autograd.grad(want, params, up)):
+        assert _close(a, c, 1e-6)
+    x64, w64 = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_() if bias else None
+    assert torch.autograd.gradcheck(_LinearFunction.apply, (x64, w64, b64))
+
+
+def test_the_training_forward_takes_onednn_linears_and_counts_the_same_flops():
+    """next_token_loss runs the model's Linears as _LinearFunction (else the speed-up is gone and nothing here
+    notices); outside it F.linear is untouched; under FlopCounterMode the products are aten's (counted)."""
+    model = _tiny()
+    x = torch.randint(0, 40, (2, 8))
+    batch = (x, torch.cat([x[:, 1:], torch.full((2, 1), -100)], dim=1))
+    names = _grad_fns(next_token_loss(model, batch)[0])
+    assert "_LinearFunctionBackward" in names and "_GateUpSwiGLUFunctionBackward" in names
+    assert "_LinearFunctionBackward" not in _grad_fns(model(x).sum())
+    with _OneDNNLinears():
+        assert "_LinearFunctionBackward" not in _grad_fns(F.linear(x.double(), torch.randn(3, 8).double()))
+
+
+@pytest.mark.parametrize(
+    "x, w, b",
+    [
+        (torch.randn(2, 8), torch.randn(5, 7), None),
+        (torch.randn(2, 8), torch.randn(5, 8), torch.randn(4)),
+        (torch.randn(2, 8), torch.randn(5, 8, 1), None),
+    ],
+)
+def test_onednn_linears_keep_f_linears_errors(x, w, b):
+    with pytest.raises(RuntimeError) as plain:
+        F.linear(x, w, b)
+    with _OneDNNLinears(), pytest.raises(RuntimeError) as got:
+        F.linear(x, w, b)
+    assert str(got.value) == str(plain.value)

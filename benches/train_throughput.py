@@ -8,8 +8,9 @@ embeddings), fp32; both models start from the same initial weights (the transfor
 ``anatomy.convert.to_hf`` of ours) and see the same random token batches. Two rows per thread count:
 
 * ``public training step`` (the target row): each library's own training path. anatomy: ``anatomy.train``
-  as the book calls it (``next_token_loss``, whose LM head and cross-entropy run fused chunk by chunk, see
-  :mod:`anatomy.fused`; torch AdamW; gradient clipping at 1.0; a constant learning rate) on batches
+  as the book calls it (``next_token_loss``, whose LM head and cross-entropy run fused chunk by chunk and
+  whose matrix products run through oneDNN, see :mod:`anatomy.fused`; torch AdamW; gradient clipping at
+  1.0; a constant learning rate) on batches
   (ids, ids shifted left with -100 at the end). transformers: ``model(ids, labels=ids).loss`` (which shifts
   the labels itself), backward, ``clip_grad_norm_(1.0)`` and ``torch.optim.AdamW`` with the Trainer's
   defaults (``optim="adamw_torch_fused"``, its default with torch >= 2.8: ``fused=True``; lr 5e-5, betas
@@ -18,7 +19,12 @@ embeddings), fp32; both models start from the same initial weights (the transfor
   the two first-step losses agree to 1e-5 relative and every parameter's gradient to 1e-4 of that
   gradient's largest entry, and stops if not.
 * ``same step code``: the earlier comparison, one step function for both (forward to logits, external
-  ``F.cross_entropy`` on the shifted logits, backward, the same torch AdamW), so only the models differ.
+  ``F.cross_entropy`` on the shifted logits, backward, the same torch AdamW), so only the models differ
+  (anatomy's SwiGLU op runs its products through oneDNN there too; its other Linears are ``F.linear``'s).
+
+The GPU column: with a CUDA device, the public training steps of both libraries on it (a row with variant
+``GPU (cuda)``, wall clock, reported with no target); without one, one printed line says why it is skipped,
+and the JSON record says the same under ``machine["gpu column"]``.
 
 Each repeat times each model's steps; the two alternate (and which goes first alternates), so load from
 other jobs hits both alike. The table reports median tokens/s and the ratio next to the target (>= 1.1x
@@ -81,8 +87,83 @@ def main() -> None:
         rows.append(_run(args, threads, public=False))
         print()
     ok = all(r["ratio"] >= TARGET for r in rows if r["step"] == "public training step")
+    gpu = gpu_row(args)  # a row of its own, reported; the target is about the CPU rows above
+    if gpu is not None:
+        rows.append(gpu)
+    machine["gpu column"] = gpu_status(gpu)
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
     record.save("train_throughput", machine, rows, {"training tokens/s": TARGET}, ok, args.json)
+
+
+def gpu_status(row: dict | None) -> str:
+    """What the record says about the GPU column: where it is, or the one-line reason it was skipped."""
+    if row is not None:
+        return f"the row with variant 'GPU (cuda)' ({row['gpu']})"
+    return "skipped: no CUDA device (torch.cuda.is_available() is False)"
+
+
+def gpu_row(args) -> dict | None:
+    """The GPU column: the public training steps of both libraries on the CUDA device, or None (with the
+    reason printed in one line) where there is none. The same models, batches, same-math check and
+    alternation as the CPU rows; wall clock with a synchronize after each repeat; no target."""
+    if not torch.cuda.is_available():
+        print(f"GPU column: {gpu_status(None)}")
+        return None
+    try:
+        row = _device_row(args, torch.device("cuda"), torch.cuda.synchronize)
+    except SystemExit as failed:  # the same-math check: report it here and keep the CPU rows' record
+        print(f"GPU column: {failed}")
+        return {"variant": "GPU (cuda)", "gpu": torch.cuda.get_device_name(), "failed": str(failed)}
+    row["gpu"] = torch.cuda.get_device_name()
+    print(
+        f"GPU column ({row['gpu']}, wall clock, repeats={args.repeats} x {args.steps} steps): "
+        f"public training step {row['anatomy tokens/s']:.0f} vs {row['transformers tokens/s']:.0f} tokens/s "
+        f"({row['ratio']:.2f}x; reported, no target)"
+    )
+    return row
+
+
+def _device_row(args, dev: torch.device, sync) -> dict:
+    """The GPU column's row on device ``dev`` (``sync`` waits for it); the tests run it on the CPU."""
+    torch.manual_seed(0)
+    ours = Transformer(Config(**dict(CONFIG, max_seq_len=max(args.seq, 256))))
+    hf = to_hf(ours).to(dev).train()
+    ours = ours.to(dev).train()
+    batches = [
+        torch.randint(0, CONFIG["vocab_size"], (args.batch, args.seq), device=dev) for _ in range(args.steps)
+    ]
+    first = _check_same_math(ours, hf, batches[0])
+    runs = _public_steps(ours, hf, args)
+    for run in runs.values():
+        run(batches[:1])  # warm-up
+    sync()
+    tps = _alternate(runs, batches, args.repeats, time.perf_counter, sync)
+    med = {k: statistics.median(v) for k, v in tps.items()}
+    return {
+        "step": "public training step",
+        "variant": "GPU (cuda)",
+        "clock": "wall",
+        "anatomy tokens/s": round(med["anatomy"], 1),
+        "transformers tokens/s": round(med["transformers"], 1),
+        "ratio": round(med["anatomy"] / med["transformers"], 4),
+        "first loss anatomy": first["anatomy"],
+        "first loss transformers": first["transformers"],
+    }
+
+
+def _alternate(runs: dict, batches, repeats: int, clock, sync=None) -> dict:
+    """tokens/s of each run over ``batches`` per repeat; the runs alternate, and which goes first too."""
+    tokens = sum(ids.numel() for ids in batches)
+    tps = {name: [] for name in runs}
+    for r in range(repeats):
+        order = list(runs.items())
+        for name, run in order if r % 2 == 0 else order[::-1]:
+            t0 = clock()
+            run(batches)
+            if sync is not None:
+                sync()
+            tps[name].append(tokens / (clock() - t0))
+    return tps
 
 
 def _public_steps(ours, hf, args):
@@ -143,7 +224,6 @@ def _run(args, threads: int, public: bool) -> dict:
     n_params = sum(p.numel() for p in ours.parameters())
     assert n_params == sum(p.numel() for p in hf.parameters())
     batches = [torch.randint(0, CONFIG["vocab_size"], (args.batch, args.seq)) for _ in range(args.steps)]
-    tokens = args.batch * args.seq * args.steps
     if public:
         first = _check_same_math(ours, hf, batches[0])
         runs = _public_steps(ours, hf, args)
@@ -157,13 +237,7 @@ def _run(args, threads: int, public: bool) -> dict:
         first = {name: float(step(batches[0])) for name, step in one.items()}  # warm-up; the same loss
         runs = {name: (lambda bs, step=step: [step(ids) for ids in bs]) for name, step in one.items()}
     clock = time.thread_time if args.clock == "cpu" and threads == 1 else time.perf_counter
-    tps = {name: [] for name in runs}
-    for r in range(args.repeats):
-        order = list(runs.items())
-        for name, run in order if r % 2 == 0 else order[::-1]:
-            t0 = clock()
-            run(batches)
-            tps[name].append(tokens / (clock() - t0))
+    tps = _alternate(runs, batches, args.repeats, clock)
     med = {k: statistics.median(v) for k, v in tps.items()}
     ratio = med["anatomy"] / med["transformers"]
     print(
@@ -188,6 +262,7 @@ def _run(args, threads: int, public: bool) -> dict:
     print(f"per-repeat tokens/s: {runs}")
     return {
         "step": label,
+        "variant": label,  # a key column of benches/compare.py: the two rows of one thread count stay apart
         "threads": threads,
         "clock": "cpu" if clock is time.thread_time else "wall",
         "anatomy tokens/s": round(med["anatomy"], 1),

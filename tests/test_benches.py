@@ -56,3 +56,26 @@ def test_generate_bench_skips_its_gpu_column_in_one_line_without_cuda(monkeypatc
     assert printed == ["GPU column: skipped: no CUDA device (torch.cuda.is_available() is False)"]
     assert generate.gpu_status(None).startswith("skipped: no CUDA device")
     assert generate.gpu_status({"gpu": "H100"}) == "the row with variant 'GPU (cuda)' (H100)"
+
+
+def test_train_bench_skips_its_gpu_column_in_one_line_without_cuda(monkeypatch, capsys):
+    import train_throughput  # benches/train_throughput.py
+
+    monkeypatch.setattr(train_throughput.torch.cuda, "is_available", lambda: False)
+    assert train_throughput.gpu_row(None) is None  # nothing is touched
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == ["GPU column: skipped: no CUDA device (torch.cuda.is_available() is False)"]
+    assert train_throughput.gpu_status(None).startswith("skipped: no CUDA device")
+    assert train_throughput.gpu_status({"gpu": "H100"}) == "the row with variant 'GPU (cuda)' (H100)"
+
+
+def test_train_bench_gpu_row_runs_on_a_device_given():
+    """The GPU column's body, on the CPU with a tiny batch: both public steps, the same-math check, a row."""
+    import train_throughput
+
+    args = type("Args", (), dict(batch=1, seq=8, steps=1, repeats=1))()
+    syncs = []
+    row = train_throughput._device_row(args, train_throughput.torch.device("cpu"), lambda: syncs.append(1))
+    assert row["variant"] == "GPU (cuda)" and row["anatomy tokens/s"] > 0 and row["transformers tokens/s"] > 0
+    assert abs(row["first loss anatomy"] - row["first loss transformers"]) <= 1e-5 * row["first loss anatomy"]
+    assert len(syncs) == 3  # after the warm-up, and after each library's timed repeat

@@ -27,7 +27,7 @@ from anatomy._checks import check_bool, check_float, check_int, check_positive_i
 from anatomy.attention import BACKENDS, _self_attention, attention, attention_probs
 from anatomy.cache import KVCache
 from anatomy.masks import MASKS
-from anatomy.weight_layout import FUSED_GROUPS, fused_weight, to_input_major
+from anatomy.weight_layout import FUSED_GROUPS, _deepcopy, fused_weight, to_input_major
 
 __all__ = [
     "FUSED_GROUPS",
@@ -478,6 +478,9 @@ class Transformer(_Model):
                 self.lm_head.weight = self.embed_tokens.weight
         self.apply(self._init_weights)
         self._scale_residual_init(self.layers)
+
+    def __deepcopy__(self, memo):  # a copy keeps the input-major weight layout (anatomy.weight_layout)
+        return _deepcopy(self, memo)
 
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""

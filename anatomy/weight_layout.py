@@ -8,10 +8,13 @@ Linear weight (in, out) in memory, the order in which a one-token decoding step 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn as nn
 
 __all__ = ["FUSED_GROUPS", "fused_weight", "to_input_major"]
+
 
 # The Linears that run as one matmul (see fused_weight): (module attribute of a block, Linear names).
 FUSED_GROUPS = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("mlp", ("gate_proj", "up_proj")))
@@ -158,3 +161,27 @@ def to_input_major(model: nn.Module) -> nn.Module:
             if w.stride() != (1, w.shape[0]):
                 w.data = w.detach().t().contiguous().t()  # tied embeddings share this Parameter
     return model
+
+
+def _is_input_major(model: nn.Module) -> bool:
+    """Whether every Linear weight of ``model`` (at least one) is stored input-major: memory (in, out), on
+    its own (stride (1, out)) or as a column block of a fused group's buffer (stride (1, sum of outs))."""
+    weights = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    return bool(weights) and all(
+        w.dim() == 2 and w.stride(0) == 1 and w.stride(1) >= w.shape[0] for w in weights
+    )
+
+
+def _deepcopy(model: nn.Module, memo: dict) -> nn.Module:
+    """``copy.deepcopy(model)`` that keeps the input-major layout of :func:`to_input_major`.
+
+    A plain deep copy clones each Parameter on its own; the fused groups' weights, which are column blocks
+    of one buffer, come back as ordinary (out, in) tensors, and the copy would decode on the textbook path.
+    The copy is made as ``nn.Module`` makes it, then laid out input-major again if ``model`` was (the same
+    numbers; the layout is rebuilt, not copied).
+    """
+    clone = type(model).__new__(type(model))
+    memo[id(model)] = clone
+    state = {k: v for k, v in model.__dict__.items() if k not in ("_decode_plan", "_fused")}  # caches
+    clone.__setstate__(copy.deepcopy(state, memo))
+    return to_input_major(clone) if _is_input_major(model) else clone

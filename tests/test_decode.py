@@ -500,3 +500,23 @@ def test_float64_default_dtype_changes_nothing():
         torch.set_default_dtype(torch.float32)
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-5, rtol=1e-5)
     assert product64.dtype == torch.float32 and torch.equal(product64, product)
+
+
+def test_a_deep_copy_keeps_the_layout_and_the_step():
+    """copy.deepcopy of an input-major model is input-major too (the fused groups in one buffer again), so
+    the copy decodes with the step, to the same logits; it shares no memory with the original. A model in
+    the ordinary layout copies as before."""
+    import copy
+
+    model = _model(0)
+    twin = copy.deepcopy(model)
+    ids = torch.tensor([[4, 5, 6]])
+    with torch.inference_mode():
+        assert decode.step(twin, ids, twin.new_cache()) is not None
+        assert torch.equal(model(ids, cache=model.new_cache()), twin(ids, cache=twin.new_cache()))
+    for (name, p), (name2, q) in zip(model.named_parameters(), twin.named_parameters()):
+        assert name == name2 and p.stride() == q.stride() and torch.equal(p, q)
+        assert p.untyped_storage().data_ptr() != q.untyped_storage().data_ptr()
+    assert twin.lm_head.weight is twin.embed_tokens.weight
+    plain = Transformer(Config(vocab_size=97, d_model=64, n_layers=1, n_heads=4))
+    assert copy.deepcopy(plain).layers[0].self_attn.q_proj.weight.stride() == (64, 1)

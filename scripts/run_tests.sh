@@ -166,8 +166,13 @@ colab_pid=$!
 echo "== pytest ${BESIDE[*]} (each in a process of its own; output below, after the other tests)"
 beside_pids=()
 for f in "${BESIDE[@]}"; do
+    # test_colab_env.py's four tests (~40-60 s of one core each) in two pytest-xdist workers: one after the
+    # other they were the step's longest chain; each worker builds its own throw-away overlay environment
+    workers=()
+    [[ "$f" == tests/test_colab_env.py ]] && workers=(-n 2)
     # shellcheck disable=SC2086
-    python -m pytest "$f" --durations=30 ${PYTEST_ARGS:-} >"$LOGS/beside-$(basename "$f" .py).log" 2>&1 &
+    python -m pytest "$f" ${workers[@]+"${workers[@]}"} --durations=30 ${PYTEST_ARGS:-} \
+        >"$LOGS/beside-$(basename "$f" .py).log" 2>&1 &
     beside_pids+=($!)
 done
 main_ignore=("${AFTER_BUILD[@]}" "${BUSY[@]}" "${BESIDE[@]}" "${LIGHT[@]}")

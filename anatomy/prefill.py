@@ -4,20 +4,22 @@ A prefill is matrix products: for SmolLM2-135M and a 512-token prompt, ~109 GFLO
 textbook path takes on this machine's CPU go through ``F.linear``, which calls MKL's sgemm. On this AMD CPU
 MKL runs those shapes at ~100 GFLOP/s, while oneDNN, the other matrix library PyTorch ships (and which it
 calls through ``torch.ops.mkldnn._linear_pointwise``, the op its compiler uses for linear layers), runs the
-same float32 products at ~200 GFLOP/s: it uses the CPU's 512-bit vector instructions where MKL uses a
-generic path on non-Intel CPUs. :func:`forward` is the model's forward pass with that one change: the same
-operations in the same order as :class:`anatomy.model.Transformer`'s (RMSNorm, q/k/v as one product, RoPE,
-the cache append, attention through the model's backend, SwiGLU, residual adds, the final norm, the head on
-the kept positions), with every product by oneDNN. Its numbers equal the textbook path's up to the order of
-the sums inside the products (``tests/test_prefill.py``).
+same float32 products at ~200 GFLOP/s (measured; most likely MKL's choice of code path on a CPU that is
+not Intel's, so on an Intel CPU the two should be closer). :func:`forward` is the model's forward pass with
+that one change: the same operations in the same order as :class:`anatomy.model.Transformer`'s (RMSNorm,
+q/k/v as one product, RoPE, the cache append, attention through the model's backend, SwiGLU, residual adds,
+the final norm, the head on the kept positions), with every product by oneDNN, except the head's when at
+most 16 rows are kept (generation keeps one): one row streams the head's weights ~2x faster through
+:func:`anatomy.decode.matmul`. Its numbers equal the textbook path's up to the order of the sums inside the
+products (``tests/test_decode_prefill.py``).
 
 :class:`anatomy.model.Transformer` calls :func:`forward` for a call with a cache when the one-call C step of
 :mod:`anatomy.decode` did not take it (more than :data:`anatomy.decode.MAX_TOKENS` new tokens, or a batch),
 and uses its result when it is not None. The conditions are the C step's (float32 weights on the CPU in the
 input-major layout, a causal pre-norm Llama-style decoder without biases, inference, no hooks, no dispatch
-or function mode; see :mod:`anatomy.decode`), minus the compiler, plus that PyTorch was built with oneDNN;
-:func:`anatomy.decode.disabled` switches this path off too. A forward pass without a cache (scoring a text)
-and every training step run the textbook path.
+or function mode; see :mod:`anatomy.decode`), minus the compiler, plus that PyTorch was built with oneDNN
+(and ``torch.backends.mkldnn`` is enabled); :func:`anatomy.decode.disabled` switches this path off too. A
+forward pass without a cache (scoring a text) and every training step run the textbook path.
 """
 
 from __future__ import annotations
@@ -64,7 +66,12 @@ def forward(
     """Logits (B, n, vocab) of ``input_ids`` (B, N) after the ``cache``'s tokens, appended to the cache; n =
     ``logits_to_keep`` or N. None if this path does not apply (see the module's docstring), and then nothing
     has changed. For :class:`anatomy.model.Transformer`, after it has checked its arguments."""
-    if not decode._may_run(model, input_ids, cache) or _op() is None or decode._plan(model) is None:
+    if (
+        not decode._may_run(model, input_ids, cache)
+        or _op() is None
+        or not torch.backends.mkldnn.enabled  # switched off with torch.backends.mkldnn.flags(enabled=False)
+        or decode._plan(model) is None
+    ):
         return None
     from anatomy.model import _rotate  # noqa: PLC0415 (anatomy.model imports this module)
     from anatomy.weight_layout import fused_weight  # noqa: PLC0415

@@ -118,6 +118,12 @@ def test_prefill_is_skipped_where_it_does_not_apply(monkeypatch):
         assert prefill.forward(m, ids, m.new_cache()) is None
         with decode.disabled():
             assert prefill.forward(base, ids, base.new_cache()) is None
+        enabled = torch._C._get_mkldnn_enabled()
+        torch._C._set_mkldnn_enabled(False)  # what torch.backends.mkldnn.flags(enabled=False) does
+        try:
+            assert prefill.forward(base, ids, base.new_cache()) is None
+        finally:
+            torch._C._set_mkldnn_enabled(enabled)
         handle = base.layers[0].mlp.register_forward_hook(lambda *a: None)
         assert prefill.forward(base, ids, base.new_cache()) is None
         handle.remove()

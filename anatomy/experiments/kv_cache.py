@@ -402,10 +402,11 @@ def dialogue_ttft(
     Returns ``history`` (tokens before each turn's prompt), ``new`` (prompt tokens), ``times`` (strategy ->
     per turn list of seconds), ``ttft`` (strategy -> per turn median), ``logit_err`` (per turn max |reuse -
     recompute| over the first-token logits) and ``cache_nbytes``, ``cache_len`` (the reuse cache at the end).
-    The timed calls take whatever path the model takes (for SmolLM2: :mod:`anatomy.prefill`'s oneDNN
-    products); ``logit_err`` compares reuse and recompute on the model's textbook path
-    (:func:`anatomy.decode.disabled`, with a cache of its own filled the same way, untimed), so that this
-    rounding-sized number is the same on every machine, whichever fast paths it has.
+    Every call runs the models' textbook forward pass (:func:`anatomy.decode.disabled`): the prefix LM and
+    the encoder-decoder have no faster path, so the four strategies differ in the work they do, not in the
+    matrix library that does it (the decoder's own faster path for such calls, :mod:`anatomy.prefill`, is
+    timed by ``benches/multiturn.py``); and ``logit_err``, a rounding-sized number, is the same on every
+    machine, whichever fast paths it has.
     """
     _check_segments(segments)
     check_instance("decoder", decoder, Transformer, "an anatomy Transformer")
@@ -421,7 +422,6 @@ def dialogue_ttft(
             model.eval()
     total = sum(s["prompt"].shape[1] + s["reply"].shape[1] for s in segments)
     cache = decoder.new_cache(max_len=total)
-    textbook_cache = decoder.new_cache(max_len=total)  # the same turns on the textbook path, for logit_err
     history = torch.empty(1, 0, dtype=torch.long)
     out = {
         "history": [],
@@ -468,20 +468,18 @@ def dialogue_ttft(
         for r in range(max(n_rep.values())):
             for k in strategies:
                 if r < n_rep[k]:
-                    dt, logits[k] = _time(fns[k])
+                    with decode.disabled():  # the textbook path for every strategy (see the docstring)
+                        dt, logits[k] = _time(fns[k])
                     samples[k].append(dt)
         for k in strategies:
             out["times"][k].append(samples[k])
             out["ttft"][k].append(statistics.median(samples[k]))
-        with decode.disabled():
-            textbook_cache.truncate(H)
-            exact = decoder(new, cache=textbook_cache, logits_to_keep=1)[:, -1]
-            out["logit_err"].append(float((exact - recompute()).abs().max()))
-            decoder(seg["reply"], cache=textbook_cache, logits_to_keep=1)
+        out["logit_err"].append(float((logits["reuse"] - logits["recompute"]).abs().max()))
         out["history"].append(H)
         out["new"].append(new.shape[1])
         cache.truncate(H + new.shape[1])
-        decoder(seg["reply"], cache=cache, logits_to_keep=1)  # the reply goes in as if it had been generated
+        with decode.disabled():  # the reply goes in as if it had been generated
+            decoder(seg["reply"], cache=cache, logits_to_keep=1)
         history = torch.cat([convo, seg["reply"]], dim=1)
     out["cache_nbytes"], out["cache_len"] = cache.nbytes, len(cache)
     return out

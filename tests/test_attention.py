@@ -153,7 +153,11 @@ def test_tiled_rescale_check_large_sums_without_a_rise():
         k[0, 0, 8:, 0] = 7.0 / LOG2E  # scores q.k / sqrt(1) in base 2: 0 in tile 0, 7 in tile 1
         k[0, 0, 15, 0] = rise / LOG2E
         stats = {}
-        out = tiled_attention(q, k, v, "bidirectional", q_offset=0, prefix_len=None, tile=8, stats=stats)
+        # return_lse=True: the running-maximum path, whose rescale check this is (float32 inference without
+        # log-sum-exp takes the kernel's unshifted path, which has no running maximum to raise)
+        out, _ = tiled_attention(
+            q, k, v, "bidirectional", q_offset=0, prefix_len=None, tile=8, stats=stats, return_lse=True
+        )
         assert stats == {"tiles": 2, "later_tiles": 1, "rescaled": rescaled}
         assert (out.double() - float64_reference(q, k, v, "bidirectional")).abs().max() <= 1e-6
 

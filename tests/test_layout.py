@@ -94,7 +94,6 @@ def test_no_two_public_names_mean_different_things():
 # chapter named by its number, which moves when a chapter is inserted
 CHAPTER_NUMBER = re.compile(r"\b(?:chapters?|ch\.)\s*\d+", re.IGNORECASE)
 EXPERIMENTS = sorted((PACKAGE / "experiments").glob("*.py"))
-NOT_YET_REWORDED = {"causal_kernel.py"}
 
 
 def _chapter_numbers(text: str) -> list[str]:
@@ -125,12 +124,7 @@ def test_the_chapter_number_scan_sees_docstrings_and_comments():
 
 @pytest.mark.parametrize(
     "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(reason="its docstrings still name chapter numbers"))
-        if p.name in NOT_YET_REWORDED
-        else p
-        for p in EXPERIMENTS
-    ],
+    EXPERIMENTS,
     ids=lambda p: p.name,
 )
 def test_experiment_docstrings_name_no_chapter_number(path):

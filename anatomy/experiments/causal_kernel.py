@@ -1,4 +1,4 @@
-"""Chapter 8, what a causal mask saves: FLOPs, bytes and measured time of attention and of a whole forward
+"""What a causal mask saves: FLOPs, bytes and measured time of attention and of a whole forward
 pass (the counts are :mod:`anatomy.cost`'s).
 
 Skipping the tiles above the causal diagonal halves the attention-score work (``QK^T`` and ``PV``). That
@@ -125,8 +125,9 @@ def draw_tile_map(
 ):
     """Draw the (query tile, key tile) grid of one mask: full, partial and empty tiles, and the mask's edge.
 
-    Colours and names are those of :mod:`anatomy.book.plots` (chapter 1 draws small masks cell by cell; this
-    draws one rectangle per tile, so it stays fast for thousands of positions). Returns the tile map.
+    Colours and names are those of :mod:`anatomy.book.plots` (the three-families chapter draws small masks
+    cell by cell; this draws one rectangle per tile, so it stays fast for thousands of positions). Returns the
+    tile map.
     """
     import matplotlib.patches as patches
     from matplotlib.collections import LineCollection

@@ -77,10 +77,11 @@ claim(
     "this smooth, predictable scaling was established for decoder-only models.",
     verdict="supported with caveats",
     measure="on Shakespeare, four decoders spanning about two decades of non-embedding parameters, trained "
-    "on the same tokens: the largest beats the smallest by more than 3 standard errors of the difference of "
-    "their held-out losses, and the log-log slope is significantly below zero (one-sided t-test at 95% with "
-    "2 degrees of freedom, t > 2.92); not tested, for want of range and repeats: the form (whether the "
-    "points bend toward a floor changes with the seed) and the exponent",
+    "on the same tokens, each size run twice (two seeds): in the first run the largest beats the smallest by "
+    "more than 3 standard errors of the difference of their held-out losses, and over both runs the log-log "
+    "slope is significantly below zero (one-sided t-test at 95% with 6 degrees of freedom, t > 1.94); not "
+    "tested, for want of range and repeats: the form (whether the points bend toward a floor changes with "
+    "the seed) and the exponent",
     papers=("kaplan2020scaling", "hoffmann2022training"),
 )
 

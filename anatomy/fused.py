@@ -70,9 +70,9 @@ def _dnn(*tensors: torch.Tensor) -> bool:
     products instead, so it counts and traces the same operations as on the plain path.
     """
     return (
-        _onednn() is not None
-        and not torch._C._len_torch_dispatch_stack()
+        not torch._C._len_torch_dispatch_stack()  # first: _onednn's one-time check must not run under a mode
         and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
+        and _onednn() is not None
     )
 
 
@@ -366,7 +366,7 @@ class _OneDNNLinears(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func is F.linear and _onednn() is not None:
+        if func is F.linear:
             x, weight, bias = _linear_args(args, kwargs)
             if _fits(x, weight, bias):
                 return _LinearFunction.apply(x, weight, bias)

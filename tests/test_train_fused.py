@@ -427,3 +427,16 @@ def test_onednn_linears_keep_f_linears_errors(x, w, b):
     with _OneDNNLinears(), pytest.raises(RuntimeError) as got:
         F.linear(x, w, b)
     assert str(got.value) == str(plain.value)
+
+
+def test_onednn_check_never_runs_under_a_dispatch_mode():
+    """_onednn's one-time check multiplies small tensors: under FlopCounterMode (or a fake-tensor trace) it
+    would add FLOPs to the count (or cache a verdict on fake tensors), so _dnn says no before running it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    fused._onednn.cache_clear()
+    a = torch.randn(4, 3)
+    with FlopCounterMode(display=False) as counter:
+        assert not fused._dnn(a, a)
+    assert counter.get_total_flops() == 0 and fused._onednn.cache_info().currsize == 0
+    assert fused._dnn(a, a)

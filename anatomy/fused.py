@@ -64,13 +64,15 @@ def _onednn():
 
 
 def _dnn(*tensors: torch.Tensor) -> bool:
-    """Whether products of these tensors go to oneDNN: float32 CPU tensors, oneDNN present, no dispatch mode.
+    """Whether products of these tensors go to oneDNN: float32 CPU tensors, oneDNN present and enabled, no
+    dispatch mode.
 
     A dispatch mode (FlopCounterMode counting ``train_step_flops``, a fake-tensor trace) sees aten's matrix
     products instead, so it counts and traces the same operations as on the plain path.
     """
     return (
         not torch._C._len_torch_dispatch_stack()  # first: _onednn's one-time check must not run under a mode
+        and torch._C._get_mkldnn_enabled()  # torch.backends.mkldnn.flags(enabled=False) switches it off
         and all(t.dtype == torch.float32 and t.device.type == "cpu" for t in tensors)
         and _onednn() is not None
     )

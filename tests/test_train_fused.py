@@ -440,3 +440,14 @@ def test_onednn_check_never_runs_under_a_dispatch_mode():
         assert not fused._dnn(a, a)
     assert counter.get_total_flops() == 0 and fused._onednn.cache_info().currsize == 0
     assert fused._dnn(a, a)
+
+
+def test_onednn_off_under_mkldnn_flags_disabled():
+    a = torch.randn(4, 3)
+    assert fused._dnn(a, a)
+    with torch.backends.mkldnn.flags(enabled=False):
+        assert not fused._dnn(a, a)
+        model = _tiny()
+        x = torch.randint(0, 40, (2, 8))
+        names = _grad_fns(next_token_loss(model, (x, x))[0])
+        assert "_LinearFunctionBackward" not in names  # the Linears stay F.linear's

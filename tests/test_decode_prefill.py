@@ -181,3 +181,18 @@ def test_the_head_of_a_few_rows_takes_the_c_product_and_equals_onednn(monkeypatc
     assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5) and torch.allclose(
         no_cc, slow, atol=1e-5, rtol=1e-5
     )
+
+
+def test_the_op_check_ignores_torch_defaults():
+    """The one-time check of the oneDNN op (and anatomy.fused's) makes float32 CPU tensors whatever the
+    default dtype: under float64 defaults it used to fail and switch both paths off for the process."""
+    from anatomy import fused  # noqa: PLC0415
+
+    dtype = torch.get_default_dtype()
+    prefill._op.cache_clear(), fused._onednn.cache_clear()
+    try:
+        torch.set_default_dtype(torch.float64)
+        assert prefill._op() is not None and fused._onednn() is not None
+    finally:
+        torch.set_default_dtype(dtype)
+        prefill._op.cache_clear(), fused._onednn.cache_clear()

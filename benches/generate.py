@@ -155,7 +155,7 @@ def main() -> None:
     print("all targets met" if ok else "SOME TARGETS MISSED (see the tables)")
     machine["gpu column"] = gpu_status(gpu)
     record.save("generate", machine, rows, TARGETS, ok, args.json)
-    if not all(r["same tokens"] for r in rows):
+    if not all(r["same tokens"] for r in rows if r is not gpu):  # the GPU row's are reported, not required
         raise SystemExit("the greedy tokens differ")
 
 

@@ -21,8 +21,10 @@ compare every op with the plain formula and with autograd).
   pass through :class:`_OneDNNLinears` (which :func:`anatomy.train.next_token_loss` uses), run their float32
   CPU products through ``torch.ops.mkldnn._linear_pointwise``, the other matrix library PyTorch ships. On
   this machine's AMD CPU it runs a training step's shapes at ~150-220 GFLOP/s where MKL's sgemm, which
-  ``F.linear`` and ``torch.mm`` call, takes a generic path at ~85-105 (measured in benches/train_throughput.py
-  and by hand); on an Intel CPU the two are closer. The same products, with the sums in another order.
+  ``F.linear`` and ``torch.mm`` call (PyTorch's default, and transformers'), runs at ~85-105 (measured in
+  benches/train_throughput.py and by hand), most likely on a generic code path for a non-Intel CPU: the gap
+  depends on the CPU, and on an Intel CPU it may be small or none. The same products, with the sums in
+  another order.
   Under a dispatch mode (``FlopCounterMode``, a fake-tensor trace) the products stay aten's, so they are
   counted and traced as on the plain path.
 """
@@ -364,7 +366,8 @@ class _OneDNNLinears(torch.overrides.TorchFunctionMode):
 
     For a training forward pass (see :func:`anatomy.train.next_token_loss`): on this machine's AMD CPU,
     oneDNN runs the float32 products of a training step about twice as fast as MKL, which ``F.linear``
-    calls (MKL takes a generic path on non-Intel CPUs). The same products, summed in another order.
+    calls (most likely MKL's generic code path on a non-Intel CPU; the gap depends on the CPU). The same
+    products, summed in another order.
     """
 
     def __torch_function__(self, func, types, args=(), kwargs=None):

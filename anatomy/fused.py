@@ -25,6 +25,7 @@ compare every op with the plain formula and with autograd).
   benches/train_throughput.py and by hand), most likely on a generic code path for a non-Intel CPU: the gap
   depends on the CPU, and on an Intel CPU it may be small or none. The same products, with the sums in
   another order.
+  Only on x86-64 CPUs (elsewhere, e.g. Apple silicon, PyTorch's oneDNN may have only generic kernels).
   Under a dispatch mode (``FlopCounterMode``, a fake-tensor trace) the products stay aten's, so they are
   counted and traced as on the plain path.
 """
@@ -32,6 +33,7 @@ compare every op with the plain formula and with autograd).
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -51,8 +53,8 @@ def _onednn():
     """oneDNN's linear op (``x @ w.T``), or None if this PyTorch has none or it does not compute that here."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available():
-            return None
+        if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
+            return None  # measured on x86-64 only; elsewhere (Apple silicon) oneDNN may lack fast kernels
         g = torch.Generator().manual_seed(0)
         f32 = dict(generator=g, dtype=torch.float32, device="cpu")  # whatever torch's defaults say
         x, w = torch.randn(5, 7, **f32), torch.randn(3, 7, **f32)

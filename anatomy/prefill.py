@@ -18,13 +18,15 @@ products (``tests/test_decode_prefill.py``).
 and uses its result when it is not None. The conditions are the C step's (float32 weights on the CPU in the
 input-major layout, a causal pre-norm Llama-style decoder without biases, inference, no hooks, no dispatch
 or function mode; see :mod:`anatomy.decode`), minus the compiler, plus that PyTorch was built with oneDNN
-(and ``torch.backends.mkldnn`` is enabled); :func:`anatomy.decode.disabled` switches this path off too. A
-forward pass without a cache (scoring a text) and every training step run the textbook path.
+(and ``torch.backends.mkldnn`` is enabled) and the CPU is x86-64, where its speed was measured;
+:func:`anatomy.decode.disabled` switches this path off too. A forward pass without a cache (scoring a text)
+and every training step run the textbook path.
 """
 
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +43,8 @@ def _op():
     """oneDNN's linear op, or None if this PyTorch has none (or it does not compute x @ w.T here)."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available():
-            return None
+        if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
+            return None  # measured on x86-64 only; elsewhere (Apple silicon) oneDNN may lack fast kernels
         g = torch.Generator().manual_seed(0)
         f32 = dict(generator=g, dtype=torch.float32, device="cpu")  # whatever torch's defaults say
         x, w = torch.randn(5, 7, **f32), torch.randn(3, 7, **f32)

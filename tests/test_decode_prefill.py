@@ -196,3 +196,20 @@ def test_the_op_check_ignores_torch_defaults():
     finally:
         torch.set_default_dtype(dtype)
         prefill._op.cache_clear(), fused._onednn.cache_clear()
+
+
+def test_oneDNN_is_used_on_x86_64_only(monkeypatch):
+    """On other CPUs (Apple silicon: PyTorch's oneDNN there has no ACL, only generic kernels) the products
+    stay MKL's / the platform BLAS's: the speed of oneDNN was measured on x86-64 only."""
+    import platform  # noqa: PLC0415
+
+    from anatomy import fused  # noqa: PLC0415
+
+    prefill._op.cache_clear(), fused._onednn.cache_clear()
+    try:
+        monkeypatch.setattr(platform, "machine", lambda: "arm64")
+        assert prefill._op() is None and fused._onednn() is None
+    finally:
+        monkeypatch.undo()
+        prefill._op.cache_clear(), fused._onednn.cache_clear()
+    assert prefill._op() is not None and fused._onednn() is not None

@@ -33,12 +33,13 @@ output ``acc / l`` does not depend on it; floating point is relative, so ``2 ** 
 ``2 ** 40`` as near 1, and float32 holds ``2 ** s`` for -126 <= s < 128. So the scores are exponentiated
 as they are: a tile costs its product, ``exp2``, a row sum, the sum's accumulation and the second product,
 with no maximum, no subtraction and no host sync (``.item()``). Each row block is then checked row by row
-(:func:`_unvouched`): a row whose sum ``l`` lies in [1, 2 ** 64] had no exponential above ``2 ** 64``
-(none exceeds ``l``), so none overflowed; and as ``l >= 1``, what underflows (the exponentials and their
-products with the values below float32's smallest normal number) changes its output by no more than on
-the path with the running maximum, whose sum is at least 1 too (a lower bound such as ``2 ** -64`` would
-let a row whose scores are all near -60 and whose values are ~1e-25 lose its digits to subnormal products
-while passing). Its output must be finite too (huge values can overflow where the weights do not). The
+(:func:`_unvouched`): a row whose sum ``l`` lies in [2 ** -64, 2 ** 64] had no exponential above
+``2 ** 64`` (none exceeds ``l``), so none overflowed, and its largest is at least ``l / N``, so every key
+within ``2 ** -60`` of it was a normal float. Small exponentials times small values can still fall below
+the smallest normal number (``tiny``; scores all near -60 and values ~1e-25 lost 1% that way): each such
+product is off by at most half a subnormal step, ``N`` of them by ``N * tiny * eps / 2``, which is float
+rounding next to a row whose largest unnormalised output ``|acc|`` is at least ``N * tiny``; so that is
+checked too. Its output must be finite too (huge values can overflow where the weights do not). The
 rows that fail (all scores far above or below 0 in base 2, or a NaN or infinite input) are redone with
 the running maximum, and only those rows replaced, so every row's result still depends on that row's
 inputs only. It changes the output within float32 rounding (no ``s - m`` is rounded);
@@ -94,7 +95,7 @@ LOG2E = 1.0 / LN2
 RESCALE_THRESHOLD = 8.0  # in base 2: exponentials stay <= 2**8 = 256 between rescalings
 MASK_CACHE_MAX = 2**17  # masks of at most this many scores (G heads x 128 x 128 for G <= 8) are kept
 UNSHIFTED_DTYPES = (torch.float32, torch.float64)  # dtypes whose range lets 2 ** score go unshifted
-UNSHIFTED_RANGE = 2.0**64  # a row's sum of 2 ** score within [1, this] is vouched for (see _unvouched)
+UNSHIFTED_RANGE = 2.0**64  # a row's sum of 2 ** score within [1 / this, this] is vouched for
 ROW_GROUP = 4  # row blocks walked together, key tile by key tile (each K/V tile read once for all)
 
 
@@ -323,7 +324,7 @@ def _row_blocks(
             q0, q1, rows = b.q0, b.q1, b.rows
             if unshifted:
                 torch.div(b.acc.view(BH, G, rows, D), b.row_sum.view(BH, G, rows, 1), out=out[:, :, q0:q1])
-                bad = _unvouched(b.row_sum, b.acc)
+                bad = _unvouched(b.row_sum, b.acc, Nk * torch.finfo(q.dtype).tiny)
                 if bad is not None:  # those rows (and only those) again, with the running maximum
                     redo, redo_counts = torch.empty_like(out), [0, 0, 0]
                     _row_blocks(q, kt, vs, redo, None, tmap, [b.i], mask, q_offset, prefix_len, tile, grad,
@@ -341,18 +342,20 @@ def _row_blocks(
     counts[:] = n_tiles, n_later, n_rescaled
 
 
-def _unvouched(row_sum, acc):
+def _unvouched(row_sum, acc, floor):
     """The rows (BH, G * rows) of a row block whose unshifted sums or outputs cannot be vouched for, or None:
-    a sum outside [1, UNSHIFTED_RANGE] (or NaN), or an output row that is not finite. The lower bound is 1,
-    the running maximum's own: below it, products of small exponentials and small values can underflow
-    where they do not with the maximum subtracted. One host sync when every row passes (the smallest and
-    largest sum and the total of the outputs)."""
+    a sum outside [1 / UNSHIFTED_RANGE, UNSHIFTED_RANGE] (or NaN), an output row that is not finite, or one
+    whose largest unnormalised |output| is below ``floor`` (N keys x the dtype's smallest normal number:
+    below it, products that underflowed could show; see the module docstring). One host sync when every
+    row passes (the smallest and largest sum, the total of the outputs and the smallest row scale)."""
     lo, hi = torch.aminmax(row_sum)
-    lo, hi, total = torch.stack((lo, hi, acc.sum())).tolist()  # NaN anywhere makes a test below fail
-    if 1.0 <= lo and hi <= UNSHIFTED_RANGE and math.isfinite(total):
+    scale = acc.abs().amax(-1)  # each row's largest |output| before the division
+    lo, hi, total, small = torch.stack((lo, hi, acc.sum(), scale.min())).tolist()  # NaN fails a test below
+    if 1 / UNSHIFTED_RANGE <= lo and hi <= UNSHIFTED_RANGE and math.isfinite(total) and small >= floor:
         return None
-    ok = (row_sum >= 1.0) & (row_sum <= UNSHIFTED_RANGE)  # False for NaN
+    ok = (row_sum >= 1 / UNSHIFTED_RANGE) & (row_sum <= UNSHIFTED_RANGE)  # False for NaN
     ok &= torch.sum(acc, -1, keepdim=True).isfinite()  # inf or NaN anywhere in the row's output
+    ok &= (scale >= floor).unsqueeze(-1)
     return None if bool(ok.all()) else ~ok.squeeze(-1)  # (a total can overflow where no row does)
 
 

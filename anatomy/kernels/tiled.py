@@ -34,8 +34,10 @@ output ``acc / l`` does not depend on it; floating point is relative, so ``2 ** 
 as they are: a tile costs its product, ``exp2``, a row sum, the sum's accumulation and the second product,
 with no maximum, no subtraction and no host sync (``.item()``). Each row block is then checked row by row
 (:func:`_unvouched`): a row whose sum ``l`` lies in [2 ** -64, 2 ** 64] had no exponential above
-``2 ** 64`` (none exceeds ``l``), so none overflowed, and its largest is at least ``l / N``, so every key
-within ``2 ** -60`` of it was a normal float. Small exponentials times small values can still fall below
+``2 ** 64`` (none exceeds ``l``), so none overflowed, and its largest is at least ``l / N >= 2 ** -64 / N``,
+so in float32 every key within a factor ``2 ** -(62 - log2 N)`` of it (``2 ** -50`` at N = 4096) was a
+normal float; the keys below that add less than ``N * 2 ** -(62 - log2 N)`` of the row's largest weight
+(``2 ** -38`` at N = 4096), below float32 rounding. Small exponentials times small values can still fall below
 the smallest normal number (``tiny``; scores all near -60 and values ~1e-25 lost 1% that way): each such
 product is off by at most half a subnormal step, ``N`` of them by ``N * tiny * eps / 2``, which is float
 rounding next to a row whose largest unnormalised output ``|acc|`` is at least ``N * tiny``; so that is

@@ -50,7 +50,9 @@ CHUNK_ROWS = 256  # rows of logits per chunk: 256 x 8192 float32 is 8 MB, which 
 
 @functools.cache
 def _onednn():
-    """oneDNN's linear op (``x @ w.T``), or None if this PyTorch has none or it does not compute that here."""
+    """oneDNN's linear op (``x @ w.T``), or None if this PyTorch has none or it does not compute that here.
+
+    The one check for both of its users: this module's training products and :mod:`anatomy.prefill`."""
     try:
         op = torch.ops.mkldnn._linear_pointwise
         if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
@@ -61,6 +63,10 @@ def _onednn():
         with torch.no_grad():
             ok = torch.allclose(op(x, w, None, "none", [], ""), x @ w.T, atol=1e-5)
             ok = ok and torch.allclose(op(x.t(), x.t(), None, "none", [], ""), x.T @ x, atol=1e-5)  # strided
+            # an input-major weight (anatomy.prefill's models) is the transpose of a contiguous (in, out) one
+            ok = ok and torch.allclose(
+                op(x, w.t().contiguous().t(), None, "none", [], ""), x @ w.T, atol=1e-5
+            )
             add = torch.ops.mkldnn._linear_pointwise.binary(x, x @ w.T, w, None, "add")
             ok = ok and torch.allclose(add, 2 * (x @ w.T), atol=1e-5)
     except (AttributeError, RuntimeError):

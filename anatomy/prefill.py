@@ -25,34 +25,18 @@ and every training step run the textbook path.
 
 from __future__ import annotations
 
-import functools
-import platform
-
 import torch
 import torch.nn.functional as F
 
-from anatomy import decode
+from anatomy import decode, fused
 from anatomy.attention import _self_attention
 from anatomy.cache import KVCache
 
 __all__ = ["forward"]
 
 
-@functools.cache
-def _op():
-    """oneDNN's linear op, or None if this PyTorch has none (or it does not compute x @ w.T here)."""
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-        if not torch.backends.mkldnn.is_available() or platform.machine().lower() not in ("x86_64", "amd64"):
-            return None  # measured on x86-64 only; elsewhere (Apple silicon) oneDNN may lack fast kernels
-        g = torch.Generator().manual_seed(0)
-        f32 = dict(generator=g, dtype=torch.float32, device="cpu")  # whatever torch's defaults say
-        x, w = torch.randn(5, 7, **f32), torch.randn(3, 7, **f32)
-        with torch.no_grad():
-            ok = torch.allclose(op(x, w.t().contiguous().t(), None, "none", [], ""), x @ w.T, atol=1e-5)
-    except (AttributeError, RuntimeError):
-        return None
-    return op if ok else None
+# oneDNN's linear op or None: the same one-time check as the training step's (its cache is shared)
+_op = fused._onednn
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

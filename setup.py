@@ -3,8 +3,9 @@
 In a checkout, ``anatomy.claims.chapters()`` numbers the chapters by their place in ``_toc.yml``, which sits
 next to the package. An installed wheel (Colab) has no ``_toc.yml``, so the build writes the list of chapter
 pages it reads there into the wheel as ``anatomy/claims/_chapters.json``, with the same function
-(``anatomy.claims.toc_pages``, loaded from its file: the build needs PyYAML, not torch). ``MANIFEST.in`` puts
-``_toc.yml`` into the sdist, so a wheel built from the sdist gets it too.
+(``anatomy.claims.toc_pages``, the book's one reader of ``_toc.yml``, loaded from its file: the build needs
+neither PyYAML nor torch). ``MANIFEST.in`` puts ``_toc.yml`` into the sdist, so a wheel built from the sdist
+gets it too.
 """
 
 import importlib.util

@@ -43,6 +43,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "_ext") not in sys.path:  # book_toc, nbclient_poll (standard library / nbclient only)
+    sys.path.insert(0, str(ROOT / "_ext"))
+import book_toc  # noqa: E402  (the one reader of _toc.yml)
 
 TIMED = re.compile(r"timed\s*=\s*True")
 READS_RECORDS = re.compile(
@@ -52,26 +55,8 @@ READS_RECORDS = re.compile(
 
 def toc_notebooks(root: Path = ROOT) -> list[Path]:
     """Every notebook page of _toc.yml (root first), in the table of contents' order."""
-    import yaml
-
-    toc = yaml.safe_load((root / "_toc.yml").read_text(encoding="utf-8"))
-    files = [toc["root"]]
-
-    def walk(entries):
-        for entry in entries or []:
-            if "file" in entry:
-                files.append(entry["file"])
-            walk(entry.get("sections"))
-
-    for part in toc.get("parts", []):
-        walk(part.get("chapters"))
-    walk(toc.get("chapters"))
-    out = []
-    for f in files:
-        path = root / (f if f.endswith(".ipynb") else f + ".ipynb")
-        if path.exists():
-            out.append(path)
-    return out
+    paths = [root / f"{page}.ipynb" for page in book_toc.pages(root)]
+    return [path for path in paths if path.exists()]
 
 
 def _code(path: Path) -> str:
@@ -105,11 +90,9 @@ def timeout(root: Path = ROOT) -> int:
 
 def execute_one(path: Path, out: Path, seconds: int) -> int:
     """Child process: execute one notebook as myst-nb does; write it to `out`; print its time as JSON."""
+    import nbclient_poll  # _ext/ (on sys.path above): what the build's Sphinx process applies (no stall)
     import nbformat
     from jupyter_cache.executors.utils import single_nb_execution
-
-    sys.path.insert(0, str(ROOT / "_ext"))
-    import nbclient_poll  # what the build's Sphinx process applies (no whole-timeout stall)
 
     nbclient_poll.apply()
     nb = nbformat.reads(path.read_text(encoding="utf-8"), as_version=4)  # myst-nb's standard_nb_read

@@ -49,6 +49,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import book_toc  # _ext/ is on sys.path (tests/conftest.py): the one reader of _toc.yml
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,10 +157,7 @@ def _book_module_from(path: Path):
 def _colab_chapters() -> list[str]:
     wanted = os.environ.get("COLAB_CHAPTERS", ",".join(DEFAULT_CHAPTERS)).strip()
     if wanted in ("all", "unrecorded", "unclaimed"):
-        text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
-        files = [
-            f"{f}.ipynb" for f in re.findall(r"^\s*-?\s*file:\s*(chapters/\S+?)(?:\.ipynb)?\s*$", text, re.M)
-        ]
+        files = [f"{page}.ipynb" for page in book_toc.chapters(ROOT)]
         if wanted == "unrecorded":  # chapters a test before the build did not already execute a second time
             recorded = _book_module("book_report").second_runs(ROOT)
             files = [f for f in files if Path(f).stem not in recorded and not _ran_here(f)]

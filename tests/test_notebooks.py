@@ -11,6 +11,7 @@ import json
 import re
 from pathlib import Path
 
+import book_toc  # _ext/ is on sys.path (tests/conftest.py): the one reader of _toc.yml
 import pytest
 import yaml
 
@@ -41,27 +42,13 @@ def repository_branch() -> str:
     return str(load_config()["repository"].get("branch") or "main")
 
 
-def toc_files(toc_path: Path = ROOT / "_toc.yml") -> list[str]:
-    """Every `file:` entry of a jb-book table of contents, in order (paths without suffix)."""
-    toc = yaml.safe_load(toc_path.read_text(encoding="utf-8"))
-    found: list[str] = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(str(node["file"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return [re.sub(r"\.(ipynb|md)$", "", f) for f in found]
+def toc_files() -> list[str]:
+    """Every page of _toc.yml, root first, without suffix."""
+    return book_toc.pages(ROOT)
 
 
 def toc_chapters() -> list[Path]:
-    return [ROOT / f"{f}.ipynb" for f in toc_files() if f.startswith("chapters/")]
+    return [ROOT / f"{page}.ipynb" for page in book_toc.chapters(ROOT)]
 
 
 def bib_keys(bib_path: Path = ROOT / "references.bib") -> list[str]:
@@ -327,14 +314,3 @@ def test_contract_reports_each_broken_rule(tmp_path):
         "dropdowns",
     ):
         assert expected in text, f"expected a problem mentioning {expected!r}, got:\n{text}"
-
-
-def test_toc_parser_reads_nested_parts(tmp_path):
-    toc = tmp_path / "_toc.yml"
-    toc.write_text(
-        "format: jb-book\nroot: intro\nparts:\n  - caption: A\n    chapters:\n      - file: chapters/01_a\n"
-        "        sections:\n          - file: chapters/01_b.ipynb\n  - caption: B\n    chapters:\n"
-        "      - file: references\n",
-        encoding="utf-8",
-    )
-    assert toc_files(toc) == ["intro", "chapters/01_a", "chapters/01_b", "references"]

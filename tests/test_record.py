@@ -7,9 +7,9 @@ import json
 import re
 from pathlib import Path
 
+import book_toc  # _ext/ is on sys.path (tests/conftest.py): the one reader of _toc.yml
 import pytest
 import torch
-import yaml
 
 from anatomy import claims
 from anatomy.experiments import answer, record_runs
@@ -25,21 +25,7 @@ def bib_keys() -> set[str]:
 
 
 def toc_files() -> list[str]:
-    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
-    found = [toc["root"]]
-
-    def walk(node):
-        if isinstance(node, dict):
-            if "file" in node:
-                found.append(re.sub(r"\.(ipynb|md)$", "", str(node["file"])))
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk({k: v for k, v in toc.items() if k != "root"})
-    return found
+    return book_toc.pages(ROOT)  # every page of _toc.yml, root first, without suffix
 
 
 # ------------------------------------------------------------------------------------------- the record

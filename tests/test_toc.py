@@ -1,5 +1,6 @@
-"""_ext/book_toc.py, the scripts' and tests' one reader of _toc.yml: what a YAML parser reads, and the
-chapters that the package numbers (anatomy.claims.toc_pages, the reader an installed wheel uses)."""
+"""The book's one reader of _toc.yml, anatomy.claims.toc_all_pages / toc_pages, which the scripts and tests
+reach through _ext/book_toc.py and an installed wheel's build step through setup.py: what a YAML parser reads,
+and, on the book's own table of contents, the chapters of its numbered parts (what Jupyter Book numbers)."""
 
 import re
 from pathlib import Path
@@ -34,11 +35,39 @@ def test_the_book_s_pages_are_what_yaml_reads():
     assert book_toc.pages(ROOT)[0] == "intro" and "references" in book_toc.pages(ROOT)
 
 
-def test_the_chapters_are_the_ones_the_package_numbers():
-    """The same chapters, in the same order, as anatomy.claims numbers them (so "chapter N" agrees)."""
+def test_the_chapters_are_the_ones_the_book_numbers():
+    """The chapters (pages under chapters/), in order, are the chapters of the numbered parts as a YAML parser
+    reads them, which Jupyter Book numbers 1, 2, ...: so "chapter N" in the text, anatomy.claims' numbers and
+    the scripts agree. A chapter put in an unnumbered part or nested as a section fails here."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text(encoding="utf-8"))
+    numbered = [
+        str(c["file"]).removesuffix(".ipynb").removesuffix(".md")
+        for part in toc.get("parts", [])
+        if part.get("numbered")
+        for c in part.get("chapters", [])
+    ]
+    assert book_toc.chapters(ROOT) == numbered
+    assert [c.page for c in claims.chapters().values()] == numbered and len(numbered) >= 10
+
+
+def test_book_toc_is_the_package_s_reader():
+    """_ext/book_toc.py has no reader of its own: it answers with anatomy.claims' functions (so a change to
+    the package's reader reaches the scripts and tests), and the package reads what it reads."""
+    assert Path(book_toc._reader().__file__).resolve() == ROOT / "anatomy" / "claims" / "__init__.py"
     text = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    assert book_toc.pages(ROOT) == claims.toc_all_pages(text)
     assert book_toc.chapters(ROOT) == claims.toc_pages(text)
-    assert len(book_toc.chapters(ROOT)) >= 10
+
+
+def test_nested_parts_and_suffixes(tmp_path):
+    text = (
+        "format: jb-book\nroot: intro\nparts:\n  - caption: A\n    chapters:\n      - file: chapters/01_a\n"
+        "        sections:\n          - file: chapters/01_b.ipynb\n  - caption: B\n    chapters:\n"
+        "      - file: references\n"
+    )
+    (tmp_path / "_toc.yml").write_text(text, encoding="utf-8")
+    expected = ["intro", "chapters/01_a", "chapters/01_b", "references"]
+    assert book_toc.pages(tmp_path) == expected == _yaml_pages(text) == claims.toc_all_pages(text)
 
 
 def test_nested_quoted_and_commented_entries(tmp_path):

@@ -9,6 +9,12 @@ scoreboard (the last chapter) lists every registered claim with its verdict and 
 
 No chapter number is written down here: :func:`chapters` reads each chapter's number from its place in
 ``_toc.yml``, so a chapter inserted before others changes no key and no claims file.
+
+This module is also the book's one reader of ``_toc.yml`` (:func:`toc_all_pages`, :func:`toc_pages`): the
+scripts and tests reach it through ``_ext/book_toc.py``, which loads this file by its path (its module level
+imports the standard library only, so that needs no torch), and ``setup.py`` does the same at build time.
+It lives in the package because an installed wheel (Colab) has no ``_ext/``; the package cannot import the
+repository, so the repository imports the package's reader.
 """
 
 from __future__ import annotations
@@ -40,17 +46,48 @@ class Chapter:
     page: str  # its page: "chapters/07_in_context_learning"
 
 
-def toc_pages(toc_text: str) -> list[str]:
-    """The pages of the numbered parts' chapters in a jb-book ``_toc.yml``, in order, without suffix."""
-    import yaml  # only here: an installed wheel reads INDEX instead
+# One entry of a jb-book table of contents: "root: X" or "[- ]file: X", X quoted or not, then a comment
+# (a "#" after a space, as in YAML).
+_TOC_ENTRY = re.compile(r"""^[ \t]*(?:-[ \t]+)?(root|file):[ \t]+(["']?)([^"'#\s]+)\2(?:[ \t]+#.*)?[ \t]*$""")
+# A key that names a page, in whatever form (block or flow mapping, quoted or not), once the line's comment is
+# cut off: what _TOC_ENTRY does not read must not be left out unnoticed
+_TOC_PAGE_KEY = re.compile(r"""(?:^[ \t]*(?:-[ \t]*)?|[{,][ \t]*)["']?(?:root|file|glob)["']?[ \t]*:""")
 
-    toc = yaml.safe_load(toc_text) or {}
-    return [
-        re.sub(r"\.(ipynb|md)$", "", str(c["file"]))
-        for part in toc.get("parts", [])
-        if part.get("numbered")
-        for c in part.get("chapters", [])
-    ]
+
+def toc_all_pages(toc_text: str, where: str = "_toc.yml") -> list[str]:
+    """Every page of a jb-book ``_toc.yml`` (its text): the root page first, then each ``file:`` entry in the
+    file's order (parts, chapters and nested sections alike), without the ``.ipynb`` / ``.md`` suffix.
+
+    A line-based reading rather than a YAML parser, so that it needs nothing beyond the standard library (the
+    wheel's build step and ``scripts/check_site.py`` load it without PyYAML or torch): the jb-book format
+    writes one entry per line (``root: intro``, ``- file: chapters/01_x``), quoted or not, with or without a
+    comment after it. A page named in any other form (a flow mapping ``- {file: x}``, a ``glob:``, a path
+    with a space, no space after the colon) raises ValueError naming ``where`` and the line, rather than
+    being left out of every check and of the chapters' numbering; so do no or several ``root:`` entries.
+    """
+    entries = []
+    for number, line in enumerate(toc_text.splitlines(), 1):
+        match = _TOC_ENTRY.match(line)
+        if match:
+            entries.append(match.group(1, 3))
+        elif _TOC_PAGE_KEY.search(re.sub(r"(?:^|[ \t])#.*", "", line)):
+            raise ValueError(
+                f"{where}:{number}: a page named in a form the reader of _toc.yml (anatomy.claims) does not "
+                f"read: {line.strip()!r} (write one entry per line, `- file: chapters/NN_slug` or "
+                "`root: intro`, no glob)"
+            )
+    roots = [p for key, p in entries if key == "root"]
+    if len(roots) != 1:
+        raise ValueError(f"{where}: {len(roots)} root: entries (a jb-book table of contents has one)")
+    ordered = roots + [p for key, p in entries if key == "file"]
+    return [re.sub(r"\.(ipynb|md)$", "", p) for p in ordered]
+
+
+def toc_pages(toc_text: str, where: str = "_toc.yml") -> list[str]:
+    """The chapters' pages of a jb-book ``_toc.yml`` (its text), in the book's order: the pages under
+    ``chapters/``, which the book lists in its numbered parts (tests/test_toc.py checks that on the book's
+    own table of contents), so a chapter's place here is its number."""
+    return [p for p in toc_all_pages(toc_text, where) if p.startswith("chapters/")]
 
 
 def slug_of(page: str) -> str:
@@ -67,7 +104,7 @@ def chapters() -> dict[str, Chapter]:
     None) and the scoreboard names chapters by slug.
     """
     if TOC.is_file():
-        pages = toc_pages(TOC.read_text(encoding="utf-8"))
+        pages = toc_pages(TOC.read_text(encoding="utf-8"), str(TOC))
     elif INDEX.is_file():
         pages = json.loads(INDEX.read_text(encoding="utf-8"))["pages"]
     else:

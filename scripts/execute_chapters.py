@@ -59,13 +59,7 @@ def toc_notebooks(root: Path = ROOT) -> list[Path]:
     return [path for path in paths if path.exists()]
 
 
-def _code(path: Path) -> str:
-    nb = json.loads(path.read_text(encoding="utf-8"))
-    return "\n".join(
-        "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
-        for c in nb["cells"]
-        if c["cell_type"] == "code"
-    )
+_code = book_toc.notebook_code  # a notebook's code cells, as one text
 
 
 def plan(root: Path = ROOT) -> dict[str, list[Path]]:

@@ -14,9 +14,10 @@ base stays as Colab ships it). Then:
   installed).
 * ``test_chapter_runs_in_colab``: chapters (``COLAB_ENV_CHAPTERS``: comma-separated paths, or ``all``;
   default: chapter 1, which loads SmolLM2 and MiniLM and has a live explorer, chapter 5, which trains
-  small models and has one, and chapter 13, the scoreboard) run in a kernel of that environment from an
-  empty working directory, with ``google.colab`` importable so the setup cell really runs, and every
-  ``explore_live`` explorer's controls moved once (``anatomy.book.drive_live``) under Colab's ipywidgets 7.
+  small models and has one, and the scoreboard; found by slug and role, ``book_toc``) run in a kernel of
+  that environment from an empty working directory, with ``google.colab`` importable so the setup cell
+  really runs, and every ``explore_live`` explorer's controls moved once (``anatomy.book.drive_live``) under
+  Colab's ipywidgets 7.
   ``COLAB_ENV_NOTEBOOKS=DIR`` takes the notebooks from DIR instead of chapters/ (e.g. copies transformed by
   scripts/sync_setup_cells.py).
 
@@ -41,13 +42,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import book_toc  # _ext/ is on sys.path (tests/conftest.py): the pages of _toc.yml
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# by slug and by role, not by number: inserting a chapter changes none of the three
 DEFAULT_CHAPTERS = [
-    "chapters/01_three_families.ipynb",
-    "chapters/05_order_without_positions.ipynb",
-    "chapters/13_scoreboard.ipynb",
+    f"{book_toc.chapter('three_families', ROOT)}.ipynb",
+    f"{book_toc.chapter('order_without_positions', ROOT)}.ipynb",
+    f"{book_toc.scoreboard(ROOT)}.ipynb",
 ]
 
 pytestmark = [pytest.mark.book, pytest.mark.slow]

@@ -19,9 +19,10 @@ Two checks:
 Which chapters run: ``COLAB_CHAPTERS`` (comma-separated paths; ``all`` for every chapter in _toc.yml;
 ``unrecorded``: every chapter that no earlier test executed a second time, see below; ``unclaimed``: every
 chapter that tests/test_busy_cpu.py, test_colab_env.py and test_publish.py do not execute); by default
-chapter 13 (the scoreboard) (~15-45 s), which imports every chapter's claims and runs their quick
-recomputations. Chapters 1, 5 and 13 run from an installed HEAD in an empty folder in
-tests/test_colab_env.py, chapter 4 from the installed wheel in an empty folder in tests/test_publish.py, and
+the scoreboard (~15-45 s; found by its role, ``book_toc.scoreboard()``, not by its number), which imports
+every chapter's claims and runs their quick recomputations. Chapters 1, 5 and the scoreboard run from an
+installed HEAD in an empty folder in tests/test_colab_env.py, chapter 4 from the installed wheel in an empty
+folder in tests/test_publish.py, and
 chapters 8, 9 and 10 in an empty folder in tests/test_busy_cpu.py; their glued values are saved
 (``ANATOMY_SECOND_RUNS``) and tests/test_determinism.py compares them with the build's. The packaging half of
 this check covers those chapters through ``test_the_installed_package_has_every_committed_file``. The
@@ -53,7 +54,7 @@ import book_toc  # _ext/ is on sys.path (tests/conftest.py): the one reader of _
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHAPTERS = ["chapters/13_scoreboard.ipynb"]
+DEFAULT_CHAPTERS = [f"{book_toc.scoreboard(ROOT)}.ipynb"]  # found by its role, not by its number
 EXECUTED = ROOT / "_build" / "jupyter_execute" / "chapters"
 
 pytestmark = [pytest.mark.book]

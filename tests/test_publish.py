@@ -384,7 +384,7 @@ def test_wheel_and_sdist_pass_twine_check(dist):
 
 def wheel_chapter() -> str:
     """The chapter run on the installed wheel (``PUBLISH_CHAPTER``; tests/test_colab_style.py asks too)."""
-    return os.environ.get("PUBLISH_CHAPTER", "chapters/04_attention_rank.ipynb")
+    return os.environ.get("PUBLISH_CHAPTER") or f"{book_toc.chapter('attention_rank', ROOT)}.ipynb"
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 reach through _ext/book_toc.py and an installed wheel's build step through setup.py: what a YAML parser reads,
 and, on the book's own table of contents, the chapters of its numbered parts (what Jupyter Book numbers)."""
 
+import json
 import re
 from pathlib import Path
 
@@ -124,3 +125,30 @@ def test_no_or_two_root_entries_raise(tmp_path, text):
     (tmp_path / "_toc.yml").write_text(text)
     with pytest.raises(ValueError, match="root: entries"):
         book_toc.pages(tmp_path)
+
+
+def test_pages_found_by_slug_and_by_role(tmp_path):
+    """Tests name the chapters they run by slug (book_toc.chapter) and the scoreboard by what its code does
+    (book_toc.scoreboard), so renumbering or renaming it changes nothing they test; none or two: an error."""
+
+    def notebook(path, code):
+        cells = [{"cell_type": "code", "metadata": {}, "source": code, "outputs": []}]
+        (tmp_path / f"{path}.ipynb").write_text(json.dumps({"cells": cells}))
+
+    (tmp_path / "chapters").mkdir()
+    toc = "root: intro\nchapters:\n  - file: chapters/01_a\n  - file: chapters/02_board\n  - file: the_end\n"
+    (tmp_path / "_toc.yml").write_text(toc)
+    notebook("chapters/01_a", "rows = 1")
+    notebook("chapters/02_board", "rows, failures = answer.scoreboard_rows(registry, recorded)")
+    notebook("the_end", "answer.scoreboard_table(rows)")  # not a chapter: no scoreboard
+    assert book_toc.chapter("board", tmp_path) == "chapters/02_board" == book_toc.scoreboard(tmp_path)
+    assert book_toc.scoreboard(ROOT) in book_toc.chapters(ROOT)  # the book's own has one
+    with pytest.raises(LookupError, match="slug 'b'"):
+        book_toc.chapter("b", tmp_path)
+    notebook("chapters/01_a", "display(HTML(answer.scoreboard_table(rows)))")
+    with pytest.raises(LookupError, match="2 chapters .* build the scoreboard"):
+        book_toc.scoreboard(tmp_path)
+    notebook("chapters/01_a", "rows = 1")
+    notebook("chapters/02_board", "rows = answer.board(registry)")  # the board's call renamed
+    with pytest.raises(LookupError, match="0 chapters .* build the scoreboard"):
+        book_toc.scoreboard(tmp_path)

@@ -534,7 +534,7 @@ class Transformer(_Model):
         prefix_len: for a prefix LM, the number of leading positions (absolute, counting the cache) that
         every position sees; defaults to the whole input of the first call. attention_mask: (B, N) with 1 for
         real tokens and 0 for padding (no cache). A cached encoder or prefix LM is exact only if appending
-        tokens would not have changed the cached states (it would: that is chapter 9's point).
+        tokens would not have changed the cached states (it would: that is the KV cache chapter's point).
         logits_to_keep: if > 0, only the last that many positions go through the LM head, so the logits are
         (B, logits_to_keep, vocab) (as in transformers; generation needs only the last position's).
         """

@@ -185,7 +185,7 @@ def causal_lm_batch(
 
     label_fraction < 1 keeps the loss on a random subset of exactly round(label_fraction * (N - 1))
     positions per sequence (the rest get label -100): the same task and the same inputs, only fewer
-    positions carry a training signal. That is the controlled experiment of chapter 6.
+    positions carry a training signal. That is the controlled experiment of the signal density chapter.
     """
     seqs = _check_seqs(seqs)
     f = _check_fraction("label_fraction", label_fraction)

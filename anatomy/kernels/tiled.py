@@ -8,12 +8,17 @@ are never touched, FULL tiles need no mask, PARTIAL tiles apply the mask predica
 Grouped-query attention costs nothing extra: the G query heads that share one key/value head are stacked
 as extra rows of one matmul against that head's keys.
 
-Two details make it fast on a CPU; neither changes the result beyond float32 rounding:
+What makes it fast on a CPU, in the order described below (none of it changes the result beyond float32
+rounding): exponentials in base 2 and, on the paths that keep a running maximum, a lazily raised maximum
+(the two points that follow); in float32/float64 inference, a path with no running maximum at all, which
+redoes with one the rows it cannot vouch for; row blocks walked four at a time (:data:`ROW_GROUP`); and,
+without autograd, score and sum buffers reused from tile to tile and, with two or more torch threads, the
+row blocks shared out between two Python threads.
 
 * The exponentials are taken in base 2, as FlashAttention-2 and the Triton kernel do: the queries are
   scaled by ``log2(e) / sqrt(d)``, so ``2 ** s`` equals ``e ** (q.k / sqrt(d))``. PyTorch's CPU ``exp2``
-  was about twice as fast as its ``exp`` here (chapter 8 measures it) and stays fast for ``-inf``, where
-  ``exp`` takes a slow path, so masked scores can simply be ``-inf``.
+  was about twice as fast as its ``exp`` here (the causal kernel chapter measures it) and stays fast for
+  ``-inf``, where ``exp`` takes a slow path, so masked scores can simply be ``-inf``.
 * Lazy rescaling: once a row block has a running maximum ``m``, the next tile's scores are computed
   relative to it inside the matmul (``baddbmm`` with ``-m`` as the added term), and ``m`` is raised, with
   the rescaling of ``l`` and ``acc``, only when some row's new scores exceed it by more than

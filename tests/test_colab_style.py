@@ -195,10 +195,27 @@ def _book_module(name: str):
     return module
 
 
-def _build_matches_head(chapter: str) -> bool:
-    """True when the work tree's package and this chapter equal HEAD, so the build ran the same code."""
-    diff = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "anatomy", chapter], cwd=ROOT)
-    return diff.returncode == 0
+def _build_matches_head(chapter: str, root: Path = ROOT) -> bool:
+    """True when the work tree's package and this chapter equal HEAD, so the build ran the same code: no file
+    changed and no untracked file in anatomy/ (which the build imports and a clone of HEAD lacks, and which
+    git diff does not show). tests/test_determinism.py's check, the one implementation of it."""
+    determinism = _book_module_from(Path(__file__).resolve().parent / "test_determinism.py")
+    return not determinism._code_differs_from_head(Path(chapter).stem, root)
+
+
+def test_an_untracked_module_makes_the_build_differ_from_head(tmp_path):
+    """A module of anatomy/ not committed yet: the build imported it and the Colab-style run's clone of HEAD
+    lacks it, so their glued values are not compared (git diff alone does not see an untracked file)."""
+    ident = ["-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    (tmp_path / "anatomy").mkdir()
+    (tmp_path / "chapters").mkdir()
+    (tmp_path / "anatomy" / "a.py").write_text("a = 1\n")
+    (tmp_path / "chapters" / "01_x.ipynb").write_text("{}")
+    for args in (["init", "-q"], ["add", "."], [*ident, "commit", "-q", "-m", "x"]):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True)
+    assert _build_matches_head("chapters/01_x.ipynb", tmp_path)
+    (tmp_path / "anatomy" / "new_module.py").write_text("b = 2\n")
+    assert not _build_matches_head("chapters/01_x.ipynb", tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -94,32 +94,9 @@ def main() -> None:
     if long_ids.shape[1] < args.prefill:
         raise SystemExit(f"the prefill text gave only {long_ids.shape[1]} tokens")
 
-    def ours_generate():
-        return anatomy.generate(model, ids, n_new)
-
-    mask = torch.ones_like(
-        ids
-    )  # else generate() guesses one from pad_token_id, which the chat template contains
-
-    def hf_generate():
-        return hf.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
-
-    def ours_prefill():
-        with torch.inference_mode():
-            return model(long_ids, cache=model.new_cache(), logits_to_keep=1)
-
-    def hf_prefill():
-        with torch.inference_mode():
-            return hf(long_ids, use_cache=True, logits_to_keep=1).logits
-
-    variants = {"anatomy": (ours_generate, ours_prefill), "transformers": (hf_generate, hf_prefill)}
-    if packed is not None:
-
-        def packed_prefill():
-            with torch.inference_mode():
-                return packed(long_ids, cache=packed.new_cache(), logits_to_keep=1)
-
-        variants[PACKED] = (lambda: anatomy.generate(packed, ids, n_new), packed_prefill)
+    variants = _variants(model, hf, ids, long_ids, n_new)
+    if packed is not None:  # anatomy's calls on the packed model
+        variants[PACKED] = _variants(packed, hf, ids, long_ids, n_new)["anatomy"]
     # Which path anatomy's new tokens take: the C step if a compiler was found and the model qualifies
     # (else the textbook forward pass, e.g. on a machine without cc), printed with each table and recorded.
     from anatomy import decode, prefill
@@ -157,6 +134,32 @@ def main() -> None:
     record.save("generate", machine, rows, TARGETS, ok, args.json)
     if not all(r["same tokens"] for r in rows if r is not gpu):  # the GPU row's are reported, not required
         raise SystemExit("the greedy tokens differ")
+
+
+def _variants(ours, theirs, ids, long_ids, n_new, wrap=None) -> dict:
+    """The timed calls, name -> (generate, prefill), for anatomy's model ``ours`` and transformers' ``theirs``
+    on the device their weights and ``ids`` / ``long_ids`` are on: ``n_new`` greedy tokens after ``ids``, and
+    one forward pass over ``long_ids`` that fills a KV cache and keeps the last position's logits. ``wrap``
+    (None: as they are) wraps each call (the GPU column synchronizes after it). The CPU rows and the GPU
+    column both time these."""
+    wrap = wrap or (lambda fn: fn)
+    mask = torch.ones_like(ids)  # else generate() guesses one from pad_token_id, which the chat template has
+
+    def ours_prefill():
+        with torch.inference_mode():
+            return ours(long_ids, cache=ours.new_cache(), logits_to_keep=1)
+
+    def theirs_generate():
+        return theirs.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)
+
+    def theirs_prefill():
+        with torch.inference_mode():
+            return theirs(long_ids, use_cache=True, logits_to_keep=1).logits
+
+    return {
+        "anatomy": (wrap(lambda: anatomy.generate(ours, ids, n_new)), wrap(ours_prefill)),
+        "transformers": (wrap(theirs_generate), wrap(theirs_prefill)),
+    }
 
 
 def _table(args, threads, n_new, ids, variants: dict) -> dict:
@@ -263,39 +266,36 @@ def gpu_row(args, model, hf, ids, long_ids, n_new) -> dict | None:
     if not torch.cuda.is_available():
         print(f"GPU column: {gpu_status(None)}")
         return None
+    row = {"variant": "GPU (cuda)", "gpu": torch.cuda.get_device_name()}
+    row |= _device_row(args, model, hf, ids, long_ids, n_new, torch.device("cuda"), torch.cuda.synchronize)
+    print(
+        f"GPU column ({row['gpu']}, wall clock, repeats={args.repeats}): generation "
+        f"{row['anatomy tokens/s']:.1f} vs {row['transformers tokens/s']:.1f} tokens/s "
+        f"({row['generation ratio']:.2f}x); prefill {row['anatomy prefill ms']:.1f} vs "
+        f"{row['transformers prefill ms']:.1f} ms ({row['prefill ratio']:.2f}x); same {n_new} greedy tokens: "
+        f"{'yes' if row['same tokens'] else 'NO'} (reported, no target)"
+    )
+    return row
+
+
+def _device_row(args, model, hf, ids, long_ids, n_new, device: torch.device, sync) -> dict:
+    """The GPU column's body on ``device`` (tests/test_benches.py runs it on the CPU): copies of both models
+    and the prompts moved there, :func:`_variants` with ``sync()`` after each call, one warm-up (whose tokens
+    are compared), then ``args.repeats`` alternating wall-clock repeats; the row's medians and ratios."""
     import copy
 
-    dev = torch.device("cuda")
-    ours, theirs = copy.deepcopy(model).to(dev), copy.deepcopy(hf).to(dev)
-    ids, long_ids = ids.to(dev), long_ids.to(dev)
-    mask = torch.ones_like(ids)
+    ours, theirs = copy.deepcopy(model).to(device), copy.deepcopy(hf).to(device)
+    ids, long_ids = ids.to(device), long_ids.to(device)
 
     def synced(fn):
         def run():
             out = fn()
-            torch.cuda.synchronize()
+            sync()
             return out
 
         return run
 
-    def ours_prefill():
-        with torch.inference_mode():
-            return ours(long_ids, cache=ours.new_cache(), logits_to_keep=1)
-
-    def hf_prefill():
-        with torch.inference_mode():
-            return theirs(long_ids, use_cache=True, logits_to_keep=1).logits
-
-    variants = {
-        "anatomy": (
-            synced(lambda: anatomy.generate(ours, ids, n_new)),
-            synced(ours_prefill),
-        ),
-        "transformers": (
-            synced(lambda: theirs.generate(ids, attention_mask=mask, max_new_tokens=n_new, do_sample=False)),
-            synced(hf_prefill),
-        ),
-    }
+    variants = _variants(ours, theirs, ids, long_ids, n_new, wrap=synced)
     tokens = {name: g().cpu() for name, (g, _) in variants.items()}  # warm-up, and the equality check
     for _, p in variants.values():
         p()
@@ -306,26 +306,15 @@ def gpu_row(args, model, hf, ids, long_ids, n_new) -> dict | None:
             pre[name].append(_time(p))
     med = {k: statistics.median(v) for k, v in gen.items()}
     med_pre = {k: statistics.median(v) for k, v in pre.items()}
-    same = torch.equal(tokens["anatomy"], tokens["transformers"])
-    row = {
-        "variant": "GPU (cuda)",
-        "gpu": torch.cuda.get_device_name(),
+    return {
         "anatomy tokens/s": round(med["anatomy"], 3),
         "transformers tokens/s": round(med["transformers"], 3),
         "generation ratio": round(med["anatomy"] / med["transformers"], 4),
         "anatomy prefill ms": round(1e3 * med_pre["anatomy"], 3),
         "transformers prefill ms": round(1e3 * med_pre["transformers"], 3),
         "prefill ratio": round(med_pre["transformers"] / med_pre["anatomy"], 4),
-        "same tokens": same,
+        "same tokens": torch.equal(tokens["anatomy"], tokens["transformers"]),
     }
-    print(
-        f"GPU column ({row['gpu']}, wall clock, repeats={args.repeats}): generation "
-        f"{row['anatomy tokens/s']:.1f} vs {row['transformers tokens/s']:.1f} tokens/s "
-        f"({row['generation ratio']:.2f}x); prefill {row['anatomy prefill ms']:.1f} vs "
-        f"{row['transformers prefill ms']:.1f} ms ({row['prefill ratio']:.2f}x); same {n_new} greedy tokens: "
-        f"{'yes' if same else 'NO'} (reported, no target)"
-    )
-    return row
 
 
 def _weights(module: torch.nn.Module, fused: bool = True) -> list[torch.Tensor]:

@@ -58,6 +58,61 @@ def test_generate_bench_skips_its_gpu_column_in_one_line_without_cuda(monkeypatc
     assert generate.gpu_status({"gpu": "H100"}) == "the row with variant 'GPU (cuda)' (H100)"
 
 
+@pytest.fixture(scope="module")
+def tiny_pair():
+    """A tiny random Llama-style decoder as transformers and as anatomy (the same weights), with prompts: what
+    benches/generate.py times, small enough for a test. Weights spread wider than the init, so greedy tokens
+    are decided by clear margins (the same on both sides, as the bench requires)."""
+    import torch
+    import transformers
+
+    import anatomy
+
+    g = torch.Generator().manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=2, max_position_embeddings=64, tie_word_embeddings=True,
+    )  # fmt: skip
+    hf = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for w in hf.parameters():
+            w.copy_(torch.randn(w.shape, generator=g) * (0.2 if w.dim() > 1 else 0.5))
+    hf.generation_config.eos_token_id = None  # exactly n_new tokens, as the bench sets it
+    hf.generation_config.pad_token_id = 0
+    ids = torch.randint(1, 97, (1, 20), generator=g)
+    long_ids = torch.randint(1, 97, (1, 40), generator=g)
+    return anatomy.from_hf(hf), hf, ids, long_ids
+
+
+def test_generate_bench_cpu_rows_time_the_shared_variants(tiny_pair, capsys):
+    """The CPU rows' table over generate._variants (the helper the GPU column uses too), on a tiny model."""
+    import generate
+
+    model, hf, ids, long_ids = tiny_pair
+    variants = generate._variants(model, hf, ids, long_ids, 4)
+    assert list(variants) == ["anatomy", "transformers"]
+    args = type("Args", (), dict(repeats=1, clock="wall", prefill=long_ids.shape[1]))()
+    row = generate._table(args, 1, 4, ids, variants)
+    assert row["same tokens"] is True and row["prefill max diff"] < 1e-4
+    assert row["anatomy tokens/s"] > 0 and row["transformers prefill ms"] > 0 and row["generation ratio"] > 0
+    assert "same 4 greedy tokens: yes" in capsys.readouterr().out
+
+
+def test_generate_bench_gpu_row_runs_on_a_device_given(tiny_pair):
+    """The GPU column's body (generate._device_row), on the CPU: copies moved to the device, the shared
+    variants with a synchronize after every call, and the row the GPU column adds its name to."""
+    import generate
+
+    model, hf, ids, long_ids = tiny_pair
+    args = type("Args", (), dict(repeats=2))()
+    syncs = []
+    row = generate._device_row(
+        args, model, hf, ids, long_ids, 4, generate.torch.device("cpu"), lambda: syncs.append(1)
+    )
+    assert row["same tokens"] is True and row["anatomy tokens/s"] > 0 and row["prefill ratio"] > 0
+    assert len(syncs) == 4 + 4 * args.repeats  # warm-up (2 generations, 2 prefills), then 4 calls per repeat
+
+
 def test_train_bench_skips_its_gpu_column_in_one_line_without_cuda(monkeypatch, capsys):
     import train_throughput  # benches/train_throughput.py
 

@@ -320,3 +320,31 @@ def test_the_unshifted_path_is_taken_only_where_it_applies(monkeypatch):
         tiled.tiled_attention(q, k, v, "causal", key_padding_mask=pad, **kw)
     tiled.tiled_attention(q.requires_grad_(True), k, v, "causal", **kw)
     assert taken == []
+
+
+def test_buffers_are_left_to_the_next_call_and_work_in_and_out_of_inference_mode():
+    """A call without autograd leaves its working buffers to the next call of the same shape (their memory
+    is not faulted in again); they are plain tensors, so a set made under inference mode serves a call
+    under no_grad (an inference tensor would refuse the in-place writes there), with the same results."""
+    q, k, v = _qkv(1, 4, 2, 300)
+    kw = dict(q_offset=0, prefix_len=None, tile=128)
+    tiled._POOL.clear()
+    with one_thread():
+        with torch.inference_mode():
+            first = tiled.tiled_attention(q, k, v, "causal", **kw)
+        assert len(tiled._POOL) == 1
+        kept = tiled._POOL[0]
+        assert not kept.s.is_inference()
+        with torch.no_grad():
+            again = tiled.tiled_attention(q, k, v, "causal", **kw)
+        assert tiled._POOL == [kept]  # taken and given back: no new set
+        with torch.no_grad():
+            tiled.tiled_attention(q[:, :, :200], k[:, :, :200], v[:, :, :200], "causal", **kw)
+            assert tiled._POOL == [kept]  # another N, the same buffers
+            tiled.tiled_attention(q[:, :2], k[:, :1], v[:, :1], "causal", **kw)
+        assert len(tiled._POOL) == 2 and tiled._POOL[0] is kept  # other heads: a set of its own, kept too
+    assert torch.equal(first, again)
+    big = tiled._Buffers(q, 10**3, 1, 128, 64, 1)  # a set above POOL_MAX_BYTES is not kept
+    assert big.nbytes > tiled.POOL_MAX_BYTES
+    big.give_back()
+    assert big not in tiled._POOL

@@ -361,16 +361,16 @@ def _unvouched(row_sum, acc, floor):
     a sum outside [1 / UNSHIFTED_RANGE, UNSHIFTED_RANGE] (or NaN), an output row that is not finite, or one
     whose largest unnormalised |output| is below ``floor`` (N keys x the dtype's smallest normal number:
     below it, products that underflowed could show; see the module docstring). One host sync when every
-    row passes (the smallest and largest sum, the total of the outputs and the smallest row scale)."""
+    row passes (the smallest and largest sum, and the smallest and largest row scale)."""
     lo, hi = torch.aminmax(row_sum)
-    scale = acc.abs().amax(-1)  # each row's largest |output| before the division
-    lo, hi, total, small = torch.stack((lo, hi, acc.sum(), scale.min())).tolist()  # NaN fails a test below
-    if 1 / UNSHIFTED_RANGE <= lo and hi <= UNSHIFTED_RANGE and math.isfinite(total) and small >= floor:
+    scale = acc.abs().amax(-1)  # each row's largest |output| before the division: NaN or inf if one is
+    small, big = torch.aminmax(scale)
+    lo, hi, small, big = torch.stack((lo, hi, small, big)).tolist()  # NaN fails a test below
+    if 1 / UNSHIFTED_RANGE <= lo and hi <= UNSHIFTED_RANGE and small >= floor and math.isfinite(big):
         return None
     ok = (row_sum >= 1 / UNSHIFTED_RANGE) & (row_sum <= UNSHIFTED_RANGE)  # False for NaN
-    ok &= torch.sum(acc, -1, keepdim=True).isfinite()  # inf or NaN anywhere in the row's output
-    ok &= (scale >= floor).unsqueeze(-1)
-    return None if bool(ok.all()) else ~ok.squeeze(-1)  # (a total can overflow where no row does)
+    ok &= (scale.isfinite() & (scale >= floor)).unsqueeze(-1)
+    return None if bool(ok.all()) else ~ok.squeeze(-1)
 
 
 class _Block:

@@ -185,6 +185,48 @@ def _self_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: str
     return _dispatch(q, k, v, mask, backend, tile, kw)
 
 
+def _causal_block(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, linear, chunk: int = 256
+) -> torch.Tensor:
+    """Causal attention of the last Nq of Nk positions, by plain products: (B, Nq, Hq, D), contiguous.
+
+    The textbook formula (:func:`reference_attention`'s order: scores, the causal mask by ``masked_fill``,
+    softmax, times the values), with both products done by ``linear(x, w)`` = ``x @ w.T`` (anatomy.prefill
+    passes oneDNN's), and grouped-query heads stacked as rows: the G query heads of one key/value head
+    form one (G x rows, D) matrix, so each key/value head is two products and is never copied G times.
+    Queries go ``chunk`` at a time, each against the keys up to its last position only (on a causal
+    square, the blocks above the diagonal are skipped; a chat turn's 50 queries against a 577-token cache
+    are one chunk). NaN stays where the formula puts it (a masked key's score is set to -inf, not added
+    to). For float32 on the CPU this runs ~1.3-1.5x faster than SDPA with the cache's explicit mask at a
+    chat turn's shape (50 queries, 577 keys, SmolLM2's 9/3 heads) and no slower on a 577-token square: a
+    (150, 64) x (64, 577) product is oneDNN's good shape, and the scores of one chunk stay in cache.
+
+    Only for what the calling model made valid (as :func:`_self_attention`): one dtype and device, Hq a
+    multiple of Hkv, q_offset = Nk - Nq >= 0.
+    """
+    B, Hq, Nq, D = q.shape
+    Hkv, Nk = k.shape[1], k.shape[2]
+    G, off = Hq // Hkv, Nk - Nq
+    chunk = check_positive_int("chunk", chunk)
+    out = q.new_empty(B, Nq, Hq, D)
+    # the scale on the queries, not on the (G x rows, keys) scores: fewer numbers, and for D = 64 (1/8) the
+    # same bits (a power of two); copied contiguous, so a one-chunk call's rows are views
+    qs = torch.mul(q, D**-0.5, out=q.new_empty(q.shape))
+    for i0 in range(0, Nq, chunk):
+        i1 = min(i0 + chunk, Nq)
+        n, keys = i1 - i0, off + i1  # this chunk's queries see keys < off + i1
+        hide = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)  # the last n keys: causal
+        for b in range(B):
+            for h in range(Hkv):
+                rows = qs[b, h * G : (h + 1) * G, i0:i1].reshape(G * n, D)
+                s = linear(rows, k[b, h, :keys])  # (G n, keys) scaled scores
+                s.view(G, n, keys)[:, :, keys - n :].masked_fill_(hide, float("-inf"))
+                p = torch.softmax(s, dim=-1)
+                o = linear(p, v[b, h, :keys].t())  # (G n, D)
+                out[b, i0:i1, h * G : (h + 1) * G] = o.view(G, n, D).transpose(0, 1)
+    return out
+
+
 def _dispatch(q, k, v, mask, backend, tile, kw):
     if backend == "sdpa":
         return _sdpa(q, k, v, mask, **kw)

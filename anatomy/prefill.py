@@ -7,11 +7,14 @@ calls through ``torch.ops.mkldnn._linear_pointwise``, the op its compiler uses f
 same float32 products at ~200 GFLOP/s (measured; most likely MKL's choice of code path on a CPU that is
 not Intel's, so on an Intel CPU the two should be closer). :func:`forward` is the model's forward pass with
 that one change: the same operations in the same order as :class:`anatomy.model.Transformer`'s (RMSNorm,
-q/k/v as one product, RoPE, the cache append, attention through the model's backend, SwiGLU, residual adds,
-the final norm, the head on the kept positions), with every product by oneDNN, except the head's when at
-most 16 rows are kept (generation keeps one): one row streams the head's weights ~2x faster through
-:func:`anatomy.decode.matmul`. Its numbers equal the textbook path's up to the order of the sums inside the
-products (``tests/test_decode_prefill.py``).
+q/k/v as one product, RoPE, the cache append, causal attention, SwiGLU, residual adds, the final norm, the
+head on the kept positions), with every product by oneDNN, except the head's when at most 16 rows are kept
+(generation keeps one): one row streams the head's weights ~2x faster through :func:`anatomy.decode.matmul`.
+The blocks' weights are reordered once into oneDNN's own layout and kept (:func:`_packed`), and attention
+is the formula with its two products by oneDNN too (:func:`anatomy.attention._causal_block`, whatever the
+config's ``attn_backend``, as the C step does), ~1.3-1.5x faster than SDPA at a chat turn's shape. Its
+numbers equal the textbook path's up to the order of the sums inside the products
+(``tests/test_decode_prefill.py``).
 
 :class:`anatomy.model.Transformer` calls :func:`forward` for a call with a cache when the one-call C step of
 :mod:`anatomy.decode` did not take it (more than :data:`anatomy.decode.MAX_TOKENS` new tokens, or a batch),
@@ -25,11 +28,14 @@ and every training step run the textbook path.
 
 from __future__ import annotations
 
+import functools
+import weakref
+
 import torch
 import torch.nn.functional as F
 
 from anatomy import decode, fused
-from anatomy.attention import _self_attention
+from anatomy.attention import _causal_block
 from anatomy.cache import KVCache
 
 __all__ = ["forward"]
@@ -40,11 +46,74 @@ _op = fused._onednn
 
 
 def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``x @ weight.T`` (no bias) by oneDNN, for float32 CPU tensors under inference (no autograd)."""
+    """``x @ weight.T`` (no bias) by oneDNN, for float32 CPU tensors under inference (no autograd); ``weight``
+    may also be one in oneDNN's own layout (:func:`_packed`)."""
     op = _op()
     if op is None:
         return F.linear(x, weight)
     return op(x, weight, None, "none", [], "")
+
+
+@functools.cache
+def _pack_op():
+    """oneDNN's reorder of a linear weight into its own layout, or None if missing or wrong here."""
+    try:
+        pack, op = torch.ops.mkldnn._reorder_linear_weight, _op()
+        if op is None:
+            return None
+        g = torch.Generator().manual_seed(0)
+        x, w = (torch.randn(*s, generator=g, dtype=torch.float32) for s in ((5, 7), (7, 3)))  # w input-major
+        with torch.no_grad():
+            ok = torch.allclose(op(x, pack(w.t(), None), None, "none", [], ""), x @ w, atol=1e-5)
+    except (AttributeError, RuntimeError):
+        return None
+    return pack if ok else None
+
+
+# model -> (the Parameters' (pointer, version) keys, the packed matrices per layer); dies with the model,
+# and a deep copy or a state dict never sees it
+_PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_NAMES = (
+    ("self_attn", decode._QKV),
+    ("self_attn", ("o_proj",)),
+    ("mlp", decode._GATE_UP),
+    ("mlp", ("down_proj",)),
+)
+
+
+def _packed(model: torch.nn.Module) -> list[tuple[torch.Tensor, ...]] | None:
+    """Every block's four weight matrices (q/k/v, o, gate/up, down) in oneDNN's own blocked layout.
+
+    Given a plain (here input-major) weight, oneDNN's linear op first reorders it into that layout, on every
+    call: for SmolLM2 that rewrites the blocks' 425 MB per call, about as long as a 50-row call's products
+    themselves take at 2 threads, and it does not get faster with a second thread. Reordered once and kept
+    here, the products read them as they are, with the same kernel and so the same bits. Kept per model
+    (425 MB more memory for SmolLM2, while it lives) and made again when a weight changed: each Parameter's
+    pointer and version counter are compared on every call, and an in-place change (an optimizer step, a
+    ``copy_`` under ``no_grad``) bumps the version. A write through ``.data`` bumps nothing and is not seen:
+    change weights in place as PyTorch recommends, or call ``anatomy.prefill._PACKED.pop(model)``.
+    None (plain weights) if oneDNN cannot reorder here.
+    """
+    pack = _pack_op()
+    if pack is None:
+        return None
+    from anatomy.weight_layout import fused_weight  # noqa: PLC0415 (anatomy.model imports this module)
+
+    groups = [(getattr(block, owner), names) for block in model.layers for owner, names in _NAMES]
+    params = [owner._modules[name]._parameters["weight"] for owner, names in groups for name in names]
+    keys = [(p.data_ptr(), p._version) for p in params]
+    kept = _PACKED.get(model)
+    if kept is not None and kept[0] == keys:
+        return kept[1]
+    _PACKED.pop(model, None)  # the old matrices go before the new ones are made
+    with torch.no_grad():
+        mats = [
+            pack(fused_weight(o, names)[0] if len(names) > 1 else o._modules[names[0]].weight, None)
+            for o, names in groups
+        ]
+    layers = [tuple(mats[i : i + 4]) for i in range(0, len(mats), 4)]
+    _PACKED[model] = (keys, layers)
+    return layers
 
 
 def forward(
@@ -66,20 +135,31 @@ def forward(
     c = model.config
     B, N = input_ids.shape
     Hq, Hkv, hd, d = c.n_heads, c.n_kv_heads, c.head_dim, c.d_model
+    packed = _packed(model)
     rope = model.rope(len(cache), N, input_ids.device, torch.float32)
     x = model.embed_tokens(input_ids)
     for i, block in enumerate(model.layers):
         attn, mlp = block.self_attn, block.mlp
+        w_qkv, w_o, w_gate_up, w_down = (
+            packed[i]
+            if packed is not None
+            else (
+                fused_weight(attn, decode._QKV)[0],
+                attn.o_proj.weight,
+                fused_weight(mlp, decode._GATE_UP)[0],
+                mlp.down_proj.weight,
+            )
+        )
         h = torch.rms_norm(x, (d,), block.input_layernorm.weight, block.input_layernorm.eps)
-        qkv = _linear(h, fused_weight(attn, decode._QKV)[0]).view(B, N, Hq + 2 * Hkv, hd).transpose(1, 2)
+        qkv = _linear(h, w_qkv).view(B, N, Hq + 2 * Hkv, hd).transpose(1, 2)
         qk, v = qkv.split_with_sizes((Hq + Hkv, Hkv), dim=1)
         q, k = _rotate(qk, rope).split_with_sizes((Hq, Hkv), dim=1)  # queries and keys rotated together
         k, v = cache._append(i, k, v)
-        out = _self_attention(q, k, v, "causal", c.attn_backend, c.tile)
-        x = x + _linear(out.transpose(1, 2).reshape(B, N, Hq * hd), attn.o_proj.weight)
+        out = _causal_block(q, k, v, _linear)  # (B, N, Hq, hd)
+        x = x + _linear(out.view(B, N, Hq * hd), w_o)
         h = torch.rms_norm(x, (d,), block.post_attention_layernorm.weight, block.post_attention_layernorm.eps)
-        gate, up = _linear(h, fused_weight(mlp, decode._GATE_UP)[0]).chunk(2, dim=-1)
-        x = x + _linear(F.silu(gate) * up, mlp.down_proj.weight)
+        gate, up = _linear(h, w_gate_up).chunk(2, dim=-1)
+        x = x + _linear(F.silu(gate) * up, w_down)
     if logits_to_keep:
         x = x[:, -logits_to_keep:]  # the norm is per position: the kept rows' numbers are the same
     x = torch.rms_norm(x, (d,), model.norm.weight, model.norm.eps)

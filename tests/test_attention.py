@@ -318,3 +318,49 @@ def test_tile_longer_than_the_sequence_allocates_nothing_more():
     assert torch.equal(attention(q, k, v, "causal", backend="tiled", tile=10**9), same)
     assert torch.equal(attention_probs(q, k, "causal", tile=10**9), attention_probs(q, k, "causal", tile=12))
     assert count_tiles("causal", 12, 12, 8, tile=10**9) == count_tiles("causal", 12, 12, 8, tile=12)
+
+
+def _plain_linear(x, w):
+    return x @ w.T
+
+
+@pytest.mark.parametrize(
+    "b, hq, hkv, nq, nk, chunk",
+    [
+        (1, 9, 3, 50, 577, 256),  # a chat turn on SmolLM2's heads: one chunk against the whole cache
+        (1, 9, 3, 577, 577, 256),  # a prompt: three chunks, each against the keys up to its end
+        (2, 4, 2, 7, 19, 3),  # a batch, chunks of 3 (the last one short)
+        (1, 2, 2, 1, 5, 4),  # one query, no grouping
+        (1, 6, 1, 13, 13, 1),  # one query per chunk, every query head on one kv head
+    ],
+)
+def test_causal_block_matches_float64_reference(b, hq, hkv, nq, nk, chunk):
+    """anatomy.prefill's attention (grouped heads stacked as rows, queries in chunks) is the causal formula
+    for a query block at the end of the keys, and returns (B, Nq, Hq, D)."""
+    from anatomy.attention import _causal_block
+
+    q, k, v = make_qkv(b, hq, hkv, nq, nk, 64 if nk > 100 else 8, seed=nq + nk)
+    ref = float64_reference(q, k, v, "causal").transpose(1, 2)
+    out = _causal_block(q, k, v, _plain_linear, chunk=chunk)
+    assert out.shape == (b, nq, hq, q.shape[-1]) and out.is_contiguous()
+    assert (out.double() - ref).abs().max() < 1e-5
+    wrong = _causal_block(q, k, v, lambda x, w: x @ w.T * 1.01, chunk=chunk)  # the check can fail
+    assert (wrong.double() - ref).abs().max() > 1e-5
+
+
+def test_causal_block_nan_where_the_formula_puts_it():
+    """A NaN query poisons its row only; a NaN key poisons the rows that see it and no row before it (its
+    score is masked by masked_fill there, not by adding -inf, which would give NaN)."""
+    from anatomy.attention import _causal_block
+
+    q, k, v = make_qkv(1, 4, 2, 6, 10, 8, seed=3)
+    clean = _causal_block(q, k, v, _plain_linear, chunk=4)
+    q2 = q.clone()
+    q2[0, 1, 2, 0] = float("nan")
+    out = _causal_block(q2, k, v, _plain_linear, chunk=4)
+    assert out[0, 2, 1].isnan().all() and torch.equal(out[0, :, [0, 2, 3]], clean[0, :, [0, 2, 3]])
+    k2 = k.clone()
+    k2[0, 0, 7, 0] = float("nan")  # key 7 = query row 3 (q_offset 4) and later, for heads 0 and 1
+    out = _causal_block(q, k2, v, _plain_linear, chunk=4)
+    assert out[0, 3:, :2].isnan().all() and torch.equal(out[0, :3], clean[0, :3])
+    assert torch.equal(out[0, :, 2:], clean[0, :, 2:])

@@ -213,3 +213,32 @@ def test_oneDNN_is_used_on_x86_64_only(monkeypatch):
         monkeypatch.undo()
         prefill._op.cache_clear(), fused._onednn.cache_clear()
     assert prefill._op() is not None and fused._onednn() is not None
+
+
+@pytest.mark.skipif(prefill._pack_op() is None, reason="oneDNN cannot reorder a linear weight here")
+def test_packed_weights_are_kept_and_follow_an_in_place_change():
+    """The blocks' matrices in oneDNN's layout are made once per model, reused while no weight changes, and
+    made again after an in-place change (the version counter): the logits follow the new weights."""
+    import gc  # noqa: PLC0415
+    import weakref  # noqa: PLC0415
+
+    model = _model(8)
+    ids = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(8))
+    first, _ = _prefill(model, ids)
+    kept = prefill._PACKED[model][1]
+    assert len(kept) == 3 and all(w.is_mkldnn for layer in kept for w in layer)
+    again, _ = _prefill(model, ids)
+    assert prefill._PACKED[model][1] is kept and torch.equal(first, again)
+    for weight in (model.layers[1].self_attn.k_proj.weight, model.layers[2].mlp.down_proj.weight):
+        with torch.no_grad():
+            weight.mul_(-1.5)  # in place: the fused q/k/v buffer and the Parameter see it, so must the copy
+        fast, _ = _prefill(model, ids)
+        with decode.disabled():
+            slow, _ = _prefill(model, ids)
+        assert prefill._PACKED[model][1] is not kept and torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(fast, first, atol=1e-3)
+        kept = prefill._PACKED[model][1]
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None  # the copy does not keep its model alive (and, a weak key, goes with it)

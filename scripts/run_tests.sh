@@ -84,7 +84,7 @@ record "ruff format --check" $? $((SECONDS - t)) "$cpu0"
 # chapters run Colab-style at nice 19 from here to step 4 (COLAB_CHAPTERS=unclaimed) and save theirs there
 # too, and step 4 compares every record with the build's values (tests/test_determinism.py).
 # Six pytest processes. First the busy-CPU chapters (tests/test_busy_cpu.py) with nothing beside them but
-# LIGHT, two processes of tests that start no kernel and use small tensors (the Triton interpreter tests
+# LIGHT, two processes of tests that start no kernel (the Triton interpreter tests
 # among them), whose threads its LoadKeeper counts as competition, topping up with busy loops in the same session
 # (see tests/test_busy_cpu.py: Jupyter kernels run in sessions of their own, and the scheduler's autogroups
 # share CPU between sessions first, so the chapter competes with one session, as it did with the busy loops
@@ -102,11 +102,16 @@ BESIDE=(tests/test_colab_env.py tests/test_publish.py)
 # tests/test_triton.py runs its Triton interpreter tests in a child process (TRITON_INTERPRET=1), and fails
 # unless that child ran them all; none of these files starts a Jupyter kernel. CPU-seconds alone (measured
 # 2026-12-03): triton 38 (in child processes), layout 4, doc_references 4, speculative 10, objectives 8;
-# data 20, properties 13, module_attributes 5, bad_inputs 12, model 7.
+# data 20 (1 since test_data converts the plays once more, not 38 times), properties 13, module_attributes 5,
+# bad_inputs 12, model 7. Those alone finished 23-32 s before the busy-CPU chapters (clean-clone CI of
+# 78dd217: 94 and 85 s against 117 s), leaving that time of each core to the keeper's busy loops; the three
+# files of SmolLM2 tests that follow (no kernel either; in that run, beside the other tests: inference_economics
+# ~27 s, packed ~26 s, pretrained ~57 s) fill it with useful work instead, and what outlasts the busy-CPU
+# chapters goes on beside the next step's processes (the machine stays busy either way).
 LIGHT_A=(tests/test_triton.py tests/test_layout.py tests/test_doc_references.py tests/test_speculative.py
-    tests/test_objectives.py)
+    tests/test_objectives.py tests/test_inference_economics.py)
 LIGHT_B=(tests/test_data.py tests/test_properties.py tests/test_module_attributes.py tests/test_bad_inputs.py
-    tests/test_model.py)
+    tests/test_model.py tests/test_packed.py tests/test_pretrained.py)
 LIGHT=("${LIGHT_A[@]}" "${LIGHT_B[@]}")
 export ANATOMY_SECOND_RUNS="$ROOT/_build/second_runs"
 rm -rf "$ANATOMY_SECOND_RUNS"

@@ -14,7 +14,8 @@ core to itself, whatever else the machine runs.
 What competes matters, not only how much: Jupyter starts each kernel in a session of its own, and with the
 scheduler's autogroups (Linux, on by default) CPU time is shared between sessions before threads, so the
 chapter's kernel gets its session's share. scripts/run_tests.sh runs this file with nothing beside it but
-two more pytest processes of light tests (no kernels, small tensors) in its own session, and the loops are
+two more pytest processes of tests that start no kernel (unit tests, and the SmolLM2 tests of
+anatomy.pretrained, anatomy.packed and the classifier comparison) in its own session, and the loops are
 started in that session too: the chapter competes with one session running at least one thread per core,
 as it did with the loops alone, and that session's CPU goes to useful tests instead of loops (a loop
 only tops up while fewer than one of their threads per core is runnable).

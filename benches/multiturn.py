@@ -31,7 +31,14 @@ all 425 MB of the blocks' weights on every call, which did not get faster with a
 floor was 32.1 / 30.9 ms at 1 / 2 threads, the 2-thread share 0.58, and the best share that floor allowed
 0.73. Reordered once, and with attention by oneDNN instead of SDPA with an explicit mask, the reuse call took
 123.6 -> 89.8 ms and recomputing 1030 -> 813 ms (1 thread, CPU clock, under load 3.6-4.7), with bit-identical
-turn-5 logits for reuse and recompute.
+turn-5 logits for reuse and recompute. At 2 threads that is not enough (e800697, load 0.8-1.2): reuse 92.8
+ms, recompute 609.8, share 0.62 (1 thread in the same run: 95.7 / 844.0, 0.83), and the floor allows 0.81;
+what keeps the share down is that the small call gets slower with a second thread (the 1-token floor 37.1
+ms at 2 threads against 27.8 at 1, the 50 new tokens alone 89.1 against 78.9) while recomputing scales
+(844 -> 610). With ``OMP_WAIT_POLICY=PASSIVE`` each parallel region (oneDNN's ten products per layer, and
+every elementwise operation over more than 32,768 numbers) wakes the sleeping second thread; with threads
+that spin briefly instead (``GOMP_SPINCOUNT=20000``, no wait policy; not what the benches use) the same
+2-thread call took 67.9 ms against 498.3 (share 0.69; c96af3c's code 0.67 in that run).
 
 ``--packed`` runs the same with ``smollm2(packed=True)`` (the GGUF's Q4_1 blocks kept packed,
 ``anatomy.packed``): both ways of answering use it, so the ratio stays like for like. Its kernel serves calls

@@ -22,7 +22,9 @@ token, ``EOS`` and the sentinels after them.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -600,6 +602,30 @@ def signal(batch, text_tokens: int, special: SpecialTokens | None = None) -> Sig
 # ---------------------------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _dynamo_left_unloaded():
+    """While counting, FlopCounterMode's dispatch handler runs without importing ``torch._dynamo``.
+
+    torch wraps every dispatch mode's ``__torch_dispatch__`` in ``torch._disable_dynamo``, which imports
+    ``torch._dynamo`` on the first call (1.0-1.5 s of CPU, measured) only to exclude the handler from a
+    compiled graph. With ``torch._dynamo`` not imported nothing can be compiling, so the handler is called
+    as it is (the wrapper's own cache attribute, set here and removed afterwards): the same counts.
+    When ``torch._dynamo`` is already loaded, nothing is changed.
+    """
+    from torch.utils.flop_counter import _FlopCounterMode
+
+    handler = _FlopCounterMode.__dict__.get("__torch_dispatch__")
+    raw = getattr(handler, "__wrapped__", None)
+    if "torch._dynamo" in sys.modules or raw is None or hasattr(raw, "__dynamo_disable"):
+        yield
+        return
+    raw.__dynamo_disable = raw
+    try:
+        yield
+    finally:
+        del raw.__dynamo_disable
+
+
 def train_step_flops(model: nn.Module, loss: Callable, batch) -> int:
     """Matmul FLOPs of one forward + backward pass of ``loss(model, batch)``, counted by PyTorch.
 
@@ -618,7 +644,7 @@ def train_step_flops(model: nn.Module, loss: Callable, batch) -> int:
     try:
         for c in configs.values():
             c.attn_backend = "reference"
-        with FlopCounterMode(display=False) as counter:
+        with _dynamo_left_unloaded(), FlopCounterMode(display=False) as counter:
             value, _ = loss(model, batch)
             value.backward()
     finally:

@@ -216,6 +216,96 @@ def test_a_fake_tensor_trace_leaves_no_fake_tensor_in_the_caches():
 
 
 # ------------------------------------------------------------------------------------------------------
+# NaN and inf in keys or values a row cannot see: they must not reach that row
+# ------------------------------------------------------------------------------------------------------
+
+
+def _definition(q, k, v, mask, prefix_len, key_padding_mask):
+    """Causal attention as defined, in float64: each row's softmax over the keys it sees, and only those
+    keys' values (a hidden key has no weight at all, not a weight 0 times its value: 0 x NaN is NaN)."""
+    from anatomy.masks import visible
+
+    q, k, v = q.double(), k.double(), v.double()
+    g = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(g, 1), v.repeat_interleave(g, 1)
+    out = torch.empty_like(q)
+    n = q.shape[2]
+    for b in range(q.shape[0]):
+        for i in range(n):
+            seen = visible(mask, torch.tensor(i), torch.arange(n), prefix_len)
+            if key_padding_mask is not None:
+                seen = seen & key_padding_mask[b]
+            idx = seen.nonzero().squeeze(1)
+            s = q[b, :, i : i + 1] @ k[b][:, idx].transpose(-1, -2) * q.shape[-1] ** -0.5
+            out[b, :, i] = (torch.softmax(s, -1) @ v[b][:, idx])[:, 0]
+    return out
+
+
+def test_a_nan_in_a_future_key_stays_in_the_rows_that_see_it():
+    """The example of the bug: N = 6, key 5 NaN. The mask was added to the scores (NaN + -inf = NaN), so
+    every row of the diagonal tile came out NaN; the rows 0-4 that cannot see key 5 must be finite, as the
+    float64 formula and SDPA give: exactly what the running-maximum path gives without the NaN (the
+    unshifted path redoes those rows on it), within float32 rounding of the unshifted result."""
+    q, k, v = _qkv(1, 2, 2, 6, d=8)
+    k_nan = k.clone()
+    k_nan[0, :, 5] = float("nan")
+    with torch.no_grad():
+        clean = tiled.tiled_attention(
+            q, k, v, "causal", q_offset=0, prefix_len=None, tile=128, return_lse=True
+        )[0]
+        unshifted = tiled.tiled_attention(q, k, v, "causal", q_offset=0, prefix_len=None, tile=128)
+        out = tiled.tiled_attention(q, k_nan, v, "causal", q_offset=0, prefix_len=None, tile=128)
+        ref = attention(q.double(), k_nan.double(), v.double(), "causal", backend="reference")
+        sdpa = torch.nn.functional.scaled_dot_product_attention(q, k_nan, v, is_causal=True)
+    assert ref[0, :, :5].isfinite().all() and ref[0, :, 5].isnan().all() and sdpa[0, :, :5].isfinite().all()
+    assert torch.equal(out[0, :, :5], clean[0, :, :5])
+    torch.testing.assert_close(out[0, :, :5], unshifted[0, :, :5], rtol=1e-6, atol=1e-6)
+    assert out[0, :, 5].isnan().all()
+
+
+@pytest.mark.parametrize("which", ["key", "value"])
+@pytest.mark.parametrize("mask", ["causal", "prefix"])
+@pytest.mark.parametrize("tile", [4, 128])
+@pytest.mark.parametrize(
+    "path",
+    ["unshifted", "lse", "grad", "padding", "bfloat16", "float64"],
+)
+def test_a_nan_or_inf_where_a_row_cannot_see_it_leaves_that_row_alone(which, mask, tile, path):
+    """A NaN and an inf in keys or values that only later rows see (and under a padding mask, in keys
+    that are padding), on every path of the kernel, grouped heads, row blocks of 4 rows and one of 13:
+    the non-finite outputs are exactly where the formula over each row's own keys puts them, the others
+    are that formula's values. For a value the formula is the definition (:func:`_definition`), not the
+    dense reference: its softmax @ V multiplies the hidden key's weight 0 by the NaN and so makes every
+    row NaN; a hidden key must not influence a row at all (as the definition of masked attention says)."""
+    n, pl = 13, (4 if mask == "prefix" else None)
+    q, k, v = _qkv(2, 4, 2, n, d=8, seed=3)
+    bad = k if which == "key" else v
+    bad[0, 1, 9, 3] = float("nan")
+    bad[1, 0, 11, 0] = float("inf")
+    kpm = None
+    if path == "padding":
+        kpm = torch.ones(2, n, dtype=torch.bool)
+        kpm[0, 10] = kpm[1, 12] = False
+        bad[0, 0, 10] = float("nan")  # a padding key: no row sees it
+    want = _definition(q, k, v, mask, pl, kpm)
+    dtype = {"bfloat16": torch.bfloat16, "float64": torch.float64}.get(path, torch.float32)
+    grad = path == "grad"
+    qq, kk, vv = (t.to(dtype).requires_grad_(grad) for t in (q, k, v))
+    with torch.set_grad_enabled(grad):
+        got = tiled.tiled_attention(
+            qq, kk, vv, mask, q_offset=0, prefix_len=pl, tile=tile, key_padding_mask=kpm,
+            return_lse=path == "lse",
+        )  # fmt: skip
+    got = (got[0] if path == "lse" else got).detach().double()
+    seen = want.isfinite()
+    assert not seen.all() and seen.any()
+    assert torch.equal(got.isfinite(), seen)
+    assert torch.equal(got.isnan(), want.isnan())
+    tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
+    assert float((got[seen] - want[seen]).abs().max()) < tol
+
+
+# ------------------------------------------------------------------------------------------------------
 # The unshifted path (float32/float64 inference): no running maximum, rows it cannot vouch for redone
 # ------------------------------------------------------------------------------------------------------
 

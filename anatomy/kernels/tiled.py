@@ -63,7 +63,9 @@ causal, 1 thread, CPU clock, under load 5-10 (other jobs on both cores): tiled/S
 Without autograd, every tile's scores and row sums are written into two buffers that the next tile reuses
 (``out=``): no tile allocates memory (measured 2-6% less time for causal attention at N = 1024-4096, 1
 thread). A later diagonal tile's mask is added to ``-m`` in the score buffer, and the product accumulates
-onto it (``baddbmm_``): one pass over the tile fewer than adding the mask to the scores afterwards. Each
+onto it (``baddbmm_``): one pass over the tile fewer than adding the mask to the scores afterwards. (A
+NaN or inf in a key or value that a row cannot see must not reach that row, but NaN + -inf is NaN and 0 x
+NaN too: see :func:`_nonfinite` for how such calls are treated, at the cost of two sums per call.) Each
 row block's scaled queries, running sums and output also live in buffers taken once per call, and the
 result is divided straight into the output's rows. A call leaves its buffers to the next call of the same
 shape (:class:`_Buffers`): allocated afresh, they came back from the C library as new pages, and the page
@@ -209,6 +211,15 @@ def _row_blocks(
     unshifted = fast and not grad and not padded and lse is None and q.dtype in UNSHIFTED_DTYPES
     n_tiles = n_later = n_rescaled = 0
     k_tiles, v_tiles = kt.split(tile, dim=2), vs.split(tile, dim=1)  # views, sliced once
+    # A NaN or inf in a key or value that a row cannot see must not reach that row. The mask is added to the
+    # scores (inside the product, no extra pass), but NaN + -inf is NaN; and a hidden key's weight 0 times
+    # a NaN value is NaN in the second product. The unshifted path needs no check: a row that came out NaN
+    # is redone on the running-maximum path. That path looks once per call (two sums, one sync) for
+    # non-finite keys and values, and only the diagonal tiles holding one are treated apart
+    # (:func:`_nonfinite`): their hidden scores set to -inf, their non-finite values taken out of the product.
+    bad_k = bad_v = None
+    if not unshifted and any(kind == PARTIAL for row in tmap for kind in row):
+        bad_k, bad_v = _nonfinite(kt, vs, tile)
     # Without autograd, each row block's scaled queries, running sums and output (one set per row block of
     # a group), and every tile's scores and row sums, go into buffers taken once per call (a ragged last
     # tile gets its own): no memory is allocated per tile, and the few buffers stay in the cache. The call
@@ -246,6 +257,8 @@ def _row_blocks(
                     keep = G * rows * cols <= MASK_CACHE_MAX and not torch._C._len_torch_dispatch_stack()
                     build = _tile_mask if keep else _tile_mask.__wrapped__  # a fake-tensor trace keeps none
                     hidden, bias = build(mask, rel, rows, cols, pre, G, q.dtype, q.device)
+                    if bad_k is not None and j in bad_k:
+                        bias = None  # a non-finite key here: the hidden scores are set, not added to
                 if unshifted:
                     # 2 ** score itself, no maximum subtracted: four operations per tile, no sync.
                     s = (
@@ -267,11 +280,11 @@ def _row_blocks(
                     # diagonal tile the mask is a 0 / -inf term as well: without autograd it is added to -m
                     # first, in the score buffer, and the product accumulates onto that (one pass over the
                     # tile fewer, same result bit for bit); with autograd it is added to the scores.
-                    if partial and not grad:
+                    if partial and not grad and bias is not None:
                         s = torch.add(neg_m, bias, out=s_out).baddbmm_(q_i, k_j)
                     else:
                         s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
-                        s = s.add_(bias) if partial else s
+                        s = _hide(s, bias, hidden, BH, G, rows) if partial else s
                     p = s.exp2_()
                     p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                     # The check for a rise reads the row sums, which the kernel needs anyway, instead of
@@ -287,8 +300,7 @@ def _row_blocks(
                         ((p.detach() if grad else p).amax(-1) >= 2.0**RESCALE_THRESHOLD).any()
                     ):
                         s = torch.baddbmm(neg_m, q_i, k_j, out=s_out)
-                        if partial:
-                            s = s.add_(bias)
+                        s = _hide(s, bias, hidden, BH, G, rows) if partial else s
                         # The maximum only keeps exp2() in range; the result does not depend on it: no
                         # gradient.
                         rise = (s.detach() if grad else s).amax(-1, keepdim=True)
@@ -309,13 +321,13 @@ def _row_blocks(
                         p_sum = torch.sum(p, -1, keepdim=True, out=sum_out)
                 else:
                     # The first tile of a row block (or any tile under a padding mask): maximum of its own.
-                    if partial and not padded:
+                    if partial and not padded and bias is not None:
                         # the mask as a 0 / -inf term of the matmul
                         s = torch.baddbmm(bias, q_i, k_j, out=s_out)
                     else:
                         s = torch.bmm(q_i, k_j, out=s_out)  # (BH, G*rows, cols) scores of this tile
                         if partial:
-                            hidden = hidden | pad_hidden[..., k0:k1]
+                            hidden = hidden | pad_hidden[..., k0:k1] if padded else hidden
                             s.view(BH, G, rows, k1 - k0).masked_fill_(hidden, float("-inf"))
                     m_tile = (s.detach() if grad else s).amax(-1, keepdim=True)
                     m_new = m_tile if m is None else torch.maximum(m, m_tile)
@@ -330,7 +342,12 @@ def _row_blocks(
                         n_rescaled += 1
                         row_sum, acc = _rescale(row_sum, acc, torch.exp2(m - m_new), grad)
                     m, neg_m = m_new, -m_new
+                extra = None
+                if partial and bad_v is not None and j in bad_v[1]:
+                    v_j, extra = _hidden_values_out(p, v_j, bad_v[0][:, k0:k1], hidden, BH, G, rows)
                 b.row_sum, b.acc = _accumulate(row_sum, acc, p, p_sum, v_j, grad, b.bufs)
+                if extra is not None:
+                    b.acc = b.acc + extra if grad else b.acc.add_(extra)
                 b.m, b.neg_m = m, neg_m
         for b in group:
             q0, q1, rows = b.q0, b.q1, b.rows
@@ -526,6 +543,41 @@ def _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs=None):
         return row_sum + p_sum, torch.baddbmm(acc, p, v_j)
     row_sum.add_(p_sum)
     return row_sum, acc.baddbmm_(p, v_j)
+
+
+def _nonfinite(kt, vs, tile):
+    """The key tiles holding a non-finite key ({j} or None), and the keys (BH, Nk) and key tiles holding a
+    non-finite value ((bad, {j}) or None). A NaN or inf makes a sum non-finite (an overflow of large finite
+    entries does too: such a key or value is then treated apart, at no cost to the result)."""
+    kt, vs = kt.detach(), vs.detach()
+    if math.isfinite((kt.sum() + vs.sum()).item()):
+        return None, None
+    key_sums, value_sums = kt.sum(1), vs.sum(-1)  # (BH, Nk) each
+    bad = ~torch.stack((key_sums, value_sums)).isfinite()  # (2, BH, Nk)
+    tiles = [[j for j, t in enumerate(b.split(tile, dim=-1)) if bool(t.any())] for b in bad]
+    return (set(tiles[0]) or None), ((bad[1], set(tiles[1])) if tiles[1] else None)
+
+
+def _hide(s, bias, hidden, BH, G, rows):
+    """A diagonal tile's scores s (BH, G * rows, cols) with the mask added (``bias``), or, where a key is not
+    finite (``bias`` None), with the hidden scores set to -inf (NaN + -inf would be NaN)."""
+    if bias is not None:
+        return s.add_(bias)
+    s.view(BH, G, rows, s.shape[-1]).masked_fill_(hidden, float("-inf"))
+    return s
+
+
+def _hidden_values_out(p, v_j, bad, hidden, BH, G, rows):
+    """A diagonal tile's values with the non-finite ones (keys ``bad``, (BH, cols)) set to 0, and what
+    those keys add to the rows that see them (BH, G * rows, D): weight times value, NaN or inf as the
+    formula gives it, and exactly 0 for the rows that cannot see them (``hidden``, (rows, cols) or
+    (BH, 1, rows, cols)), where the product would give 0 x NaN = NaN."""
+    cols = bad.any(0).nonzero().squeeze(1)  # the key columns where some batch item or head is bad
+    bad_cols = bad[:, cols, None]  # (BH, nb, 1)
+    v_bad = v_j[:, cols].masked_fill(~bad_cols, 0.0)  # (BH, nb, D): the bad values only
+    hid = hidden[..., cols].expand(BH, G, rows, len(cols)).reshape(BH, G * rows, len(cols), 1)
+    extra = (p[..., cols, None] * v_bad[:, None]).masked_fill(hid, 0.0).sum(2)
+    return v_j.masked_fill(bad[..., None], 0.0), extra
 
 
 def _rescale(row_sum, acc, alpha, grad):

@@ -365,6 +365,10 @@ def test_rows_out_of_the_unshifted_range_are_redone_and_only_those(monkeypatch):
     assert tiled._unvouched(sums, ones, 1.0).tolist() == [False, True, True, True]
     outputs = torch.tensor([[1.0, float("inf")], [1.0, 2.0], [0.5, -0.25]])
     assert tiled._unvouched(torch.ones(3, 1), outputs, 0.75).tolist() == [True, False, True]  # inf; scale
+    # a NaN output with a normal sum is caught (amax passes NaN on); large finite outputs whose total would
+    # overflow are not redone for nothing
+    outputs = torch.tensor([[1.0, float("nan")], [3e38, 3e38], [1.0, 1.0]])
+    assert tiled._unvouched(torch.ones(3, 1), outputs, 0.5).tolist() == [True, False, False]
 
 
 def test_rows_of_small_sums_and_small_values_keep_their_digits():
@@ -434,6 +438,14 @@ def test_buffers_are_left_to_the_next_call_and_work_in_and_out_of_inference_mode
             tiled.tiled_attention(q[:, :2], k[:, :1], v[:, :1], "causal", **kw)
         assert len(tiled._POOL) == 2 and tiled._POOL[0] is kept  # other heads: a set of its own, kept too
     assert torch.equal(first, again)
+    with one_thread(), torch.no_grad():  # an output is never a pooled buffer: a later call leaves it alone
+        kept_out = tiled.tiled_attention(q, k, v, "causal", **kw)
+        before = kept_out.clone()
+        tiled.tiled_attention(q * 2, v, k, "causal", **kw)
+    assert torch.equal(kept_out, before)
+    one, two = (tiled._Buffers.take(q, 4, 2, 128, 64) for _ in range(2))  # taken twice: two distinct sets
+    ptrs = [{t.data_ptr() for t in (*b.q, b.s, b.sum, *b.row_sums, *b.accs)} for b in (one, two)]
+    assert not ptrs[0] & ptrs[1]
     big = tiled._Buffers(q, 10**3, 1, 128, 64, 1)  # a set above POOL_MAX_BYTES is not kept
     assert big.nbytes > tiled.POOL_MAX_BYTES
     big.give_back()

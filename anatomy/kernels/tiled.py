@@ -168,7 +168,8 @@ def _tiled_attention(
         pad_hidden = ~key_padding_mask.repeat_interleave(Hkv, 0)[:, None, None, :]  # (B*Hkv, 1, 1, Nk)
     rows = tmap.tolist()  # plain Python ints: no tensor ops in the tile bookkeeping
     work = [sum(kind != EMPTY for kind in row) for row in rows]  # tiles to compute, per row block
-    blocks = _two_shares(work) if not grad and _worth_two_threads(work, B * Hq, tile, D) else None
+    on_cpu = q.device.type == "cpu"  # a GPU runs its own threads
+    blocks = _two_shares(work) if on_cpu and not grad and _worth_two_threads(work, B * Hq, tile, D) else None
     counts = [[0, 0, 0], [0, 0, 0]]
 
     def run(share):  # the kernel on some of the row blocks (each writes its own rows of out and lse)
@@ -493,6 +494,7 @@ class _Buffers:
     def __init__(self, q, BH, G, tile, D, slots=1):
         B, Hq = q.shape[:2]
         self.key = (q.dtype, q.device, B, Hq, BH, G, tile, D, slots)
+        self.cpu = q.device.type == "cpu"
         with torch.inference_mode(False):  # plain tensors: usable in and out of inference mode
             self.q = [q.new_empty(B, Hq, tile, D) for _ in range(slots)]  # a row block's scaled queries
             self.s = q.new_empty(BH, G * tile, tile)  # a tile's scores, then its exponentials
@@ -504,8 +506,9 @@ class _Buffers:
     @classmethod
     def take(cls, q, BH, G, tile, D, slots=1):
         """A set left by an earlier call of this shape, or a new one (always new under a dispatch mode such as
-        a fake-tensor trace, whose tensors must not be kept)."""
-        if not torch._C._len_torch_dispatch_stack():
+        a fake-tensor trace, whose tensors must not be kept, and on a GPU: there a set given back once its
+        kernels are queued could be taken by a call on another stream while they still run)."""
+        if q.device.type == "cpu" and not torch._C._len_torch_dispatch_stack():
             key = (q.dtype, q.device, *q.shape[:2], BH, G, tile, D, slots)
             with _POOL_LOCK:
                 for i, bufs in enumerate(_POOL):
@@ -515,7 +518,7 @@ class _Buffers:
 
     def give_back(self):
         """Keep this set for a later call (the newest :data:`POOL_SIZE` sets are kept)."""
-        if self.nbytes <= POOL_MAX_BYTES and not torch._C._len_torch_dispatch_stack():
+        if self.cpu and self.nbytes <= POOL_MAX_BYTES and not torch._C._len_torch_dispatch_stack():
             with _POOL_LOCK:
                 _POOL.append(self)
                 del _POOL[:-POOL_SIZE]

@@ -196,10 +196,13 @@ def _causal_block(
     form one (G x rows, D) matrix, so each key/value head is two products and is never copied G times.
     Queries go ``chunk`` at a time, each against the keys up to its last position only (on a causal
     square, the blocks above the diagonal are skipped; a chat turn's 50 queries against a 577-token cache
-    are one chunk). NaN stays where the formula puts it (a masked key's score is set to -inf, not added
-    to). For float32 on the CPU this runs ~1.3-1.5x faster than SDPA with the cache's explicit mask at a
-    chat turn's shape (50 queries, 577 keys, SmolLM2's 9/3 heads) and no slower on a 577-token square: a
-    (150, 64) x (64, 577) product is oneDNN's good shape, and the scores of one chunk stay in cache.
+    are one chunk). A NaN in a key stays where the formula puts it (a masked key's score is set to -inf,
+    not added to); a NaN in a value also reaches the earlier queries of its chunk (their weight 0 times
+    NaN), as it reaches every query of the call in the dense formula (:func:`reference_attention`, SDPA);
+    batch rows never mix. For float32 on the CPU this ran 1.16x faster than SDPA with the cache's explicit
+    mask at a chat turn's shape (50 queries, 577 keys, SmolLM2's 9/3 heads) and at parity on a 577-token
+    square (1 thread, CPU clock, once, under load): a (150, 64) x (64, 577) product is oneDNN's good shape,
+    and the scores of one chunk stay in cache.
 
     Only for what the calling model made valid (as :func:`_self_attention`): one dtype and device, Hq a
     multiple of Hkv, q_offset = Nk - Nq >= 0.

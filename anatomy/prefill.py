@@ -12,7 +12,8 @@ head on the kept positions), with every product by oneDNN, except the head's whe
 (generation keeps one): one row streams the head's weights ~2x faster through :func:`anatomy.decode.matmul`.
 The blocks' weights are reordered once into oneDNN's own layout and kept (:func:`_packed`), and attention
 is the formula with its two products by oneDNN too (:func:`anatomy.attention._causal_block`, whatever the
-config's ``attn_backend``, as the C step does), ~1.3-1.5x faster than SDPA at a chat turn's shape. Its
+config's ``attn_backend``, as the C step does; 1.16x faster than SDPA at a chat turn's shape, measured
+once under load). Its
 numbers equal the textbook path's up to the order of the sums inside the products
 (``tests/test_decode_prefill.py``).
 
@@ -33,6 +34,7 @@ import weakref
 
 import torch
 import torch.nn.functional as F
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from anatomy import decode, fused
 from anatomy.attention import _causal_block
@@ -73,6 +75,15 @@ def _pack_op():
 # model -> (the Parameters' (pointer, version) keys, the packed matrices per layer); dies with the model,
 # and a deep copy or a state dict never sees it
 _PACKED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _drop_after_optimizer_step(optimizer, args, kwargs) -> None:
+    """After any optimizer's step: forget every model's reordered weights (:func:`_packed`), since a fused
+    step changes Parameters in place without bumping their version counters."""
+    _PACKED.clear()
+
+
+register_optimizer_step_post_hook(_drop_after_optimizer_step)
 _NAMES = (
     ("self_attn", decode._QKV),
     ("self_attn", ("o_proj",)),
@@ -90,10 +101,14 @@ def _packed(model: torch.nn.Module) -> list[tuple[torch.Tensor, ...]] | None:
     clock, and 79 -> 61 ms at 2 threads, wall; one row 18.1 -> 13.6 ms at 1 thread). Reordered once and kept
     here, the products read them as they are, with the same kernel and so the same bits. Kept per model
     (425 MB more memory for SmolLM2, while it lives) and made again when a weight changed: each Parameter's
-    pointer and version counter are compared on every call, and an in-place change (an optimizer step, a
-    ``copy_`` under ``no_grad``) bumps the version. A write through ``.data`` bumps nothing and is not seen:
-    change weights in place as PyTorch recommends, or call ``anatomy.prefill._PACKED.pop(model)``.
-    None (plain weights) if oneDNN cannot reorder here.
+    pointer and version counter are compared on every call, and an in-place change (a ``copy_`` under
+    ``no_grad``, a foreach optimizer step) bumps the version. Two writes bump nothing: a fused optimizer step
+    (torch's fused AdamW, which :mod:`anatomy.train` uses, updates the weights without a version bump on the
+    CPU), so every optimizer step drops all kept matrices (:func:`_drop_after_optimizer_step`, registered
+    with torch.optim); and a write through ``.data``, which is not seen: change weights in place as PyTorch
+    recommends, or call ``anatomy.prefill._PACKED.pop(model)``. None (plain weights) if oneDNN cannot
+    reorder here, or if a weight is an inference tensor (made under ``torch.inference_mode``: it has no
+    version counter, so a change to it could not be seen).
     """
     pack = _pack_op()
     if pack is None:
@@ -102,6 +117,8 @@ def _packed(model: torch.nn.Module) -> list[tuple[torch.Tensor, ...]] | None:
 
     groups = [(getattr(block, owner), names) for block in model.layers for owner, names in _NAMES]
     params = [owner._modules[name]._parameters["weight"] for owner, names in groups for name in names]
+    if any(p.is_inference() for p in params):
+        return None
     keys = [(p.data_ptr(), p._version) for p in params]
     kept = _PACKED.get(model)
     if kept is not None and kept[0] == keys:

@@ -364,3 +364,11 @@ def test_causal_block_nan_where_the_formula_puts_it():
     out = _causal_block(q, k2, v, _plain_linear, chunk=4)
     assert out[0, 3:, :2].isnan().all() and torch.equal(out[0, :3], clean[0, :3])
     assert torch.equal(out[0, :, 2:], clean[0, :, 2:])
+    # a NaN value: the rows that see it, and (weight 0 times NaN) the earlier rows of its chunk, as in the
+    # dense formula; in chunks of one query, only the rows that see it; the other heads' rows stay exact
+    v2 = v.clone()
+    v2[0, 0, 7, 0] = float("nan")
+    for chunk, first in ((4, 0), (1, 3)):
+        out = _causal_block(q, k, v2, _plain_linear, chunk=chunk)
+        assert out[0, 3:, :2, 0].isnan().all() and not out[0, :first, :2].isnan().any()
+        assert torch.equal(out[0, :, 2:], clean[0, :, 2:])

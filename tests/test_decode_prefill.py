@@ -242,3 +242,36 @@ def test_packed_weights_are_kept_and_follow_an_in_place_change():
     del model
     gc.collect()
     assert alive() is None  # the copy does not keep its model alive (and, a weak key, goes with it)
+
+
+def test_packed_weights_follow_a_fused_optimizer_step():
+    """torch's fused AdamW (anatomy.train's optimizer) changes Parameters on the CPU without bumping their
+    version counters; the matrices kept in oneDNN's layout must still follow it (they are dropped after any
+    optimizer step). Without that, the logits after a step are the old weights' (~0.1-0.6 apart)."""
+    model = _model(9)
+    ids = torch.randint(0, 97, (1, 30), generator=torch.Generator().manual_seed(9))
+    before, _ = _prefill(model, ids)
+    assert model in prefill._PACKED
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, fused=True)
+    model.train()
+    F.cross_entropy(model(ids[:, :-1]).flatten(0, 1), ids[:, 1:].flatten()).backward()
+    opt.step()
+    model.eval()
+    fast, _ = _prefill(model, ids)
+    with decode.disabled():
+        slow, _ = _prefill(model, ids)
+    assert not torch.allclose(slow, before, atol=1e-3)  # the step changed the model
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)
+
+
+def test_weights_made_in_inference_mode_take_the_plain_weights():
+    """Inference tensors have no version counter, so a kept copy could not follow a change: the path uses the
+    plain weights for them (before, it raised 'Inference tensors do not track version counter')."""
+    with torch.inference_mode():
+        model = _model(10)
+    ids = torch.randint(0, 97, (1, 40), generator=torch.Generator().manual_seed(10))
+    fast, _ = _prefill(model, ids)
+    with decode.disabled():
+        slow, _ = _prefill(model, ids)
+    assert model not in prefill._PACKED
+    assert torch.allclose(fast, slow, atol=1e-5, rtol=1e-5)

@@ -104,6 +104,10 @@ def test_nested_quoted_and_commented_entries(tmp_path):
         "- file:chapters/02_d",  # no space after the colon: YAML reads one string, not a mapping
         "- file: chapters/02_d#x",  # YAML reads the '#' as part of the name
         '- "file": chapters/02_d',  # a quoted key
+        "- file: >-",  # a block scalar: the page is on the next lines
+        "- file: *page",  # an alias
+        "- file: &page chapters/02_d",  # an anchor
+        "- file: !!str chapters/02_d",  # a tag
     ],
 )
 def test_a_page_in_a_form_it_does_not_read_raises(tmp_path, entry):

@@ -48,7 +48,11 @@ class Chapter:
 
 # One entry of a jb-book table of contents: "root: X" or "[- ]file: X", X quoted or not, then a comment
 # (a "#" after a space, as in YAML).
-_TOC_ENTRY = re.compile(r"""^[ \t]*(?:-[ \t]+)?(root|file):[ \t]+(["']?)([^"'#\s]+)\2(?:[ \t]+#.*)?[ \t]*$""")
+# (a value starting with a YAML indicator: a block scalar's > or |, an alias *, an anchor &, a tag !, is not
+# a page: such lines fall to _TOC_PAGE_KEY and raise)
+_TOC_ENTRY = re.compile(
+    r"""^[ \t]*(?:-[ \t]+)?(root|file):[ \t]+(["']?)([^"'#\s>|*&!][^"'#\s]*)\2(?:[ \t]+#.*)?[ \t]*$"""
+)
 # A key that names a page, in whatever form (block or flow mapping, quoted or not), once the line's comment is
 # cut off: what _TOC_ENTRY does not read must not be left out unnoticed
 _TOC_PAGE_KEY = re.compile(r"""(?:^[ \t]*(?:-[ \t]*)?|[{,][ \t]*)["']?(?:root|file|glob)["']?[ \t]*:""")

@@ -24,13 +24,14 @@ more than the loops; tried in aca0bed on the loaded shared machine, chapter 10 t
 Each chapter's run asserts what the CPU saw: busy at least 90% of the time, at least 0.9 runnable competing
 threads per core on average, and those others using at least a quarter of the cores' time.
 
-Chapters 8, 9 and 10 are the ones whose claim checks use measured times (causal/full kernel time and
-whole-model saving; decode vs prefill per token and cache reuse vs recompute; roofline, encoder vs
-decoder cost and speculative decoding). Cost on the 2-core machine: about the three chapters' own run time
-doubled (see the report printed by each test); ``BUSY_CHAPTERS`` (comma-separated notebook paths, or
-``none``) selects others. Each run is also its chapter's second execution for the determinism check: with
-``ANATOMY_SECOND_RUNS`` set (scripts/run_tests.sh), its glued values are saved there and compared with the
-build's after the build (tests/test_determinism.py).
+The timed chapters (8, 9 and 10, named by slug in ``TIMED``; a test checks that they are exactly the
+chapters whose code glues a value with ``timed=True``) are the ones whose claim checks use measured times
+(causal/full kernel time and whole-model saving; decode vs prefill per token and cache reuse vs recompute;
+roofline, encoder vs decoder cost and speculative decoding). Cost on the 2-core machine: about the three
+chapters' own run time doubled (see the report printed by each test); ``BUSY_CHAPTERS`` (comma-separated
+notebook paths, or ``none``) selects others. Each run is also its chapter's second execution for the
+determinism check: with ``ANATOMY_SECOND_RUNS`` set (scripts/run_tests.sh), its glued values are saved there
+and compared with the build's after the build (tests/test_determinism.py).
 """
 
 from __future__ import annotations
@@ -304,6 +305,14 @@ def test_a_quiet_or_niced_neighbourhood_fails_the_check():
     assert competition_failures({**loaded, "busy_share": 0.6}, 2)
     assert competition_failures({**loaded, "competing": 1.0}, 2)
     assert competition_failures({**loaded, "others_cores": 0.1}, 2)
+
+
+def test_the_timed_chapters_are_the_ones_that_glue_timed_values():
+    """TIMED names the chapters that glue wall-clock values (book.glue(..., timed=True)): a new chapter that
+    measures speed, or one that stops, must change TIMED too, so the busy-CPU run follows it."""
+    pages = book_toc.chapters(ROOT)
+    timing = [p for p in pages if "timed=True" in book_toc.notebook_code(ROOT / f"{p}.ipynb")]
+    assert [f"{page}.ipynb" for page in timing] == DEFAULT
 
 
 @pytest.mark.parametrize("chapter", _chapters())

@@ -352,7 +352,8 @@ def decoder_embeddings(model: Transformer, tokenizer, sentences, *, prompt: str 
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
     n = max(len(i) for i in ids)
     batch = torch.tensor([i + [0] * (n - len(i)) for i in ids])
-    hidden = model.eval()(batch, return_hidden=True).hidden_states[-1]  # (N, n, d), after the final norm
+    # (N, n, d), after the final norm; the LM head runs on the last position only (its logits go unused)
+    hidden = model.eval()(batch, return_hidden=True, logits_to_keep=1).hidden_states[-1]
     lengths = torch.tensor([len(i) for i in ids])
     real = (torch.arange(n)[None, :] < lengths[:, None]).to(hidden.dtype)
     mean = (hidden * real[..., None]).sum(1) / lengths[:, None]

@@ -236,7 +236,7 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
     It also registers `_freeze_at_exit` (once per process; a no-op if Triton is loaded): at interpreter
     exit the garbage collector's full passes over every object torch and the chapter left (repeated
     while the modules are torn down) cost a chapter's kernel 1-3 s of CPU after its last cell
-    (measured, from the last cell's end to the kernel's exit: chapter 5 1.3-2.3 s, 0.22 s frozen).
+    (measured, last cell's end to the kernel's exit, for the positions notebook: 1.3-2.3 s, 0.22 s frozen).
     """
     env = os.environ.get("ANATOMY_SEED", "").strip()
     if env:

@@ -65,7 +65,10 @@ Without autograd, every tile's scores and row sums are written into two buffers 
 thread). A later diagonal tile's mask is added to ``-m`` in the score buffer, and the product accumulates
 onto it (``baddbmm_``): one pass over the tile fewer than adding the mask to the scores afterwards. (A
 NaN or inf in a key or value that a row cannot see must not reach that row, but NaN + -inf is NaN and 0 x
-NaN too: see :func:`_nonfinite` for how such calls are treated, at the cost of two sums per call.) Each
+NaN too: see :func:`_nonfinite` for how such calls are treated, at the cost of two sums per call. This holds
+for the forward output; under autograd the gradients of rows that cannot see such a key or value can still
+be NaN (0 x NaN in the backward products), as with the reference formula. Finite scores that overflow to
+inf are not covered.) Each
 row block's scaled queries, running sums and output also live in buffers taken once per call, and the
 result is divided straight into the output's rows. A call leaves its buffers to the next call of the same
 shape (:class:`_Buffers`): allocated afresh, they came back from the C library as new pages, and the page
@@ -550,12 +553,14 @@ def _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs=None):
 
 def _nonfinite(kt, vs, tile):
     """The key tiles holding a non-finite key ({j} or None), and the keys (BH, Nk) and key tiles holding a
-    non-finite value ((bad, {j}) or None). A NaN or inf makes a sum non-finite (an overflow of large finite
-    entries does too: such a key or value is then treated apart, at no cost to the result)."""
+    non-finite value ((bad, {j}) or None). A NaN or inf makes a sum non-finite; the sums are taken in float64,
+    which large finite half or float32 entries cannot overflow (summed in their own dtype, they did, and such
+    keys took the separate path with other rounding: R3, float16 values ~2000)."""
     kt, vs = kt.detach(), vs.detach()
-    if math.isfinite((kt.sum() + vs.sum()).item()):
+    wide = torch.float64
+    if math.isfinite((kt.sum(dtype=wide) + vs.sum(dtype=wide)).item()):
         return None, None
-    key_sums, value_sums = kt.sum(1), vs.sum(-1)  # (BH, Nk) each
+    key_sums, value_sums = kt.sum(1, dtype=wide), vs.sum(-1, dtype=wide)  # (BH, Nk) each
     bad = ~torch.stack((key_sums, value_sums)).isfinite()  # (2, BH, Nk)
     tiles = [[j for j, t in enumerate(b.split(tile, dim=-1)) if bool(t.any())] for b in bad]
     return (set(tiles[0]) or None), ((bad[1], set(tiles[1])) if tiles[1] else None)

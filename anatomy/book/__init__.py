@@ -233,7 +233,8 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
     ``OMP_WAIT_POLICY=PASSIVE`` in the environment if unset; that only reaches processes started later
     (benchmarks, workers), because OpenMP reads it once at start-up.
 
-    It also registers `_freeze_at_exit` (once per process; a no-op if Triton is loaded): at interpreter
+    It also registers `_freeze_at_exit` (once per process; it acts only in a Jupyter kernel without Triton
+    loaded, never in a plain script): at interpreter
     exit the garbage collector's full passes over every object torch and the chapter left (repeated
     while the modules are torn down) cost a chapter's kernel 1-3 s of CPU after its last cell
     (measured, last cell's end to the kernel's exit, for the positions notebook: 1.3-2.3 s, 0.22 s frozen).
@@ -277,11 +278,16 @@ def _freeze_at_exit() -> None:
     process; objects freed by reference counting (files closed as their module is cleared) still are,
     and atexit handlers (weakref finalizers, logging's flush, IPython's history) run as before.
 
+    The cost: an object in a reference cycle is never finalized, so a file left open (not closed, not in a
+    ``with`` block) inside such a cycle loses what it buffered (R3 measured it in a script). So it acts only
+    in a Jupyter kernel (``ipykernel`` loaded: a chapter, whose files are written in ``with`` blocks), never
+    in a reader's script that calls :func:`setup`.
+
     Not when Triton is loaded (``from transformers import ...`` loads it through ``torch._dynamo``): its
     nanobind extension checks at exit that every instance and type it made was freed, and its types sit
     in reference cycles, so frozen they would be reported on stderr as leaked (dozens of lines).
     """
-    if "triton" in sys.modules:
+    if "triton" in sys.modules or "ipykernel" not in sys.modules:
         return
     gc.freeze()
 

@@ -610,20 +610,29 @@ def _dynamo_left_unloaded():
     ``torch._dynamo`` on the first call (1.0-1.5 s of CPU, measured) only to exclude the handler from a
     compiled graph. With ``torch._dynamo`` not imported nothing can be compiling, so the handler is called
     as it is (the wrapper's own cache attribute, set here and removed afterwards): the same counts.
-    When ``torch._dynamo`` is already loaded, nothing is changed.
+    When ``torch._dynamo`` is already loaded, or torch's internals differ from these (another version: no
+    ``_FlopCounterMode``, no wrapper, an attribute that cannot be set), nothing is changed: slower, the same
+    count. Two threads counting at once leave it as they found it (only the setter removes it).
     """
-    from torch.utils.flop_counter import _FlopCounterMode
-
-    handler = _FlopCounterMode.__dict__.get("__torch_dispatch__")
+    try:
+        from torch.utils.flop_counter import _FlopCounterMode
+    except ImportError:
+        _FlopCounterMode = None
+    handler = _FlopCounterMode.__dict__.get("__torch_dispatch__") if _FlopCounterMode is not None else None
     raw = getattr(handler, "__wrapped__", None)
     if "torch._dynamo" in sys.modules or raw is None or hasattr(raw, "__dynamo_disable"):
         yield
         return
-    raw.__dynamo_disable = raw
+    try:
+        raw.__dynamo_disable = raw
+    except (AttributeError, TypeError):
+        yield
+        return
     try:
         yield
     finally:
-        del raw.__dynamo_disable
+        if raw.__dict__.get("__dynamo_disable") is raw:
+            raw.__dict__.pop("__dynamo_disable", None)
 
 
 def train_step_flops(model: nn.Module, loss: Callable, batch) -> int:

@@ -304,6 +304,31 @@ def test_training_flops_scale_with_tokens():
     assert model.config.attn_backend == "sdpa"  # restored
 
 
+def test_training_flops_count_without_loading_dynamo():
+    """The count bypasses torch's dynamo-disabling wrapper only while counting: in a fresh process
+    torch._dynamo stays unloaded, the wrapper's attribute is gone afterwards, and the count equals the one
+    made with torch._dynamo loaded (the wrapper's own path)."""
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    script = """
+import sys, torch
+from anatomy import Config, Transformer
+from anatomy.objectives import causal_lm_batch, loss_fn, train_step_flops
+from torch.utils.flop_counter import _FlopCounterMode
+torch.manual_seed(0)
+model = Transformer(Config(vocab_size=16, d_model=16, n_layers=1, n_heads=2, max_seq_len=32))
+batch = causal_lm_batch(torch.randint(16, (2, 9)))
+first = train_step_flops(model, loss_fn("causal"), batch)
+raw = _FlopCounterMode.__dict__["__torch_dispatch__"].__wrapped__
+print("torch._dynamo" in sys.modules, hasattr(raw, "__dynamo_disable"))
+import torch._dynamo
+print(first == train_step_flops(model, loss_fn("causal"), batch) > 0)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["False", "False", "True"], out.stdout + out.stderr
+
+
 # ----------------------------------------------------------------------------- exact Bayes losses
 
 

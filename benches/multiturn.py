@@ -35,10 +35,12 @@ turn-5 logits for reuse and recompute. At 2 threads that is not enough (e800697,
 ms, recompute 609.8, share 0.62 (1 thread in the same run: 95.7 / 844.0, 0.83), and the floor allows 0.81;
 what keeps the share down is that the small call gets slower with a second thread (the 1-token floor 37.1
 ms at 2 threads against 27.8 at 1, the 50 new tokens alone 89.1 against 78.9) while recomputing scales
-(844 -> 610). With ``OMP_WAIT_POLICY=PASSIVE`` each parallel region (oneDNN's ten products per layer, and
-every elementwise operation over more than 32,768 numbers) wakes the sleeping second thread; with threads
-that spin briefly instead (``GOMP_SPINCOUNT=20000``, no wait policy; not what the benches use) the same
-2-thread call took 67.9 ms against 498.3 (share 0.69; c96af3c's code 0.67 in that run).
+(844 -> 610). The cause, measured on the quiet machine (alternated processes, e935c75): with
+``OMP_WAIT_POLICY=PASSIVE`` (what ``anatomy`` sets at import) each parallel region (oneDNN's ten products per
+layer, and every elementwise operation over more than 32,768 numbers) wakes the sleeping second thread; at
+2 threads a 1-token call took 46.5 / 38.9 ms under PASSIVE and 24.8 / 24.3 under ACTIVE, a 50-token call
+101.1 / 92.1 and 62.0 / 51.0 (1 thread: the same within 5%). The benches keep the package's policy;
+``OMP_WAIT_POLICY=ACTIVE python benches/multiturn.py`` runs this bench with spinning threads instead.
 
 ``--packed`` runs the same with ``smollm2(packed=True)`` (the GGUF's Q4_1 blocks kept packed,
 ``anatomy.packed``): both ways of answering use it, so the ratio stays like for like. Its kernel serves calls

@@ -13,8 +13,7 @@ head on the kept positions), with every product by oneDNN, except the head's whe
 The blocks' weights are reordered once into oneDNN's own layout and kept (:func:`_packed`), and attention
 is the formula with its two products by oneDNN too (:func:`anatomy.attention._causal_block`, whatever the
 config's ``attn_backend``, as the C step does; 1.16x faster than SDPA at a chat turn's shape, measured
-once under load). Its
-numbers equal the textbook path's up to the order of the sums inside the products
+once under load). Its numbers equal the textbook path's up to the order of the sums inside the products
 (``tests/test_decode_prefill.py``).
 
 :class:`anatomy.model.Transformer` calls :func:`forward` for a call with a cache when the one-call C step of

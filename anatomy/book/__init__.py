@@ -234,10 +234,10 @@ def setup(seed: int = 0, threads: int | None = 2) -> int:
     (benchmarks, workers), because OpenMP reads it once at start-up.
 
     It also registers `_freeze_at_exit` (once per process; it acts only in a Jupyter kernel without Triton
-    loaded, never in a plain script): at interpreter
-    exit the garbage collector's full passes over every object torch and the chapter left (repeated
-    while the modules are torn down) cost a chapter's kernel 1-3 s of CPU after its last cell
-    (measured, last cell's end to the kernel's exit, for the positions notebook: 1.3-2.3 s, 0.22 s frozen).
+    loaded, never in a plain script): at interpreter exit the garbage collector's full passes over every
+    object torch and the chapter left (repeated while the modules are torn down) cost a chapter's kernel
+    1-3 s of CPU after its last cell (measured, last cell's end to the kernel's exit, for the positions
+    notebook: 1.3-2.3 s, 0.22 s frozen).
     """
     env = os.environ.get("ANATOMY_SEED", "").strip()
     if env:

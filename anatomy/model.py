@@ -406,7 +406,9 @@ class _Model(nn.Module):
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
-        if isinstance(module, (nn.Linear, nn.Embedding)):
+        # a meta tensor holds no values (counting parameters): torch would run normal_ through its slow
+        # Python reference implementation for nothing
+        if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
             nn.init.normal_(module.weight, std=std)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
@@ -416,6 +418,8 @@ class _Model(nn.Module):
         # stream's variance stays O(1) however deep the model is.
         std = self.config.init_std / math.sqrt(2 * len(layers))
         for block in layers:
+            if block.self_attn.o_proj.weight.is_meta:
+                continue
             nn.init.normal_(block.self_attn.o_proj.weight, std=std)
             nn.init.normal_(block.mlp.down_proj.weight, std=std)
             if hasattr(block, "cross_attn"):

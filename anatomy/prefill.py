@@ -112,8 +112,6 @@ def _packed(model: torch.nn.Module) -> list[tuple[torch.Tensor, ...]] | None:
     pack = _pack_op()
     if pack is None:
         return None
-    from anatomy.weight_layout import fused_weight  # noqa: PLC0415 (anatomy.model imports this module)
-
     groups = [(getattr(block, owner), names) for block in model.layers for owner, names in _NAMES]
     params = [owner._modules[name]._parameters["weight"] for owner, names in groups for name in names]
     if any(p.is_inference() for p in params):
@@ -124,13 +122,20 @@ def _packed(model: torch.nn.Module) -> list[tuple[torch.Tensor, ...]] | None:
         return kept[1]
     _PACKED.pop(model, None)  # the old matrices go before the new ones are made
     with torch.no_grad():
-        mats = [
-            pack(fused_weight(o, names)[0] if len(names) > 1 else o._modules[names[0]].weight, None)
-            for o, names in groups
-        ]
-    layers = [tuple(mats[i : i + 4]) for i in range(0, len(mats), 4)]
+        layers = [tuple(pack(w, None) for w in _block_weights(block)) for block in model.layers]
     _PACKED[model] = (keys, layers)
     return layers
+
+
+def _block_weights(block: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    """A block's four weight matrices as the products take them (q/k/v and gate/up each fused), in
+    :data:`_NAMES`' order: what :func:`_packed` reorders, and what :func:`forward` uses without it."""
+    from anatomy.weight_layout import fused_weight  # noqa: PLC0415 (anatomy.model imports this module)
+
+    return tuple(
+        fused_weight(owner, names)[0] if len(names) > 1 else owner._modules[names[0]].weight
+        for owner, names in ((getattr(block, o), names) for o, names in _NAMES)
+    )
 
 
 def forward(
@@ -147,7 +152,6 @@ def forward(
     ):
         return None
     from anatomy.model import _rotate  # noqa: PLC0415 (anatomy.model imports this module)
-    from anatomy.weight_layout import fused_weight  # noqa: PLC0415
 
     c = model.config
     B, N = input_ids.shape
@@ -156,17 +160,7 @@ def forward(
     rope = model.rope(len(cache), N, input_ids.device, torch.float32)
     x = model.embed_tokens(input_ids)
     for i, block in enumerate(model.layers):
-        attn, mlp = block.self_attn, block.mlp
-        w_qkv, w_o, w_gate_up, w_down = (
-            packed[i]
-            if packed is not None
-            else (
-                fused_weight(attn, decode._QKV)[0],
-                attn.o_proj.weight,
-                fused_weight(mlp, decode._GATE_UP)[0],
-                mlp.down_proj.weight,
-            )
-        )
+        w_qkv, w_o, w_gate_up, w_down = packed[i] if packed is not None else _block_weights(block)
         h = torch.rms_norm(x, (d,), block.input_layernorm.weight, block.input_layernorm.eps)
         qkv = _linear(h, w_qkv).view(B, N, Hq + 2 * Hkv, hd).transpose(1, 2)
         qk, v = qkv.split_with_sizes((Hq + Hkv, Hkv), dim=1)

@@ -496,8 +496,7 @@ class _Buffers:
 
     def __init__(self, q, BH, G, tile, D, slots=1):
         B, Hq = q.shape[:2]
-        self.key = (q.dtype, q.device, B, Hq, BH, G, tile, D, slots)
-        self.cpu = q.device.type == "cpu"
+        self.key = self._key(q, BH, G, tile, D, slots)
         with torch.inference_mode(False):  # plain tensors: usable in and out of inference mode
             self.q = [q.new_empty(B, Hq, tile, D) for _ in range(slots)]  # a row block's scaled queries
             self.s = q.new_empty(BH, G * tile, tile)  # a tile's scores, then its exponentials
@@ -506,13 +505,18 @@ class _Buffers:
             self.accs = [q.new_empty(BH, G * tile, D) for _ in range(slots)]
         self.nbytes = sum(t.nbytes for t in (*self.q, self.s, self.sum, *self.row_sums, *self.accs))
 
+    @staticmethod
+    def _key(q, BH, G, tile, D, slots):
+        """What a set serves: the queries' dtype, device, batch and heads, and the call's tiling."""
+        return (q.dtype, q.device, *q.shape[:2], BH, G, tile, D, slots)
+
     @classmethod
     def take(cls, q, BH, G, tile, D, slots=1):
         """A set left by an earlier call of this shape, or a new one (always new under a dispatch mode such as
         a fake-tensor trace, whose tensors must not be kept, and on a GPU: there a set given back once its
         kernels are queued could be taken by a call on another stream while they still run)."""
         if q.device.type == "cpu" and not torch._C._len_torch_dispatch_stack():
-            key = (q.dtype, q.device, *q.shape[:2], BH, G, tile, D, slots)
+            key = cls._key(q, BH, G, tile, D, slots)
             with _POOL_LOCK:
                 for i, bufs in enumerate(_POOL):
                     if bufs.key == key:
@@ -521,7 +525,8 @@ class _Buffers:
 
     def give_back(self):
         """Keep this set for a later call (the newest :data:`POOL_SIZE` sets are kept)."""
-        if self.cpu and self.nbytes <= POOL_MAX_BYTES and not torch._C._len_torch_dispatch_stack():
+        on_cpu = self.key[1].type == "cpu"  # (as in take)
+        if on_cpu and self.nbytes <= POOL_MAX_BYTES and not torch._C._len_torch_dispatch_stack():
             with _POOL_LOCK:
                 _POOL.append(self)
                 del _POOL[:-POOL_SIZE]

@@ -176,6 +176,8 @@ def base_env(log=print) -> Path:
     root = cache_root()
     env = root / f"base-{base_key()}"
     if (env / ".complete").exists():
+        os.utime(env / ".complete")  # the age prune_stale goes by is the last use
+        prune_stale([*root.glob("base-*"), *root.glob("building-*")], keep=env)
         return env
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="building-", dir=root))
@@ -203,10 +205,41 @@ def base_env(log=print) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    prune_stale([*root.glob("base-*"), *root.glob("building-*")], keep=env)
     # venvs record their own path in scripts; this one was built under another name, so use
     # `python -m ...` (never bin/ scripts) with it.
     log(f"colab_env: base environment built in {time.perf_counter() - t0:.0f} s: {env}")
     return env
+
+
+STALE_AFTER_S = 6 * 3600.0
+
+
+def prune_stale(paths, keep: Path, max_age_s: float = STALE_AFTER_S, gone=None) -> list[Path]:
+    """Delete the cached environments among ``paths``, other than ``keep``, that were last used more than
+    ``max_age_s`` ago (their ``.complete`` file's time, or the directory's for a build that never
+    finished), or for which ``gone(path)`` is true. Returns what it deleted.
+
+    Each change of the pins, of this script or of Python builds a new base environment (1.5 GB) under a
+    new key, and each clone of the repository a new Triton overlay (tests/test_triton.py): nothing else
+    removes the old ones, and they once filled this machine's disk until pip failed with "No space left
+    on device". An environment used within ``max_age_s`` stays: another checkout's test run may be in it.
+    """
+    now = time.time()
+    removed = []
+    for path in paths:
+        path = Path(path)
+        if path == keep or not path.is_dir():
+            continue
+        try:
+            done = path / ".complete"
+            used = (done if done.exists() else path).stat().st_mtime
+        except OSError:  # another process removed it meanwhile
+            continue
+        if now - used > max_age_s or (gone is not None and gone(path)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 # ------------------------------------------------------------------------------------------- overlay

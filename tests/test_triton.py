@@ -491,9 +491,17 @@ def _triton_venv(version: str) -> Path:
         pip += [f"triton=={version}"] + ([f"numpy=={numpy}"] if numpy else [])
         subprocess.run(pip, check=True, capture_output=True, text=True, timeout=900)
         (pkgs / ".complete").write_text(version + "\n")
+    os.utime(pkgs / ".complete")  # last use, for prune_stale
     key = hashlib.sha256(f"{here}\n{tag}".encode()).hexdigest()[:10]
     where = root / f"triton-{version}-{key}"
+    # Old copies go: package sets of another Python, Triton or NumPy, and the overlays of checkouts that
+    # no longer exist (each clean clone makes one; .complete names its environment), or unused for hours.
+    colab_env.prune_stale(root.glob("triton-*-packages-*"), keep=pkgs)
+    colab_env.prune_stale(
+        [p for p in root.glob("triton-*") if "-packages-" not in p.name], keep=where, gone=_orphan
+    )
     if (where / ".complete").exists():
+        os.utime(where / ".complete")
         return where
     if where.exists():
         shutil.rmtree(where)
@@ -502,8 +510,17 @@ def _triton_venv(version: str) -> Path:
     (colab_env._site(where) / "_colab_triton.pth").write_text(
         f"import sys; sys.path.insert(0, {str(pkgs)!r})\n", encoding="utf-8"
     )
-    (where / ".complete").write_text(version + "\n")
+    (where / ".complete").write_text(f"{version}\n{here}\n")
     return where
+
+
+def _orphan(overlay: Path) -> bool:
+    """An overlay whose environment (the second line of its .complete) no longer exists."""
+    try:
+        lines = (overlay / ".complete").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) > 1 and not Path(lines[1]).exists()
 
 
 @pytest.mark.slow

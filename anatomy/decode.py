@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
+import weakref
 
 import torch
 import torch.nn as nn
@@ -346,9 +347,13 @@ class _Plan:
         self.table = torch.tensor([w.data_ptr() for w in keep], dtype=torch.int64)
         self.eps = eps
         layers = list(model.layers)
-        self.parents = [model, model.layers, *layers, *(m for b in layers for m in (b.self_attn, b.mlp))]
-        self.children = [tuple(p._modules.values()) for p in self.parents]
-        self.modules = [m for p in self.parents[2:] for m in p._modules.values()] + self.parents[2:]
+        # The model itself only by a weak reference: the plan lives in the model's __dict__, and a strong
+        # one would make a cycle that keeps a dropped model's weights (540 MB for SmolLM2) in memory until
+        # the cyclic garbage collector happens to run.
+        self.model = weakref.ref(model)
+        self.parents = [model.layers, *layers, *(m for b in layers for m in (b.self_attn, b.mlp))]
+        self.children = [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
+        self.modules = [m for p in self.parents[1:] for m in p._modules.values()] + self.parents[1:]
         self.weighted = [m for m in self.modules if "weight" in m._parameters] + [model.norm, model.lm_head]
         self.norms = _norms(model)
         self.ptrs = self._ptrs()
@@ -367,8 +372,9 @@ class _Plan:
         """The same modules in the same places, no forward hooks on them, every weight where it was."""
         return (
             _dims(model.config) == self.shape
-            and self.parents[0] is model
-            and [tuple(p._modules.values()) for p in self.parents] == self.children
+            and self.model() is model
+            and [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
+            == self.children
             and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
             and self._ptrs() == self.ptrs
         )

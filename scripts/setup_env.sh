@@ -76,6 +76,19 @@ if [[ "${FORCE:-0}" != "1" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
 fi
 
 rm -f "$STAMP"
+# The environment takes ~3 GB (torch, triton, the book's tool chain) and pip unpacks into $TMPDIR first:
+# with less free space pip stops half-way with "No space left on device" (a CI run once did, on a disk
+# filled by old clones and cached environments), so say so before starting, with where space can be found.
+NEED_MB=3500
+for dir in "$VENV" "${TMPDIR:-/tmp}"; do
+    free_mb="$(df -Pm "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')"
+    if [[ -n "$free_mb" && "$free_mb" -lt "$NEED_MB" ]]; then
+        echo "[setup_env] error: ${free_mb} MB free on the disk of $dir; installing the environment needs" \
+            "~${NEED_MB} MB. Old clones with their .venv, or ~/.cache/anatomy (cached test environments," \
+            "converted weights), can be deleted." >&2
+        exit 1
+    fi
+done
 # --no-compile: pip would byte-compile every module of every package it installs (~16,000 files, about
 # half of this script's CPU time: 93 s -> 43 s of CPU measured on the 2-core machine, 99 s -> 45 s wall);
 # Python compiles a module when it is first imported instead, only the ~4,000 that are ever imported

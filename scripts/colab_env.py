@@ -177,7 +177,7 @@ def base_env(log=print) -> Path:
     env = root / f"base-{base_key()}"
     if (env / ".complete").exists():
         os.utime(env / ".complete")  # the age prune_stale goes by is the last use
-        prune_stale([*root.glob("base-*"), *root.glob("building-*")], keep=env)
+        prune_stale(root, BASE_NAMES, keep=env)
         return env
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="building-", dir=root))
@@ -205,7 +205,7 @@ def base_env(log=print) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_stale([*root.glob("base-*"), *root.glob("building-*")], keep=env)
+    prune_stale(root, BASE_NAMES, keep=env)
     # venvs record their own path in scripts; this one was built under another name, so use
     # `python -m ...` (never bin/ scripts) with it.
     log(f"colab_env: base environment built in {time.perf_counter() - t0:.0f} s: {env}")
@@ -213,23 +213,29 @@ def base_env(log=print) -> Path:
 
 
 STALE_AFTER_S = 6 * 3600.0
+# What base_env makes in cache_root(): finished environments, and builds under way (or left by a crash)
+BASE_NAMES = r"base-[0-9a-f]{12}|building-[A-Za-z0-9_]+"
 
 
-def prune_stale(paths, keep: Path, max_age_s: float = STALE_AFTER_S, gone=None) -> list[Path]:
-    """Delete the cached environments among ``paths``, other than ``keep``, that were last used more than
-    ``max_age_s`` ago (their ``.complete`` file's time, or the directory's for a build that never
-    finished), or for which ``gone(path)`` is true. Returns what it deleted.
+def prune_stale(root: Path, names: str, keep: Path, max_age_s: float = STALE_AFTER_S, gone=None) -> list:
+    """Delete the cached environments in ``root`` whose names match the regular expression ``names``, other
+    than ``keep``, that were last used more than ``max_age_s`` ago (their ``.complete`` file's time, or the
+    directory's for a build that never finished), or for which ``gone(path)`` is true. Returns what it
+    deleted. Only directories: a file, or a name ``names`` does not match in full, is never touched.
 
     Each change of the pins, of this script or of Python builds a new base environment (1.5 GB) under a
     new key, and each clone of the repository a new Triton overlay (tests/test_triton.py): nothing else
     removes the old ones, and they once filled this machine's disk until pip failed with "No space left
     on device". An environment used within ``max_age_s`` stays: another checkout's test run may be in it.
     """
+    try:
+        paths = sorted(p for p in Path(root).iterdir() if re.fullmatch(names, p.name))
+    except OSError:  # no cache yet
+        return []
     now = time.time()
     removed = []
     for path in paths:
-        path = Path(path)
-        if path == keep or not path.is_dir():
+        if path == keep or path.is_symlink() or not path.is_dir():
             continue
         try:
             done = path / ".complete"

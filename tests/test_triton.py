@@ -496,10 +496,8 @@ def _triton_venv(version: str) -> Path:
     where = root / f"triton-{version}-{key}"
     # Old copies go: package sets of another Python, Triton or NumPy, and the overlays of checkouts that
     # no longer exist (each clean clone makes one; .complete names its environment), or unused for hours.
-    colab_env.prune_stale(root.glob("triton-*-packages-*"), keep=pkgs)
-    colab_env.prune_stale(
-        [p for p in root.glob("triton-*") if "-packages-" not in p.name], keep=where, gone=_orphan
-    )
+    colab_env.prune_stale(root, r"triton-[0-9][0-9a-z.+]*-packages-[0-9a-f]{10}", keep=pkgs)
+    colab_env.prune_stale(root, r"triton-[0-9][0-9a-z.+]*-[0-9a-f]{10}", keep=where, gone=_orphan)
     if (where / ".complete").exists():
         os.utime(where / ".complete")
         return where

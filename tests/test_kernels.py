@@ -61,6 +61,38 @@ def test_two_threads_give_the_one_thread_result_bit_for_bit(two_threads, split_c
     assert stats == stats1 and stats["tiles"] > 0
 
 
+def test_non_finite_keys_and_values_are_looked_for_once_per_call(two_threads, split_calls, monkeypatch):
+    """The running-maximum path looks for non-finite keys and values (two float64 sums and a host sync) once
+    per call: not once per thread of the two-thread path, nor once per row block that the unshifted path
+    redoes; the unshifted path does not look when it redoes nothing. The result is unchanged."""
+    looks = []
+    real = tiled._nonfinite
+
+    def spy(*args):
+        looks.append(1)
+        return real(*args)
+
+    q, k, v = _qkv(1, 8, 8, 640)
+    k[0, 2, 600] = float("nan")  # seen by the last row block only
+    dirty = q.clone()
+    dirty[0, 1, 5] = k[0, 1, 0] * 60  # overflows unshifted: row block 0 is redone
+    dirty[0, 3, 300] = k[0, 3, 0] * 60  # row block 2 too
+    kw = dict(q_offset=0, prefix_len=None, tile=128)
+    with torch.no_grad():
+        want_lse = tiled.tiled_attention(q, k, v, "causal", return_lse=True, **kw)
+        want = tiled.tiled_attention(dirty, k, v, "causal", **kw)
+        monkeypatch.setattr(tiled, "_nonfinite", spy)
+        got_lse = tiled.tiled_attention(q, k, v, "causal", return_lse=True, **kw)  # two threads
+        assert len(split_calls) == 3 and len(looks) == 1
+        clean = tiled.tiled_attention(q[..., :512, :], k[..., :512, :], v[..., :512, :], "causal", **kw)
+        assert len(looks) == 1  # unshifted, nothing redone: no look
+        got = tiled.tiled_attention(dirty, k, v, "causal", **kw)
+        assert len(looks) == 2  # row blocks 0, 2 and 4 (the NaN) redone, in two threads: one look
+    for a, b in zip((*got_lse, got), (*want_lse, want)):  # bit for bit, NaN where the NaN key is seen
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+    assert got[0, 2, 600:].isnan().all() and got[0, 2, :600].isfinite().all() and clean.isfinite().all()
+
+
 def test_the_shares_balance_the_work():
     rows = tile_map("causal", 1024, 1024, tile=128, q_offset=0, prefix_len=None).tolist()
     a, b = tiled._two_shares([sum(kind != tiled.EMPTY for kind in row) for row in rows])
@@ -346,9 +378,9 @@ def test_rows_out_of_the_unshifted_range_are_redone_and_only_those(monkeypatch):
     redone[0, 1, 5] = redone[0, 1, 300] = redone[1, 3, 400] = True
     redos, real = [], tiled._row_blocks
 
-    def spy(*args, fast=True):
+    def spy(*args, fast=True, **kw):
         redos.extend([] if fast else args[6])  # the row blocks redone with the running maximum
-        return real(*args, fast=fast)
+        return real(*args, fast=fast, **kw)
 
     monkeypatch.setattr(tiled, "_row_blocks", spy)
     with one_thread(), torch.no_grad():

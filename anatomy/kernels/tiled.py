@@ -174,10 +174,11 @@ def _tiled_attention(
     on_cpu = q.device.type == "cpu"  # a GPU runs its own threads
     blocks = _two_shares(work) if on_cpu and not grad and _worth_two_threads(work, B * Hq, tile, D) else None
     counts = [[0, 0, 0], [0, 0, 0]]
+    nonfinite = _NonFinite(kt, vs, tile)  # looked for once per call, and only if some path needs it
 
     def run(share):  # the kernel on some of the row blocks (each writes its own rows of out and lse)
         _row_blocks(q, kt, vs, out, lse, rows, blocks[share] if blocks else range(len(rows)), mask, q_offset,
-                    prefix_len, tile, grad, pad_hidden, counts[share])  # fmt: skip
+                    prefix_len, tile, grad, pad_hidden, counts[share], nonfinite=nonfinite)  # fmt: skip
 
     if blocks:
         _in_two_threads(run)
@@ -191,8 +192,9 @@ def _tiled_attention(
 
 
 def _row_blocks(
-    q, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts, fast=True
-):
+    q, kt, vs, out, lse, tmap, blocks, mask, q_offset, prefix_len, tile, grad, pad_hidden, counts, fast=True,
+    nonfinite=None,
+):  # fmt: skip
     """The kernel proper: row blocks ``blocks`` of queries, each against its visible key tiles, left to right.
 
     q (B, Hq, Nq, D) as given, kt (BH, D, Nk), vs (BH, Nk, D); writes those rows of out (BH, G, Nq, D) and
@@ -206,6 +208,9 @@ def _row_blocks(
     In float32/float64 inference without the log-sum-exp or a padding mask (and ``fast``), the row blocks
     take the unshifted arithmetic of the module docstring: no running maximum; the rows it cannot vouch for
     (:func:`_unvouched`) are redone with one, and only those rows replaced.
+
+    ``nonfinite`` (the call's :class:`_NonFinite`) says which key tiles hold a non-finite key or value; the
+    paths that need it share one per call (both threads, and the row blocks redone).
     """
     B, Hq, Nq, D = q.shape
     BH, Nk = vs.shape[0], vs.shape[1]
@@ -223,7 +228,7 @@ def _row_blocks(
     # (:func:`_nonfinite`): their hidden scores set to -inf, their non-finite values taken out of the product.
     bad_k = bad_v = None
     if not unshifted and any(kind == PARTIAL for row in tmap for kind in row):
-        bad_k, bad_v = _nonfinite(kt, vs, tile)
+        bad_k, bad_v = (nonfinite or _NonFinite(kt, vs, tile)).get()
     # Without autograd, each row block's scaled queries, running sums and output (one set per row block of
     # a group), and every tile's scores and row sums, go into buffers taken once per call (a ragged last
     # tile gets its own): no memory is allocated per tile, and the few buffers stay in the cache. The call
@@ -361,7 +366,7 @@ def _row_blocks(
                 if bad is not None:  # those rows (and only those) again, with the running maximum
                     redo, redo_counts = torch.empty_like(out), [0, 0, 0]
                     _row_blocks(q, kt, vs, redo, None, tmap, [b.i], mask, q_offset, prefix_len, tile, grad,
-                                pad_hidden, redo_counts, fast=False)  # fmt: skip
+                                pad_hidden, redo_counts, fast=False, nonfinite=nonfinite)  # fmt: skip
                     bad = bad.view(BH, G, rows)
                     out[:, :, q0:q1][bad] = redo[:, :, q0:q1][bad]
                     n_rescaled += redo_counts[2]
@@ -554,6 +559,21 @@ def _accumulate(row_sum, acc, p, p_sum, v_j, grad, bufs=None):
         return row_sum + p_sum, torch.baddbmm(acc, p, v_j)
     row_sum.add_(p_sum)
     return row_sum, acc.baddbmm_(p, v_j)
+
+
+class _NonFinite:
+    """:func:`_nonfinite` of one call's keys and values, computed the first time a row block needs it and
+    then kept: the two threads of the two-thread path and the row blocks redone with the running maximum
+    share it (two sums and a host sync per call at most; none when no path needs it)."""
+
+    def __init__(self, kt, vs, tile):
+        self._args, self._value, self._lock = (kt, vs, tile), None, threading.Lock()
+
+    def get(self):
+        with self._lock:
+            if self._value is None:
+                self._value = _nonfinite(*self._args)
+            return self._value
 
 
 def _nonfinite(kt, vs, tile):

@@ -54,6 +54,7 @@ def machine(threads: int | None = None) -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),  # libgomp: spins before a thread sleeps
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "commit": _git_commit(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -353,7 +353,10 @@ class _Plan:
         self.model = weakref.ref(model)
         self.parents = [model.layers, *layers, *(m for b in layers for m in (b.self_attn, b.mlp))]
         self.children = [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
-        self.modules = [m for p in self.parents[1:] for m in p._modules.values()] + self.parents[1:]
+        # every module whose forward the step replaces, the top-level ones too (a hook on any of them must
+        # run: the plan is dropped and the textbook path taken)
+        top = [model._modules[name] for name in ("embed_tokens", "norm", "lm_head")]
+        self.modules = [m for p in self.parents[1:] for m in p._modules.values()] + self.parents[1:] + top
         self.weighted = [m for m in self.modules if "weight" in m._parameters] + [model.norm, model.lm_head]
         self.norms = _norms(model)
         self.ptrs = self._ptrs()

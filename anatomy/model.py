@@ -486,6 +486,13 @@ class Transformer(_Model):
     def __deepcopy__(self, memo):  # a copy keeps the input-major weight layout (anatomy.weight_layout)
         return _deepcopy(self, memo)
 
+    def __getstate__(self):
+        """What pickle and ``torch.save`` store: the module without the C step's cached plan (it refers to
+        the model by a weak reference, which cannot be pickled; the loaded model builds its own)."""
+        state = dict(super().__getstate__())
+        state.pop("_decode_plan", None)
+        return state
+
     def embed(self, input_ids: torch.Tensor, start: int = 0, token_type_ids: torch.Tensor | None = None):
         """Token (+ position, + segment) embeddings of input_ids (B, N) at positions start.. -> (B, N, d)."""
         _check_ids(input_ids, self.config.vocab_size)

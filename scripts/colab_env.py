@@ -28,6 +28,7 @@ version). `versions` lists what such an environment's Python sees.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -172,14 +173,33 @@ def _site(env: Path) -> Path:
 
 
 def base_env(log=print) -> Path:
-    """The cached Colab-pinned environment (built on first use, ~2-4 min; reused afterwards)."""
+    """The cached Colab-pinned environment (built on first use, ~2-4 min; reused afterwards).
+
+    One process at a time looks, builds and prunes (an exclusive lock on ``.base-env.lock`` in the cache):
+    tests/test_colab_env.py's two workers and tests/test_widgets.py ask for it at the same time, and when the
+    key had changed two of them once built it side by side, the second replacing the first's while that one
+    was in use (a chapter then failed to import NumPy, its shared library deleted under it)."""
     root = cache_root()
     env = root / f"base-{base_key()}"
-    if (env / ".complete").exists():
-        os.utime(env / ".complete")  # the age prune_stale goes by is the last use
-        prune_stale(root, BASE_NAMES, keep=env)
-        return env
     root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".base-env.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (env / ".complete").exists():
+            os.utime(env / ".complete")  # the age prune_stale goes by is the last use
+            prune_stale(root, BASE_NAMES, keep=env)
+            return env
+        t0 = time.perf_counter()
+        _build(env, root, log)
+        prune_stale(root, BASE_NAMES, keep=env)
+    # venvs record their own path in scripts; this one was built under another name, so use
+    # `python -m ...` (never bin/ scripts) with it.
+    log(f"colab_env: base environment built in {time.perf_counter() - t0:.0f} s: {env}")
+    return env
+
+
+def _build(env: Path, root: Path, log) -> None:
+    """Build the base environment in a temporary directory of ``root``, then rename it to ``env`` (called
+    with the lock held: an ``env`` that exists here is a crashed build's, never one in use)."""
     tmp = Path(tempfile.mkdtemp(prefix="building-", dir=root))
     t0 = time.perf_counter()
     try:
@@ -205,23 +225,32 @@ def base_env(log=print) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    prune_stale(root, BASE_NAMES, keep=env)
-    # venvs record their own path in scripts; this one was built under another name, so use
-    # `python -m ...` (never bin/ scripts) with it.
-    log(f"colab_env: base environment built in {time.perf_counter() - t0:.0f} s: {env}")
-    return env
 
 
 STALE_AFTER_S = 6 * 3600.0
 # What base_env makes in cache_root(): finished environments, and builds under way (or left by a crash)
-BASE_NAMES = r"base-[0-9a-f]{12}|building-[A-Za-z0-9_]+"
+BASE_NAMES = r"base-[0-9a-f]{12}|building-[a-z0-9_]{8}"  # tempfile.mkdtemp: 8 of [a-z0-9_]
+# What tests/test_triton.py makes beside cache_root(): a set of packages (another Triton and NumPy) per
+# Python, Triton and NumPy, and an overlay environment per checkout that puts them first
+TRITON_PACKAGES_NAMES = r"triton-[0-9][0-9a-z.+]*-packages-[0-9a-f]{10}"
+TRITON_OVERLAY_NAMES = r"triton-[0-9][0-9a-z.+]*-[0-9a-f]{10}"
+
+
+def orphaned(overlay: Path) -> bool:
+    """An overlay whose environment (the second line of its .complete) no longer exists."""
+    try:
+        lines = (overlay / ".complete").read_text().splitlines()
+    except OSError:
+        return False
+    return len(lines) > 1 and not Path(lines[1]).exists()
 
 
 def prune_stale(root: Path, names: str, keep: Path, max_age_s: float = STALE_AFTER_S, gone=None) -> list:
     """Delete the cached environments in ``root`` whose names match the regular expression ``names``, other
     than ``keep``, that were last used more than ``max_age_s`` ago (their ``.complete`` file's time, or the
     directory's for a build that never finished), or for which ``gone(path)`` is true. Returns what it
-    deleted. Only directories: a file, or a name ``names`` does not match in full, is never touched.
+    deleted. Only directories holding a ``.complete`` or a ``pyvenv.cfg``: a file, another directory, or a
+    name ``names`` does not match in full, is never touched.
 
     Each change of the pins, of this script or of Python builds a new base environment (1.5 GB) under a
     new key, and each clone of the repository a new Triton overlay (tests/test_triton.py): nothing else
@@ -237,6 +266,8 @@ def prune_stale(root: Path, names: str, keep: Path, max_age_s: float = STALE_AFT
     for path in paths:
         if path == keep or path.is_symlink() or not path.is_dir():
             continue
+        if not ((path / ".complete").exists() or (path / "pyvenv.cfg").exists()):
+            continue  # not an environment this cache made (or one whose build has not begun)
         try:
             done = path / ".complete"
             used = (done if done.exists() else path).stat().st_mtime

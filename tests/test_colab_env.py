@@ -32,7 +32,6 @@ the build with the build's (tests/test_determinism.py), so tests/test_colab_styl
 
 from __future__ import annotations
 
-import fcntl
 import importlib.util
 import json
 import os
@@ -120,13 +119,9 @@ def colab(tmp_path_factory):
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs git and a git repository to clone the committed package from")
     t0 = time.perf_counter()
-    # one builder at a time: scripts/run_tests.sh runs this file in two pytest-xdist workers, and on a
-    # machine without the cached environment the second would replace the first's while it is in use
-    root = colab_env.cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".base-env.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        base = colab_env.base_env(log=print)
+    # one builder at a time (base_env locks): scripts/run_tests.sh runs this file in two pytest-xdist
+    # workers, beside tests/test_widgets.py, which asks for the same environment
+    base = colab_env.base_env(log=print)
     base_s = time.perf_counter() - t0
     tmp = tmp_path_factory.mktemp("colab_env")
     clone = tmp / "repo"

@@ -544,3 +544,44 @@ def test_a_dropped_model_is_freed_without_the_cycle_collector():
     finally:
         if was:
             gc.enable()
+
+
+@pytest.mark.parametrize("name", ["lm_head", "norm", "embed_tokens"])
+def test_a_hook_added_after_decoding_on_a_top_level_module_runs(name):
+    """A forward hook registered on the head, the final norm or the embedding after the plan was built still
+    runs on the next call (the step computes those modules itself, so the plan must not be used then)."""
+    model = _model(0)
+    with torch.inference_mode():
+        cache = model.new_cache()
+        model(torch.tensor([[4, 5, 6]]), cache=cache)
+        model(torch.tensor([[7]]), cache=cache)  # the C step, with a plan
+        assert decode._plan(model) is not None
+        seen = []
+        handle = getattr(model, name).register_forward_hook(lambda mod, inp, out: seen.append(out.shape))
+        model(torch.tensor([[8]]), cache=cache)
+        handle.remove()
+    assert len(seen) == 1
+
+
+def test_a_model_that_has_decoded_pickles_and_decodes_the_same():
+    """pickle / torch.save of a model after the C step ran: the cached plan (which holds a weak reference)
+    is left out, and the loaded model decodes to the same logits."""
+    import io
+
+    model = _model(0)
+    ids = torch.tensor([[4, 5, 6]])
+    with torch.inference_mode():
+        cache = model.new_cache()
+        model(ids, cache=cache)
+        before = model(torch.tensor([[7]]), cache=cache)
+    assert "_decode_plan" in model.__dict__
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    assert "_decode_plan" not in loaded.__dict__ and "_decode_plan" in model.__dict__
+    with torch.inference_mode():
+        cache = loaded.new_cache()
+        loaded(ids, cache=cache)
+        assert torch.equal(loaded(torch.tensor([[7]]), cache=cache), before)
+    assert decode._plan(loaded) is not None  # the loaded model decodes with the step too

@@ -496,8 +496,8 @@ def _triton_venv(version: str) -> Path:
     where = root / f"triton-{version}-{key}"
     # Old copies go: package sets of another Python, Triton or NumPy, and the overlays of checkouts that
     # no longer exist (each clean clone makes one; .complete names its environment), or unused for hours.
-    colab_env.prune_stale(root, r"triton-[0-9][0-9a-z.+]*-packages-[0-9a-f]{10}", keep=pkgs)
-    colab_env.prune_stale(root, r"triton-[0-9][0-9a-z.+]*-[0-9a-f]{10}", keep=where, gone=_orphan)
+    colab_env.prune_stale(root, colab_env.TRITON_PACKAGES_NAMES, keep=pkgs)
+    colab_env.prune_stale(root, colab_env.TRITON_OVERLAY_NAMES, keep=where, gone=colab_env.orphaned)
     if (where / ".complete").exists():
         os.utime(where / ".complete")
         return where
@@ -510,15 +510,6 @@ def _triton_venv(version: str) -> Path:
     )
     (where / ".complete").write_text(f"{version}\n{here}\n")
     return where
-
-
-def _orphan(overlay: Path) -> bool:
-    """An overlay whose environment (the second line of its .complete) no longer exists."""
-    try:
-        lines = (overlay / ".complete").read_text().splitlines()
-    except OSError:
-        return False
-    return len(lines) > 1 and not Path(lines[1]).exists()
 
 
 @pytest.mark.slow

@@ -76,16 +76,21 @@ if [[ "${FORCE:-0}" != "1" && -f "$STAMP" && "$(cat "$STAMP")" == "$WANT" ]] \
 fi
 
 rm -f "$STAMP"
-# The environment takes ~3 GB (torch, triton, the book's tool chain) and pip unpacks into $TMPDIR first:
-# with less free space pip stops half-way with "No space left on device" (a CI run once did, on a disk
-# filled by old clones and cached environments), so say so before starting, with where space can be found.
+# The environment takes ~3 GB (torch's CPU build, triton, the book's tool chain; a CUDA build of torch
+# several GB more) and pip unpacks into $TMPDIR first: with less free space pip stops half-way with "No
+# space left on device" (a CI run once did, on a disk filled by old clones and cached environments), so
+# say so before starting, with where space can be found. An environment that already has torch needs
+# far less (an update).
 NEED_MB=3500
+if compgen -G "$VENV/lib/python3*/site-packages/torch/__init__.py" >/dev/null; then
+    NEED_MB=1000
+fi
 for dir in "$VENV" "${TMPDIR:-/tmp}"; do
-    free_mb="$(df -Pm "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')"
-    if [[ -n "$free_mb" && "$free_mb" -lt "$NEED_MB" ]]; then
+    free_mb="$(df -Pm "$dir" 2>/dev/null | awk 'NR == 2 { print $4 }')" || free_mb=""
+    if [[ "$free_mb" =~ ^[0-9]+$ ]] && ((free_mb < NEED_MB)); then
         echo "[setup_env] error: ${free_mb} MB free on the disk of $dir; installing the environment needs" \
-            "~${NEED_MB} MB. Old clones with their .venv, or ~/.cache/anatomy (cached test environments," \
-            "converted weights), can be deleted." >&2
+            "~${NEED_MB} MB. Old clones with their .venv, or the cached test environments and converted" \
+            "weights under ~/.cache/anatomy (or \$ANATOMY_COLAB_ENV, \$ANATOMY_CACHE), can be deleted." >&2
         exit 1
     fi
 done

@@ -85,13 +85,14 @@ def save(
     machine_info: dict,
     rows: list[dict],
     targets: dict,
-    met: bool,
+    met: bool | None,
     path: str | os.PathLike | None = None,
 ) -> Path:
     """Write the run's record as JSON; print and return where it went.
 
     ``rows``: the table, one dict per line, plain numbers and strings. ``targets``: what each ratio must
-    reach (for the reader of the record). ``met``: whether this run met every target.
+    reach (for the reader of the record). ``met``: whether this run met every target (None: nothing was
+    judged, e.g. a bench without targets, or without the rows they apply to).
     """
     if not name or not isinstance(name, str):
         raise ValueError(f"name must be a non-empty string, got {name!r}")
@@ -100,7 +101,7 @@ def save(
         "machine": machine_info,
         "rows": rows,
         "targets": targets,
-        "all_targets_met": bool(met),
+        "all_targets_met": None if met is None else bool(met),
     }
     if path is None:
         stamp = machine_info.get("date", "").replace(":", "").replace("-", "")[:15] or "run"

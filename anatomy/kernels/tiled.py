@@ -92,6 +92,17 @@ chunks of 2 or 4 full tiles per matrix product (0-5% slower; likely because the 
 blocks, 2 MB, exceed the core's 1 MB L2 cache), tile-major copies of K and V, and contiguous copies of
 the transposed key tiles (both within the noise), a column of ones in V to get the row sums from the second
 product (a 65-wide product costs more than the sum).
+
+Causal / full stays above the tile count (T + 1) / 2T at N = 1024 (0.573-0.598 against 0.5625, 1 thread):
+the tiles' own operations alone give 0.573 (a diagonal tile is its key/value tile's first, cache-cold read
+in its group of row blocks: ~435 against ~408 us of CPU), the per-row-block end 0.583. Tried against that
+and not kept, measured alternated in one process with the CPU clock (50-150 pairs, noise +-0.7%): the
+scale folded into the score product (``baddbmm``'s ``alpha``, the queries as a view: 1% slower); the
+diagonal tiles by a plain product and ``tril_`` on the exponentials instead of the -inf term (within the
+noise); each row block finished right after its last tile, with one row check per call (1-3% slower); the
+row check's largest |output| by ``vector_norm(inf)`` or ``aminmax(dim)`` instead of ``abs().amax()`` (254
+and 112 against 11 us); accumulating straight into the output's rows (a strided output makes the product
+slower, 197 against 175 us).
 """
 
 from __future__ import annotations

@@ -267,6 +267,10 @@ def _unhooked(m: nn.Module) -> bool:
     return not (m._forward_hooks or m._forward_pre_hooks)
 
 
+# The model's own modules that the kernel computes besides its blocks, in the order _plain_llama checks them
+_TOP = ("norm", "lm_head", "embed_tokens")
+
+
 def _plain_llama(model: nn.Module, kinds) -> bool:
     """Whether the model's stack is the plain Llama-style one the kernel computes: no module replaced by
     another kind, no bias, no forward hook."""
@@ -292,7 +296,7 @@ def _plain_llama(model: nn.Module, kinds) -> bool:
                     return False
     # the final norm, the head and the embedding are what the kernel computes too (a LayerNorm, a head with
     # a bias, an Identity put in their place, or an Embedding that renormalises its rows, would not be)
-    final = [model._modules.get(name) for name in ("norm", "lm_head", "embed_tokens")]
+    final = [model._modules.get(name) for name in _TOP]
     return (
         all(m is not None and _unhooked(m) for m in final)
         and type(final[0]) is norm_t
@@ -352,10 +356,10 @@ class _Plan:
         # the cyclic garbage collector happens to run.
         self.model = weakref.ref(model)
         self.parents = [model.layers, *layers, *(m for b in layers for m in (b.self_attn, b.mlp))]
-        self.children = [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
+        self.children = self._children(model)
         # every module whose forward the step replaces, the top-level ones too (a hook on any of them must
         # run: the plan is dropped and the textbook path taken)
-        top = [model._modules[name] for name in ("embed_tokens", "norm", "lm_head")]
+        top = [model._modules[name] for name in _TOP]
         self.modules = [m for p in self.parents[1:] for m in p._modules.values()] + self.parents[1:] + top
         self.weighted = [m for m in self.modules if "weight" in m._parameters] + [model.norm, model.lm_head]
         self.norms = _norms(model)
@@ -371,14 +375,17 @@ class _Plan:
             + [n.eps for n in self.norms]
         )
 
+    def _children(self, model: nn.Module) -> list:
+        """The modules held by the model and by each of :attr:`parents`, in place order."""
+        return [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
+
     def valid(self, model: nn.Module) -> bool:
         """The same modules in the same places, no forward hooks on them, every weight where it was."""
         return (
             _dims(model.config) == self.shape
             and self.model() is model
-            and [tuple(model._modules.values())] + [tuple(p._modules.values()) for p in self.parents]
-            == self.children
-            and not any(m._forward_hooks or m._forward_pre_hooks for m in self.modules)
+            and self._children(model) == self.children
+            and all(_unhooked(m) for m in self.modules)
             and self._ptrs() == self.ptrs
         )
 

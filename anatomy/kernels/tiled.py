@@ -239,7 +239,7 @@ def _row_blocks(
     # (:func:`_nonfinite`): their hidden scores set to -inf, their non-finite values taken out of the product.
     bad_k = bad_v = None
     if not unshifted and any(kind == PARTIAL for row in tmap for kind in row):
-        bad_k, bad_v = (nonfinite or _NonFinite(kt, vs, tile)).get()
+        bad_k, bad_v = (nonfinite if nonfinite is not None else _NonFinite(kt, vs, tile)).get()
     # Without autograd, each row block's scaled queries, running sums and output (one set per row block of
     # a group), and every tile's scores and row sums, go into buffers taken once per call (a ragged last
     # tile gets its own): no memory is allocated per tile, and the few buffers stay in the cache. The call
